@@ -1,0 +1,836 @@
+//! The TOML configuration: the public schema, parsed strictly and validated as a whole.
+//!
+//! Loading either yields a complete, checked [`Config`] (certificates and CA files read and
+//! parsed) or an error naming every bad key, so tamis never starts half-configured.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderName, HeaderValue, Uri};
+use rustls_pki_types::CertificateDer;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::policy::{self, Jurisdiction};
+use crate::tls;
+
+/// Where `tamis` looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/tamis.toml";
+
+/// User-Agent sent to upstreams when the config names none.
+pub const DEFAULT_USER_AGENT: &str = concat!("tamis/", env!("CARGO_PKG_VERSION"));
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not fit the schema (unknown key, wrong type…).
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// The file parsed, but some values are wrong; every problem found is listed.
+    #[error("{}", Problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+/// One bad value in a parsed configuration.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    /// Where: file and line when known.
+    pub at: String,
+    /// The key, e.g. `route[1].upstream`.
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+struct Problems<'a>(&'a [Problem]);
+
+impl fmt::Display for Problems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {}: {}", p.at, p.key, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// A validated configuration, ready to run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it was loaded from (for messages).
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub admin: Option<AdminConfig>,
+    pub cache: CacheConfig,
+    pub upstream: UpstreamConfig,
+    pub log: LogConfig,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// The public listeners.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Plain HTTP listener.
+    pub listen: Option<SocketAddr>,
+    /// HTTPS listener with its loaded certificate.
+    pub tls: Option<TlsListen>,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_timeout: Duration,
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field("tls_listen", &self.tls.as_ref().map(|t| t.listen))
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish()
+    }
+}
+
+/// An HTTPS listener: address, and the rustls config built from `tls_cert`/`tls_key`.
+#[derive(Clone)]
+pub struct TlsListen {
+    pub listen: SocketAddr,
+    pub cert_path: PathBuf,
+    pub server_config: Arc<rustls::ServerConfig>,
+}
+
+/// The admin listener (metrics, health).
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+/// Cache bounds.
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// Total weight (bodies + headers) held in memory.
+    pub max_bytes: u64,
+    /// Larger responses stream through uncached.
+    pub max_object_bytes: u64,
+    /// Whether responses carry an RFC 9211 `Cache-Status` header.
+    pub status_header: bool,
+}
+
+/// Settings shared by every upstream request.
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    /// User-Agent sent instead of the visitor's.
+    pub user_agent: HeaderValue,
+    /// Extra trust anchors (private PKI, tests), already parsed.
+    pub extra_ca: Vec<CertificateDer<'static>>,
+    /// TCP (and TLS) connect timeout.
+    pub connect_timeout: Duration,
+    /// Time allowed for the whole upstream exchange (head and buffered body).
+    pub timeout: Duration,
+}
+
+/// What tamis writes to its own log.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// One line per request.
+    pub access: bool,
+    /// Whether (and how) the client address appears in that line.
+    pub client_ip: ClientIpLog,
+}
+
+/// Client address in tamis's own logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientIpLog {
+    /// Never logged (default).
+    #[default]
+    None,
+    /// IPv4 truncated to /24, IPv6 to /48.
+    Truncated,
+}
+
+/// What a route does with requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteKind {
+    /// Files mirrored as they are (CDN scripts, stylesheets, images).
+    Static,
+}
+
+impl RouteKind {
+    /// The name used in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::Static => "static",
+        }
+    }
+}
+
+/// One `[[route]]`: a path prefix mirrored from one upstream.
+#[derive(Clone, Debug)]
+pub struct RouteConfig {
+    pub name: String,
+    pub kind: RouteKind,
+    /// Starts and ends with `/`.
+    pub prefix: String,
+    pub upstream: UpstreamBase,
+    pub jurisdiction: Jurisdiction,
+    /// Per-route User-Agent, replacing the global one (and, on an EU route, the visitor's).
+    pub user_agent: Option<HeaderValue>,
+    /// Extra visitor headers forwarded as they are (EU routes only).
+    pub forward_headers: Vec<HeaderName>,
+    /// Whether the visitor's query string is appended to the upstream URL.
+    pub forward_query: bool,
+}
+
+/// An upstream base URL: scheme, authority and a path ending in `/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamBase {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    pub path: String,
+}
+
+impl fmt::Display for UpstreamBase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.path)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The schema as written in TOML. `deny_unknown_fields` everywhere: a typo is an error, never a
+// silently ignored setting.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Spanned<String>>,
+    tls_listen: Option<Spanned<String>>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
+    shutdown_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Spanned<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    max_bytes: Option<Spanned<u64>>,
+    max_object_bytes: Option<Spanned<u64>>,
+    status_header: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    user_agent: Option<Spanned<String>>,
+    extra_ca_file: Option<Spanned<String>>,
+    connect_timeout: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    access: Option<bool>,
+    client_ip: Option<ClientIpLog>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Spanned<String>,
+    kind: RouteKind,
+    prefix: Spanned<String>,
+    upstream: Spanned<String>,
+    jurisdiction: Option<Jurisdiction>,
+    user_agent: Option<Spanned<String>>,
+    forward_headers: Option<Spanned<Vec<String>>>,
+    forward_query: Option<bool>,
+}
+
+const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+const DEFAULT_MAX_OBJECT_BYTES: u64 = 8 * 1024 * 1024;
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` is used for messages and to resolve relative files.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let mut v = Validator {
+            text,
+            path,
+            problems: Vec::new(),
+        };
+        let config = v.config(raw);
+        if v.problems.is_empty() {
+            config.ok_or_else(|| ConfigError::Invalid(Vec::new()))
+        } else {
+            Err(ConfigError::Invalid(v.problems))
+        }
+    }
+}
+
+/// Walks the raw config, collecting every problem instead of stopping at the first.
+struct Validator<'a> {
+    text: &'a str,
+    path: &'a Path,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn at(&self, span: Option<std::ops::Range<usize>>) -> String {
+        match span {
+            Some(span) => {
+                let line = self.text[..span.start.min(self.text.len())]
+                    .bytes()
+                    .filter(|&b| b == b'\n')
+                    .count()
+                    + 1;
+                format!("{} line {}", self.path.display(), line)
+            }
+            None => self.path.display().to_string(),
+        }
+    }
+
+    fn problem(
+        &mut self,
+        span: Option<std::ops::Range<usize>>,
+        key: impl Into<String>,
+        msg: impl Into<String>,
+    ) {
+        let at = self.at(span);
+        self.problems.push(Problem {
+            at,
+            key: key.into(),
+            message: msg.into(),
+        });
+    }
+
+    /// Resolves a file named in the config relative to the config's own folder.
+    fn file(&self, value: &str) -> PathBuf {
+        let p = Path::new(value);
+        if p.is_absolute() {
+            return p.to_owned();
+        }
+        match self.path.parent() {
+            Some(dir) => dir.join(p),
+            None => p.to_owned(),
+        }
+    }
+
+    fn socket_addr(&mut self, value: &Spanned<String>, key: &str) -> Option<SocketAddr> {
+        match value.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(
+                    Some(value.span()),
+                    key,
+                    format!(
+                        "{:?} is not an IP:port address (e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, value: Option<&Spanned<String>>, key: &str, default: Duration) -> Duration {
+        let Some(value) = value else { return default };
+        match humantime::parse_duration(value.get_ref()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.problem(Some(value.span()), key, "must be greater than zero");
+                default
+            }
+            Err(e) => {
+                self.problem(
+                    Some(value.span()),
+                    key,
+                    format!("{:?} is not a duration ({e}); write e.g. \"5s\" or \"250ms\"", value.get_ref()),
+                );
+                default
+            }
+        }
+    }
+
+    fn user_agent(&mut self, value: &Spanned<String>, key: &str) -> Option<HeaderValue> {
+        let s = value.get_ref().trim();
+        if s.is_empty() {
+            self.problem(Some(value.span()), key, "must not be empty");
+            return None;
+        }
+        // Visible ASCII only: a header value must survive every hop unchanged.
+        if !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            self.problem(Some(value.span()), key, "must be printable ASCII");
+            return None;
+        }
+        HeaderValue::from_str(s).ok()
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Option<Config> {
+        let server = self.server(raw.server);
+        let admin = raw.admin.and_then(|a| {
+            self.socket_addr(&a.listen, "admin.listen")
+                .map(|listen| AdminConfig { listen })
+        });
+        let cache = self.cache(raw.cache);
+        let upstream = self.upstream(raw.upstream);
+        let log = LogConfig {
+            access: raw.log.access.unwrap_or(true),
+            client_ip: raw.log.client_ip.unwrap_or_default(),
+        };
+        let routes = self.routes(raw.route);
+        Some(Config {
+            source: self.path.to_owned(),
+            server: server?,
+            admin,
+            cache,
+            upstream,
+            log,
+            routes,
+        })
+    }
+
+    fn server(&mut self, raw: RawServer) -> Option<ServerConfig> {
+        let listen = raw
+            .listen
+            .as_ref()
+            .and_then(|l| self.socket_addr(l, "server.listen"));
+        let shutdown_timeout = self.duration(
+            raw.shutdown_timeout.as_ref(),
+            "server.shutdown_timeout",
+            DEFAULT_SHUTDOWN_TIMEOUT,
+        );
+        let tls = match (&raw.tls_listen, &raw.tls_cert, &raw.tls_key) {
+            (None, None, None) => None,
+            (Some(l), Some(cert), Some(key)) => {
+                let listen = self.socket_addr(l, "server.tls_listen");
+                let cert_path = self.file(cert.get_ref());
+                let key_path = self.file(key.get_ref());
+                let loaded = match tls::server_config(&cert_path, &key_path) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        let span = match e {
+                            tls::TlsError::Key { .. } => key.span(),
+                            _ => cert.span(),
+                        };
+                        let which = match e {
+                            tls::TlsError::Key { .. } => "server.tls_key",
+                            _ => "server.tls_cert",
+                        };
+                        self.problem(Some(span), which, e.to_string());
+                        None
+                    }
+                };
+                match (listen, loaded) {
+                    (Some(listen), Some(server_config)) => Some(TlsListen {
+                        listen,
+                        cert_path,
+                        server_config,
+                    }),
+                    _ => None,
+                }
+            }
+            _ => {
+                let span = [&raw.tls_listen, &raw.tls_cert, &raw.tls_key]
+                    .into_iter()
+                    .flatten()
+                    .next()
+                    .map(|s| s.span());
+                self.problem(
+                    span,
+                    "server.tls_listen",
+                    "tls_listen, tls_cert and tls_key go together: set all three or none",
+                );
+                None
+            }
+        };
+        if raw.listen.is_none() && raw.tls_listen.is_none() {
+            self.problem(
+                None,
+                "server",
+                "no listener: set server.listen and/or server.tls_listen",
+            );
+        }
+        Some(ServerConfig {
+            listen,
+            tls,
+            shutdown_timeout,
+        })
+    }
+
+    fn cache(&mut self, raw: RawCache) -> CacheConfig {
+        let max_bytes = raw.max_bytes.as_ref().map_or(DEFAULT_MAX_BYTES, |v| *v.get_ref());
+        let max_object_bytes = raw
+            .max_object_bytes
+            .as_ref()
+            .map_or(DEFAULT_MAX_OBJECT_BYTES, |v| *v.get_ref());
+        if max_object_bytes > max_bytes {
+            let span = raw.max_object_bytes.as_ref().map(|v| v.span());
+            self.problem(
+                span,
+                "cache.max_object_bytes",
+                format!("{max_object_bytes} is larger than cache.max_bytes ({max_bytes})"),
+            );
+        }
+        // moka weighs entries in u32; an object must fit one weight.
+        if max_object_bytes > u64::from(u32::MAX) / 2 {
+            let span = raw.max_object_bytes.as_ref().map(|v| v.span());
+            self.problem(span, "cache.max_object_bytes", "must be below 2 GiB");
+        }
+        CacheConfig {
+            max_bytes,
+            max_object_bytes,
+            status_header: raw.status_header.unwrap_or(true),
+        }
+    }
+
+    fn upstream(&mut self, raw: RawUpstream) -> UpstreamConfig {
+        let user_agent = raw
+            .user_agent
+            .as_ref()
+            .and_then(|ua| self.user_agent(ua, "upstream.user_agent"))
+            .unwrap_or(HeaderValue::from_static(DEFAULT_USER_AGENT));
+        let extra_ca = match &raw.extra_ca_file {
+            None => Vec::new(),
+            Some(file) => match tls::ca_certificates(&self.file(file.get_ref())) {
+                Ok(certs) => certs,
+                Err(e) => {
+                    self.problem(Some(file.span()), "upstream.extra_ca_file", e.to_string());
+                    Vec::new()
+                }
+            },
+        };
+        UpstreamConfig {
+            user_agent,
+            extra_ca,
+            connect_timeout: self.duration(
+                raw.connect_timeout.as_ref(),
+                "upstream.connect_timeout",
+                DEFAULT_CONNECT_TIMEOUT,
+            ),
+            timeout: self.duration(raw.timeout.as_ref(), "upstream.timeout", DEFAULT_TIMEOUT),
+        }
+    }
+
+    fn routes(&mut self, raw: Vec<RawRoute>) -> Vec<RouteConfig> {
+        if raw.is_empty() {
+            self.problem(None, "route", "no [[route]]: tamis has nothing to serve");
+        }
+        let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.len());
+        let mut prefixes: Vec<(String, std::ops::Range<usize>)> = Vec::new();
+        let mut names: Vec<String> = Vec::new();
+        for (i, r) in raw.into_iter().enumerate() {
+            let key = |field: &str| format!("route[{i}].{field}");
+            let name = r.name.get_ref().clone();
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                self.problem(
+                    Some(r.name.span()),
+                    key("name"),
+                    format!("{name:?}: use letters, digits, '-' and '_' (it becomes a metrics label)"),
+                );
+            } else if names.contains(&name) {
+                self.problem(
+                    Some(r.name.span()),
+                    key("name"),
+                    format!("{name:?} is used by another route"),
+                );
+            }
+            names.push(name.clone());
+
+            let prefix = r.prefix.get_ref().clone();
+            if let Err(msg) = check_prefix(&prefix) {
+                self.problem(Some(r.prefix.span()), key("prefix"), msg);
+            } else if let Some((_, other)) = prefixes.iter().find(|(p, _)| *p == prefix) {
+                let line = self.at(Some(other.clone()));
+                self.problem(
+                    Some(r.prefix.span()),
+                    key("prefix"),
+                    format!("{prefix:?} is already the prefix of another route ({line})"),
+                );
+            }
+            prefixes.push((prefix.clone(), r.prefix.span()));
+
+            let upstream = match parse_upstream(r.upstream.get_ref()) {
+                Ok(u) => Some(u),
+                Err(msg) => {
+                    self.problem(Some(r.upstream.span()), key("upstream"), msg);
+                    None
+                }
+            };
+            let jurisdiction = r.jurisdiction.unwrap_or(Jurisdiction::NonEu);
+            let user_agent = r
+                .user_agent
+                .as_ref()
+                .and_then(|ua| self.user_agent(ua, &key("user_agent")));
+            let mut forward_headers = Vec::new();
+            if let Some(list) = &r.forward_headers {
+                if jurisdiction != Jurisdiction::Eu && !list.get_ref().is_empty() {
+                    self.problem(
+                        Some(list.span()),
+                        key("forward_headers"),
+                        "only an EU route (jurisdiction = \"eu\") may forward visitor headers beyond the allowlist",
+                    );
+                }
+                for h in list.get_ref() {
+                    match policy::check_forwardable(h) {
+                        Ok(name) => forward_headers.push(name),
+                        Err(msg) => self.problem(Some(list.span()), key("forward_headers"), msg),
+                    }
+                }
+            }
+            if let Some(upstream) = upstream {
+                routes.push(RouteConfig {
+                    name,
+                    kind: r.kind,
+                    prefix,
+                    upstream,
+                    jurisdiction,
+                    user_agent,
+                    forward_headers,
+                    forward_query: r.forward_query.unwrap_or(true),
+                });
+            }
+        }
+        routes
+    }
+}
+
+/// A prefix is an absolute path of plain segments ending in `/`.
+fn check_prefix(prefix: &str) -> Result<(), String> {
+    if !prefix.starts_with('/') || !prefix.ends_with('/') {
+        return Err(format!("{prefix:?} must start and end with '/' (e.g. \"/cdn/\")"));
+    }
+    if prefix.contains("//") {
+        return Err(format!("{prefix:?} has an empty segment"));
+    }
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"-._~/".contains(&b);
+    if !prefix.bytes().all(plain) {
+        return Err(format!(
+            "{prefix:?}: use letters, digits and - . _ ~ only (no percent-encoding)"
+        ));
+    }
+    if prefix.split('/').any(|s| s == "." || s == "..") {
+        return Err(format!("{prefix:?} has a '.' or '..' segment"));
+    }
+    Ok(())
+}
+
+/// Parses an upstream base URL: `http(s)://host[:port]/path/`.
+pub fn parse_upstream(s: &str) -> Result<UpstreamBase, String> {
+    let uri: Uri = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a valid URL ({e})"))?;
+    let scheme = match uri.scheme_str() {
+        Some("https") => Scheme::HTTPS,
+        Some("http") => Scheme::HTTP,
+        Some(other) => return Err(format!("{s:?}: scheme {other:?} is not http or https")),
+        None => return Err(format!("{s:?} must be an absolute http:// or https:// URL")),
+    };
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("{s:?} has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("{s:?}: user information in an upstream URL is not allowed"));
+    }
+    if authority.host().is_empty() {
+        return Err(format!("{s:?} has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{s:?}: an upstream base URL cannot have a query"));
+    }
+    let path = uri.path().to_owned();
+    if !path.ends_with('/') {
+        return Err(format!(
+            "{s:?} must end with '/' (the visitor's path after the prefix is appended to it)"
+        ));
+    }
+    if path.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(format!("{s:?} has a '.' or '..' segment"));
+    }
+    Ok(UpstreamBase {
+        scheme,
+        authority,
+        path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[route]]
+name = "cdn"
+kind = "static"
+prefix = "/cdn/"
+upstream = "https://cdn.example/npm/"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    fn problems(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => panic!("config accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_safe_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        let r = &c.routes[0];
+        assert_eq!(r.jurisdiction, Jurisdiction::NonEu);
+        assert_eq!(r.upstream.to_string(), "https://cdn.example/npm/");
+        assert_eq!(c.upstream.user_agent, DEFAULT_USER_AGENT);
+        assert_eq!(c.log.client_ip, ClientIpLog::None);
+        assert_eq!(c.cache.max_bytes, DEFAULT_MAX_BYTES);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_line() {
+        let text = MINIMAL.replace("kind = \"static\"", "kind = \"static\"\nupstrem = \"x\"");
+        let msg = problems(&text);
+        assert!(msg.contains("upstrem"), "{msg}");
+        assert!(msg.contains("line 8"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_kind_and_jurisdiction_are_refused() {
+        let msg = problems(&MINIMAL.replace("\"static\"", "\"magic\""));
+        assert!(msg.contains("magic"), "{msg}");
+        let msg = problems(&format!("{MINIMAL}jurisdiction = \"us\"\n"));
+        assert!(msg.contains("us"), "{msg}");
+    }
+
+    #[test]
+    fn bad_upstreams_are_refused() {
+        for bad in [
+            "ftp://x/",
+            "https://cdn.example/npm",
+            "cdn.example/npm/",
+            "https://user@cdn.example/",
+            "https://cdn.example/?a=b",
+            "https://cdn.example/a/../",
+        ] {
+            let msg = problems(&MINIMAL.replace("https://cdn.example/npm/", bad));
+            assert!(msg.contains("route[0].upstream"), "{bad}: {msg}");
+        }
+    }
+
+    #[test]
+    fn duplicate_prefix_names_both_lines() {
+        let text = format!(
+            "{MINIMAL}\n[[route]]\nname = \"b\"\nkind = \"static\"\nprefix = \"/cdn/\"\nupstream = \"https://b.example/\"\n"
+        );
+        let msg = problems(&text);
+        assert!(msg.contains("route[1].prefix"), "{msg}");
+        assert!(msg.contains("line 8"), "{msg}");
+    }
+
+    #[test]
+    fn bad_prefixes_are_refused() {
+        for bad in ["cdn/", "/cdn", "/c%64n/", "/a/../", "//"] {
+            let msg = problems(&MINIMAL.replace("\"/cdn/\"", &format!("{bad:?}")));
+            assert!(msg.contains("route[0].prefix"), "{bad}: {msg}");
+        }
+    }
+
+    #[test]
+    fn forward_headers_only_on_eu_routes_and_never_credentials() {
+        let msg = problems(&format!("{MINIMAL}forward_headers = [\"Accept-Language\"]\n"));
+        assert!(msg.contains("only an EU route"), "{msg}");
+        let msg = problems(&format!(
+            "{MINIMAL}jurisdiction = \"eu\"\nforward_headers = [\"Cookie\"]\n"
+        ));
+        assert!(msg.contains("Cookie"), "{msg}");
+        let c = parse(&format!(
+            "{MINIMAL}jurisdiction = \"eu\"\nforward_headers = [\"Accept-Language\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.routes[0].forward_headers, vec!["accept-language"]);
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once() {
+        let text = MINIMAL
+            .replace("127.0.0.1:0", "nowhere")
+            .replace("https://cdn.example/npm/", "ftp://x/");
+        let msg = problems(&text);
+        assert!(msg.contains("server.listen"), "{msg}");
+        assert!(msg.contains("route[0].upstream"), "{msg}");
+    }
+
+    #[test]
+    fn missing_tls_files_are_refused() {
+        let text = MINIMAL.replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\ntls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"",
+        );
+        let msg = problems(&text);
+        assert!(msg.contains("server.tls_cert"), "{msg}");
+        assert!(msg.contains("/nonexistent/cert.pem"), "{msg}");
+    }
+
+    #[test]
+    fn no_listener_and_no_route_are_refused() {
+        let msg = problems("[server]\n");
+        assert!(msg.contains("no listener"), "{msg}");
+        assert!(msg.contains("no [[route]]"), "{msg}");
+    }
+}

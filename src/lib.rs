@@ -1,0 +1,15 @@
+//! tamis: a privacy reverse proxy that serves third-party fonts, tiles, scripts and analytics
+//! from the site's own domain, and sifts personal data out of every request it forwards.
+
+pub mod admin;
+pub mod body;
+pub mod cache;
+pub mod config;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod report;
+pub mod routes;
+pub mod server;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,257 @@
+//! Prometheus metrics, served on the admin listener only. Labels are `route`, `status` and
+//! `result`: never a client address, never a raw path.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// Route label for requests that matched no route.
+pub const NO_ROUTE: &str = "none";
+
+/// What the cache did for one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheResult {
+    /// Served from a fresh stored copy.
+    Hit,
+    /// Not stored: fetched upstream by this request.
+    Miss,
+    /// Another request was already fetching it; this one waited and shared its result.
+    Coalesced,
+    /// The request is not one the cache answers (e.g. a Range request).
+    Bypass,
+}
+
+impl CacheResult {
+    /// Every result, for pre-registering label values.
+    pub const ALL: [CacheResult; 4] = [
+        CacheResult::Hit,
+        CacheResult::Miss,
+        CacheResult::Coalesced,
+        CacheResult::Bypass,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Miss => "miss",
+            CacheResult::Coalesced => "coalesced",
+            CacheResult::Bypass => "bypass",
+        }
+    }
+}
+
+/// Why an upstream exchange failed (the `result` label of `tamis_upstream_errors_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    Connect,
+    Timeout,
+    Protocol,
+    Body,
+    Redirect,
+}
+
+impl UpstreamFailure {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::Protocol => "protocol",
+            UpstreamFailure::Body => "body",
+            UpstreamFailure::Redirect => "redirect_outside",
+        }
+    }
+}
+
+/// All of tamis's metrics, in their own registry.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    cache_lookups: IntCounterVec,
+    cache_bytes: IntGauge,
+    cache_entries: IntGauge,
+    upstream_requests: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    upstream_duration: HistogramVec,
+}
+
+/// Handles resolved once per route, so the hot path does no label lookups for them.
+pub struct RouteMetrics {
+    route: String,
+    duration: Histogram,
+    upstream_duration: Histogram,
+    lookups: [IntCounter; 4],
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+fn buckets(name: &str, help: &str) -> HistogramOpts {
+    HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("tamis_requests_total", "Requests answered, by route and status."),
+            &["route", "status"],
+        )?;
+        let duration = HistogramVec::new(
+            buckets(
+                "tamis_request_duration_seconds",
+                "Time from request to response head, by route.",
+            ),
+            &["route"],
+        )?;
+        let cache_lookups = IntCounterVec::new(
+            Opts::new(
+                "tamis_cache_lookups_total",
+                "Cache lookups by route and result (hit, miss, coalesced, bypass).",
+            ),
+            &["route", "result"],
+        )?;
+        let cache_bytes = IntGauge::new(
+            "tamis_cache_bytes",
+            "Bytes held by the cache (bodies and headers).",
+        )?;
+        let cache_entries = IntGauge::new("tamis_cache_entries", "Objects held by the cache.")?;
+        let upstream_requests = IntCounterVec::new(
+            Opts::new(
+                "tamis_upstream_requests_total",
+                "Requests sent upstream, by route and response status.",
+            ),
+            &["route", "status"],
+        )?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "tamis_upstream_errors_total",
+                "Upstream exchanges that failed, by route and kind of failure.",
+            ),
+            &["route", "result"],
+        )?;
+        let upstream_duration = HistogramVec::new(
+            buckets(
+                "tamis_upstream_duration_seconds",
+                "Time to the upstream response head, by route.",
+            ),
+            &["route"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(cache_lookups.clone()))?;
+        registry.register(Box::new(cache_bytes.clone()))?;
+        registry.register(Box::new(cache_entries.clone()))?;
+        registry.register(Box::new(upstream_requests.clone()))?;
+        registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            duration,
+            cache_lookups,
+            cache_bytes,
+            cache_entries,
+            upstream_requests,
+            upstream_errors,
+            upstream_duration,
+        })
+    }
+
+    /// Resolves (and so exports, at zero) the per-route series.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let lookups = CacheResult::ALL.map(|r| {
+            self.cache_lookups
+                .with_label_values(&[route, r.as_str()])
+        });
+        RouteMetrics {
+            route: route.to_owned(),
+            duration: self.duration.with_label_values(&[route]),
+            upstream_duration: self.upstream_duration.with_label_values(&[route]),
+            lookups,
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, route: &str, status: http::StatusCode) {
+        self.requests
+            .with_label_values(&[route, status.as_str()])
+            .inc();
+    }
+
+    /// Counts one upstream response.
+    pub fn upstream_response(&self, rm: &RouteMetrics, status: http::StatusCode, seconds: f64) {
+        self.upstream_requests
+            .with_label_values(&[rm.route.as_str(), status.as_str()])
+            .inc();
+        rm.upstream_duration.observe(seconds);
+    }
+
+    /// Counts one failed upstream exchange.
+    pub fn upstream_error(&self, rm: &RouteMetrics, failure: UpstreamFailure) {
+        self.upstream_errors
+            .with_label_values(&[rm.route.as_str(), failure.as_str()])
+            .inc();
+    }
+
+    /// Sets the cache size gauges (called at scrape time).
+    pub fn set_cache_size(&self, bytes: u64, entries: u64) {
+        self.cache_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.cache_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Result<Vec<u8>, prometheus::Error> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        Ok(out)
+    }
+}
+
+impl RouteMetrics {
+    /// Counts one cache lookup.
+    pub fn lookup(&self, result: CacheResult) {
+        let i = CacheResult::ALL
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(0);
+        self.lookups[i].inc();
+    }
+
+    /// Records one request's duration.
+    pub fn observe(&self, seconds: f64) {
+        self.duration.observe(seconds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prefixed_metrics_with_only_allowed_labels() {
+        let m = Metrics::new().unwrap();
+        let r = m.route("cdn");
+        r.lookup(CacheResult::Hit);
+        m.request("cdn", http::StatusCode::OK);
+        m.upstream_error(&r, UpstreamFailure::Timeout);
+        let text = String::from_utf8(m.render().unwrap()).unwrap();
+        assert!(text.contains("tamis_cache_lookups_total{result=\"hit\",route=\"cdn\"} 1"), "{text}");
+        assert!(text.contains("tamis_requests_total{route=\"cdn\",status=\"200\"} 1"), "{text}");
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("tamis_"), "{line}");
+            if let Some(labels) = line.split('{').nth(1) {
+                for pair in labels.split('}').next().unwrap().split(',') {
+                    let key = pair.split('=').next().unwrap();
+                    assert!(["route", "status", "result", "le"].contains(&key), "{line}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,701 @@
+//! The privacy policy, as data: which request headers may leave tamis for an upstream, and
+//! which response headers may reach the visitor. Every header rule lives here, in tables read
+//! by pure functions; `tamis check` prints the same tables.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use serde::Deserialize;
+
+/// Where an upstream's operator is, legally. Outside the EU unless the config says otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+pub enum Jurisdiction {
+    /// Under EU law, in the EU.
+    #[serde(rename = "eu")]
+    Eu,
+    /// Anywhere else (the default).
+    #[default]
+    #[serde(rename = "non-eu")]
+    NonEu,
+}
+
+impl Jurisdiction {
+    /// The name used in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Jurisdiction::Eu => "eu",
+            Jurisdiction::NonEu => "non-eu",
+        }
+    }
+}
+
+/// Why a request header is kept from the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removed {
+    /// Carries or reveals the visitor's address.
+    ClientAddress,
+    /// Logs the visitor in somewhere (the site's cookies, tokens).
+    Credential,
+    /// Reveals the page the visitor is on.
+    Referrer,
+    /// Narrows down who the visitor is (language, preferences).
+    Fingerprint,
+    /// Client hints: device and browser details.
+    ClientHint,
+    /// An identifier assigned to the browser.
+    Identifier,
+    /// A browser validator can carry an identifier (ETag supercookie); tamis revalidates itself.
+    Validator,
+    /// Belongs to one connection, not to the request.
+    HopByHop,
+    /// Not on the allowlist.
+    NotAllowlisted,
+}
+
+impl Removed {
+    /// One line for `tamis check` and the docs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Removed::ClientAddress => "client address",
+            Removed::Credential => "credentials (the site's cookies and logins)",
+            Removed::Referrer => "the visitor's page",
+            Removed::Fingerprint => "fingerprinting",
+            Removed::ClientHint => "client hints (device details)",
+            Removed::Identifier => "browser identifier",
+            Removed::Validator => "browser validator (can be a supercookie); tamis revalidates with its own",
+            Removed::HopByHop => "hop-by-hop (tamis manages its own connections)",
+            Removed::NotAllowlisted => "not on the allowlist",
+        }
+    }
+}
+
+/// What the allowlist does with a header it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Allowed {
+    /// Sent as the browser sent it.
+    AsSent,
+    /// Reduced to one of a few canonical values (also part of the cache key).
+    Normalized,
+}
+
+/// The request headers that may reach an upstream, whatever its jurisdiction.
+/// Content-Length is not here: the client sets it from the body tamis actually forwards.
+pub const REQUEST_ALLOWLIST: &[(HeaderName, Allowed, &str)] = &[
+    (header::ACCEPT, Allowed::AsSent, "content negotiation"),
+    (
+        header::ACCEPT_ENCODING,
+        Allowed::Normalized,
+        "normalised to \"br, gzip\", \"gzip\", \"br\" or \"identity\"",
+    ),
+    (header::RANGE, Allowed::AsSent, "partial content, never cached"),
+    (header::IF_RANGE, Allowed::AsSent, "goes with Range"),
+    (header::CONTENT_TYPE, Allowed::AsSent, "describes a forwarded body"),
+];
+
+/// Request headers removed for a named reason (everything else not allowlisted goes too).
+pub const REQUEST_REMOVED: &[(&str, Removed)] = &[
+    ("cookie", Removed::Credential),
+    ("authorization", Removed::Credential),
+    ("proxy-authorization", Removed::Credential),
+    ("x-forwarded-for", Removed::ClientAddress),
+    ("forwarded", Removed::ClientAddress),
+    ("x-real-ip", Removed::ClientAddress),
+    ("true-client-ip", Removed::ClientAddress),
+    ("cf-connecting-ip", Removed::ClientAddress),
+    ("fastly-client-ip", Removed::ClientAddress),
+    ("x-client-ip", Removed::ClientAddress),
+    ("x-cluster-client-ip", Removed::ClientAddress),
+    ("x-forwarded", Removed::ClientAddress),
+    ("forwarded-for", Removed::ClientAddress),
+    ("x-forwarded-host", Removed::ClientAddress),
+    ("x-forwarded-proto", Removed::ClientAddress),
+    ("via", Removed::ClientAddress),
+    ("referer", Removed::Referrer),
+    ("origin", Removed::Referrer),
+    ("accept-language", Removed::Fingerprint),
+    ("dnt", Removed::Fingerprint),
+    ("sec-gpc", Removed::Fingerprint),
+    ("x-client-data", Removed::Identifier),
+    ("x-requested-with", Removed::Identifier),
+    ("device-memory", Removed::ClientHint),
+    ("dpr", Removed::ClientHint),
+    ("viewport-width", Removed::ClientHint),
+    ("width", Removed::ClientHint),
+    ("downlink", Removed::ClientHint),
+    ("ect", Removed::ClientHint),
+    ("rtt", Removed::ClientHint),
+    ("save-data", Removed::ClientHint),
+    ("if-none-match", Removed::Validator),
+    ("if-modified-since", Removed::Validator),
+    ("if-match", Removed::Validator),
+    ("if-unmodified-since", Removed::Validator),
+    ("connection", Removed::HopByHop),
+    ("keep-alive", Removed::HopByHop),
+    ("proxy-connection", Removed::HopByHop),
+    ("te", Removed::HopByHop),
+    ("trailer", Removed::HopByHop),
+    ("transfer-encoding", Removed::HopByHop),
+    ("upgrade", Removed::HopByHop),
+    ("host", Removed::HopByHop),
+];
+
+/// Families of request headers removed by name prefix.
+pub const REQUEST_REMOVED_PREFIXES: &[(&str, Removed)] = &[
+    ("sec-ch-", Removed::ClientHint),
+    ("sec-fetch-", Removed::Fingerprint),
+];
+
+/// Removal reasons that no per-route setting can lift: these never reach any upstream.
+const NEVER_FORWARDABLE: &[Removed] = &[
+    Removed::Credential,
+    Removed::ClientAddress,
+    Removed::Validator,
+    Removed::HopByHop,
+];
+
+/// Why a named request header would be removed (`None`: on the allowlist, or User-Agent).
+pub fn removal_reason(name: &str) -> Option<Removed> {
+    if name.eq_ignore_ascii_case("user-agent")
+        || REQUEST_ALLOWLIST
+            .iter()
+            .any(|(n, _, _)| n.as_str().eq_ignore_ascii_case(name))
+    {
+        return None;
+    }
+    let lower = name.to_ascii_lowercase();
+    if let Some((_, why)) = REQUEST_REMOVED.iter().find(|(n, _)| *n == lower) {
+        return Some(*why);
+    }
+    if let Some((_, why)) = REQUEST_REMOVED_PREFIXES
+        .iter()
+        .find(|(p, _)| lower.starts_with(p))
+    {
+        return Some(*why);
+    }
+    Some(Removed::NotAllowlisted)
+}
+
+/// Checks a header an EU route wants to forward beyond the allowlist.
+pub fn check_forwardable(name: &str) -> Result<HeaderName, String> {
+    let parsed = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("{name:?} is not a header name"))?;
+    match removal_reason(name) {
+        Some(why) if NEVER_FORWARDABLE.contains(&why) => Err(format!(
+            "{name:?} is never forwarded to any upstream ({})",
+            why.reason()
+        )),
+        None => Err(format!("{name:?} is already forwarded; remove it from the list")),
+        Some(_) => Ok(parsed),
+    }
+}
+
+/// The User-Agent an upstream sees.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserAgent {
+    /// A fixed value configured by the operator.
+    Fixed(HeaderValue),
+    /// The visitor's own (EU routes without a configured one).
+    Visitor,
+}
+
+/// One route's request-header policy, derived from its config.
+#[derive(Clone, Debug)]
+pub struct RequestPolicy {
+    pub jurisdiction: Jurisdiction,
+    pub user_agent: UserAgent,
+    /// Extra visitor headers forwarded as they are (EU routes only, checked at load).
+    pub extra: Vec<HeaderName>,
+}
+
+impl RequestPolicy {
+    /// Non-EU upstreams always get a fixed User-Agent; EU ones get the visitor's unless the
+    /// route sets one.
+    pub fn new(
+        jurisdiction: Jurisdiction,
+        global_ua: &HeaderValue,
+        route_ua: Option<&HeaderValue>,
+        extra: &[HeaderName],
+    ) -> RequestPolicy {
+        let user_agent = match (jurisdiction, route_ua) {
+            (_, Some(ua)) => UserAgent::Fixed(ua.clone()),
+            (Jurisdiction::NonEu, None) => UserAgent::Fixed(global_ua.clone()),
+            (Jurisdiction::Eu, None) => UserAgent::Visitor,
+        };
+        let extra = match jurisdiction {
+            Jurisdiction::Eu => extra.to_vec(),
+            // Config loading refuses this already; the policy holds the line on its own too.
+            Jurisdiction::NonEu => Vec::new(),
+        };
+        RequestPolicy {
+            jurisdiction,
+            user_agent,
+            extra,
+        }
+    }
+
+    /// Builds the header map sent upstream. It is built *from the allowlist*, not by deleting
+    /// from the visitor's headers, so a header nobody thought of can never slip through.
+    pub fn scrub(&self, visitor: &HeaderMap) -> HeaderMap {
+        let mut out = HeaderMap::with_capacity(8);
+        for (name, how, _) in REQUEST_ALLOWLIST {
+            match how {
+                Allowed::AsSent => {
+                    for v in visitor.get_all(name) {
+                        out.append(name.clone(), v.clone());
+                    }
+                }
+                Allowed::Normalized => {
+                    // Accept-Encoding is the only normalised header.
+                    let enc = AcceptEncoding::from_headers(visitor);
+                    out.insert(name.clone(), enc.header_value());
+                }
+            }
+        }
+        for name in &self.extra {
+            for v in visitor.get_all(name) {
+                out.append(name.clone(), v.clone());
+            }
+        }
+        match &self.user_agent {
+            UserAgent::Fixed(ua) => {
+                out.insert(header::USER_AGENT, ua.clone());
+            }
+            UserAgent::Visitor => {
+                if let Some(ua) = visitor.get(header::USER_AGENT) {
+                    out.insert(header::USER_AGENT, ua.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The content codings tamis asks an upstream for, reduced to four buckets so that the cache
+/// keeps at most four variants and the header says nothing about the visitor's browser.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AcceptEncoding {
+    Identity,
+    Gzip,
+    Br,
+    BrGzip,
+}
+
+impl AcceptEncoding {
+    /// Reads every Accept-Encoding value; a coding counts when its q is above 0.
+    pub fn from_headers(headers: &HeaderMap) -> AcceptEncoding {
+        let (mut br, mut gzip) = (false, false);
+        for value in headers.get_all(header::ACCEPT_ENCODING) {
+            let Ok(value) = value.to_str() else { continue };
+            for item in value.split(',') {
+                let mut parts = item.split(';');
+                let coding = parts.next().unwrap_or("").trim();
+                let accepted = parts.all(|p| {
+                    let p = p.trim();
+                    match p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")) {
+                        Some(q) => q.trim().parse::<f32>().map(|q| q > 0.0).unwrap_or(false),
+                        None => true,
+                    }
+                });
+                if !accepted {
+                    continue;
+                }
+                if coding.eq_ignore_ascii_case("br") {
+                    br = true;
+                } else if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+                    gzip = true;
+                } else if coding == "*" {
+                    br = true;
+                    gzip = true;
+                }
+            }
+        }
+        match (br, gzip) {
+            (true, true) => AcceptEncoding::BrGzip,
+            (true, false) => AcceptEncoding::Br,
+            (false, true) => AcceptEncoding::Gzip,
+            (false, false) => AcceptEncoding::Identity,
+        }
+    }
+
+    /// The value sent upstream.
+    pub fn header_value(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            AcceptEncoding::Identity => "identity",
+            AcceptEncoding::Gzip => "gzip",
+            AcceptEncoding::Br => "br",
+            AcceptEncoding::BrGzip => "br, gzip",
+        })
+    }
+}
+
+/// Truncates a client address for the rare places tamis may keep one (its own log, when the
+/// operator asks): IPv4 to /24, IPv6 to /48.
+pub fn truncate_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::V4(Ipv4Addr::new(a, b, c, 0))
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => truncate_ip(IpAddr::V4(v4)),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+
+/// Why a response header is kept from the visitor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stripped {
+    /// Would store state in the visitor's browser for the site's origin.
+    BrowserState,
+    /// Makes the browser report to a third party later.
+    Reporting,
+    /// Points the browser at the third party directly.
+    ThirdPartyHint,
+    /// Asks the browser for client hints on later requests.
+    ClientHints,
+    /// Third-party timing details.
+    Timing,
+    /// Belongs to one connection.
+    HopByHop,
+}
+
+impl Stripped {
+    /// One line for `tamis check` and the docs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Stripped::BrowserState => "sets state in the visitor's browser",
+            Stripped::Reporting => "makes the browser report to a third party",
+            Stripped::ThirdPartyHint => "sends the browser to the third party",
+            Stripped::ClientHints => "asks the browser for client hints",
+            Stripped::Timing => "third-party timing",
+            Stripped::HopByHop => "hop-by-hop",
+        }
+    }
+}
+
+/// Response headers that never reach the visitor.
+pub const RESPONSE_STRIPPED: &[(&str, Stripped)] = &[
+    ("set-cookie", Stripped::BrowserState),
+    ("set-cookie2", Stripped::BrowserState),
+    ("clear-site-data", Stripped::BrowserState),
+    ("strict-transport-security", Stripped::BrowserState),
+    ("public-key-pins", Stripped::BrowserState),
+    ("public-key-pins-report-only", Stripped::BrowserState),
+    ("expect-ct", Stripped::BrowserState),
+    ("set-login", Stripped::BrowserState),
+    ("observe-browsing-topics", Stripped::BrowserState),
+    ("attribution-reporting-register-source", Stripped::BrowserState),
+    ("attribution-reporting-register-trigger", Stripped::BrowserState),
+    ("activate-storage-access", Stripped::BrowserState),
+    ("nel", Stripped::Reporting),
+    ("report-to", Stripped::Reporting),
+    ("reporting-endpoints", Stripped::Reporting),
+    ("alt-svc", Stripped::ThirdPartyHint),
+    ("content-location", Stripped::ThirdPartyHint),
+    ("refresh", Stripped::ThirdPartyHint),
+    ("speculation-rules", Stripped::ThirdPartyHint),
+    ("service-worker-allowed", Stripped::ThirdPartyHint),
+    ("accept-ch", Stripped::ClientHints),
+    ("critical-ch", Stripped::ClientHints),
+    ("accept-ch-lifetime", Stripped::ClientHints),
+    ("server-timing", Stripped::Timing),
+    ("connection", Stripped::HopByHop),
+    ("keep-alive", Stripped::HopByHop),
+    ("proxy-connection", Stripped::HopByHop),
+    ("proxy-authenticate", Stripped::HopByHop),
+    ("te", Stripped::HopByHop),
+    ("trailer", Stripped::HopByHop),
+    ("transfer-encoding", Stripped::HopByHop),
+    ("upgrade", Stripped::HopByHop),
+];
+
+/// Removes from an upstream response every header the visitor must not get: the table above,
+/// headers the upstream named in `Connection`, and `Link` entries pointing at other hosts.
+/// `Location` is handled by the route (it maps it back to a first-party URL).
+pub fn scrub_response(headers: &mut HeaderMap) {
+    // Names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1).
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for (name, _) in RESPONSE_STRIPPED {
+        headers.remove(*name);
+    }
+    if headers.contains_key(header::LINK) {
+        let kept: Vec<HeaderValue> = headers
+            .get_all(header::LINK)
+            .iter()
+            .filter_map(|v| v.to_str().ok().and_then(filter_link))
+            .filter_map(|v| HeaderValue::from_str(&v).ok())
+            .collect();
+        headers.remove(header::LINK);
+        for v in kept {
+            headers.append(header::LINK, v);
+        }
+    }
+}
+
+/// Keeps the `Link` entries whose target is relative (same origin as tamis); drops those that
+/// name a host, since preconnect, preload and prefetch hints would send the browser there.
+pub fn filter_link(value: &str) -> Option<String> {
+    let kept: Vec<&str> = split_link_entries(value)
+        .into_iter()
+        .filter(|entry| {
+            let entry = entry.trim();
+            let Some(rest) = entry.strip_prefix('<') else {
+                return false;
+            };
+            let Some(end) = rest.find('>') else {
+                return false;
+            };
+            is_relative_reference(&rest[..end])
+        })
+        .map(str::trim)
+        .collect();
+    if kept.is_empty() {
+        None
+    } else {
+        Some(kept.join(", "))
+    }
+}
+
+/// True for a path-absolute or path-relative URL reference (no scheme, no authority).
+pub fn is_relative_reference(target: &str) -> bool {
+    let t = target.trim();
+    if t.starts_with("//") || t.starts_with("\\\\") || t.starts_with("/\\") || t.starts_with("\\/") {
+        return false;
+    }
+    // A scheme is letters/digits/+-. before the first ':' that comes before any '/', '?' or '#'.
+    !matches!(t.find([':', '/', '?', '#']), Some(i) if t.as_bytes()[i] == b':')
+}
+
+/// Splits a Link header on the commas between entries (not those inside `<…>` or quotes).
+fn split_link_entries(value: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut in_angle, mut in_quote, mut escaped) = (false, false, false);
+    let mut start = 0;
+    for (i, c) in value.char_indices() {
+        if in_quote {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_quote = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '<' => in_angle = true,
+            '>' => in_angle = false,
+            '"' if !in_angle => in_quote = true,
+            ',' if !in_angle => {
+                out.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&value[start..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn visitor() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("accept", "text/css,*/*;q=0.1"),
+            ("accept-encoding", "gzip, deflate, br, zstd"),
+            ("accept-language", "fr-FR,fr;q=0.9"),
+            ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0"),
+            ("cookie", "session=secret"),
+            ("authorization", "Bearer secret"),
+            ("referer", "https://site.example/private/page?user=42"),
+            ("origin", "https://site.example"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("forwarded", "for=203.0.113.7"),
+            ("x-real-ip", "203.0.113.7"),
+            ("true-client-ip", "203.0.113.7"),
+            ("cf-connecting-ip", "203.0.113.7"),
+            ("via", "1.1 someproxy"),
+            ("sec-ch-ua", "\"Chromium\";v=\"131\""),
+            ("sec-ch-ua-platform", "\"Linux\""),
+            ("x-client-data", "CIa2yQEIpLbJAQ=="),
+            ("if-none-match", "\"supercookie-1234\""),
+            ("if-modified-since", "Tue, 01 Jan 2030 00:00:00 GMT"),
+            ("dnt", "1"),
+            ("x-something-new", "identifier"),
+            ("range", "bytes=0-99"),
+        ] {
+            h.append(k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn ua() -> HeaderValue {
+        HeaderValue::from_static("tamis-test (ops@site.example)")
+    }
+
+    #[test]
+    fn non_eu_gets_only_the_allowlist_and_a_fixed_user_agent() {
+        let p = RequestPolicy::new(Jurisdiction::NonEu, &ua(), None, &[]);
+        let out = p.scrub(&visitor());
+        let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["accept", "accept-encoding", "range", "user-agent"]);
+        assert_eq!(out["user-agent"], "tamis-test (ops@site.example)");
+        assert_eq!(out["accept-encoding"], "br, gzip");
+        assert_eq!(out["accept"], "text/css,*/*;q=0.1");
+    }
+
+    #[test]
+    fn non_eu_ignores_extra_headers_even_if_asked() {
+        let extra = [HeaderName::from_static("accept-language")];
+        let p = RequestPolicy::new(Jurisdiction::NonEu, &ua(), None, &extra);
+        assert!(p.scrub(&visitor()).get("accept-language").is_none());
+    }
+
+    #[test]
+    fn eu_keeps_the_visitor_user_agent_and_explicit_extras() {
+        let extra = [HeaderName::from_static("accept-language")];
+        let p = RequestPolicy::new(Jurisdiction::Eu, &ua(), None, &extra);
+        let out = p.scrub(&visitor());
+        assert_eq!(out["user-agent"], "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0");
+        assert_eq!(out["accept-language"], "fr-FR,fr;q=0.9");
+        for never in ["cookie", "authorization", "x-forwarded-for", "referer", "if-none-match"] {
+            assert!(out.get(never).is_none(), "{never} forwarded");
+        }
+    }
+
+    #[test]
+    fn a_route_user_agent_wins_everywhere() {
+        let route = HeaderValue::from_static("route-ua");
+        for j in [Jurisdiction::Eu, Jurisdiction::NonEu] {
+            let p = RequestPolicy::new(j, &ua(), Some(&route), &[]);
+            assert_eq!(p.scrub(&visitor())["user-agent"], "route-ua");
+        }
+    }
+
+    #[test]
+    fn removal_reasons_are_named() {
+        assert_eq!(removal_reason("Cookie"), Some(Removed::Credential));
+        assert_eq!(removal_reason("X-Forwarded-For"), Some(Removed::ClientAddress));
+        assert_eq!(removal_reason("CF-Connecting-IP"), Some(Removed::ClientAddress));
+        assert_eq!(removal_reason("Sec-CH-UA-Model"), Some(Removed::ClientHint));
+        assert_eq!(removal_reason("If-None-Match"), Some(Removed::Validator));
+        assert_eq!(removal_reason("X-Client-Data"), Some(Removed::Identifier));
+        assert_eq!(removal_reason("X-Anything"), Some(Removed::NotAllowlisted));
+        assert_eq!(removal_reason("accept"), None);
+    }
+
+    #[test]
+    fn never_forwardable_headers_cannot_be_opted_in() {
+        for h in ["Cookie", "Authorization", "X-Forwarded-For", "Forwarded", "Via", "If-None-Match", "Host", "Connection"] {
+            assert!(check_forwardable(h).is_err(), "{h} accepted");
+        }
+        assert!(check_forwardable("Accept").is_err(), "already forwarded");
+        assert!(check_forwardable("bad header").is_err());
+        assert!(check_forwardable("Accept-Language").is_ok());
+        assert!(check_forwardable("Referer").is_ok());
+    }
+
+    #[test]
+    fn accept_encoding_buckets() {
+        let ae = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("accept-encoding", HeaderValue::from_static(v));
+            AcceptEncoding::from_headers(&h)
+        };
+        assert_eq!(ae("gzip, deflate, br, zstd"), AcceptEncoding::BrGzip);
+        assert_eq!(ae("gzip"), AcceptEncoding::Gzip);
+        assert_eq!(ae("x-gzip;q=0.5"), AcceptEncoding::Gzip);
+        assert_eq!(ae("br;q=1.0, gzip;q=0"), AcceptEncoding::Br);
+        assert_eq!(ae("identity"), AcceptEncoding::Identity);
+        assert_eq!(ae("*"), AcceptEncoding::BrGzip);
+        assert_eq!(ae("gzip;q=bogus"), AcceptEncoding::Identity);
+        assert_eq!(AcceptEncoding::from_headers(&HeaderMap::new()), AcceptEncoding::Identity);
+    }
+
+    fn response(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn response_state_setters_are_stripped() {
+        let mut h = response(&[
+            ("content-type", "text/css"),
+            ("cache-control", "public, max-age=60"),
+            ("set-cookie", "NID=1; Domain=.google.com"),
+            ("nel", "{\"report_to\":\"x\"}"),
+            ("report-to", "{}"),
+            ("reporting-endpoints", "x=\"https://r.example\""),
+            ("alt-svc", "h3=\":443\""),
+            ("accept-ch", "Sec-CH-UA-Model"),
+            ("critical-ch", "Sec-CH-UA-Model"),
+            ("server-timing", "db;dur=53"),
+            ("strict-transport-security", "max-age=31536000; includeSubDomains"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("etag", "\"abc\""),
+        ]);
+        scrub_response(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["cache-control", "content-type", "etag"]);
+    }
+
+    #[test]
+    fn link_hints_to_other_hosts_are_dropped() {
+        assert_eq!(filter_link("<https://fonts.gstatic.com>; rel=preconnect; crossorigin"), None);
+        assert_eq!(filter_link("<//cdn.example/x.js>; rel=preload; as=script"), None);
+        assert_eq!(
+            filter_link("<https://a.example/x,y>; rel=preload, </local.css>; rel=preload; as=style").as_deref(),
+            Some("</local.css>; rel=preload; as=style")
+        );
+        assert_eq!(
+            filter_link("</a>; title=\"x, <https://evil>\", <HTTPS://B.example/>; rel=dns-prefetch").as_deref(),
+            Some("</a>; title=\"x, <https://evil>\"")
+        );
+        assert_eq!(filter_link("garbage"), None);
+        let mut h = response(&[("link", "<https://fonts.gstatic.com>; rel=preconnect")]);
+        scrub_response(&mut h);
+        assert!(h.get("link").is_none());
+    }
+
+    #[test]
+    fn truncated_addresses() {
+        let t = |s: &str| truncate_ip(s.parse().unwrap()).to_string();
+        assert_eq!(t("203.0.113.77"), "203.0.113.0");
+        assert_eq!(t("2001:db8:1234:5678::1"), "2001:db8:1234::");
+        assert_eq!(t("::ffff:203.0.113.77"), "203.0.113.0");
+    }
+
+    #[test]
+    fn relative_references() {
+        assert!(is_relative_reference("/a/b"));
+        assert!(is_relative_reference("a/b:c"));
+        assert!(is_relative_reference("?q=1"));
+        assert!(!is_relative_reference("https://x/"));
+        assert!(!is_relative_reference("//x/"));
+        assert!(!is_relative_reference("/\\x/"));
+        assert!(!is_relative_reference("javascript:alert(1)"));
+    }
+}

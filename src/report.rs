@@ -1,0 +1,195 @@
+//! `tamis check`: the operator's proof of what leaves. Generated from the running policy
+//! tables, so it cannot drift from what the proxy does.
+
+use std::fmt::Write as _;
+
+use crate::config::{ClientIpLog, Config};
+use crate::policy::{
+    Allowed, Jurisdiction, Removed, UserAgent, REQUEST_ALLOWLIST, REQUEST_REMOVED,
+    REQUEST_REMOVED_PREFIXES, RESPONSE_STRIPPED,
+};
+use crate::routes::{Route, Router};
+
+/// Header names as people write them.
+fn display_name(name: &str) -> String {
+    const UPPER: &[&str] = &["cf", "dnt", "te", "nel", "dpr", "ect", "rtt", "ch", "ip", "gpc", "ct"];
+    name.split('-')
+        .map(|part| {
+            if UPPER.contains(&part) {
+                part.to_ascii_uppercase()
+            } else {
+                let mut c = part.chars();
+                c.next()
+                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                    .unwrap_or_default()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// Groups table rows by their reason, in the table's order.
+fn grouped<R: Copy + PartialEq>(rows: impl Iterator<Item = (String, R)>) -> Vec<(R, Vec<String>)> {
+    let mut groups: Vec<(R, Vec<String>)> = Vec::new();
+    for (name, why) in rows {
+        match groups.iter_mut().find(|(r, _)| *r == why) {
+            Some((_, names)) => names.push(name),
+            None => groups.push((why, vec![name])),
+        }
+    }
+    groups
+}
+
+/// The full report for a valid config.
+pub fn check_report(config: &Config) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: valid", config.source.display());
+    let _ = writeln!(out);
+    let _ = writeln!(out, "listeners");
+    if let Some(a) = config.server.listen {
+        let _ = writeln!(out, "  http   {a}");
+    }
+    if let Some(t) = &config.server.tls {
+        let _ = writeln!(
+            out,
+            "  https  {} (h2, http/1.1; certificate {})",
+            t.listen,
+            t.cert_path.display()
+        );
+    }
+    match &config.admin {
+        Some(a) => {
+            let _ = writeln!(out, "  admin  {} (/metrics, /healthz)", a.listen);
+        }
+        None => {
+            let _ = writeln!(out, "  admin  none (no metrics endpoint)");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "cache    {} bytes in memory, objects up to {} bytes; only what upstreams mark fresh is kept",
+        config.cache.max_bytes, config.cache.max_object_bytes
+    );
+    let _ = writeln!(
+        out,
+        "log      {}",
+        match (config.log.access, config.log.client_ip) {
+            (false, _) => "no access log",
+            (true, ClientIpLog::None) => "one line per request, no client address",
+            (true, ClientIpLog::Truncated) =>
+                "one line per request, client address truncated (IPv4 /24, IPv6 /48)",
+        }
+    );
+    let _ = writeln!(
+        out,
+        "upstream timeouts: connect {:?}, total {:?}",
+        config.upstream.connect_timeout, config.upstream.timeout
+    );
+    let router = Router::new(config);
+    for route in router.routes() {
+        let _ = writeln!(out);
+        route_report(&mut out, route);
+    }
+    out
+}
+
+fn route_report(out: &mut String, route: &Route) {
+    let c = &route.config;
+    let _ = writeln!(out, "route {} ({})", c.name, c.kind.as_str());
+    let _ = writeln!(out, "  {} -> {}", c.prefix, c.upstream);
+    let _ = writeln!(
+        out,
+        "  jurisdiction   {}",
+        match c.jurisdiction {
+            Jurisdiction::NonEu => "non-eu: outside the EU, only the allowlist below leaves",
+            Jurisdiction::Eu => "eu: under EU law; allowlist plus the visitor's User-Agent and any forward_headers",
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  query string   {}",
+        if c.forward_query {
+            "forwarded as is"
+        } else {
+            "dropped"
+        }
+    );
+    let _ = writeln!(out, "  sent upstream:");
+    for (name, how, why) in REQUEST_ALLOWLIST {
+        let line = match how {
+            Allowed::AsSent => format!("as sent by the browser ({why})"),
+            Allowed::Normalized => (*why).to_owned(),
+        };
+        let _ = writeln!(out, "    {:<18} {line}", display_name(name.as_str()));
+    }
+    match &route.policy.user_agent {
+        UserAgent::Fixed(ua) => {
+            let _ = writeln!(
+                out,
+                "    {:<18} replaced by {:?}",
+                "User-Agent",
+                ua.to_str().unwrap_or("")
+            );
+        }
+        UserAgent::Visitor => {
+            let _ = writeln!(out, "    {:<18} as sent by the browser (EU route)", "User-Agent");
+        }
+    }
+    for extra in &route.policy.extra {
+        let _ = writeln!(
+            out,
+            "    {:<18} as sent by the browser (forward_headers, EU route)",
+            display_name(extra.as_str())
+        );
+    }
+    let _ = writeln!(
+        out,
+        "    {:<18} {} (from the config, never the visitor's)",
+        "Host",
+        c.upstream.authority
+    );
+    let _ = writeln!(out, "  removed:");
+    let rows = REQUEST_REMOVED
+        .iter()
+        .filter(|(n, _)| !route.policy.extra.iter().any(|e| e.as_str() == *n))
+        .map(|(n, why)| (display_name(n), *why))
+        .chain(
+            REQUEST_REMOVED_PREFIXES
+                .iter()
+                .map(|(p, why)| (format!("{}*", display_name(p)), *why)),
+        );
+    for (why, names) in grouped(rows) {
+        let _ = writeln!(out, "    {}: {}", why.reason(), names.join(", "));
+    }
+    let _ = writeln!(
+        out,
+        "    {}: every other header",
+        Removed::NotAllowlisted.reason()
+    );
+    let _ = writeln!(out, "  kept from the visitor (response):");
+    let rows = RESPONSE_STRIPPED
+        .iter()
+        .map(|(n, why)| (display_name(n), *why));
+    for (why, names) in grouped(rows) {
+        let _ = writeln!(out, "    {}: {}", why.reason(), names.join(", "));
+    }
+    let _ = writeln!(out, "    Link: entries naming another host");
+    let _ = writeln!(
+        out,
+        "    Location: mapped back under {}; a redirect anywhere else is answered 502",
+        c.prefix
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names() {
+        assert_eq!(display_name("x-forwarded-for"), "X-Forwarded-For");
+        assert_eq!(display_name("sec-ch-"), "Sec-CH-");
+        assert_eq!(display_name("dnt"), "DNT");
+        assert_eq!(display_name("x-real-ip"), "X-Real-IP");
+    }
+}
