@@ -15,7 +15,11 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<ProxyBody
         return error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
     match req.uri().path() {
-        "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", Bytes::from_static(b"ok\n")),
+        "/healthz" => text(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(b"ok\n"),
+        ),
         "/metrics" => {
             let (bytes, entries) = state.cache.size().await;
             state.metrics.set_cache_size(bytes, entries);

@@ -105,7 +105,11 @@ impl Body for Streamed {
 
     fn size_hint(&self) -> SizeHint {
         let buffered: u64 = self.prefix.iter().map(|b| b.len() as u64).sum();
-        let rest = self.rest.as_ref().map(|r| r.size_hint()).unwrap_or_else(|| SizeHint::with_exact(0));
+        let rest = self
+            .rest
+            .as_ref()
+            .map(|r| r.size_hint())
+            .unwrap_or_else(|| SizeHint::with_exact(0));
         let mut hint = SizeHint::new();
         hint.set_lower(buffered + rest.lower());
         if let Some(upper) = rest.upper() {

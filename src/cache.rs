@@ -202,7 +202,12 @@ pub struct Cache {
 struct Freshness;
 
 impl Expiry<CacheKey, Arc<Entry>> for Freshness {
-    fn expire_after_create(&self, _: &CacheKey, value: &Arc<Entry>, _: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &CacheKey,
+        value: &Arc<Entry>,
+        _: Instant,
+    ) -> Option<Duration> {
         Some(value.fresh_for)
     }
 
@@ -306,7 +311,10 @@ impl FillGuard<'_> {
     /// Publishes the fill's result: stores first, then wakes the waiters, then leaves the table.
     pub async fn finish(mut self, fill: Fill) {
         if let Fill::Stored(entry) = &fill {
-            self.cache.store.insert(self.key.clone(), entry.clone()).await;
+            self.cache
+                .store
+                .insert(self.key.clone(), entry.clone())
+                .await;
         }
         self.tx.send_replace(Some(fill));
         self.release();
@@ -364,7 +372,11 @@ mod tests {
         let s = decide(200, &[("cache-control", "public, max-age=60")]).unwrap();
         assert_eq!(s.fresh_for, Duration::from_secs(60));
         let s = decide(200, &[("cache-control", "max-age=60, s-maxage=600")]).unwrap();
-        assert_eq!(s.fresh_for, Duration::from_secs(600), "s-maxage wins in a shared cache");
+        assert_eq!(
+            s.fresh_for,
+            Duration::from_secs(600),
+            "s-maxage wins in a shared cache"
+        );
         let s = decide(200, &[("cache-control", "max-age=60"), ("age", "50")]).unwrap();
         assert_eq!(s.fresh_for, Duration::from_secs(10));
         assert_eq!(s.age, Duration::from_secs(50));
@@ -378,29 +390,74 @@ mod tests {
 
     #[test]
     fn what_must_not_be_stored_is_not() {
-        assert_eq!(decide(200, &[("cache-control", "no-store, max-age=60")]), Err(NotStored::Forbidden));
-        assert_eq!(decide(200, &[("cache-control", "private, max-age=60")]), Err(NotStored::Forbidden));
-        assert_eq!(decide(200, &[("cache-control", "no-cache, max-age=60")]), Err(NotStored::NoFreshness));
-        assert_eq!(decide(200, &[]), Err(NotStored::NoFreshness), "no heuristic freshness");
+        assert_eq!(
+            decide(200, &[("cache-control", "no-store, max-age=60")]),
+            Err(NotStored::Forbidden)
+        );
+        assert_eq!(
+            decide(200, &[("cache-control", "private, max-age=60")]),
+            Err(NotStored::Forbidden)
+        );
+        assert_eq!(
+            decide(200, &[("cache-control", "no-cache, max-age=60")]),
+            Err(NotStored::NoFreshness)
+        );
+        assert_eq!(
+            decide(200, &[]),
+            Err(NotStored::NoFreshness),
+            "no heuristic freshness"
+        );
         assert_eq!(
             decide(200, &[("last-modified", "Mon, 01 Jan 2001 00:00:00 GMT")]),
             Err(NotStored::NoFreshness)
         );
-        assert_eq!(decide(206, &[("cache-control", "max-age=60")]), Err(NotStored::Forbidden));
-        assert_eq!(decide(200, &[("cache-control", "max-age=0")]), Err(NotStored::NoFreshness));
-        assert_eq!(decide(200, &[("cache-control", "max-age=60"), ("age", "61")]), Err(NotStored::NoFreshness));
         assert_eq!(
-            decide(200, &[("cache-control", "max-age=60"), ("set-cookie", "a=b")]),
+            decide(206, &[("cache-control", "max-age=60")]),
+            Err(NotStored::Forbidden)
+        );
+        assert_eq!(
+            decide(200, &[("cache-control", "max-age=0")]),
+            Err(NotStored::NoFreshness)
+        );
+        assert_eq!(
+            decide(200, &[("cache-control", "max-age=60"), ("age", "61")]),
+            Err(NotStored::NoFreshness)
+        );
+        assert_eq!(
+            decide(
+                200,
+                &[("cache-control", "max-age=60"), ("set-cookie", "a=b")]
+            ),
             Err(NotStored::SetCookie)
         );
-        assert_eq!(decide(200, &[("cache-control", "max-age=60"), ("vary", "*")]), Err(NotStored::Vary));
         assert_eq!(
-            decide(200, &[("cache-control", "max-age=60"), ("vary", "Accept-Encoding, Cookie")]),
+            decide(200, &[("cache-control", "max-age=60"), ("vary", "*")]),
             Err(NotStored::Vary)
         );
-        assert!(decide(200, &[("cache-control", "max-age=60"), ("vary", "accept-encoding")]).is_ok());
         assert_eq!(
-            decide(200, &[("cache-control", "max-age=60"), ("expires", "0"), ("cache-control", "s-maxage=0")]),
+            decide(
+                200,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("vary", "Accept-Encoding, Cookie")
+                ]
+            ),
+            Err(NotStored::Vary)
+        );
+        assert!(decide(
+            200,
+            &[("cache-control", "max-age=60"), ("vary", "accept-encoding")]
+        )
+        .is_ok());
+        assert_eq!(
+            decide(
+                200,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("expires", "0"),
+                    ("cache-control", "s-maxage=0")
+                ]
+            ),
             Err(NotStored::NoFreshness)
         );
     }
@@ -428,22 +485,42 @@ mod tests {
     #[tokio::test]
     async fn one_leader_per_key_and_waiters_share_its_fill() {
         let cache = Cache::new(1 << 20, 1 << 16);
-        let Lookup::Lead(guard) = cache.lookup(&key(1)).await else { panic!("expected lead") };
-        let Lookup::Wait(rx) = cache.lookup(&key(1)).await else { panic!("expected wait") };
-        assert!(matches!(cache.lookup(&key(2)).await, Lookup::Lead(_)), "other keys are independent");
+        let Lookup::Lead(guard) = cache.lookup(&key(1)).await else {
+            panic!("expected lead")
+        };
+        let Lookup::Wait(rx) = cache.lookup(&key(1)).await else {
+            panic!("expected wait")
+        };
+        assert!(
+            matches!(cache.lookup(&key(2)).await, Lookup::Lead(_)),
+            "other keys are independent"
+        );
         guard.finish(Fill::Stored(entry(10, 60))).await;
-        assert!(matches!(Cache::wait(rx, Duration::from_secs(1)).await, Waited::Fill(Fill::Stored(_))));
+        assert!(matches!(
+            Cache::wait(rx, Duration::from_secs(1)).await,
+            Waited::Fill(Fill::Stored(_))
+        ));
         assert!(matches!(cache.lookup(&key(1)).await, Lookup::Hit(_)));
     }
 
     #[tokio::test]
     async fn an_abandoned_fill_releases_its_waiters() {
         let cache = Cache::new(1 << 20, 1 << 16);
-        let Lookup::Lead(guard) = cache.lookup(&key(1)).await else { panic!("expected lead") };
-        let Lookup::Wait(rx) = cache.lookup(&key(1)).await else { panic!("expected wait") };
+        let Lookup::Lead(guard) = cache.lookup(&key(1)).await else {
+            panic!("expected lead")
+        };
+        let Lookup::Wait(rx) = cache.lookup(&key(1)).await else {
+            panic!("expected wait")
+        };
         drop(guard);
-        assert!(matches!(Cache::wait(rx, Duration::from_secs(1)).await, Waited::Retry));
-        assert!(matches!(cache.lookup(&key(1)).await, Lookup::Lead(_)), "a new leader can start");
+        assert!(matches!(
+            Cache::wait(rx, Duration::from_secs(1)).await,
+            Waited::Retry
+        ));
+        assert!(
+            matches!(cache.lookup(&key(1)).await, Lookup::Lead(_)),
+            "a new leader can start"
+        );
     }
 
     #[tokio::test]
@@ -453,9 +530,14 @@ mod tests {
             StatusCode::OK,
             HeaderMap::new(),
             Bytes::new(),
-            Storable { fresh_for: Duration::from_millis(50), age: Duration::ZERO },
+            Storable {
+                fresh_for: Duration::from_millis(50),
+                age: Duration::ZERO,
+            },
         ));
-        let Lookup::Lead(guard) = cache.lookup(&key(1)).await else { panic!() };
+        let Lookup::Lead(guard) = cache.lookup(&key(1)).await else {
+            panic!()
+        };
         guard.finish(Fill::Stored(e)).await;
         assert!(matches!(cache.lookup(&key(1)).await, Lookup::Hit(_)));
         tokio::time::sleep(Duration::from_millis(80)).await;

@@ -379,7 +379,12 @@ impl Validator<'_> {
         }
     }
 
-    fn duration(&mut self, value: Option<&Spanned<String>>, key: &str, default: Duration) -> Duration {
+    fn duration(
+        &mut self,
+        value: Option<&Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
         let Some(value) = value else { return default };
         match humantime::parse_duration(value.get_ref()) {
             Ok(d) if !d.is_zero() => d,
@@ -391,7 +396,10 @@ impl Validator<'_> {
                 self.problem(
                     Some(value.span()),
                     key,
-                    format!("{:?} is not a duration ({e}); write e.g. \"5s\" or \"250ms\"", value.get_ref()),
+                    format!(
+                        "{:?} is not a duration ({e}); write e.g. \"5s\" or \"250ms\"",
+                        value.get_ref()
+                    ),
                 );
                 default
             }
@@ -505,7 +513,10 @@ impl Validator<'_> {
     }
 
     fn cache(&mut self, raw: RawCache) -> CacheConfig {
-        let max_bytes = raw.max_bytes.as_ref().map_or(DEFAULT_MAX_BYTES, |v| *v.get_ref());
+        let max_bytes = raw
+            .max_bytes
+            .as_ref()
+            .map_or(DEFAULT_MAX_BYTES, |v| *v.get_ref());
         let max_object_bytes = raw
             .max_object_bytes
             .as_ref()
@@ -576,7 +587,9 @@ impl Validator<'_> {
                 self.problem(
                     Some(r.name.span()),
                     key("name"),
-                    format!("{name:?}: use letters, digits, '-' and '_' (it becomes a metrics label)"),
+                    format!(
+                        "{name:?}: use letters, digits, '-' and '_' (it becomes a metrics label)"
+                    ),
                 );
             } else if names.contains(&name) {
                 self.problem(
@@ -648,7 +661,9 @@ impl Validator<'_> {
 /// A prefix is an absolute path of plain segments ending in `/`.
 fn check_prefix(prefix: &str) -> Result<(), String> {
     if !prefix.starts_with('/') || !prefix.ends_with('/') {
-        return Err(format!("{prefix:?} must start and end with '/' (e.g. \"/cdn/\")"));
+        return Err(format!(
+            "{prefix:?} must start and end with '/' (e.g. \"/cdn/\")"
+        ));
     }
     if prefix.contains("//") {
         return Err(format!("{prefix:?} has an empty segment"));
@@ -681,7 +696,9 @@ pub fn parse_upstream(s: &str) -> Result<UpstreamBase, String> {
         .cloned()
         .ok_or_else(|| format!("{s:?} has no host"))?;
     if authority.as_str().contains('@') {
-        return Err(format!("{s:?}: user information in an upstream URL is not allowed"));
+        return Err(format!(
+            "{s:?}: user information in an upstream URL is not allowed"
+        ));
     }
     if authority.host().is_empty() {
         return Err(format!("{s:?} has no host"));
@@ -793,7 +810,9 @@ upstream = "https://cdn.example/npm/"
 
     #[test]
     fn forward_headers_only_on_eu_routes_and_never_credentials() {
-        let msg = problems(&format!("{MINIMAL}forward_headers = [\"Accept-Language\"]\n"));
+        let msg = problems(&format!(
+            "{MINIMAL}forward_headers = [\"Accept-Language\"]\n"
+        ));
         assert!(msg.contains("only an EU route"), "{msg}");
         let msg = problems(&format!(
             "{MINIMAL}jurisdiction = \"eu\"\nforward_headers = [\"Cookie\"]\n"

@@ -9,7 +9,10 @@ use tamis::config::{Config, DEFAULT_CONFIG_PATH};
 use tamis::server::Server;
 
 #[derive(Parser)]
-#[command(version, about = "A privacy reverse proxy for third-party fonts, tiles, scripts and analytics")]
+#[command(
+    version,
+    about = "A privacy reverse proxy for third-party fonts, tiles, scripts and analytics"
+)]
 struct Cli {
     /// The TOML configuration file.
     #[arg(long, global = true, default_value = DEFAULT_CONFIG_PATH)]

@@ -99,7 +99,10 @@ impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("tamis_requests_total", "Requests answered, by route and status."),
+            Opts::new(
+                "tamis_requests_total",
+                "Requests answered, by route and status.",
+            ),
             &["route", "status"],
         )?;
         let duration = HistogramVec::new(
@@ -165,10 +168,8 @@ impl Metrics {
 
     /// Resolves (and so exports, at zero) the per-route series.
     pub fn route(&self, route: &str) -> RouteMetrics {
-        let lookups = CacheResult::ALL.map(|r| {
-            self.cache_lookups
-                .with_label_values(&[route, r.as_str()])
-        });
+        let lookups =
+            CacheResult::ALL.map(|r| self.cache_lookups.with_label_values(&[route, r.as_str()]));
         RouteMetrics {
             route: route.to_owned(),
             duration: self.duration.with_label_values(&[route]),
@@ -201,7 +202,8 @@ impl Metrics {
 
     /// Sets the cache size gauges (called at scrape time).
     pub fn set_cache_size(&self, bytes: u64, entries: u64) {
-        self.cache_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.cache_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         self.cache_entries
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
@@ -242,8 +244,14 @@ mod tests {
         m.request("cdn", http::StatusCode::OK);
         m.upstream_error(&r, UpstreamFailure::Timeout);
         let text = String::from_utf8(m.render().unwrap()).unwrap();
-        assert!(text.contains("tamis_cache_lookups_total{result=\"hit\",route=\"cdn\"} 1"), "{text}");
-        assert!(text.contains("tamis_requests_total{route=\"cdn\",status=\"200\"} 1"), "{text}");
+        assert!(
+            text.contains("tamis_cache_lookups_total{result=\"hit\",route=\"cdn\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tamis_requests_total{route=\"cdn\",status=\"200\"} 1"),
+            "{text}"
+        );
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("tamis_"), "{line}");
             if let Some(labels) = line.split('{').nth(1) {

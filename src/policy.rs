@@ -60,7 +60,9 @@ impl Removed {
             Removed::Fingerprint => "fingerprinting",
             Removed::ClientHint => "client hints (device details)",
             Removed::Identifier => "browser identifier",
-            Removed::Validator => "browser validator (can be a supercookie); tamis revalidates with its own",
+            Removed::Validator => {
+                "browser validator (can be a supercookie); tamis revalidates with its own"
+            }
             Removed::HopByHop => "hop-by-hop (tamis manages its own connections)",
             Removed::NotAllowlisted => "not on the allowlist",
         }
@@ -85,9 +87,17 @@ pub const REQUEST_ALLOWLIST: &[(HeaderName, Allowed, &str)] = &[
         Allowed::Normalized,
         "normalised to \"br, gzip\", \"gzip\", \"br\" or \"identity\"",
     ),
-    (header::RANGE, Allowed::AsSent, "partial content, never cached"),
+    (
+        header::RANGE,
+        Allowed::AsSent,
+        "partial content, never cached",
+    ),
     (header::IF_RANGE, Allowed::AsSent, "goes with Range"),
-    (header::CONTENT_TYPE, Allowed::AsSent, "describes a forwarded body"),
+    (
+        header::CONTENT_TYPE,
+        Allowed::AsSent,
+        "describes a forwarded body",
+    ),
 ];
 
 /// Request headers removed for a named reason (everything else not allowlisted goes too).
@@ -182,7 +192,9 @@ pub fn check_forwardable(name: &str) -> Result<HeaderName, String> {
             "{name:?} is never forwarded to any upstream ({})",
             why.reason()
         )),
-        None => Err(format!("{name:?} is already forwarded; remove it from the list")),
+        None => Err(format!(
+            "{name:?} is already forwarded; remove it from the list"
+        )),
         Some(_) => Ok(parsed),
     }
 }
@@ -299,7 +311,9 @@ impl AcceptEncoding {
                 }
                 if coding.eq_ignore_ascii_case("br") {
                     br = true;
-                } else if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+                } else if coding.eq_ignore_ascii_case("gzip")
+                    || coding.eq_ignore_ascii_case("x-gzip")
+                {
                     gzip = true;
                 } else if coding == "*" {
                     br = true;
@@ -390,8 +404,14 @@ pub const RESPONSE_STRIPPED: &[(&str, Stripped)] = &[
     ("expect-ct", Stripped::BrowserState),
     ("set-login", Stripped::BrowserState),
     ("observe-browsing-topics", Stripped::BrowserState),
-    ("attribution-reporting-register-source", Stripped::BrowserState),
-    ("attribution-reporting-register-trigger", Stripped::BrowserState),
+    (
+        "attribution-reporting-register-source",
+        Stripped::BrowserState,
+    ),
+    (
+        "attribution-reporting-register-trigger",
+        Stripped::BrowserState,
+    ),
     ("activate-storage-access", Stripped::BrowserState),
     ("nel", Stripped::Reporting),
     ("report-to", Stripped::Reporting),
@@ -474,7 +494,8 @@ pub fn filter_link(value: &str) -> Option<String> {
 /// True for a path-absolute or path-relative URL reference (no scheme, no authority).
 pub fn is_relative_reference(target: &str) -> bool {
     let t = target.trim();
-    if t.starts_with("//") || t.starts_with("\\\\") || t.starts_with("/\\") || t.starts_with("\\/") {
+    if t.starts_with("//") || t.starts_with("\\\\") || t.starts_with("/\\") || t.starts_with("\\/")
+    {
         return false;
     }
     // A scheme is letters/digits/+-. before the first ':' that comes before any '/', '?' or '#'.
@@ -574,9 +595,18 @@ mod tests {
         let extra = [HeaderName::from_static("accept-language")];
         let p = RequestPolicy::new(Jurisdiction::Eu, &ua(), None, &extra);
         let out = p.scrub(&visitor());
-        assert_eq!(out["user-agent"], "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0");
+        assert_eq!(
+            out["user-agent"],
+            "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0"
+        );
         assert_eq!(out["accept-language"], "fr-FR,fr;q=0.9");
-        for never in ["cookie", "authorization", "x-forwarded-for", "referer", "if-none-match"] {
+        for never in [
+            "cookie",
+            "authorization",
+            "x-forwarded-for",
+            "referer",
+            "if-none-match",
+        ] {
             assert!(out.get(never).is_none(), "{never} forwarded");
         }
     }
@@ -593,8 +623,14 @@ mod tests {
     #[test]
     fn removal_reasons_are_named() {
         assert_eq!(removal_reason("Cookie"), Some(Removed::Credential));
-        assert_eq!(removal_reason("X-Forwarded-For"), Some(Removed::ClientAddress));
-        assert_eq!(removal_reason("CF-Connecting-IP"), Some(Removed::ClientAddress));
+        assert_eq!(
+            removal_reason("X-Forwarded-For"),
+            Some(Removed::ClientAddress)
+        );
+        assert_eq!(
+            removal_reason("CF-Connecting-IP"),
+            Some(Removed::ClientAddress)
+        );
         assert_eq!(removal_reason("Sec-CH-UA-Model"), Some(Removed::ClientHint));
         assert_eq!(removal_reason("If-None-Match"), Some(Removed::Validator));
         assert_eq!(removal_reason("X-Client-Data"), Some(Removed::Identifier));
@@ -604,7 +640,16 @@ mod tests {
 
     #[test]
     fn never_forwardable_headers_cannot_be_opted_in() {
-        for h in ["Cookie", "Authorization", "X-Forwarded-For", "Forwarded", "Via", "If-None-Match", "Host", "Connection"] {
+        for h in [
+            "Cookie",
+            "Authorization",
+            "X-Forwarded-For",
+            "Forwarded",
+            "Via",
+            "If-None-Match",
+            "Host",
+            "Connection",
+        ] {
             assert!(check_forwardable(h).is_err(), "{h} accepted");
         }
         assert!(check_forwardable("Accept").is_err(), "already forwarded");
@@ -627,7 +672,10 @@ mod tests {
         assert_eq!(ae("identity"), AcceptEncoding::Identity);
         assert_eq!(ae("*"), AcceptEncoding::BrGzip);
         assert_eq!(ae("gzip;q=bogus"), AcceptEncoding::Identity);
-        assert_eq!(AcceptEncoding::from_headers(&HeaderMap::new()), AcceptEncoding::Identity);
+        assert_eq!(
+            AcceptEncoding::from_headers(&HeaderMap::new()),
+            AcceptEncoding::Identity
+        );
     }
 
     fn response(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -651,7 +699,10 @@ mod tests {
             ("accept-ch", "Sec-CH-UA-Model"),
             ("critical-ch", "Sec-CH-UA-Model"),
             ("server-timing", "db;dur=53"),
-            ("strict-transport-security", "max-age=31536000; includeSubDomains"),
+            (
+                "strict-transport-security",
+                "max-age=31536000; includeSubDomains",
+            ),
             ("connection", "x-hop"),
             ("x-hop", "1"),
             ("etag", "\"abc\""),
@@ -664,14 +715,26 @@ mod tests {
 
     #[test]
     fn link_hints_to_other_hosts_are_dropped() {
-        assert_eq!(filter_link("<https://fonts.gstatic.com>; rel=preconnect; crossorigin"), None);
-        assert_eq!(filter_link("<//cdn.example/x.js>; rel=preload; as=script"), None);
         assert_eq!(
-            filter_link("<https://a.example/x,y>; rel=preload, </local.css>; rel=preload; as=style").as_deref(),
+            filter_link("<https://fonts.gstatic.com>; rel=preconnect; crossorigin"),
+            None
+        );
+        assert_eq!(
+            filter_link("<//cdn.example/x.js>; rel=preload; as=script"),
+            None
+        );
+        assert_eq!(
+            filter_link(
+                "<https://a.example/x,y>; rel=preload, </local.css>; rel=preload; as=style"
+            )
+            .as_deref(),
             Some("</local.css>; rel=preload; as=style")
         );
         assert_eq!(
-            filter_link("</a>; title=\"x, <https://evil>\", <HTTPS://B.example/>; rel=dns-prefetch").as_deref(),
+            filter_link(
+                "</a>; title=\"x, <https://evil>\", <HTTPS://B.example/>; rel=dns-prefetch"
+            )
+            .as_deref(),
             Some("</a>; title=\"x, <https://evil>\"")
         );
         assert_eq!(filter_link("garbage"), None);

@@ -84,7 +84,11 @@ impl Answer {
 }
 
 /// Answers one visitor request.
-pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+pub async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -134,7 +138,10 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr)
 /// RFC 9211 `Cache-Status`.
 const CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache-status");
 
-fn cache_status(result: Option<CacheResult>, stored: Option<Result<(), NotStored>>) -> Option<&'static str> {
+fn cache_status(
+    result: Option<CacheResult>,
+    stored: Option<Result<(), NotStored>>,
+) -> Option<&'static str> {
     Some(match (result?, stored) {
         (CacheResult::Hit, _) => "tamis; hit",
         (CacheResult::Bypass, _) => "tamis; fwd=bypass",
@@ -150,7 +157,10 @@ async fn serve(state: &State, req: Request<Incoming>) -> Answer {
         return Answer::plain(StatusCode::BAD_REQUEST, "CONNECT is not supported\n");
     }
     if req.version() < Version::HTTP_2 && req.uri().authority().is_some() {
-        return Answer::plain(StatusCode::BAD_REQUEST, "absolute-form request targets are not accepted\n");
+        return Answer::plain(
+            StatusCode::BAD_REQUEST,
+            "absolute-form request targets are not accepted\n",
+        );
     }
 
     // 2. Route.
@@ -162,7 +172,12 @@ async fn serve(state: &State, req: Request<Incoming>) -> Answer {
     answer
 }
 
-async fn serve_route(state: &State, route: &Arc<Route>, rest: &str, req: &Request<Incoming>) -> Answer {
+async fn serve_route(
+    state: &State,
+    route: &Arc<Route>,
+    rest: &str,
+    req: &Request<Incoming>,
+) -> Answer {
     let head_only = match *req.method() {
         Method::GET => false,
         Method::HEAD => true,
@@ -206,7 +221,11 @@ async fn serve_route(state: &State, route: &Arc<Route>, rest: &str, req: &Reques
                 return Answer {
                     response: from_entry(&entry, head_only),
                     route: None,
-                    cache: Some(if coalesced { CacheResult::Coalesced } else { CacheResult::Hit }),
+                    cache: Some(if coalesced {
+                        CacheResult::Coalesced
+                    } else {
+                        CacheResult::Hit
+                    }),
                     stored: None,
                 };
             }
@@ -294,7 +313,12 @@ async fn fetch(
     policy::scrub_response(&mut headers);
     if let Some(location) = headers.get(header::LOCATION) {
         let mapped = location.to_str().ok().map(|loc| {
-            confine::map_location(&route.config.upstream, &route.config.prefix, &up.parts.uri, loc)
+            confine::map_location(
+                &route.config.upstream,
+                &route.config.prefix,
+                &up.parts.uri,
+                loc,
+            )
         });
         match mapped.and_then(|m| match m {
             Redirect::FirstParty(p) => HeaderValue::from_str(&p).ok(),
@@ -321,13 +345,29 @@ async fn fetch(
         d => d,
     };
     let Some(guard) = guard else {
-        return streamed(state, status, headers, Vec::new(), Some(incoming), head_only, decision.map(|_| ()));
+        return streamed(
+            state,
+            status,
+            headers,
+            Vec::new(),
+            Some(incoming),
+            head_only,
+            decision.map(|_| ()),
+        );
     };
     let storable = match decision {
         Ok(s) => s,
         Err(why) => {
             guard.finish(Fill::NotStored).await;
-            return streamed(state, status, headers, Vec::new(), Some(incoming), head_only, Err(why));
+            return streamed(
+                state,
+                status,
+                headers,
+                Vec::new(),
+                Some(incoming),
+                head_only,
+                Err(why),
+            );
         }
     };
 
@@ -347,7 +387,15 @@ async fn fetch(
         }
         Ok(Ok(Buffered::TooLarge(prefix, rest))) => {
             guard.finish(Fill::NotStored).await;
-            streamed(state, status, headers, prefix, Some(rest), head_only, Err(NotStored::TooLarge))
+            streamed(
+                state,
+                status,
+                headers,
+                prefix,
+                Some(rest),
+                head_only,
+                Err(NotStored::TooLarge),
+            )
         }
         Ok(Err(e)) => {
             state.metrics.upstream_error(rm, UpstreamFailure::Body);
@@ -358,7 +406,9 @@ async fn fetch(
         Err(_) => {
             state.metrics.upstream_error(rm, UpstreamFailure::Timeout);
             tracing::warn!(route = %route.config.name, "upstream body timed out");
-            guard.finish(Fill::Failed(StatusCode::GATEWAY_TIMEOUT)).await;
+            guard
+                .finish(Fill::Failed(StatusCode::GATEWAY_TIMEOUT))
+                .await;
             Answer::plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n")
         }
     }
@@ -423,7 +473,9 @@ async fn buffer(mut body: Incoming, max: u64) -> Result<Buffered, hyper::Error> 
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut total: u64 = 0;
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else { continue };
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
         total += data.len() as u64;
         chunks.push(data);
         if total > max {
@@ -473,7 +525,10 @@ pub fn error_response(status: StatusCode, message: &'static str) -> Response<Pro
     let mut response = Response::new(body::full(Bytes::from_static(message.as_bytes())));
     *response.status_mut() = status;
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

@@ -12,7 +12,9 @@ use crate::routes::{Route, Router};
 
 /// Header names as people write them.
 fn display_name(name: &str) -> String {
-    const UPPER: &[&str] = &["cf", "dnt", "te", "nel", "dpr", "ect", "rtt", "ch", "ip", "gpc", "ct"];
+    const UPPER: &[&str] = &[
+        "cf", "dnt", "te", "nel", "dpr", "ect", "rtt", "ch", "ip", "gpc", "ct",
+    ];
     name.split('-')
         .map(|part| {
             if UPPER.contains(&part) {
@@ -102,7 +104,8 @@ fn route_report(out: &mut String, route: &Route) {
         "  jurisdiction   {}",
         match c.jurisdiction {
             Jurisdiction::NonEu => "non-eu: outside the EU, only the allowlist below leaves",
-            Jurisdiction::Eu => "eu: under EU law; allowlist plus the visitor's User-Agent and any forward_headers",
+            Jurisdiction::Eu =>
+                "eu: under EU law; allowlist plus the visitor's User-Agent and any forward_headers",
         }
     );
     let _ = writeln!(
@@ -132,7 +135,11 @@ fn route_report(out: &mut String, route: &Route) {
             );
         }
         UserAgent::Visitor => {
-            let _ = writeln!(out, "    {:<18} as sent by the browser (EU route)", "User-Agent");
+            let _ = writeln!(
+                out,
+                "    {:<18} as sent by the browser (EU route)",
+                "User-Agent"
+            );
         }
     }
     for extra in &route.policy.extra {
@@ -145,8 +152,7 @@ fn route_report(out: &mut String, route: &Route) {
     let _ = writeln!(
         out,
         "    {:<18} {} (from the config, never the visitor's)",
-        "Host",
-        c.upstream.authority
+        "Host", c.upstream.authority
     );
     let _ = writeln!(out, "  removed:");
     let rows = REQUEST_REMOVED

@@ -36,7 +36,9 @@ fn check_segment(raw: &str) -> Result<(), Confinement> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).ok_or(Confinement::BadPercentEncoding)?;
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .ok_or(Confinement::BadPercentEncoding)?;
             let hex = std::str::from_utf8(hex).map_err(|_| Confinement::BadPercentEncoding)?;
             let b = u8::from_str_radix(hex, 16).map_err(|_| Confinement::BadPercentEncoding)?;
             decoded.push(b);
@@ -77,9 +79,14 @@ pub fn check_rest(rest: &str) -> Result<(), Confinement> {
 }
 
 /// Builds the upstream URL for `rest` (the path after the prefix, raw) and an optional query.
-pub fn upstream_uri(base: &UpstreamBase, rest: &str, query: Option<&str>) -> Result<Uri, Confinement> {
+pub fn upstream_uri(
+    base: &UpstreamBase,
+    rest: &str,
+    query: Option<&str>,
+) -> Result<Uri, Confinement> {
     check_rest(rest)?;
-    let mut pq = String::with_capacity(base.path.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
+    let mut pq =
+        String::with_capacity(base.path.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
     pq.push_str(&base.path);
     pq.push_str(rest);
     if let Some(q) = query {
@@ -109,7 +116,12 @@ pub enum Redirect {
 
 /// Maps an upstream `Location` back under the route prefix, resolving it against the URL that
 /// was requested upstream.
-pub fn map_location(base: &UpstreamBase, prefix: &str, requested: &Uri, location: &str) -> Redirect {
+pub fn map_location(
+    base: &UpstreamBase,
+    prefix: &str,
+    requested: &Uri,
+    location: &str,
+) -> Redirect {
     let loc = location.trim();
     if loc.contains('\\') || loc.bytes().any(|b| b < 0x20 || b == 0x7f) {
         return Redirect::Outside;
@@ -178,10 +190,15 @@ fn strip_authority<'a>(rest: &'a str, base: &UpstreamBase) -> Option<&'a str> {
     let rest = rest.strip_prefix("//")?;
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let authority = &rest[..end];
-    let default_port = if base.scheme == http::uri::Scheme::HTTPS { 443 } else { 80 };
+    let default_port = if base.scheme == http::uri::Scheme::HTTPS {
+        443
+    } else {
+        80
+    };
     let same_host = authority.eq_ignore_ascii_case(base.authority.as_str())
         || (base.authority.port_u16().is_none()
-            && authority.eq_ignore_ascii_case(&format!("{}:{default_port}", base.authority.host())));
+            && authority
+                .eq_ignore_ascii_case(&format!("{}:{default_port}", base.authority.host())));
     if !same_host {
         return None;
     }
@@ -232,10 +249,19 @@ mod tests {
     #[test]
     fn plain_paths_are_appended_to_the_base() {
         let u = upstream_uri(&base(), "jquery@3.7.1/dist/jquery.min.js", None).unwrap();
-        assert_eq!(u.to_string(), "https://cdn.example/npm/jquery@3.7.1/dist/jquery.min.js");
+        assert_eq!(
+            u.to_string(),
+            "https://cdn.example/npm/jquery@3.7.1/dist/jquery.min.js"
+        );
         let u = upstream_uri(&base(), "@fontsource/roboto/", Some("v=1")).unwrap();
-        assert_eq!(u.to_string(), "https://cdn.example/npm/@fontsource/roboto/?v=1");
-        assert_eq!(upstream_uri(&base(), "", None).unwrap().to_string(), "https://cdn.example/npm/");
+        assert_eq!(
+            u.to_string(),
+            "https://cdn.example/npm/@fontsource/roboto/?v=1"
+        );
+        assert_eq!(
+            upstream_uri(&base(), "", None).unwrap().to_string(),
+            "https://cdn.example/npm/"
+        );
     }
 
     #[test]
@@ -283,13 +309,31 @@ mod tests {
     fn locations_inside_the_base_map_back() {
         let req: Uri = "https://cdn.example/npm/jquery/dist/x.js".parse().unwrap();
         let m = |loc| map_location(&base(), "/cdn/", &req, loc);
-        assert_eq!(m("https://cdn.example/npm/jquery@3/dist/x.js"), Redirect::FirstParty("/cdn/jquery@3/dist/x.js".into()));
-        assert_eq!(m("HTTPS://CDN.EXAMPLE:443/npm/a?b=c"), Redirect::FirstParty("/cdn/a?b=c".into()));
-        assert_eq!(m("//cdn.example/npm/a"), Redirect::FirstParty("/cdn/a".into()));
+        assert_eq!(
+            m("https://cdn.example/npm/jquery@3/dist/x.js"),
+            Redirect::FirstParty("/cdn/jquery@3/dist/x.js".into())
+        );
+        assert_eq!(
+            m("HTTPS://CDN.EXAMPLE:443/npm/a?b=c"),
+            Redirect::FirstParty("/cdn/a?b=c".into())
+        );
+        assert_eq!(
+            m("//cdn.example/npm/a"),
+            Redirect::FirstParty("/cdn/a".into())
+        );
         assert_eq!(m("/npm/b/"), Redirect::FirstParty("/cdn/b/".into()));
-        assert_eq!(m("y.js"), Redirect::FirstParty("/cdn/jquery/dist/y.js".into()));
-        assert_eq!(m("../y.js"), Redirect::FirstParty("/cdn/jquery/y.js".into()));
-        assert_eq!(m("?v=2"), Redirect::FirstParty("/cdn/jquery/dist/x.js?v=2".into()));
+        assert_eq!(
+            m("y.js"),
+            Redirect::FirstParty("/cdn/jquery/dist/y.js".into())
+        );
+        assert_eq!(
+            m("../y.js"),
+            Redirect::FirstParty("/cdn/jquery/y.js".into())
+        );
+        assert_eq!(
+            m("?v=2"),
+            Redirect::FirstParty("/cdn/jquery/dist/x.js?v=2".into())
+        );
     }
 
     #[test]

@@ -25,7 +25,11 @@ impl Route {
     pub fn upstream_uri(&self, rest: &str, query: Option<&str>) -> Result<Uri, Confinement> {
         match self.config.kind {
             RouteKind::Static => {
-                let query = if self.config.forward_query { query } else { None };
+                let query = if self.config.forward_query {
+                    query
+                } else {
+                    None
+                };
                 confine::upstream_uri(&self.config.upstream, rest, query)
             }
         }
@@ -109,7 +113,11 @@ upstream = "https://c.example/"
 "#;
         let config = Config::parse(text, Path::new("t.toml")).unwrap();
         let router = Router::new(&config);
-        let name = |p| router.find(p).map(|(r, rest)| (r.config.name.as_str(), rest));
+        let name = |p| {
+            router
+                .find(p)
+                .map(|(r, rest)| (r.config.name.as_str(), rest))
+        };
         assert_eq!(name("/cdn/x/y"), Some(("cdnx", "y")));
         assert_eq!(name("/cdn/y"), Some(("cdn", "y")));
         assert_eq!(name("/cdn"), Some(("all", "cdn")));
