@@ -1,0 +1,269 @@
+//! The `tamis` binary: `check`, refusal of bad configs, refusal to start half-bound, and a
+//! graceful stop on SIGTERM with a request in flight.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tamis");
+
+fn write(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("tamis.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn check(config: &Path) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const GOOD: &str = r#"[server]
+listen = "127.0.0.1:0"
+
+[[route]]
+name = "jsdelivr"
+kind = "static"
+prefix = "/cdn/"
+upstream = "https://cdn.jsdelivr.net/npm/"
+
+[[route]]
+name = "eu-cdn"
+kind = "static"
+prefix = "/eu/"
+upstream = "https://cdn.example.eu/"
+jurisdiction = "eu"
+forward_headers = ["Accept-Language"]
+"#;
+
+#[test]
+fn check_prints_what_leaves_for_every_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out, err) = check(&write(dir.path(), GOOD));
+    assert!(ok, "{err}");
+    assert!(out.contains("route jsdelivr (static)"), "{out}");
+    assert!(
+        out.contains("/cdn/ -> https://cdn.jsdelivr.net/npm/"),
+        "{out}"
+    );
+    assert!(out.contains("non-eu"), "{out}");
+    assert!(
+        out.contains("User-Agent         replaced by \"tamis/"),
+        "{out}"
+    );
+    assert!(out.contains("Cookie, Authorization"), "{out}");
+    assert!(out.contains("X-Forwarded-For"), "{out}");
+    assert!(out.contains("Set-Cookie"), "{out}");
+    let eu = &out[out.find("route eu-cdn").unwrap()..];
+    assert!(
+        eu.contains("User-Agent         as sent by the browser (EU route)"),
+        "{eu}"
+    );
+    assert!(
+        eu.contains("Accept-Language    as sent by the browser (forward_headers, EU route)"),
+        "{eu}"
+    );
+}
+
+#[test]
+fn the_shipped_config_is_valid() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tamis.toml");
+    let (ok, out, err) = check(&config);
+    assert!(ok, "{err}");
+    assert!(out.contains("route jsdelivr"), "{out}");
+}
+
+#[test]
+fn bad_configs_are_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, String, &str)] = &[
+        ("unknown key", GOOD.replace("kind = \"static\"\nprefix = \"/cdn/\"", "kind = \"static\"\nprefx = \"/cdn/\""), "prefx"),
+        ("unknown kind", GOOD.replacen("\"static\"", "\"magic\"", 1), "magic"),
+        ("unknown jurisdiction", GOOD.replace("\"eu\"\n", "\"mars\"\n"), "mars"),
+        ("bad url", GOOD.replace("https://cdn.jsdelivr.net/npm/", "https//nope"), "route[0].upstream"),
+        ("duplicate prefix", GOOD.replace("\"/eu/\"", "\"/cdn/\""), "route[1].prefix"),
+        ("unreadable certificate", GOOD.replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\ntls_cert = \"missing.pem\"\ntls_key = \"missing.key\"",
+        ), "server.tls_cert"),
+        ("unreadable CA", format!("{GOOD}\n[upstream]\nextra_ca_file = \"/nonexistent/ca.pem\"\n"), "upstream.extra_ca_file"),
+        ("not a CA", format!("{GOOD}\n[upstream]\nextra_ca_file = \"tamis.toml\"\n"), "no CERTIFICATE"),
+        ("bad listen", GOOD.replace("127.0.0.1:0", "localhost"), "server.listen"),
+        ("forward on non-eu", GOOD.replace("jurisdiction = \"eu\"\n", ""), "forward_headers"),
+        ("not toml", "[server\nlisten=".to_string(), "line 1"),
+    ];
+    for (what, text, needle) in cases {
+        let (ok, _out, err) = check(&write(dir.path(), text));
+        assert!(!ok, "{what}: accepted");
+        assert!(err.contains(needle), "{what}: {err}");
+    }
+    let (ok, _, err) = check(&dir.path().join("absent.toml"));
+    assert!(!ok);
+    assert!(err.contains("absent.toml"), "{err}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_bad_config_or_a_busy_port_never_leaves_a_half_started_server() {
+    let dir = tempfile::tempdir().unwrap();
+    // The admin port is free, the public one is taken: tamis must exit, not serve admin alone.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = free_port();
+    let text = format!(
+        "[server]\nlisten = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{}",
+        busy.local_addr().unwrap(),
+        route("cdn", "/cdn/", "https://cdn.example/", "")
+    );
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(write(dir.path(), &text))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("server.listen"), "{err}");
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", admin)).is_ok(),
+        "admin port left bound"
+    );
+
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(write(dir.path(), "[server]\n"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
+    let up = Upstream::http(|_| {
+        Reply::ok("slow answer")
+            .header("cache-control", "no-store")
+            .delay(Duration::from_millis(800))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_timeout = \"5s\"\n{}",
+        route("cdn", "/cdn/", &up.url("/"), "")
+    );
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(write(dir.path(), &text))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "tamis did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let in_flight = tokio::spawn(async move { get(addr, "/cdn/slow", &[]).await });
+    while up.count() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let a = in_flight.await.unwrap();
+    assert_eq!((a.status, a.text().as_str()), (200, "slow answer"));
+    let status = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.status.success(), "exit: {:?}", status.status);
+    let log = String::from_utf8_lossy(&status.stderr);
+    assert!(log.contains("SIGTERM"), "{log}");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting"
+    );
+}
+
+#[tokio::test]
+async fn the_access_log_has_no_client_address_and_no_cookie() {
+    let up = Upstream::http(|_| Reply::ok("x").header("cache-control", "no-store")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n{}",
+        route("cdn", "/cdn/", &up.url("/"), "")
+    );
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(write(dir.path(), &text))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "tamis did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a = get(
+        addr,
+        "/cdn/page.js?user=alice",
+        &[
+            ("cookie", "session=s3cr3t"),
+            ("x-forwarded-for", "203.0.113.7"),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let line = log
+        .lines()
+        .find(|l| l.contains("tamis::access"))
+        .unwrap_or_else(|| panic!("no access line: {log}"));
+    assert!(
+        line.contains("route=\"cdn\"") || line.contains("route=cdn"),
+        "{line}"
+    );
+    assert!(line.contains("status=200"), "{line}");
+    // The client connects from 127.0.0.1, which is also tamis's own listen address (logged at
+    // start): the access line must not have it; nothing in the whole log may hold the rest.
+    assert!(!line.contains("127.0.0.1"), "{line}");
+    for secret in ["203.0.113.7", "s3cr3t", "alice"] {
+        assert!(!log.contains(secret), "log holds {secret}: {log}");
+    }
+}
