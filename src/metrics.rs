@@ -1,6 +1,8 @@
 //! Prometheus metrics, served on the admin listener only. Labels are `route`, `status` and
 //! `result`: never a client address, never a raw path.
 
+use std::sync::OnceLock;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
@@ -81,6 +83,9 @@ pub struct Metrics {
 /// Handles resolved once per route, so the hot path does no label lookups for them.
 pub struct RouteMetrics {
     route: String,
+    requests: IntCounterVec,
+    /// `tamis_requests_total{route, status}` by status code (100..=599), resolved on first use.
+    by_status: Box<[OnceLock<IntCounter>]>,
     duration: Histogram,
     upstream_duration: Histogram,
     lookups: [IntCounter; 4],
@@ -172,6 +177,8 @@ impl Metrics {
             CacheResult::ALL.map(|r| self.cache_lookups.with_label_values(&[route, r.as_str()]));
         RouteMetrics {
             route: route.to_owned(),
+            requests: self.requests.clone(),
+            by_status: (100..600).map(|_| OnceLock::new()).collect(),
             duration: self.duration.with_label_values(&[route]),
             upstream_duration: self.upstream_duration.with_label_values(&[route]),
             lookups,
@@ -217,6 +224,23 @@ impl Metrics {
 }
 
 impl RouteMetrics {
+    /// Counts one answered request (no label lookup once a status has been seen).
+    pub fn request(&self, status: http::StatusCode) {
+        let code = status.as_u16();
+        match self.by_status.get(usize::from(code).wrapping_sub(100)) {
+            Some(slot) => slot
+                .get_or_init(|| {
+                    self.requests
+                        .with_label_values(&[self.route.as_str(), status.as_str()])
+                })
+                .inc(),
+            None => self
+                .requests
+                .with_label_values(&[self.route.as_str(), status.as_str()])
+                .inc(),
+        }
+    }
+
     /// Counts one cache lookup.
     pub fn lookup(&self, result: CacheResult) {
         let i = CacheResult::ALL

@@ -91,7 +91,8 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // Only the access log needs the path (never the query): don't allocate it otherwise.
+    let path = state.config.log.access.then(|| req.uri().path().to_owned());
     let answer = serve(&state, req).await;
     let elapsed = start.elapsed();
     let status = answer.response.status();
@@ -103,11 +104,14 @@ pub async fn handle(
             if let Some(result) = answer.cache {
                 rm.lookup(result);
             }
+            rm.request(status);
             state.router.routes()[i].config.name.as_str()
         }
-        None => NO_ROUTE,
+        None => {
+            state.metrics.request(NO_ROUTE, status);
+            NO_ROUTE
+        }
     };
-    state.metrics.request(route_name, status);
 
     let mut response = answer.response;
     if state.config.cache.status_header {
@@ -117,7 +121,7 @@ pub async fn handle(
                 .insert(CACHE_STATUS, HeaderValue::from_static(value));
         }
     }
-    if state.config.log.access {
+    if let Some(path) = path {
         let cache = answer.cache.map_or("-", CacheResult::as_str);
         let ms = elapsed.as_secs_f64() * 1000.0;
         match state.config.log.client_ip {

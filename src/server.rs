@@ -205,6 +205,8 @@ fn builder() -> auto::Builder<TokioExecutor> {
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        // Vectored writes: a cached body goes out from its `Bytes`, not copied into a buffer.
+        .writev(true)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
