@@ -47,8 +47,8 @@ fn main() -> ExitCode {
             match run(&cli.config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
+                    // Logging goes to stderr already: one line, not two.
                     tracing::error!("{e:#}");
-                    eprintln!("error: {e:#}");
                     ExitCode::FAILURE
                 }
             }

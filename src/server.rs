@@ -31,11 +31,13 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    // `cause` is in the message, so it is deliberately not also the error's `source`
+    // (anyhow would print it twice).
+    #[error("cannot listen on {addr} ({what}): {cause}")]
     Bind {
         addr: SocketAddr,
         what: &'static str,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(transparent)]
     State(#[from] StateError),
@@ -64,7 +66,7 @@ pub struct Server {
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| ServerError::Bind { addr, what, source })
+        .map_err(|cause| ServerError::Bind { addr, what, cause })
 }
 
 impl Server {
