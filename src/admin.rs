@@ -11,6 +11,15 @@ use crate::proxy::{error_response, State};
 
 /// Answers one admin request.
 pub async fn handle(state: &State, req: Request<Incoming>) -> Response<ProxyBody> {
+    if req.uri().path() == "/cache/purge" {
+        if req.method() != Method::POST {
+            return error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "POST /cache/purge?route=NAME&path=/p (or &prefix=/p/)\n",
+            );
+        }
+        return purge(state, req.uri().query().unwrap_or("")).await;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
@@ -47,4 +56,51 @@ fn text(status: StatusCode, content_type: &'static str, body: Bytes) -> Response
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// `POST /cache/purge?route=NAME&path=/visitor/path` (or `&prefix=/visitor/prefix/`): drops
+/// the stored objects of one route, by the first-party URL the visitor uses.
+async fn purge(state: &State, query: &str) -> Response<ProxyBody> {
+    let mut route_name = None;
+    let mut target = None;
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("route", v)) => route_name = Some(v),
+            Some(("path", v)) => target = Some((v, false)),
+            Some(("prefix", v)) => target = Some((v, true)),
+            _ => {}
+        }
+    }
+    let (Some(route_name), Some((path, prefix))) = (route_name, target) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "give route= and path= or prefix=\n",
+        );
+    };
+    let Some(route) = state
+        .router
+        .routes()
+        .iter()
+        .find(|r| r.config.name == route_name)
+    else {
+        return error_response(StatusCode::NOT_FOUND, "no such route\n");
+    };
+    // The same confinement as for visitors maps the path to the upstream's.
+    let upstream_path = path
+        .strip_prefix(route.config.prefix.as_str())
+        .and_then(|rest| route.upstream_uri(rest, None).ok())
+        .map(|uri| uri.path().to_owned());
+    let Some(upstream_path) = upstream_path else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "path is not under the route's prefix\n",
+        );
+    };
+    let purged = state.cache.purge(route.index, &upstream_path, prefix).await;
+    tracing::info!(route = route_name, path, prefix, purged, "cache purge");
+    text(
+        StatusCode::OK,
+        "application/json",
+        Bytes::from(format!("{{\"purged\":{purged}}}\n")),
+    )
 }

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use prometheus::IntCounter;
 use tokio::time::{Instant, Sleep};
 
 /// What tamis answers with.
@@ -41,16 +42,24 @@ pub struct Streamed {
     rest: Option<Incoming>,
     idle: Duration,
     timer: Pin<Box<Sleep>>,
+    /// Counts the bytes sent (`tamis_served_bytes_total{result="upstream"}`).
+    sent: IntCounter,
 }
 
 impl Streamed {
     /// Streams `prefix` then `rest`, failing if `rest` stays silent for `idle`.
-    pub fn new(prefix: Vec<Bytes>, rest: Option<Incoming>, idle: Duration) -> Streamed {
+    pub fn new(
+        prefix: Vec<Bytes>,
+        rest: Option<Incoming>,
+        idle: Duration,
+        sent: IntCounter,
+    ) -> Streamed {
         Streamed {
             prefix: prefix.into(),
             rest,
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
+            sent,
         }
     }
 }
@@ -65,6 +74,7 @@ impl Body for Streamed {
     ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
         let this = self.get_mut();
         if let Some(chunk) = this.prefix.pop_front() {
+            this.sent.inc_by(chunk.len() as u64);
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         let Some(rest) = this.rest.as_mut() else {
@@ -74,7 +84,10 @@ impl Body for Streamed {
             Poll::Ready(Some(Ok(frame))) => {
                 this.timer.as_mut().reset(Instant::now() + this.idle);
                 match frame.into_data() {
-                    Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(data) => {
+                        this.sent.inc_by(data.len() as u64);
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
                     Err(_trailers) => {
                         this.rest = None;
                         Poll::Ready(None)

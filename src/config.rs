@@ -123,6 +123,12 @@ pub struct CacheConfig {
     pub max_object_bytes: u64,
     /// Whether responses carry an RFC 9211 `Cache-Status` header.
     pub status_header: bool,
+    /// Cap on heuristic freshness (10 % of the time since Last-Modified); zero disables it.
+    pub heuristic_max: Duration,
+    /// Lifetime of 404/410 answers that state none (routes may override).
+    pub negative_ttl: Duration,
+    /// How long a stale entry with validators is kept to be revalidated rather than refetched.
+    pub keep: Duration,
 }
 
 /// Settings shared by every upstream request.
@@ -190,6 +196,23 @@ pub struct RouteConfig {
     pub forward_headers: Vec<HeaderName>,
     /// Whether the visitor's query string is appended to the upstream URL.
     pub forward_query: bool,
+    /// Cache settings of this route.
+    pub cache: RouteCache,
+    /// EU only: forward every method, body and end-to-end header (a plain reverse proxy).
+    pub pass_through: bool,
+}
+
+/// Per-route cache settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteCache {
+    /// `cache = false`: nothing is stored; requests go straight through.
+    pub enabled: bool,
+    pub min_ttl: Option<Duration>,
+    pub max_ttl: Option<Duration>,
+    /// Serve a stale copy this long past freshness when the upstream fails (unless the
+    /// response says otherwise or forbids it).
+    pub stale_if_error: Duration,
+    pub negative_ttl: Duration,
 }
 
 /// An upstream base URL: scheme, authority and a path ending in `/`.
@@ -247,6 +270,9 @@ struct RawCache {
     max_bytes: Option<Spanned<u64>>,
     max_object_bytes: Option<Spanned<u64>>,
     status_header: Option<bool>,
+    heuristic_max: Option<Spanned<String>>,
+    negative_ttl: Option<Spanned<String>>,
+    keep: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -276,6 +302,12 @@ struct RawRoute {
     user_agent: Option<Spanned<String>>,
     forward_headers: Option<Spanned<Vec<String>>>,
     forward_query: Option<bool>,
+    cache: Option<bool>,
+    min_ttl: Option<Spanned<String>>,
+    max_ttl: Option<Spanned<String>>,
+    stale_if_error: Option<Spanned<String>>,
+    negative_ttl: Option<Spanned<String>>,
+    pass_through: Option<Spanned<bool>>,
 }
 
 const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
@@ -283,6 +315,9 @@ const DEFAULT_MAX_OBJECT_BYTES: u64 = 8 * 1024 * 1024;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_HEURISTIC_MAX: Duration = Duration::from_secs(3600);
+const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(10);
+const DEFAULT_KEEP: Duration = Duration::from_secs(3600);
 
 impl Config {
     /// Reads, parses and validates the file at `path`.
@@ -406,6 +441,31 @@ impl Validator<'_> {
         }
     }
 
+    /// A duration where zero is meaningful ("off").
+    fn duration_or_zero(
+        &mut self,
+        value: Option<&Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        let Some(value) = value else { return default };
+        match humantime::parse_duration(value.get_ref()) {
+            Ok(d) => d,
+            Err(_) if value.get_ref().trim() == "0" => Duration::ZERO,
+            Err(e) => {
+                self.problem(
+                    Some(value.span()),
+                    key,
+                    format!(
+                        "{:?} is not a duration ({e}); write e.g. \"30s\", \"7d\" or \"0s\"",
+                        value.get_ref()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
     fn user_agent(&mut self, value: &Spanned<String>, key: &str) -> Option<HeaderValue> {
         let s = value.get_ref().trim();
         if s.is_empty() {
@@ -432,7 +492,7 @@ impl Validator<'_> {
             access: raw.log.access.unwrap_or(true),
             client_ip: raw.log.client_ip.unwrap_or_default(),
         };
-        let routes = self.routes(raw.route);
+        let routes = self.routes(raw.route, &cache);
         Some(Config {
             source: self.path.to_owned(),
             server: server?,
@@ -538,6 +598,17 @@ impl Validator<'_> {
             max_bytes,
             max_object_bytes,
             status_header: raw.status_header.unwrap_or(true),
+            heuristic_max: self.duration_or_zero(
+                raw.heuristic_max.as_ref(),
+                "cache.heuristic_max",
+                DEFAULT_HEURISTIC_MAX,
+            ),
+            negative_ttl: self.duration_or_zero(
+                raw.negative_ttl.as_ref(),
+                "cache.negative_ttl",
+                DEFAULT_NEGATIVE_TTL,
+            ),
+            keep: self.duration_or_zero(raw.keep.as_ref(), "cache.keep", DEFAULT_KEEP),
         }
     }
 
@@ -569,7 +640,7 @@ impl Validator<'_> {
         }
     }
 
-    fn routes(&mut self, raw: Vec<RawRoute>) -> Vec<RouteConfig> {
+    fn routes(&mut self, raw: Vec<RawRoute>, cache: &CacheConfig) -> Vec<RouteConfig> {
         if raw.is_empty() {
             self.problem(None, "route", "no [[route]]: tamis has nothing to serve");
         }
@@ -641,6 +712,45 @@ impl Validator<'_> {
                     }
                 }
             }
+            let min_ttl = r
+                .min_ttl
+                .as_ref()
+                .map(|v| self.duration_or_zero(Some(v), &key("min_ttl"), Duration::ZERO));
+            let max_ttl = r
+                .max_ttl
+                .as_ref()
+                .map(|v| self.duration_or_zero(Some(v), &key("max_ttl"), Duration::ZERO));
+            if let (Some(min), Some(max), Some(span)) =
+                (min_ttl, max_ttl, r.max_ttl.as_ref().map(|m| m.span()))
+            {
+                if min > max {
+                    self.problem(Some(span), key("max_ttl"), "is smaller than min_ttl");
+                }
+            }
+            let route_cache = RouteCache {
+                enabled: r.cache.unwrap_or(true),
+                min_ttl,
+                max_ttl,
+                stale_if_error: self.duration_or_zero(
+                    r.stale_if_error.as_ref(),
+                    &key("stale_if_error"),
+                    Duration::ZERO,
+                ),
+                negative_ttl: self.duration_or_zero(
+                    r.negative_ttl.as_ref(),
+                    &key("negative_ttl"),
+                    cache.negative_ttl,
+                ),
+            };
+            let pass_through = r.pass_through.as_ref().is_some_and(|p| *p.get_ref());
+            if pass_through && jurisdiction != Jurisdiction::Eu {
+                let span = r.pass_through.as_ref().map(|p| p.span());
+                self.problem(
+                    span,
+                    key("pass_through"),
+                    "forwards every header, cookies included: only allowed with jurisdiction = \"eu\"",
+                );
+            }
             if let Some(upstream) = upstream {
                 routes.push(RouteConfig {
                     name,
@@ -651,6 +761,8 @@ impl Validator<'_> {
                     user_agent,
                     forward_headers,
                     forward_query: r.forward_query.unwrap_or(true),
+                    cache: route_cache,
+                    pass_through,
                 });
             }
         }
@@ -823,6 +935,35 @@ upstream = "https://cdn.example/npm/"
         ))
         .unwrap();
         assert_eq!(c.routes[0].forward_headers, vec!["accept-language"]);
+    }
+
+    #[test]
+    fn pass_through_only_on_eu_routes() {
+        let msg = problems(&format!("{MINIMAL}pass_through = true\n"));
+        assert!(msg.contains("route[0].pass_through"), "{msg}");
+        let c = parse(&format!(
+            "{MINIMAL}jurisdiction = \"eu\"\npass_through = true\n"
+        ))
+        .unwrap();
+        assert!(c.routes[0].pass_through);
+    }
+
+    #[test]
+    fn route_cache_settings() {
+        let c = parse(&format!(
+            "{MINIMAL}cache = false\nmin_ttl = \"1h\"\nmax_ttl = \"7d\"\nstale_if_error = \"7d\"\nnegative_ttl = \"0s\"\n"
+        ))
+        .unwrap();
+        let rc = &c.routes[0].cache;
+        assert!(!rc.enabled);
+        assert_eq!(rc.min_ttl, Some(Duration::from_secs(3600)));
+        assert_eq!(rc.max_ttl, Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(rc.stale_if_error, Duration::from_secs(7 * 86400));
+        assert_eq!(rc.negative_ttl, Duration::ZERO);
+        let msg = problems(&format!("{MINIMAL}min_ttl = \"2d\"\nmax_ttl = \"1d\"\n"));
+        assert!(msg.contains("route[0].max_ttl"), "{msg}");
+        let msg = problems(&format!("{MINIMAL}stale_if_error = \"soon\"\n"));
+        assert!(msg.contains("route[0].stale_if_error"), "{msg}");
     }
 
     #[test]

@@ -16,20 +16,29 @@ pub const NO_ROUTE: &str = "none";
 pub enum CacheResult {
     /// Served from a fresh stored copy.
     Hit,
-    /// Not stored: fetched upstream by this request.
+    /// Nothing stored: fetched upstream, and stored.
     Miss,
+    /// Served a stale copy (stale-while-revalidate, or stale-if-error on an upstream failure).
+    Stale,
+    /// A stale copy was revalidated with the upstream (304: its body is reused).
+    Revalidated,
     /// Another request was already fetching it; this one waited and shared its result.
     Coalesced,
-    /// The request is not one the cache answers (e.g. a Range request).
+    /// Fetched upstream, but the answer may not be stored.
+    Uncacheable,
+    /// The request is not one the cache answers (route with `cache = false`, unsafe method).
     Bypass,
 }
 
 impl CacheResult {
     /// Every result, for pre-registering label values.
-    pub const ALL: [CacheResult; 4] = [
+    pub const ALL: [CacheResult; 7] = [
         CacheResult::Hit,
         CacheResult::Miss,
+        CacheResult::Stale,
+        CacheResult::Revalidated,
         CacheResult::Coalesced,
+        CacheResult::Uncacheable,
         CacheResult::Bypass,
     ];
 
@@ -38,9 +47,23 @@ impl CacheResult {
         match self {
             CacheResult::Hit => "hit",
             CacheResult::Miss => "miss",
+            CacheResult::Stale => "stale",
+            CacheResult::Revalidated => "revalidated",
             CacheResult::Coalesced => "coalesced",
+            CacheResult::Uncacheable => "uncacheable",
             CacheResult::Bypass => "bypass",
         }
+    }
+
+    /// Whether the body came from memory rather than from the upstream.
+    pub fn from_cache(self) -> bool {
+        matches!(
+            self,
+            CacheResult::Hit
+                | CacheResult::Stale
+                | CacheResult::Coalesced
+                | CacheResult::Revalidated
+        )
     }
 }
 
@@ -78,6 +101,8 @@ pub struct Metrics {
     upstream_requests: IntCounterVec,
     upstream_errors: IntCounterVec,
     upstream_duration: HistogramVec,
+    evictions: IntCounterVec,
+    served_bytes: IntCounterVec,
 }
 
 /// Handles resolved once per route, so the hot path does no label lookups for them.
@@ -88,7 +113,10 @@ pub struct RouteMetrics {
     by_status: Box<[OnceLock<IntCounter>]>,
     duration: Histogram,
     upstream_duration: Histogram,
-    lookups: [IntCounter; 4],
+    lookups: [IntCounter; 7],
+    /// Body bytes sent to visitors: from the cache, from the upstream.
+    pub bytes_from_cache: IntCounter,
+    pub bytes_from_upstream: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -150,6 +178,22 @@ impl Metrics {
             ),
             &["route"],
         )?;
+        let evictions = IntCounterVec::new(
+            Opts::new(
+                "tamis_cache_evictions_total",
+                "Objects that left the cache, by cause (size, expired, purged).",
+            ),
+            &["result"],
+        )?;
+        let served_bytes = IntCounterVec::new(
+            Opts::new(
+                "tamis_served_bytes_total",
+                "Body bytes sent to visitors, by route and source (cache, upstream).",
+            ),
+            &["route", "result"],
+        )?;
+        registry.register(Box::new(evictions.clone()))?;
+        registry.register(Box::new(served_bytes.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(cache_lookups.clone()))?;
@@ -168,7 +212,18 @@ impl Metrics {
             upstream_requests,
             upstream_errors,
             upstream_duration,
+            evictions,
+            served_bytes,
         })
+    }
+
+    /// A callback counting cache evictions by cause.
+    pub fn eviction_hook(&self) -> crate::cache::EvictionHook {
+        let evictions = self.evictions.clone();
+        for cause in ["size", "expired", "purged"] {
+            evictions.with_label_values(&[cause]);
+        }
+        std::sync::Arc::new(move |cause: &'static str| evictions.with_label_values(&[cause]).inc())
     }
 
     /// Resolves (and so exports, at zero) the per-route series.
@@ -182,6 +237,8 @@ impl Metrics {
             duration: self.duration.with_label_values(&[route]),
             upstream_duration: self.upstream_duration.with_label_values(&[route]),
             lookups,
+            bytes_from_cache: self.served_bytes.with_label_values(&[route, "cache"]),
+            bytes_from_upstream: self.served_bytes.with_label_values(&[route, "upstream"]),
         }
     }
 

@@ -215,6 +215,8 @@ pub struct RequestPolicy {
     pub user_agent: UserAgent,
     /// Extra visitor headers forwarded as they are (EU routes only, checked at load).
     pub extra: Vec<HeaderName>,
+    /// Every end-to-end header is forwarded (EU pass-through routes only, checked at load).
+    pub pass_through: bool,
 }
 
 impl RequestPolicy {
@@ -240,12 +242,34 @@ impl RequestPolicy {
             jurisdiction,
             user_agent,
             extra,
+            pass_through: false,
         }
+    }
+
+    /// A pass-through policy: every end-to-end header goes as sent. Only for EU routes; a
+    /// non-EU jurisdiction keeps the allowlist whatever the caller asks.
+    pub fn pass_through(mut self) -> RequestPolicy {
+        self.pass_through = self.jurisdiction == Jurisdiction::Eu;
+        self
+    }
+
+    /// Whether a visitor header of this name can reach the upstream (so a response may vary
+    /// on it).
+    pub fn forwards(&self, name: &HeaderName) -> bool {
+        if self.pass_through {
+            return !is_hop_by_hop(name.as_str());
+        }
+        *name == header::USER_AGENT
+            || self.extra.contains(name)
+            || REQUEST_ALLOWLIST.iter().any(|(n, _, _)| n == name)
     }
 
     /// Builds the header map sent upstream. It is built *from the allowlist*, not by deleting
     /// from the visitor's headers, so a header nobody thought of can never slip through.
     pub fn scrub(&self, visitor: &HeaderMap) -> HeaderMap {
+        if self.pass_through {
+            return pass_through_headers(visitor);
+        }
         let mut out = HeaderMap::with_capacity(8);
         for (name, how, _) in REQUEST_ALLOWLIST {
             match how {
@@ -278,6 +302,30 @@ impl RequestPolicy {
         }
         out
     }
+}
+
+fn is_hop_by_hop(name: &str) -> bool {
+    REQUEST_REMOVED
+        .iter()
+        .any(|(n, why)| *why == Removed::HopByHop && n.eq_ignore_ascii_case(name))
+}
+
+/// Everything but hop-by-hop headers (and those the visitor named in Connection).
+fn pass_through_headers(visitor: &HeaderMap) -> HeaderMap {
+    let listed: Vec<String> = visitor
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .collect();
+    let mut out = HeaderMap::with_capacity(visitor.len());
+    for (name, value) in visitor {
+        if !is_hop_by_hop(name.as_str()) && !listed.iter().any(|l| l == name.as_str()) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 /// The content codings tamis asks an upstream for, reduced to four buckets so that the cache
@@ -618,6 +666,24 @@ mod tests {
             let p = RequestPolicy::new(j, &ua(), Some(&route), &[]);
             assert_eq!(p.scrub(&visitor())["user-agent"], "route-ua");
         }
+    }
+
+    #[test]
+    fn pass_through_forwards_end_to_end_headers_on_eu_routes_only() {
+        let p = RequestPolicy::new(Jurisdiction::Eu, &ua(), None, &[]).pass_through();
+        let mut v = visitor();
+        v.insert("connection", HeaderValue::from_static("x-hop"));
+        v.insert("x-hop", HeaderValue::from_static("1"));
+        let out = p.scrub(&v);
+        assert_eq!(out["cookie"], "session=secret");
+        assert_eq!(out["if-none-match"], "\"supercookie-1234\"");
+        assert!(out.get("connection").is_none() && out.get("x-hop").is_none());
+        assert!(p.forwards(&HeaderName::from_static("cookie")));
+        let strict = RequestPolicy::new(Jurisdiction::NonEu, &ua(), None, &[]).pass_through();
+        assert!(!strict.pass_through);
+        assert!(strict.scrub(&v).get("cookie").is_none());
+        assert!(!strict.forwards(&HeaderName::from_static("cookie")));
+        assert!(strict.forwards(&header::ACCEPT));
     }
 
     #[test]

@@ -6,19 +6,23 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::body::{self, ProxyBody, Streamed};
-use crate::cache::{self, Cache, CacheKey, Entry, Fill, Lookup, NotStored, Waited};
+use crate::cache::conditional::{self, ClientAnswer};
+use crate::cache::{self, Cache, CacheKey, Entry, Fill, FillGuard, Lookup, NotStored, Waited};
 use crate::config::{ClientIpLog, Config};
 use crate::metrics::{CacheResult, Metrics, RouteMetrics, UpstreamFailure, NO_ROUTE};
 use crate::policy::{self, AcceptEncoding};
 use crate::routes::confine::{self, Redirect};
 use crate::routes::{Route, Router};
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::Upstream;
+
+/// Largest request body a pass-through route forwards.
+const MAX_FORWARDED_BODY: usize = 1024 * 1024;
 
 /// Everything a request needs, built once from a validated config.
 pub struct State {
@@ -44,9 +48,13 @@ impl State {
     /// Builds routes, cache, upstream client and metrics.
     pub fn new(config: Config) -> Result<State, StateError> {
         let router = Router::new(&config);
-        let cache = Cache::new(config.cache.max_bytes, config.cache.max_object_bytes);
-        let upstream = Upstream::new(&config.upstream)?;
         let metrics = Metrics::new()?;
+        let cache = Cache::new(
+            config.cache.max_bytes,
+            config.cache.max_object_bytes,
+            metrics.eviction_hook(),
+        );
+        let upstream = Upstream::new(&config.upstream)?;
         let route_metrics = router
             .routes()
             .iter()
@@ -68,8 +76,7 @@ struct Answer {
     response: Response<ProxyBody>,
     route: Option<usize>,
     cache: Option<CacheResult>,
-    /// Whether this request stored what it fetched.
-    stored: Option<Result<(), NotStored>>,
+    cache_status: Option<HeaderValue>,
 }
 
 impl Answer {
@@ -78,9 +85,26 @@ impl Answer {
             response: error_response(status, message),
             route: None,
             cache: None,
-            stored: None,
+            cache_status: None,
         }
     }
+
+    fn with(mut self, result: CacheResult, cache_status: HeaderValue) -> Answer {
+        self.cache = Some(result);
+        self.cache_status = Some(cache_status);
+        self
+    }
+}
+
+/// A static `Cache-Status` value.
+fn status_of(s: &'static str) -> HeaderValue {
+    HeaderValue::from_static(s)
+}
+
+/// A `Cache-Status` for a forwarded request that was not stored.
+fn status_not_stored(why: NotStored) -> HeaderValue {
+    HeaderValue::from_str(&format!("tamis; fwd=miss; detail={}", why.as_str()))
+        .unwrap_or(HeaderValue::from_static("tamis; fwd=miss"))
 }
 
 /// Answers one visitor request.
@@ -103,6 +127,15 @@ pub async fn handle(
             rm.observe(elapsed.as_secs_f64());
             if let Some(result) = answer.cache {
                 rm.lookup(result);
+                // Streamed bodies count themselves as they flow; in-memory ones are counted here.
+                if let http_body_util::Either::Left(full) = answer.response.body() {
+                    let n = http_body::Body::size_hint(full).exact().unwrap_or(0);
+                    if result.from_cache() {
+                        rm.bytes_from_cache.inc_by(n);
+                    } else {
+                        rm.bytes_from_upstream.inc_by(n);
+                    }
+                }
             }
             rm.request(status);
             state.router.routes()[i].config.name.as_str()
@@ -115,10 +148,8 @@ pub async fn handle(
 
     let mut response = answer.response;
     if state.config.cache.status_header {
-        if let Some(value) = cache_status(answer.cache, answer.stored) {
-            response
-                .headers_mut()
-                .insert(CACHE_STATUS, HeaderValue::from_static(value));
+        if let Some(value) = answer.cache_status {
+            response.headers_mut().insert(CACHE_STATUS, value);
         }
     }
     if let Some(path) = path {
@@ -140,22 +171,9 @@ pub async fn handle(
 }
 
 /// RFC 9211 `Cache-Status`.
-const CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache-status");
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
-fn cache_status(
-    result: Option<CacheResult>,
-    stored: Option<Result<(), NotStored>>,
-) -> Option<&'static str> {
-    Some(match (result?, stored) {
-        (CacheResult::Hit, _) => "tamis; hit",
-        (CacheResult::Bypass, _) => "tamis; fwd=bypass",
-        (CacheResult::Miss, Some(Ok(()))) => "tamis; fwd=miss; stored",
-        (CacheResult::Miss, _) => "tamis; fwd=miss",
-        (CacheResult::Coalesced, _) => "tamis; fwd=miss; collapsed",
-    })
-}
-
-async fn serve(state: &State, req: Request<Incoming>) -> Answer {
+async fn serve(state: &Arc<State>, req: Request<Incoming>) -> Answer {
     // 1. Only origin-form requests for our own paths: no proxying to a host the client names.
     if req.method() == Method::CONNECT {
         return Answer::plain(StatusCode::BAD_REQUEST, "CONNECT is not supported\n");
@@ -167,293 +185,596 @@ async fn serve(state: &State, req: Request<Incoming>) -> Answer {
         );
     }
 
-    // 2. Route.
+    // 2. Route, and the upstream URL (confined under the route's base).
     let Some((route, rest)) = state.router.find(req.uri().path()) else {
         return Answer::plain(StatusCode::NOT_FOUND, "not found\n");
     };
-    let mut answer = serve_route(state, route, rest, &req).await;
+    let route = route.clone();
+    let uri = route.upstream_uri(rest, req.uri().query());
+    let mut answer = match uri {
+        Ok(uri) => serve_route(state, &route, uri, req).await,
+        Err(why) => {
+            tracing::debug!(route = %route.config.name, %why, "path refused");
+            Answer::plain(StatusCode::BAD_REQUEST, "bad path\n")
+        }
+    };
     answer.route = Some(route.index);
     answer
 }
 
+/// Headers that only make sense between the browser and tamis: a fill for the cache asks the
+/// upstream for the whole, unconditional representation.
+const CLIENT_ONLY: &[HeaderName] = &[
+    header::RANGE,
+    header::IF_RANGE,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+];
+
 async fn serve_route(
-    state: &State,
+    state: &Arc<State>,
     route: &Arc<Route>,
-    rest: &str,
-    req: &Request<Incoming>,
+    uri: Uri,
+    req: Request<Incoming>,
 ) -> Answer {
-    let head_only = match *req.method() {
-        Method::GET => false,
-        Method::HEAD => true,
-        _ => {
-            let mut a = Answer::plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-            a.response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return a;
-        }
-    };
-    let uri = match route.upstream_uri(rest, req.uri().query()) {
-        Ok(uri) => uri,
-        Err(why) => {
-            tracing::debug!(route = %route.config.name, %why, "path refused");
-            return Answer::plain(StatusCode::BAD_REQUEST, "bad path\n");
-        }
-    };
-
-    // 3. Scrub: what goes upstream is built from the allowlist.
-    let headers = route.policy.scrub(req.headers());
-
-    // 4. Cache lookup (range requests go straight through).
-    if headers.contains_key(header::RANGE) {
-        let up = UpstreamRequest::new(req.method().clone(), uri, headers);
-        let mut a = fetch(state, route, up, head_only, None).await;
-        a.cache = Some(CacheResult::Bypass);
+    let method = req.method().clone();
+    let safe = method == Method::GET || method == Method::HEAD;
+    if !safe && !route.config.pass_through {
+        let mut a = Answer::plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        a.response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return a;
     }
-    let key = CacheKey {
-        route: route.index,
-        uri: uri.clone(),
-        encoding: AcceptEncoding::from_headers(&headers),
-    };
+
+    // 3. Scrub: what goes upstream is built from the route's policy.
+    let headers = route.policy.scrub(req.headers());
+
+    if !safe {
+        return forward_unsafe(state, route, uri, headers, req).await;
+    }
+    let head_only = method == Method::HEAD;
+    if !route.config.cache.enabled {
+        let up = UpstreamRequest::new(method, uri, headers, Bytes::new());
+        return forward(state, route, &up, head_only)
+            .await
+            .with(CacheResult::Bypass, status_of("tamis; fwd=bypass"));
+    }
+
+    // 4. Cache lookup. The visitor's own conditionals and ranges are answered here, from the
+    //    stored copy; the upstream is asked for the plain representation.
+    let client = req.headers();
+    let mut fill_headers = headers;
+    for h in CLIENT_ONLY {
+        fill_headers.remove(h);
+    }
+    let key = CacheKey::primary(
+        route.index,
+        uri.clone(),
+        AcceptEncoding::from_headers(&fill_headers),
+    );
     // A HEAD miss fetches with GET, so the answer can be stored for both.
-    let up = UpstreamRequest::new(Method::GET, uri, headers);
-    let mut coalesced = false;
+    let up = UpstreamRequest::new(Method::GET, uri, fill_headers, Bytes::new());
+    let mut waited = false;
     for _ in 0..3 {
-        match state.cache.lookup(&key).await {
-            Lookup::Hit(entry) => {
-                return Answer {
-                    response: from_entry(&entry, head_only),
-                    route: None,
-                    cache: Some(if coalesced {
-                        CacheResult::Coalesced
-                    } else {
-                        CacheResult::Hit
-                    }),
-                    stored: None,
+        match state.cache.lookup(&key, &up.parts.headers).await {
+            Lookup::Fresh(entry) => {
+                let (result, status) = if waited {
+                    (CacheResult::Coalesced, "tamis; fwd=miss; collapsed")
+                } else {
+                    (CacheResult::Hit, "tamis; hit")
                 };
+                return cached(&entry, client, head_only).with(result, status_of(status));
             }
-            Lookup::Lead(guard) => {
-                let mut a = fetch(state, route, up, head_only, Some(guard)).await;
-                a.cache = Some(CacheResult::Miss);
-                return a;
+            Lookup::StaleWhileRevalidate(entry, fill_key) => {
+                spawn_refresh(
+                    state.clone(),
+                    route.clone(),
+                    fill_key,
+                    up.clone(),
+                    entry.clone(),
+                );
+                return cached(&entry, client, head_only).with(
+                    CacheResult::Stale,
+                    status_of("tamis; hit; detail=stale-while-revalidate"),
+                );
             }
-            Lookup::Wait(rx) => {
-                coalesced = true;
-                match Cache::wait(rx, state.upstream.timeout()).await {
-                    Waited::Fill(Fill::Stored(entry)) => {
-                        return Answer {
-                            response: from_entry(&entry, head_only),
-                            route: None,
-                            cache: Some(CacheResult::Coalesced),
-                            stored: None,
-                        };
+            Lookup::Lead { stale, guard } => {
+                return fill(state, route, &up, stale, guard, client, head_only).await;
+            }
+            Lookup::Wait { stale, fill } => {
+                waited = true;
+                match Cache::wait(fill, state.upstream.timeout()).await {
+                    Waited::Fill(Fill::Stored(entry)) if entry.matches(&up.parts.headers) => {
+                        return cached(&entry, client, head_only).with(
+                            CacheResult::Coalesced,
+                            status_of("tamis; fwd=miss; collapsed"),
+                        );
                     }
+                    Waited::Fill(Fill::Stored(_)) | Waited::Fill(Fill::NotStored) => break,
                     Waited::Fill(Fill::Failed(status)) => {
-                        let mut a = Answer::plain(status, "upstream unavailable\n");
-                        a.cache = Some(CacheResult::Coalesced);
-                        return a;
+                        if let Some(stale) = stale.filter(|s| s.usable_on_error(Instant::now())) {
+                            return cached(&stale, client, head_only).with(
+                                CacheResult::Stale,
+                                status_of("tamis; hit; detail=stale-if-error"),
+                            );
+                        }
+                        return Answer::plain(status, "upstream unavailable\n").with(
+                            CacheResult::Coalesced,
+                            status_of("tamis; fwd=miss; collapsed"),
+                        );
                     }
-                    Waited::Fill(Fill::NotStored) => break,
                     Waited::Retry => continue,
                 }
             }
         }
     }
-    // Not storable (or the fill kept failing to settle): fetch on our own.
-    let mut a = fetch(state, route, up, head_only, None).await;
-    a.cache = Some(CacheResult::Miss);
-    a
+    // The answer cannot be shared (or the fill kept failing to settle): fetch on our own.
+    forward(state, route, &up, head_only)
+        .await
+        .with(CacheResult::Uncacheable, status_of("tamis; fwd=miss"))
 }
 
 /// The request tamis sends upstream.
+#[derive(Clone)]
 struct UpstreamRequest {
     parts: http::request::Parts,
+    body: Bytes,
 }
 
 impl UpstreamRequest {
-    fn new(method: Method, uri: Uri, headers: HeaderMap) -> UpstreamRequest {
+    fn new(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> UpstreamRequest {
         let mut parts = Request::new(()).into_parts().0;
         parts.method = method;
         parts.uri = uri;
         parts.headers = headers;
-        UpstreamRequest { parts }
+        UpstreamRequest { parts, body }
     }
 
     fn to_request(&self) -> Request<Full<Bytes>> {
-        Request::from_parts(self.parts.clone(), Full::new(Bytes::new()))
+        Request::from_parts(self.parts.clone(), Full::new(self.body.clone()))
     }
 }
 
-/// Fetches from the upstream, scrubs the answer, stores it when allowed (and when this request
-/// leads the fill), and answers.
-async fn fetch(
+/// Refreshes a stale-while-revalidate entry in the background; one refresh per key, since it
+/// must take the key's fill lead first.
+fn spawn_refresh(
+    state: Arc<State>,
+    route: Arc<Route>,
+    key: CacheKey,
+    up: UpstreamRequest,
+    stale: Arc<Entry>,
+) {
+    tokio::spawn(async move {
+        let Some(guard) = state.cache.try_lead(&key) else {
+            return;
+        };
+        let nobody = HeaderMap::new();
+        fill(&state, &route, &up, Some(stale), guard, &nobody, true).await;
+    });
+}
+
+/// Scrubs an upstream response's headers and maps its `Location` back under the route; `None`
+/// when it redirects outside the route (never handed to the browser).
+fn scrub_response(
     state: &State,
     route: &Route,
-    up: UpstreamRequest,
+    requested: &Uri,
+    mut headers: HeaderMap,
+) -> Option<HeaderMap> {
+    policy::scrub_response(&mut headers);
+    if let Some(location) = headers.get(header::LOCATION) {
+        let mapped = location.to_str().ok().and_then(|loc| {
+            match confine::map_location(
+                &route.config.upstream,
+                &route.config.prefix,
+                requested,
+                loc,
+            ) {
+                Redirect::FirstParty(p) => HeaderValue::from_str(&p).ok(),
+                Redirect::Outside => None,
+            }
+        });
+        match mapped {
+            Some(v) => {
+                headers.insert(header::LOCATION, v);
+            }
+            None => {
+                state
+                    .metrics
+                    .upstream_error(&state.route_metrics[route.index], UpstreamFailure::Redirect);
+                tracing::warn!(route = %route.config.name, "upstream redirected outside its route; answering 502");
+                return None;
+            }
+        }
+    }
+    Some(headers)
+}
+
+/// The one fetch for a key: revalidates the stale copy if there is one, stores what may be
+/// stored, falls back on the stale copy when the upstream fails and that is allowed.
+async fn fill(
+    state: &State,
+    route: &Route,
+    up: &UpstreamRequest,
+    stale: Option<Arc<Entry>>,
+    guard: FillGuard<'_>,
+    client: &HeaderMap,
     head_only: bool,
-    guard: Option<cache::FillGuard<'_>>,
 ) -> Answer {
     let rm = &state.route_metrics[route.index];
+    let revalidating = stale.as_ref().filter(|s| s.can_revalidate()).cloned();
+    let mut request = up.to_request();
+    if let Some(s) = &revalidating {
+        // tamis's own validators, from the upstream's earlier answer: never the browser's.
+        if let Some(etag) = &s.upstream_etag {
+            request
+                .headers_mut()
+                .insert(header::IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(lm) = &s.last_modified {
+            request
+                .headers_mut()
+                .insert(header::IF_MODIFIED_SINCE, lm.clone());
+        }
+    }
+    let fallback =
+        |stale: &Option<Arc<Entry>>| stale.clone().filter(|s| s.usable_on_error(Instant::now()));
+
     let deadline = tokio::time::Instant::now() + state.upstream.timeout();
     let sent = Instant::now();
-    let resp = match state.upstream.send(up.to_request()).await {
+    let resp = match state.upstream.send(request).await {
         Ok(resp) => resp,
-        Err(e) => return upstream_failed(state, rm, route, e, guard).await,
+        Err(e) => {
+            state.metrics.upstream_error(rm, e.failure());
+            tracing::warn!(route = %route.config.name, error = %e, "upstream request failed");
+            guard.finish(Fill::Failed(e.status()), &[]).await;
+            if let Some(s) = fallback(&stale) {
+                return cached(&s, client, head_only).with(
+                    CacheResult::Stale,
+                    status_of("tamis; fwd=stale; detail=stale-if-error"),
+                );
+            }
+            let msg = if e.status() == StatusCode::GATEWAY_TIMEOUT {
+                "upstream timed out\n"
+            } else {
+                "upstream unavailable\n"
+            };
+            return Answer::plain(e.status(), msg)
+                .with(CacheResult::Miss, status_of("tamis; fwd=miss"));
+        }
     };
     state
         .metrics
         .upstream_response(rm, resp.status(), sent.elapsed().as_secs_f64());
     let (parts, incoming) = resp.into_parts();
     let status = parts.status;
-    let decision = if guard.is_some() {
-        cache::storability(&up.parts, status, &parts.headers, SystemTime::now())
-    } else {
-        Err(NotStored::Forbidden)
-    };
+    let received = SystemTime::now();
 
-    // 5. Scrub the response before anything else looks at it.
-    let mut headers = parts.headers;
-    policy::scrub_response(&mut headers);
-    if let Some(location) = headers.get(header::LOCATION) {
-        let mapped = location.to_str().ok().map(|loc| {
-            confine::map_location(
-                &route.config.upstream,
-                &route.config.prefix,
-                &up.parts.uri,
-                loc,
+    // The stored copy is still good: refresh its headers and lifetime, keep its body.
+    if status == StatusCode::NOT_MODIFIED {
+        if let Some(s) = &revalidating {
+            return refreshed(
+                state,
+                route,
+                up,
+                s,
+                &parts.headers,
+                received,
+                guard,
+                client,
+                head_only,
             )
-        });
-        match mapped.and_then(|m| match m {
-            Redirect::FirstParty(p) => HeaderValue::from_str(&p).ok(),
-            Redirect::Outside => None,
-        }) {
-            Some(v) => {
-                headers.insert(header::LOCATION, v);
-            }
-            None => {
-                state.metrics.upstream_error(rm, UpstreamFailure::Redirect);
-                tracing::warn!(route = %route.config.name, "upstream redirected outside its route; answering 502");
-                if let Some(g) = guard {
-                    g.finish(Fill::Failed(StatusCode::BAD_GATEWAY)).await;
-                }
-                return Answer::plain(StatusCode::BAD_GATEWAY, "upstream redirected elsewhere\n");
-            }
+            .await;
+        }
+    }
+    // A server error with a usable stale copy: serve that instead (stale-if-error).
+    if status.is_server_error() {
+        if let Some(s) = fallback(&stale) {
+            guard.finish(Fill::Failed(status), &[]).await;
+            return cached(&s, client, head_only).with(
+                CacheResult::Stale,
+                status_of("tamis; fwd=stale; detail=stale-if-error"),
+            );
         }
     }
 
-    let max = state.cache.max_object_bytes();
-    let declared = content_length(&headers);
-    let decision = match decision {
-        Ok(_) if declared.is_some_and(|n| n > max) => Err(NotStored::TooLarge),
-        d => d,
+    let decision = cache::storability(
+        &up.parts,
+        status,
+        &parts.headers,
+        received,
+        &route.rules,
+        |n| route.policy.forwards(n),
+    );
+    // 5. Scrub the response before anything else looks at it.
+    let Some(mut headers) = scrub_response(state, route, &up.parts.uri, parts.headers) else {
+        guard
+            .finish(Fill::Failed(StatusCode::BAD_GATEWAY), &[])
+            .await;
+        return Answer::plain(StatusCode::BAD_GATEWAY, "upstream redirected elsewhere\n");
     };
-    let Some(guard) = guard else {
-        return streamed(
-            state,
-            status,
-            headers,
-            Vec::new(),
-            Some(incoming),
-            head_only,
-            decision.map(|_| ()),
-        );
+    let max = state.cache.max_object_bytes();
+    let decision = match decision {
+        Ok(_) if content_length(&headers).is_some_and(|n| n > max) => Err(NotStored::TooLarge),
+        d => d,
     };
     let storable = match decision {
         Ok(s) => s,
         Err(why) => {
-            guard.finish(Fill::NotStored).await;
+            guard.finish(Fill::NotStored, &[]).await;
             return streamed(
-                state,
+                rm,
                 status,
                 headers,
                 Vec::new(),
                 Some(incoming),
                 head_only,
-                Err(why),
-            );
+                state.upstream.timeout(),
+            )
+            .with(CacheResult::Uncacheable, status_not_stored(why));
         }
     };
 
     // 6. Buffer (up to max_object_bytes) and store.
     match tokio::time::timeout_at(deadline, buffer(incoming, max)).await {
         Ok(Ok(Buffered::Complete(body))) => {
-            headers.remove(header::TRANSFER_ENCODING);
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-            let entry = Arc::new(Entry::new(status, headers, body, storable));
-            guard.finish(Fill::Stored(entry.clone())).await;
-            Answer {
-                response: from_entry(&entry, head_only),
-                route: None,
-                cache: None,
-                stored: Some(Ok(())),
+            if !route.config.pass_through {
+                sane_browser_lifetime(&mut headers, &storable.lifetimes);
             }
+            if status == StatusCode::OK {
+                headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            }
+            let entry = Arc::new(Entry::new(
+                status,
+                headers,
+                body,
+                storable.lifetimes,
+                cache::vary_values(&storable.vary, &up.parts.headers),
+                state.config.cache.keep,
+                !route.config.pass_through,
+            ));
+            guard
+                .finish(Fill::Stored(entry.clone()), &storable.vary)
+                .await;
+            // A stale copy replaced by a new one: the body came from the upstream, as on a miss.
+            let (result, cache_status) = if stale.is_some() {
+                (
+                    CacheResult::Miss,
+                    "tamis; fwd=stale; fwd-status=200; stored",
+                )
+            } else {
+                (CacheResult::Miss, "tamis; fwd=miss; stored")
+            };
+            cached(&entry, client, head_only).with(result, status_of(cache_status))
         }
         Ok(Ok(Buffered::TooLarge(prefix, rest))) => {
-            guard.finish(Fill::NotStored).await;
+            guard.finish(Fill::NotStored, &[]).await;
             streamed(
-                state,
+                rm,
                 status,
                 headers,
                 prefix,
                 Some(rest),
                 head_only,
-                Err(NotStored::TooLarge),
+                state.upstream.timeout(),
+            )
+            .with(
+                CacheResult::Uncacheable,
+                status_not_stored(NotStored::TooLarge),
             )
         }
         Ok(Err(e)) => {
             state.metrics.upstream_error(rm, UpstreamFailure::Body);
             tracing::warn!(route = %route.config.name, error = %e, "upstream body failed");
-            guard.finish(Fill::Failed(StatusCode::BAD_GATEWAY)).await;
-            Answer::plain(StatusCode::BAD_GATEWAY, "upstream body failed\n")
+            guard
+                .finish(Fill::Failed(StatusCode::BAD_GATEWAY), &[])
+                .await;
+            match fallback(&stale) {
+                Some(s) => cached(&s, client, head_only).with(
+                    CacheResult::Stale,
+                    status_of("tamis; fwd=stale; detail=stale-if-error"),
+                ),
+                None => Answer::plain(StatusCode::BAD_GATEWAY, "upstream body failed\n"),
+            }
         }
         Err(_) => {
             state.metrics.upstream_error(rm, UpstreamFailure::Timeout);
             tracing::warn!(route = %route.config.name, "upstream body timed out");
             guard
-                .finish(Fill::Failed(StatusCode::GATEWAY_TIMEOUT))
+                .finish(Fill::Failed(StatusCode::GATEWAY_TIMEOUT), &[])
                 .await;
-            Answer::plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n")
+            match fallback(&stale) {
+                Some(s) => cached(&s, client, head_only).with(
+                    CacheResult::Stale,
+                    status_of("tamis; fwd=stale; detail=stale-if-error"),
+                ),
+                None => Answer::plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
+            }
         }
     }
 }
 
-async fn upstream_failed(
-    state: &State,
-    rm: &RouteMetrics,
-    route: &Route,
-    e: UpstreamError,
-    guard: Option<cache::FillGuard<'_>>,
-) -> Answer {
-    state.metrics.upstream_error(rm, e.failure());
-    tracing::warn!(route = %route.config.name, error = %e, "upstream request failed");
-    let status = e.status();
-    if let Some(g) = guard {
-        g.finish(Fill::Failed(status)).await;
+/// Browsers get a lifetime even when the upstream gave tamis none it could pass on (heuristic,
+/// negative caching, min_ttl): `max-age` counts from the response's birth, as `Age` does.
+fn sane_browser_lifetime(headers: &mut HeaderMap, lifetimes: &cache::Lifetimes) {
+    if headers.contains_key(header::CACHE_CONTROL) || headers.contains_key(header::EXPIRES) {
+        return;
     }
-    Answer::plain(
-        status,
-        if status == StatusCode::GATEWAY_TIMEOUT {
-            "upstream timed out\n"
-        } else {
-            "upstream unavailable\n"
-        },
-    )
+    let lifetime = (lifetimes.fresh_for + lifetimes.age).as_secs();
+    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={lifetime}")) {
+        headers.insert(header::CACHE_CONTROL, v);
+    }
+}
+
+/// The upstream answered 304 to tamis's conditional request: the stored headers are updated
+/// from it (RFC 9111 §4.3.4) and the lifetime recomputed; the body is kept.
+#[allow(clippy::too_many_arguments)]
+async fn refreshed(
+    state: &State,
+    route: &Route,
+    up: &UpstreamRequest,
+    stale: &Entry,
+    not_modified: &HeaderMap,
+    received: SystemTime,
+    guard: FillGuard<'_>,
+    client: &HeaderMap,
+    head_only: bool,
+) -> Answer {
+    // The upstream's view of the stored response: its own ETag, not the one tamis shows.
+    let mut merged = stale.headers.clone();
+    match &stale.upstream_etag {
+        Some(etag) => merged.insert(header::ETAG, etag.clone()),
+        None => merged.remove(header::ETAG),
+    };
+    // The stored Cache-Control may be tamis's own browser lifetime; the 304 brings the real one.
+    for name in not_modified.keys() {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        merged.remove(name);
+        for v in not_modified.get_all(name) {
+            merged.append(name.clone(), v.clone());
+        }
+    }
+    if !not_modified.contains_key(header::AGE) {
+        merged.remove(header::AGE);
+    }
+    let decision = cache::storability(
+        &up.parts,
+        stale.status,
+        &merged,
+        received,
+        &route.rules,
+        |n| route.policy.forwards(n),
+    );
+    let Some(headers) = scrub_response(state, route, &up.parts.uri, merged) else {
+        guard
+            .finish(Fill::Failed(StatusCode::BAD_GATEWAY), &[])
+            .await;
+        return Answer::plain(StatusCode::BAD_GATEWAY, "upstream redirected elsewhere\n");
+    };
+    let status_304 = "tamis; fwd=stale; fwd-status=304; stored";
+    match decision {
+        Ok(storable) => {
+            let entry = Arc::new(Entry::new(
+                stale.status,
+                headers,
+                stale.body.clone(),
+                storable.lifetimes,
+                cache::vary_values(&storable.vary, &up.parts.headers),
+                state.config.cache.keep,
+                !route.config.pass_through,
+            ));
+            guard
+                .finish(Fill::Stored(entry.clone()), &storable.vary)
+                .await;
+            cached(&entry, client, head_only).with(CacheResult::Revalidated, status_of(status_304))
+        }
+        Err(why) => {
+            // Valid for this answer, but the refreshed headers forbid keeping it.
+            guard.finish(Fill::NotStored, &[]).await;
+            let once = Entry::new(
+                stale.status,
+                headers,
+                stale.body.clone(),
+                stale.lifetimes,
+                Vec::new(),
+                std::time::Duration::ZERO,
+                !route.config.pass_through,
+            );
+            cached(&once, client, head_only).with(
+                CacheResult::Revalidated,
+                HeaderValue::from_str(&format!(
+                    "tamis; fwd=stale; fwd-status=304; detail={}",
+                    why.as_str()
+                ))
+                .unwrap_or(status_of("tamis; fwd=stale")),
+            )
+        }
+    }
+}
+
+/// Forwards without the cache and streams the answer back.
+async fn forward(state: &State, route: &Route, up: &UpstreamRequest, head_only: bool) -> Answer {
+    let rm = &state.route_metrics[route.index];
+    let sent = Instant::now();
+    let resp = match state.upstream.send(up.to_request()).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            state.metrics.upstream_error(rm, e.failure());
+            tracing::warn!(route = %route.config.name, error = %e, "upstream request failed");
+            return Answer::plain(
+                e.status(),
+                if e.status() == StatusCode::GATEWAY_TIMEOUT {
+                    "upstream timed out\n"
+                } else {
+                    "upstream unavailable\n"
+                },
+            );
+        }
+    };
+    state
+        .metrics
+        .upstream_response(rm, resp.status(), sent.elapsed().as_secs_f64());
+    let (parts, incoming) = resp.into_parts();
+    match scrub_response(state, route, &up.parts.uri, parts.headers) {
+        Some(headers) => streamed(
+            rm,
+            parts.status,
+            headers,
+            Vec::new(),
+            Some(incoming),
+            head_only,
+            state.upstream.timeout(),
+        ),
+        None => Answer::plain(StatusCode::BAD_GATEWAY, "upstream redirected elsewhere\n"),
+    }
+}
+
+/// Pass-through routes only: forwards an unsafe method with its body, then drops what the
+/// cache holds for that URL when it succeeded (RFC 9111 §4.4).
+async fn forward_unsafe(
+    state: &State,
+    route: &Route,
+    uri: Uri,
+    headers: HeaderMap,
+    req: Request<Incoming>,
+) -> Answer {
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_FORWARDED_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return Answer::plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+    };
+    let up = UpstreamRequest::new(parts.method, uri, headers, body);
+    let answer = forward(state, route, &up, false).await;
+    let status = answer.response.status();
+    if status.is_success() || status.is_redirection() {
+        state.cache.invalidate(route.index, &up.parts.uri).await;
+    }
+    answer.with(CacheResult::Bypass, status_of("tamis; fwd=bypass"))
 }
 
 fn streamed(
-    state: &State,
+    rm: &RouteMetrics,
     status: StatusCode,
     headers: HeaderMap,
     prefix: Vec<Bytes>,
     rest: Option<Incoming>,
     head_only: bool,
-    stored: Result<(), NotStored>,
+    idle: std::time::Duration,
 ) -> Answer {
     let body = if head_only {
         body::empty()
     } else {
-        ProxyBody::Right(Streamed::new(prefix, rest, state.upstream.timeout()))
+        ProxyBody::Right(Streamed::new(
+            prefix,
+            rest,
+            idle,
+            rm.bytes_from_upstream.clone(),
+        ))
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
@@ -462,7 +783,7 @@ fn streamed(
         response,
         route: None,
         cache: None,
-        stored: Some(stored),
+        cache_status: None,
     }
 }
 
@@ -508,20 +829,88 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// A response from a stored entry: clones of its headers and body, plus `Age`.
-fn from_entry(entry: &Entry, head_only: bool) -> Response<ProxyBody> {
-    let body = if head_only {
-        body::empty()
+/// Headers a 304 carries (RFC 9110 §15.4.5), besides `Age`.
+const NOT_MODIFIED_HEADERS: &[HeaderName] = &[
+    header::CACHE_CONTROL,
+    header::DATE,
+    header::ETAG,
+    header::EXPIRES,
+    header::LAST_MODIFIED,
+    header::VARY,
+];
+
+/// Answers from a stored entry: 200, or 304 / 206 / 416 for the visitor's own conditional and
+/// range requests (never forwarded). Clones of pre-built headers and a `Bytes` body.
+fn cached(entry: &Entry, client: &HeaderMap, head_only: bool) -> Answer {
+    let now = Instant::now();
+    let len = entry.body.len() as u64;
+    let decision = if entry.status == StatusCode::OK && !client.is_empty() {
+        conditional::evaluate(
+            client,
+            entry.headers.get(header::ETAG),
+            entry.headers.get(header::LAST_MODIFIED),
+            len,
+            !head_only,
+        )
     } else {
-        body::full(entry.body.clone())
+        ClientAnswer::Full
     };
-    let mut response = Response::new(body);
-    *response.status_mut() = entry.status;
-    *response.headers_mut() = entry.headers.clone();
+    let (status, headers, body) = match decision {
+        ClientAnswer::Full => (
+            entry.status,
+            entry.headers.clone(),
+            if head_only {
+                Bytes::new()
+            } else {
+                entry.body.clone()
+            },
+        ),
+        ClientAnswer::NotModified => {
+            let mut h = HeaderMap::with_capacity(8);
+            for name in NOT_MODIFIED_HEADERS {
+                for v in entry.headers.get_all(name) {
+                    h.append(name.clone(), v.clone());
+                }
+            }
+            (StatusCode::NOT_MODIFIED, h, Bytes::new())
+        }
+        ClientAnswer::Partial(range) => {
+            let mut h = entry.headers.clone();
+            let content_range = format!("bytes {}-{}/{len}", range.start, range.end - 1);
+            if let Ok(v) = HeaderValue::from_str(&content_range) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+            h.insert(
+                header::CONTENT_LENGTH,
+                HeaderValue::from(range.end - range.start),
+            );
+            let (start, end) = (
+                usize::try_from(range.start).unwrap_or(0),
+                usize::try_from(range.end).unwrap_or(0),
+            );
+            (StatusCode::PARTIAL_CONTENT, h, entry.body.slice(start..end))
+        }
+        ClientAnswer::Unsatisfiable => {
+            let mut h = HeaderMap::with_capacity(4);
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            (StatusCode::RANGE_NOT_SATISFIABLE, h, Bytes::new())
+        }
+    };
+    let mut response = Response::new(body::full(body));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
     response
         .headers_mut()
-        .insert(header::AGE, HeaderValue::from(entry.age(Instant::now())));
-    response
+        .insert(header::AGE, HeaderValue::from(entry.age(now)));
+    Answer {
+        response,
+        route: None,
+        cache: None,
+        cache_status: None,
+    }
 }
 
 /// A short plain-text answer that no cache keeps.

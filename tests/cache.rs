@@ -145,10 +145,7 @@ async fn what_a_shared_cache_must_not_keep_is_not_kept() {
             "vary-cookie",
             vec![("cache-control", "max-age=60"), ("vary", "Cookie")],
         ),
-        (
-            "no-lifetime",
-            vec![("last-modified", "Mon, 01 Jan 2001 00:00:00 GMT")],
-        ),
+        ("no-lifetime", vec![("content-language", "en")]),
         (
             "expires-past",
             vec![("expires", "Mon, 01 Jan 2001 00:00:00 GMT")],
@@ -167,7 +164,8 @@ async fn what_a_shared_cache_must_not_keep_is_not_kept() {
         )
         .await;
         let a = t.get("/cdn/a").await;
-        assert_eq!(a.header("cache-status"), Some("tamis; fwd=miss"), "{name}");
+        let cs = a.header("cache-status").unwrap_or("");
+        assert!(cs.starts_with("tamis; fwd=miss; detail="), "{name}: {cs}");
         assert!(a.headers.get("set-cookie").is_none());
         t.get("/cdn/a").await;
         assert_eq!(up.count(), 2, "{name} was cached");
@@ -175,22 +173,36 @@ async fn what_a_shared_cache_must_not_keep_is_not_kept() {
 }
 
 #[tokio::test]
-async fn not_found_is_cached_only_when_the_upstream_says_so() {
-    let (up, t) = one_route(
-        |s| match s.uri.as_str() {
-            "/gone" => Reply::ok("no")
-                .status(404)
-                .header("cache-control", "max-age=30"),
-            _ => Reply::ok("no").status(404),
-        },
-        "",
-    )
-    .await;
+async fn not_found_is_cached_briefly_unless_told_otherwise() {
+    let reply = |s: &Seen| match s.uri.as_str() {
+        "/gone" => Reply::ok("no")
+            .status(404)
+            .header("cache-control", "max-age=30"),
+        "/private" => Reply::ok("no")
+            .status(404)
+            .header("cache-control", "no-store"),
+        _ => Reply::ok("no").status(404),
+    };
+    let (up, t) = one_route(reply, "[cache]\nnegative_ttl = \"1s\"\n").await;
     t.get("/cdn/gone").await;
     assert_eq!(t.get("/cdn/gone").await.status, 404);
-    t.get("/cdn/other").await;
-    t.get("/cdn/other").await;
-    assert_eq!(up.count(), 3);
+    t.get("/cdn/missing").await;
+    let again = t.get("/cdn/missing").await;
+    assert_eq!(
+        (again.status, again.header("cache-status")),
+        (404, Some("tamis; hit"))
+    );
+    t.get("/cdn/private").await;
+    t.get("/cdn/private").await;
+    assert_eq!(up.count(), 4, "gone once, missing once, private twice");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    t.get("/cdn/missing").await;
+    assert_eq!(up.count(), 5, "the negative lifetime ran out");
+
+    let (up, t) = one_route(reply, "[cache]\nnegative_ttl = \"0s\"\n").await;
+    t.get("/cdn/missing").await;
+    t.get("/cdn/missing").await;
+    assert_eq!(up.count(), 2, "negative caching off");
 }
 
 #[tokio::test]
@@ -283,33 +295,85 @@ async fn head_is_answered_from_the_get_entry() {
 }
 
 #[tokio::test]
-async fn range_requests_go_straight_through() {
+async fn ranges_are_answered_from_the_stored_whole() {
     let (up, t) = one_route(
-        |s| {
-            if s.headers.contains_key("range") {
-                Reply::ok("01")
-                    .status(206)
-                    .header("content-range", "bytes 0-1/10")
-                    .header("cache-control", "max-age=60")
-            } else {
-                Reply::ok("0123456789").header("cache-control", "max-age=60")
-            }
-        },
+        |_| Reply::ok("0123456789").header("cache-control", "max-age=60"),
         "",
     )
     .await;
     let a = t
-        .get_with("/cdn/font.woff2", &[("range", "bytes=0-1")])
+        .get_with("/cdn/font.woff2", &[("range", "bytes=2-4")])
         .await;
-    assert_eq!((a.status, a.text().as_str()), (206, "01"));
-    assert_eq!(a.header("cache-status"), Some("tamis; fwd=bypass"));
-    assert_eq!(up.last().header("range"), Some("bytes=0-1"));
-    let b = t.get("/cdn/font.woff2").await;
-    assert_eq!(
-        (b.status, b.text().as_str()),
-        (200, "0123456789"),
-        "a partial answer is never stored"
+    assert_eq!((a.status, a.text().as_str()), (206, "234"));
+    assert_eq!(a.header("content-range"), Some("bytes 2-4/10"));
+    assert!(
+        up.last().headers.get("range").is_none(),
+        "the upstream is asked for the whole"
     );
+    let b = t
+        .get_with("/cdn/font.woff2", &[("range", "bytes=-3")])
+        .await;
+    assert_eq!(
+        (b.status, b.text().as_str(), b.header("cache-status")),
+        (206, "789", Some("tamis; hit"))
+    );
+    let c = t
+        .get_with("/cdn/font.woff2", &[("range", "bytes=50-")])
+        .await;
+    assert_eq!(
+        (c.status, c.header("content-range")),
+        (416, Some("bytes */10"))
+    );
+    let etag = t
+        .get("/cdn/font.woff2")
+        .await
+        .header("etag")
+        .unwrap()
+        .to_owned();
+    let d = t
+        .get_with(
+            "/cdn/font.woff2",
+            &[("range", "bytes=0-0"), ("if-range", &etag)],
+        )
+        .await;
+    assert_eq!((d.status, d.text().as_str()), (206, "0"));
+    let e = t
+        .get_with(
+            "/cdn/font.woff2",
+            &[("range", "bytes=0-0"), ("if-range", "\"old\"")],
+        )
+        .await;
+    assert_eq!((e.status, e.text().as_str()), (200, "0123456789"));
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn a_route_without_cache_forwards_ranges() {
+    let (up, t) = one_route(
+        |s| match s.header("range") {
+            Some(_) => Reply::ok("01")
+                .status(206)
+                .header("content-range", "bytes 0-1/10"),
+            None => Reply::ok("0123456789").header("cache-control", "max-age=60"),
+        },
+        "",
+    )
+    .await;
+    drop(t);
+    let t = Tamis::start(&format!(
+        "{LISTEN}{}",
+        route("cdn", "/cdn/", &up.url("/"), "cache = false")
+    ))
+    .await;
+    let a = t.get_with("/cdn/x", &[("range", "bytes=0-1")]).await;
+    assert_eq!(
+        (a.status, a.header("cache-status")),
+        (206, Some("tamis; fwd=bypass"))
+    );
+    assert_eq!(up.last().header("range"), Some("bytes=0-1"));
+    t.get("/cdn/x").await;
+    t.get("/cdn/x").await;
+    assert_eq!(up.count(), 3, "cache = false stores nothing");
 }
 
 #[tokio::test]
@@ -351,7 +415,10 @@ async fn objects_over_max_object_bytes_stream_through_uncached() {
         assert_eq!(a.status, 200);
         assert_eq!(a.body.len(), BIG);
         assert!(a.body.iter().all(|&b| b == b'z'));
-        assert_eq!(a.header("cache-status"), Some("tamis; fwd=miss"));
+        assert_eq!(
+            a.header("cache-status"),
+            Some("tamis; fwd=miss; detail=too-large")
+        );
     }
     assert_eq!(up.count(), 2);
     let m = t.metrics().await;
@@ -403,4 +470,428 @@ async fn the_memory_bound_holds_under_many_objects() {
     assert!(bytes <= 1_000_000, "{bytes}");
     assert!(entries > 10 && entries < 200, "{entries}");
     assert_eq!(up.count(), 200);
+}
+
+#[tokio::test]
+async fn heuristic_freshness_is_capped_and_can_be_switched_off() {
+    let reply = |_: &Seen| Reply::ok("x").header("last-modified", "Mon, 01 Jan 2001 00:00:00 GMT");
+    let (up, t) = one_route(reply, "[cache]\nheuristic_max = \"1s\"\n").await;
+    t.get("/cdn/a").await;
+    let hit = t.get("/cdn/a").await;
+    assert_eq!(hit.header("cache-status"), Some("tamis; hit"));
+    assert_eq!(
+        hit.header("cache-control"),
+        Some("public, max-age=1"),
+        "browsers get the lifetime tamis uses"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    t.get("/cdn/a").await;
+    assert_eq!(up.count(), 2, "capped at heuristic_max");
+    let (up, t) = one_route(reply, "[cache]\nheuristic_max = \"0s\"\n").await;
+    t.get("/cdn/a").await;
+    let again = t.get("/cdn/a").await;
+    assert_eq!(
+        up.count(),
+        2,
+        "no lifetime: kept only to revalidate with Last-Modified"
+    );
+    assert_eq!(
+        again.header("cache-status"),
+        Some("tamis; fwd=stale; fwd-status=200; stored")
+    );
+    assert_eq!(
+        up.last().header("if-modified-since"),
+        Some("Mon, 01 Jan 2001 00:00:00 GMT")
+    );
+}
+
+#[tokio::test]
+async fn stale_entries_are_revalidated_with_tamis_own_validators() {
+    let (up, t) = one_route(
+        |s| match s.header("if-none-match") {
+            Some("\"v1\"") => Reply::ok("")
+                .status(304)
+                .header("cache-control", "max-age=1")
+                .header("x-refreshed", "yes"),
+            _ => Reply::ok("body v1")
+                .header("cache-control", "max-age=1")
+                .header("etag", "\"v1\""),
+        },
+        "",
+    )
+    .await;
+    let first = t
+        .get_with("/cdn/a", &[("if-none-match", "\"supercookie\"")])
+        .await;
+    assert_eq!(first.text(), "body v1");
+    assert!(
+        up.last().headers.get("if-none-match").is_none(),
+        "never the browser's validator"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let a = t.get("/cdn/a").await;
+    assert_eq!((a.status, a.text().as_str()), (200, "body v1"));
+    assert_eq!(
+        a.header("cache-status"),
+        Some("tamis; fwd=stale; fwd-status=304; stored")
+    );
+    assert_eq!(
+        a.header("x-refreshed"),
+        Some("yes"),
+        "304 headers update the stored ones"
+    );
+    assert_eq!(up.last().header("if-none-match"), Some("\"v1\""));
+    let b = t.get("/cdn/a").await;
+    assert_eq!(
+        b.header("cache-status"),
+        Some("tamis; hit"),
+        "the 304 renewed the lifetime"
+    );
+    assert_eq!(up.count(), 2);
+    let m = t.metrics().await;
+    assert!(
+        m.contains("tamis_cache_lookups_total{result=\"revalidated\",route=\"cdn\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn last_modified_revalidates_with_if_modified_since() {
+    let lm = "Mon, 01 Jan 2024 00:00:00 GMT";
+    let (up, t) = one_route(
+        move |s| match s.header("if-modified-since") {
+            Some(v) if v == lm => Reply::ok("").status(304),
+            _ => Reply::ok("x")
+                .header("cache-control", "max-age=1")
+                .header("last-modified", lm),
+        },
+        "",
+    )
+    .await;
+    t.get("/cdn/a").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let a = t.get("/cdn/a").await;
+    assert_eq!(a.text(), "x");
+    assert_eq!(up.last().header("if-modified-since"), Some(lm));
+    assert_eq!(
+        a.header("cache-status"),
+        Some("tamis; fwd=stale; fwd-status=304; stored")
+    );
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_at_once_and_refreshes_once() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let n2 = n.clone();
+    let (up, t) = one_route(
+        move |_| {
+            let v = n2.fetch_add(1, Ordering::SeqCst);
+            Reply::ok(format!("v{v}"))
+                .header("cache-control", "max-age=1, stale-while-revalidate=30")
+                .delay(Duration::from_millis(if v == 0 { 0 } else { 300 }))
+        },
+        "",
+    )
+    .await;
+    assert_eq!(t.get("/cdn/a").await.text(), "v0");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let addr = t.http;
+    let tasks: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(async move { get(addr, "/cdn/a", &[]).await }))
+        .collect();
+    for task in tasks {
+        let a = task.await.unwrap();
+        assert_eq!(a.text(), "v0", "stale served at once");
+        assert_eq!(
+            a.header("cache-status"),
+            Some("tamis; hit; detail=stale-while-revalidate")
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(up.count(), 2, "one background refresh for ten stale hits");
+    let fresh = t.get("/cdn/a").await;
+    assert_eq!(
+        (fresh.text().as_str(), fresh.header("cache-status")),
+        ("v1", Some("tamis; hit"))
+    );
+}
+
+#[tokio::test]
+async fn stale_if_error_covers_5xx_timeouts_and_refused_connections() {
+    // An upstream that answers once, then fails in the way the test asks.
+    for failure in ["500", "timeout", "refused"] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let up = Upstream::http(move |_| {
+            let first = c.fetch_add(1, Ordering::SeqCst) == 0;
+            let ok = Reply::ok("good copy")
+                .header("cache-control", "max-age=1")
+                .header("connection", "close");
+            match (first, failure) {
+                (true, _) => ok,
+                (false, "500") => Reply::ok("boom").status(500),
+                (false, _) => ok.delay(Duration::from_secs(5)),
+            }
+        })
+        .await;
+        let t = Tamis::start(&format!(
+            "{LISTEN}[upstream]\ntimeout = \"1s\"\n{}",
+            route("cdn", "/cdn/", &up.url("/"), "stale_if_error = \"1h\"")
+        ))
+        .await;
+        assert_eq!(t.get("/cdn/a").await.text(), "good copy");
+        if failure == "refused" {
+            drop(up);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let a = t.get("/cdn/a").await;
+        assert_eq!(
+            (a.status, a.text().as_str()),
+            (200, "good copy"),
+            "{failure}"
+        );
+        assert_eq!(
+            a.header("cache-status"),
+            Some("tamis; fwd=stale; detail=stale-if-error"),
+            "{failure}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn must_revalidate_is_never_served_stale() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let (_up, t) = one_route(
+        move |_| match c.fetch_add(1, Ordering::SeqCst) {
+            0 => Reply::ok("x").header(
+                "cache-control",
+                "max-age=1, must-revalidate, stale-if-error=60",
+            ),
+            _ => Reply::ok("down").status(503),
+        },
+        "",
+    )
+    .await;
+    t.get("/cdn/a").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(t.get("/cdn/a").await.status, 503);
+}
+
+#[tokio::test]
+async fn vary_on_forwarded_headers_keeps_variants_apart() {
+    let (up, t) = one_route(
+        |s| {
+            Reply::ok(format!("for {}", s.header("accept").unwrap_or("-")))
+                .header("cache-control", "max-age=60")
+                .header("vary", "Accept")
+        },
+        "",
+    )
+    .await;
+    for accept in ["image/webp", "image/png", "image/webp", "image/png"] {
+        let a = t.get_with("/cdn/tile", &[("accept", accept)]).await;
+        assert_eq!(a.text(), format!("for {accept}"));
+    }
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn browsers_revalidate_against_one_validator_for_everyone() {
+    let (up, t) = one_route(
+        |_| {
+            Reply::ok("font bytes")
+                .header("cache-control", "max-age=60")
+                .header("etag", "\"upstream-tag\"")
+        },
+        "",
+    )
+    .await;
+    let a = t.get_with("/cdn/f.woff2", VISITOR).await;
+    let etag = a.header("etag").unwrap().to_owned();
+    assert!(
+        etag.starts_with("\"t-"),
+        "tamis shows its own validator, not the upstream's: {etag}"
+    );
+    let b = t.get("/cdn/f.woff2").await;
+    assert_eq!(
+        b.header("etag"),
+        Some(etag.as_str()),
+        "the same for every visitor"
+    );
+    let c = t
+        .get_with("/cdn/f.woff2", &[("if-none-match", &etag)])
+        .await;
+    assert_eq!((c.status, c.body.len()), (304, 0));
+    assert_eq!(c.header("etag"), Some(etag.as_str()));
+    let d = t
+        .get_with("/cdn/f.woff2", &[("if-none-match", "\"upstream-tag\"")])
+        .await;
+    assert_eq!(d.status, 200);
+    let lm_less = t
+        .get_with(
+            "/cdn/f.woff2",
+            &[("if-modified-since", "Tue, 01 Jan 2030 00:00:00 GMT")],
+        )
+        .await;
+    assert_eq!(
+        lm_less.status, 200,
+        "no Last-Modified: If-Modified-Since cannot match"
+    );
+    // Two Accept-Encoding buckets (a browser's, and none): two upstream fetches, one validator.
+    assert_eq!(up.count(), 2);
+    assert!(up
+        .seen()
+        .iter()
+        .all(|s| s.headers.get("if-none-match").is_none()));
+}
+
+#[tokio::test]
+async fn route_lifetime_bounds() {
+    let up = Upstream::http(|_| Reply::ok("x").header("cache-control", "max-age=1")).await;
+    let t = Tamis::start(&format!(
+        "{LISTEN}{}",
+        route("cdn", "/cdn/", &up.url("/"), "min_ttl = \"1h\"")
+    ))
+    .await;
+    t.get("/cdn/a").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        t.get("/cdn/a").await.header("cache-status"),
+        Some("tamis; hit"),
+        "min_ttl raised the lifetime"
+    );
+    let up = Upstream::http(|_| Reply::ok("x").header("cache-control", "max-age=3600")).await;
+    let t = Tamis::start(&format!(
+        "{LISTEN}{}",
+        route("cdn", "/cdn/", &up.url("/"), "max_ttl = \"1s\"")
+    ))
+    .await;
+    t.get("/cdn/a").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    t.get("/cdn/a").await;
+    assert_eq!(up.count(), 2, "max_ttl capped the lifetime");
+}
+
+#[tokio::test]
+async fn purge_on_the_admin_listener() {
+    let (up, t) = one_route(
+        |_| Reply::ok("x").header("cache-control", "max-age=600"),
+        "",
+    )
+    .await;
+    for p in ["/cdn/a/1", "/cdn/a/2", "/cdn/b/1"] {
+        t.get(p).await;
+    }
+    let admin = t.admin.unwrap();
+    let r = request(
+        admin,
+        http::Method::POST,
+        "/cache/purge?route=cdn&path=/cdn/a/1",
+        &[],
+    )
+    .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "{\"purged\":1}\n"));
+    let r = request(
+        admin,
+        http::Method::POST,
+        "/cache/purge?route=cdn&prefix=/cdn/a/",
+        &[],
+    )
+    .await;
+    assert_eq!(r.text(), "{\"purged\":1}\n");
+    assert_eq!(
+        request(
+            admin,
+            http::Method::POST,
+            "/cache/purge?route=nope&path=/x",
+            &[]
+        )
+        .await
+        .status,
+        404
+    );
+    assert_eq!(
+        request(admin, http::Method::POST, "/cache/purge?route=cdn", &[])
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        request(
+            admin,
+            http::Method::GET,
+            "/cache/purge?route=cdn&path=/cdn/b/1",
+            &[]
+        )
+        .await
+        .status,
+        405
+    );
+    for p in ["/cdn/a/1", "/cdn/a/2", "/cdn/b/1"] {
+        t.get(p).await;
+    }
+    assert_eq!(up.count(), 5, "a/1 and a/2 fetched again, b/1 still cached");
+    let m = t.metrics().await;
+    assert!(
+        m.contains("tamis_cache_evictions_total{result=\"purged\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("tamis_served_bytes_total{result=\"cache\",route=\"cdn\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn pass_through_forwards_everything_and_invalidates_on_writes() {
+    let up = Upstream::http(|s| match s.method.as_str() {
+        "GET" => Reply::ok("doc").header("cache-control", "max-age=600"),
+        _ => Reply::ok("written"),
+    })
+    .await;
+    let t = Tamis::start(&format!(
+        "{LISTEN}{}",
+        route(
+            "eu",
+            "/",
+            &up.url("/"),
+            "jurisdiction = \"eu\"\npass_through = true"
+        )
+    ))
+    .await;
+    t.get("/doc").await;
+    assert_eq!(
+        t.get("/doc").await.header("cache-status"),
+        Some("tamis; hit")
+    );
+    let mut req = http::Request::post("/doc")
+        .header("host", "x")
+        .header("cookie", "a=1")
+        .header("x-custom", "y");
+    req = req.header("content-type", "text/plain");
+    let a = send(
+        t.http,
+        req.body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"payload",
+        )))
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(a.text(), "written");
+    let seen = up.last();
+    assert_eq!(
+        (seen.method.as_str(), &seen.body[..]),
+        ("POST", &b"payload"[..])
+    );
+    assert_eq!(
+        (seen.header("cookie"), seen.header("x-custom")),
+        (Some("a=1"), Some("y"))
+    );
+    assert_eq!(
+        t.get("/doc").await.header("cache-status"),
+        Some("tamis; fwd=miss; stored"),
+        "the POST invalidated it"
+    );
 }

@@ -87,7 +87,11 @@ async fn metrics_parse_and_count_what_happened() {
         ),
         1.0
     );
-    assert_eq!(value("tamis_cache_entries", &[]), 1.0);
+    assert_eq!(
+        value("tamis_cache_entries", &[]),
+        2.0,
+        "the 200 and the negatively cached 404"
+    );
     assert!(value("tamis_cache_bytes", &[]) > 0.0);
     assert!(scrape
         .samples

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use http::Uri;
 
+use crate::cache;
 use crate::config::{Config, RouteConfig, RouteKind};
 use crate::policy::RequestPolicy;
 
@@ -18,6 +19,8 @@ pub struct Route {
     pub index: usize,
     pub config: RouteConfig,
     pub policy: RequestPolicy,
+    /// Lifetime rules for what this route stores.
+    pub rules: cache::Rules,
 }
 
 impl Route {
@@ -53,14 +56,26 @@ impl Router {
             .iter()
             .enumerate()
             .map(|(index, rc)| {
+                let mut policy = RequestPolicy::new(
+                    rc.jurisdiction,
+                    &config.upstream.user_agent,
+                    rc.user_agent.as_ref(),
+                    &rc.forward_headers,
+                );
+                if rc.pass_through {
+                    policy = policy.pass_through();
+                }
+                let rules = cache::Rules {
+                    heuristic_max: config.cache.heuristic_max,
+                    negative_ttl: rc.cache.negative_ttl,
+                    min_ttl: rc.cache.min_ttl,
+                    max_ttl: rc.cache.max_ttl,
+                    stale_if_error: rc.cache.stale_if_error,
+                };
                 Arc::new(Route {
                     index,
-                    policy: RequestPolicy::new(
-                        rc.jurisdiction,
-                        &config.upstream.user_agent,
-                        rc.user_agent.as_ref(),
-                        &rc.forward_headers,
-                    ),
+                    policy,
+                    rules,
                     config: rc.clone(),
                 })
             })

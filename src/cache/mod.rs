@@ -1,0 +1,941 @@
+//! The shared cache: whether a response may be stored (RFC 9111 §3, through
+//! `http-cache-semantics`), how long it stays fresh or usable stale ([`freshness`]), a moka
+//! store bounded in bytes, variants by `Vary`, and request coalescing so that concurrent misses
+//! (and revalidations) of one key make a single upstream request.
+//!
+//! A fresh hit is a map lookup plus clones of a pre-built header map and a `Bytes` body: nothing
+//! on the hit path allocates a body or holds a lock across an await.
+
+pub mod conditional;
+pub mod freshness;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use http_cache_semantics::{CacheOptions, CachePolicy};
+use moka::future::Cache as Moka;
+use moka::notification::RemovalCause;
+use moka::Expiry;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::policy::AcceptEncoding;
+pub use freshness::{Lifetimes, Rules};
+
+/// Identifies one stored object. Built only from what tamis sends upstream (route, upstream
+/// URL, normalised Accept-Encoding, values of the headers the response varies on), never from
+/// headers it strips.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    pub route: usize,
+    pub uri: Uri,
+    pub encoding: AcceptEncoding,
+    /// 0 for the primary key; otherwise a hash of the request's values for the Vary'd headers.
+    pub variant: u64,
+}
+
+impl CacheKey {
+    /// The key before any `Vary` is known.
+    pub fn primary(route: usize, uri: Uri, encoding: AcceptEncoding) -> CacheKey {
+        CacheKey {
+            route,
+            uri,
+            encoding,
+            variant: 0,
+        }
+    }
+
+    fn with_variant(&self, variant: u64) -> CacheKey {
+        CacheKey {
+            variant,
+            ..self.clone()
+        }
+    }
+}
+
+/// The values a request has for the headers a response varies on.
+pub type VaryValues = Vec<(HeaderName, Option<HeaderValue>)>;
+
+/// Reads `names` from the (scrubbed) request headers.
+pub fn vary_values(names: &[HeaderName], request: &HeaderMap) -> VaryValues {
+    names
+        .iter()
+        .map(|n| (n.clone(), request.get(n).cloned()))
+        .collect()
+}
+
+fn variant_hash(values: &VaryValues) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (name, value) in values {
+        name.hash(&mut h);
+        value.as_ref().map(|v| v.as_bytes()).hash(&mut h);
+    }
+    // 0 is the primary key.
+    h.finish().max(1)
+}
+
+/// A `Vary` the cache cannot honour: `*`, or a header tamis does not forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VaryRefused;
+
+/// The header names a response's `Vary` lists, lower-cased, without Accept-Encoding (already in
+/// the key); refused for `Vary: *` or a header `varyable` refuses (one tamis strips).
+pub fn vary_names(
+    headers: &HeaderMap,
+    varyable: impl Fn(&HeaderName) -> bool,
+) -> Result<Vec<HeaderName>, VaryRefused> {
+    let mut names = Vec::new();
+    for v in headers.get_all(header::VARY) {
+        let v = v.to_str().map_err(|_| VaryRefused)?;
+        for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if name == "*" {
+                return Err(VaryRefused);
+            }
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| VaryRefused)?;
+            if name == header::ACCEPT_ENCODING || names.contains(&name) {
+                continue;
+            }
+            if !varyable(&name) {
+                return Err(VaryRefused);
+            }
+            names.push(name);
+        }
+    }
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    Ok(names)
+}
+
+/// A stored response, ready to serve.
+#[derive(Debug)]
+pub struct Entry {
+    pub status: StatusCode,
+    /// Scrubbed headers, as served (without `Age`).
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// The upstream's own validators, for revalidating with it.
+    pub upstream_etag: Option<HeaderValue>,
+    pub last_modified: Option<HeaderValue>,
+    /// The request values this variant answers (empty when the response has no Vary).
+    pub vary: VaryValues,
+    stored_at: Instant,
+    pub lifetimes: Lifetimes,
+    /// How long past its stale windows it is kept, so it can still be revalidated.
+    keep: Duration,
+    weight: u32,
+}
+
+/// Where an entry stands at a given moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Staleness {
+    Fresh,
+    /// Stale, but within stale-while-revalidate.
+    WhileRevalidate,
+    /// Stale: revalidate (or refetch) before use.
+    Stale,
+}
+
+impl Entry {
+    /// Builds an entry from scrubbed headers, body and lifetimes. With `own_etag`, clients see
+    /// an ETag derived from the bytes (the same for every visitor) instead of the upstream's.
+    pub fn new(
+        status: StatusCode,
+        mut headers: HeaderMap,
+        body: Bytes,
+        lifetimes: Lifetimes,
+        vary: VaryValues,
+        keep: Duration,
+        own_etag: bool,
+    ) -> Entry {
+        let upstream_etag = headers.get(header::ETAG).cloned();
+        let last_modified = headers.get(header::LAST_MODIFIED).cloned();
+        if own_etag && status == StatusCode::OK {
+            headers.insert(header::ETAG, content_etag(&body));
+        }
+        headers.remove(header::TRANSFER_ENCODING);
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let header_bytes: usize = headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum();
+        // Fixed overhead per entry (key, struct, moka bookkeeping), roughly.
+        let weight = body.len() + header_bytes + 256;
+        Entry {
+            status,
+            headers,
+            body,
+            upstream_etag,
+            last_modified,
+            vary,
+            stored_at: Instant::now(),
+            lifetimes,
+            keep,
+            weight: u32::try_from(weight).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Fresh, stale within stale-while-revalidate, or stale.
+    pub fn staleness(&self, now: Instant) -> Staleness {
+        let resident = now.saturating_duration_since(self.stored_at);
+        if resident < self.lifetimes.fresh_for {
+            Staleness::Fresh
+        } else if resident - self.lifetimes.fresh_for <= self.lifetimes.stale_while_revalidate
+            && !self.lifetimes.stale_while_revalidate.is_zero()
+        {
+            Staleness::WhileRevalidate
+        } else {
+            Staleness::Stale
+        }
+    }
+
+    /// Whether it may stand in for a failed upstream (stale-if-error).
+    pub fn usable_on_error(&self, now: Instant) -> bool {
+        let resident = now.saturating_duration_since(self.stored_at);
+        !self.lifetimes.must_revalidate
+            && resident.saturating_sub(self.lifetimes.fresh_for) <= self.lifetimes.stale_if_error
+            && !self.lifetimes.stale_if_error.is_zero()
+    }
+
+    /// Whether tamis can ask the upstream "has it changed?" instead of refetching.
+    pub fn can_revalidate(&self) -> bool {
+        self.upstream_etag.is_some() || self.last_modified.is_some()
+    }
+
+    /// The `Age` to send, in seconds.
+    pub fn age(&self, now: Instant) -> u64 {
+        (self.lifetimes.age + now.saturating_duration_since(self.stored_at)).as_secs()
+    }
+
+    /// Bytes it counts for against `max_bytes`.
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    /// Whether this variant answers a request with these (scrubbed) headers.
+    pub fn matches(&self, request: &HeaderMap) -> bool {
+        self.vary
+            .iter()
+            .all(|(name, value)| request.get(name) == value.as_ref())
+    }
+
+    /// How long the store keeps it.
+    fn time_to_keep(&self) -> Duration {
+        let l = &self.lifetimes;
+        let mut extra = l.stale_while_revalidate.max(l.stale_if_error);
+        if self.can_revalidate() {
+            extra = extra.max(self.keep);
+        }
+        l.fresh_for + extra
+    }
+}
+
+/// A strong validator derived from the bytes: identical for every visitor, so it can never
+/// serve as a per-visitor identifier.
+pub fn content_etag(body: &[u8]) -> HeaderValue {
+    let digest = Sha256::digest(body);
+    let mut s = String::with_capacity(36);
+    s.push_str("\"t-");
+    for b in &digest[..12] {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s.push('"');
+    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("\"t\""))
+}
+
+/// Why a response is not stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotStored {
+    /// RFC 9111 forbids it (no-store, private, status, method…).
+    Forbidden,
+    /// No freshness and nothing to revalidate with.
+    NoFreshness,
+    /// The upstream tried to set a cookie: the answer was meant for one client.
+    SetCookie,
+    /// `Vary: *`, or a Vary on a header tamis does not forward.
+    Vary,
+    /// Larger than `max_object_bytes`.
+    TooLarge,
+    /// The route does not cache.
+    Disabled,
+}
+
+impl NotStored {
+    /// A short token for logs and `Cache-Status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotStored::Forbidden => "forbidden",
+            NotStored::NoFreshness => "no-freshness",
+            NotStored::SetCookie => "set-cookie",
+            NotStored::Vary => "vary",
+            NotStored::TooLarge => "too-large",
+            NotStored::Disabled => "disabled",
+        }
+    }
+}
+
+/// What the cache decided about a response: its lifetimes and the headers it varies on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Storable {
+    pub lifetimes: Lifetimes,
+    pub vary: Vec<HeaderName>,
+}
+
+/// Decides whether a response to `request` (as sent upstream) may be stored, and for how long.
+/// `upstream_headers` are the response headers before scrubbing.
+pub fn storability(
+    request: &http::request::Parts,
+    status: StatusCode,
+    upstream_headers: &HeaderMap,
+    now: SystemTime,
+    rules: &Rules,
+    varyable: impl Fn(&HeaderName) -> bool,
+) -> Result<Storable, NotStored> {
+    if upstream_headers.contains_key(header::SET_COOKIE) {
+        return Err(NotStored::SetCookie);
+    }
+    let vary = vary_names(upstream_headers, varyable).map_err(|VaryRefused| NotStored::Vary)?;
+    let mut response = http::Response::new(());
+    *response.status_mut() = status;
+    *response.headers_mut() = upstream_headers.clone();
+    let options = CacheOptions {
+        shared: true,
+        cache_heuristic: 0.0,
+        immutable_min_time_to_live: Duration::ZERO,
+        ignore_cargo_cult: false,
+    };
+    let policy = CachePolicy::new_options(request, &response, now, options);
+    let negative = matches!(status.as_u16(), 404 | 410) && !rules.negative_ttl.is_zero();
+    let storable =
+        policy.is_storable() || (negative && storable_but_for_lifetime(upstream_headers));
+    if !storable {
+        return Err(NotStored::Forbidden);
+    }
+    let lifetimes = freshness::lifetimes(status, upstream_headers, now, rules);
+    let revalidatable = upstream_headers.contains_key(header::ETAG)
+        || upstream_headers.contains_key(header::LAST_MODIFIED);
+    let stale_use =
+        !lifetimes.stale_while_revalidate.is_zero() || !lifetimes.stale_if_error.is_zero();
+    if lifetimes.fresh_for.is_zero() && !revalidatable && !stale_use {
+        return Err(NotStored::NoFreshness);
+    }
+    Ok(Storable { lifetimes, vary })
+}
+
+/// A 404/410 with no lifetime is refused by `is_storable` only for lacking one; negative caching
+/// gives it one, unless something else forbids storing.
+fn storable_but_for_lifetime(headers: &HeaderMap) -> bool {
+    let d = freshness::Directives::parse(headers);
+    !d.no_store && !d.private
+}
+
+/// What a fill (the one upstream fetch for a key) ended with, as seen by those waiting on it.
+#[derive(Clone, Debug)]
+pub enum Fill {
+    /// Stored: serve it (if it answers the waiter's Vary values).
+    Stored(Arc<Entry>),
+    /// Not storable: each waiter fetches on its own.
+    NotStored,
+    /// The upstream failed: waiters answer with their stale copy if allowed, else this status.
+    Failed(StatusCode),
+}
+
+type FillState = watch::Receiver<Option<Fill>>;
+
+/// The result of a lookup.
+pub enum Lookup<'c> {
+    /// A fresh stored copy.
+    Fresh(Arc<Entry>),
+    /// Stale within stale-while-revalidate: serve it and refresh in the background.
+    StaleWhileRevalidate(Arc<Entry>, CacheKey),
+    /// Nobody is fetching this key: the caller must, and report through the guard. `stale` is
+    /// a stored copy to revalidate, or to fall back on if the upstream fails.
+    Lead {
+        stale: Option<Arc<Entry>>,
+        guard: FillGuard<'c>,
+    },
+    /// Another request is fetching it.
+    Wait {
+        stale: Option<Arc<Entry>>,
+        fill: FillState,
+    },
+}
+
+/// What waiting on another request's fill gave.
+pub enum Waited {
+    Fill(Fill),
+    /// The leader went away without a result (client gone) or took too long: look up again.
+    Retry,
+}
+
+/// A stored value: an object, or the list of headers the objects under this primary key vary
+/// on (the objects themselves sit under variant keys).
+#[derive(Clone, Debug)]
+enum Slot {
+    Object(Arc<Entry>),
+    Vary {
+        names: Arc<[HeaderName]>,
+        keep: Duration,
+    },
+}
+
+/// Why entries left the cache (the `result` label of `tamis_cache_evictions_total`).
+pub type EvictionHook = Arc<dyn Fn(&'static str) + Send + Sync>;
+
+/// The cache.
+pub struct Cache {
+    store: Moka<CacheKey, Slot>,
+    fills: Mutex<HashMap<CacheKey, FillState>>,
+    max_object_bytes: u64,
+}
+
+/// Entries leave moka once nothing can use them any more.
+struct Lifetime;
+
+impl Lifetime {
+    fn of(slot: &Slot) -> Duration {
+        match slot {
+            Slot::Object(e) => e.time_to_keep(),
+            Slot::Vary { keep, .. } => *keep,
+        }
+    }
+}
+
+impl Expiry<CacheKey, Slot> for Lifetime {
+    fn expire_after_create(&self, _: &CacheKey, value: &Slot, _: Instant) -> Option<Duration> {
+        Some(Lifetime::of(value))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &CacheKey,
+        value: &Slot,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(Lifetime::of(value))
+    }
+}
+
+impl Cache {
+    /// A cache holding at most `max_bytes` (weights of bodies and headers); `evicted` is told
+    /// why each entry left ("size", "expired", "purged").
+    pub fn new(max_bytes: u64, max_object_bytes: u64, evicted: EvictionHook) -> Cache {
+        let store = Moka::builder()
+            .max_capacity(max_bytes)
+            .weigher(|_: &CacheKey, v: &Slot| match v {
+                Slot::Object(e) => e.weight,
+                Slot::Vary { names, .. } => 256 + 32 * names.len() as u32,
+            })
+            .expire_after(Lifetime)
+            .eviction_listener(move |_k, _v, cause| match cause {
+                RemovalCause::Size => evicted("size"),
+                RemovalCause::Expired => evicted("expired"),
+                RemovalCause::Explicit => evicted("purged"),
+                RemovalCause::Replaced => {}
+            })
+            .build();
+        Cache {
+            store,
+            fills: Mutex::new(HashMap::new()),
+            max_object_bytes,
+        }
+    }
+
+    /// Largest body that is buffered and stored.
+    pub fn max_object_bytes(&self) -> u64 {
+        self.max_object_bytes
+    }
+
+    /// Resolves the key a request maps to: the primary key, or the variant its Vary'd header
+    /// values select. Also returns the stored object there, if any.
+    async fn resolve(
+        &self,
+        primary: &CacheKey,
+        request: &HeaderMap,
+    ) -> (CacheKey, Option<Arc<Entry>>) {
+        match self.store.get(primary).await {
+            Some(Slot::Object(e)) => (primary.clone(), Some(e)),
+            Some(Slot::Vary { names, .. }) => {
+                let key = primary.with_variant(variant_hash(&vary_values(&names, request)));
+                let entry = match self.store.get(&key).await {
+                    Some(Slot::Object(e)) if e.matches(request) => Some(e),
+                    _ => None,
+                };
+                (key, entry)
+            }
+            None => (primary.clone(), None),
+        }
+    }
+
+    /// Looks a request up; on a miss (or a stale copy that needs revalidating) either makes the
+    /// caller the one to fetch it or hands back the fill to wait for.
+    pub async fn lookup(&self, primary: &CacheKey, request: &HeaderMap) -> Lookup<'_> {
+        let (key, entry) = self.resolve(primary, request).await;
+        let stale = match entry {
+            Some(e) => match e.staleness(Instant::now()) {
+                Staleness::Fresh => return Lookup::Fresh(e),
+                Staleness::WhileRevalidate => return Lookup::StaleWhileRevalidate(e, key),
+                Staleness::Stale => Some(e),
+            },
+            None => None,
+        };
+        let lead = {
+            let mut fills = self.fills.lock().unwrap_or_else(|p| p.into_inner());
+            match fills.get(&key) {
+                Some(rx) => {
+                    return Lookup::Wait {
+                        stale,
+                        fill: rx.clone(),
+                    }
+                }
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    fills.insert(key.clone(), rx);
+                    tx
+                }
+            }
+        };
+        let guard = FillGuard {
+            cache: self,
+            key: key.clone(),
+            tx: lead,
+            done: false,
+        };
+        // A fill may have completed between the first look and taking the lead: it stores
+        // before it leaves the fill table, so a second look settles it.
+        if let (_, Some(e)) = self.resolve(primary, request).await {
+            if e.staleness(Instant::now()) == Staleness::Fresh {
+                guard.finish(Fill::Stored(e.clone()), &[]).await;
+                return Lookup::Fresh(e);
+            }
+        }
+        Lookup::Lead { stale, guard }
+    }
+
+    /// Takes the lead on `key` if nobody is fetching it (background refresh).
+    pub fn try_lead(&self, key: &CacheKey) -> Option<FillGuard<'_>> {
+        let mut fills = self.fills.lock().unwrap_or_else(|p| p.into_inner());
+        if fills.contains_key(key) {
+            return None;
+        }
+        let (tx, rx) = watch::channel(None);
+        fills.insert(key.clone(), rx);
+        Some(FillGuard {
+            cache: self,
+            key: key.clone(),
+            tx,
+            done: false,
+        })
+    }
+
+    /// Waits for another request's fill, at most `limit`.
+    pub async fn wait(mut rx: FillState, limit: Duration) -> Waited {
+        match tokio::time::timeout(limit, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(fill)) => match fill.as_ref() {
+                Some(fill) => Waited::Fill(fill.clone()),
+                None => Waited::Retry,
+            },
+            Ok(Err(_closed)) => Waited::Retry,
+            Err(_elapsed) => Waited::Retry,
+        }
+    }
+
+    /// Drops everything stored for `uri` on a route (every encoding and variant): what RFC 9111
+    /// §4.4 asks after an unsafe method succeeds.
+    pub async fn invalidate(&self, route: usize, uri: &Uri) {
+        for encoding in [
+            AcceptEncoding::Identity,
+            AcceptEncoding::Gzip,
+            AcceptEncoding::Br,
+            AcceptEncoding::BrGzip,
+        ] {
+            // Removing the primary key also makes its Vary variants unreachable.
+            self.store
+                .invalidate(&CacheKey::primary(route, uri.clone(), encoding))
+                .await;
+        }
+    }
+
+    /// Removes the objects of `route` whose upstream path is `path`, or starts with it when
+    /// `prefix`; returns how many were removed.
+    pub async fn purge(&self, route: usize, path: &str, prefix: bool) -> usize {
+        let doomed: Vec<CacheKey> = self
+            .store
+            .iter()
+            .filter(|(k, _)| {
+                k.route == route
+                    && if prefix {
+                        k.uri.path().starts_with(path)
+                    } else {
+                        k.uri.path() == path
+                    }
+            })
+            .map(|(k, _)| (*k).clone())
+            .collect();
+        for k in &doomed {
+            self.store.invalidate(k).await;
+        }
+        doomed.len()
+    }
+
+    /// Bytes held (weights) and entries, after applying pending evictions.
+    pub async fn size(&self) -> (u64, u64) {
+        self.store.run_pending_tasks().await;
+        (self.store.weighted_size(), self.store.entry_count())
+    }
+}
+
+/// Held by the one request fetching a key; dropping it without [`FillGuard::finish`] (client
+/// gone, task cancelled) releases the waiters, who then look up again.
+pub struct FillGuard<'c> {
+    cache: &'c Cache,
+    key: CacheKey,
+    tx: watch::Sender<Option<Fill>>,
+    done: bool,
+}
+
+impl FillGuard<'_> {
+    /// The key being filled.
+    pub fn key(&self) -> &CacheKey {
+        &self.key
+    }
+
+    /// Publishes the fill's result: stores first, then wakes the waiters, then leaves the
+    /// table. `vary` is the Vary list of a stored response (empty when none).
+    pub async fn finish(mut self, fill: Fill, vary: &[HeaderName]) {
+        if let Fill::Stored(entry) = &fill {
+            if vary.is_empty() {
+                // At the primary key, replacing any Vary list a former version had.
+                self.cache
+                    .store
+                    .insert(self.key.with_variant(0), Slot::Object(entry.clone()))
+                    .await;
+            } else {
+                let primary = self.key.with_variant(0);
+                let keep = match self.cache.store.get(&primary).await {
+                    Some(Slot::Vary { keep, .. }) => keep.max(entry.time_to_keep()),
+                    _ => entry.time_to_keep(),
+                };
+                let variant = primary.with_variant(variant_hash(&entry.vary));
+                self.cache
+                    .store
+                    .insert(variant, Slot::Object(entry.clone()))
+                    .await;
+                self.cache
+                    .store
+                    .insert(
+                        primary,
+                        Slot::Vary {
+                            names: vary.into(),
+                            keep,
+                        },
+                    )
+                    .await;
+            }
+        }
+        self.tx.send_replace(Some(fill));
+        self.release();
+    }
+
+    fn release(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let mut fills = self.cache.fills.lock().unwrap_or_else(|p| p.into_inner());
+        if fills
+            .get(&self.key)
+            .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
+        {
+            fills.remove(&self.key);
+        }
+    }
+}
+
+impl Drop for FillGuard<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(uri: &str) -> http::request::Parts {
+        http::Request::get(uri).body(()).unwrap().into_parts().0
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn only_accept(n: &HeaderName) -> bool {
+        n == header::ACCEPT
+    }
+
+    fn decide(status: u16, pairs: &[(&'static str, &'static str)]) -> Result<Storable, NotStored> {
+        storability(
+            &get("https://cdn.example/a"),
+            StatusCode::from_u16(status).unwrap(),
+            &headers(pairs),
+            SystemTime::now(),
+            &Rules::default(),
+            only_accept,
+        )
+    }
+
+    #[test]
+    fn explicit_lifetimes_are_stored() {
+        let s = decide(200, &[("cache-control", "public, max-age=60")]).unwrap();
+        assert_eq!(s.lifetimes.fresh_for, Duration::from_secs(60));
+        assert!(decide(404, &[("cache-control", "max-age=30")]).is_ok());
+        let s = decide(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("vary", "Accept, accept-encoding"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.vary, vec![header::ACCEPT]);
+    }
+
+    #[test]
+    fn what_must_not_be_stored_is_not() {
+        assert_eq!(
+            decide(200, &[("cache-control", "no-store, max-age=60")]),
+            Err(NotStored::Forbidden)
+        );
+        assert_eq!(
+            decide(200, &[("cache-control", "private, max-age=60")]),
+            Err(NotStored::Forbidden)
+        );
+        assert_eq!(
+            decide(200, &[]),
+            Err(NotStored::NoFreshness),
+            "no heuristic freshness by default"
+        );
+        assert_eq!(
+            decide(206, &[("cache-control", "max-age=60")]),
+            Err(NotStored::Forbidden)
+        );
+        assert_eq!(
+            decide(200, &[("cache-control", "max-age=0")]),
+            Err(NotStored::NoFreshness)
+        );
+        assert_eq!(
+            decide(
+                200,
+                &[("cache-control", "max-age=60"), ("set-cookie", "a=b")]
+            ),
+            Err(NotStored::SetCookie)
+        );
+        assert_eq!(
+            decide(200, &[("cache-control", "max-age=60"), ("vary", "*")]),
+            Err(NotStored::Vary)
+        );
+        assert_eq!(
+            decide(200, &[("cache-control", "max-age=60"), ("vary", "Cookie")]),
+            Err(NotStored::Vary)
+        );
+    }
+
+    #[test]
+    fn no_cache_with_a_validator_is_stored_for_revalidation() {
+        let s = decide(200, &[("cache-control", "no-cache"), ("etag", "\"v1\"")]).unwrap();
+        assert_eq!(s.lifetimes.fresh_for, Duration::ZERO);
+        assert!(s.lifetimes.must_revalidate);
+        assert_eq!(
+            decide(200, &[("cache-control", "no-cache")]),
+            Err(NotStored::NoFreshness)
+        );
+    }
+
+    #[test]
+    fn own_etag_is_derived_from_the_bytes() {
+        let a = content_etag(b"hello");
+        assert_eq!(a, content_etag(b"hello"));
+        assert_ne!(a, content_etag(b"hello!"));
+        assert!(a.to_str().unwrap().starts_with("\"t-"));
+    }
+
+    fn key(n: usize) -> CacheKey {
+        CacheKey::primary(
+            0,
+            format!("https://cdn.example/{n}").parse().unwrap(),
+            AcceptEncoding::Identity,
+        )
+    }
+
+    fn lifetimes(fresh: Duration) -> Lifetimes {
+        Lifetimes {
+            fresh_for: fresh,
+            age: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            must_revalidate: false,
+        }
+    }
+
+    fn entry(body: usize, fresh: Duration, vary: VaryValues) -> Arc<Entry> {
+        Arc::new(Entry::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from(vec![0u8; body]),
+            lifetimes(fresh),
+            vary,
+            Duration::ZERO,
+            true,
+        ))
+    }
+
+    fn cache(max: u64) -> Cache {
+        Cache::new(max, max / 4, Arc::new(|_| {}))
+    }
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn one_leader_per_key_and_waiters_share_its_fill() {
+        let cache = cache(1 << 20);
+        let h = HeaderMap::new();
+        let Lookup::Lead { guard, .. } = cache.lookup(&key(1), &h).await else {
+            panic!("expected lead")
+        };
+        let Lookup::Wait { fill, .. } = cache.lookup(&key(1), &h).await else {
+            panic!("expected wait")
+        };
+        assert!(
+            matches!(cache.lookup(&key(2), &h).await, Lookup::Lead { .. }),
+            "other keys are independent"
+        );
+        guard
+            .finish(Fill::Stored(entry(10, MIN, vec![])), &[])
+            .await;
+        assert!(matches!(
+            Cache::wait(fill, Duration::from_secs(1)).await,
+            Waited::Fill(Fill::Stored(_))
+        ));
+        assert!(matches!(cache.lookup(&key(1), &h).await, Lookup::Fresh(_)));
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_fill_releases_its_waiters() {
+        let cache = cache(1 << 20);
+        let h = HeaderMap::new();
+        let Lookup::Lead { guard, .. } = cache.lookup(&key(1), &h).await else {
+            panic!("expected lead")
+        };
+        let Lookup::Wait { fill, .. } = cache.lookup(&key(1), &h).await else {
+            panic!("expected wait")
+        };
+        drop(guard);
+        assert!(matches!(
+            Cache::wait(fill, Duration::from_secs(1)).await,
+            Waited::Retry
+        ));
+        assert!(
+            matches!(cache.lookup(&key(1), &h).await, Lookup::Lead { .. }),
+            "a new leader can start"
+        );
+    }
+
+    #[tokio::test]
+    async fn stale_entries_come_back_for_revalidation() {
+        let cache = cache(1 << 20);
+        let h = HeaderMap::new();
+        let mut hs = HeaderMap::new();
+        hs.insert(header::ETAG, HeaderValue::from_static("\"v1\""));
+        let e = Arc::new(Entry::new(
+            StatusCode::OK,
+            hs,
+            Bytes::new(),
+            lifetimes(Duration::from_millis(50)),
+            vec![],
+            MIN,
+            false,
+        ));
+        let Lookup::Lead { guard, .. } = cache.lookup(&key(1), &h).await else {
+            panic!()
+        };
+        guard.finish(Fill::Stored(e), &[]).await;
+        assert!(matches!(cache.lookup(&key(1), &h).await, Lookup::Fresh(_)));
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        match cache.lookup(&key(1), &h).await {
+            Lookup::Lead { stale: Some(s), .. } => {
+                assert_eq!(s.upstream_etag.as_ref().unwrap(), "\"v1\"")
+            }
+            _ => panic!("expected a lead with the stale copy"),
+        };
+    }
+
+    #[tokio::test]
+    async fn variants_are_kept_apart() {
+        let cache = cache(1 << 20);
+        let mut a = HeaderMap::new();
+        a.insert(header::ACCEPT, HeaderValue::from_static("image/webp"));
+        let mut b = HeaderMap::new();
+        b.insert(header::ACCEPT, HeaderValue::from_static("image/png"));
+        let names = [header::ACCEPT];
+        let Lookup::Lead { guard, .. } = cache.lookup(&key(1), &a).await else {
+            panic!()
+        };
+        guard
+            .finish(Fill::Stored(entry(1, MIN, vary_values(&names, &a))), &names)
+            .await;
+        assert!(matches!(cache.lookup(&key(1), &a).await, Lookup::Fresh(_)));
+        let Lookup::Lead { guard, .. } = cache.lookup(&key(1), &b).await else {
+            panic!("another Accept is another variant")
+        };
+        guard
+            .finish(Fill::Stored(entry(2, MIN, vary_values(&names, &b))), &names)
+            .await;
+        let Lookup::Fresh(ea) = cache.lookup(&key(1), &a).await else {
+            panic!()
+        };
+        let Lookup::Fresh(eb) = cache.lookup(&key(1), &b).await else {
+            panic!()
+        };
+        assert_eq!((ea.body.len(), eb.body.len()), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn the_byte_bound_holds() {
+        let max = 200_000;
+        let cache = cache(max);
+        let h = HeaderMap::new();
+        for n in 0..100 {
+            if let Lookup::Lead { guard, .. } = cache.lookup(&key(n), &h).await {
+                guard
+                    .finish(Fill::Stored(entry(10_000, MIN, vec![])), &[])
+                    .await;
+            }
+        }
+        let (bytes, entries) = cache.size().await;
+        assert!(bytes <= max, "{bytes} > {max}");
+        assert!(entries < 100 && entries > 0, "{entries}");
+    }
+
+    #[tokio::test]
+    async fn purge_by_path_and_prefix() {
+        let cache = cache(1 << 20);
+        let h = HeaderMap::new();
+        for n in [1, 2, 3] {
+            let Lookup::Lead { guard, .. } = cache.lookup(&key(n), &h).await else {
+                panic!()
+            };
+            guard.finish(Fill::Stored(entry(1, MIN, vec![])), &[]).await;
+        }
+        assert_eq!(cache.purge(0, "/1", false).await, 1);
+        assert_eq!(cache.purge(0, "/", true).await, 2);
+        assert_eq!(cache.purge(0, "/", true).await, 0);
+    }
+}
