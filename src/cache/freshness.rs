@@ -2,9 +2,13 @@
 //! arithmetic plus the RFC 5861 `stale-while-revalidate` / `stale-if-error` extensions, as pure
 //! functions. Whether a response may be stored at all (§3) comes from `http-cache-semantics`.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
-use http::{header, HeaderMap, StatusCode};
+use http::{header, HeaderMap, HeaderName, StatusCode};
+
+/// RFC 9213: cache directives aimed at CDNs (and so at tamis), ahead of `Cache-Control`.
+pub const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
 
 /// RFC 9111 §1.2.2: delta-seconds larger than this are taken as this.
 const DELTA_MAX: u64 = 2_147_483_648;
@@ -84,6 +88,79 @@ impl Directives {
     }
 }
 
+/// The headers as a CDN reads them: when a valid `CDN-Cache-Control` is present, its directives
+/// replace `Cache-Control` and `Expires` (RFC 9213 §2.1).
+pub fn targeted(headers: &HeaderMap) -> Cow<'_, HeaderMap> {
+    let values: Vec<&str> = headers
+        .get_all(CDN_CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if values.is_empty() || !values.iter().all(|v| valid_cdn_cache_control(v)) {
+        return Cow::Borrowed(headers);
+    }
+    let mut effective = headers.clone();
+    effective.remove(header::CACHE_CONTROL);
+    effective.remove(header::EXPIRES);
+    for v in headers.get_all(CDN_CACHE_CONTROL) {
+        effective.append(header::CACHE_CONTROL, v.clone());
+    }
+    Cow::Owned(effective)
+}
+
+/// A Structured Field dictionary (RFC 8941 §3.2) whose cache directives have the right types;
+/// anything else makes the whole field ignored.
+fn valid_cdn_cache_control(value: &str) -> bool {
+    let members = split_directives(value);
+    !members.is_empty()
+        && members.iter().all(|m| {
+            let mut params = m.split(';');
+            let member = params.next().unwrap_or("").trim();
+            let (key, val) = match member.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (member, None),
+            };
+            let key_ok = key
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b == b'*')
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.*".contains(&b));
+            let is_integer = |v: &str| {
+                let digits = v.strip_prefix('-').unwrap_or(v);
+                !digits.is_empty()
+                    && digits.len() <= 15
+                    && digits.bytes().all(|b| b.is_ascii_digit())
+            };
+            let val_ok = match val {
+                None => true,
+                Some(v) if key == "max-age" || key == "s-maxage" => is_integer(v),
+                Some(v) => sf_bare_item(v),
+            };
+            key_ok && val_ok && params.all(|p| !p.trim().is_empty())
+        })
+}
+
+/// An RFC 8941 bare item: integer/decimal, string, token, byte sequence or boolean.
+fn sf_bare_item(v: &str) -> bool {
+    let b = v.as_bytes();
+    match b.first() {
+        None => false,
+        Some(b'"') => v.len() >= 2 && v.ends_with('"'),
+        Some(b':') => v.len() >= 2 && v.ends_with(':'),
+        Some(b'?') => v == "?0" || v == "?1",
+        Some(c) if c.is_ascii_digit() || *c == b'-' => v
+            .trim_start_matches('-')
+            .bytes()
+            .all(|c| c.is_ascii_digit() || c == b'.'),
+        Some(c) if c.is_ascii_alphabetic() || *c == b'*' => v
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&c)),
+        _ => false,
+    }
+}
+
 /// Splits on commas outside quoted strings.
 fn split_directives(value: &str) -> Vec<&str> {
     let mut out = Vec::new();
@@ -143,10 +220,11 @@ fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Option<Result<Sys
 
 /// The response's age when received (RFC 9111 §4.2.3, with no request delay known).
 pub fn initial_age(headers: &HeaderMap, received: SystemTime) -> Duration {
+    // A list (`7200, 0`, or several lines) is a broken Age: the first value is the one meant.
     let age_value = headers
         .get(header::AGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| delta_seconds(Some(v)))
+        .and_then(|v| delta_seconds(v.split(',').next()))
         .unwrap_or(0);
     let apparent = match http_date(headers, header::DATE) {
         Some(Ok(date)) => received.duration_since(date).unwrap_or_default().as_secs(),
@@ -297,6 +375,66 @@ mod tests {
         assert_eq!(
             (d.stale_while_revalidate, d.stale_if_error),
             (Some(30), Some(600))
+        );
+    }
+
+    #[test]
+    fn cdn_cache_control_takes_over_when_valid() {
+        let both = h(&[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=600"),
+            ("expires", "0"),
+        ]);
+        let t = targeted(&both);
+        assert_eq!(
+            t.get_all("cache-control").iter().collect::<Vec<_>>(),
+            ["max-age=600"]
+        );
+        assert!(t.get("expires").is_none());
+        assert_eq!(
+            lifetimes(StatusCode::OK, &t, now(), &Rules::default())
+                .fresh_for
+                .as_secs(),
+            600
+        );
+        for invalid in [
+            "max-age=\"600\"",
+            "MaX-aGe=600",
+            "max-age =600",
+            "max-age=60.5",
+            "max-age=6, @x",
+        ] {
+            let hs = h(&[
+                ("cache-control", "max-age=5"),
+                ("cdn-cache-control", invalid),
+            ]);
+            assert_eq!(
+                targeted(&hs).get("cache-control").unwrap(),
+                "max-age=5",
+                "{invalid} is ignored"
+            );
+        }
+        let private = h(&[
+            ("cache-control", "max-age=600"),
+            ("cdn-cache-control", "private"),
+        ]);
+        assert_eq!(targeted(&private).get("cache-control").unwrap(), "private");
+    }
+
+    #[test]
+    fn broken_age_lists_use_the_first_value() {
+        assert_eq!(
+            fresh(&[("cache-control", "max-age=3600"), ("age", "7200, 0")]),
+            0
+        );
+        assert_eq!(
+            fresh(&[("cache-control", "max-age=3600"), ("age", "0, 7200")]),
+            3600
+        );
+        assert_eq!(
+            fresh(&[("cache-control", "max-age=3600"), ("age", "7200.0")]),
+            3600,
+            "a float is ignored"
         );
     }
 

@@ -296,6 +296,9 @@ pub fn storability(
     if upstream_headers.contains_key(header::SET_COOKIE) {
         return Err(NotStored::SetCookie);
     }
+    // CDN-Cache-Control, when valid, speaks for tamis instead of Cache-Control and Expires.
+    let targeted = freshness::targeted(upstream_headers);
+    let upstream_headers = &*targeted;
     let vary = vary_names(upstream_headers, varyable).map_err(|VaryRefused| NotStored::Vary)?;
     let mut response = http::Response::new(());
     *response.status_mut() = status;
