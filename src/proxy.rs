@@ -16,7 +16,7 @@ use crate::cache::conditional::{self, ClientAnswer};
 use crate::cache::{self, Cache, CacheKey, Entry, Fill, FillGuard, Lookup, NotStored, Waited};
 use crate::config::{ClientIpLog, Config};
 use crate::metrics::{CacheResult, Metrics, RouteMetrics, UpstreamFailure, NO_ROUTE};
-use crate::policy::{self, AcceptEncoding};
+use crate::policy;
 use crate::routes::confine::{self, Redirect};
 use crate::routes::{Route, Router};
 use crate::upstream::Upstream;
@@ -250,11 +250,7 @@ async fn serve_route(
     for h in CLIENT_ONLY {
         fill_headers.remove(h);
     }
-    let key = CacheKey::primary(
-        route.index,
-        uri.clone(),
-        AcceptEncoding::from_headers(&fill_headers),
-    );
+    let key = CacheKey::primary(route.index, uri.clone());
     // A HEAD miss fetches with GET, so the answer can be stored for both.
     let up = UpstreamRequest::new(Method::GET, uri, fill_headers, Bytes::new());
     let mut waited = false;

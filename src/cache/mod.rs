@@ -23,28 +23,25 @@ use moka::Expiry;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use crate::policy::AcceptEncoding;
 pub use freshness::{Lifetimes, Rules};
 
 /// Identifies one stored object. Built only from what tamis sends upstream (route, upstream
-/// URL, normalised Accept-Encoding, values of the headers the response varies on), never from
-/// headers it strips.
+/// URL, and the values of the headers the response varies on, normalised Accept-Encoding
+/// included), never from headers it strips.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     pub route: usize,
     pub uri: Uri,
-    pub encoding: AcceptEncoding,
     /// 0 for the primary key; otherwise a hash of the request's values for the Vary'd headers.
     pub variant: u64,
 }
 
 impl CacheKey {
     /// The key before any `Vary` is known.
-    pub fn primary(route: usize, uri: Uri, encoding: AcceptEncoding) -> CacheKey {
+    pub fn primary(route: usize, uri: Uri) -> CacheKey {
         CacheKey {
             route,
             uri,
-            encoding,
             variant: 0,
         }
     }
@@ -82,13 +79,20 @@ fn variant_hash(values: &VaryValues) -> u64 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VaryRefused;
 
-/// The header names a response's `Vary` lists, lower-cased, without Accept-Encoding (already in
-/// the key); refused for `Vary: *` or a header `varyable` refuses (one tamis strips).
+/// The request headers a stored response answers for: those its `Vary` lists, plus
+/// Accept-Encoding when its body is encoded (an unencoded body suits every client). Refused for
+/// `Vary: *` or a header `varyable` refuses (one tamis strips).
 pub fn vary_names(
     headers: &HeaderMap,
     varyable: impl Fn(&HeaderName) -> bool,
 ) -> Result<Vec<HeaderName>, VaryRefused> {
     let mut names = Vec::new();
+    let encoded = headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        names.push(header::ACCEPT_ENCODING);
+    }
     for v in headers.get_all(header::VARY) {
         let v = v.to_str().map_err(|_| VaryRefused)?;
         for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
@@ -96,10 +100,11 @@ pub fn vary_names(
                 return Err(VaryRefused);
             }
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| VaryRefused)?;
-            if name == header::ACCEPT_ENCODING || names.contains(&name) {
+            if names.contains(&name) {
                 continue;
             }
-            if !varyable(&name) {
+            // Accept-Encoding is always forwarded, normalised: a safe dimension.
+            if name != header::ACCEPT_ENCODING && !varyable(&name) {
                 return Err(VaryRefused);
             }
             names.push(name);
@@ -300,8 +305,17 @@ pub fn storability(
     let targeted = freshness::targeted(upstream_headers);
     let upstream_headers = &*targeted;
     let vary = vary_names(upstream_headers, varyable).map_err(|VaryRefused| NotStored::Vary)?;
+    // Any final status may be stored when the response states its lifetime (RFC 9111 §3);
+    // the crate only knows a fixed list, so others are judged as a 200 would be. Partial and
+    // 304 responses are never stored whole.
+    let explicit = freshness::Directives::parse(upstream_headers).explicit(upstream_headers);
+    let judged = match status.as_u16() {
+        206 | 304 => status,
+        200..=599 if explicit => StatusCode::OK,
+        _ => status,
+    };
     let mut response = http::Response::new(());
-    *response.status_mut() = status;
+    *response.status_mut() = judged;
     *response.headers_mut() = upstream_headers.clone();
     let options = CacheOptions {
         shared: true,
@@ -546,20 +560,13 @@ impl Cache {
         }
     }
 
-    /// Drops everything stored for `uri` on a route (every encoding and variant): what RFC 9111
+    /// Drops everything stored for `uri` on a route (every variant): what RFC 9111
     /// §4.4 asks after an unsafe method succeeds.
     pub async fn invalidate(&self, route: usize, uri: &Uri) {
-        for encoding in [
-            AcceptEncoding::Identity,
-            AcceptEncoding::Gzip,
-            AcceptEncoding::Br,
-            AcceptEncoding::BrGzip,
-        ] {
-            // Removing the primary key also makes its Vary variants unreachable.
-            self.store
-                .invalidate(&CacheKey::primary(route, uri.clone(), encoding))
-                .await;
-        }
+        // Removing the primary key also makes its Vary variants unreachable.
+        self.store
+            .invalidate(&CacheKey::primary(route, uri.clone()))
+            .await;
     }
 
     /// Removes the objects of `route` whose upstream path is `path`, or starts with it when
@@ -708,7 +715,27 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(s.vary, vec![header::ACCEPT]);
+        assert_eq!(s.vary, vec![header::ACCEPT, header::ACCEPT_ENCODING]);
+        let s = decide(
+            200,
+            &[("cache-control", "max-age=60"), ("content-encoding", "br")],
+        )
+        .unwrap();
+        assert_eq!(
+            s.vary,
+            vec![header::ACCEPT_ENCODING],
+            "an encoded body varies on Accept-Encoding"
+        );
+        assert!(decide(200, &[("cache-control", "max-age=60")])
+            .unwrap()
+            .vary
+            .is_empty());
+        assert!(
+            decide(503, &[("cache-control", "max-age=5")]).is_ok(),
+            "explicit lifetime: any final status"
+        );
+        assert!(decide(599, &[("cache-control", "max-age=5")]).is_ok());
+        assert_eq!(decide(500, &[]), Err(NotStored::Forbidden));
     }
 
     #[test]
@@ -771,11 +798,7 @@ mod tests {
     }
 
     fn key(n: usize) -> CacheKey {
-        CacheKey::primary(
-            0,
-            format!("https://cdn.example/{n}").parse().unwrap(),
-            AcceptEncoding::Identity,
-        )
+        CacheKey::primary(0, format!("https://cdn.example/{n}").parse().unwrap())
     }
 
     fn lifetimes(fresh: Duration) -> Lifetimes {
