@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::config::{ClientIpLog, Config};
+use crate::config::{ClientIpLog, Config, RouteCache};
 use crate::policy::{
     Allowed, Jurisdiction, Removed, UserAgent, REQUEST_ALLOWLIST, REQUEST_REMOVED,
     REQUEST_REMOVED_PREFIXES, RESPONSE_STRIPPED,
@@ -69,8 +69,21 @@ pub fn check_report(config: &Config) -> String {
     }
     let _ = writeln!(
         out,
-        "cache    {} bytes in memory, objects up to {} bytes; only what upstreams mark fresh is kept",
+        "cache    {} bytes in memory, objects up to {} bytes",
         config.cache.max_bytes, config.cache.max_object_bytes
+    );
+    let _ = writeln!(
+        out,
+        "         heuristic freshness {}, stale entries kept {} for revalidation",
+        if config.cache.heuristic_max.is_zero() {
+            "off".to_owned()
+        } else {
+            format!(
+                "up to {}",
+                humantime::format_duration(config.cache.heuristic_max)
+            )
+        },
+        humantime::format_duration(config.cache.keep)
     );
     let _ = writeln!(
         out,
@@ -117,6 +130,21 @@ fn route_report(out: &mut String, route: &Route) {
             "dropped"
         }
     );
+    let _ = writeln!(out, "  cache          {}", cache_line(&c.cache));
+    if c.pass_through {
+        let _ = writeln!(
+            out,
+            "  !! PASS-THROUGH: every method, body and request header (Cookie and Authorization included)"
+        );
+        let _ = writeln!(
+            out,
+            "  !! goes to {} as sent; only hop-by-hop headers are removed. EU upstreams only.",
+            c.upstream.authority
+        );
+        let _ = writeln!(out, "  kept from the visitor (response):");
+        response_rows(out, c);
+        return;
+    }
     let _ = writeln!(out, "  sent upstream:");
     for (name, how, why) in REQUEST_ALLOWLIST {
         let line = match how {
@@ -173,6 +201,38 @@ fn route_report(out: &mut String, route: &Route) {
         Removed::NotAllowlisted.reason()
     );
     let _ = writeln!(out, "  kept from the visitor (response):");
+    response_rows(out, c);
+}
+
+fn cache_line(rc: &RouteCache) -> String {
+    if !rc.enabled {
+        return "off (cache = false): every request goes upstream".into();
+    }
+    let mut parts = vec!["on".to_owned()];
+    if let Some(min) = rc.min_ttl {
+        parts.push(format!("min_ttl {}", humantime::format_duration(min)));
+    }
+    if let Some(max) = rc.max_ttl {
+        parts.push(format!("max_ttl {}", humantime::format_duration(max)));
+    }
+    if !rc.stale_if_error.is_zero() {
+        parts.push(format!(
+            "stale_if_error {}",
+            humantime::format_duration(rc.stale_if_error)
+        ));
+    }
+    parts.push(if rc.negative_ttl.is_zero() {
+        "404/410 without a lifetime not kept".to_owned()
+    } else {
+        format!(
+            "404/410 without a lifetime kept {}",
+            humantime::format_duration(rc.negative_ttl)
+        )
+    });
+    parts.join(", ")
+}
+
+fn response_rows(out: &mut String, c: &crate::config::RouteConfig) {
     let rows = RESPONSE_STRIPPED
         .iter()
         .map(|(n, why)| (display_name(n), *why));

@@ -78,6 +78,22 @@ fn check_prints_what_leaves_for_every_route() {
 }
 
 #[test]
+fn check_flags_pass_through_and_cache_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = GOOD.replace(
+        "forward_headers = [\"Accept-Language\"]",
+        "pass_through = true\nstale_if_error = \"7d\"\nmin_ttl = \"1h\"",
+    );
+    let (ok, out, err) = check(&write(dir.path(), &text));
+    assert!(ok, "{err}");
+    let eu = &out[out.find("route eu-cdn").unwrap()..];
+    assert!(eu.contains("!! PASS-THROUGH"), "{eu}");
+    assert!(eu.contains("Cookie and Authorization included"), "{eu}");
+    assert!(eu.contains("min_ttl 1h"), "{eu}");
+    assert!(eu.contains("stale_if_error 7days"), "{eu}");
+}
+
+#[test]
 fn the_shipped_config_is_valid() {
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tamis.toml");
     let (ok, out, err) = check(&config);
