@@ -469,6 +469,8 @@ async fn the_memory_bound_holds_under_many_objects() {
     let entries = value("tamis_cache_entries ");
     assert!(bytes <= 1_000_000, "{bytes}");
     assert!(entries > 10 && entries < 200, "{entries}");
+    let evicted = value("tamis_cache_evictions_total{result=\"size\"} ");
+    assert!(evicted > 0, "size evictions are counted");
     assert_eq!(up.count(), 200);
 }
 
