@@ -77,20 +77,28 @@ async fn purge(state: &State, query: &str) -> Response<ProxyBody> {
             "give route= and path= or prefix=\n",
         );
     };
-    let Some(route) = state
+    // A fonts route has two parts (CSS, files): the one whose prefix holds the path.
+    let named: Vec<_> = state
         .router
         .routes()
         .iter()
-        .find(|r| r.config.name == route_name)
-    else {
+        .filter(|r| r.config.name == route_name)
+        .collect();
+    if named.is_empty() {
         return error_response(StatusCode::NOT_FOUND, "no such route\n");
-    };
-    // The same confinement as for visitors maps the path to the upstream's.
-    let upstream_path = path
-        .strip_prefix(route.config.prefix.as_str())
-        .and_then(|rest| route.upstream_uri(rest, None).ok())
-        .map(|uri| uri.path().to_owned());
-    let Some(upstream_path) = upstream_path else {
+    }
+    let route = named
+        .into_iter()
+        .filter(|r| path.starts_with(r.prefix.as_str()))
+        .max_by_key(|r| r.prefix.len());
+    // The same confinement as for visitors maps the path to the upstream's; a tile path is
+    // purged by its directory, so it goes through confinement too.
+    let upstream_path = route.and_then(|route| {
+        let rest = path.strip_prefix(route.prefix.as_str())?;
+        let uri = crate::routes::confine::upstream_uri(&route.upstream, rest, None).ok()?;
+        Some((route, uri.path().to_owned()))
+    });
+    let Some((route, upstream_path)) = upstream_path else {
         return error_response(
             StatusCode::BAD_REQUEST,
             "path is not under the route's prefix\n",

@@ -170,6 +170,10 @@ pub enum ClientIpLog {
 pub enum RouteKind {
     /// Files mirrored as they are (CDN scripts, stylesheets, images).
     Static,
+    /// A web-font CSS API (Google Fonts, Bunny Fonts) and its font files.
+    Fonts,
+    /// Map tiles from a URL template.
+    Tiles,
 }
 
 impl RouteKind {
@@ -177,8 +181,24 @@ impl RouteKind {
     pub fn as_str(self) -> &'static str {
         match self {
             RouteKind::Static => "static",
+            RouteKind::Fonts => "fonts",
+            RouteKind::Tiles => "tiles",
         }
     }
+}
+
+/// Where a fonts route serves the font files its CSS names.
+#[derive(Clone, Debug)]
+pub struct FontFiles {
+    pub prefix: String,
+    pub upstream: UpstreamBase,
+}
+
+/// A tiles route's template and limits.
+#[derive(Clone, Debug)]
+pub struct TilesConfig {
+    pub template: crate::routes::tiles::Template,
+    pub max_zoom: u8,
 }
 
 /// One `[[route]]`: a path prefix mirrored from one upstream.
@@ -200,6 +220,14 @@ pub struct RouteConfig {
     pub cache: RouteCache,
     /// EU only: forward every method, body and end-to-end header (a plain reverse proxy).
     pub pass_through: bool,
+    /// Fonts: where the font files are served from.
+    pub font_files: Option<FontFiles>,
+    /// Tiles: the template and zoom limit.
+    pub tiles: Option<TilesConfig>,
+    /// A fixed Referer sent upstream (the site's origin, never the visitor's page).
+    pub referer: Option<HeaderValue>,
+    /// At most this many upstream requests at once for this route.
+    pub max_upstream_connections: Option<usize>,
 }
 
 /// Per-route cache settings.
@@ -308,6 +336,12 @@ struct RawRoute {
     stale_if_error: Option<Spanned<String>>,
     negative_ttl: Option<Spanned<String>>,
     pass_through: Option<Spanned<bool>>,
+    files_prefix: Option<Spanned<String>>,
+    files_upstream: Option<Spanned<String>>,
+    subdomains: Option<Vec<String>>,
+    max_zoom: Option<Spanned<u8>>,
+    referer: Option<Spanned<String>>,
+    max_upstream_connections: Option<Spanned<usize>>,
 }
 
 const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
@@ -492,7 +526,7 @@ impl Validator<'_> {
             access: raw.log.access.unwrap_or(true),
             client_ip: raw.log.client_ip.unwrap_or_default(),
         };
-        let routes = self.routes(raw.route, &cache);
+        let routes = self.routes(raw.route, &cache, &upstream.user_agent);
         Some(Config {
             source: self.path.to_owned(),
             server: server?,
@@ -640,7 +674,12 @@ impl Validator<'_> {
         }
     }
 
-    fn routes(&mut self, raw: Vec<RawRoute>, cache: &CacheConfig) -> Vec<RouteConfig> {
+    fn routes(
+        &mut self,
+        raw: Vec<RawRoute>,
+        cache: &CacheConfig,
+        global_ua: &HeaderValue,
+    ) -> Vec<RouteConfig> {
         if raw.is_empty() {
             self.problem(None, "route", "no [[route]]: tamis has nothing to serve");
         }
@@ -684,12 +723,138 @@ impl Validator<'_> {
             }
             prefixes.push((prefix.clone(), r.prefix.span()));
 
-            let upstream = match parse_upstream(r.upstream.get_ref()) {
-                Ok(u) => Some(u),
-                Err(msg) => {
-                    self.problem(Some(r.upstream.span()), key("upstream"), msg);
+            let mut tiles = None;
+            let upstream = match r.kind {
+                RouteKind::Tiles => {
+                    match crate::routes::tiles::Template::new(
+                        r.upstream.get_ref(),
+                        r.subdomains.clone().unwrap_or_default(),
+                    ) {
+                        Ok(t) => {
+                            let max_zoom = r.max_zoom.as_ref().map_or(19, |z| *z.get_ref());
+                            if max_zoom > crate::routes::tiles::ZOOM_LIMIT {
+                                let span = r.max_zoom.as_ref().map(|z| z.span());
+                                self.problem(
+                                    span,
+                                    key("max_zoom"),
+                                    format!("at most {}", crate::routes::tiles::ZOOM_LIMIT),
+                                );
+                            }
+                            let scheme = if r.upstream.get_ref().starts_with("https") {
+                                "https"
+                            } else {
+                                "http"
+                            };
+                            let base = parse_upstream(&format!("{scheme}://{}/", t.sample_host()));
+                            tiles = Some(TilesConfig {
+                                template: t,
+                                max_zoom,
+                            });
+                            base.ok()
+                        }
+                        Err(msg) => {
+                            self.problem(Some(r.upstream.span()), key("upstream"), msg);
+                            None
+                        }
+                    }
+                }
+                _ => match parse_upstream(r.upstream.get_ref()) {
+                    Ok(u) => Some(u),
+                    Err(msg) => {
+                        self.problem(Some(r.upstream.span()), key("upstream"), msg);
+                        None
+                    }
+                },
+            };
+            if r.kind != RouteKind::Tiles {
+                if let Some(z) = &r.max_zoom {
+                    self.problem(Some(z.span()), key("max_zoom"), "only for kind = \"tiles\"");
+                }
+                if r.subdomains.is_some() {
+                    self.problem(
+                        Some(r.upstream.span()),
+                        key("subdomains"),
+                        "only for kind = \"tiles\"",
+                    );
+                }
+            }
+            let font_files = match (r.kind, &r.files_prefix, &r.files_upstream) {
+                (RouteKind::Fonts, Some(fp), Some(fu)) => {
+                    let mut ok = true;
+                    if let Err(msg) = check_prefix(fp.get_ref()) {
+                        self.problem(Some(fp.span()), key("files_prefix"), msg);
+                        ok = false;
+                    } else if let Some((_, other)) =
+                        prefixes.iter().find(|(p, _)| p == fp.get_ref())
+                    {
+                        let line = self.at(Some(other.clone()));
+                        self.problem(
+                            Some(fp.span()),
+                            key("files_prefix"),
+                            format!("{:?} is already a prefix ({line})", fp.get_ref()),
+                        );
+                        ok = false;
+                    }
+                    prefixes.push((fp.get_ref().clone(), fp.span()));
+                    let up = match parse_upstream(fu.get_ref()) {
+                        Ok(u) => Some(u),
+                        Err(msg) => {
+                            self.problem(Some(fu.span()), key("files_upstream"), msg);
+                            None
+                        }
+                    };
+                    match (ok, up) {
+                        (true, Some(upstream)) => Some(FontFiles {
+                            prefix: fp.get_ref().clone(),
+                            upstream,
+                        }),
+                        _ => None,
+                    }
+                }
+                (RouteKind::Fonts, None, None) => None,
+                (RouteKind::Fonts, _, _) => {
+                    let span = r
+                        .files_prefix
+                        .as_ref()
+                        .or(r.files_upstream.as_ref())
+                        .map(|s| s.span());
+                    self.problem(
+                        span,
+                        key("files_prefix"),
+                        "files_prefix and files_upstream go together",
+                    );
                     None
                 }
+                (_, Some(s), _) | (_, _, Some(s)) => {
+                    self.problem(
+                        Some(s.span()),
+                        key("files_prefix"),
+                        "only for kind = \"fonts\"",
+                    );
+                    None
+                }
+                _ => None,
+            };
+            let referer = r.referer.as_ref().and_then(|v| match v.get_ref().parse::<Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("http") | Some("https")) && u.authority().is_some() => {
+                    HeaderValue::from_str(v.get_ref()).ok()
+                }
+                _ => {
+                    self.problem(Some(v.span()), key("referer"), format!("{:?} is not an http(s) URL (use the site's origin, e.g. \"https://site.example/\")", v.get_ref()));
+                    None
+                }
+            });
+            let max_upstream_connections = match &r.max_upstream_connections {
+                Some(n) if *n.get_ref() == 0 => {
+                    self.problem(
+                        Some(n.span()),
+                        key("max_upstream_connections"),
+                        "must be at least 1",
+                    );
+                    None
+                }
+                Some(n) => Some(*n.get_ref()),
+                None => None,
             };
             let jurisdiction = r.jurisdiction.unwrap_or(Jurisdiction::NonEu);
             let user_agent = r
@@ -712,6 +877,25 @@ impl Validator<'_> {
                     }
                 }
             }
+            if let Some(t) = &tiles {
+                if crate::routes::tiles::is_osm_host(&t.template.sample_host()) {
+                    let ua = user_agent.as_ref().unwrap_or(global_ua);
+                    if !crate::routes::tiles::has_contact(ua.to_str().unwrap_or("")) {
+                        self.problem(
+                            Some(r.upstream.span()),
+                            key("user_agent"),
+                            "OpenStreetMap's tile usage policy requires a User-Agent with a contact (a URL or an e-mail): set user_agent here or in [upstream]",
+                        );
+                    }
+                    if r.referer.is_none() {
+                        self.problem(
+                            Some(r.upstream.span()),
+                            key("referer"),
+                            "OpenStreetMap's tile usage policy requires a Referer: set referer = \"https://your-site.example/\" (the site's origin, never the visitor's page)",
+                        );
+                    }
+                }
+            }
             let min_ttl = r
                 .min_ttl
                 .as_ref()
@@ -731,10 +915,15 @@ impl Validator<'_> {
                 enabled: r.cache.unwrap_or(true),
                 min_ttl,
                 max_ttl,
+                // A tile outage should not blank the map: tiles serve stale for a week by default.
                 stale_if_error: self.duration_or_zero(
                     r.stale_if_error.as_ref(),
                     &key("stale_if_error"),
-                    Duration::ZERO,
+                    if r.kind == RouteKind::Tiles {
+                        Duration::from_secs(7 * 86400)
+                    } else {
+                        Duration::ZERO
+                    },
                 ),
                 negative_ttl: self.duration_or_zero(
                     r.negative_ttl.as_ref(),
@@ -763,6 +952,10 @@ impl Validator<'_> {
                     forward_query: r.forward_query.unwrap_or(true),
                     cache: route_cache,
                     pass_through,
+                    font_files,
+                    tiles,
+                    referer,
+                    max_upstream_connections,
                 });
             }
         }

@@ -217,6 +217,8 @@ pub struct RequestPolicy {
     pub extra: Vec<HeaderName>,
     /// Every end-to-end header is forwarded (EU pass-through routes only, checked at load).
     pub pass_through: bool,
+    /// A fixed Referer configured by the operator (the site's origin), never the visitor's.
+    pub referer: Option<HeaderValue>,
 }
 
 impl RequestPolicy {
@@ -243,7 +245,14 @@ impl RequestPolicy {
             user_agent,
             extra,
             pass_through: false,
+            referer: None,
         }
+    }
+
+    /// Sends a fixed Referer (the site's origin) instead of none.
+    pub fn with_referer(mut self, referer: HeaderValue) -> RequestPolicy {
+        self.referer = Some(referer);
+        self
     }
 
     /// A pass-through policy: every end-to-end header goes as sent. Only for EU routes; a
@@ -289,6 +298,9 @@ impl RequestPolicy {
             for v in visitor.get_all(name) {
                 out.append(name.clone(), v.clone());
             }
+        }
+        if let Some(referer) = &self.referer {
+            out.insert(header::REFERER, referer.clone());
         }
         match &self.user_agent {
             UserAgent::Fixed(ua) => {

@@ -19,7 +19,7 @@ use crate::metrics::{CacheResult, Metrics, RouteMetrics, UpstreamFailure, NO_ROU
 use crate::policy;
 use crate::routes::confine::{self, Redirect};
 use crate::routes::{Route, Router};
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamError};
 
 /// Largest request body a pass-through route forwards.
 const MAX_FORWARDED_BODY: usize = 1024 * 1024;
@@ -230,7 +230,7 @@ async fn serve_route(
     }
 
     // 3. Scrub: what goes upstream is built from the route's policy.
-    let headers = route.policy.scrub(req.headers());
+    let headers = route.scrub(req.headers());
 
     if !safe {
         return forward_unsafe(state, route, uri, headers, req).await;
@@ -421,7 +421,8 @@ async fn fill(
 
     let deadline = tokio::time::Instant::now() + state.upstream.timeout();
     let sent = Instant::now();
-    let resp = match state.upstream.send(request).await {
+    // Held until the body is buffered: the route's cap counts whole exchanges.
+    let (resp, _permit) = match send(state, route, request).await {
         Ok(resp) => resp,
         Err(e) => {
             state.metrics.upstream_error(rm, e.failure());
@@ -497,9 +498,24 @@ async fn fill(
         Ok(_) if content_length(&headers).is_some_and(|n| n > max) => Err(NotStored::TooLarge),
         d => d,
     };
-    let storable = match decision {
-        Ok(s) => s,
-        Err(why) => {
+    let body = if route.rewrites(&headers) {
+        // Font CSS: always rewritten whole, stored or not; never served as the upstream sent it.
+        match tokio::time::timeout_at(deadline, rewritten(route, &mut headers, incoming, max)).await
+        {
+            Ok(Some(body)) => body,
+            _ => {
+                state.metrics.upstream_error(rm, UpstreamFailure::Body);
+                guard
+                    .finish(Fill::Failed(StatusCode::BAD_GATEWAY), &[])
+                    .await;
+                return Answer::plain(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream stylesheet could not be rewritten\n",
+                );
+            }
+        }
+    } else {
+        if let Err(why) = decision {
             guard.finish(Fill::NotStored, &[]).await;
             return streamed(
                 rm,
@@ -512,85 +528,149 @@ async fn fill(
             )
             .with(CacheResult::Uncacheable, status_not_stored(why));
         }
+        // 6. Buffer (up to max_object_bytes) and store.
+        match tokio::time::timeout_at(deadline, buffer(incoming, max)).await {
+            Ok(Ok(Buffered::Complete(body))) => body,
+            Ok(Ok(Buffered::TooLarge(prefix, rest))) => {
+                guard.finish(Fill::NotStored, &[]).await;
+                return streamed(
+                    rm,
+                    status,
+                    headers,
+                    prefix,
+                    Some(rest),
+                    head_only,
+                    state.upstream.timeout(),
+                )
+                .with(
+                    CacheResult::Uncacheable,
+                    status_not_stored(NotStored::TooLarge),
+                );
+            }
+            Ok(Err(e)) => {
+                state.metrics.upstream_error(rm, UpstreamFailure::Body);
+                tracing::warn!(route = %route.config.name, error = %e, "upstream body failed");
+                guard
+                    .finish(Fill::Failed(StatusCode::BAD_GATEWAY), &[])
+                    .await;
+                return match fallback(&stale) {
+                    Some(s) => cached(&s, client, head_only).with(
+                        CacheResult::Stale,
+                        status_of("tamis; fwd=stale; detail=stale-if-error"),
+                    ),
+                    None => Answer::plain(StatusCode::BAD_GATEWAY, "upstream body failed\n"),
+                };
+            }
+            Err(_) => {
+                state.metrics.upstream_error(rm, UpstreamFailure::Timeout);
+                tracing::warn!(route = %route.config.name, "upstream body timed out");
+                guard
+                    .finish(Fill::Failed(StatusCode::GATEWAY_TIMEOUT), &[])
+                    .await;
+                return match fallback(&stale) {
+                    Some(s) => cached(&s, client, head_only).with(
+                        CacheResult::Stale,
+                        status_of("tamis; fwd=stale; detail=stale-if-error"),
+                    ),
+                    None => Answer::plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
+                };
+            }
+        }
     };
-
-    // 6. Buffer (up to max_object_bytes) and store.
-    match tokio::time::timeout_at(deadline, buffer(incoming, max)).await {
-        Ok(Ok(Buffered::Complete(body))) => {
-            if !route.config.pass_through {
-                sane_browser_lifetime(&mut headers, &storable.lifetimes);
-            }
-            if status == StatusCode::OK {
-                headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-            }
-            let entry = Arc::new(Entry::new(
+    let storable = match decision {
+        Ok(s) => s,
+        Err(why) => {
+            // Only rewritten bodies get here: served once, not kept.
+            guard.finish(Fill::NotStored, &[]).await;
+            let once = Entry::new(
                 status,
                 headers,
                 body,
-                storable.lifetimes,
-                cache::vary_values(&storable.vary, &up.parts.headers),
-                state.config.cache.keep,
-                !route.config.pass_through,
-            ));
-            guard
-                .finish(Fill::Stored(entry.clone()), &storable.vary)
-                .await;
-            // A stale copy replaced by a new one: the body came from the upstream, as on a miss.
-            let (result, cache_status) = if stale.is_some() {
-                (
-                    CacheResult::Miss,
-                    "tamis; fwd=stale; fwd-status=200; stored",
-                )
-            } else {
-                (CacheResult::Miss, "tamis; fwd=miss; stored")
-            };
-            cached(&entry, client, head_only).with(result, status_of(cache_status))
+                cache::Lifetimes::default(),
+                Vec::new(),
+                std::time::Duration::ZERO,
+                false,
+            );
+            return cached(&once, client, head_only)
+                .with(CacheResult::Uncacheable, status_not_stored(why));
         }
-        Ok(Ok(Buffered::TooLarge(prefix, rest))) => {
-            guard.finish(Fill::NotStored, &[]).await;
-            streamed(
-                rm,
-                status,
-                headers,
-                prefix,
-                Some(rest),
-                head_only,
-                state.upstream.timeout(),
-            )
-            .with(
-                CacheResult::Uncacheable,
-                status_not_stored(NotStored::TooLarge),
-            )
-        }
-        Ok(Err(e)) => {
-            state.metrics.upstream_error(rm, UpstreamFailure::Body);
-            tracing::warn!(route = %route.config.name, error = %e, "upstream body failed");
-            guard
-                .finish(Fill::Failed(StatusCode::BAD_GATEWAY), &[])
-                .await;
-            match fallback(&stale) {
-                Some(s) => cached(&s, client, head_only).with(
-                    CacheResult::Stale,
-                    status_of("tamis; fwd=stale; detail=stale-if-error"),
-                ),
-                None => Answer::plain(StatusCode::BAD_GATEWAY, "upstream body failed\n"),
-            }
-        }
-        Err(_) => {
-            state.metrics.upstream_error(rm, UpstreamFailure::Timeout);
-            tracing::warn!(route = %route.config.name, "upstream body timed out");
-            guard
-                .finish(Fill::Failed(StatusCode::GATEWAY_TIMEOUT), &[])
-                .await;
-            match fallback(&stale) {
-                Some(s) => cached(&s, client, head_only).with(
-                    CacheResult::Stale,
-                    status_of("tamis; fwd=stale; detail=stale-if-error"),
-                ),
-                None => Answer::plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
-            }
-        }
+    };
+    if !route.config.pass_through {
+        sane_browser_lifetime(&mut headers, &storable.lifetimes);
     }
+    if status == StatusCode::OK {
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    }
+    let entry = Arc::new(Entry::new(
+        status,
+        headers,
+        body,
+        storable.lifetimes,
+        cache::vary_values(&storable.vary, &up.parts.headers),
+        state.config.cache.keep,
+        !route.config.pass_through,
+    ));
+    guard
+        .finish(Fill::Stored(entry.clone()), &storable.vary)
+        .await;
+    // A stale copy replaced by a new one: the body came from the upstream, as on a miss.
+    let cache_status = if stale.is_some() {
+        "tamis; fwd=stale; fwd-status=200; stored"
+    } else {
+        "tamis; fwd=miss; stored"
+    };
+    cached(&entry, client, head_only).with(CacheResult::Miss, status_of(cache_status))
+}
+
+/// Sends upstream within the route's cap on concurrent upstream requests (waiting for a turn
+/// counts against the upstream timeout).
+async fn send(
+    state: &State,
+    route: &Route,
+    request: Request<Full<Bytes>>,
+) -> Result<
+    (
+        Response<Incoming>,
+        Option<tokio::sync::OwnedSemaphorePermit>,
+    ),
+    UpstreamError,
+> {
+    let permit = match &route.permits {
+        None => None,
+        Some(sem) => {
+            match tokio::time::timeout(state.upstream.timeout(), sem.clone().acquire_owned()).await
+            {
+                Ok(Ok(p)) => Some(p),
+                _ => return Err(UpstreamError::Timeout(state.upstream.timeout())),
+            }
+        }
+    };
+    Ok((state.upstream.send(request).await?, permit))
+}
+
+/// Reads a body that must be rewritten (font CSS) and rewrites it; `None` when it cannot be
+/// (too large, encoded, not text, upstream failure): the caller answers 502, never the
+/// unrewritten body.
+async fn rewritten(
+    route: &Route,
+    headers: &mut HeaderMap,
+    body: Incoming,
+    max: u64,
+) -> Option<Bytes> {
+    if headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        return None;
+    }
+    let Ok(Buffered::Complete(raw)) = buffer(body, max).await else {
+        return None;
+    };
+    let out = route.rewrite(&raw)?;
+    headers.remove(header::CONTENT_ENCODING);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+    Some(out)
 }
 
 /// Browsers get a lifetime even when the upstream gave tamis none it could pass on (heuristic,
@@ -697,7 +777,7 @@ async fn refreshed(
 async fn forward(state: &State, route: &Route, up: &UpstreamRequest, head_only: bool) -> Answer {
     let rm = &state.route_metrics[route.index];
     let sent = Instant::now();
-    let resp = match state.upstream.send(up.to_request()).await {
+    let (resp, _permit) = match send(state, route, up.to_request()).await {
         Ok(resp) => resp,
         Err(e) => {
             state.metrics.upstream_error(rm, e.failure());
@@ -716,18 +796,47 @@ async fn forward(state: &State, route: &Route, up: &UpstreamRequest, head_only: 
         .metrics
         .upstream_response(rm, resp.status(), sent.elapsed().as_secs_f64());
     let (parts, incoming) = resp.into_parts();
-    match scrub_response(state, route, &up.parts.uri, parts.headers) {
-        Some(headers) => streamed(
-            rm,
-            parts.status,
-            headers,
-            Vec::new(),
-            Some(incoming),
-            head_only,
+    let Some(mut headers) = scrub_response(state, route, &up.parts.uri, parts.headers) else {
+        return Answer::plain(StatusCode::BAD_GATEWAY, "upstream redirected elsewhere\n");
+    };
+    if route.rewrites(&headers) {
+        let max = state.cache.max_object_bytes();
+        return match tokio::time::timeout(
             state.upstream.timeout(),
-        ),
-        None => Answer::plain(StatusCode::BAD_GATEWAY, "upstream redirected elsewhere\n"),
+            rewritten(route, &mut headers, incoming, max),
+        )
+        .await
+        {
+            Ok(Some(body)) => {
+                let mut response = Response::new(if head_only {
+                    body::empty()
+                } else {
+                    body::full(body)
+                });
+                *response.status_mut() = parts.status;
+                *response.headers_mut() = headers;
+                Answer {
+                    response,
+                    route: None,
+                    cache: None,
+                    cache_status: None,
+                }
+            }
+            _ => Answer::plain(
+                StatusCode::BAD_GATEWAY,
+                "upstream stylesheet could not be rewritten\n",
+            ),
+        };
     }
+    streamed(
+        rm,
+        parts.status,
+        headers,
+        Vec::new(),
+        Some(incoming),
+        head_only,
+        state.upstream.timeout(),
+    )
 }
 
 /// Pass-through routes only: forwards an unsafe method with its body, then drops what the

@@ -194,7 +194,7 @@ pub struct Rules {
 }
 
 /// The lifetimes of a response about to be stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Lifetimes {
     /// Freshness left at the time of storing (may be zero: store, but revalidate before use).
     pub fresh_for: Duration,

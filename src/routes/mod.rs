@@ -1,48 +1,175 @@
-//! Routes: which configured upstream serves a visitor's path, and how its URL is built.
+//! Routes: which configured upstream serves a visitor's path, how its URL is built, and what
+//! each kind adds to the common flow (font CSS rewriting, tile parsing, fixed headers).
 
 pub mod confine;
+pub mod fonts;
+pub mod tiles;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Uri;
+use tokio::sync::Semaphore;
 
 use crate::cache;
-use crate::config::{Config, RouteConfig, RouteKind};
+use crate::config::{Config, RouteConfig, RouteKind, UpstreamBase};
 use crate::policy::RequestPolicy;
 
 pub use confine::Confinement;
 
-/// A configured route with its derived request policy.
+/// Why a visitor's path was refused (400, nothing sent upstream).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error(transparent)]
+    Confinement(#[from] Confinement),
+    #[error(transparent)]
+    Tile(#[from] tiles::TileError),
+}
+
+/// What part of a configured route a prefix serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Mirrored as is.
+    Static,
+    /// A font CSS API: fixed browser User-Agent, CSS rewritten to first-party URLs.
+    FontCss,
+    /// The font files a fonts route's CSS names.
+    FontFiles,
+    /// Map tiles from a template.
+    Tiles,
+}
+
+/// One prefix of a configured route, with its derived policy.
 #[derive(Debug)]
 pub struct Route {
-    /// Position in the config (stable id for cache keys).
+    /// Position in the router (stable id for cache keys and metrics).
     pub index: usize,
     pub config: RouteConfig,
+    pub role: Role,
+    /// The prefix this part answers, and the upstream base it maps to.
+    pub prefix: String,
+    pub upstream: UpstreamBase,
     pub policy: RequestPolicy,
     /// Lifetime rules for what this route stores.
     pub rules: cache::Rules,
+    /// Bounds concurrent upstream requests (shared by the parts of one route).
+    pub permits: Option<Arc<Semaphore>>,
+    /// Font CSS: how third-party URLs map to first-party ones.
+    pub css_map: Option<fonts::UrlMap>,
 }
 
 impl Route {
     /// The upstream URL for the visitor's path after the prefix; never leaves the route's base.
-    pub fn upstream_uri(&self, rest: &str, query: Option<&str>) -> Result<Uri, Confinement> {
-        match self.config.kind {
-            RouteKind::Static => {
+    pub fn upstream_uri(&self, rest: &str, query: Option<&str>) -> Result<Uri, PathError> {
+        match self.role {
+            Role::Static | Role::FontCss => {
                 let query = if self.config.forward_query {
                     query
                 } else {
                     None
                 };
-                confine::upstream_uri(&self.config.upstream, rest, query)
+                Ok(confine::upstream_uri(&self.upstream, rest, query)?)
+            }
+            // Font files and tiles are addressed by path alone.
+            Role::FontFiles => Ok(confine::upstream_uri(&self.upstream, rest, None)?),
+            Role::Tiles => {
+                let Some(t) = &self.config.tiles else {
+                    return Err(Confinement::InvalidUrl.into());
+                };
+                let tile = tiles::parse(rest, t.max_zoom)?;
+                t.template.accepts(&tile)?;
+                t.template.uri(&tile).ok_or(Confinement::InvalidUrl.into())
             }
         }
+    }
+
+    /// The request headers sent upstream: the route's policy, plus what the role needs.
+    pub fn scrub(&self, visitor: &HeaderMap) -> HeaderMap {
+        let mut out = self.policy.scrub(visitor);
+        if self.role == Role::FontCss {
+            // The CSS is rewritten, so it must arrive as plain text.
+            out.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
+        out
+    }
+
+    /// Whether a stored response may vary on this request header.
+    pub fn varyable(&self, name: &HeaderName) -> bool {
+        // tamis's CSS request is the same for every visitor (fixed User-Agent, no other
+        // visitor header), so a Vary on anything it does not send is a constant: safe.
+        self.role == Role::FontCss || self.policy.forwards(name)
+    }
+
+    /// The response headers as the cache judges them. The font CSS API marks its answer
+    /// `private` because it tailors it to the User-Agent; tamis's is fixed, so the answer is
+    /// the same for every visitor and may be shared.
+    pub fn cache_view<'h>(&self, headers: &'h HeaderMap) -> Cow<'h, HeaderMap> {
+        if self.role != Role::FontCss || !headers.contains_key(header::CACHE_CONTROL) {
+            return Cow::Borrowed(headers);
+        }
+        let mut h = headers.clone();
+        let kept: Vec<String> = headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|d| !d.eq_ignore_ascii_case("private") && !d.is_empty())
+            .map(str::to_owned)
+            .collect();
+        h.remove(header::CACHE_CONTROL);
+        if let Ok(v) = HeaderValue::from_str(&kept.join(", ")) {
+            h.insert(header::CACHE_CONTROL, v);
+        }
+        Cow::Owned(h)
+    }
+
+    /// Role-specific response headers (after the policy's scrubbing).
+    pub fn adjust_response(&self, headers: &mut HeaderMap, requested: &Uri) {
+        if self.role == Role::FontFiles {
+            // Fonts load cross-origin under CORS rules; they are public.
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
+            let generic = headers.get(header::CONTENT_TYPE).is_none_or(|v| {
+                let v = v.as_bytes();
+                v.starts_with(b"application/octet-stream")
+                    || v.starts_with(b"binary/")
+                    || v.starts_with(b"text/plain")
+            });
+            if generic {
+                if let Some(ct) = fonts::font_content_type(requested.path()) {
+                    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+                }
+            }
+        }
+    }
+
+    /// Whether this response body must be rewritten before anyone sees it.
+    pub fn rewrites(&self, headers: &HeaderMap) -> bool {
+        self.role == Role::FontCss
+            && headers
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/css"))
+    }
+
+    /// Rewrites a body `rewrites` selected; `None` if it cannot be read as text.
+    pub fn rewrite(&self, body: &[u8]) -> Option<bytes::Bytes> {
+        let css = std::str::from_utf8(body).ok()?;
+        let map = self.css_map.as_ref()?;
+        Some(bytes::Bytes::from(fonts::rewrite_css(css, map)))
     }
 }
 
 /// Matches request paths to routes by longest prefix.
 #[derive(Debug)]
 pub struct Router {
-    /// In config order.
+    /// In config order (a fonts route contributes its CSS part, then its files part).
     routes: Vec<Arc<Route>>,
     /// Indexes into `routes`, longest prefix first.
     by_length: Vec<usize>,
@@ -51,37 +178,94 @@ pub struct Router {
 impl Router {
     /// Builds the routing table from a validated config.
     pub fn new(config: &Config) -> Router {
-        let routes: Vec<Arc<Route>> = config
-            .routes
-            .iter()
-            .enumerate()
-            .map(|(index, rc)| {
-                let mut policy = RequestPolicy::new(
+        let mut routes: Vec<Arc<Route>> = Vec::new();
+        for rc in &config.routes {
+            let rules = cache::Rules {
+                heuristic_max: config.cache.heuristic_max,
+                negative_ttl: rc.cache.negative_ttl,
+                min_ttl: rc.cache.min_ttl,
+                max_ttl: rc.cache.max_ttl,
+                stale_if_error: rc.cache.stale_if_error,
+            };
+            let permits = rc
+                .max_upstream_connections
+                .map(|n| Arc::new(Semaphore::new(n)));
+            let policy = |ua: Option<&HeaderValue>| {
+                let mut p = RequestPolicy::new(
                     rc.jurisdiction,
                     &config.upstream.user_agent,
-                    rc.user_agent.as_ref(),
+                    ua,
                     &rc.forward_headers,
                 );
                 if rc.pass_through {
-                    policy = policy.pass_through();
+                    p = p.pass_through();
                 }
-                let rules = cache::Rules {
-                    heuristic_max: config.cache.heuristic_max,
-                    negative_ttl: rc.cache.negative_ttl,
-                    min_ttl: rc.cache.min_ttl,
-                    max_ttl: rc.cache.max_ttl,
-                    stale_if_error: rc.cache.stale_if_error,
-                };
-                Arc::new(Route {
-                    index,
-                    policy,
-                    rules,
+                if let Some(referer) = &rc.referer {
+                    p = p.with_referer(referer.clone());
+                }
+                p
+            };
+            let mut add = |role: Role,
+                           prefix: &str,
+                           upstream: &UpstreamBase,
+                           policy: RequestPolicy,
+                           css_map| {
+                routes.push(Arc::new(Route {
+                    index: routes.len(),
                     config: rc.clone(),
-                })
-            })
-            .collect();
+                    role,
+                    prefix: prefix.to_owned(),
+                    upstream: upstream.clone(),
+                    policy,
+                    rules: rules.clone(),
+                    permits: permits.clone(),
+                    css_map,
+                }));
+            };
+            match rc.kind {
+                RouteKind::Static => add(
+                    Role::Static,
+                    &rc.prefix,
+                    &rc.upstream,
+                    policy(rc.user_agent.as_ref()),
+                    None,
+                ),
+                RouteKind::Tiles => add(
+                    Role::Tiles,
+                    &rc.prefix,
+                    &rc.upstream,
+                    policy(rc.user_agent.as_ref()),
+                    None,
+                ),
+                RouteKind::Fonts => {
+                    // Files first in the map: a host serving both (Bunny Fonts) maps to files.
+                    let mut bases = Vec::new();
+                    if let Some(f) = &rc.font_files {
+                        bases.push((f.upstream.clone(), f.prefix.clone()));
+                    }
+                    bases.push((rc.upstream.clone(), rc.prefix.clone()));
+                    let css_ua = HeaderValue::from_static(fonts::CSS_USER_AGENT);
+                    add(
+                        Role::FontCss,
+                        &rc.prefix,
+                        &rc.upstream,
+                        policy(Some(&css_ua)),
+                        Some(fonts::UrlMap::new(bases)),
+                    );
+                    if let Some(f) = &rc.font_files {
+                        add(
+                            Role::FontFiles,
+                            &f.prefix,
+                            &f.upstream,
+                            policy(rc.user_agent.as_ref()),
+                            None,
+                        );
+                    }
+                }
+            }
+        }
         let mut by_length: Vec<usize> = (0..routes.len()).collect();
-        by_length.sort_by_key(|&i| std::cmp::Reverse(routes[i].config.prefix.len()));
+        by_length.sort_by_key(|&i| std::cmp::Reverse(routes[i].prefix.len()));
         Router { routes, by_length }
     }
 
@@ -89,7 +273,7 @@ impl Router {
     pub fn find<'p>(&self, path: &'p str) -> Option<(&Arc<Route>, &'p str)> {
         self.by_length.iter().find_map(|&i| {
             let route = &self.routes[i];
-            path.strip_prefix(route.config.prefix.as_str())
+            path.strip_prefix(route.prefix.as_str())
                 .map(|rest| (route, rest))
         })
     }
@@ -105,9 +289,14 @@ mod tests {
     use super::*;
     use std::path::Path;
 
+    fn router(text: &str) -> Router {
+        Router::new(&Config::parse(text, Path::new("t.toml")).unwrap())
+    }
+
     #[test]
     fn longest_prefix_wins() {
-        let text = r#"
+        let router = router(
+            r#"
 [server]
 listen = "127.0.0.1:0"
 [[route]]
@@ -125,9 +314,8 @@ name = "cdnx"
 kind = "static"
 prefix = "/cdn/x/"
 upstream = "https://c.example/"
-"#;
-        let config = Config::parse(text, Path::new("t.toml")).unwrap();
-        let router = Router::new(&config);
+"#,
+        );
         let name = |p| {
             router
                 .find(p)
@@ -137,5 +325,83 @@ upstream = "https://c.example/"
         assert_eq!(name("/cdn/y"), Some(("cdn", "y")));
         assert_eq!(name("/cdn"), Some(("all", "cdn")));
         assert_eq!(name("/other"), Some(("all", "other")));
+    }
+
+    #[test]
+    fn a_fonts_route_has_a_css_part_and_a_files_part() {
+        let router = router(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[[route]]
+name = "google-fonts"
+kind = "fonts"
+prefix = "/fonts/"
+upstream = "https://fonts.googleapis.com/"
+files_prefix = "/fonts/files/"
+files_upstream = "https://fonts.gstatic.com/"
+"#,
+        );
+        let (css, rest) = router.find("/fonts/css2").unwrap();
+        assert_eq!((css.role, rest), (Role::FontCss, "css2"));
+        let uri = css
+            .upstream_uri(rest, Some("family=Roboto:wght@400;700&display=swap"))
+            .unwrap();
+        assert_eq!(
+            uri.to_string(),
+            "https://fonts.googleapis.com/css2?family=Roboto:wght@400;700&display=swap"
+        );
+        let scrubbed = css.scrub(&HeaderMap::new());
+        assert_eq!(scrubbed["user-agent"], fonts::CSS_USER_AGENT);
+        assert_eq!(scrubbed["accept-encoding"], "identity");
+        let (files, rest) = router.find("/fonts/files/s/roboto/v47/x.woff2").unwrap();
+        assert_eq!(files.role, Role::FontFiles);
+        assert_eq!(
+            files.upstream_uri(rest, Some("q=1")).unwrap().to_string(),
+            "https://fonts.gstatic.com/s/roboto/v47/x.woff2"
+        );
+        let mut cc = HeaderMap::new();
+        cc.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, max-age=86400"),
+        );
+        assert_eq!(css.cache_view(&cc)[header::CACHE_CONTROL], "max-age=86400");
+        assert_eq!(
+            files.cache_view(&cc)[header::CACHE_CONTROL],
+            "private, max-age=86400"
+        );
+    }
+
+    #[test]
+    fn tile_routes_build_urls_from_the_template() {
+        let router = router(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[upstream]
+user_agent = "site tiles (+https://site.example/; ops@site.example)"
+[[route]]
+name = "osm"
+kind = "tiles"
+prefix = "/tiles/osm/"
+upstream = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+referer = "https://site.example/"
+"#,
+        );
+        let (r, rest) = router.find("/tiles/osm/3/4/5.png").unwrap();
+        assert_eq!(
+            r.upstream_uri(rest, Some("evil=1")).unwrap().to_string(),
+            "https://tile.openstreetmap.org/3/4/5.png"
+        );
+        assert!(r.upstream_uri("20/0/0.png", None).is_err());
+        assert!(r.upstream_uri("../../x", None).is_err());
+        assert_eq!(
+            r.scrub(&HeaderMap::new())["referer"],
+            "https://site.example/"
+        );
+        assert_eq!(
+            r.rules.stale_if_error,
+            std::time::Duration::from_secs(7 * 86400)
+        );
     }
 }
