@@ -1159,6 +1159,94 @@ upstream = "https://cdn.example/npm/"
         assert!(msg.contains("route[0].stale_if_error"), "{msg}");
     }
 
+    const FONTS: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[route]]
+name = "google-fonts"
+kind = "fonts"
+prefix = "/fonts/"
+upstream = "https://fonts.googleapis.com/"
+files_prefix = "/fonts/files/"
+files_upstream = "https://fonts.gstatic.com/"
+"#;
+
+    const OSM: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[upstream]
+user_agent = "site tiles (+https://site.example/privacy)"
+
+[[route]]
+name = "osm"
+kind = "tiles"
+prefix = "/tiles/osm/"
+upstream = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+referer = "https://site.example/"
+"#;
+
+    #[test]
+    fn fonts_routes() {
+        let c = parse(FONTS).unwrap();
+        let f = c.routes[0].font_files.as_ref().unwrap();
+        assert_eq!(
+            (f.prefix.as_str(), f.upstream.to_string().as_str()),
+            ("/fonts/files/", "https://fonts.gstatic.com/")
+        );
+        let msg = problems(&FONTS.replace("files_prefix = \"/fonts/files/\"\n", ""));
+        assert!(msg.contains("go together"), "{msg}");
+        let msg = problems(&FONTS.replace("\"/fonts/files/\"", "\"/fonts/\""));
+        assert!(msg.contains("route[0].files_prefix"), "{msg}");
+        let msg = problems(&MINIMAL.replace(
+            "kind = \"static\"",
+            "kind = \"static\"\nfiles_prefix = \"/x/\"",
+        ));
+        assert!(msg.contains("only for kind = \"fonts\""), "{msg}");
+    }
+
+    #[test]
+    fn osm_tiles_need_a_contact_and_a_referer() {
+        let c = parse(OSM).unwrap();
+        assert_eq!(c.routes[0].tiles.as_ref().unwrap().max_zoom, 19);
+        assert_eq!(
+            c.routes[0].cache.stale_if_error,
+            Duration::from_secs(7 * 86400)
+        );
+        let msg = problems(&OSM.replace(
+            "user_agent = \"site tiles (+https://site.example/privacy)\"",
+            "user_agent = \"site tiles\"",
+        ));
+        assert!(
+            msg.contains("route[0].user_agent") && msg.contains("contact"),
+            "{msg}"
+        );
+        let msg = problems(&OSM.replace(
+            "[upstream]\nuser_agent = \"site tiles (+https://site.example/privacy)\"\n",
+            "",
+        ));
+        assert!(
+            msg.contains("contact"),
+            "the default User-Agent has none: {msg}"
+        );
+        let msg = problems(&OSM.replace("referer = \"https://site.example/\"\n", ""));
+        assert!(msg.contains("route[0].referer"), "{msg}");
+        let msg = problems(&OSM.replace("\"https://site.example/\"", "\"site.example\""));
+        assert!(msg.contains("route[0].referer"), "{msg}");
+        // Other tile hosts are not bound by OSM's policy.
+        let other = OSM
+            .replace("tile.openstreetmap.org", "tiles.example")
+            .replace("referer = \"https://site.example/\"\n", "");
+        assert!(parse(&other).is_ok());
+        let msg = problems(&OSM.replace("{y}.png", ".png"));
+        assert!(msg.contains("route[0].upstream"), "{msg}");
+        let msg = problems(&format!("{OSM}max_zoom = 40\n"));
+        assert!(msg.contains("route[0].max_zoom"), "{msg}");
+        let msg = problems(&format!("{OSM}max_upstream_connections = 0\n"));
+        assert!(msg.contains("route[0].max_upstream_connections"), "{msg}");
+    }
+
     #[test]
     fn all_problems_are_reported_at_once() {
         let text = MINIMAL

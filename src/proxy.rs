@@ -361,14 +361,10 @@ fn scrub_response(
     mut headers: HeaderMap,
 ) -> Option<HeaderMap> {
     policy::scrub_response(&mut headers);
+    route.adjust_response(&mut headers, requested);
     if let Some(location) = headers.get(header::LOCATION) {
         let mapped = location.to_str().ok().and_then(|loc| {
-            match confine::map_location(
-                &route.config.upstream,
-                &route.config.prefix,
-                requested,
-                loc,
-            ) {
+            match confine::map_location(&route.upstream, &route.prefix, requested, loc) {
                 Redirect::FirstParty(p) => HeaderValue::from_str(&p).ok(),
                 Redirect::Outside => None,
             }
@@ -481,10 +477,10 @@ async fn fill(
     let decision = cache::storability(
         &up.parts,
         status,
-        &parts.headers,
+        &route.cache_view(&parts.headers),
         received,
         &route.rules,
-        |n| route.policy.forwards(n),
+        |n| route.varyable(n),
     );
     // 5. Scrub the response before anything else looks at it.
     let Some(mut headers) = scrub_response(state, route, &up.parts.uri, parts.headers) else {
@@ -721,10 +717,10 @@ async fn refreshed(
     let decision = cache::storability(
         &up.parts,
         stale.status,
-        &merged,
+        &route.cache_view(&merged),
         received,
         &route.rules,
-        |n| route.policy.forwards(n),
+        |n| route.varyable(n),
     );
     let Some(headers) = scrub_response(state, route, &up.parts.uri, merged) else {
         guard

@@ -8,7 +8,7 @@ use crate::policy::{
     Allowed, Jurisdiction, Removed, UserAgent, REQUEST_ALLOWLIST, REQUEST_REMOVED,
     REQUEST_REMOVED_PREFIXES, RESPONSE_STRIPPED,
 };
-use crate::routes::{Route, Router};
+use crate::routes::{Role, Route, Router};
 
 /// Header names as people write them.
 fn display_name(name: &str) -> String {
@@ -110,8 +110,52 @@ pub fn check_report(config: &Config) -> String {
 
 fn route_report(out: &mut String, route: &Route) {
     let c = &route.config;
-    let _ = writeln!(out, "route {} ({})", c.name, c.kind.as_str());
-    let _ = writeln!(out, "  {} -> {}", c.prefix, c.upstream);
+    let part = match route.role {
+        Role::FontCss => ", CSS",
+        Role::FontFiles => ", font files",
+        _ => "",
+    };
+    let _ = writeln!(out, "route {} ({}{part})", c.name, c.kind.as_str());
+    match (&c.tiles, route.role) {
+        (Some(t), Role::Tiles) => {
+            let _ = writeln!(
+                out,
+                "  {}{{z}}/{{x}}/{{y}}.ext -> {}",
+                route.prefix,
+                t.template.as_str()
+            );
+            let _ = writeln!(
+                out,
+                "  tiles          z <= {}, x and y in 0..2^z, anything else 400 without an upstream request; URL built from the template{}",
+                t.max_zoom,
+                if t.template.as_str().contains("{s}") { ", one fixed subdomain per tile" } else { "" }
+            );
+        }
+        _ => {
+            let _ = writeln!(out, "  {} -> {}", route.prefix, route.upstream);
+        }
+    }
+    match route.role {
+        Role::FontCss => {
+            let _ = writeln!(
+                out,
+                "  css            fetched as plain text with a fixed browser User-Agent; every URL in it mapped under {} or blocked",
+                c.font_files
+                    .as_ref()
+                    .map_or(route.prefix.clone(), |f| format!("{} or {}", f.prefix, route.prefix))
+            );
+        }
+        Role::FontFiles => {
+            let _ = writeln!(
+                out,
+                "  font files     font/* types, Access-Control-Allow-Origin: *, query dropped"
+            );
+        }
+        _ => {}
+    }
+    if let Some(n) = c.max_upstream_connections {
+        let _ = writeln!(out, "  upstream       at most {n} requests at once");
+    }
     let _ = writeln!(
         out,
         "  jurisdiction   {}",
@@ -121,10 +165,11 @@ fn route_report(out: &mut String, route: &Route) {
                 "eu: under EU law; allowlist plus the visitor's User-Agent and any forward_headers",
         }
     );
+    let forwards_query = c.forward_query && matches!(route.role, Role::Static | Role::FontCss);
     let _ = writeln!(
         out,
         "  query string   {}",
-        if c.forward_query {
+        if forwards_query {
             "forwarded as is"
         } else {
             "dropped"
@@ -139,7 +184,7 @@ fn route_report(out: &mut String, route: &Route) {
         let _ = writeln!(
             out,
             "  !! goes to {} as sent; only hop-by-hop headers are removed. EU upstreams only.",
-            c.upstream.authority
+            route.upstream.authority
         );
         let _ = writeln!(out, "  kept from the visitor (response):");
         response_rows(out, c);
@@ -149,6 +194,9 @@ fn route_report(out: &mut String, route: &Route) {
     for (name, how, why) in REQUEST_ALLOWLIST {
         let line = match how {
             Allowed::AsSent => format!("as sent by the browser ({why})"),
+            Allowed::Normalized if route.role == Role::FontCss => {
+                "identity (the CSS is rewritten)".to_owned()
+            }
             Allowed::Normalized => (*why).to_owned(),
         };
         let _ = writeln!(out, "    {:<18} {line}", display_name(name.as_str()));
@@ -170,6 +218,14 @@ fn route_report(out: &mut String, route: &Route) {
             );
         }
     }
+    if let Some(referer) = &route.policy.referer {
+        let _ = writeln!(
+            out,
+            "    {:<18} fixed: {:?} (the site's origin, never the visitor's page)",
+            "Referer",
+            referer.to_str().unwrap_or("")
+        );
+    }
     for extra in &route.policy.extra {
         let _ = writeln!(
             out,
@@ -180,7 +236,11 @@ fn route_report(out: &mut String, route: &Route) {
     let _ = writeln!(
         out,
         "    {:<18} {} (from the config, never the visitor's)",
-        "Host", c.upstream.authority
+        "Host",
+        match (&c.tiles, route.role) {
+            (Some(t), Role::Tiles) => t.template.sample_host(),
+            _ => route.upstream.authority.to_string(),
+        }
     );
     let _ = writeln!(out, "  removed:");
     let rows = REQUEST_REMOVED

@@ -71,7 +71,12 @@ impl Reply {
         self
     }
 
+    /// Adds a header; `content-type` replaces the default one, others accumulate.
     pub fn header(mut self, k: &str, v: &str) -> Reply {
+        if k.eq_ignore_ascii_case("content-type") {
+            self.headers
+                .retain(|(name, _)| !name.eq_ignore_ascii_case("content-type"));
+        }
         self.headers.push((k.into(), v.into()));
         self
     }
@@ -88,6 +93,8 @@ type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
 pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// (requests being answered now, the most there ever were at once)
+    in_flight: Arc<Mutex<(usize, usize)>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -131,8 +138,10 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let in_flight = Arc::new(Mutex::new((0usize, 0usize)));
         let handler: Handler = Arc::new(handler);
         let seen2 = seen.clone();
+        let in_flight2 = in_flight.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -141,11 +150,18 @@ impl Upstream {
                 let seen = seen2.clone();
                 let handler = handler.clone();
                 let tls = tls.clone();
+                let in_flight = in_flight2.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let seen = seen.clone();
                         let handler = handler.clone();
+                        let in_flight = in_flight.clone();
                         async move {
+                            {
+                                let mut f = in_flight.lock().unwrap();
+                                f.0 += 1;
+                                f.1 = f.1.max(f.0);
+                            }
                             let (parts, body) = req.into_parts();
                             let body = body
                                 .collect()
@@ -168,6 +184,7 @@ impl Upstream {
                             if !reply.delay.is_zero() {
                                 tokio::time::sleep(reply.delay).await;
                             }
+                            in_flight.lock().unwrap().0 -= 1;
                             let mut resp = Response::new(Full::new(reply.body));
                             *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap();
                             for (k, v) in reply.headers {
@@ -195,7 +212,17 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, seen, task }
+        Upstream {
+            addr,
+            seen,
+            in_flight,
+            task,
+        }
+    }
+
+    /// The most requests it was ever answering at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.in_flight.lock().unwrap().1
     }
 
     /// Every request received so far.
