@@ -1,6 +1,7 @@
 //! Routes: which configured upstream serves a visitor's path, how its URL is built, and what
 //! each kind adds to the common flow (font CSS rewriting, tile parsing, fixed headers).
 
+pub mod analytics;
 pub mod confine;
 pub mod fonts;
 pub mod tiles;

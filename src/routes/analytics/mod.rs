@@ -1,0 +1,509 @@
+//! Analytics endpoints scrubbed to the CNIL proxy standard (2022): no visitor IP, the user
+//! identifier replaced by a keyed pseudonym, external referrers and URL parameters removed,
+//! fingerprinting data generalised, no durable identifier, everything else dropped.
+//!
+//! Each protocol module holds its parameter table (what is kept, pseudonymised, generalised or
+//! dropped) and pure functions over it; this module holds the rules they share.
+
+pub mod ga4;
+pub mod matomo;
+pub mod plausible;
+pub mod umami;
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// The analytics protocols tamis speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Ga4,
+    Matomo,
+    Plausible,
+    Umami,
+}
+
+impl Protocol {
+    /// The tracking endpoints (path after the prefix) this protocol forwards; nothing else is.
+    pub fn endpoints(self) -> &'static [&'static str] {
+        match self {
+            Protocol::Ga4 => &["g/collect"],
+            Protocol::Matomo => &["matomo.php", "piwik.php"],
+            Protocol::Plausible => &["api/event"],
+            Protocol::Umami => &["api/send"],
+        }
+    }
+
+    /// The methods the endpoints accept.
+    pub fn allows(self, method: &http::Method) -> bool {
+        match self {
+            Protocol::Ga4 | Protocol::Matomo => {
+                method == http::Method::GET || method == http::Method::POST
+            }
+            Protocol::Plausible | Protocol::Umami => method == http::Method::POST,
+        }
+    }
+}
+
+/// What a rule did with one parameter (the `result` label of `tamis_analytics_params_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Kept,
+    Pseudonymised,
+    Generalised,
+    Dropped,
+}
+
+impl Outcome {
+    /// Every outcome, for pre-registering label values.
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Kept,
+        Outcome::Pseudonymised,
+        Outcome::Generalised,
+        Outcome::Dropped,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Kept => "kept",
+            Outcome::Pseudonymised => "pseudonymised",
+            Outcome::Generalised => "generalised",
+            Outcome::Dropped => "dropped",
+        }
+    }
+}
+
+/// Counts of what scrubbing did, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally([u64; 4]);
+
+impl Tally {
+    /// Records one parameter's outcome.
+    pub fn add(&mut self, o: Outcome) {
+        self.0[o as usize] += 1;
+    }
+
+    /// How many parameters had this outcome.
+    pub fn get(&self, o: Outcome) -> u64 {
+        self.0[o as usize]
+    }
+}
+
+/// A request that cannot be scrubbed: answered 4xx, nothing forwarded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ScrubError {
+    #[error("invalid percent-encoding")]
+    Encoding,
+    #[error("too many parameters")]
+    TooManyParameters,
+    #[error("malformed body: {0}")]
+    Body(String),
+    #[error("not a tracking endpoint")]
+    Endpoint,
+}
+
+/// Most parameters one query string or body line may carry.
+pub const MAX_PARAMS: usize = 512;
+
+/// The operator's choices for one analytics route.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// Custom fields kept as they are (GA4 ep./epn./up./upn. names, Matomo custom variable
+    /// names and dimensionN, Plausible props, Umami data keys); all others dropped.
+    pub allow_event_params: Vec<String>,
+    /// URL query parameters kept in page URLs (e.g. utm_source); all others dropped.
+    pub allow_url_params: Vec<String>,
+}
+
+/// Everything a scrubber needs besides the request.
+pub struct Context<'a> {
+    pub settings: &'a Settings,
+    pub pseudonyms: &'a Pseudonymizer,
+    /// Route name: part of every pseudonym, so routes never share one.
+    pub route: &'a str,
+}
+
+/// Parses a query string or form body strictly: bad percent-encoding and parameter floods are
+/// errors, not guesses.
+pub fn parse_query(q: &str) -> Result<Vec<(String, String)>, ScrubError> {
+    let q = q.strip_prefix('?').unwrap_or(q);
+    if q.is_empty() {
+        return Ok(Vec::new());
+    }
+    let b = q.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        if c == b'%'
+            && !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+        {
+            return Err(ScrubError::Encoding);
+        }
+    }
+    if q.split('&').count() > MAX_PARAMS {
+        return Err(ScrubError::TooManyParameters);
+    }
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(q.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    // A decoded value that is not UTF-8 comes back with replacement characters: refuse it.
+    if pairs
+        .iter()
+        .any(|(k, v)| k.contains('\u{FFFD}') || v.contains('\u{FFFD}'))
+    {
+        return Err(ScrubError::Encoding);
+    }
+    Ok(pairs)
+}
+
+/// Serialises parameters back into a query string.
+pub fn to_query(pairs: &[(String, String)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+/// A page URL without its fragment and without query parameters other than the allowed ones.
+/// `None` when it is not an http(s) URL (then it is dropped).
+pub fn scrub_page_url(url: &str, allow: &[String]) -> Option<String> {
+    let url = url.trim();
+    let url = url.split('#').next().unwrap_or("");
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let lower = base.to_ascii_lowercase();
+    let absolute = lower.starts_with("https://") || lower.starts_with("http://");
+    if !absolute && !base.starts_with('/') {
+        return None;
+    }
+    if absolute && host_of(base).is_none_or(str::is_empty) {
+        return None;
+    }
+    let kept: Vec<(String, String)> = query
+        .and_then(|q| parse_query(q).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| allow.iter().any(|a| a == k))
+        .collect();
+    if kept.is_empty() {
+        Some(base.to_owned())
+    } else {
+        Some(format!("{base}?{}", to_query(&kept)))
+    }
+}
+
+/// The host of an absolute http(s) URL, lower-cased, without port or user information.
+pub fn host_of(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit('@').next()?;
+    Some(host.split(':').next().unwrap_or(host))
+}
+
+/// A referrer from the same site becomes its origin and path (no query); any other is dropped.
+pub fn same_site_referrer(referrer: &str, site_host: Option<&str>) -> Option<String> {
+    let site = site_host?.to_ascii_lowercase();
+    let host = host_of(referrer)?.to_ascii_lowercase();
+    let same = host == site
+        || host.strip_prefix("www.") == Some(site.as_str())
+        || site.strip_prefix("www.") == Some(host.as_str());
+    if !same {
+        return None;
+    }
+    let base = referrer.split(['?', '#']).next().unwrap_or("");
+    Some(base.to_owned())
+}
+
+/// A language tag reduced to its primary subtag (`fr-FR,fr;q=0.9` → `fr`).
+pub fn primary_language(tag: &str) -> Option<String> {
+    let first = tag.split([',', ';']).next()?.trim();
+    let primary = first.split(['-', '_']).next()?.to_ascii_lowercase();
+    ((2..=3).contains(&primary.len()) && primary.bytes().all(|b| b.is_ascii_lowercase()))
+        .then_some(primary)
+}
+
+/// A User-Agent generalised to browser family and major version, with nothing else (no OS, no
+/// device, no minor versions): what analytics tools still recognise.
+pub fn generalise_user_agent(ua: &str) -> String {
+    // Order matters: Edge and Opera also say Chrome; Chrome also says Safari.
+    let families: &[(&str, &str, fn(&str) -> String)] = &[
+        ("Edg/", "Edge", |v| {
+            format!("Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{v}.0.0.0 Safari/537.36 Edg/{v}.0.0.0")
+        }),
+        ("OPR/", "Opera", |v| {
+            format!("Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{v}.0.0.0 Safari/537.36 OPR/{v}.0.0.0")
+        }),
+        ("Firefox/", "Firefox", |v| {
+            format!("Mozilla/5.0 Gecko/20100101 Firefox/{v}.0")
+        }),
+        ("Chrome/", "Chrome", |v| {
+            format!(
+                "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{v}.0.0.0 Safari/537.36"
+            )
+        }),
+        ("CriOS/", "Chrome", |v| {
+            format!(
+                "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{v}.0.0.0 Safari/537.36"
+            )
+        }),
+        ("Version/", "Safari", |v| {
+            format!("Mozilla/5.0 AppleWebKit/605.1.15 (KHTML, like Gecko) Version/{v}.0 Safari/605.1.15")
+        }),
+    ];
+    for (marker, family, render) in families {
+        if *family == "Safari" && !ua.contains("Safari/") {
+            continue;
+        }
+        if let Some(pos) = ua.find(marker) {
+            let major: String = ua[pos + marker.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .take(4)
+                .collect();
+            if !major.is_empty() {
+                return render(&major);
+            }
+        }
+    }
+    "Mozilla/5.0 (compatible; other)".to_owned()
+}
+
+/// Keyed pseudonyms with a key that lives in memory only and changes every period: the same
+/// visitor keeps one pseudonym within a period and cannot be linked across periods, routes or
+/// sites. Pseudonyms keep 32 bits, so collisions exist.
+pub struct Pseudonymizer {
+    period: Duration,
+    /// With a salt file (multi-replica setups), each period's key is derived from it, so
+    /// replicas agree; without, it is random.
+    secret: Option<Vec<u8>>,
+    state: Mutex<(u64, [u8; 32])>,
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+impl Pseudonymizer {
+    /// A pseudonymizer rotating every `period` (aligned on the Unix epoch).
+    pub fn new(period: Duration, secret: Option<Vec<u8>>) -> Pseudonymizer {
+        Pseudonymizer {
+            period: period.max(Duration::from_secs(1)),
+            secret,
+            state: Mutex::new((u64::MAX, [0; 32])),
+        }
+    }
+
+    fn period_index(&self, now: SystemTime) -> u64 {
+        now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() / self.period.as_secs().max(1)
+    }
+
+    /// Start of the current period (seconds since the epoch): a coarse, shared timestamp.
+    pub fn period_start(&self, now: SystemTime) -> u64 {
+        self.period_index(now) * self.period.as_secs().max(1)
+    }
+
+    fn key(&self, now: SystemTime) -> [u8; 32] {
+        let index = self.period_index(now);
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.0 != index {
+            let key = match &self.secret {
+                Some(secret) => {
+                    let Ok(mut mac) = HmacSha256::new_from_slice(secret) else {
+                        return state.1;
+                    };
+                    mac.update(b"tamis-pseudonym-period");
+                    mac.update(&index.to_be_bytes());
+                    mac.finalize().into_bytes().into()
+                }
+                None => {
+                    let mut k = [0u8; 32];
+                    if getrandom::fill(&mut k).is_err() {
+                        // No OS randomness (never seen on Linux): fall back on the clock and the
+                        // process id; the key is still never written anywhere and still rotates.
+                        let t = SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_nanos();
+                        k[..16].copy_from_slice(&t.to_le_bytes());
+                        k[16..20].copy_from_slice(&std::process::id().to_le_bytes());
+                    }
+                    k
+                }
+            };
+            *state = (index, key);
+        }
+        state.1
+    }
+
+    /// 32 bits of HMAC(key, route, site, id).
+    pub fn pseudonym(&self, route: &str, site: &str, id: &str, now: SystemTime) -> u32 {
+        let key = self.key(now);
+        // HMAC accepts keys of any length: this cannot fail for a 32-byte key.
+        let Ok(mut mac) = HmacSha256::new_from_slice(&key) else {
+            return 0;
+        };
+        for part in [route, site, id] {
+            mac.update(part.as_bytes());
+            mac.update(&[0]);
+        }
+        let out = mac.finalize().into_bytes();
+        u32::from_be_bytes([out[0], out[1], out[2], out[3]])
+    }
+}
+
+/// One line of `tamis check` for a parameter table: names by outcome.
+pub fn describe(rules: &[(&str, Outcome, &str)]) -> Vec<(Outcome, Vec<String>)> {
+    let mut out: Vec<(Outcome, Vec<String>)> = Vec::new();
+    for (name, outcome, note) in rules {
+        let item = if note.is_empty() {
+            (*name).to_owned()
+        } else {
+            format!("{name} ({note})")
+        };
+        match out.iter_mut().find(|(o, _)| o == outcome) {
+            Some((_, v)) => v.push(item),
+            None => out.push((*outcome, vec![item])),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_query_parsing() {
+        assert_eq!(
+            parse_query("?a=1&b=x%20y").unwrap(),
+            vec![("a".into(), "1".into()), ("b".into(), "x y".into())]
+        );
+        assert_eq!(parse_query("a=%zz"), Err(ScrubError::Encoding));
+        assert_eq!(parse_query("a=%2"), Err(ScrubError::Encoding));
+        assert_eq!(parse_query("a=%ff%fe"), Err(ScrubError::Encoding));
+        let flood = vec!["x=1"; MAX_PARAMS + 1].join("&");
+        assert_eq!(parse_query(&flood), Err(ScrubError::TooManyParameters));
+    }
+
+    #[test]
+    fn page_urls_lose_query_and_fragment() {
+        let allow = vec!["utm_source".to_owned()];
+        assert_eq!(
+            scrub_page_url(
+                "https://shop.example/order/confirm?email=alice%40mail.example&utm_source=news#top",
+                &allow
+            )
+            .as_deref(),
+            Some("https://shop.example/order/confirm?utm_source=news")
+        );
+        assert_eq!(
+            scrub_page_url("https://shop.example/a?x=1", &[]).as_deref(),
+            Some("https://shop.example/a")
+        );
+        assert_eq!(
+            scrub_page_url("/reset?token=s3cr3t", &[]).as_deref(),
+            Some("/reset")
+        );
+        assert_eq!(scrub_page_url("javascript:alert(1)", &[]), None);
+        assert_eq!(scrub_page_url("https:///x", &[]), None);
+    }
+
+    #[test]
+    fn referrers_from_elsewhere_are_dropped() {
+        assert_eq!(
+            same_site_referrer(
+                "https://www.search.example/search?q=alice",
+                Some("shop.example")
+            ),
+            None
+        );
+        assert_eq!(
+            same_site_referrer("https://shop.example/cart?id=9#x", Some("shop.example")).as_deref(),
+            Some("https://shop.example/cart")
+        );
+        assert_eq!(
+            same_site_referrer("https://www.shop.example/a", Some("shop.example")).as_deref(),
+            Some("https://www.shop.example/a")
+        );
+        assert_eq!(
+            same_site_referrer("https://shop.example.evil.example/a", Some("shop.example")),
+            None
+        );
+        assert_eq!(same_site_referrer("https://shop.example/a", None), None);
+    }
+
+    #[test]
+    fn languages_and_user_agents_are_generalised() {
+        assert_eq!(primary_language("fr-FR").as_deref(), Some("fr"));
+        assert_eq!(primary_language("fr-fr,en;q=0.8").as_deref(), Some("fr"));
+        assert_eq!(primary_language("*"), None);
+        assert_eq!(primary_language("x-klingon"), None);
+        let ua = |s| generalise_user_agent(s);
+        let chrome = ua("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.6778.85 Safari/537.36");
+        assert_eq!(
+            chrome,
+            "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+        );
+        assert!(!chrome.contains("Windows"));
+        assert!(
+            ua("Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0")
+                .ends_with("Firefox/133.0")
+        );
+        assert!(ua("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1").contains("Version/17.0 Safari"));
+        assert!(ua("Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36 Edg/131.0.2903.70").ends_with("Edg/131.0.0.0"));
+        assert_eq!(ua("curl/8.5.0"), "Mozilla/5.0 (compatible; other)");
+    }
+
+    #[test]
+    fn pseudonyms_are_stable_per_period_and_never_shared() {
+        let p = Pseudonymizer::new(Duration::from_secs(86400), None);
+        let day = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let a = p.pseudonym("ga", "G-1", "1823456789.1732439000", day);
+        assert_eq!(
+            a,
+            p.pseudonym(
+                "ga",
+                "G-1",
+                "1823456789.1732439000",
+                day + Duration::from_secs(60)
+            )
+        );
+        assert_ne!(a, p.pseudonym("ga", "G-1", "other", day));
+        assert_ne!(
+            a,
+            p.pseudonym("ga2", "G-1", "1823456789.1732439000", day),
+            "routes never share"
+        );
+        assert_ne!(
+            a,
+            p.pseudonym("ga", "G-2", "1823456789.1732439000", day),
+            "sites never share"
+        );
+        let next = day + Duration::from_secs(86400);
+        assert_ne!(
+            a,
+            p.pseudonym("ga", "G-1", "1823456789.1732439000", next),
+            "a new period, a new key"
+        );
+        let q = Pseudonymizer::new(Duration::from_secs(86400), None);
+        assert_ne!(
+            a,
+            q.pseudonym("ga", "G-1", "1823456789.1732439000", day),
+            "keys are random per process"
+        );
+        // With a shared salt, replicas agree (and still rotate).
+        let r1 = Pseudonymizer::new(Duration::from_secs(86400), Some(b"shared".to_vec()));
+        let r2 = Pseudonymizer::new(Duration::from_secs(86400), Some(b"shared".to_vec()));
+        assert_eq!(
+            r1.pseudonym("m", "3", "x", day),
+            r2.pseudonym("m", "3", "x", day)
+        );
+        assert_ne!(
+            r1.pseudonym("m", "3", "x", day),
+            r1.pseudonym("m", "3", "x", next)
+        );
+    }
+}

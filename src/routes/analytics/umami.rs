@@ -1,0 +1,179 @@
+//! Umami `POST /api/send`: `{"type": "event", "payload": {…}}`. Its JSON answer carries session
+//! identifiers (and a cache token the tracker sends back): those never reach the visitor.
+
+use serde_json::{Map, Value};
+
+use super::{
+    primary_language, same_site_referrer, scrub_page_url, Context, Outcome, ScrubError, Tally,
+};
+
+/// The payload field table (`tamis check` prints it).
+pub const RULES: &[(&str, Outcome, &str)] = &[
+    ("website", Outcome::Kept, "site id"),
+    ("hostname", Outcome::Kept, ""),
+    ("title", Outcome::Kept, "page title"),
+    ("name", Outcome::Kept, "event name"),
+    ("tag", Outcome::Kept, ""),
+    (
+        "url",
+        Outcome::Generalised,
+        "no fragment, no query but allow_url_params",
+    ),
+    (
+        "referrer",
+        Outcome::Generalised,
+        "same-site: origin and path; external: dropped",
+    ),
+    ("language", Outcome::Generalised, "primary language only"),
+    ("screen", Outcome::Dropped, "screen resolution"),
+    ("id", Outcome::Dropped, "distinct id"),
+    ("data", Outcome::Dropped, "keys not in allow_event_params"),
+    (
+        "*",
+        Outcome::Dropped,
+        "any other field; only type \"event\" is forwarded",
+    ),
+];
+
+const KEPT: &[&str] = &["website", "hostname", "title", "name", "tag"];
+
+/// Answer fields that identify a session or visit: removed before the visitor sees the answer.
+pub const ANSWER_IDENTIFIERS: &[&str] = &["sessionId", "visitId", "cache"];
+
+/// Scrubs a `/api/send` body.
+pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8>, ScrubError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| ScrubError::Body(e.to_string()))?;
+    let Some(Value::String(kind)) = value.get("type") else {
+        return Err(ScrubError::Body("no \"type\"".into()));
+    };
+    // "identify" ties a session to a person: never forwarded.
+    if kind != "event" {
+        return Err(ScrubError::Body(format!("type {kind:?} is not forwarded")));
+    }
+    let Some(Value::Object(payload)) = value.get("payload").cloned() else {
+        return Err(ScrubError::Body("no \"payload\" object".into()));
+    };
+    let site_host = payload
+        .get("hostname")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let mut out = Map::new();
+    for (k, v) in payload {
+        let kept = match k.as_str() {
+            name if KEPT.contains(&name) => {
+                tally.add(Outcome::Kept);
+                Some(v)
+            }
+            "url" => {
+                tally.add(Outcome::Generalised);
+                v.as_str()
+                    .and_then(|u| scrub_page_url(u, &ctx.settings.allow_url_params))
+                    .map(Value::String)
+            }
+            "referrer" => {
+                let r = v
+                    .as_str()
+                    .and_then(|r| same_site_referrer(r, site_host.as_deref()));
+                tally.add(if r.is_some() {
+                    Outcome::Generalised
+                } else {
+                    Outcome::Dropped
+                });
+                // Umami expects the field; an empty referrer means none.
+                Some(Value::String(r.unwrap_or_default()))
+            }
+            "language" => {
+                tally.add(Outcome::Generalised);
+                v.as_str().and_then(primary_language).map(Value::String)
+            }
+            "data" => match v {
+                Value::Object(data) => {
+                    let mut kept = Map::new();
+                    for (dk, dv) in data {
+                        if ctx.settings.allow_event_params.iter().any(|a| *a == dk) {
+                            tally.add(Outcome::Kept);
+                            kept.insert(dk, dv);
+                        } else {
+                            tally.add(Outcome::Dropped);
+                        }
+                    }
+                    (!kept.is_empty()).then_some(Value::Object(kept))
+                }
+                _ => None,
+            },
+            _ => {
+                tally.add(Outcome::Dropped);
+                None
+            }
+        };
+        if let Some(v) = kept {
+            out.insert(k, v);
+        }
+    }
+    Ok(serde_json::json!({ "type": "event", "payload": out })
+        .to_string()
+        .into_bytes())
+}
+
+/// Removes session identifiers from Umami's answer; anything unparseable becomes `{}`.
+pub fn scrub_answer(body: &[u8]) -> Vec<u8> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(mut o)) => {
+            for k in ANSWER_IDENTIFIERS {
+                o.remove(*k);
+            }
+            Value::Object(o).to_string().into_bytes()
+        }
+        _ => b"{}".to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Pseudonymizer, Settings};
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_fixture_is_scrubbed_field_by_field() {
+        let settings = Settings {
+            allow_event_params: vec!["plan".into()],
+            allow_url_params: vec![],
+        };
+        let p = Pseudonymizer::new(Duration::from_secs(86400), None);
+        let ctx = Context {
+            settings: &settings,
+            pseudonyms: &p,
+            route: "umami",
+        };
+        let mut t = Tally::default();
+        let out = scrub(
+            include_bytes!("../../../tests/fixtures/umami-send.json"),
+            &ctx,
+            &mut t,
+        )
+        .unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        let p = &v["payload"];
+        assert_eq!(p["url"], "/reset");
+        assert_eq!(p["referrer"], "");
+        assert_eq!(p["language"], "fr");
+        assert_eq!(p["data"], serde_json::json!({"plan": "pro"}));
+        assert!(p.get("screen").is_none());
+        let text = String::from_utf8(out).unwrap();
+        for secret in ["s3cr3t", "2560", "alice", "mail.example"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        let identify = br#"{"type":"identify","payload":{"website":"x","id":"alice"}}"#;
+        assert!(scrub(identify, &ctx, &mut t).is_err());
+    }
+
+    #[test]
+    fn answers_lose_their_session_identifiers() {
+        let a = scrub_answer(
+            br#"{"cache":"eyJhbGciOi.x.y","sessionId":"s-1","visitId":"v-1","ok":true}"#,
+        );
+        assert_eq!(a, br#"{"ok":true}"#);
+        assert_eq!(scrub_answer(b"garbage"), b"{}");
+    }
+}
