@@ -174,6 +174,14 @@ pub enum RouteKind {
     Fonts,
     /// Map tiles from a URL template.
     Tiles,
+    /// Google Analytics 4 (`/g/collect`).
+    Ga4,
+    /// Matomo (`matomo.php`, `piwik.php`).
+    Matomo,
+    /// Plausible (`/api/event`).
+    Plausible,
+    /// Umami (`/api/send`).
+    Umami,
 }
 
 impl RouteKind {
@@ -183,7 +191,52 @@ impl RouteKind {
             RouteKind::Static => "static",
             RouteKind::Fonts => "fonts",
             RouteKind::Tiles => "tiles",
+            RouteKind::Ga4 => "ga4",
+            RouteKind::Matomo => "matomo",
+            RouteKind::Plausible => "plausible",
+            RouteKind::Umami => "umami",
         }
+    }
+
+    /// The analytics protocol this kind speaks, if any.
+    pub fn analytics(self) -> Option<crate::routes::analytics::Protocol> {
+        use crate::routes::analytics::Protocol;
+        match self {
+            RouteKind::Ga4 => Some(Protocol::Ga4),
+            RouteKind::Matomo => Some(Protocol::Matomo),
+            RouteKind::Plausible => Some(Protocol::Plausible),
+            RouteKind::Umami => Some(Protocol::Umami),
+            _ => None,
+        }
+    }
+}
+
+/// An analytics route's settings.
+#[derive(Clone)]
+pub struct AnalyticsConfig {
+    pub protocol: crate::routes::analytics::Protocol,
+    pub settings: crate::routes::analytics::Settings,
+    /// How often the pseudonym key changes.
+    pub rotate: Duration,
+    /// Shared secret for replicas that must agree on pseudonyms (read from `salt_file`).
+    pub salt: Option<Vec<u8>>,
+    /// Largest request body accepted (413 above).
+    pub max_body: usize,
+    /// EU routes only: send the visitor's address, truncated, in X-Forwarded-For.
+    pub client_ip: ClientIpLog,
+}
+
+impl fmt::Debug for AnalyticsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the salt.
+        f.debug_struct("AnalyticsConfig")
+            .field("protocol", &self.protocol)
+            .field("settings", &self.settings)
+            .field("rotate", &self.rotate)
+            .field("salt", &self.salt.as_ref().map(|_| "<set>"))
+            .field("max_body", &self.max_body)
+            .field("client_ip", &self.client_ip)
+            .finish()
     }
 }
 
@@ -228,6 +281,8 @@ pub struct RouteConfig {
     pub referer: Option<HeaderValue>,
     /// At most this many upstream requests at once for this route.
     pub max_upstream_connections: Option<usize>,
+    /// Analytics kinds: what the scrubber keeps, and pseudonym settings.
+    pub analytics: Option<AnalyticsConfig>,
 }
 
 /// Per-route cache settings.
@@ -342,6 +397,12 @@ struct RawRoute {
     max_zoom: Option<Spanned<u8>>,
     referer: Option<Spanned<String>>,
     max_upstream_connections: Option<Spanned<usize>>,
+    allow_event_params: Option<Vec<String>>,
+    allow_url_params: Option<Vec<String>>,
+    rotate: Option<Spanned<String>>,
+    salt_file: Option<Spanned<String>>,
+    max_body: Option<Spanned<usize>>,
+    client_ip: Option<Spanned<ClientIpLog>>,
 }
 
 const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
@@ -896,6 +957,77 @@ impl Validator<'_> {
                     }
                 }
             }
+            let analytics = match r.kind.analytics() {
+                Some(protocol) => {
+                    let salt = r.salt_file.as_ref().and_then(|f| {
+                        match std::fs::read(self.file(f.get_ref())) {
+                            Ok(bytes) if bytes.len() >= 16 => Some(bytes),
+                            Ok(_) => {
+                                self.problem(
+                                    Some(f.span()),
+                                    key("salt_file"),
+                                    "must hold at least 16 bytes of secret",
+                                );
+                                None
+                            }
+                            Err(e) => {
+                                self.problem(
+                                    Some(f.span()),
+                                    key("salt_file"),
+                                    format!("cannot read {:?}: {e}", f.get_ref()),
+                                );
+                                None
+                            }
+                        }
+                    });
+                    let client_ip = r
+                        .client_ip
+                        .as_ref()
+                        .map_or(ClientIpLog::None, |c| *c.get_ref());
+                    if client_ip == ClientIpLog::Truncated && jurisdiction != Jurisdiction::Eu {
+                        let span = r.client_ip.as_ref().map(|c| c.span());
+                        self.problem(span, key("client_ip"), "a client address, even truncated, only goes to an EU upstream (jurisdiction = \"eu\")");
+                    }
+                    let max_body = r.max_body.as_ref().map_or(64 * 1024, |m| *m.get_ref());
+                    if max_body == 0 || max_body > 16 * 1024 * 1024 {
+                        let span = r.max_body.as_ref().map(|m| m.span());
+                        self.problem(span, key("max_body"), "between 1 byte and 16 MiB");
+                    }
+                    Some(AnalyticsConfig {
+                        protocol,
+                        settings: crate::routes::analytics::Settings {
+                            allow_event_params: r.allow_event_params.clone().unwrap_or_default(),
+                            allow_url_params: r.allow_url_params.clone().unwrap_or_default(),
+                        },
+                        rotate: self.duration(
+                            r.rotate.as_ref(),
+                            &key("rotate"),
+                            Duration::from_secs(86400),
+                        ),
+                        salt,
+                        max_body,
+                        client_ip,
+                    })
+                }
+                None => {
+                    let analytics_only = [
+                        r.allow_event_params.is_some(),
+                        r.allow_url_params.is_some(),
+                        r.rotate.is_some(),
+                        r.salt_file.is_some(),
+                        r.max_body.is_some(),
+                        r.client_ip.is_some(),
+                    ];
+                    if analytics_only.iter().any(|b| *b) {
+                        self.problem(
+                            Some(r.name.span()),
+                            key("kind"),
+                            "allow_event_params, allow_url_params, rotate, salt_file, max_body and client_ip are for analytics kinds (ga4, matomo, plausible, umami)",
+                        );
+                    }
+                    None
+                }
+            };
             let min_ttl = r
                 .min_ttl
                 .as_ref()
@@ -912,7 +1044,8 @@ impl Validator<'_> {
                 }
             }
             let route_cache = RouteCache {
-                enabled: r.cache.unwrap_or(true),
+                // Tracking requests are never stored.
+                enabled: r.cache.unwrap_or(true) && analytics.is_none(),
                 min_ttl,
                 max_ttl,
                 // A tile outage should not blank the map: tiles serve stale for a week by default.
@@ -956,6 +1089,7 @@ impl Validator<'_> {
                     tiles,
                     referer,
                     max_upstream_connections,
+                    analytics,
                 });
             }
         }

@@ -103,6 +103,7 @@ pub struct Metrics {
     upstream_duration: HistogramVec,
     evictions: IntCounterVec,
     served_bytes: IntCounterVec,
+    analytics_params: IntCounterVec,
 }
 
 /// Handles resolved once per route, so the hot path does no label lookups for them.
@@ -117,6 +118,8 @@ pub struct RouteMetrics {
     /// Body bytes sent to visitors: from the cache, from the upstream.
     pub bytes_from_cache: IntCounter,
     pub bytes_from_upstream: IntCounter,
+    /// Analytics parameters by outcome (kept, pseudonymised, generalised, dropped).
+    analytics_params: [IntCounter; 4],
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -192,6 +195,14 @@ impl Metrics {
             ),
             &["route", "result"],
         )?;
+        let analytics_params = IntCounterVec::new(
+            Opts::new(
+                "tamis_analytics_params_total",
+                "Analytics parameters seen, by route and what the scrubber did (kept, pseudonymised, generalised, dropped).",
+            ),
+            &["route", "result"],
+        )?;
+        registry.register(Box::new(analytics_params.clone()))?;
         registry.register(Box::new(evictions.clone()))?;
         registry.register(Box::new(served_bytes.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -214,6 +225,7 @@ impl Metrics {
             upstream_duration,
             evictions,
             served_bytes,
+            analytics_params,
         })
     }
 
@@ -239,6 +251,10 @@ impl Metrics {
             lookups,
             bytes_from_cache: self.served_bytes.with_label_values(&[route, "cache"]),
             bytes_from_upstream: self.served_bytes.with_label_values(&[route, "upstream"]),
+            analytics_params: crate::routes::analytics::Outcome::ALL.map(|o| {
+                self.analytics_params
+                    .with_label_values(&[route, o.as_str()])
+            }),
         }
     }
 
@@ -305,6 +321,13 @@ impl RouteMetrics {
             .position(|r| *r == result)
             .unwrap_or(0);
         self.lookups[i].inc();
+    }
+
+    /// Counts what scrubbing did to one tracking request.
+    pub fn analytics(&self, tally: &crate::routes::analytics::Tally) {
+        for (i, o) in crate::routes::analytics::Outcome::ALL.iter().enumerate() {
+            self.analytics_params[i].inc_by(tally.get(*o));
+        }
     }
 
     /// Records one request's duration.

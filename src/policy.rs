@@ -206,6 +206,8 @@ pub enum UserAgent {
     Fixed(HeaderValue),
     /// The visitor's own (EU routes without a configured one).
     Visitor,
+    /// The visitor's, generalised to browser family and major version (analytics routes).
+    Generalised,
 }
 
 /// One route's request-header policy, derived from its config.
@@ -247,6 +249,12 @@ impl RequestPolicy {
             pass_through: false,
             referer: None,
         }
+    }
+
+    /// Replaces the User-Agent rule (analytics routes generalise the visitor's).
+    pub fn with_user_agent(mut self, user_agent: UserAgent) -> RequestPolicy {
+        self.user_agent = user_agent;
+        self
     }
 
     /// Sends a fixed Referer (the site's origin) instead of none.
@@ -309,6 +317,15 @@ impl RequestPolicy {
             UserAgent::Visitor => {
                 if let Some(ua) = visitor.get(header::USER_AGENT) {
                     out.insert(header::USER_AGENT, ua.clone());
+                }
+            }
+            UserAgent::Generalised => {
+                let ua = visitor
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if let Ok(v) = HeaderValue::from_str(&generalise_user_agent(ua)) {
+                    out.insert(header::USER_AGENT, v);
                 }
             }
         }
@@ -398,6 +415,52 @@ impl AcceptEncoding {
             AcceptEncoding::BrGzip => "br, gzip",
         })
     }
+}
+
+/// A User-Agent generalised to browser family and major version, with nothing else (no OS, no
+/// device, no minor versions): what analytics tools still recognise.
+pub fn generalise_user_agent(ua: &str) -> String {
+    // Order matters: Edge and Opera also say Chrome; Chrome also says Safari.
+    let families: &[(&str, &str, fn(&str) -> String)] = &[
+        ("Edg/", "Edge", |v| {
+            format!("Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{v}.0.0.0 Safari/537.36 Edg/{v}.0.0.0")
+        }),
+        ("OPR/", "Opera", |v| {
+            format!("Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{v}.0.0.0 Safari/537.36 OPR/{v}.0.0.0")
+        }),
+        ("Firefox/", "Firefox", |v| {
+            format!("Mozilla/5.0 Gecko/20100101 Firefox/{v}.0")
+        }),
+        ("Chrome/", "Chrome", |v| {
+            format!(
+                "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{v}.0.0.0 Safari/537.36"
+            )
+        }),
+        ("CriOS/", "Chrome", |v| {
+            format!(
+                "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{v}.0.0.0 Safari/537.36"
+            )
+        }),
+        ("Version/", "Safari", |v| {
+            format!("Mozilla/5.0 AppleWebKit/605.1.15 (KHTML, like Gecko) Version/{v}.0 Safari/605.1.15")
+        }),
+    ];
+    for (marker, family, render) in families {
+        if *family == "Safari" && !ua.contains("Safari/") {
+            continue;
+        }
+        if let Some(pos) = ua.find(marker) {
+            let major: String = ua[pos + marker.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .take(4)
+                .collect();
+            if !major.is_empty() {
+                return render(&major);
+            }
+        }
+    }
+    "Mozilla/5.0 (compatible; other)".to_owned()
 }
 
 /// Truncates a client address for the rare places tamis may keep one (its own log, when the

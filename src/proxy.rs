@@ -17,8 +17,9 @@ use crate::cache::{self, Cache, CacheKey, Entry, Fill, FillGuard, Lookup, NotSto
 use crate::config::{ClientIpLog, Config};
 use crate::metrics::{CacheResult, Metrics, RouteMetrics, UpstreamFailure, NO_ROUTE};
 use crate::policy;
+use crate::routes::analytics::{self, Protocol};
 use crate::routes::confine::{self, Redirect};
-use crate::routes::{Route, Router};
+use crate::routes::{Role, Route, Router};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// Largest request body a pass-through route forwards.
@@ -117,7 +118,7 @@ pub async fn handle(
     let method = req.method().clone();
     // Only the access log needs the path (never the query): don't allocate it otherwise.
     let path = state.config.log.access.then(|| req.uri().path().to_owned());
-    let answer = serve(&state, req).await;
+    let answer = serve(&state, req, peer).await;
     let elapsed = start.elapsed();
     let status = answer.response.status();
 
@@ -173,7 +174,7 @@ pub async fn handle(
 /// RFC 9211 `Cache-Status`.
 const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
-async fn serve(state: &Arc<State>, req: Request<Incoming>) -> Answer {
+async fn serve(state: &Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Answer {
     // 1. Only origin-form requests for our own paths: no proxying to a host the client names.
     if req.method() == Method::CONNECT {
         return Answer::plain(StatusCode::BAD_REQUEST, "CONNECT is not supported\n");
@@ -190,6 +191,12 @@ async fn serve(state: &Arc<State>, req: Request<Incoming>) -> Answer {
         return Answer::plain(StatusCode::NOT_FOUND, "not found\n");
     };
     let route = route.clone();
+    if let Role::Analytics(protocol) = route.role {
+        let rest = rest.to_owned();
+        let mut answer = serve_analytics(state, &route, protocol, &rest, req, peer).await;
+        answer.route = Some(route.index);
+        return answer;
+    }
     let uri = route.upstream_uri(rest, req.uri().query());
     let mut answer = match uri {
         Ok(uri) => serve_route(state, &route, uri, req).await,
@@ -311,6 +318,137 @@ async fn serve_route(
     forward(state, route, &up, head_only)
         .await
         .with(CacheResult::Uncacheable, status_of("tamis; fwd=miss"))
+}
+
+/// An analytics tracking request: only the protocol's endpoints, body capped, query and body
+/// scrubbed per protocol, never cached; Umami's answer loses its session identifiers.
+async fn serve_analytics(
+    state: &State,
+    route: &Route,
+    protocol: Protocol,
+    rest: &str,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Answer {
+    let bypass = || status_of("tamis; fwd=bypass");
+    let Some(rt) = route.analytics.as_ref() else {
+        return Answer::plain(StatusCode::NOT_FOUND, "not found\n");
+    };
+    if !protocol.endpoints().contains(&rest) {
+        return Answer::plain(StatusCode::NOT_FOUND, "not a tracking endpoint\n");
+    }
+    if !protocol.allows(req.method()) {
+        let mut a = Answer::plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        let allow = if protocol.allows(&Method::GET) {
+            "GET, POST"
+        } else {
+            "POST"
+        };
+        a.response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+        return a;
+    }
+    let mut headers = route.scrub(req.headers());
+    if rt.forward_truncated_ip {
+        if let Ok(v) = HeaderValue::from_str(&policy::truncate_ip(peer.ip()).to_string()) {
+            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+        }
+    }
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, rt.max_body).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return Answer::plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+    };
+    let ctx = analytics::Context {
+        settings: &rt.settings,
+        pseudonyms: &rt.pseudonyms,
+        route: &route.config.name,
+    };
+    let now = SystemTime::now();
+    let mut tally = analytics::Tally::default();
+    let query = parts.uri.query().unwrap_or("");
+    let scrubbed: Result<(String, Bytes), analytics::ScrubError> = match protocol {
+        Protocol::Ga4 => analytics::ga4::scrub(query, &body, &ctx, now, &mut tally)
+            .map(|(q, b)| (q, Bytes::from(b))),
+        Protocol::Matomo => {
+            analytics::matomo::scrub_query(query, &ctx, now, &mut tally).and_then(|q| {
+                if body.is_empty() {
+                    Ok((q, Bytes::new()))
+                } else {
+                    analytics::matomo::scrub_body(&body, &ctx, now, &mut tally)
+                        .map(|b| (q, Bytes::from(b)))
+                }
+            })
+        }
+        // The JSON protocols carry everything in the body; a query would only add identifiers.
+        Protocol::Plausible => analytics::plausible::scrub(&body, &ctx, &mut tally)
+            .map(|b| (String::new(), Bytes::from(b))),
+        Protocol::Umami => analytics::umami::scrub(&body, &ctx, &mut tally)
+            .map(|b| (String::new(), Bytes::from(b))),
+    };
+    let rm = &state.route_metrics[route.index];
+    let (query, body) = match scrubbed {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(route = %route.config.name, error = %e, "tracking request refused");
+            return Answer::plain(StatusCode::BAD_REQUEST, "malformed tracking request\n")
+                .with(CacheResult::Bypass, bypass());
+        }
+    };
+    rm.analytics(&tally);
+    let uri = match route.upstream_uri(rest, (!query.is_empty()).then_some(query.as_str())) {
+        Ok(uri) => uri,
+        Err(_) => return Answer::plain(StatusCode::BAD_REQUEST, "bad path\n"),
+    };
+    let up = UpstreamRequest::new(parts.method, uri, headers, body);
+    if protocol != Protocol::Umami {
+        return forward(state, route, &up, false)
+            .await
+            .with(CacheResult::Bypass, bypass());
+    }
+    // Umami answers with session identifiers: read the (small) answer and remove them.
+    let sent = Instant::now();
+    let (resp, _permit) = match send(state, route, up.to_request()).await {
+        Ok(r) => r,
+        Err(e) => {
+            state.metrics.upstream_error(rm, e.failure());
+            return Answer::plain(e.status(), "upstream unavailable\n")
+                .with(CacheResult::Bypass, bypass());
+        }
+    };
+    state
+        .metrics
+        .upstream_response(rm, resp.status(), sent.elapsed().as_secs_f64());
+    let (parts, incoming) = resp.into_parts();
+    let Some(mut headers) = scrub_response(state, route, &up.parts.uri, parts.headers) else {
+        return Answer::plain(StatusCode::BAD_GATEWAY, "upstream redirected elsewhere\n");
+    };
+    let answer = match tokio::time::timeout(
+        state.upstream.timeout(),
+        Limited::new(incoming, 64 * 1024).collect(),
+    )
+    .await
+    {
+        Ok(Ok(b)) => analytics::umami::scrub_answer(&b.to_bytes()),
+        _ => {
+            return Answer::plain(StatusCode::BAD_GATEWAY, "upstream answer unreadable\n")
+                .with(CacheResult::Bypass, bypass())
+        }
+    };
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::CONTENT_ENCODING);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(answer.len()));
+    let mut response = Response::new(body::full(Bytes::from(answer)));
+    *response.status_mut() = parts.status;
+    *response.headers_mut() = headers;
+    Answer {
+        response,
+        route: None,
+        cache: None,
+        cache_status: None,
+    }
+    .with(CacheResult::Bypass, bypass())
 }
 
 /// The request tamis sends upstream.

@@ -8,6 +8,7 @@ use crate::policy::{
     Allowed, Jurisdiction, Removed, UserAgent, REQUEST_ALLOWLIST, REQUEST_REMOVED,
     REQUEST_REMOVED_PREFIXES, RESPONSE_STRIPPED,
 };
+use crate::routes::analytics::{self, Protocol};
 use crate::routes::{Role, Route, Router};
 
 /// Header names as people write them.
@@ -153,6 +154,9 @@ fn route_report(out: &mut String, route: &Route) {
         }
         _ => {}
     }
+    if let (Some(rt), Some(a)) = (&route.analytics, &c.analytics) {
+        analytics_report(out, rt.protocol, a);
+    }
     if let Some(n) = c.max_upstream_connections {
         let _ = writeln!(out, "  upstream       at most {n} requests at once");
     }
@@ -169,13 +173,18 @@ fn route_report(out: &mut String, route: &Route) {
     let _ = writeln!(
         out,
         "  query string   {}",
-        if forwards_query {
-            "forwarded as is"
-        } else {
-            "dropped"
+        match route.role {
+            Role::Analytics(_) => "scrubbed parameter by parameter (see parameters)",
+            _ if forwards_query => "forwarded as is",
+            _ => "dropped",
         }
     );
-    let _ = writeln!(out, "  cache          {}", cache_line(&c.cache));
+    let cache = if c.analytics.is_some() {
+        "never (tracking requests)".to_owned()
+    } else {
+        cache_line(&c.cache)
+    };
+    let _ = writeln!(out, "  cache          {cache}");
     if c.pass_through {
         let _ = writeln!(
             out,
@@ -208,6 +217,13 @@ fn route_report(out: &mut String, route: &Route) {
                 "    {:<18} replaced by {:?}",
                 "User-Agent",
                 ua.to_str().unwrap_or("")
+            );
+        }
+        UserAgent::Generalised => {
+            let _ = writeln!(
+                out,
+                "    {:<18} the visitor's, generalised to browser family and major version",
+                "User-Agent"
             );
         }
         UserAgent::Visitor => {
@@ -262,6 +278,72 @@ fn route_report(out: &mut String, route: &Route) {
     );
     let _ = writeln!(out, "  kept from the visitor (response):");
     response_rows(out, c);
+}
+
+fn analytics_report(out: &mut String, protocol: Protocol, a: &crate::config::AnalyticsConfig) {
+    let rules = match protocol {
+        Protocol::Ga4 => analytics::ga4::RULES,
+        Protocol::Matomo => analytics::matomo::RULES,
+        Protocol::Plausible => analytics::plausible::RULES,
+        Protocol::Umami => analytics::umami::RULES,
+    };
+    let _ = writeln!(
+        out,
+        "  tracking       only {} is forwarded ({}), bodies up to {} bytes, never cached",
+        protocol.endpoints().join(", "),
+        if protocol.allows(&http::Method::GET) {
+            "GET, POST"
+        } else {
+            "POST"
+        },
+        a.max_body
+    );
+    let _ = writeln!(out, "  parameters:");
+    for (outcome, names) in analytics::describe(rules) {
+        let _ = writeln!(out, "    {:<14} {}", outcome.as_str(), names.join(", "));
+    }
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    let _ = writeln!(
+        out,
+        "    custom fields kept (allow_event_params): {}",
+        list(&a.settings.allow_event_params)
+    );
+    let _ = writeln!(
+        out,
+        "    URL parameters kept (allow_url_params): {}",
+        list(&a.settings.allow_url_params)
+    );
+    let _ = writeln!(
+        out,
+        "    pseudonyms: HMAC-SHA-256, 32 bits, key in memory only, rotated every {}{}",
+        humantime::format_duration(a.rotate),
+        if a.salt.is_some() {
+            " (derived from salt_file: replicas agree)"
+        } else {
+            ""
+        }
+    );
+    if a.client_ip == ClientIpLog::Truncated {
+        let _ = writeln!(
+            out,
+            "    client address: sent truncated (IPv4 /24, IPv6 /48) in X-Forwarded-For (EU route)"
+        );
+    } else {
+        let _ = writeln!(out, "    client address: never sent");
+    }
+    if matches!(protocol, Protocol::Umami) {
+        let _ = writeln!(
+            out,
+            "    answer: {} removed before it reaches the visitor",
+            analytics::umami::ANSWER_IDENTIFIERS.join(", ")
+        );
+    }
 }
 
 fn cache_line(rc: &RouteCache) -> String {

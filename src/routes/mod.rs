@@ -39,6 +39,8 @@ pub enum Role {
     FontFiles,
     /// Map tiles from a template.
     Tiles,
+    /// An analytics tracking endpoint, scrubbed per protocol.
+    Analytics(analytics::Protocol),
 }
 
 /// One prefix of a configured route, with its derived policy.
@@ -58,14 +60,18 @@ pub struct Route {
     pub permits: Option<Arc<Semaphore>>,
     /// Font CSS: how third-party URLs map to first-party ones.
     pub css_map: Option<fonts::UrlMap>,
+    /// Analytics: settings, pseudonym key and limits.
+    pub analytics: Option<Arc<analytics::Runtime>>,
 }
 
 impl Route {
     /// The upstream URL for the visitor's path after the prefix; never leaves the route's base.
     pub fn upstream_uri(&self, rest: &str, query: Option<&str>) -> Result<Uri, PathError> {
         match self.role {
-            Role::Static | Role::FontCss => {
-                let query = if self.config.forward_query {
+            // Analytics queries are scrubbed first, then passed here as the query.
+            Role::Static | Role::FontCss | Role::Analytics(_) => {
+                let query = if self.config.forward_query || matches!(self.role, Role::Analytics(_))
+                {
                     query
                 } else {
                     None
@@ -206,6 +212,16 @@ impl Router {
                 }
                 p
             };
+            let analytics_runtime = rc.analytics.as_ref().map(|a| {
+                Arc::new(analytics::Runtime {
+                    protocol: a.protocol,
+                    settings: a.settings.clone(),
+                    pseudonyms: analytics::Pseudonymizer::new(a.rotate, a.salt.clone()),
+                    max_body: a.max_body,
+                    forward_truncated_ip: a.client_ip == crate::config::ClientIpLog::Truncated
+                        && rc.jurisdiction == crate::policy::Jurisdiction::Eu,
+                })
+            });
             let mut add = |role: Role,
                            prefix: &str,
                            upstream: &UpstreamBase,
@@ -221,6 +237,7 @@ impl Router {
                     rules: rules.clone(),
                     permits: permits.clone(),
                     css_map,
+                    analytics: analytics_runtime.clone(),
                 }));
             };
             match rc.kind {
@@ -238,6 +255,14 @@ impl Router {
                     policy(rc.user_agent.as_ref()),
                     None,
                 ),
+                RouteKind::Ga4 | RouteKind::Matomo | RouteKind::Plausible | RouteKind::Umami => {
+                    let mut p = policy(rc.user_agent.as_ref());
+                    if rc.user_agent.is_none() {
+                        p = p.with_user_agent(crate::policy::UserAgent::Generalised);
+                    }
+                    let protocol = rc.kind.analytics().unwrap_or(analytics::Protocol::Ga4);
+                    add(Role::Analytics(protocol), &rc.prefix, &rc.upstream, p, None);
+                }
                 RouteKind::Fonts => {
                     // Files first in the map: a host serving both (Bunny Fonts) maps to files.
                     let mut bases = Vec::new();

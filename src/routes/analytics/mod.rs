@@ -118,6 +118,24 @@ pub struct Settings {
     pub allow_url_params: Vec<String>,
 }
 
+/// An analytics route at run time: its settings, its pseudonym key, its limits.
+pub struct Runtime {
+    pub protocol: Protocol,
+    pub settings: Settings,
+    pub pseudonyms: Pseudonymizer,
+    pub max_body: usize,
+    /// EU routes that asked for it: the visitor's address, truncated, in X-Forwarded-For.
+    pub forward_truncated_ip: bool,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("protocol", &self.protocol)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Everything a scrubber needs besides the request.
 pub struct Context<'a> {
     pub settings: &'a Settings,
@@ -227,51 +245,7 @@ pub fn primary_language(tag: &str) -> Option<String> {
         .then_some(primary)
 }
 
-/// A User-Agent generalised to browser family and major version, with nothing else (no OS, no
-/// device, no minor versions): what analytics tools still recognise.
-pub fn generalise_user_agent(ua: &str) -> String {
-    // Order matters: Edge and Opera also say Chrome; Chrome also says Safari.
-    let families: &[(&str, &str, fn(&str) -> String)] = &[
-        ("Edg/", "Edge", |v| {
-            format!("Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{v}.0.0.0 Safari/537.36 Edg/{v}.0.0.0")
-        }),
-        ("OPR/", "Opera", |v| {
-            format!("Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{v}.0.0.0 Safari/537.36 OPR/{v}.0.0.0")
-        }),
-        ("Firefox/", "Firefox", |v| {
-            format!("Mozilla/5.0 Gecko/20100101 Firefox/{v}.0")
-        }),
-        ("Chrome/", "Chrome", |v| {
-            format!(
-                "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{v}.0.0.0 Safari/537.36"
-            )
-        }),
-        ("CriOS/", "Chrome", |v| {
-            format!(
-                "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{v}.0.0.0 Safari/537.36"
-            )
-        }),
-        ("Version/", "Safari", |v| {
-            format!("Mozilla/5.0 AppleWebKit/605.1.15 (KHTML, like Gecko) Version/{v}.0 Safari/605.1.15")
-        }),
-    ];
-    for (marker, family, render) in families {
-        if *family == "Safari" && !ua.contains("Safari/") {
-            continue;
-        }
-        if let Some(pos) = ua.find(marker) {
-            let major: String = ua[pos + marker.len()..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .take(4)
-                .collect();
-            if !major.is_empty() {
-                return render(&major);
-            }
-        }
-    }
-    "Mozilla/5.0 (compatible; other)".to_owned()
-}
+pub use crate::policy::generalise_user_agent;
 
 /// Keyed pseudonyms with a key that lives in memory only and changes every period: the same
 /// visitor keeps one pseudonym within a period and cannot be linked across periods, routes or
