@@ -1382,6 +1382,38 @@ referer = "https://site.example/"
     }
 
     #[test]
+    fn analytics_routes() {
+        let ga = MINIMAL.replace("kind = \"static\"", "kind = \"ga4\"");
+        let c = parse(&format!(
+            "{ga}allow_event_params = [\"ep.page_type\"]\nrotate = \"12h\"\n"
+        ))
+        .unwrap();
+        let a = c.routes[0].analytics.as_ref().unwrap();
+        assert_eq!(a.settings.allow_event_params, vec!["ep.page_type"]);
+        assert_eq!(a.rotate, Duration::from_secs(12 * 3600));
+        assert_eq!(a.max_body, 64 * 1024);
+        assert!(
+            !c.routes[0].cache.enabled,
+            "tracking requests are never cached"
+        );
+        let msg = problems(&format!("{ga}client_ip = \"truncated\"\n"));
+        assert!(
+            msg.contains("route[0].client_ip") && msg.contains("EU"),
+            "{msg}"
+        );
+        assert!(parse(&format!(
+            "{ga}jurisdiction = \"eu\"\nclient_ip = \"truncated\"\n"
+        ))
+        .is_ok());
+        let msg = problems(&format!("{MINIMAL}allow_url_params = [\"utm_source\"]\n"));
+        assert!(msg.contains("analytics kinds"), "{msg}");
+        let msg = problems(&format!("{ga}salt_file = \"/nonexistent/salt\"\n"));
+        assert!(msg.contains("route[0].salt_file"), "{msg}");
+        let msg = problems(&format!("{ga}max_body = 0\n"));
+        assert!(msg.contains("route[0].max_body"), "{msg}");
+    }
+
+    #[test]
     fn all_problems_are_reported_at_once() {
         let text = MINIMAL
             .replace("127.0.0.1:0", "nowhere")

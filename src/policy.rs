@@ -421,7 +421,8 @@ impl AcceptEncoding {
 /// device, no minor versions): what analytics tools still recognise.
 pub fn generalise_user_agent(ua: &str) -> String {
     // Order matters: Edge and Opera also say Chrome; Chrome also says Safari.
-    let families: &[(&str, &str, fn(&str) -> String)] = &[
+    type Render = fn(&str) -> String;
+    let families: &[(&str, &str, Render)] = &[
         ("Edg/", "Edge", |v| {
             format!("Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{v}.0.0.0 Safari/537.36 Edg/{v}.0.0.0")
         }),

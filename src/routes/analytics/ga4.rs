@@ -178,7 +178,9 @@ mod tests {
         (query, body)
     }
 
-    fn run(settings: &Settings) -> (Vec<(String, String)>, Vec<Vec<(String, String)>>, Tally) {
+    type Params = Vec<(String, String)>;
+
+    fn run(settings: &Settings) -> (Params, Vec<Params>, Tally) {
         let p = Pseudonymizer::new(Duration::from_secs(86400), None);
         let ctx = Context {
             settings,

@@ -44,7 +44,7 @@ fn props(v: Value, allow: &[String], tally: &mut Tally) -> Option<Value> {
     };
     let mut kept = Map::new();
     for (k, v) in obj {
-        if allow.iter().any(|a| *a == k) {
+        if allow.contains(&k) {
             tally.add(Outcome::Kept);
             kept.insert(k, v);
         } else {

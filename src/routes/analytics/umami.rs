@@ -90,7 +90,7 @@ pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8
                 Value::Object(data) => {
                     let mut kept = Map::new();
                     for (dk, dv) in data {
-                        if ctx.settings.allow_event_params.iter().any(|a| *a == dk) {
+                        if ctx.settings.allow_event_params.contains(&dk) {
                             tally.add(Outcome::Kept);
                             kept.insert(dk, dv);
                         } else {
