@@ -218,3 +218,133 @@ referer = "https://mysite.test/"
         requests.len()
     );
 }
+
+/// Serves npm packages from tests/browser/node_modules the way a CDN's ESM endpoint would:
+/// `/npm/PACKAGE@VERSION/path`, extensionless module imports resolved to `.js`.
+fn npm_cdn(s: &Seen) -> Reply {
+    let Some(rest) = s.uri.strip_prefix("/npm/") else {
+        return Reply::ok("not here").status(404);
+    };
+    let Some((package, path)) = rest.split_once('/') else {
+        return Reply::ok("not here").status(404);
+    };
+    let name = package.rsplit_once('@').map_or(package, |(n, _)| n);
+    let mut file = here().join("node_modules").join(name).join(path);
+    if file.extension().is_none() {
+        file.set_extension("js");
+    }
+    match std::fs::read(&file) {
+        Ok(bytes) => Reply::ok(bytes)
+            .header("content-type", content_type(&file.to_string_lossy()))
+            .header("cache-control", "public, max-age=3600"),
+        Err(_) => Reply::ok("not here").status(404),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_plausible_tracker_posts_through_tamis_and_is_scrubbed() {
+    if std::env::var_os("TAMIS_SKIP_BROWSER").is_some() {
+        eprintln!("TAMIS_SKIP_BROWSER set: browser proof skipped");
+        return;
+    }
+    let page = file("analytics.html");
+    let site = Upstream::http(move |_| {
+        Reply::ok(page.clone()).header("content-type", "text/html; charset=utf-8")
+    })
+    .await;
+    let cdn = Upstream::http(npm_cdn).await;
+    let plausible = Upstream::http(|_| {
+        Reply::ok("ok")
+            .status(202)
+            .header("set-cookie", "tracker=1")
+    })
+    .await;
+    let config = format!(
+        r#"{LISTEN}[[route]]
+name = "site"
+kind = "static"
+prefix = "/demo/"
+upstream = "{site}"
+jurisdiction = "eu"
+
+[[route]]
+name = "jsdelivr"
+kind = "static"
+prefix = "/cdn/"
+upstream = "{cdn}"
+
+[[route]]
+name = "plausible"
+kind = "plausible"
+prefix = "/p/"
+upstream = "{plausible}"
+allow_event_params = ["plan"]
+"#,
+        site = site.url("/"),
+        cdn = cdn.url("/npm/"),
+        plausible = plausible.url("/"),
+    );
+    let t = Tamis::start(&config).await;
+    let origin = format!("http://127.0.0.1:{}", t.http.port());
+    // The page URL carries what a tracker would leak: a query with an e-mail, a fragment.
+    let url = format!("{origin}/demo/analytics.html?email=alice%40mail.example#inbox");
+    let script = here().join("tracker.mjs");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(script)
+            .arg(&url)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("node must be installed (see .ci/run)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tracker run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON report");
+    for u in report["requests"].as_array().unwrap() {
+        let u = u.as_str().unwrap();
+        assert!(
+            u.starts_with(&format!("{origin}/")),
+            "the browser contacted {u}"
+        );
+    }
+
+    let seen = plausible.last();
+    assert_eq!(seen.uri, "/api/event");
+    let event: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(event["n"], "signup");
+    assert_eq!(event["d"], "blog.example");
+    assert_eq!(
+        event["u"],
+        format!("{origin}/demo/analytics.html"),
+        "no query, no fragment"
+    );
+    assert_eq!(
+        event["p"],
+        serde_json::json!({"plan": "pro"}),
+        "only allowlisted props"
+    );
+    assert!(event.get("w").is_none(), "screen width dropped");
+    let body = String::from_utf8_lossy(&seen.body);
+    assert!(!body.contains("alice") && !body.contains("inbox"), "{body}");
+    for h in [
+        "cookie",
+        "accept-language",
+        "referer",
+        "origin",
+        "sec-ch-ua",
+        "x-forwarded-for",
+    ] {
+        assert!(seen.headers.get(h).is_none(), "plausible got {h}");
+    }
+    let ua = seen.header("user-agent").unwrap_or("");
+    assert!(
+        ua.contains("Chrome/") && !ua.contains("Headless") && !ua.contains("Linux"),
+        "generalised: {ua}"
+    );
+}
