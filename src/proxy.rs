@@ -1046,17 +1046,13 @@ async fn buffer(mut body: Incoming, max: u64) -> Result<Buffered, hyper::Error> 
             return Ok(Buffered::TooLarge(chunks, body));
         }
     }
-    Ok(Buffered::Complete(match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop().unwrap_or_default(),
-        _ => {
-            let mut all = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
-            for c in &chunks {
-                all.extend_from_slice(c);
-            }
-            Bytes::from(all)
-        }
-    }))
+    // Always one exact-size allocation: a chunk can be a slice of a larger read buffer, and
+    // keeping it would pin that whole buffer in the cache for the entry's lifetime.
+    let mut all = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    for c in &chunks {
+        all.extend_from_slice(c);
+    }
+    Ok(Buffered::Complete(Bytes::from(all)))
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

@@ -162,6 +162,9 @@ impl Entry {
         }
         headers.remove(header::TRANSFER_ENCODING);
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        // Header values parsed by hyper are slices of its connection read buffer: stored as
+        // they are, each entry would pin a whole buffer. Stored entries own their bytes.
+        let headers = owned(headers);
         let header_bytes: usize = headers
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 32)
@@ -235,6 +238,22 @@ impl Entry {
         }
         l.fresh_for + extra
     }
+}
+
+/// A copy of `headers` whose values own their bytes.
+fn owned(headers: HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    let mut last = None;
+    for (name, value) in headers {
+        if let Some(n) = name {
+            last = Some(n);
+        }
+        if let Some(n) = &last {
+            let copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or(value);
+            out.append(n.clone(), copy);
+        }
+    }
+    out
 }
 
 /// A strong validator derived from the bytes: identical for every visitor, so it can never
