@@ -76,60 +76,68 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
 ];
 
 fn kept(name: &str) -> bool {
-    RULES
-        .iter()
-        .any(|(n, o, _)| *o == Outcome::Kept && *n == name)
+    static KEPT: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    KEPT.get_or_init(|| super::kept_index(RULES))
+        .binary_search(&name)
+        .is_ok()
 }
 
-/// Scrubs one set of parameters (the query, or one body line).
+/// Scrubs one set of parameters (the query, or one body line) into `out`. Kept pairs are
+/// copied as they came; only the values a rule changes are decoded and re-encoded.
 fn scrub_params(
-    params: Vec<(String, String)>,
+    params: &[super::Pair<'_>],
     site: &str,
     ctx: &Context<'_>,
     now: SystemTime,
     tally: &mut Tally,
-) -> Vec<(String, String)> {
+    out: &mut String,
+) {
     // The page's own host tells same-site referrers from external ones.
     let site_host = params
         .iter()
-        .find(|(k, _)| k == "dl")
-        .and_then(|(_, v)| host_of(v).map(str::to_owned));
-    let mut out = Vec::with_capacity(params.len());
-    for (k, v) in params {
-        let (outcome, value) = match k.as_str() {
+        .find(|p| p.key == "dl")
+        .and_then(|p| host_of(&p.value).map(str::to_owned));
+    for p in params {
+        let raw_key = p.raw.split('=').next().unwrap_or("");
+        let (outcome, value) = match p.key.as_ref() {
             "cid" => {
-                let p = ctx.pseudonyms.pseudonym(ctx.route, site, &v, now);
+                let n = ctx.pseudonyms.pseudonym(ctx.route, site, &p.value, now);
                 (
                     Outcome::Pseudonymised,
-                    Some(format!("{p}.{}", ctx.pseudonyms.period_start(now))),
+                    Some(format!("{n}.{}", ctx.pseudonyms.period_start(now))),
                 )
             }
             "dl" => (
                 Outcome::Generalised,
-                scrub_page_url(&v, &ctx.settings.allow_url_params),
+                scrub_page_url(&p.value, &ctx.settings.allow_url_params),
             ),
             "dr" => (
                 Outcome::Generalised,
-                same_site_referrer(&v, site_host.as_deref()),
+                same_site_referrer(&p.value, site_host.as_deref()),
             ),
-            "ul" => (Outcome::Generalised, primary_language(&v)),
-            name if kept(name) => (Outcome::Kept, Some(v)),
-            name if CUSTOM.iter().any(|p| name.starts_with(p))
+            "ul" => (Outcome::Generalised, primary_language(&p.value)),
+            name if kept(name) => {
+                tally.add(Outcome::Kept);
+                super::push_raw(out, p.raw);
+                continue;
+            }
+            name if CUSTOM.iter().any(|c| name.starts_with(c))
                 && ctx.settings.allow_event_params.iter().any(|a| a == name) =>
             {
-                (Outcome::Kept, Some(v))
+                tally.add(Outcome::Kept);
+                super::push_raw(out, p.raw);
+                continue;
             }
             _ => (Outcome::Dropped, None),
         };
         match value {
             Some(v) => {
                 tally.add(outcome);
-                out.push((k, v));
+                super::push_pair(out, raw_key, &v);
             }
             None => tally.add(Outcome::Dropped),
         }
     }
-    out
 }
 
 /// Scrubs a `/g/collect` request: its query and each body line. Returns the new query and body.
@@ -140,28 +148,34 @@ pub fn scrub(
     now: SystemTime,
     tally: &mut Tally,
 ) -> Result<(String, Vec<u8>), ScrubError> {
-    let shared = parse_query(query)?;
+    let shared = super::raw_pairs(query)?;
     let site = shared
         .iter()
-        .find(|(k, _)| k == "tid")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
+        .find(|p| p.key == "tid")
+        .map(|p| p.value.as_ref())
+        .unwrap_or("");
     let body = std::str::from_utf8(body).map_err(|_| ScrubError::Body("not UTF-8".into()))?;
-    let mut lines = Vec::new();
+    let mut out_body = String::with_capacity(body.len());
     for line in body.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)) {
         if line.trim().is_empty() {
             continue;
         }
-        let event = parse_query(line)?;
-        lines.push(to_query(&scrub_params(event, &site, ctx, now, tally)));
+        let event = super::raw_pairs(line)?;
+        if !out_body.is_empty() {
+            out_body.push_str("\r\n");
+        }
+        let mut line_out = String::with_capacity(line.len());
+        scrub_params(&event, site, ctx, now, tally, &mut line_out);
+        out_body.push_str(&line_out);
     }
-    let query = to_query(&scrub_params(shared, &site, ctx, now, tally));
-    Ok((query, lines.join("\r\n").into_bytes()))
+    let mut out_query = String::with_capacity(query.len());
+    scrub_params(&shared, site, ctx, now, tally, &mut out_query);
+    Ok((out_query, out_body.into_bytes()))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Pseudonymizer, Settings};
+    use super::super::{parse_query, Pseudonymizer, Settings};
     use super::*;
     use std::time::Duration;
 

@@ -176,6 +176,71 @@ pub fn parse_query(q: &str) -> Result<Vec<(String, String)>, ScrubError> {
     Ok(pairs)
 }
 
+/// One `key=value` pair of a query string: its raw text, and its key and value decoded
+/// (borrowed when there is nothing to decode).
+pub struct Pair<'a> {
+    pub raw: &'a str,
+    pub key: std::borrow::Cow<'a, str>,
+    pub value: std::borrow::Cow<'a, str>,
+}
+
+fn decode(s: &str) -> Result<std::borrow::Cow<'_, str>, ScrubError> {
+    if !s.contains(['%', '+']) {
+        return Ok(std::borrow::Cow::Borrowed(s));
+    }
+    let spaced = s.replace('+', " ");
+    let decoded = percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .map_err(|_| ScrubError::Encoding)?;
+    Ok(std::borrow::Cow::Owned(decoded.into_owned()))
+}
+
+/// Splits a query string into pairs without copying what needs no decoding; as strict as
+/// [`parse_query`] (bad percent-encoding, non-UTF-8 values and floods are errors).
+pub fn raw_pairs(q: &str) -> Result<Vec<Pair<'_>>, ScrubError> {
+    let q = q.strip_prefix('?').unwrap_or(q);
+    let b = q.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        if c == b'%'
+            && !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+        {
+            return Err(ScrubError::Encoding);
+        }
+    }
+    let mut out = Vec::with_capacity(q.bytes().filter(|&c| c == b'&').count() + 1);
+    for raw in q.split('&').filter(|p| !p.is_empty()) {
+        if out.len() == MAX_PARAMS {
+            return Err(ScrubError::TooManyParameters);
+        }
+        let (k, v) = raw.split_once('=').unwrap_or((raw, ""));
+        out.push(Pair {
+            raw,
+            key: decode(k)?,
+            value: decode(v)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Appends `key=value` (value form-encoded) to a query string being built.
+pub fn push_pair(out: &mut String, raw_key: &str, value: &str) {
+    if !out.is_empty() {
+        out.push('&');
+    }
+    out.push_str(raw_key);
+    out.push('=');
+    out.extend(form_urlencoded::byte_serialize(value.as_bytes()));
+}
+
+/// Appends a pair as it came.
+pub fn push_raw(out: &mut String, raw: &str) {
+    if !out.is_empty() {
+        out.push('&');
+    }
+    out.push_str(raw);
+}
+
 /// Serialises parameters back into a query string.
 pub fn to_query(pairs: &[(String, String)]) -> String {
     let mut s = form_urlencoded::Serializer::new(String::new());
@@ -255,7 +320,8 @@ pub struct Pseudonymizer {
     /// With a salt file (multi-replica setups), each period's key is derived from it, so
     /// replicas agree; without, it is random.
     secret: Option<Vec<u8>>,
-    state: Mutex<(u64, [u8; 32])>,
+    /// The period index and the HMAC already keyed for it (cloned per pseudonym).
+    state: Mutex<(u64, Option<HmacSha256>)>,
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -266,7 +332,7 @@ impl Pseudonymizer {
         Pseudonymizer {
             period: period.max(Duration::from_secs(1)),
             secret,
-            state: Mutex::new((u64::MAX, [0; 32])),
+            state: Mutex::new((u64::MAX, None)),
         }
     }
 
@@ -279,14 +345,15 @@ impl Pseudonymizer {
         self.period_index(now) * self.period.as_secs().max(1)
     }
 
-    fn key(&self, now: SystemTime) -> [u8; 32] {
+    /// The HMAC keyed for the current period (keying costs two SHA-256 blocks: done once).
+    fn keyed(&self, now: SystemTime) -> Option<HmacSha256> {
         let index = self.period_index(now);
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.0 != index {
+        if state.0 != index || state.1.is_none() {
             let key = match &self.secret {
                 Some(secret) => {
                     let Ok(mut mac) = HmacSha256::new_from_slice(secret) else {
-                        return state.1;
+                        return None;
                     };
                     mac.update(b"tamis-pseudonym-period");
                     mac.update(&index.to_be_bytes());
@@ -307,16 +374,15 @@ impl Pseudonymizer {
                     k
                 }
             };
-            *state = (index, key);
+            *state = (index, HmacSha256::new_from_slice(&key).ok());
         }
-        state.1
+        state.1.clone()
     }
 
     /// 32 bits of HMAC(key, route, site, id).
     pub fn pseudonym(&self, route: &str, site: &str, id: &str, now: SystemTime) -> u32 {
-        let key = self.key(now);
-        // HMAC accepts keys of any length: this cannot fail for a 32-byte key.
-        let Ok(mut mac) = HmacSha256::new_from_slice(&key) else {
+        // HMAC accepts keys of any length, so a keyed state always exists.
+        let Some(mut mac) = self.keyed(now) else {
             return 0;
         };
         for part in [route, site, id] {
@@ -326,6 +392,17 @@ impl Pseudonymizer {
         let out = mac.finalize().into_bytes();
         u32::from_be_bytes([out[0], out[1], out[2], out[3]])
     }
+}
+
+/// The names a table keeps as they are (`a, b` rows split), sorted for binary search.
+pub fn kept_index(rules: &'static [(&'static str, Outcome, &'static str)]) -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = rules
+        .iter()
+        .filter(|(_, o, _)| *o == Outcome::Kept)
+        .flat_map(|(names, _, _)| names.split(", "))
+        .collect();
+    v.sort_unstable();
+    v
 }
 
 /// One line of `tamis check` for a parameter table: names by outcome.
