@@ -4,8 +4,8 @@
 use std::time::SystemTime;
 
 use super::{
-    host_of, parse_query, primary_language, same_site_referrer, scrub_page_url, to_query, Context,
-    Outcome, ScrubError, Tally,
+    host_of, primary_language, same_site_referrer, scrub_page_url, Context, Outcome, ScrubError,
+    Tally,
 };
 
 /// Custom-field prefixes: kept only when their full name is in `allow_event_params`.
