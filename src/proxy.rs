@@ -561,20 +561,12 @@ async fn fill(
         Err(e) => {
             state.metrics.upstream_error(rm, e.failure());
             tracing::warn!(route = %route.config.name, error = %e, "upstream request failed");
-            guard.finish(Fill::Failed(e.status()), &[]).await;
-            if let Some(s) = fallback(&stale) {
-                return cached(&s, client, head_only).with(
-                    CacheResult::Stale,
-                    status_of("tamis; fwd=stale; detail=stale-if-error"),
-                );
-            }
-            let msg = if e.status() == StatusCode::GATEWAY_TIMEOUT {
+            let message = if e.status() == StatusCode::GATEWAY_TIMEOUT {
                 "upstream timed out\n"
             } else {
                 "upstream unavailable\n"
             };
-            return Answer::plain(e.status(), msg)
-                .with(CacheResult::Miss, status_of("tamis; fwd=miss"));
+            return fill_failed(guard, e.status(), message, &stale, client, head_only).await;
         }
     };
     state
@@ -684,30 +676,28 @@ async fn fill(
             Ok(Err(e)) => {
                 state.metrics.upstream_error(rm, UpstreamFailure::Body);
                 tracing::warn!(route = %route.config.name, error = %e, "upstream body failed");
-                guard
-                    .finish(Fill::Failed(StatusCode::BAD_GATEWAY), &[])
-                    .await;
-                return match fallback(&stale) {
-                    Some(s) => cached(&s, client, head_only).with(
-                        CacheResult::Stale,
-                        status_of("tamis; fwd=stale; detail=stale-if-error"),
-                    ),
-                    None => Answer::plain(StatusCode::BAD_GATEWAY, "upstream body failed\n"),
-                };
+                return fill_failed(
+                    guard,
+                    StatusCode::BAD_GATEWAY,
+                    "upstream body failed\n",
+                    &stale,
+                    client,
+                    head_only,
+                )
+                .await;
             }
             Err(_) => {
                 state.metrics.upstream_error(rm, UpstreamFailure::Timeout);
                 tracing::warn!(route = %route.config.name, "upstream body timed out");
-                guard
-                    .finish(Fill::Failed(StatusCode::GATEWAY_TIMEOUT), &[])
-                    .await;
-                return match fallback(&stale) {
-                    Some(s) => cached(&s, client, head_only).with(
-                        CacheResult::Stale,
-                        status_of("tamis; fwd=stale; detail=stale-if-error"),
-                    ),
-                    None => Answer::plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
-                };
+                return fill_failed(
+                    guard,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream timed out\n",
+                    &stale,
+                    client,
+                    head_only,
+                )
+                .await;
             }
         }
     };
@@ -754,6 +744,28 @@ async fn fill(
         "tamis; fwd=miss; stored"
     };
     cached(&entry, client, head_only).with(CacheResult::Miss, status_of(cache_status))
+}
+
+/// A fill that failed: the waiters are told, and this request falls back on its stale copy
+/// when stale-if-error allows, else answers the failure.
+async fn fill_failed(
+    guard: FillGuard<'_>,
+    status: StatusCode,
+    message: &'static str,
+    stale: &Option<Arc<Entry>>,
+    client: &HeaderMap,
+    head_only: bool,
+) -> Answer {
+    guard.finish(Fill::Failed(status), &[]).await;
+    match stale.clone().filter(|s| s.usable_on_error(Instant::now())) {
+        Some(s) => cached(&s, client, head_only).with(
+            CacheResult::Stale,
+            status_of("tamis; fwd=stale; detail=stale-if-error"),
+        ),
+        None => {
+            Answer::plain(status, message).with(CacheResult::Miss, status_of("tamis; fwd=miss"))
+        }
+    }
 }
 
 /// Sends upstream within the route's cap on concurrent upstream requests (waiting for a turn
