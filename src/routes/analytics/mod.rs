@@ -405,6 +405,33 @@ pub fn kept_index(rules: &'static [(&'static str, Outcome, &'static str)]) -> Ve
     v
 }
 
+/// Keeps the allowlisted keys of a JSON object of custom fields (also one sent as a JSON
+/// string, as some trackers do); `None` when nothing is left or it is not an object.
+pub fn allowed_fields(
+    value: serde_json::Value,
+    allow: &[String],
+    tally: &mut Tally,
+) -> Option<serde_json::Value> {
+    let fields = match value {
+        serde_json::Value::Object(o) => o,
+        serde_json::Value::String(s) => match serde_json::from_str(&s) {
+            Ok(serde_json::Value::Object(o)) => o,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let mut kept = serde_json::Map::new();
+    for (k, v) in fields {
+        if allow.contains(&k) {
+            tally.add(Outcome::Kept);
+            kept.insert(k, v);
+        } else {
+            tally.add(Outcome::Dropped);
+        }
+    }
+    (!kept.is_empty()).then_some(serde_json::Value::Object(kept))
+}
+
 /// One line of `tamis check` for a parameter table: names by outcome.
 pub fn describe(rules: &[(&str, Outcome, &str)]) -> Vec<(Outcome, Vec<String>)> {
     let mut out: Vec<(Outcome, Vec<String>)> = Vec::new();

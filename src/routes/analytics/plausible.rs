@@ -32,28 +32,6 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
 
 const KEPT: &[&str] = &["n", "d", "h", "i", "v", "$"];
 
-/// Keeps the allowlisted keys of a props object (also when sent as a JSON string).
-fn props(v: Value, allow: &[String], tally: &mut Tally) -> Option<Value> {
-    let obj = match v {
-        Value::Object(o) => o,
-        Value::String(s) => match serde_json::from_str(&s) {
-            Ok(Value::Object(o)) => o,
-            _ => return None,
-        },
-        _ => return None,
-    };
-    let mut kept = Map::new();
-    for (k, v) in obj {
-        if allow.contains(&k) {
-            tally.add(Outcome::Kept);
-            kept.insert(k, v);
-        } else {
-            tally.add(Outcome::Dropped);
-        }
-    }
-    (!kept.is_empty()).then_some(Value::Object(kept))
-}
-
 /// Scrubs an event body.
 pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8>, ScrubError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| ScrubError::Body(e.to_string()))?;
@@ -95,7 +73,9 @@ pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8
                 });
                 r.map(Value::String)
             }
-            "p" | "props" | "m" | "meta" => props(v, &ctx.settings.allow_event_params, tally),
+            "p" | "props" | "m" | "meta" => {
+                super::allowed_fields(v, &ctx.settings.allow_event_params, tally)
+            }
             _ => {
                 tally.add(Outcome::Dropped);
                 None

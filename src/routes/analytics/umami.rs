@@ -86,21 +86,7 @@ pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8
                 tally.add(Outcome::Generalised);
                 v.as_str().and_then(primary_language).map(Value::String)
             }
-            "data" => match v {
-                Value::Object(data) => {
-                    let mut kept = Map::new();
-                    for (dk, dv) in data {
-                        if ctx.settings.allow_event_params.contains(&dk) {
-                            tally.add(Outcome::Kept);
-                            kept.insert(dk, dv);
-                        } else {
-                            tally.add(Outcome::Dropped);
-                        }
-                    }
-                    (!kept.is_empty()).then_some(Value::Object(kept))
-                }
-                _ => None,
-            },
+            "data" => super::allowed_fields(v, &ctx.settings.allow_event_params, tally),
             _ => {
                 tally.add(Outcome::Dropped);
                 None
