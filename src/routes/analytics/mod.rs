@@ -405,6 +405,33 @@ pub fn kept_index(rules: &'static [(&'static str, Outcome, &'static str)]) -> Ve
     v
 }
 
+/// A JSON page-URL field after the URL rule; counted as generalised, or dropped when the rule
+/// leaves nothing.
+pub fn json_page_url(v: &serde_json::Value, allow: &[String], tally: &mut Tally) -> Option<String> {
+    let url = v.as_str().and_then(|u| scrub_page_url(u, allow));
+    tally.add(if url.is_some() {
+        Outcome::Generalised
+    } else {
+        Outcome::Dropped
+    });
+    url
+}
+
+/// A JSON referrer field after the same-site rule; counted as generalised or dropped.
+pub fn json_referrer(
+    v: &serde_json::Value,
+    site_host: Option<&str>,
+    tally: &mut Tally,
+) -> Option<String> {
+    let r = v.as_str().and_then(|r| same_site_referrer(r, site_host));
+    tally.add(if r.is_some() {
+        Outcome::Generalised
+    } else {
+        Outcome::Dropped
+    });
+    r
+}
+
 /// Keeps the allowlisted keys of a JSON object of custom fields (also one sent as a JSON
 /// string, as some trackers do); `None` when nothing is left or it is not an object.
 pub fn allowed_fields(
@@ -511,6 +538,25 @@ mod tests {
             None
         );
         assert_eq!(same_site_referrer("https://shop.example/a", None), None);
+    }
+
+    #[test]
+    fn json_url_fields_are_counted_by_what_happened() {
+        let mut t = Tally::default();
+        let v = |s: &str| serde_json::Value::String(s.into());
+        assert_eq!(
+            json_page_url(&v("https://a.example/p?x=1"), &[], &mut t).as_deref(),
+            Some("https://a.example/p")
+        );
+        assert_eq!(json_page_url(&v("javascript:alert(1)"), &[], &mut t), None);
+        assert_eq!(
+            json_referrer(&v("https://elsewhere.example/"), Some("a.example"), &mut t),
+            None
+        );
+        assert_eq!(
+            (t.get(Outcome::Generalised), t.get(Outcome::Dropped)),
+            (1, 2)
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{host_of, same_site_referrer, scrub_page_url, Context, Outcome, ScrubError, Tally};
+use super::{host_of, json_page_url, json_referrer, Context, Outcome, ScrubError, Tally};
 
 /// The field table (`tamis check` prints it).
 pub const RULES: &[(&str, Outcome, &str)] = &[
@@ -56,23 +56,8 @@ pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8
                 tally.add(Outcome::Kept);
                 Some(v)
             }
-            "u" => {
-                tally.add(Outcome::Generalised);
-                v.as_str()
-                    .and_then(|u| scrub_page_url(u, &ctx.settings.allow_url_params))
-                    .map(Value::String)
-            }
-            "r" => {
-                let r = v
-                    .as_str()
-                    .and_then(|r| same_site_referrer(r, site_host.as_deref()));
-                tally.add(if r.is_some() {
-                    Outcome::Generalised
-                } else {
-                    Outcome::Dropped
-                });
-                r.map(Value::String)
-            }
+            "u" => json_page_url(&v, &ctx.settings.allow_url_params, tally).map(Value::String),
+            "r" => json_referrer(&v, site_host.as_deref(), tally).map(Value::String),
             "p" | "props" | "m" | "meta" => {
                 super::allowed_fields(v, &ctx.settings.allow_event_params, tally)
             }

@@ -3,9 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{
-    primary_language, same_site_referrer, scrub_page_url, Context, Outcome, ScrubError, Tally,
-};
+use super::{json_page_url, json_referrer, primary_language, Context, Outcome, ScrubError, Tally};
 
 /// The payload field table (`tamis check` prints it).
 pub const RULES: &[(&str, Outcome, &str)] = &[
@@ -64,24 +62,11 @@ pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8
                 tally.add(Outcome::Kept);
                 Some(v)
             }
-            "url" => {
-                tally.add(Outcome::Generalised);
-                v.as_str()
-                    .and_then(|u| scrub_page_url(u, &ctx.settings.allow_url_params))
-                    .map(Value::String)
-            }
-            "referrer" => {
-                let r = v
-                    .as_str()
-                    .and_then(|r| same_site_referrer(r, site_host.as_deref()));
-                tally.add(if r.is_some() {
-                    Outcome::Generalised
-                } else {
-                    Outcome::Dropped
-                });
-                // Umami expects the field; an empty referrer means none.
-                Some(Value::String(r.unwrap_or_default()))
-            }
+            "url" => json_page_url(&v, &ctx.settings.allow_url_params, tally).map(Value::String),
+            // Umami expects the field; an empty referrer means none.
+            "referrer" => Some(Value::String(
+                json_referrer(&v, site_host.as_deref(), tally).unwrap_or_default(),
+            )),
             "language" => {
                 tally.add(Outcome::Generalised);
                 v.as_str().and_then(primary_language).map(Value::String)
