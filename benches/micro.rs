@@ -171,7 +171,7 @@ fn mirrors(c: &mut Criterion) {
                 .find(black_box("/cdn/leaflet@1.9.4/dist/leaflet.js"))
                 .unwrap();
             let uri = route.upstream_uri(rest, None).unwrap();
-            CacheKey::primary(route.index, uri)
+            CacheKey::primary(route.cache_id, uri)
         })
     });
 }

@@ -1,5 +1,5 @@
-//! The admin listener: Prometheus metrics and a health check. Never exposed on the public
-//! listener.
+//! The admin listener: Prometheus metrics, a health check, cache purge and config reload. Never
+//! exposed on the public listener.
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -8,9 +8,17 @@ use hyper::body::Incoming;
 
 use crate::body::{self, ProxyBody};
 use crate::proxy::{error_response, State};
+use crate::reload::Live;
 
 /// Answers one admin request.
-pub async fn handle(state: &State, req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(live: &Live, req: Request<Incoming>) -> Response<ProxyBody> {
+    if req.uri().path() == "/reload" {
+        if req.method() != Method::POST {
+            return error_response(StatusCode::METHOD_NOT_ALLOWED, "POST /reload\n");
+        }
+        return reload(live).await;
+    }
+    let state = &*live.load();
     if req.uri().path() == "/cache/purge" {
         if req.method() != Method::POST {
             return error_response(
@@ -56,6 +64,41 @@ fn text(status: StatusCode, content_type: &'static str, body: Bytes) -> Response
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// `POST /reload`: 200 with the new config's hash, or 409 with why the running config stays.
+async fn reload(live: &Live) -> Response<ProxyBody> {
+    match live.reload().await {
+        Ok(r) => text(
+            StatusCode::OK,
+            "application/json",
+            Bytes::from(
+                serde_json::json!({
+                    "reloaded": !r.unchanged,
+                    "hash": r.hash,
+                    "cache_entries_dropped": r.dropped,
+                })
+                .to_string()
+                    + "\n",
+            ),
+        ),
+        Err(e) => {
+            let running = live.load().config.hash.clone();
+            text(
+                StatusCode::CONFLICT,
+                "application/json",
+                Bytes::from(
+                    serde_json::json!({
+                        "reloaded": false,
+                        "running": running,
+                        "error": e.to_string(),
+                    })
+                    .to_string()
+                        + "\n",
+                ),
+            )
+        }
+    }
 }
 
 /// `POST /cache/purge?route=NAME&path=/visitor/path` (or `&prefix=/visitor/prefix/`): drops
@@ -104,7 +147,10 @@ async fn purge(state: &State, query: &str) -> Response<ProxyBody> {
             "path is not under the route's prefix\n",
         );
     };
-    let purged = state.cache.purge(route.index, &upstream_path, prefix).await;
+    let purged = state
+        .cache
+        .purge(route.cache_id, &upstream_path, prefix)
+        .await;
     tracing::info!(route = route_name, path, prefix, purged, "cache purge");
     text(
         StatusCode::OK,

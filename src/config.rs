@@ -69,8 +69,10 @@ impl fmt::Display for Problems<'_> {
 /// A validated configuration, ready to run.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The file it was loaded from (for messages).
+    /// The file it was loaded from (for messages, and to reload).
     pub source: PathBuf,
+    /// SHA-256 of the file's text (first 16 hex digits): which config is running.
+    pub hash: String,
     pub server: ServerConfig,
     pub admin: Option<AdminConfig>,
     pub cache: CacheConfig,
@@ -444,6 +446,13 @@ impl Config {
     }
 }
 
+/// Identifies a config text in metrics, logs and the transparency page.
+fn text_hash(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(text.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Walks the raw config, collecting every problem instead of stopping at the first.
 struct Validator<'a> {
     text: &'a str,
@@ -590,6 +599,7 @@ impl Validator<'_> {
         let routes = self.routes(raw.route, &cache, &upstream.user_agent);
         Some(Config {
             source: self.path.to_owned(),
+            hash: text_hash(self.text),
             server: server?,
             admin,
             cache,

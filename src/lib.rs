@@ -8,6 +8,7 @@ pub mod config;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod report;
 pub mod routes;
 pub mod server;

@@ -76,9 +76,35 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let server = Server::bind(config).await?;
+        tokio::spawn(reload_on_sighup(server.live())?);
         server.run(shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// Reloads the config on each SIGHUP (`systemctl reload tamis`); a refused reload is logged
+/// and the running config stays. The handler is installed before this returns, so a SIGHUP
+/// that arrives once the server is up never kills it.
+#[cfg(unix)]
+fn reload_on_sighup(
+    live: std::sync::Arc<tamis::reload::Live>,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    Ok(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the config");
+            // The outcome is logged (and counted) by the reload itself.
+            let _ = live.reload().await;
+        }
+    })
+}
+
+#[cfg(not(unix))]
+fn reload_on_sighup(
+    _live: std::sync::Arc<tamis::reload::Live>,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(std::future::pending::<()>())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,11 +1,11 @@
-//! Prometheus metrics, served on the admin listener only. Labels are `route`, `status` and
-//! `result`: never a client address, never a raw path.
+//! Prometheus metrics, served on the admin listener only. Labels are `route`, `status`,
+//! `result` and the config's `hash`: never a client address, never a raw path.
 
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Route label for requests that matched no route.
@@ -104,6 +104,10 @@ pub struct Metrics {
     evictions: IntCounterVec,
     served_bytes: IntCounterVec,
     analytics_params: IntCounterVec,
+    cache_max_bytes: IntGauge,
+    config_reloads: IntCounterVec,
+    config_info: IntGaugeVec,
+    config_loaded_at: Gauge,
 }
 
 /// Handles resolved once per route, so the hot path does no label lookups for them.
@@ -202,6 +206,35 @@ impl Metrics {
             ),
             &["route", "result"],
         )?;
+        let cache_max_bytes = IntGauge::new(
+            "tamis_cache_max_bytes",
+            "The cache's configured bound (cache.max_bytes).",
+        )?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "tamis_config_reloads_total",
+                "Config reloads (SIGHUP, POST /reload), by result (success, failure).",
+            ),
+            &["result"],
+        )?;
+        let config_info = IntGaugeVec::new(
+            Opts::new(
+                "tamis_config_info",
+                "1 for the running config, labelled with its hash (as /.well-known/tamis shows it).",
+            ),
+            &["hash"],
+        )?;
+        let config_loaded_at = Gauge::new(
+            "tamis_config_last_reload_success_timestamp_seconds",
+            "When the running config was loaded (Unix time).",
+        )?;
+        for result in ["success", "failure"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        registry.register(Box::new(cache_max_bytes.clone()))?;
+        registry.register(Box::new(config_reloads.clone()))?;
+        registry.register(Box::new(config_info.clone()))?;
+        registry.register(Box::new(config_loaded_at.clone()))?;
         registry.register(Box::new(analytics_params.clone()))?;
         registry.register(Box::new(evictions.clone()))?;
         registry.register(Box::new(served_bytes.clone()))?;
@@ -226,7 +259,30 @@ impl Metrics {
             evictions,
             served_bytes,
             analytics_params,
+            cache_max_bytes,
+            config_reloads,
+            config_info,
+            config_loaded_at,
         })
+    }
+
+    /// Records the config now running (at start and after each successful reload).
+    pub fn config_loaded(&self, hash: &str, cache_max_bytes: u64) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[hash]).set(1);
+        self.cache_max_bytes
+            .set(i64::try_from(cache_max_bytes).unwrap_or(i64::MAX));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.config_loaded_at.set(now);
+    }
+
+    /// Counts one reload attempt.
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.config_reloads.with_label_values(&[result]).inc();
     }
 
     /// A callback counting cache evictions by cause.

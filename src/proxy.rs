@@ -25,13 +25,14 @@ use crate::upstream::{Upstream, UpstreamError};
 /// Largest request body a pass-through route forwards.
 const MAX_FORWARDED_BODY: usize = 1024 * 1024;
 
-/// Everything a request needs, built once from a validated config.
+/// Everything a request needs, built from a validated config. A reload builds a new one that
+/// shares the cache and the metrics with the one it replaces (see [`crate::reload`]).
 pub struct State {
     pub config: Config,
     pub router: Router,
-    pub cache: Cache,
+    pub cache: Arc<Cache>,
     pub upstream: Upstream,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// Indexed like the router's routes.
     route_metrics: Vec<RouteMetrics>,
 }
@@ -48,13 +49,37 @@ pub enum StateError {
 impl State {
     /// Builds routes, cache, upstream client and metrics.
     pub fn new(config: Config) -> Result<State, StateError> {
-        let router = Router::new(&config);
-        let metrics = Metrics::new()?;
-        let cache = Cache::new(
+        let metrics = Arc::new(Metrics::new()?);
+        let cache = Arc::new(Cache::new(
             config.cache.max_bytes,
             config.cache.max_object_bytes,
             metrics.eviction_hook(),
-        );
+        ));
+        let state = State::build(config, None, cache, metrics)?;
+        state
+            .metrics
+            .config_loaded(&state.config.hash, state.cache.max_bytes());
+        Ok(state)
+    }
+
+    /// The state for a reloaded `config`: same cache and metrics, routes rebuilt (an unchanged
+    /// route keeps its cache entries, upstream permits and pseudonym key).
+    pub fn next(&self, config: Config) -> Result<State, StateError> {
+        State::build(
+            config,
+            Some(&self.router),
+            self.cache.clone(),
+            self.metrics.clone(),
+        )
+    }
+
+    fn build(
+        config: Config,
+        previous: Option<&Router>,
+        cache: Arc<Cache>,
+        metrics: Arc<Metrics>,
+    ) -> Result<State, StateError> {
+        let router = Router::reloaded(&config, previous);
         let upstream = Upstream::new(&config.upstream)?;
         let route_metrics = router
             .routes()
@@ -257,7 +282,7 @@ async fn serve_route(
     for h in CLIENT_ONLY {
         fill_headers.remove(h);
     }
-    let key = CacheKey::primary(route.index, uri.clone());
+    let key = CacheKey::primary(route.cache_id, uri.clone());
     // A HEAD miss fetches with GET, so the answer can be stored for both.
     let up = UpstreamRequest::new(Method::GET, uri, fill_headers, Bytes::new());
     let mut waited = false;
@@ -1003,7 +1028,7 @@ async fn forward_unsafe(
     let answer = forward(state, route, &up, false).await;
     let status = answer.response.status();
     if status.is_success() || status.is_redirection() {
-        state.cache.invalidate(route.index, &up.parts.uri).await;
+        state.cache.invalidate(route.cache_id, &up.parts.uri).await;
     }
     answer.with(CacheResult::Bypass, status_of("tamis; fwd=bypass"))
 }

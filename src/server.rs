@@ -22,6 +22,7 @@ use crate::admin;
 use crate::body::ProxyBody;
 use crate::config::Config;
 use crate::proxy::{self, State, StateError};
+use crate::reload::Live;
 
 /// Time a client has to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,15 +53,15 @@ enum Role {
 
 struct Listener {
     socket: TcpListener,
-    tls: Option<TlsAcceptor>,
+    /// Whether it speaks TLS; the certificate is the running config's (reloadable).
+    tls: bool,
     role: Role,
 }
 
 /// A bound, not yet running server.
 pub struct Server {
-    state: Arc<State>,
+    live: Arc<Live>,
     listeners: Vec<Listener>,
-    shutdown_timeout: Duration,
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ServerError> {
@@ -72,41 +73,36 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Serve
 impl Server {
     /// Builds the state and binds every listener; on any error nothing is left listening.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
-        let shutdown_timeout = config.server.shutdown_timeout;
         let mut listeners = Vec::new();
         if let Some(addr) = config.server.listen {
             listeners.push(Listener {
                 socket: bind(addr, "server.listen").await?,
-                tls: None,
+                tls: false,
                 role: Role::Public,
             });
         }
         if let Some(tls) = &config.server.tls {
             listeners.push(Listener {
                 socket: bind(tls.listen, "server.tls_listen").await?,
-                tls: Some(TlsAcceptor::from(tls.server_config.clone())),
+                tls: true,
                 role: Role::Public,
             });
         }
         if let Some(admin) = &config.admin {
             listeners.push(Listener {
                 socket: bind(admin.listen, "admin.listen").await?,
-                tls: None,
+                tls: false,
                 role: Role::Admin,
             });
         }
-        let state = Arc::new(State::new(config)?);
-        Ok(Server {
-            state,
-            listeners,
-            shutdown_timeout,
-        })
+        let live = Arc::new(Live::new(State::new(config)?));
+        Ok(Server { live, listeners })
     }
 
     fn addr(&self, role: Role, tls: bool) -> Option<SocketAddr> {
         self.listeners
             .iter()
-            .find(|l| l.role == role && l.tls.is_some() == tls)
+            .find(|l| l.role == role && l.tls == tls)
             .and_then(|l| l.socket.local_addr().ok())
     }
 
@@ -126,8 +122,13 @@ impl Server {
     }
 
     /// The running state (for tests and tools).
-    pub fn state(&self) -> &Arc<State> {
-        &self.state
+    pub fn state(&self) -> Arc<State> {
+        self.live.load()
+    }
+
+    /// The swappable state, to reload it (SIGHUP).
+    pub fn live(&self) -> Arc<Live> {
+        self.live.clone()
     }
 
     /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests
@@ -143,12 +144,12 @@ impl Server {
             tracing::info!(
                 addr = ?addr,
                 role = ?listener.role,
-                tls = listener.tls.is_some(),
+                tls = listener.tls,
                 "listening"
             );
             loops.spawn(accept_loop(
                 listener,
-                self.state.clone(),
+                self.live.clone(),
                 graceful.clone(),
                 stop_rx.clone(),
             ));
@@ -161,10 +162,12 @@ impl Server {
             tracing::warn!("connections still referenced; not waiting for them");
             return;
         };
-        match tokio::time::timeout(self.shutdown_timeout, graceful.shutdown()).await {
+        // The running config's: a reload may have changed it.
+        let shutdown_timeout = self.live.load().config.server.shutdown_timeout;
+        match tokio::time::timeout(shutdown_timeout, graceful.shutdown()).await {
             Ok(()) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!(
-                timeout = ?self.shutdown_timeout,
+                timeout = ?shutdown_timeout,
                 "shutdown timeout reached; closing the remaining connections"
             ),
         }
@@ -173,7 +176,7 @@ impl Server {
 
 async fn accept_loop(
     listener: Listener,
-    state: Arc<State>,
+    live: Arc<Live>,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -183,12 +186,21 @@ async fn accept_loop(
             accepted = listener.socket.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
+                    // A new connection gets the certificate of the config running now.
+                    let tls = if listener.tls {
+                        match live.load().config.server.tls.as_ref() {
+                            Some(t) => Some(TlsAcceptor::from(t.server_config.clone())),
+                            None => continue,
+                        }
+                    } else {
+                        None
+                    };
                     tokio::spawn(connection(
                         stream,
                         peer,
-                        listener.tls.clone(),
+                        tls,
                         listener.role,
-                        state.clone(),
+                        live.clone(),
                         graceful.watcher(),
                     ));
                 }
@@ -222,15 +234,16 @@ async fn connection(
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     role: Role,
-    state: Arc<State>,
+    live: Arc<Live>,
     watcher: Watcher,
 ) {
     let service = service_fn(move |req: Request<Incoming>| {
-        let state = state.clone();
+        let live = live.clone();
         async move {
             let response: Response<ProxyBody> = match role {
-                Role::Public => proxy::handle(state, req, peer).await,
-                Role::Admin => admin::handle(&state, req).await,
+                // Each request keeps the state current when it arrived, to its end.
+                Role::Public => proxy::handle(live.load(), req, peer).await,
+                Role::Admin => admin::handle(&live, req).await,
             };
             Ok::<_, Infallible>(response)
         }

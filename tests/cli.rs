@@ -283,3 +283,78 @@ async fn the_access_log_has_no_client_address_and_no_cookie() {
         assert!(!log.contains(secret), "log holds {secret}: {log}");
     }
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_config_and_a_bad_one_leaves_it_running() {
+    let up = Upstream::http(|s| Reply::ok(format!("got {}", s.uri))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = |routes: String| {
+        format!("[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_timeout = \"2s\"\n{routes}")
+    };
+    let path = write(dir.path(), &config(route("a", "/a/", &up.url("/"), "")));
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "tamis did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let hup = || {
+        assert!(Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+    };
+    assert_eq!(get(addr, "/b/x", &[]).await.status, 404);
+
+    // A valid new config: the new route appears (SIGHUP is asynchronous: poll).
+    std::fs::write(
+        &path,
+        config(format!(
+            "{}{}",
+            route("a", "/a/", &up.url("/"), ""),
+            route("b", "/b/", &up.url("/"), "")
+        )),
+    )
+    .unwrap();
+    hup();
+    let start = Instant::now();
+    while get(addr, "/b/x", &[]).await.status != 200 {
+        assert!(start.elapsed() < Duration::from_secs(10), "not reloaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A broken one: still running, still serving both routes.
+    std::fs::write(&path, "[[route]]\nname = 1\n").unwrap();
+    hup();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(child.try_wait().unwrap().is_none(), "tamis exited");
+    assert_eq!(get(addr, "/a/x", &[]).await.text(), "got /x");
+    assert_eq!(get(addr, "/b/y", &[]).await.text(), "got /y");
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success(), "exit: {:?}", out.status);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("config reloaded"), "{log}");
+    assert!(
+        log.contains("config reload refused, still running the previous config"),
+        "{log}"
+    );
+}

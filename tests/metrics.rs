@@ -106,7 +106,7 @@ async fn metrics_parse_and_count_what_happened() {
         assert!(s.metric.starts_with("tamis_"), "{}", s.metric);
         for (k, v) in s.labels.iter() {
             assert!(
-                ["route", "status", "result", "le", "quantile"].contains(&k.as_str()),
+                ["route", "status", "result", "le", "quantile", "hash"].contains(&k.as_str()),
                 "label {k}"
             );
             assert!(

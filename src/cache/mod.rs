@@ -30,7 +30,8 @@ pub use freshness::{Lifetimes, Rules};
 /// included), never from headers it strips.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CacheKey {
-    pub route: usize,
+    /// The route's [`cache_id`](crate::routes::Route::cache_id).
+    pub route: u64,
     pub uri: Uri,
     /// 0 for the primary key; otherwise a hash of the request's values for the Vary'd headers.
     pub variant: u64,
@@ -38,7 +39,7 @@ pub struct CacheKey {
 
 impl CacheKey {
     /// The key before any `Vary` is known.
-    pub fn primary(route: usize, uri: Uri) -> CacheKey {
+    pub fn primary(route: u64, uri: Uri) -> CacheKey {
         CacheKey {
             route,
             uri,
@@ -581,7 +582,7 @@ impl Cache {
 
     /// Drops everything stored for `uri` on a route (every variant): what RFC 9111
     /// §4.4 asks after an unsafe method succeeds.
-    pub async fn invalidate(&self, route: usize, uri: &Uri) {
+    pub async fn invalidate(&self, route: u64, uri: &Uri) {
         // Removing the primary key also makes its Vary variants unreachable.
         self.store
             .invalidate(&CacheKey::primary(route, uri.clone()))
@@ -590,7 +591,7 @@ impl Cache {
 
     /// Removes the objects of `route` whose upstream path is `path`, or starts with it when
     /// `prefix`; returns how many were removed.
-    pub async fn purge(&self, route: usize, path: &str, prefix: bool) -> usize {
+    pub async fn purge(&self, route: u64, path: &str, prefix: bool) -> usize {
         let doomed: Vec<CacheKey> = self
             .store
             .iter()
@@ -608,6 +609,26 @@ impl Cache {
             self.store.invalidate(k).await;
         }
         doomed.len()
+    }
+
+    /// Removes every object of a route not in `live` (after a reload removed or changed it);
+    /// returns how many were removed.
+    pub async fn retain_routes(&self, live: &[u64]) -> usize {
+        let doomed: Vec<CacheKey> = self
+            .store
+            .iter()
+            .filter(|(k, _)| !live.contains(&k.route))
+            .map(|(k, _)| (*k).clone())
+            .collect();
+        for k in &doomed {
+            self.store.invalidate(k).await;
+        }
+        doomed.len()
+    }
+
+    /// The configured bound, in bytes.
+    pub fn max_bytes(&self) -> u64 {
+        self.store.policy().max_capacity().unwrap_or(0)
     }
 
     /// Bytes held (weights) and entries, after applying pending evictions.

@@ -46,8 +46,12 @@ pub enum Role {
 /// One prefix of a configured route, with its derived policy.
 #[derive(Debug)]
 pub struct Route {
-    /// Position in the router (stable id for cache keys and metrics).
+    /// Position in the router (indexes the running state's per-route metrics).
     pub index: usize,
+    /// Names what this route stores in the cache: a fingerprint of everything that shapes its
+    /// upstream requests and stored answers, so a reload that leaves the route as it was keeps
+    /// its entries, and one that changes it starts afresh.
+    pub cache_id: u64,
     pub config: RouteConfig,
     pub role: Role,
     /// The prefix this part answers, and the upstream base it maps to.
@@ -185,8 +189,38 @@ pub struct Router {
 impl Router {
     /// Builds the routing table from a validated config.
     pub fn new(config: &Config) -> Router {
+        Router::reloaded(config, None)
+    }
+
+    /// Builds the routing table for a reloaded config: a route that did not change keeps the
+    /// previous one's upstream permits and analytics pseudonym key (so visitors' pseudonyms
+    /// do not change at a reload).
+    pub fn reloaded(config: &Config, previous: Option<&Router>) -> Router {
         let mut routes: Vec<Arc<Route>> = Vec::new();
         for rc in &config.routes {
+            let fingerprint = |role: Role, prefix: &str| {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                // The route's own settings (its Debug form names every one, secrets elided),
+                // plus the global ones that reach its upstream requests or its lifetimes.
+                format!("{rc:?}").hash(&mut h);
+                format!("{role:?}").hash(&mut h);
+                prefix.hash(&mut h);
+                config.upstream.user_agent.as_bytes().hash(&mut h);
+                config.cache.heuristic_max.hash(&mut h);
+                h.finish()
+            };
+            let before = |id: u64| {
+                previous.and_then(|p| p.routes.iter().find(|r| r.cache_id == id).cloned())
+            };
+            let first_role = match rc.kind {
+                RouteKind::Static => Role::Static,
+                RouteKind::Tiles => Role::Tiles,
+                RouteKind::Fonts => Role::FontCss,
+                k => Role::Analytics(k.analytics().unwrap_or(analytics::Protocol::Ga4)),
+            };
+            let first_id = fingerprint(first_role, &rc.prefix);
+            let kept = before(first_id);
             let rules = cache::Rules {
                 heuristic_max: config.cache.heuristic_max,
                 negative_ttl: rc.cache.negative_ttl,
@@ -194,9 +228,12 @@ impl Router {
                 max_ttl: rc.cache.max_ttl,
                 stale_if_error: rc.cache.stale_if_error,
             };
-            let permits = rc
-                .max_upstream_connections
-                .map(|n| Arc::new(Semaphore::new(n)));
+            let permits = match &kept {
+                Some(r) => r.permits.clone(),
+                None => rc
+                    .max_upstream_connections
+                    .map(|n| Arc::new(Semaphore::new(n))),
+            };
             let policy = |ua: Option<&HeaderValue>| {
                 let mut p = RequestPolicy::new(
                     rc.jurisdiction,
@@ -212,7 +249,7 @@ impl Router {
                 }
                 p
             };
-            let analytics_runtime = rc.analytics.as_ref().map(|a| {
+            let fresh_runtime = rc.analytics.as_ref().map(|a| {
                 Arc::new(analytics::Runtime {
                     protocol: a.protocol,
                     settings: a.settings.clone(),
@@ -222,6 +259,10 @@ impl Router {
                         && rc.jurisdiction == crate::policy::Jurisdiction::Eu,
                 })
             });
+            let analytics_runtime = match &kept {
+                Some(r) if r.analytics.is_some() => r.analytics.clone(),
+                _ => fresh_runtime,
+            };
             let mut add = |role: Role,
                            prefix: &str,
                            upstream: &UpstreamBase,
@@ -229,6 +270,7 @@ impl Router {
                            css_map| {
                 routes.push(Arc::new(Route {
                     index: routes.len(),
+                    cache_id: fingerprint(role, prefix),
                     config: rc.clone(),
                     role,
                     prefix: prefix.to_owned(),
@@ -317,6 +359,55 @@ mod tests {
 
     fn router(text: &str) -> Router {
         Router::new(&Config::parse(text, Path::new("t.toml")).unwrap())
+    }
+
+    #[test]
+    fn a_reload_keeps_what_an_unchanged_route_owns_and_renews_a_changed_one() {
+        let text = |analytics_extra: &str, cdn_upstream: &str| {
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n\
+                 [[route]]\nname = \"ga\"\nkind = \"ga4\"\nprefix = \"/a/\"\n\
+                 upstream = \"https://region1.google-analytics.com/\"\n{analytics_extra}\n\
+                 [[route]]\nname = \"cdn\"\nkind = \"static\"\nprefix = \"/cdn/\"\n\
+                 upstream = \"{cdn_upstream}\"\nmax_upstream_connections = 4\n"
+            )
+        };
+        let parse = |t: String| Config::parse(&t, Path::new("t.toml")).unwrap();
+        let first = Router::new(&parse(text("", "https://a.example/")));
+        // Only the CDN route changes.
+        let moved = parse(text("", "https://b.example/"));
+        let second = Router::reloaded(&moved, Some(&first));
+        let by_name = |r: &Router, n: &str| {
+            r.routes()
+                .iter()
+                .find(|x| x.config.name == n)
+                .cloned()
+                .unwrap()
+        };
+        let (ga1, ga2) = (by_name(&first, "ga"), by_name(&second, "ga"));
+        assert_eq!(ga1.cache_id, ga2.cache_id);
+        // Same pseudonym key: a visitor's pseudonym does not change at a reload.
+        assert!(Arc::ptr_eq(
+            ga1.analytics.as_ref().unwrap(),
+            ga2.analytics.as_ref().unwrap()
+        ));
+        let (cdn1, cdn2) = (by_name(&first, "cdn"), by_name(&second, "cdn"));
+        assert_ne!(cdn1.cache_id, cdn2.cache_id);
+        assert!(!Arc::ptr_eq(
+            cdn1.permits.as_ref().unwrap(),
+            cdn2.permits.as_ref().unwrap()
+        ));
+        // A changed analytics setting renews the runtime too.
+        let third = Router::reloaded(
+            &parse(text("rotate = \"1h\"", "https://b.example/")),
+            Some(&second),
+        );
+        let ga3 = by_name(&third, "ga");
+        assert_ne!(ga2.cache_id, ga3.cache_id);
+        assert!(!Arc::ptr_eq(
+            ga2.analytics.as_ref().unwrap(),
+            ga3.analytics.as_ref().unwrap()
+        ));
     }
 
     #[test]

@@ -313,6 +313,8 @@ pub struct Tamis {
     pub http: SocketAddr,
     pub https: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// The config file it runs on (rewrite it, then reload).
+    pub config_path: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -334,6 +336,7 @@ impl Tamis {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tamis.toml");
         std::fs::write(&path, config).unwrap();
+        let config_path = path.clone();
         let config = match Config::load(&path) {
             Ok(c) => c,
             Err(e) => panic!("test config refused: {e}\n{config}"),
@@ -350,6 +353,7 @@ impl Tamis {
             http,
             https,
             admin,
+            config_path,
             stop: Some(tx),
             task: Some(task),
             _dir: dir,
@@ -372,6 +376,18 @@ impl Tamis {
 
     pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
         get(self.http, path, headers).await
+    }
+
+    /// Rewrites the config file and asks for a reload on the admin listener.
+    pub async fn reload(&self, config: &str) -> Answer {
+        std::fs::write(&self.config_path, config).unwrap();
+        request(
+            self.admin.expect("admin listener"),
+            Method::POST,
+            "/reload",
+            &[],
+        )
+        .await
     }
 
     /// The admin listener's /metrics text.

@@ -1,0 +1,249 @@
+//! Live reload: a valid config is swapped in without dropping connections or the cache of the
+//! routes it kept; an invalid one is refused and the old one keeps running; certificates reload.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+fn cacheable(seen: &Seen) -> Reply {
+    Reply::ok(format!("from {}", seen.uri)).header("cache-control", "public, max-age=600")
+}
+
+fn json(a: &Answer) -> serde_json::Value {
+    serde_json::from_slice(&a.body).unwrap_or_else(|e| panic!("{e}: {}", a.text()))
+}
+
+fn metric(metrics: &str, line_start: &str) -> Option<String> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .map(|l| l.rsplit(' ').next().unwrap_or("").to_owned())
+}
+
+#[tokio::test]
+async fn a_reload_keeps_unchanged_routes_cached_and_drops_changed_ones() {
+    let up = Upstream::http(cacheable).await;
+    let base = up.url("/");
+    let before = format!(
+        "{LISTEN}{}{}",
+        route("keep", "/k/", &base, ""),
+        route("change", "/c/", &base, "")
+    );
+    let t = Tamis::start(&before).await;
+    assert_eq!(t.get("/k/a").await.status, 200);
+    assert_eq!(t.get("/c/a").await.status, 200);
+    assert_eq!(up.count(), 2);
+    let m = t.metrics().await;
+    let hash_before = m
+        .lines()
+        .find_map(|l| l.strip_prefix("tamis_config_info{hash=\""))
+        .and_then(|l| l.split('"').next())
+        .expect("config hash exported")
+        .to_owned();
+
+    let after = format!(
+        "{LISTEN}{}{}{}",
+        route("keep", "/k/", &base, ""),
+        route("change", "/c/", &base, "max_ttl = \"60s\""),
+        route("new", "/n/", &base, "")
+    );
+    let r = t.reload(&after).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = json(&r);
+    assert_eq!(r["reloaded"], true);
+    assert_eq!(r["cache_entries_dropped"], 1, "{r}");
+    let hash_after = r["hash"].as_str().unwrap().to_owned();
+    assert_ne!(hash_after, hash_before);
+
+    // The unchanged route answers from the cache; the changed one fetches again.
+    let k = t.get("/k/a").await;
+    assert_eq!(k.header("cache-status"), Some("tamis; hit"));
+    assert_eq!(up.count(), 2);
+    let c = t.get("/c/a").await;
+    assert_eq!(
+        (c.status, c.header("cache-status")),
+        (200, Some("tamis; fwd=miss; stored"))
+    );
+    assert_eq!(up.count(), 3);
+    assert_eq!(t.get("/n/a").await.text(), "from /a");
+
+    let m = t.metrics().await;
+    assert_eq!(
+        metric(&m, "tamis_config_reloads_total{result=\"success\"}").as_deref(),
+        Some("1")
+    );
+    assert!(
+        m.contains(&format!("tamis_config_info{{hash=\"{hash_after}\"}} 1")),
+        "{m}"
+    );
+    assert!(!m.contains(&hash_before), "the old hash is still exported");
+}
+
+#[tokio::test]
+async fn an_invalid_config_is_refused_and_the_old_one_keeps_running() {
+    let up = Upstream::http(cacheable).await;
+    let good = format!("{LISTEN}{}", route("cdn", "/cdn/", &up.url("/"), ""));
+    let t = Tamis::start(&good).await;
+    assert_eq!(t.get("/cdn/a").await.status, 200);
+
+    for (bad, why) in [
+        (
+            format!(
+                "{LISTEN}{}",
+                route("cdn", "/cdn/", &up.url("/"), "max_tll = \"1s\"")
+            ),
+            "max_tll",
+        ),
+        ("this is not toml".to_owned(), "tamis.toml"),
+        (
+            format!(
+                "{}{}",
+                LISTEN.replace(
+                    "[admin]\nlisten = \"127.0.0.1:0\"",
+                    "[admin]\nlisten = \"127.0.0.1:1\""
+                ),
+                route("cdn", "/cdn/", &up.url("/"), "")
+            ),
+            "admin.listen changed: this needs a restart",
+        ),
+        (
+            good.replace("[server]", "[cache]\nmax_bytes = 100000000\n\n[server]"),
+            "cache.max_bytes changed",
+        ),
+    ] {
+        let r = t.reload(&bad).await;
+        assert_eq!(r.status, 409, "{}", r.text());
+        let r = json(&r);
+        assert_eq!(r["reloaded"], false);
+        let error = r["error"].as_str().unwrap();
+        assert!(error.contains(why), "{error} should mention {why}");
+        // Still serving the old routes, from the cache.
+        let a = t.get("/cdn/a").await;
+        assert_eq!(
+            (a.status, a.header("cache-status")),
+            (200, Some("tamis; hit"))
+        );
+    }
+    assert_eq!(up.count(), 1);
+    let m = t.metrics().await;
+    assert_eq!(
+        metric(&m, "tamis_config_reloads_total{result=\"failure\"}").as_deref(),
+        Some("4")
+    );
+    assert_eq!(
+        metric(&m, "tamis_config_reloads_total{result=\"success\"}").as_deref(),
+        Some("0")
+    );
+
+    // Only POST reloads.
+    let get = get(t.admin.unwrap(), "/reload", &[]).await;
+    assert_eq!(get.status, 405);
+}
+
+#[tokio::test]
+async fn an_open_keep_alive_connection_survives_a_reload_and_sees_the_new_routes() {
+    let up = Upstream::http(cacheable).await;
+    let t = Tamis::start(&format!("{LISTEN}{}", route("a", "/a/", &up.url("/"), ""))).await;
+    let stream = tokio::net::TcpStream::connect(t.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = |path: &str| {
+        http::Request::get(path)
+            .header("host", "site.example")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let first = sender.send_request(req("/a/x")).await.unwrap();
+    assert_eq!(first.status(), 200);
+    first.into_body().collect().await.unwrap();
+
+    let r = t
+        .reload(&format!(
+            "{LISTEN}{}{}",
+            route("a", "/a/", &up.url("/"), ""),
+            route("b", "/b/", &up.url("/"), "")
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Same connection, new route.
+    let second = sender.send_request(req("/b/y")).await.unwrap();
+    assert_eq!(second.status(), 200);
+    let body = second.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"from /y");
+}
+
+#[tokio::test]
+async fn a_reload_picks_up_a_renewed_certificate() {
+    let old_ca = TestCa::new();
+    let new_ca = TestCa::new();
+    let (cert, key) = old_ca.issue_files(&["localhost"]);
+    let up = Upstream::http(cacheable).await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
+        cert.display().to_string(),
+        key.display().to_string(),
+        route("cdn", "/cdn/", &up.url("/"), "")
+    );
+    let t = Tamis::start(&config).await;
+    let port = t.https.unwrap().port();
+    // A client that trusts only the new CA.
+    let fetch = |trusted: &TestCa| {
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls_pki_types::pem::PemObject;
+        roots
+            .add(
+                rustls_pki_types::CertificateDer::from_pem_slice(trusted.pem().as_bytes()).unwrap(),
+            )
+            .unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .build();
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+        async move {
+            client
+                .request(
+                    http::Request::get(format!("https://localhost:{port}/cdn/a"))
+                        .body(Full::new(Bytes::new()))
+                        .unwrap(),
+                )
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    };
+    assert_eq!(fetch(&old_ca).await.unwrap(), 200);
+    assert!(
+        fetch(&new_ca).await.is_err(),
+        "new CA trusted before renewal"
+    );
+
+    // Renew in place (what certbot does), same config text, then reload.
+    let (new_cert, new_key) = new_ca.issue(&["localhost"]);
+    std::fs::write(&cert, new_cert).unwrap();
+    std::fs::write(&key, new_key).unwrap();
+    let r = t.reload(&config).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    assert_eq!(fetch(&new_ca).await.unwrap(), 200);
+    assert!(
+        fetch(&old_ca).await.is_err(),
+        "old certificate still served"
+    );
+}
