@@ -1,0 +1,605 @@
+#!/usr/bin/env bash
+# tamis vs nginx proxy_cache vs Varnish, on loopback, each server under test pinned to core 0
+# (tamis: one Tokio worker; nginx: one worker process; Varnish: one thread pool), the load
+# generator and the origins pinned to core 1.
+#
+#   bash benches/peers.sh                      # every case, 10 s per server per case
+#   DURATION=3 CASES="a f" bash benches/peers.sh
+#   SMOKE=1 bash benches/peers.sh              # 1 s runs: checks that everything starts (< 60 s)
+#
+# Cases (CASES, default "a b c d e f g"):
+#   a  cached 20 KB tile (Cache-Control: public, max-age=3600), HTTP/1.1 keep-alive, wrk
+#   b  cached 1 KB CSS
+#   c  cached 100 KB woff2 font
+#   d  uncached forward of a 1 KB JSON POST (the origin answers 202 "ok"): nginx proxy_pass
+#      without cache, Varnish return(pass), tamis an EU pass_through static route (the same
+#      plain forward), plus a second tamis row through its Plausible scrubber (/p/api/event:
+#      parse, scrub, re-serialise), which the others have no equivalent of
+#   e  COLD_CLIENTS (1000) concurrent requests on one cold key, origin answering after SLOW_MS
+#      (300 ms): how many requests reach the origin (coalescing), and the latency of the burst
+#   f  cached 20 KB tile over HTTPS, HTTP/1.1 (tamis: rustls; nginx: OpenSSL). Varnish has no
+#      TLS: not measured
+#   g  cached 20 KB tile over HTTP/2 (TLS, ALPN h2) with h2load, H2_STREAMS streams per
+#      connection. Varnish: not measured (no TLS)
+#
+# Knobs: DURATION (10), CONNS (50), CASES, SMOKE=1, VERBOSE=1 (print the load tools' output),
+# H2_STREAMS (10), SLOW_MS (300), COLD_CLIENTS (1000), PORT_BASE (18100: uses PORT_BASE..+6),
+# TAMIS_BIN (default: `cargo build --release`, then target/release/tamis), TAMIS_REV (the
+# revision TAMIS_BIN was built from, for the report).
+#
+# Columns: req/s, p50/p99 latency (wrk --latency; h2load from its per-request log), errors
+# (non-2xx/3xx + socket errors), CPU seconds used by the server under test during the run
+# (utime+stime from /proc/PID/stat, summed over nginx master+worker, Varnish manager+child),
+# the same per request, core-0 busy % (CPU s / run time: below ~95 % the server was not the
+# bottleneck), peak RSS during the run (VmHWM, reset before each run via clear_refs: tamis,
+# the nginx worker, the Varnish child), and the requests the origin received during the run.
+#
+# Exits 1 when a tamis run had errors or case e reached the origin more than once (CI smoke).
+#
+# Needs: apt-get install nginx-light varnish wrk nghttp2-client openssl curl python3 util-linux
+# (Varnish compiles its VCL with cc: the varnish package pulls in gcc). Two cores or more.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SMOKE=${SMOKE:-0}
+DURATION=${DURATION:-10}
+[ "$SMOKE" = 1 ] && DURATION=1
+CONNS=${CONNS:-50}
+CASES=${CASES:-"a b c d e f g"}
+H2_STREAMS=${H2_STREAMS:-10}
+SLOW_MS=${SLOW_MS:-300}
+COLD_CLIENTS=${COLD_CLIENTS:-1000}
+PORT_BASE=${PORT_BASE:-18100}
+ORIGIN=$PORT_BASE SLOW=$((PORT_BASE + 1)) NGINX=$((PORT_BASE + 2)) NGINX_TLS=$((PORT_BASE + 3))
+VARNISH=$((PORT_BASE + 4)) TAMIS=$((PORT_BASE + 5)) TAMIS_TLS=$((PORT_BASE + 6))
+
+missing=()
+for tool in nginx varnishd wrk h2load taskset python3 openssl curl cc; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "missing: ${missing[*]}" >&2
+  echo "install: apt-get install -y nginx-light varnish wrk nghttp2-client openssl curl python3 util-linux" >&2
+  exit 1
+fi
+if [ "$(nproc)" -lt 2 ]; then
+  echo "needs two cores (server under test on core 0, load generator on core 1)" >&2
+  exit 1
+fi
+for port in $(seq "$PORT_BASE" $((PORT_BASE + 6))); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port is in use: set PORT_BASE" >&2
+    exit 1
+  fi
+done
+# 1000 concurrent connections through a proxy need more than the usual 1024 descriptors.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" -lt 4096 ]; then
+  echo "warning: open files limit $(ulimit -n); case e needs ~2 per client" >&2
+fi
+
+if [ -z "${TAMIS_BIN:-}" ]; then
+  cargo build --release --quiet --bin tamis
+  TAMIS_BIN=target/release/tamis
+fi
+TAMIS_BIN=$(realpath "$TAMIS_BIN")
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+# nginx workers drop to an unprivileged user when started as root.
+chmod 755 "$work"
+
+# ---------------------------------------------------------------------------------------------
+# Content, certificate, configs.
+mkdir -p "$work/www/s" "$work/ncache"
+chmod 777 "$work/ncache"
+head -c 20480 /dev/urandom >"$work/www/s/tile.png"
+head -c 102400 /dev/urandom >"$work/www/s/font.woff2"
+python3 - "$work/www/s/style.css" <<'PY'
+import sys
+rules, i = [], 0
+while sum(map(len, rules)) < 1024:
+    rules.append(".c%d{margin:%dpx;padding:0 %dpx;color:#%06x}\n" % (i, i, i, i * 4099))
+    i += 1
+open(sys.argv[1], "w").write("".join(rules)[:1023] + "\n")
+PY
+chmod -R a+rX "$work/www"
+# A Plausible-style pageview, padded to 1 KB with props (tamis drops all of them).
+python3 - "$work/event.json" <<'PY'
+import json, sys
+ev = {"n": "pageview", "u": "https://blog.example/post/12?utm_source=newsletter&token=abc#c",
+      "d": "blog.example", "r": "https://social.example/feed?u=alice", "w": 1280, "h": 0,
+      "p": {}}
+i = 0
+while len(json.dumps(ev, separators=(",", ":"))) < 1024:
+    ev["p"]["prop%d" % i] = "value-%d-%s" % (i, "x" * 20)
+    i += 1
+open(sys.argv[1], "w").write(json.dumps(ev, separators=(",", ":")))
+PY
+python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$work/event.json"
+python3 - "$work/post.lua" "$work/event.json" <<'PY'
+import json, sys
+body = open(sys.argv[2]).read()
+open(sys.argv[1], "w").write(
+    'wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n'
+    % json.dumps(body))
+PY
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+chmod 644 "$work/key.pem" "$work/cert.pem"
+
+# The origin: a separate nginx (not the one under test), on core 1.
+cat >"$work/origin.conf" <<NGINX
+daemon off;
+worker_processes 1;
+worker_rlimit_nofile 65536;
+pid $work/origin.pid;
+error_log $work/origin-error.log warn;
+events { worker_connections 8192; }
+http {
+  include /etc/nginx/mime.types;
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$ORIGIN backlog=4096;
+    root $work/www;
+    location /s/ { add_header Cache-Control "public, max-age=3600"; }
+    location /post/ { return 202 "ok"; }
+    location /p/ { return 202 "ok"; }
+    location = /__status { stub_status; }
+  }
+}
+NGINX
+
+# The slow origin for case e: answers after SLOW_MS, counts the requests it gets per path.
+cat >"$work/slow.py" <<'PY'
+import sys, threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+counts, lock = {}, threading.Lock()
+delay = int(sys.argv[2]) / 1000
+body = b"s" * 1024
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        if self.path.startswith("/__count/"):
+            with lock:
+                n = counts.get(self.path[len("/__count"):], 0)
+            out = str(n).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+            return
+        with lock:
+            counts[self.path] = counts.get(self.path, 0) + 1
+        time.sleep(delay)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Cache-Control", "public, max-age=3600")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+class S(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 4096
+S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+PY
+
+# The burst client for case e: opens every connection first, then sends all requests at once.
+cat >"$work/burst.py" <<'PY'
+import asyncio, sys, time
+host, port, path, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+req = ("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (path, host)).encode()
+async def connect(sem):
+    async with sem:
+        for _ in range(50):
+            try:
+                return await asyncio.open_connection(host, port)
+            except OSError:
+                await asyncio.sleep(0.05)
+        raise SystemExit("cannot connect")
+async def one(r, w):
+    t0 = time.monotonic()
+    try:
+        w.write(req)
+        data = await asyncio.wait_for(r.read(), 60)
+        status = data[9:12].decode() or "eof"
+    except Exception as e:
+        status = type(e).__name__
+    w.close()
+    return status, time.monotonic() - t0
+async def main():
+    sem = asyncio.Semaphore(100)
+    conns = await asyncio.gather(*[connect(sem) for _ in range(n)])
+    await asyncio.sleep(0.5)  # let the server accept them all
+    t0 = time.monotonic()
+    res = await asyncio.gather(*[one(r, w) for r, w in conns])
+    wall = time.monotonic() - t0
+    lat = sorted(t for _, t in res)
+    statuses = {}
+    for s, _ in res:
+        statuses[s] = statuses.get(s, 0) + 1
+    bad = sum(v for k, v in statuses.items() if k != "200")
+    pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000
+    print("rps=%.1f p50=%.2f p99=%.2f errors=%d requests=%d max=%.2f statuses=%s"
+          % (n / wall, pct(0.50), pct(0.99), bad, n, lat[-1] * 1000, statuses))
+asyncio.run(main())
+PY
+
+cat >"$work/nginx.conf" <<NGINX
+daemon off;
+worker_processes 1;
+worker_rlimit_nofile 65536;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  proxy_cache_path $work/ncache keys_zone=z:10m max_size=256m inactive=1h use_temp_path=off;
+  proxy_http_version 1.1;
+  proxy_set_header Connection "";
+  upstream origin { server 127.0.0.1:$ORIGIN; keepalive 64; }
+  upstream slow { server 127.0.0.1:$SLOW; keepalive 64; }
+  ssl_protocols TLSv1.2 TLSv1.3;   # 1.22 still defaults to TLSv1-1.2; tamis speaks 1.3
+  ssl_certificate $work/cert.pem;
+  ssl_certificate_key $work/key.pem;
+  server {
+    listen 127.0.0.1:$NGINX backlog=4096;
+    listen 127.0.0.1:$NGINX_TLS ssl http2 backlog=4096;
+    location /s/ { proxy_pass http://origin; proxy_cache z; proxy_cache_lock on; }
+    location /slow/ { proxy_pass http://slow; proxy_cache z; proxy_cache_lock on; }
+    location /post/ { proxy_pass http://origin; }
+    location /p/ { proxy_pass http://origin; }
+  }
+}
+NGINX
+
+cat >"$work/default.vcl" <<VCL
+vcl 4.1;
+backend origin { .host = "127.0.0.1"; .port = "$ORIGIN"; }
+backend slow { .host = "127.0.0.1"; .port = "$SLOW"; .first_byte_timeout = 30s; }
+sub vcl_recv {
+  if (req.url ~ "^/slow/") { set req.backend_hint = slow; } else { set req.backend_hint = origin; }
+  if (req.url ~ "^/(post|p)/") { return (pass); }
+  # Like tamis: the site's cookies never reach a static upstream nor split the cache.
+  unset req.http.Cookie;
+  # Then the builtin vcl_recv: GET/HEAD looked up, cached per max-age.
+}
+VCL
+
+cat >"$work/tamis.toml" <<TOML
+[server]
+listen = "127.0.0.1:$TAMIS"
+tls_listen = "127.0.0.1:$TAMIS_TLS"
+tls_cert = "cert.pem"
+tls_key = "key.pem"
+[cache]
+max_bytes = 268435456
+status_header = false
+[log]
+access = false
+
+[[route]]
+name = "static"
+kind = "static"
+prefix = "/s/"
+upstream = "http://127.0.0.1:$ORIGIN/s/"
+
+[[route]]
+name = "slow"
+kind = "static"
+prefix = "/slow/"
+upstream = "http://127.0.0.1:$SLOW/slow/"
+
+[[route]]
+name = "post"
+kind = "static"
+prefix = "/post/"
+upstream = "http://127.0.0.1:$ORIGIN/post/"
+jurisdiction = "eu"
+pass_through = true
+cache = false
+
+[[route]]
+name = "plausible"
+kind = "plausible"
+prefix = "/p/"
+upstream = "http://127.0.0.1:$ORIGIN/p/"
+jurisdiction = "eu"
+TOML
+
+# ---------------------------------------------------------------------------------------------
+# Start everything.
+taskset -c 1 nginx -c "$work/origin.conf" -p "$work" 2>>"$work/origin-error.log" &
+pids+=($!)
+taskset -c 1 python3 "$work/slow.py" "$SLOW" "$SLOW_MS" 2>"$work/slow.log" &
+pids+=($!)
+taskset -c 0 nginx -c "$work/nginx.conf" -p "$work" 2>>"$work/nginx-error.log" &
+nginx_pid=$!
+pids+=($nginx_pid)
+# One thread pool (one core); threads pre-started so no request waits for one, and room for
+# the 1000-client burst of case e. -j none: no privilege separation (we may run as root).
+taskset -c 0 varnishd -F -j none -n "$work/varnish" -a "127.0.0.1:$VARNISH" \
+  -f "$work/default.vcl" -s malloc,256M \
+  -p thread_pools=1 -p thread_pool_min=200 -p thread_pool_max=2000 \
+  -p thread_queue_limit=2000 >"$work/varnish.log" 2>&1 &
+varnish_pid=$!
+pids+=($varnish_pid)
+(cd "$work" && TOKIO_WORKER_THREADS=1 exec taskset -c 0 "$TAMIS_BIN" --config tamis.toml) \
+  >"$work/tamis.log" 2>&1 &
+tamis_pid=$!
+pids+=($tamis_pid)
+
+wait_up() { # URL
+  for _ in $(seq 200); do
+    curl -sk -o /dev/null "$1" && return 0
+    sleep 0.05
+  done
+  echo "not answering: $1" >&2
+  for f in "$work"/*.log; do echo "--- $f" >&2; tail -5 "$f" >&2; done
+  exit 1
+}
+wait_up "http://127.0.0.1:$ORIGIN/__status"
+wait_up "http://127.0.0.1:$SLOW/__count/x"
+wait_up "http://127.0.0.1:$NGINX/s/style.css"
+wait_up "http://127.0.0.1:$VARNISH/s/style.css"
+wait_up "http://127.0.0.1:$TAMIS/s/style.css"
+wait_up "https://127.0.0.1:$TAMIS_TLS/s/style.css"
+nginx_workers=$(pgrep -P "$nginx_pid" | tr '\n' ' ')
+varnish_child=$(pgrep -P "$varnish_pid" | head -1)
+[ -n "$nginx_workers" ] && [ -n "$varnish_child" ] || { echo "no nginx worker or varnish child" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# Measurement helpers.
+cpu_ticks() { # PIDS... -> utime+stime summed, in clock ticks
+  local t=0 p v
+  for p in "$@"; do
+    v=$(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$p/stat")
+    t=$((t + v))
+  done
+  echo "$t"
+}
+pids_of() { # server -> all its processes
+  case $1 in
+    nginx) echo "$nginx_pid $nginx_workers" ;;
+    varnish) echo "$varnish_pid $varnish_child" ;;
+    tamis*) echo "$tamis_pid" ;;
+  esac
+}
+rss_pid() { # server -> the process whose peak RSS is reported
+  case $1 in
+    nginx) echo "$nginx_workers" | awk '{print $1}' ;;
+    varnish) echo "$varnish_child" ;;
+    tamis*) echo "$tamis_pid" ;;
+  esac
+}
+origin_count() { curl -s "http://127.0.0.1:$ORIGIN/__status" | awk '/^ [0-9]/ {print $3}'; }
+port_of() { # server tls?
+  if [ -n "${2:-}" ]; then
+    case $1 in nginx) echo "$NGINX_TLS" ;; tamis*) echo "$TAMIS_TLS" ;; esac
+    return
+  fi
+  case $1 in
+    nginx) echo "$NGINX" ;;
+    varnish) echo "$VARNISH" ;;
+    tamis*) echo "$TAMIS" ;;
+  esac
+}
+to_ms() { # wrk latency such as 812.00us, 1.23ms, 1.01s -> ms
+  awk -v v="$1" 'BEGIN {
+    n = v + 0
+    if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000
+    printf "%.2f", n }'
+}
+
+CLK=$(getconf CLK_TCK)
+rows=()      # case|server|rps|p50|p99|errors|cpu_s|cpu_us_per_req|busy|rss_mib|origin
+declare -A RPS FETCHED
+
+# measure CASE SERVER KIND URL [EXTRA]: KIND is wrk, h2 or burst.
+measure() {
+  local case=$1 server=$2 kind=$3 url=$4 extra=${5:-}
+  local procs rpid before_cpu after_cpu before_origin out rps p50 p99 errs reqs t0 t1
+  procs=$(pids_of "$server")
+  rpid=$(rss_pid "$server")
+  echo 5 >"/proc/$rpid/clear_refs" 2>/dev/null || true
+  before_origin=$(origin_count)
+  # shellcheck disable=SC2086
+  before_cpu=$(cpu_ticks $procs)
+  t0=$(date +%s.%N)
+  case $kind in
+    wrk)
+      out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency $extra "$url")
+      rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+      p50=$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")
+      p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
+      reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+      errs=$(echo "$out" | awk '/Non-2xx/ {n += $NF} /Socket errors/ {
+        for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) n += $i + 0 } END {print n + 0}')
+      ;;
+    h2)
+      rm -f "$work/h2.log"
+      out=$(taskset -c 1 h2load -t1 -c"$CONNS" -m"$H2_STREAMS" -D"$DURATION" \
+        --log-file="$work/h2.log" "$url")
+      rps=$(echo "$out" | awk '/^finished in/ {print $4}')
+      reqs=$(echo "$out" | awk '/^requests:/ {print $8}')
+      errs=$(echo "$out" | awk '/^requests:/ {n += $10 + $12}
+        /^status codes:/ {n += $7 + $9} END {print n + 0}')
+      read -r p50 p99 < <(awk -F'\t' '{print $3}' "$work/h2.log" | sort -n | awk '
+        {v[NR] = $1} END {
+          if (NR == 0) {print "0 0"; exit}
+          i = int(NR * 0.50); if (i < 1) i = 1; j = int(NR * 0.99); if (j < 1) j = 1
+          printf "%.2f %.2f\n", v[i] / 1000, v[j] / 1000 }')
+      ;;
+    burst)
+      out=$(taskset -c 1 python3 "$work/burst.py" 127.0.0.1 "$(port_of "$server")" "$url" \
+        "$COLD_CLIENTS")
+      rps=$(echo "$out" | sed -n 's/.*rps=\([0-9.]*\).*/\1/p')
+      p50=$(echo "$out" | sed -n 's/.*p50=\([0-9.]*\).*/\1/p')
+      p99=$(echo "$out" | sed -n 's/.*p99=\([0-9.]*\).*/\1/p')
+      errs=$(echo "$out" | sed -n 's/.*errors=\([0-9]*\).*/\1/p')
+      reqs=$COLD_CLIENTS
+      ;;
+  esac
+  t1=$(date +%s.%N)
+  [ "${VERBOSE:-0}" = 1 ] && echo "$out" | sed 's/^/    | /'
+  # shellcheck disable=SC2086
+  after_cpu=$(cpu_ticks $procs)
+  local fetched
+  if [ "$kind" = burst ]; then
+    fetched=$(curl -s "http://127.0.0.1:$SLOW/__count$url")
+  else
+    fetched=$(($(origin_count) - before_origin - 1))
+  fi
+  local rss cpu per busy
+  rss=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$rpid/status")
+  cpu=$(awk -v a="$before_cpu" -v b="$after_cpu" -v c="$CLK" 'BEGIN {printf "%.2f", (b - a) / c}')
+  per=$(awk -v s="$cpu" -v n="${reqs:-0}" 'BEGIN {if (n > 0) printf "%.1f", s * 1e6 / n; else print "-"}')
+  busy=$(awk -v s="$cpu" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", 100 * s / (b - a)}')
+  rps=$(printf "%.0f" "${rps:-0}")
+  RPS[$case,$server]=$rps
+  FETCHED[$case,$server]=$fetched
+  rows+=("$case|$server|$rps|$p50|$p99|$errs|$cpu|$per|$busy|$rss|$fetched")
+  printf "  %-16s %9s req/s  p50 %7s ms  p99 %7s ms  errors %s  cpu %6s s (%s µs/req, core0 %s%%)  rss %s MiB  origin %s\n" \
+    "$server" "$rps" "$p50" "$p99" "$errs" "$cpu" "$per" "$busy" "$rss" "$fetched"
+}
+
+check_get() { # URL expected-bytes: fetch twice (fill, then a hit), check status and size
+  local got
+  curl -sk -o /dev/null "$1"
+  got=$(curl -sk -o /dev/null -w "%{http_code} %{size_download}" "$1")
+  [ "$got" = "200 $2" ] || { echo "  unexpected answer from $1: $got (want 200 $2)" >&2; exit 1; }
+}
+
+describe() {
+  case $1 in
+    a) echo "cached 20 KB tile, HTTP/1.1" ;;
+    b) echo "cached 1 KB CSS, HTTP/1.1" ;;
+    c) echo "cached 100 KB woff2, HTTP/1.1" ;;
+    d) echo "uncached 1 KB JSON POST forward" ;;
+    e) echo "$COLD_CLIENTS concurrent GETs on one cold key, origin ${SLOW_MS} ms" ;;
+    f) echo "cached 20 KB tile, HTTPS HTTP/1.1" ;;
+    g) echo "cached 20 KB tile, HTTP/2 (TLS), $H2_STREAMS streams/conn" ;;
+  esac
+}
+
+cached_case() { # case path bytes tls?
+  local scheme=http
+  [ -n "${4:-}" ] && scheme=https
+  local servers="nginx varnish tamis"
+  [ -n "${4:-}" ] && servers="nginx tamis"
+  for s in $servers; do
+    local url="$scheme://127.0.0.1:$(port_of "$s" "${4:-}")$2"
+    check_get "$url" "$3"
+    if [ "${4:-}" = h2 ]; then measure "$1" "$s" h2 "$url"; else measure "$1" "$s" wrk "$url"; fi
+  done
+}
+
+if [ -n "${TAMIS_REV:-}" ]; then
+  rev=$TAMIS_REV
+elif [ "$TAMIS_BIN" = "$(realpath target/release/tamis 2>/dev/null)" ]; then
+  rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+    rev="$rev + uncommitted changes"
+  fi
+else
+  rev="$TAMIS_BIN (set TAMIS_REV to name its revision)"
+fi
+nginx_v=$(nginx -v 2>&1 | sed 's/.*\///')
+varnish_v=$(varnishd -V 2>&1 | sed -n 's/.*(varnish-\([0-9.]*\).*/\1/p')
+tls_of() { # port -> negotiated TLS version and cipher with an HTTP/1.1 ALPN
+  openssl s_client -connect "127.0.0.1:$1" -alpn http/1.1 </dev/null 2>/dev/null |
+    awk '/^New, / {gsub(/,/, ""); print $2, $5; exit}'
+}
+echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores"
+echo "tamis $rev, nginx $nginx_v, Varnish $varnish_v; DURATION=${DURATION}s CONNS=$CONNS"
+echo "load before: $(uptime | sed 's/.*load average: //')"
+echo "TLS: nginx $(tls_of "$NGINX_TLS"), tamis $(tls_of "$TAMIS_TLS")"
+
+for c in $CASES; do
+  echo "== $c: $(describe "$c")"
+  case $c in
+    a) cached_case a /s/tile.png 20480 ;;
+    b) cached_case b /s/style.css 1024 ;;
+    c) cached_case c /s/font.woff2 102400 ;;
+    d)
+      for s in nginx varnish tamis; do
+        measure d "$s" wrk "http://127.0.0.1:$(port_of "$s")/post/event" "-s $work/post.lua"
+      done
+      got=$(curl -s -o /dev/null -w "%{http_code}" -H "Content-Type: application/json" \
+        --data-binary "@$work/event.json" "http://127.0.0.1:$TAMIS/p/api/event")
+      [ "$got" = 202 ] || { echo "  tamis plausible route answered $got" >&2; exit 1; }
+      measure d tamis-plausible wrk "http://127.0.0.1:$TAMIS/p/api/event" "-s $work/post.lua"
+      ;;
+    e)
+      for s in nginx varnish tamis; do
+        measure e "$s" burst "/slow/cold-$s-$RANDOM.bin"
+      done
+      ;;
+    f) cached_case f /s/tile.png 20480 tls ;;
+    g) cached_case g /s/tile.png 20480 h2 ;;
+    *) echo "unknown case $c" >&2; exit 1 ;;
+  esac
+done
+echo "load after: $(uptime | sed 's/.*load average: //')"
+
+# ---------------------------------------------------------------------------------------------
+# Markdown.
+ratio() { # a b -> a/b or -
+  awk -v a="${1:-}" -v b="${2:-}" 'BEGIN {if (a > 0 && b > 0) printf "%.2f", a / b; else print "—"}'
+}
+echo
+echo "| case | server | req/s | p50 ms | p99 ms | errors | CPU s | CPU µs/req | core 0 busy | peak RSS MiB | origin requests |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+for r in "${rows[@]}"; do
+  IFS='|' read -r c s rps p50 p99 errs cpu per busy rss fetched <<<"$r"
+  echo "| $c | $s | $rps | $p50 | $p99 | $errs | $cpu | $per | $busy % | $rss | $fetched |"
+done
+echo
+echo "| case | nginx $nginx_v req/s | Varnish $varnish_v req/s | tamis req/s | tamis/nginx | tamis/Varnish |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+for c in $CASES; do
+  tm=${RPS[$c,tamis]:-}
+  vn=${RPS[$c,varnish]:-}
+  if [ "$c" = e ]; then
+    # req/s of a single burst means little; the origin count is what case e is about.
+    echo "| $c: $(describe "$c"), origin fetches | ${FETCHED[$c,nginx]:-} | ${FETCHED[$c,varnish]:-} | ${FETCHED[$c,tamis]:-} | — | — |"
+    continue
+  fi
+  echo "| $c: $(describe "$c") | ${RPS[$c,nginx]:-} | ${vn:-no TLS} | $tm | $(ratio "$tm" "${RPS[$c,nginx]:-}") | $(ratio "$tm" "$vn") |"
+  if [ -n "${RPS[$c,tamis-plausible]:-}" ]; then
+    tp=${RPS[$c,tamis-plausible]}
+    echo "| $c: same, tamis through its Plausible scrubber | ${RPS[$c,nginx]:-} | ${vn:-} | $tp | $(ratio "$tp" "${RPS[$c,nginx]:-}") | $(ratio "$tp" "$vn") |"
+  fi
+done
+echo
+echo "Each server under test alone on core 0; wrk / h2load / the burst client and both origins on"
+echo "core 1. Core 0 busy well below 100 %: core 1 (load generator + origin) was the limit, so"
+echo "compare CPU µs/req. Peak RSS: tamis, the nginx worker (nginx's cache lives in the page cache,"
+echo "not counted), the Varnish child (malloc 256M, one thread pool, 200-2000 threads). Varnish has"
+echo "no TLS: cases f and g not measured for it. Case e: 'origin requests' is the fetch count."
+
+failed=0
+for r in "${rows[@]}"; do
+  IFS='|' read -r c s rps p50 p99 errs cpu per busy rss fetched <<<"$r"
+  if [ "$errs" != 0 ]; then
+    echo "$( [ "${s%%-*}" = tamis ] && echo FAIL || echo warning): case $c, $s: $errs errors" >&2
+    [ "${s%%-*}" = tamis ] && failed=1
+  fi
+  if [ "$c" = e ] && [ "$fetched" != 1 ]; then
+    echo "$( [ "$s" = tamis ] && echo FAIL || echo note): case e, $s: $fetched origin fetches" >&2
+    [ "$s" = tamis ] && failed=1
+  fi
+done
+exit "$failed"
