@@ -78,8 +78,20 @@ pub struct Config {
     pub cache: CacheConfig,
     pub upstream: UpstreamConfig,
     pub log: LogConfig,
+    /// The public page that discloses what each route does (`None`: off).
+    pub transparency: Option<TransparencyConfig>,
     pub routes: Vec<RouteConfig>,
 }
+
+/// Where the public transparency page is served.
+#[derive(Clone, Debug)]
+pub struct TransparencyConfig {
+    /// The path on the public listeners (default `/.well-known/tamis`).
+    pub path: String,
+}
+
+/// The transparency page's default path.
+pub const DEFAULT_TRANSPARENCY_PATH: &str = "/.well-known/tamis";
 
 /// The public listeners.
 #[derive(Clone)]
@@ -330,7 +342,16 @@ struct RawConfig {
     #[serde(default)]
     log: RawLog,
     #[serde(default)]
+    transparency: RawTransparency,
+    #[serde(default)]
     route: Vec<RawRoute>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTransparency {
+    enabled: Option<bool>,
+    path: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -596,6 +617,7 @@ impl Validator<'_> {
             access: raw.log.access.unwrap_or(true),
             client_ip: raw.log.client_ip.unwrap_or_default(),
         };
+        let transparency = self.transparency(raw.transparency);
         let routes = self.routes(raw.route, &cache, &upstream.user_agent);
         Some(Config {
             source: self.path.to_owned(),
@@ -605,8 +627,33 @@ impl Validator<'_> {
             cache,
             upstream,
             log,
+            transparency,
             routes,
         })
+    }
+
+    fn transparency(&mut self, raw: RawTransparency) -> Option<TransparencyConfig> {
+        if raw.enabled == Some(false) {
+            return None;
+        }
+        let path = match raw.path {
+            None => DEFAULT_TRANSPARENCY_PATH.to_owned(),
+            Some(p) => {
+                let ok = p.get_ref().starts_with('/')
+                    && p.get_ref().len() > 1
+                    && p.get_ref().parse::<http::uri::PathAndQuery>().is_ok()
+                    && !p.get_ref().contains(['?', '#']);
+                if !ok {
+                    self.problem(
+                        Some(p.span()),
+                        "transparency.path",
+                        "must be an absolute path such as \"/.well-known/tamis\"",
+                    );
+                }
+                p.into_inner()
+            }
+        };
+        Some(TransparencyConfig { path })
     }
 
     fn server(&mut self, raw: RawServer) -> Option<ServerConfig> {

@@ -13,4 +13,5 @@ pub mod report;
 pub mod routes;
 pub mod server;
 pub mod tls;
+pub mod transparency;
 pub mod upstream;

@@ -33,6 +33,8 @@ pub struct State {
     pub cache: Arc<Cache>,
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
+    /// The public page disclosing what each route does.
+    pub transparency: Option<crate::transparency::Page>,
     /// Indexed like the router's routes.
     route_metrics: Vec<RouteMetrics>,
 }
@@ -86,7 +88,9 @@ impl State {
             .iter()
             .map(|r| metrics.route(&r.config.name))
             .collect();
+        let transparency = crate::transparency::Page::new(&config, &router);
         Ok(State {
+            transparency,
             config,
             router,
             cache,
@@ -209,6 +213,18 @@ async fn serve(state: &Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> 
             StatusCode::BAD_REQUEST,
             "absolute-form request targets are not accepted\n",
         );
+    }
+
+    // tamis's own public page, ahead of the routes: a route can never hide it.
+    if let Some(page) = &state.transparency {
+        if req.uri().path() == page.path {
+            return Answer {
+                response: page.answer(req.method(), req.uri().query(), req.headers()),
+                route: None,
+                cache: None,
+                cache_status: None,
+            };
+        }
     }
 
     // 2. Route, and the upstream URL (confined under the route's base).

@@ -1,7 +1,11 @@
-//! `tamis check`: the operator's proof of what leaves. Generated from the running policy
-//! tables, so it cannot drift from what the proxy does.
+//! What tamis does with each route's traffic, as data ([`Disclosure`]), built from the running
+//! routes and policy tables so it cannot drift from what the proxy does. `tamis check` prints it
+//! for the operator ([`check_report`]); `/.well-known/tamis` publishes it (see
+//! [`crate::transparency`]).
 
 use std::fmt::Write as _;
+
+use serde::Serialize;
 
 use crate::config::{ClientIpLog, Config, RouteCache};
 use crate::policy::{
@@ -43,10 +47,303 @@ fn grouped<R: Copy + PartialEq>(rows: impl Iterator<Item = (String, R)>) -> Vec<
     groups
 }
 
+/// What one route does, as published: no secret (keys, salts, file paths) in it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RouteDisclosure {
+    pub name: String,
+    pub kind: &'static str,
+    /// For a fonts route: which part ("CSS", "font files").
+    pub part: Option<&'static str>,
+    /// The first-party prefix visitors use.
+    pub prefix: String,
+    /// Where requests go: the upstream base URL (or a tile URL template).
+    pub upstream: String,
+    /// The host tamis connects to.
+    pub upstream_host: String,
+    pub jurisdiction: &'static str,
+    pub jurisdiction_note: &'static str,
+    /// Role-specific handling (tile bounds, CSS rewriting, font files).
+    pub handling: Vec<String>,
+    pub query: &'static str,
+    pub cache: String,
+    /// EU only: everything is forwarded as sent (no scrubbing).
+    pub pass_through: bool,
+    /// Request headers that go upstream, and how.
+    pub sent: Vec<HeaderRow>,
+    /// Request headers that never go upstream, by reason.
+    pub removed: Vec<Group>,
+    /// Response headers that never reach the visitor, by reason.
+    pub response_removed: Vec<Group>,
+    pub response_notes: Vec<String>,
+    pub max_upstream_connections: Option<usize>,
+    pub analytics: Option<AnalyticsDisclosure>,
+}
+
+/// One request header that goes upstream.
+#[derive(Clone, Debug, Serialize)]
+pub struct HeaderRow {
+    pub header: String,
+    pub value: String,
+}
+
+/// Names sharing one reason or outcome.
+#[derive(Clone, Debug, Serialize)]
+pub struct Group {
+    pub reason: String,
+    pub names: Vec<String>,
+}
+
+/// What an analytics route does with tracking requests.
+#[derive(Clone, Debug, Serialize)]
+pub struct AnalyticsDisclosure {
+    pub endpoints: Vec<&'static str>,
+    pub methods: &'static str,
+    pub max_body: usize,
+    /// Protocol parameters by outcome (kept, pseudonymised, generalised, dropped).
+    pub parameters: Vec<Group>,
+    pub custom_fields_kept: Vec<String>,
+    pub url_params_kept: Vec<String>,
+    pub pseudonyms: String,
+    pub client_address: &'static str,
+    /// Identifiers removed from the upstream's answer.
+    pub answer_removed: Vec<&'static str>,
+}
+
+/// What the log keeps.
+pub fn log_line(config: &Config) -> &'static str {
+    match (config.log.access, config.log.client_ip) {
+        (false, _) => "no access log",
+        (true, ClientIpLog::None) => "one line per request, no client address",
+        (true, ClientIpLog::Truncated) => {
+            "one line per request, client address truncated (IPv4 /24, IPv6 /48)"
+        }
+    }
+}
+
+/// Every route of a router, disclosed.
+pub fn disclose(router: &Router) -> Vec<RouteDisclosure> {
+    router.routes().iter().map(|r| disclose_route(r)).collect()
+}
+
+fn disclose_route(route: &Route) -> RouteDisclosure {
+    let c = &route.config;
+    let mut handling = Vec::new();
+    let upstream = match (&c.tiles, route.role) {
+        (Some(t), Role::Tiles) => {
+            handling.push(format!(
+                "tiles          z <= {}, x and y in 0..2^z, anything else 400 without an upstream request; URL built from the template{}",
+                t.max_zoom,
+                if t.template.as_str().contains("{s}") { ", one fixed subdomain per tile" } else { "" }
+            ));
+            t.template.as_str().to_owned()
+        }
+        _ => route.upstream.to_string(),
+    };
+    match route.role {
+        Role::FontCss => handling.push(format!(
+            "css            fetched as plain text with a fixed browser User-Agent; every URL in it mapped under {} or blocked",
+            c.font_files
+                .as_ref()
+                .map_or(route.prefix.clone(), |f| format!("{} or {}", f.prefix, route.prefix))
+        )),
+        Role::FontFiles => handling.push(
+            "font files     font/* types, Access-Control-Allow-Origin: *, query dropped".to_owned(),
+        ),
+        _ => {}
+    }
+    let forwards_query = c.forward_query && matches!(route.role, Role::Static | Role::FontCss);
+    let upstream_host = match (&c.tiles, route.role) {
+        (Some(t), Role::Tiles) => t.template.sample_host(),
+        _ => route.upstream.authority.to_string(),
+    };
+    let mut sent = Vec::new();
+    if !c.pass_through {
+        for (name, how, why) in REQUEST_ALLOWLIST {
+            let value = match how {
+                Allowed::AsSent => format!("as sent by the browser ({why})"),
+                Allowed::Normalized if route.role == Role::FontCss => {
+                    "identity (the CSS is rewritten)".to_owned()
+                }
+                Allowed::Normalized => (*why).to_owned(),
+            };
+            sent.push(HeaderRow {
+                header: display_name(name.as_str()),
+                value,
+            });
+        }
+        let ua = match &route.policy.user_agent {
+            UserAgent::Fixed(ua) => format!("replaced by {:?}", ua.to_str().unwrap_or("")),
+            UserAgent::Generalised => {
+                "the visitor's, generalised to browser family and major version".to_owned()
+            }
+            UserAgent::Visitor => "as sent by the browser (EU route)".to_owned(),
+        };
+        sent.push(HeaderRow {
+            header: "User-Agent".to_owned(),
+            value: ua,
+        });
+        if let Some(referer) = &route.policy.referer {
+            sent.push(HeaderRow {
+                header: "Referer".to_owned(),
+                value: format!(
+                    "fixed: {:?} (the site's origin, never the visitor's page)",
+                    referer.to_str().unwrap_or("")
+                ),
+            });
+        }
+        for extra in &route.policy.extra {
+            sent.push(HeaderRow {
+                header: display_name(extra.as_str()),
+                value: "as sent by the browser (forward_headers, EU route)".to_owned(),
+            });
+        }
+        sent.push(HeaderRow {
+            header: "Host".to_owned(),
+            value: format!("{upstream_host} (from the config, never the visitor's)"),
+        });
+    }
+    let mut removed = Vec::new();
+    if !c.pass_through {
+        let rows = REQUEST_REMOVED
+            .iter()
+            .filter(|(n, _)| !route.policy.extra.iter().any(|e| e.as_str() == *n))
+            .map(|(n, why)| (display_name(n), *why))
+            .chain(
+                REQUEST_REMOVED_PREFIXES
+                    .iter()
+                    .map(|(p, why)| (format!("{}*", display_name(p)), *why)),
+            );
+        removed = grouped(rows)
+            .into_iter()
+            .map(|(why, names)| Group {
+                reason: why.reason().to_owned(),
+                names,
+            })
+            .collect();
+        removed.push(Group {
+            reason: Removed::NotAllowlisted.reason().to_owned(),
+            names: vec!["every other header".to_owned()],
+        });
+    }
+    let response_removed = grouped(
+        RESPONSE_STRIPPED
+            .iter()
+            .map(|(n, why)| (display_name(n), *why)),
+    )
+    .into_iter()
+    .map(|(why, names)| Group {
+        reason: why.reason().to_owned(),
+        names,
+    })
+    .collect();
+    let response_notes = vec![
+        "Link: entries naming another host".to_owned(),
+        format!(
+            "Location: mapped back under {}; a redirect anywhere else is answered 502",
+            c.prefix
+        ),
+    ];
+    let analytics = match (&route.analytics, &c.analytics) {
+        (Some(rt), Some(a)) => Some(disclose_analytics(rt.protocol, a)),
+        _ => None,
+    };
+    RouteDisclosure {
+        name: c.name.clone(),
+        kind: c.kind.as_str(),
+        part: match route.role {
+            Role::FontCss => Some("CSS"),
+            Role::FontFiles => Some("font files"),
+            _ => None,
+        },
+        prefix: route.prefix.clone(),
+        upstream,
+        upstream_host,
+        jurisdiction: c.jurisdiction.as_str(),
+        jurisdiction_note: match c.jurisdiction {
+            Jurisdiction::NonEu => "outside the EU, only the allowlist below leaves",
+            Jurisdiction::Eu => {
+                "under EU law; allowlist plus the visitor's User-Agent and any forward_headers"
+            }
+        },
+        handling,
+        query: match route.role {
+            Role::Analytics(_) => "scrubbed parameter by parameter (see parameters)",
+            _ if forwards_query => "forwarded as is",
+            _ => "dropped",
+        },
+        cache: if c.analytics.is_some() {
+            "never (tracking requests)".to_owned()
+        } else {
+            cache_line(&c.cache)
+        },
+        pass_through: c.pass_through,
+        sent,
+        removed,
+        response_removed,
+        response_notes,
+        max_upstream_connections: c.max_upstream_connections,
+        analytics,
+    }
+}
+
+fn disclose_analytics(
+    protocol: Protocol,
+    a: &crate::config::AnalyticsConfig,
+) -> AnalyticsDisclosure {
+    let rules = match protocol {
+        Protocol::Ga4 => analytics::ga4::RULES,
+        Protocol::Matomo => analytics::matomo::RULES,
+        Protocol::Plausible => analytics::plausible::RULES,
+        Protocol::Umami => analytics::umami::RULES,
+    };
+    AnalyticsDisclosure {
+        endpoints: protocol.endpoints().to_vec(),
+        methods: if protocol.allows(&http::Method::GET) {
+            "GET, POST"
+        } else {
+            "POST"
+        },
+        max_body: a.max_body,
+        parameters: analytics::describe(rules)
+            .into_iter()
+            .map(|(o, names)| Group {
+                reason: o.as_str().to_owned(),
+                names,
+            })
+            .collect(),
+        custom_fields_kept: a.settings.allow_event_params.clone(),
+        url_params_kept: a.settings.allow_url_params.clone(),
+        pseudonyms: format!(
+            "HMAC-SHA-256, 32 bits, key in memory only, rotated every {}{}",
+            humantime::format_duration(a.rotate),
+            if a.salt.is_some() {
+                " (derived from salt_file: replicas agree)"
+            } else {
+                ""
+            }
+        ),
+        client_address: if a.client_ip == ClientIpLog::Truncated {
+            "sent truncated (IPv4 /24, IPv6 /48) in X-Forwarded-For (EU route)"
+        } else {
+            "never sent"
+        },
+        answer_removed: if matches!(protocol, Protocol::Umami) {
+            analytics::umami::ANSWER_IDENTIFIERS.to_vec()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
 /// The full report for a valid config.
 pub fn check_report(config: &Config) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{}: valid", config.source.display());
+    let _ = writeln!(
+        out,
+        "{}: valid (hash {})",
+        config.source.display(),
+        config.hash
+    );
     let _ = writeln!(out);
     let _ = writeln!(out, "listeners");
     if let Some(a) = config.server.listen {
@@ -62,7 +359,7 @@ pub fn check_report(config: &Config) -> String {
     }
     match &config.admin {
         Some(a) => {
-            let _ = writeln!(out, "  admin  {} (/metrics, /healthz)", a.listen);
+            let _ = writeln!(out, "  admin  {} (/metrics, /healthz, /reload)", a.listen);
         }
         None => {
             let _ = writeln!(out, "  admin  none (no metrics endpoint)");
@@ -86,106 +383,52 @@ pub fn check_report(config: &Config) -> String {
         },
         humantime::format_duration(config.cache.keep)
     );
+    let _ = writeln!(out, "log      {}", log_line(config));
     let _ = writeln!(
         out,
-        "log      {}",
-        match (config.log.access, config.log.client_ip) {
-            (false, _) => "no access log",
-            (true, ClientIpLog::None) => "one line per request, no client address",
-            (true, ClientIpLog::Truncated) =>
-                "one line per request, client address truncated (IPv4 /24, IPv6 /48)",
-        }
+        "public   {}",
+        config.transparency.as_ref().map_or(
+            "no transparency page (transparency.enabled = false)".to_owned(),
+            |t| format!("{} discloses what follows (HTML, or JSON)", t.path)
+        )
     );
     let _ = writeln!(
         out,
         "upstream timeouts: connect {:?}, total {:?}",
         config.upstream.connect_timeout, config.upstream.timeout
     );
-    let router = Router::new(config);
-    for route in router.routes() {
+    for route in disclose(&Router::new(config)) {
         let _ = writeln!(out);
-        route_report(&mut out, route);
+        route_text(&mut out, &route);
     }
     out
 }
 
-fn route_report(out: &mut String, route: &Route) {
-    let c = &route.config;
-    let part = match route.role {
-        Role::FontCss => ", CSS",
-        Role::FontFiles => ", font files",
-        _ => "",
-    };
-    let _ = writeln!(out, "route {} ({}{part})", c.name, c.kind.as_str());
-    match (&c.tiles, route.role) {
-        (Some(t), Role::Tiles) => {
-            let _ = writeln!(
-                out,
-                "  {}{{z}}/{{x}}/{{y}}.ext -> {}",
-                route.prefix,
-                t.template.as_str()
-            );
-            let _ = writeln!(
-                out,
-                "  tiles          z <= {}, x and y in 0..2^z, anything else 400 without an upstream request; URL built from the template{}",
-                t.max_zoom,
-                if t.template.as_str().contains("{s}") { ", one fixed subdomain per tile" } else { "" }
-            );
-        }
-        _ => {
-            let _ = writeln!(out, "  {} -> {}", route.prefix, route.upstream);
-        }
+fn route_text(out: &mut String, r: &RouteDisclosure) {
+    let part = r.part.map(|p| format!(", {p}")).unwrap_or_default();
+    let _ = writeln!(out, "route {} ({}{part})", r.name, r.kind);
+    if r.kind == "tiles" {
+        let _ = writeln!(out, "  {}{{z}}/{{x}}/{{y}}.ext -> {}", r.prefix, r.upstream);
+    } else {
+        let _ = writeln!(out, "  {} -> {}", r.prefix, r.upstream);
     }
-    match route.role {
-        Role::FontCss => {
-            let _ = writeln!(
-                out,
-                "  css            fetched as plain text with a fixed browser User-Agent; every URL in it mapped under {} or blocked",
-                c.font_files
-                    .as_ref()
-                    .map_or(route.prefix.clone(), |f| format!("{} or {}", f.prefix, route.prefix))
-            );
-        }
-        Role::FontFiles => {
-            let _ = writeln!(
-                out,
-                "  font files     font/* types, Access-Control-Allow-Origin: *, query dropped"
-            );
-        }
-        _ => {}
+    for h in &r.handling {
+        let _ = writeln!(out, "  {h}");
     }
-    if let (Some(rt), Some(a)) = (&route.analytics, &c.analytics) {
-        analytics_report(out, rt.protocol, a);
+    if let Some(a) = &r.analytics {
+        analytics_text(out, a);
     }
-    if let Some(n) = c.max_upstream_connections {
+    if let Some(n) = r.max_upstream_connections {
         let _ = writeln!(out, "  upstream       at most {n} requests at once");
     }
     let _ = writeln!(
         out,
-        "  jurisdiction   {}",
-        match c.jurisdiction {
-            Jurisdiction::NonEu => "non-eu: outside the EU, only the allowlist below leaves",
-            Jurisdiction::Eu =>
-                "eu: under EU law; allowlist plus the visitor's User-Agent and any forward_headers",
-        }
+        "  jurisdiction   {}: {}",
+        r.jurisdiction, r.jurisdiction_note
     );
-    let forwards_query = c.forward_query && matches!(route.role, Role::Static | Role::FontCss);
-    let _ = writeln!(
-        out,
-        "  query string   {}",
-        match route.role {
-            Role::Analytics(_) => "scrubbed parameter by parameter (see parameters)",
-            _ if forwards_query => "forwarded as is",
-            _ => "dropped",
-        }
-    );
-    let cache = if c.analytics.is_some() {
-        "never (tracking requests)".to_owned()
-    } else {
-        cache_line(&c.cache)
-    };
-    let _ = writeln!(out, "  cache          {cache}");
-    if c.pass_through {
+    let _ = writeln!(out, "  query string   {}", r.query);
+    let _ = writeln!(out, "  cache          {}", r.cache);
+    if r.pass_through {
         let _ = writeln!(
             out,
             "  !! PASS-THROUGH: every method, body and request header (Cookie and Authorization included)"
@@ -193,114 +436,38 @@ fn route_report(out: &mut String, route: &Route) {
         let _ = writeln!(
             out,
             "  !! goes to {} as sent; only hop-by-hop headers are removed. EU upstreams only.",
-            route.upstream.authority
+            r.upstream_host
         );
-        let _ = writeln!(out, "  kept from the visitor (response):");
-        response_rows(out, c);
-        return;
-    }
-    let _ = writeln!(out, "  sent upstream:");
-    for (name, how, why) in REQUEST_ALLOWLIST {
-        let line = match how {
-            Allowed::AsSent => format!("as sent by the browser ({why})"),
-            Allowed::Normalized if route.role == Role::FontCss => {
-                "identity (the CSS is rewritten)".to_owned()
-            }
-            Allowed::Normalized => (*why).to_owned(),
-        };
-        let _ = writeln!(out, "    {:<18} {line}", display_name(name.as_str()));
-    }
-    match &route.policy.user_agent {
-        UserAgent::Fixed(ua) => {
-            let _ = writeln!(
-                out,
-                "    {:<18} replaced by {:?}",
-                "User-Agent",
-                ua.to_str().unwrap_or("")
-            );
+    } else {
+        let _ = writeln!(out, "  sent upstream:");
+        for row in &r.sent {
+            let _ = writeln!(out, "    {:<18} {}", row.header, row.value);
         }
-        UserAgent::Generalised => {
-            let _ = writeln!(
-                out,
-                "    {:<18} the visitor's, generalised to browser family and major version",
-                "User-Agent"
-            );
-        }
-        UserAgent::Visitor => {
-            let _ = writeln!(
-                out,
-                "    {:<18} as sent by the browser (EU route)",
-                "User-Agent"
-            );
+        let _ = writeln!(out, "  removed:");
+        for g in &r.removed {
+            let _ = writeln!(out, "    {}: {}", g.reason, g.names.join(", "));
         }
     }
-    if let Some(referer) = &route.policy.referer {
-        let _ = writeln!(
-            out,
-            "    {:<18} fixed: {:?} (the site's origin, never the visitor's page)",
-            "Referer",
-            referer.to_str().unwrap_or("")
-        );
-    }
-    for extra in &route.policy.extra {
-        let _ = writeln!(
-            out,
-            "    {:<18} as sent by the browser (forward_headers, EU route)",
-            display_name(extra.as_str())
-        );
-    }
-    let _ = writeln!(
-        out,
-        "    {:<18} {} (from the config, never the visitor's)",
-        "Host",
-        match (&c.tiles, route.role) {
-            (Some(t), Role::Tiles) => t.template.sample_host(),
-            _ => route.upstream.authority.to_string(),
-        }
-    );
-    let _ = writeln!(out, "  removed:");
-    let rows = REQUEST_REMOVED
-        .iter()
-        .filter(|(n, _)| !route.policy.extra.iter().any(|e| e.as_str() == *n))
-        .map(|(n, why)| (display_name(n), *why))
-        .chain(
-            REQUEST_REMOVED_PREFIXES
-                .iter()
-                .map(|(p, why)| (format!("{}*", display_name(p)), *why)),
-        );
-    for (why, names) in grouped(rows) {
-        let _ = writeln!(out, "    {}: {}", why.reason(), names.join(", "));
-    }
-    let _ = writeln!(
-        out,
-        "    {}: every other header",
-        Removed::NotAllowlisted.reason()
-    );
     let _ = writeln!(out, "  kept from the visitor (response):");
-    response_rows(out, c);
+    for g in &r.response_removed {
+        let _ = writeln!(out, "    {}: {}", g.reason, g.names.join(", "));
+    }
+    for n in &r.response_notes {
+        let _ = writeln!(out, "    {n}");
+    }
 }
 
-fn analytics_report(out: &mut String, protocol: Protocol, a: &crate::config::AnalyticsConfig) {
-    let rules = match protocol {
-        Protocol::Ga4 => analytics::ga4::RULES,
-        Protocol::Matomo => analytics::matomo::RULES,
-        Protocol::Plausible => analytics::plausible::RULES,
-        Protocol::Umami => analytics::umami::RULES,
-    };
+fn analytics_text(out: &mut String, a: &AnalyticsDisclosure) {
     let _ = writeln!(
         out,
         "  tracking       only {} is forwarded ({}), bodies up to {} bytes, never cached",
-        protocol.endpoints().join(", "),
-        if protocol.allows(&http::Method::GET) {
-            "GET, POST"
-        } else {
-            "POST"
-        },
+        a.endpoints.join(", "),
+        a.methods,
         a.max_body
     );
     let _ = writeln!(out, "  parameters:");
-    for (outcome, names) in analytics::describe(rules) {
-        let _ = writeln!(out, "    {:<14} {}", outcome.as_str(), names.join(", "));
+    for g in &a.parameters {
+        let _ = writeln!(out, "    {:<14} {}", g.reason, g.names.join(", "));
     }
     let list = |v: &[String]| {
         if v.is_empty() {
@@ -312,36 +479,20 @@ fn analytics_report(out: &mut String, protocol: Protocol, a: &crate::config::Ana
     let _ = writeln!(
         out,
         "    custom fields kept (allow_event_params): {}",
-        list(&a.settings.allow_event_params)
+        list(&a.custom_fields_kept)
     );
     let _ = writeln!(
         out,
         "    URL parameters kept (allow_url_params): {}",
-        list(&a.settings.allow_url_params)
+        list(&a.url_params_kept)
     );
-    let _ = writeln!(
-        out,
-        "    pseudonyms: HMAC-SHA-256, 32 bits, key in memory only, rotated every {}{}",
-        humantime::format_duration(a.rotate),
-        if a.salt.is_some() {
-            " (derived from salt_file: replicas agree)"
-        } else {
-            ""
-        }
-    );
-    if a.client_ip == ClientIpLog::Truncated {
-        let _ = writeln!(
-            out,
-            "    client address: sent truncated (IPv4 /24, IPv6 /48) in X-Forwarded-For (EU route)"
-        );
-    } else {
-        let _ = writeln!(out, "    client address: never sent");
-    }
-    if matches!(protocol, Protocol::Umami) {
+    let _ = writeln!(out, "    pseudonyms: {}", a.pseudonyms);
+    let _ = writeln!(out, "    client address: {}", a.client_address);
+    if !a.answer_removed.is_empty() {
         let _ = writeln!(
             out,
             "    answer: {} removed before it reaches the visitor",
-            analytics::umami::ANSWER_IDENTIFIERS.join(", ")
+            a.answer_removed.join(", ")
         );
     }
 }
@@ -372,21 +523,6 @@ fn cache_line(rc: &RouteCache) -> String {
         )
     });
     parts.join(", ")
-}
-
-fn response_rows(out: &mut String, c: &crate::config::RouteConfig) {
-    let rows = RESPONSE_STRIPPED
-        .iter()
-        .map(|(n, why)| (display_name(n), *why));
-    for (why, names) in grouped(rows) {
-        let _ = writeln!(out, "    {}: {}", why.reason(), names.join(", "));
-    }
-    let _ = writeln!(out, "    Link: entries naming another host");
-    let _ = writeln!(
-        out,
-        "    Location: mapped back under {}; a redirect anywhere else is answered 502",
-        c.prefix
-    );
 }
 
 #[cfg(test)]

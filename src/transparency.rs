@@ -1,0 +1,293 @@
+//! The public transparency page (`GET /.well-known/tamis`): what this proxy does with a
+//! visitor's requests, route by route, as HTML (or JSON for `Accept: application/json` or
+//! `?format=json`). Built from the same [`Disclosure`](crate::report) data `tamis check` prints,
+//! from the running config, once per (re)load. It names no secret: no keys, salts, file paths
+//! or listener addresses.
+
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Method, Response, StatusCode};
+use serde::Serialize;
+
+use crate::body::{self, ProxyBody};
+use crate::config::Config;
+use crate::report::{self, RouteDisclosure};
+use crate::routes::Router;
+
+/// The published document.
+#[derive(Serialize)]
+struct Document<'a> {
+    service: &'static str,
+    version: &'static str,
+    /// Which config is running (as `tamis check` and the metrics name it).
+    config_hash: &'a str,
+    /// What tamis's own log keeps.
+    log: &'static str,
+    /// What every route does.
+    routes: &'a [RouteDisclosure],
+}
+
+/// The rendered page, ready to serve.
+#[derive(Debug)]
+pub struct Page {
+    pub path: String,
+    html: Bytes,
+    json: Bytes,
+    html_etag: HeaderValue,
+    json_etag: HeaderValue,
+}
+
+impl Page {
+    /// Renders the page for a config and its routes; `None` when the config turns it off.
+    pub fn new(config: &Config, router: &Router) -> Option<Page> {
+        let t = config.transparency.as_ref()?;
+        let routes = report::disclose(router);
+        let doc = Document {
+            service: "tamis",
+            version: env!("CARGO_PKG_VERSION"),
+            config_hash: &config.hash,
+            log: report::log_line(config),
+            routes: &routes,
+        };
+        let json = Bytes::from(serde_json::to_vec_pretty(&doc).ok()?);
+        let html = Bytes::from(html(&doc));
+        Some(Page {
+            path: t.path.clone(),
+            html_etag: crate::cache::content_etag(&html),
+            json_etag: crate::cache::content_etag(&json),
+            html,
+            json,
+        })
+    }
+
+    /// Answers a request for the page.
+    pub fn answer(
+        &self,
+        method: &Method,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Response<ProxyBody> {
+        if method != Method::GET && method != Method::HEAD {
+            let mut r = crate::proxy::error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed\n",
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return r;
+        }
+        let json = query.is_some_and(|q| q.split('&').any(|p| p == "format=json"))
+            || headers
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.contains("application/json"));
+        let (bytes, etag, content_type) = if json {
+            (&self.json, &self.json_etag, "application/json")
+        } else {
+            (&self.html, &self.html_etag, "text/html; charset=utf-8")
+        };
+        let not_modified = headers
+            .get(header::IF_NONE_MATCH)
+            .is_some_and(|v| v.as_bytes() == etag.as_bytes());
+        let mut r = if not_modified || method == Method::HEAD {
+            Response::new(body::full(Bytes::new()))
+        } else {
+            Response::new(body::full(bytes.clone()))
+        };
+        if not_modified {
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+        }
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if !not_modified {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        }
+        h.insert(header::ETAG, etag.clone());
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=300"),
+        );
+        h.insert(header::VARY, HeaderValue::from_static("Accept"));
+        // Anyone may check it, from any page or tool.
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+        );
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        r
+    }
+}
+
+/// Escapes text for HTML content and attribute values.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn html(doc: &Document<'_>) -> String {
+    let mut o = String::with_capacity(32 * 1024);
+    let _ = write!(
+        o,
+        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <title>What this site's proxy sends to third parties</title>\n<style>\n\
+         body{{font:16px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}}\n\
+         table{{border-collapse:collapse;width:100%;margin:.5rem 0}}td,th{{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;vertical-align:top}}\n\
+         code{{font-size:90%}}.warn{{color:#a00;font-weight:bold}}section{{border-top:2px solid #444;margin-top:2rem}}\n\
+         </style>\n</head>\n<body>\n\
+         <h1>What this site's proxy sends to third parties</h1>\n\
+         <p>This site serves fonts, map tiles, scripts and analytics from its own domain through \
+         tamis {version}, so your browser does not contact \
+         these providers. This page is generated from the proxy's running configuration \
+         (<code>{hash}</code>); the same data is available as <a href=\"?format=json\">JSON</a>.</p>\n\
+         <p>The proxy's own log: {log}.</p>\n",
+        version = esc(doc.version),
+        hash = esc(doc.config_hash),
+        log = esc(doc.log),
+    );
+    for r in doc.routes {
+        route_html(&mut o, r);
+    }
+    o.push_str("</body>\n</html>\n");
+    o
+}
+
+fn route_html(o: &mut String, r: &RouteDisclosure) {
+    let part = r.part.map(|p| format!(", {p}")).unwrap_or_default();
+    let _ = write!(
+        o,
+        "<section id=\"route-{id}\">\n<h2>{prefix} &rarr; {host}</h2>\n\
+         <p>Route <b>{name}</b> ({kind}{part}). Requests under <code>{prefix}</code> on this site \
+         go to <code>{upstream}</code>. Jurisdiction: <b>{jur}</b>: {jur_note}.</p>\n<ul>\n",
+        id = esc(&r.name),
+        prefix = esc(&r.prefix),
+        host = esc(&r.upstream_host),
+        name = esc(&r.name),
+        kind = esc(r.kind),
+        part = esc(&part),
+        upstream = esc(&r.upstream),
+        jur = esc(r.jurisdiction),
+        jur_note = esc(r.jurisdiction_note),
+    );
+    for h in &r.handling {
+        let _ = writeln!(
+            o,
+            "<li>{}</li>",
+            esc(h.split_whitespace().collect::<Vec<_>>().join(" ").as_str())
+        );
+    }
+    let _ = writeln!(o, "<li>Query string: {}</li>", esc(r.query));
+    let _ = writeln!(o, "<li>Cache: {}</li>", esc(&r.cache));
+    if let Some(n) = r.max_upstream_connections {
+        let _ = writeln!(o, "<li>At most {n} requests at once to the provider</li>");
+    }
+    o.push_str("</ul>\n");
+    if r.pass_through {
+        let _ = writeln!(
+            o,
+            "<p class=\"warn\">Pass-through: every request header (cookies and logins included) \
+             and body goes to {} as your browser sent it. Allowed only for providers under EU law.</p>",
+            esc(&r.upstream_host)
+        );
+    } else {
+        o.push_str(
+            "<h3>Sent to the provider</h3>\n<table><tr><th>Header</th><th>Value</th></tr>\n",
+        );
+        for row in &r.sent {
+            let _ = writeln!(
+                o,
+                "<tr><td><code>{}</code></td><td>{}</td></tr>",
+                esc(&row.header),
+                esc(&row.value)
+            );
+        }
+        o.push_str("</table>\n<h3>Never sent</h3>\n");
+        groups_html(o, &r.removed);
+    }
+    if let Some(a) = &r.analytics {
+        let _ = writeln!(
+            o,
+            "<h3>Tracking requests</h3>\n<p>Only {} ({}) is forwarded; bodies up to {} bytes; never cached. \
+             Pseudonyms: {}. Your address: {}.</p>",
+            esc(&a.endpoints.join(", ")),
+            esc(a.methods),
+            a.max_body,
+            esc(&a.pseudonyms),
+            esc(a.client_address)
+        );
+        groups_html(o, &a.parameters);
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_owned()
+            } else {
+                esc(&v.join(", "))
+            }
+        };
+        let _ = writeln!(
+            o,
+            "<p>Custom fields kept: {}. Page URL parameters kept: {}.</p>",
+            list(&a.custom_fields_kept),
+            list(&a.url_params_kept)
+        );
+        if !a.answer_removed.is_empty() {
+            let _ = writeln!(
+                o,
+                "<p>Removed from the provider's answer: {}.</p>",
+                esc(&a.answer_removed.join(", "))
+            );
+        }
+    }
+    o.push_str("<h3>Kept from your browser (response headers)</h3>\n");
+    groups_html(o, &r.response_removed);
+    o.push_str("<ul>\n");
+    for n in &r.response_notes {
+        let _ = writeln!(o, "<li>{}</li>", esc(n));
+    }
+    o.push_str("</ul>\n</section>\n");
+}
+
+fn groups_html(o: &mut String, groups: &[report::Group]) {
+    o.push_str("<table><tr><th>Why</th><th>What</th></tr>\n");
+    for g in groups {
+        let _ = writeln!(
+            o,
+            "<tr><td>{}</td><td>{}</td></tr>",
+            esc(&g.reason),
+            esc(&g.names.join(", "))
+        );
+    }
+    o.push_str("</table>\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(
+            esc("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+}

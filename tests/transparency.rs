@@ -1,0 +1,220 @@
+//! The public transparency page: on by default, HTML and JSON from the running config, the same
+//! data `tamis check` prints, no secret in it, and it follows a reload.
+
+mod common;
+
+use common::*;
+
+fn config(up: &str, salt: &std::path::Path, ca: &std::path::Path, extra: &str) -> String {
+    format!(
+        "{LISTEN}[upstream]\nuser_agent = \"tamis-test (ops@site.example)\"\nextra_ca_file = {ca:?}\n\n{extra}\n\
+         {}\
+         [[route]]\nname = \"ga\"\nkind = \"ga4\"\nprefix = \"/a/\"\nupstream = \"{up}\"\nsalt_file = {salt:?}\n\n\
+         {}",
+        route("cdn", "/cdn/", up, ""),
+        route(
+            "eu",
+            "/eu/",
+            up,
+            "jurisdiction = \"eu\"\nforward_headers = [\"accept-language\"]"
+        ),
+        ca = ca.display().to_string(),
+        salt = salt.display().to_string(),
+    )
+}
+
+struct Setup {
+    t: Tamis,
+    up: Upstream,
+    _dir: tempfile::TempDir,
+    secrets: Vec<String>,
+}
+
+async fn setup(extra: &str) -> Setup {
+    let up = Upstream::http(|_| Reply::ok("x")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let salt = dir.path().join("pseudonym-salt");
+    std::fs::write(&salt, "very-secret-salt-value").unwrap();
+    let ca = TestCa::new();
+    let ca_file = dir.path().join("private-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let t = Tamis::start(&config(&up.url("/"), &salt, &ca_file, extra)).await;
+    let secrets = vec![
+        "very-secret-salt-value".to_owned(),
+        salt.display().to_string(),
+        ca_file.display().to_string(),
+        "pseudonym-salt".to_owned(),
+        "private-ca".to_owned(),
+        t.admin.unwrap().to_string(),
+        t.http.to_string(),
+    ];
+    Setup {
+        t,
+        up,
+        _dir: dir,
+        secrets,
+    }
+}
+
+#[tokio::test]
+async fn the_page_discloses_every_route_in_html_and_json_and_names_no_secret() {
+    let s = setup("").await;
+    let html = s.t.get("/.well-known/tamis").await;
+    assert_eq!(html.status, 200);
+    assert_eq!(
+        html.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(html
+        .header("content-security-policy")
+        .is_some_and(|v| v.contains("default-src 'none'")));
+    let page = html.text();
+    for needle in [
+        "/cdn/",
+        "/eu/",
+        "/a/",
+        "non-eu",
+        "Cookie, Authorization",
+        "X-Forwarded-For",
+        "Set-Cookie",
+        "replaced by &quot;tamis-test (ops@site.example)&quot;",
+        "pseudonymised",
+        "derived from salt_file: replicas agree",
+        "Accept-Language",
+    ] {
+        assert!(page.contains(needle), "page lacks {needle}");
+    }
+    let json =
+        s.t.get_with("/.well-known/tamis", &[("accept", "application/json")])
+            .await;
+    assert_eq!(json.header("content-type"), Some("application/json"));
+    assert_eq!(json.header("vary"), Some("Accept"));
+    let doc: serde_json::Value = serde_json::from_slice(&json.body).unwrap();
+    let same: serde_json::Value =
+        serde_json::from_slice(&s.t.get("/.well-known/tamis?format=json").await.body).unwrap();
+    assert_eq!(doc, same);
+    let routes = doc["routes"].as_array().unwrap();
+    assert_eq!(
+        routes
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["cdn", "ga", "eu"]
+    );
+    let eu = &routes[2];
+    assert_eq!(eu["jurisdiction"], "eu");
+    assert!(eu["sent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["header"] == "Accept-Language"));
+    let cdn = &routes[0];
+    assert_eq!(cdn["jurisdiction"], "non-eu");
+    assert!(!cdn["sent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["header"] == "Accept-Language" || h["header"] == "Cookie"));
+    assert_eq!(
+        routes[1]["analytics"]["endpoints"],
+        serde_json::json!(["g/collect"])
+    );
+
+    // The config hash is the one the metrics export.
+    let hash = doc["config_hash"].as_str().unwrap();
+    assert!(s
+        .t
+        .metrics()
+        .await
+        .contains(&format!("tamis_config_info{{hash=\"{hash}\"}} 1")));
+
+    for text in [&page, &json.text()] {
+        for secret in &s.secrets {
+            assert!(!text.contains(secret.as_str()), "page names {secret}");
+        }
+    }
+    assert_eq!(s.up.count(), 0, "the page contacts no upstream");
+}
+
+#[tokio::test]
+async fn the_page_and_tamis_check_say_the_same() {
+    let s = setup("").await;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&s.t.get("/.well-known/tamis?format=json").await.body).unwrap();
+    let config = tamis::config::Config::load(&s.t.config_path).unwrap();
+    let check = tamis::report::check_report(&config);
+    for r in doc["routes"].as_array().unwrap() {
+        for row in r["sent"].as_array().unwrap() {
+            let line = format!(
+                "    {:<18} {}",
+                row["header"].as_str().unwrap(),
+                row["value"].as_str().unwrap()
+            );
+            assert!(check.contains(&line), "check lacks {line:?}");
+        }
+        for g in r["removed"].as_array().unwrap() {
+            let names: Vec<&str> = g["names"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_str().unwrap())
+                .collect();
+            let line = format!(
+                "    {}: {}",
+                g["reason"].as_str().unwrap(),
+                names.join(", ")
+            );
+            assert!(check.contains(&line), "check lacks {line:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn conditional_head_and_unsafe_methods() {
+    let s = setup("").await;
+    let first = s.t.get("/.well-known/tamis").await;
+    let etag = first.header("etag").unwrap().to_owned();
+    let again =
+        s.t.get_with("/.well-known/tamis", &[("if-none-match", &etag)])
+            .await;
+    assert_eq!((again.status, again.body.len()), (304, 0));
+    let head = request(s.t.http, http::Method::HEAD, "/.well-known/tamis", &[]).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.header("content-length"),
+        Some(first.body.len().to_string().as_str())
+    );
+    let post = request(s.t.http, http::Method::POST, "/.well-known/tamis", &[]).await;
+    assert_eq!(post.status, 405);
+}
+
+#[tokio::test]
+async fn the_path_is_configurable_and_the_page_can_be_turned_off() {
+    let moved = setup("[transparency]\npath = \"/privacy/proxy\"\n").await;
+    assert_eq!(moved.t.get("/privacy/proxy").await.status, 200);
+    assert_eq!(moved.t.get("/.well-known/tamis").await.status, 404);
+
+    let off = setup("[transparency]\nenabled = false\n").await;
+    assert_eq!(off.t.get("/.well-known/tamis").await.status, 404);
+}
+
+#[tokio::test]
+async fn the_page_follows_a_reload() {
+    let up = Upstream::http(|_| Reply::ok("x")).await;
+    let t = Tamis::start(&format!(
+        "{LISTEN}{}",
+        route("cdn", "/cdn/", &up.url("/"), "")
+    ))
+    .await;
+    assert!(!t.get("/.well-known/tamis").await.text().contains("/maps/"));
+    let r = t
+        .reload(&format!(
+            "{LISTEN}{}{}",
+            route("cdn", "/cdn/", &up.url("/"), ""),
+            route("maps", "/maps/", &up.url("/"), "")
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    let page = t.get("/.well-known/tamis").await.text();
+    assert!(page.contains("/maps/"), "{page}");
+}
