@@ -2,6 +2,7 @@
 //! from the site's own domain, and sifts personal data out of every request it forwards.
 
 pub mod admin;
+pub mod audit;
 pub mod body;
 pub mod cache;
 pub mod config;

@@ -27,6 +27,16 @@ enum Command {
     Run,
     /// Validate the config without starting, and print what each route sends upstream.
     Check,
+    /// List the third-party resources an HTML page loads and whether a route covers each;
+    /// exits 1 if any is not covered (for a site's CI).
+    Audit {
+        /// An HTML file, or a URL on your own site.
+        page: String,
+        /// The site's own origin (e.g. https://site.example); taken from the page's URL when
+        /// auditing a URL.
+        #[arg(long)]
+        site: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -37,6 +47,13 @@ fn main() -> ExitCode {
                 print!("{}", tamis::report::check_report(&config));
                 ExitCode::SUCCESS
             }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Audit { page, site } => match Config::load(&cli.config) {
+            Ok(config) => ExitCode::from(tamis::audit::command(&config, &page, site.as_deref())),
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(2)
