@@ -1,0 +1,706 @@
+#!/usr/bin/env python3
+"""The Python half of deploy/check.sh: checks that need more than a validator's exit code.
+
+    python3 deploy/check.py STEP [ARGS...]
+
+Steps (each exits non-zero with a FAIL line on the first problem):
+  systemd-smoke TAMIS   run the unit's ExecStart argv (binary and config swapped for a test
+                        copy on free loopback ports), its ExecReload (SIGHUP: success, then a
+                        broken file: refused, still serving), the container HEALTHCHECK probe,
+                        then SIGTERM: exit 0
+  configs TAMIS         `tamis check` on deploy/container/tamis.toml and on the ConfigMap's text
+  kubernetes            the Prometheus Operator resources (ServiceMonitor, PrometheusRule)
+                        against the operator's CRD models, unknown fields refused; the
+                        PrometheusRule's groups equal deploy/prometheus/tamis.rules.yml's
+  metrics-names OUT     every metric the rules and the Grafana dashboard query exists in
+                        src/metrics.rs; the dashboard's structure; writes the dashboard's
+                        queries as a rule file to OUT for `promtool check rules` (PromQL syntax)
+  dockerfile            static review of deploy/container/Dockerfile and .dockerignore
+  frontends             nginx (nginx -t, then a real nginx on loopback) and Caddy (caddy
+                        validate, caddy fmt, then a real Caddy) in front of a recording stub:
+                        every tamis prefix reaches it with the path untouched and no
+                        client-address header, everything else stays with the site
+"""
+
+import fnmatch
+import http.client
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+
+# The public prefixes of the shipped config, as the nginx and Caddy files route them.
+PROBES = [
+    "/fonts/css2?family=Roboto:wght@400;700&display=swap",
+    "/fonts/files/s/roboto/v32/KFOmCnqEu92Fr1Mu4mxK.woff2",
+    "/bunny-fonts/css?family=roboto:400,700",
+    "/tiles/osm/12/2048/1361.png",
+    "/cdn/jquery@3.7.1/dist/jquery.min.js",
+    "/cdn/a%2Fb/%2e%2e/x.js",
+    "/cdnjs/leaflet/1.9.4/leaflet.min.js",
+    "/gtag/js?id=G-XXXXXXX",
+    "/a/g/collect?v=2&tid=G-XXXXXXX&cid=123.456&dl=https%3A%2F%2Fsite.example%2F",
+    "/.well-known/tamis",
+    "/.well-known/tamis?format=json",
+]
+# Paths that belong to the site, not to tamis.
+NOT_TAMIS = ["/", "/about", "/fontsX/x.css", "/photo.png", "/.well-known/tamisX"]
+CLIENT_ADDRESS_HEADERS = [
+    "x-forwarded-for",
+    "x-real-ip",
+    "forwarded",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "true-client-ip",
+    "via",
+]
+
+
+def fail(msg):
+    print(f"FAIL: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def ok(msg):
+    print(f"ok: {msg}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, what, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            fail(f"{what} exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    fail(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s")
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def http_get(url, timeout=3.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.read().decode()
+
+
+# ---------------------------------------------------------------- systemd-smoke
+
+
+def unit_directives(path):
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";", "[")):
+            continue
+        k, _, v = line.partition("=")
+        out.setdefault(k.strip(), []).append(v.strip())
+    return out
+
+
+def metric_value(text, name, labels):
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{want}}} "):
+            return float(line.split()[-1])
+    return None
+
+
+def wait_metric(admin, name, labels, value, proc, timeout=5.0):
+    end = time.monotonic() + timeout
+    got = None
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            fail(f"tamis exited with {proc.returncode}")
+        _, text = http_get(f"http://{admin}/metrics")
+        got = metric_value(text, name, labels)
+        if got == value:
+            return
+        time.sleep(0.05)
+    fail(f"{name}{labels} is {got}, expected {value}")
+
+
+def systemd_smoke(tamis):
+    unit = DEPLOY / "systemd" / "tamis.service"
+    d = unit_directives(unit)
+    start = shlex.split(d["ExecStart"][0])
+    reload_cmd = d["ExecReload"][0]
+    if start[0] != "/usr/local/bin/tamis" or start[-1] != "run" or "--config" not in start:
+        fail(f"unexpected ExecStart {start}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        http_port, admin_port = free_port(), free_port()
+        shipped = (ROOT / "config" / "tamis.toml").read_text()
+        for a, b in [("127.0.0.1:8080", f"127.0.0.1:{http_port}"),
+                     ("127.0.0.1:9090", f"127.0.0.1:{admin_port}")]:
+            if a not in shipped:
+                fail(f"config/tamis.toml no longer listens on {a}: update deploy/")
+            shipped = shipped.replace(a, b)
+        conf = tmp / "tamis.toml"
+        conf.write_text(shipped)
+        argv = [str(tamis)] + start[1:]
+        argv[argv.index("--config") + 1] = str(conf)
+        env = dict(os.environ)
+        for assignment in d.get("Environment", []):
+            for kv in shlex.split(assignment):
+                k, _, v = kv.partition("=")
+                env[k] = v
+        log = open(tmp / "tamis.log", "w+")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            wait_port(admin_port, proc, "tamis")
+            admin = f"127.0.0.1:{admin_port}"
+            status, body = http_get(f"http://{admin}/healthz")
+            if (status, body) != (200, "ok\n"):
+                fail(f"/healthz answered {status} {body!r}")
+            ok(f"ExecStart argv runs: {' '.join(start[1:])} (admin {admin})")
+
+            # The container's HEALTHCHECK probe, built as the Dockerfile builds it.
+            probe = tmp / "tamis-healthcheck"
+            subprocess.run(["rustc", "--edition", "2021", "-C", "opt-level=2", "-o", str(probe),
+                            str(DEPLOY / "container" / "healthcheck.rs")], check=True)
+            r = subprocess.run([str(probe), admin], capture_output=True, text=True)
+            if r.returncode != 0:
+                fail(f"tamis-healthcheck {admin} exited {r.returncode}: {r.stderr}")
+            r = subprocess.run([str(probe), f"127.0.0.1:{http_port}"], capture_output=True, text=True)
+            if r.returncode == 0:
+                fail("tamis-healthcheck passed against the public listener (no /healthz there)")
+            r = subprocess.run([str(probe), f"127.0.0.1:{free_port()}"], capture_output=True, text=True)
+            if r.returncode == 0:
+                fail("tamis-healthcheck passed against a closed port")
+            ok("tamis-healthcheck: 0 on the admin /healthz, 1 on the public listener and on a closed port")
+
+            def exec_reload():
+                cmd = shlex.split(reload_cmd.replace("$MAINPID", str(proc.pid)))
+                subprocess.run(cmd, check=True)
+
+            exec_reload()
+            wait_metric(admin, "tamis_config_reloads_total", {"result": "success"}, 1.0, proc)
+            conf.write_text(shipped + "\n[[route]]\nname = \"broken\"\n")
+            exec_reload()
+            wait_metric(admin, "tamis_config_reloads_total", {"result": "failure"}, 1.0, proc)
+            status, _ = http_get(f"http://{admin}/healthz")
+            if status != 200 or proc.poll() is not None:
+                fail("tamis stopped serving after a refused reload")
+            ok(f"ExecReload ({reload_cmd}): reload counted; a broken file refused, still serving")
+
+            proc.send_signal(signal.SIGTERM)
+            try:
+                code = proc.wait(15)
+            except subprocess.TimeoutExpired:
+                fail("tamis did not exit within 15s of SIGTERM")
+            if code != 0:
+                fail(f"tamis exited {code} after SIGTERM (Restart=on-failure would restart it)")
+            ok("SIGTERM (systemctl stop): exit 0")
+        except SystemExit:
+            log.seek(0)
+            sys.stderr.write("--- tamis log ---\n" + log.read())
+            raise
+        finally:
+            stop(proc)
+
+
+# ---------------------------------------------------------------- configs
+
+
+def configmap_toml(salt):
+    import yaml
+
+    cm = yaml.safe_load((DEPLOY / "kubernetes" / "configmap.yaml").read_text())
+    text = cm["data"]["tamis.toml"]
+    want = 'salt_file = "/etc/tamis-secrets/pseudonym.salt"'
+    if want not in text:
+        fail(f"configmap.yaml: expected {want} (the Secret mounted by deployment.yaml)")
+    return text.replace(want, f'salt_file = "{salt}"')
+
+
+def configs(tamis):
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        salt = tmp / "pseudonym.salt"
+        salt.write_bytes(os.urandom(32))
+        salt.chmod(0o600)
+        cm = tmp / "configmap-tamis.toml"
+        cm.write_text(configmap_toml(salt))
+        for name, path in [("deploy/container/tamis.toml", DEPLOY / "container" / "tamis.toml"),
+                           ("the ConfigMap's tamis.toml", cm)]:
+            r = subprocess.run([str(tamis), "check", "--config", str(path)],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                fail(f"tamis check on {name}:\n{r.stdout}{r.stderr}")
+            first = r.stdout.splitlines()[0] if r.stdout else ""
+            if not re.search(r": valid\b", first):
+                fail(f"tamis check on {name} printed {first!r}")
+            routes = list(dict.fromkeys(re.findall(r"^route (\S+)", r.stdout, re.M)))
+            ok(f"tamis check {name}: valid, routes {', '.join(routes)}")
+
+
+# ---------------------------------------------------------------- kubernetes CRDs
+
+
+def unknown_fields(src, dumped, path=""):
+    """Keys of `src` that the model dropped: pydantic ignores unknown fields, so a typo would
+    otherwise pass."""
+    out = []
+    if isinstance(src, dict):
+        if not isinstance(dumped, dict):
+            return [path or "."]
+        for k, v in src.items():
+            if k not in dumped:
+                out.append(f"{path}.{k}")
+            else:
+                out += unknown_fields(v, dumped[k], f"{path}.{k}")
+    elif isinstance(src, list):
+        for i, (a, b) in enumerate(zip(src, dumped)):
+            out += unknown_fields(a, b, f"{path}[{i}]")
+    return out
+
+
+def kubernetes():
+    import yaml
+    from cloudcoil.models.prometheus_operator import v1
+
+    kinds = {"ServiceMonitor": v1.ServiceMonitor, "PrometheusRule": v1.PrometheusRule}
+    seen = {}
+    for f in sorted((DEPLOY / "kubernetes").glob("*.yaml")):
+        for doc in yaml.safe_load_all(f.read_text()):
+            if not doc or not doc.get("apiVersion", "").startswith("monitoring.coreos.com/"):
+                continue
+            kind = doc.get("kind")
+            if doc["apiVersion"] != "monitoring.coreos.com/v1" or kind not in kinds:
+                fail(f"{f.name}: no schema for {doc['apiVersion']} {kind}")
+            try:
+                model = kinds[kind].model_validate(doc)
+            except Exception as e:  # pydantic.ValidationError
+                fail(f"{f.name}: {kind} does not validate:\n{e}")
+            extra = unknown_fields(doc, model.model_dump(by_alias=True, exclude_none=True, mode="json"))
+            if extra:
+                fail(f"{f.name}: {kind} fields unknown to the CRD: {', '.join(extra)}")
+            seen[kind] = doc
+            ok(f"{f.name}: {kind} valid against the prometheus-operator CRD model (strict)")
+    for kind in kinds:
+        if kind not in seen:
+            fail(f"no {kind} in deploy/kubernetes")
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "tamis.rules.yml").read_text())
+    if seen["PrometheusRule"]["spec"]["groups"] != rules["groups"]:
+        fail("deploy/kubernetes/prometheusrule.yaml spec.groups differ from "
+             "deploy/prometheus/tamis.rules.yml groups: copy the file's groups over")
+    ok("prometheusrule.yaml carries exactly the groups of tamis.rules.yml")
+    sm = seen["ServiceMonitor"]["spec"]
+    svc = [d for d in yaml.safe_load_all((DEPLOY / "kubernetes" / "service.yaml").read_text())
+           if all(d["metadata"].get("labels", {}).get(k) == v
+                  for k, v in sm["selector"]["matchLabels"].items())]
+    if len(svc) != 1:
+        fail(f"the ServiceMonitor's selector matches {len(svc)} Services, expected tamis-admin")
+    ports = {p["name"] for p in svc[0]["spec"]["ports"]}
+    for ep in sm["endpoints"]:
+        if ep["port"] not in ports:
+            fail(f"ServiceMonitor endpoint port {ep['port']} is not a port of {svc[0]['metadata']['name']}")
+    if svc[0]["metadata"]["labels"].get(sm.get("jobLabel")) != "tamis":
+        fail("ServiceMonitor jobLabel must give job=\"tamis\" (the alert rules expect it)")
+    ok(f"ServiceMonitor selects Service {svc[0]['metadata']['name']} port(s) "
+       f"{', '.join(e['port'] for e in sm['endpoints'])}, job=\"tamis\"")
+
+
+# ---------------------------------------------------------------- metric names
+
+
+def known_metrics():
+    """Series names tamis exports (histograms as their _bucket, _sum and _count), plus `up`."""
+    src = (ROOT / "src" / "metrics.rs").read_text()
+    names = set(re.findall(r'"(tamis_[a-z0-9_]+)"', src))
+    hist = set(re.findall(r'buckets\(\s*"(tamis_[a-z0-9_]+)"', src))
+    if not names or not hist:
+        fail("no metric names found in src/metrics.rs")
+    names -= hist
+    for h in hist:
+        names |= {h + "_bucket", h + "_sum", h + "_count"}
+    return names | {"up"}
+
+
+def referenced(expr):
+    """Plain metric names (tamis_*) and recording-rule names (level:metric:ops) in a query."""
+    plain = set(re.findall(r"(?<![\w:])(tamis_[a-z0-9_]+)(?![\w:])", expr))
+    recorded = set(re.findall(r"(?<![\w:])([a-z_]+:[a-z0-9_]+:[a-z0-9_]+)", expr))
+    if re.search(r"(?<![\w:])up\{", expr):
+        plain.add("up")
+    return plain, recorded
+
+
+def metrics_names(out):
+    import yaml
+
+    known = known_metrics()
+    used = set()
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "tamis.rules.yml").read_text())
+    recorded_names = set()
+    for g in rules["groups"]:
+        for r in g["rules"]:
+            if "record" in r:
+                recorded_names.add(r["record"])
+    for g in rules["groups"]:
+        for r in g["rules"]:
+            plain, recorded = referenced(r["expr"])
+            bad = plain - known
+            if bad:
+                fail(f"tamis.rules.yml {r.get('alert') or r.get('record')}: unknown metric(s) {sorted(bad)}")
+            if recorded - recorded_names:
+                fail(f"tamis.rules.yml: {sorted(recorded - recorded_names)} is recorded by no rule")
+            used |= plain
+    ok(f"tamis.rules.yml: every metric exists in src/metrics.rs ({len(used)} used)")
+
+    path = DEPLOY / "grafana" / "tamis.json"
+    try:
+        dash = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        fail(f"{path}: not JSON: {e}")
+    inputs = {i["name"] for i in dash.get("__inputs", []) if i.get("type") == "datasource"}
+    if "DS_PROMETHEUS" not in inputs:
+        fail("tamis.json: no DS_PROMETHEUS datasource input")
+    variables = {v["name"] for v in dash.get("templating", {}).get("list", [])}
+    builtin = {"__rate_interval", "__range", "__interval"}
+    ids, boxes, exprs = set(), [], []
+    for p in dash["panels"]:
+        if p["id"] in ids:
+            fail(f"tamis.json: duplicate panel id {p['id']}")
+        ids.add(p["id"])
+        g = p["gridPos"]
+        for (x, y, w, h, t) in boxes:
+            if g["x"] < x + w and x < g["x"] + g["w"] and g["y"] < y + h and y < g["y"] + g["h"]:
+                fail(f"tamis.json: panels {t!r} and {p['title']!r} overlap")
+        if g["x"] + g["w"] > 24:
+            fail(f"tamis.json: panel {p['title']!r} is wider than the grid")
+        boxes.append((g["x"], g["y"], g["w"], g["h"], p["title"]))
+        if p["type"] == "row":
+            continue
+        if p.get("datasource", {}).get("uid") != "${DS_PROMETHEUS}":
+            fail(f"tamis.json: panel {p['title']!r} does not use ${{DS_PROMETHEUS}}")
+        if not p.get("targets"):
+            fail(f"tamis.json: panel {p['title']!r} has no query")
+        for t in p["targets"]:
+            e = t["expr"]
+            for v in re.findall(r"\$(\w+)", e):
+                if v not in variables | builtin:
+                    fail(f"tamis.json: {p['title']!r} uses undefined variable ${v}")
+            plain, recorded = referenced(e)
+            bad = (plain - known) | recorded
+            if bad:
+                fail(f"tamis.json: {p['title']!r} queries unknown metric(s) {sorted(bad)}")
+            used |= plain
+            exprs.append((p["title"], e))
+    for v in dash["templating"]["list"]:
+        plain, _ = referenced(v["query"]["query"] if isinstance(v["query"], dict) else v["query"])
+        if plain - known:
+            fail(f"tamis.json: variable {v['name']} queries unknown {sorted(plain - known)}")
+    unused = sorted(n for n in known - used
+                    if not n.endswith(("_sum", "_count")) and n != "tamis_config_last_reload_success_timestamp_seconds")
+    ok(f"tamis.json: {len(ids)} panels, {len(exprs)} queries, every metric exists in src/metrics.rs"
+       + (f" (not shown: {', '.join(unused)})" if unused else ""))
+
+    # The dashboard's queries as recording rules, for `promtool check rules` (PromQL syntax).
+    subst = {"$__rate_interval": "5m", "$__range": "1h", "$__interval": "1m",
+             "$instance": ".*", "$route": ".*"}
+    rules_out = {"groups": [{"name": "grafana", "rules": []}]}
+    for i, (title, e) in enumerate(exprs):
+        for a, b in subst.items():
+            e = e.replace(a, b)
+        rules_out["groups"][0]["rules"].append({"record": f"grafana:panel_{i}:query", "expr": e})
+    Path(out).write_text(yaml.safe_dump(rules_out, sort_keys=False))
+
+
+# ---------------------------------------------------------------- dockerfile
+
+
+def dockerfile():
+    text = (DEPLOY / "container" / "Dockerfile").read_text()
+    lines = []
+    for raw in re.sub(r"\\\n", " ", text).splitlines():
+        s = raw.strip()
+        if s and not s.startswith("#"):
+            lines.append(s)
+    stages = [l for l in lines if l.upper().startswith("FROM ")]
+    if len(stages) != 2:
+        fail(f"Dockerfile: expected a build and a runtime stage, found {len(stages)} FROM")
+    if not re.match(r"FROM rust:1-bookworm AS build$", stages[0], re.I):
+        fail(f"Dockerfile: build stage is {stages[0]!r}")
+    if "distroless" not in stages[1] or ":nonroot" not in stages[1]:
+        fail(f"Dockerfile: runtime stage {stages[1]!r} is not distroless nonroot")
+    final = lines[lines.index(stages[1]):]
+    build = lines[:lines.index(stages[1])]
+    if not any("cargo build --release --locked" in l for l in build):
+        fail("Dockerfile: no `cargo build --release --locked`")
+    users = [l.split()[1] for l in final if l.upper().startswith("USER ")]
+    if not users or users[-1].split(":")[0] in ("root", "0"):
+        fail("Dockerfile: the runtime stage does not end as a non-root USER")
+    copied = " ".join(l for l in final if l.upper().startswith("COPY "))
+    hc = [l for l in final if l.upper().startswith("HEALTHCHECK ")]
+    if len(hc) != 1:
+        fail("Dockerfile: expected one HEALTHCHECK")
+    m = re.search(r'CMD \["([^"]+)", "([^"]+)"\]', hc[0])
+    if not m:
+        fail("Dockerfile: HEALTHCHECK must be exec form (distroless has no shell)")
+    if os.path.basename(m.group(1)) not in copied:
+        fail(f"Dockerfile: HEALTHCHECK runs {m.group(1)}, which is not copied into the runtime stage")
+    conf = (DEPLOY / "container" / "tamis.toml").read_text()
+    listen = re.findall(r'^listen = "([^"]+)"', conf, re.M)
+    if len(listen) != 2:
+        fail("deploy/container/tamis.toml: expected a server and an admin listen")
+    http_port, admin_port = (l.rsplit(":", 1)[1] for l in listen)
+    if m.group(2) != f"127.0.0.1:{admin_port}":
+        fail(f"Dockerfile: HEALTHCHECK probes {m.group(2)}, the admin listener is {listen[1]}")
+    exposed = set(" ".join(l.split(None, 1)[1] for l in final if l.upper().startswith("EXPOSE ")).split())
+    if exposed != {http_port, admin_port}:
+        fail(f"Dockerfile: EXPOSE {sorted(exposed)}, the config listens on {http_port} and {admin_port}")
+    if not any(l.startswith("ENTRYPOINT") and "/usr/local/bin/tamis" in l for l in final):
+        fail("Dockerfile: ENTRYPOINT is not /usr/local/bin/tamis")
+    if not any(l.startswith("CMD") and "/etc/tamis/tamis.toml" in l for l in final):
+        fail("Dockerfile: CMD does not read /etc/tamis/tamis.toml")
+    # The build context: what the build stage needs must not be excluded by .dockerignore.
+    ignore = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()
+              if l.strip() and not l.startswith("#")]
+    needed = ["Cargo.toml", "Cargo.lock", "src/main.rs", "src/lib.rs", "benches/micro.rs",
+              "benches/hitrate.rs", "deploy/container/healthcheck.rs", "deploy/container/tamis.toml"]
+    for f in needed:
+        if not (ROOT / f).exists():
+            fail(f"Dockerfile needs {f}, which does not exist")
+        if any(fnmatch.fnmatch(f, p) or f.startswith(p.rstrip("/") + "/") for p in ignore):
+            fail(f".dockerignore excludes {f}, which the build needs")
+    for big in ["target", ".git"]:
+        if big not in ignore:
+            fail(f".dockerignore should exclude {big}")
+    ok(f"Dockerfile: rust:1-bookworm build (--locked) -> distroless nonroot, USER {users[-1]}, "
+       f"EXPOSE {' '.join(sorted(exposed))}, exec-form HEALTHCHECK on {m.group(2)}, "
+       ".dockerignore keeps the sources")
+
+
+# ---------------------------------------------------------------- frontends
+
+
+class Recorder(BaseHTTPRequestHandler):
+    seen = []
+
+    def _any(self):
+        n = int(self.headers.get("content-length") or 0)
+        if n and len(self.rfile.read(n)) != n:
+            return
+        Recorder.seen.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+        body = b"tamis\n"
+        self.send_response(200)
+        self.send_header("content-type", "text/plain")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_HEAD = _any
+
+    def log_message(self, *a):
+        pass
+
+
+def exercise(name, port, tls, big_post_limited):
+    """Requests through the front end at 127.0.0.1:port; the stub records what reaches tamis."""
+
+    def req(method, path, body=None, extra=None):
+        if tls:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            c = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=ctx)
+        else:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        headers = {"Host": "site.example", "X-Forwarded-For": "203.0.113.7",
+                   "X-Real-IP": "203.0.113.7", "Forwarded": "for=203.0.113.7"}
+        headers.update(extra or {})
+        c.request(method, path, body=body, headers=headers)
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        return r.status, data
+
+    for path in PROBES:
+        Recorder.seen.clear()
+        status, data = req("GET", path)
+        if status != 200 or data != b"tamis\n" or len(Recorder.seen) != 1:
+            fail(f"{name}: GET {path} -> {status} {data[:60]!r}, tamis saw {len(Recorder.seen)} request(s)")
+        method, got, headers = Recorder.seen[0]
+        if got != path:
+            fail(f"{name}: GET {path} reached tamis as {got}")
+        leaked = [h for h in CLIENT_ADDRESS_HEADERS if h in headers]
+        if leaked:
+            fail(f"{name}: GET {path} reached tamis with {', '.join(f'{h}: {headers[h]}' for h in leaked)}")
+    ok(f"{name}: {len(PROBES)} tamis paths reach it untouched, with no client-address header "
+       "(X-Forwarded-For etc. sent by the client dropped, none added)")
+    for path in NOT_TAMIS:
+        Recorder.seen.clear()
+        req("GET", path)
+        if Recorder.seen:
+            fail(f"{name}: GET {path} went to tamis; it belongs to the site")
+    ok(f"{name}: the site's own paths ({', '.join(NOT_TAMIS)}) stay with the site")
+    Recorder.seen.clear()
+    status, _ = req("POST", "/a/g/collect?v=2", body=b"en=page_view\r\n",
+                    extra={"Content-Type": "text/plain"})
+    if status != 200 or len(Recorder.seen) != 1 or Recorder.seen[0][0] != "POST":
+        fail(f"{name}: a small analytics POST got {status}")
+    Recorder.seen.clear()
+    status, _ = req("POST", "/a/g/collect?v=2", body=b"x" * (100 * 1024),
+                    extra={"Content-Type": "text/plain"})
+    if big_post_limited:
+        if status != 413 or Recorder.seen:
+            fail(f"{name}: a 100 KiB analytics POST got {status} and reached tamis {len(Recorder.seen)} time(s)")
+        ok(f"{name}: analytics POST forwarded; over 64 KiB refused with 413 before tamis")
+    else:
+        if status != 200 or len(Recorder.seen) != 1:
+            fail(f"{name}: a 100 KiB analytics POST got {status}; tamis should answer it (413)")
+        ok(f"{name}: analytics POSTs forwarded whole (tamis itself answers 413 over max_body)")
+
+
+def nginx_check(tmp, stub_port):
+    tmp = tmp / "nginx"
+    tmp.mkdir()
+    snippet = (DEPLOY / "nginx" / "tamis.conf").read_text()
+    if "127.0.0.1:8080" not in snippet:
+        fail("deploy/nginx/tamis.conf does not proxy to 127.0.0.1:8080")
+    if re.search(r"^\s*[^#\n]*(proxy_add_x_forwarded_for|include\s+proxy_params)", snippet, re.M):
+        fail("deploy/nginx/tamis.conf adds X-Forwarded-For")
+    (tmp / "tamis.conf").write_text(snippet.replace("127.0.0.1:8080", f"127.0.0.1:{stub_port}"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-days", "1", "-subj", "/CN=site.example",
+                    "-keyout", str(tmp / "key.pem"), "-out", str(tmp / "cert.pem")],
+                   check=True, capture_output=True)
+    port = free_port()
+    temp_paths = "\n".join(f"  {d}_temp_path {tmp}/{d};" for d in
+                           ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"])
+    (tmp / "nginx.conf").write_text(f"""
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+worker_processes 1;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+{temp_paths}
+  # What a site may already set for its other applications: must not reach tamis.
+  proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+  proxy_set_header X-Real-IP $remote_addr;
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    server_name site.example;
+    ssl_certificate {tmp}/cert.pem;
+    ssl_certificate_key {tmp}/key.pem;
+    proxy_set_header X-Forwarded-Proto $scheme;
+    location / {{ return 200 "site\\n"; }}
+    location ~* \\.(png|css|js|woff2)$ {{ return 200 "site static\\n"; }}
+    include {tmp}/tamis.conf;
+  }}
+}}
+""")
+    base = ["nginx", "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-e", str(tmp / "error.log")]
+    r = subprocess.run(base + ["-t"], capture_output=True, text=True)
+    out = (r.stdout + r.stderr).strip()
+    if r.returncode != 0 or "[warn]" in out or "[emerg]" in out:
+        fail(f"nginx -t on deploy/nginx/tamis.conf in a TLS server block:\n{out}")
+    ok("nginx -t: deploy/nginx/tamis.conf inside an HTTPS server block: syntax ok, test successful")
+    proc = subprocess.Popen(base + ["-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_port(port, proc, "nginx")
+        exercise("nginx", port, tls=True, big_post_limited=True)
+    finally:
+        stop(proc)
+
+
+def caddy_check(tmp, stub_port):
+    tmp = tmp / "caddy"
+    tmp.mkdir()
+    env = dict(os.environ, HOME=str(tmp), XDG_DATA_HOME=str(tmp / "data"),
+               XDG_CONFIG_HOME=str(tmp / "config"))
+    src = DEPLOY / "caddy" / "Caddyfile"
+    r = subprocess.run(["caddy", "validate", "--adapter", "caddyfile", "--config", str(src)],
+                       capture_output=True, text=True, env=env)
+    if r.returncode != 0 or "Valid configuration" not in r.stdout + r.stderr:
+        fail(f"caddy validate deploy/caddy/Caddyfile:\n{r.stdout}{r.stderr}")
+    if '"level":"warn"' in r.stderr:
+        fail(f"caddy validate warned:\n{r.stderr}")
+    ok("caddy validate --adapter caddyfile deploy/caddy/Caddyfile: Valid configuration")
+    r = subprocess.run(["caddy", "fmt", str(src)], capture_output=True, text=True, env=env)
+    if r.returncode != 0 or r.stdout != src.read_text():
+        fail("deploy/caddy/Caddyfile is not as `caddy fmt` formats it")
+    ok("caddy fmt: deploy/caddy/Caddyfile formatted")
+    text = src.read_text()
+    port = free_port()
+    if "site.example {" not in text or "127.0.0.1:8080" not in text:
+        fail("deploy/caddy/Caddyfile: expected a `site.example {` block proxying to 127.0.0.1:8080")
+    text = (text.replace("site.example {", f"http://site.example:{port} {{\n\tbind 127.0.0.1\n")
+                .replace("127.0.0.1:8080", f"127.0.0.1:{stub_port}")
+                .replace("/var/www/site.example", str(tmp)))
+    (tmp / "Caddyfile").write_text("{\n\tadmin off\n\tauto_https off\n}\n\n" + text)
+    proc = subprocess.Popen(["caddy", "run", "--adapter", "caddyfile", "--config", str(tmp / "Caddyfile")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        wait_port(port, proc, "caddy")
+        exercise("caddy", port, tls=False, big_post_limited=False)
+    finally:
+        stop(proc)
+
+
+def frontends():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stub_port = server.server_address[1]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            os.chmod(tmp, 0o755)
+            nginx_check(tmp, stub_port)
+            caddy_check(tmp, stub_port)
+    finally:
+        server.shutdown()
+
+
+def main():
+    if len(sys.argv) < 2:
+        fail(__doc__)
+    step, args = sys.argv[1], sys.argv[2:]
+    steps = {
+        "systemd-smoke": lambda: systemd_smoke(Path(args[0]).resolve()),
+        "configs": lambda: configs(Path(args[0]).resolve()),
+        "kubernetes": kubernetes,
+        "metrics-names": lambda: metrics_names(args[0]),
+        "dockerfile": dockerfile,
+        "frontends": frontends,
+    }
+    if step not in steps:
+        fail(f"unknown step {step}\n{__doc__}")
+    steps[step]()
+
+
+if __name__ == "__main__":
+    main()

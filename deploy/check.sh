@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# deploy/check.sh: every offline check of the deploy kit, in one run. Nothing leaves the
+# machine: the servers it starts (tamis, nginx, Caddy, a recording stub) listen on loopback.
+#
+#   bash deploy/check.sh
+#
+# Installs what is missing (Debian: prometheus (promtool), nginx-light, caddy, systemd, openssl;
+# PyPI: kubernetes-validate, the prometheus-operator CRD models, PyYAML) and builds the tamis
+# binary (`cargo build --locked --bin tamis`: a no-op after `cargo test`). Stops at the first
+# failure with a FAIL line; ends with "deploy/check.sh: all N checks passed".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DEPLOY=$ROOT/deploy
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+STARTED=$SECONDS
+STEPS=0
+
+step() {
+  STEPS=$((STEPS + 1))
+  printf '\n== %s\n' "$*"
+}
+fail() {
+  printf 'FAIL: %s\n' "$*" >&2
+  exit 1
+}
+
+# ---- tools -------------------------------------------------------------------------------
+apt_missing=()
+command -v promtool >/dev/null || apt_missing+=(prometheus)
+command -v nginx >/dev/null || apt_missing+=(nginx-light)
+command -v caddy >/dev/null || apt_missing+=(caddy)
+command -v systemd-analyze >/dev/null || apt_missing+=(systemd)
+command -v openssl >/dev/null || apt_missing+=(openssl)
+if ((${#apt_missing[@]})); then
+  echo "installing (Debian): ${apt_missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
+fi
+if ! python3 -c 'import yaml, kubernetes_validate, cloudcoil.models.prometheus_operator' 2>/dev/null; then
+  echo "installing (PyPI): kubernetes-validate, cloudcoil-models-prometheus-operator, PyYAML"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+    'kubernetes-validate>=1.31' 'cloudcoil-models-prometheus-operator>=0.80' PyYAML
+fi
+KV=(python3 -m kubernetes_validate)
+"${KV[@]}" --version >/dev/null 2>&1 || KV=(kubernetes-validate)
+
+step "tamis binary (cargo build --locked --bin tamis)"
+cargo build --locked --quiet --bin tamis
+TAMIS=$ROOT/target/debug/tamis
+[[ -x $TAMIS ]] || fail "no $TAMIS after cargo build"
+echo "ok: $TAMIS"
+
+# ---- systemd -----------------------------------------------------------------------------
+step "systemd: systemd-analyze verify + security (deploy/systemd/tamis.service)"
+# verify needs ExecStart's binary to exist: check a copy of the unit that points at an
+# executable stub in a temporary directory, the rest of the unit unchanged.
+mkdir "$TMP/systemd"
+printf '#!/bin/sh\nexit 0\n' >"$TMP/systemd/tamis"
+chmod +x "$TMP/systemd/tamis"
+grep -q '^ExecStart=/usr/local/bin/tamis ' "$DEPLOY/systemd/tamis.service" ||
+  fail "tamis.service: ExecStart is not /usr/local/bin/tamis"
+sed "s#/usr/local/bin/tamis#$TMP/systemd/tamis#" "$DEPLOY/systemd/tamis.service" >"$TMP/systemd/tamis.service"
+# verify exits 0 on a directive it cannot parse (it only logs "ignoring"): any output fails.
+out=$(systemd-analyze verify "$TMP/systemd/tamis.service" 2>&1) || fail "systemd-analyze verify: $out"
+[[ -z $out ]] || fail "systemd-analyze verify complained:
+$out"
+echo "ok: systemd-analyze verify: no complaint"
+security=$(systemd-analyze security --offline=yes --threshold=20 "$TMP/systemd/tamis.service" 2>&1) ||
+  fail "systemd-analyze security: exposure above 2.0:
+$security"
+echo "ok: systemd-analyze security: ${security##*$'\n'}"
+for d in NoNewPrivileges=yes ProtectSystem=strict ProtectHome=yes PrivateTmp=yes PrivateDevices=yes \
+  ProtectKernelTunables=yes ProtectKernelModules=yes ProtectKernelLogs=yes DynamicUser=yes \
+  CapabilityBoundingSet=CAP_NET_BIND_SERVICE AmbientCapabilities=CAP_NET_BIND_SERVICE \
+  'RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX' MemoryDenyWriteExecute=yes \
+  SystemCallFilter=@system-service SystemCallArchitectures=native LockPersonality=yes \
+  RestrictNamespaces=yes Restart=on-failure 'ExecReload=/bin/kill -HUP $MAINPID'; do
+  grep -qxF "$d" "$DEPLOY/systemd/tamis.service" || fail "tamis.service: no $d"
+done
+grep -q '^LimitNOFILE=' "$DEPLOY/systemd/tamis.service" || fail "tamis.service: no LimitNOFILE"
+echo "ok: the hardening directives are all there"
+
+step "systemd: the unit's commands for real (ExecStart, ExecReload, stop) + container HEALTHCHECK probe"
+python3 "$DEPLOY/check.py" systemd-smoke "$TAMIS"
+
+# ---- configs, container ------------------------------------------------------------------
+step "tamis check on the container config and the Kubernetes ConfigMap"
+python3 "$DEPLOY/check.py" configs "$TAMIS"
+
+step "container: Dockerfile and .dockerignore (static: no Docker engine here)"
+python3 "$DEPLOY/check.py" dockerfile
+
+# ---- Kubernetes --------------------------------------------------------------------------
+step "kubernetes: kubernetes-validate --strict (built-in kinds), oldest and newest schemas"
+builtin=()
+for f in "$DEPLOY"/kubernetes/*.yaml; do
+  grep -q '^apiVersion: monitoring.coreos.com/' "$f" || builtin+=("$f")
+done
+((${#builtin[@]} >= 7)) || fail "expected at least 7 built-in manifests, found ${#builtin[@]}"
+for k in 1.25.0 ""; do
+  out=$("${KV[@]}" --strict ${k:+-k "$k"} "${builtin[@]}" 2>&1) || fail "kubernetes-validate ${k:-(default)}:
+$out"
+  if grep -qv '^INFO .* passed for resource' <<<"$out"; then
+    fail "kubernetes-validate ${k:-(default)}: not everything passed:
+$out"
+  fi
+  n=$(grep -c 'passed for resource' <<<"$out")
+  printf 'ok: kubernetes-validate --strict, Kubernetes %s: %d resources passed (%s)\n' \
+    "$(grep -o 'against version [0-9.]*' <<<"$out" | head -1 | cut -d' ' -f3)" "$n" \
+    "$(sed -E 's#^INFO .*resource ([^ ]*) against.*#\1#' <<<"$out" | tr '\n' ' ' | sed 's/ $//')"
+done
+
+step "kubernetes: ServiceMonitor and PrometheusRule (CRDs) against the operator's models"
+python3 "$DEPLOY/check.py" kubernetes
+
+# ---- nginx, Caddy ------------------------------------------------------------------------
+step "front ends: nginx -t, caddy validate, and both for real in front of a recording stub"
+python3 "$DEPLOY/check.py" frontends
+
+# ---- Prometheus, Grafana -----------------------------------------------------------------
+step "prometheus: promtool check config / check rules / test rules"
+(cd "$DEPLOY/prometheus" && promtool check config prometheus.yml) || fail "promtool check config"
+(cd "$DEPLOY/prometheus" && promtool check rules tamis.rules.yml) || fail "promtool check rules"
+(cd "$DEPLOY/prometheus" && promtool test rules tamis.rules.test.yml) || fail "promtool test rules"
+
+step "grafana: tamis.json parses, its structure, every query's metrics and PromQL syntax"
+python3 "$DEPLOY/check.py" metrics-names "$TMP/grafana-queries.yml"
+promtool check rules "$TMP/grafana-queries.yml" >/dev/null || {
+  promtool check rules "$TMP/grafana-queries.yml"
+  fail "a dashboard query is not valid PromQL"
+}
+echo "ok: promtool parses every dashboard query"
+
+printf '\ndeploy/check.sh: all %d checks passed in %ds\n' "$STEPS" "$((SECONDS - STARTED))"
