@@ -49,7 +49,7 @@ KV=(python3 -m kubernetes_validate)
 
 step "tamis binary (cargo build --locked --bin tamis)"
 cargo build --locked --quiet --bin tamis
-TAMIS=$ROOT/target/debug/tamis
+TAMIS=${CARGO_TARGET_DIR:-$ROOT/target}/debug/tamis
 [[ -x $TAMIS ]] || fail "no $TAMIS after cargo build"
 echo "ok: $TAMIS"
 
