@@ -141,7 +141,7 @@ async fn main() {
     });
 
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[cache]\nmax_bytes = {max_bytes}\nmax_object_bytes = {}\nstatus_header = false\n[log]\naccess = false\n[upstream]\nuser_agent = \"tamis-bench (+https://operator.test/)\"\n[[route]]\nname = \"tiles\"\nkind = \"tiles\"\nprefix = \"/t/\"\nupstream = \"http://{origin}/{{z}}/{{x}}/{{y}}.png\"\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\n[cache]\nmax_bytes = {max_bytes}\nmax_object_bytes = {}\nstatus_header = false\n[log]\naccess = false\n[upstream]\nuser_agent = \"tamis-bench (+https://operator.test/)\"\n[[route]]\nname = \"tiles\"\nkind = \"tiles\"\nprefix = \"/t/\"\nupstream = \"http://{origin}/{{z}}/{{x}}/{{y}}.png\"\n# One client replays a whole workload: no per-client rate.\nrate_limit = \"off\"\n",
         (size as u64 * 2).min(max_bytes)
     );
     let config = Config::parse(&config, Path::new("hitrate.toml")).expect("bench config");

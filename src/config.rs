@@ -80,7 +80,71 @@ pub struct Config {
     pub log: LogConfig,
     /// The public page that discloses what each route does (`None`: off).
     pub transparency: Option<TransparencyConfig>,
+    /// Bounds on what clients may send and hold.
+    pub limits: Limits,
     pub routes: Vec<RouteConfig>,
+}
+
+/// Bounds on clients: sizes, counts, time. Defaults are safe for a public listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Open client connections; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Requests being answered at once; more get 503 with Retry-After (load shedding).
+    pub max_requests_in_flight: usize,
+    /// Size of a request head (HTTP/1.1 read buffer; HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// Number of request header fields (HTTP/1.1).
+    pub max_headers: usize,
+    /// Length of the request target; longer gets 414.
+    pub max_uri_bytes: usize,
+    /// Request body forwarded on a pass-through route; larger gets 413.
+    pub max_body_bytes: usize,
+    /// Time to send a complete request head (slowloris guard); on HTTP/1.1 it also bounds how
+    /// long a kept-alive connection waits for its next request.
+    pub header_read_timeout: Duration,
+    /// A connection with no bytes in either direction this long is closed (gracefully).
+    pub idle_timeout: Duration,
+    /// HTTP/2 streams open at once per connection.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may reset before they are accepted (rapid-reset guard).
+    pub h2_max_pending_reset_streams: usize,
+    /// HTTP/2 streams tamis may reset for a client's protocol errors before closing it.
+    pub h2_max_local_error_reset_streams: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 10_000,
+            max_requests_in_flight: 2048,
+            max_header_bytes: 16 * 1024,
+            max_headers: 64,
+            max_uri_bytes: 4096,
+            max_body_bytes: 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            h2_max_concurrent_streams: 128,
+            h2_max_pending_reset_streams: 20,
+            h2_max_local_error_reset_streams: 256,
+        }
+    }
+}
+
+/// A per-client request rate: one request per `period`, in bursts of up to `burst`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub period: Duration,
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// Tiles' default: a visitor panning a map gets bursts of 200 tiles and 10 a second
+    /// sustained; a bulk downloader gets no more than that.
+    pub const TILES: RateLimit = RateLimit {
+        period: Duration::from_millis(100),
+        burst: 200,
+    };
 }
 
 /// Where the public transparency page is served.
@@ -102,6 +166,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsListen>,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_timeout: Duration,
+    /// Peers whose `X-Forwarded-For`/`Forwarded` names the client (a TLS terminator in front).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -110,6 +176,7 @@ impl fmt::Debug for ServerConfig {
             .field("listen", &self.listen)
             .field("tls_listen", &self.tls.as_ref().map(|t| t.listen))
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }
@@ -156,6 +223,12 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Time allowed for the whole upstream exchange (head and buffered body).
     pub timeout: Duration,
+    /// Extra attempts for a GET or HEAD whose connection failed before any answer.
+    pub retries: u32,
+    /// Consecutive failures that open a route's circuit breaker (0: never).
+    pub breaker_failures: u32,
+    /// How long an open breaker answers without asking the upstream.
+    pub breaker_cooldown: Duration,
 }
 
 /// What tamis writes to its own log.
@@ -295,6 +368,8 @@ pub struct RouteConfig {
     pub referer: Option<HeaderValue>,
     /// At most this many upstream requests at once for this route.
     pub max_upstream_connections: Option<usize>,
+    /// Per-client request rate on this route (`None`: unlimited).
+    pub rate_limit: Option<RateLimit>,
     /// Analytics kinds: what the scrubber keeps, and pseudonym settings.
     pub analytics: Option<AnalyticsConfig>,
 }
@@ -344,7 +419,25 @@ struct RawConfig {
     #[serde(default)]
     transparency: RawTransparency,
     #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
     route: Vec<RawRoute>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<Spanned<usize>>,
+    max_requests_in_flight: Option<Spanned<usize>>,
+    max_header_bytes: Option<Spanned<usize>>,
+    max_headers: Option<Spanned<usize>>,
+    max_uri_bytes: Option<Spanned<usize>>,
+    max_body_bytes: Option<Spanned<usize>>,
+    header_read_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    h2_max_concurrent_streams: Option<Spanned<u32>>,
+    h2_max_pending_reset_streams: Option<Spanned<usize>>,
+    h2_max_local_error_reset_streams: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -362,6 +455,7 @@ struct RawServer {
     tls_cert: Option<Spanned<String>>,
     tls_key: Option<Spanned<String>>,
     shutdown_timeout: Option<Spanned<String>>,
+    trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -388,6 +482,9 @@ struct RawUpstream {
     extra_ca_file: Option<Spanned<String>>,
     connect_timeout: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
+    retries: Option<Spanned<u32>>,
+    breaker_failures: Option<Spanned<u32>>,
+    breaker_cooldown: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -426,6 +523,8 @@ struct RawRoute {
     salt_file: Option<Spanned<String>>,
     max_body: Option<Spanned<usize>>,
     client_ip: Option<Spanned<ClientIpLog>>,
+    rate_limit: Option<Spanned<String>>,
+    rate_burst: Option<Spanned<u32>>,
 }
 
 const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
@@ -618,6 +717,21 @@ impl Validator<'_> {
             client_ip: raw.log.client_ip.unwrap_or_default(),
         };
         let transparency = self.transparency(raw.transparency);
+        let idle_span = raw.limits.idle_timeout.as_ref().map(|v| v.span());
+        let limits = self.limits(raw.limits);
+        // An idle connection is closed without waiting for its requests: none may wait on an
+        // upstream that long.
+        if limits.idle_timeout <= upstream.timeout {
+            self.problem(
+                idle_span,
+                "limits.idle_timeout",
+                format!(
+                    "{} must be longer than upstream.timeout ({})",
+                    humantime::format_duration(limits.idle_timeout),
+                    humantime::format_duration(upstream.timeout)
+                ),
+            );
+        }
         let routes = self.routes(raw.route, &cache, &upstream.user_agent);
         Some(Config {
             source: self.path.to_owned(),
@@ -628,8 +742,119 @@ impl Validator<'_> {
             upstream,
             log,
             transparency,
+            limits,
             routes,
         })
+    }
+
+    fn limits(&mut self, raw: RawLimits) -> Limits {
+        let d = Limits::default();
+        let mut count = |v: &Option<Spanned<usize>>, key: &str, default: usize, min: usize| match v
+        {
+            None => default,
+            Some(n) if *n.get_ref() < min => {
+                self.problem(Some(n.span()), key, format!("must be at least {min}"));
+                default
+            }
+            Some(n) => *n.get_ref(),
+        };
+        let max_connections = count(
+            &raw.max_connections,
+            "limits.max_connections",
+            d.max_connections,
+            1,
+        );
+        let max_requests_in_flight = count(
+            &raw.max_requests_in_flight,
+            "limits.max_requests_in_flight",
+            d.max_requests_in_flight,
+            1,
+        );
+        // hyper's HTTP/1.1 read buffer cannot be smaller than 8 KiB.
+        let max_header_bytes = count(
+            &raw.max_header_bytes,
+            "limits.max_header_bytes",
+            d.max_header_bytes,
+            8192,
+        );
+        let max_headers = count(&raw.max_headers, "limits.max_headers", d.max_headers, 8);
+        let max_uri_bytes = count(
+            &raw.max_uri_bytes,
+            "limits.max_uri_bytes",
+            d.max_uri_bytes,
+            64,
+        );
+        let max_body_bytes = count(
+            &raw.max_body_bytes,
+            "limits.max_body_bytes",
+            d.max_body_bytes,
+            0,
+        );
+        let h2_max_pending_reset_streams = count(
+            &raw.h2_max_pending_reset_streams,
+            "limits.h2_max_pending_reset_streams",
+            d.h2_max_pending_reset_streams,
+            1,
+        );
+        let h2_max_local_error_reset_streams = count(
+            &raw.h2_max_local_error_reset_streams,
+            "limits.h2_max_local_error_reset_streams",
+            d.h2_max_local_error_reset_streams,
+            1,
+        );
+        let h2_max_concurrent_streams = match &raw.h2_max_concurrent_streams {
+            Some(n) if *n.get_ref() == 0 => {
+                self.problem(
+                    Some(n.span()),
+                    "limits.h2_max_concurrent_streams",
+                    "must be at least 1",
+                );
+                d.h2_max_concurrent_streams
+            }
+            Some(n) => *n.get_ref(),
+            None => d.h2_max_concurrent_streams,
+        };
+        Limits {
+            max_connections,
+            max_requests_in_flight,
+            max_header_bytes,
+            max_headers,
+            max_uri_bytes,
+            max_body_bytes,
+            header_read_timeout: self.duration(
+                raw.header_read_timeout.as_ref(),
+                "limits.header_read_timeout",
+                d.header_read_timeout,
+            ),
+            idle_timeout: self.duration(
+                raw.idle_timeout.as_ref(),
+                "limits.idle_timeout",
+                d.idle_timeout,
+            ),
+            h2_max_concurrent_streams,
+            h2_max_pending_reset_streams,
+            h2_max_local_error_reset_streams,
+        }
+    }
+
+    fn trusted_proxies(&mut self, raw: Option<&Vec<Spanned<String>>>) -> Vec<ipnet::IpNet> {
+        let mut out = Vec::new();
+        for item in raw.into_iter().flatten() {
+            let s = item.get_ref().trim();
+            // A bare address is a single host.
+            let parsed = s
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => out.push(net.trunc()),
+                Err(_) => self.problem(
+                    Some(item.span()),
+                    "server.trusted_proxies",
+                    format!("{s:?} is not an address or CIDR block (e.g. \"10.0.0.0/8\", \"::1\")"),
+                ),
+            }
+        }
+        out
     }
 
     fn transparency(&mut self, raw: RawTransparency) -> Option<TransparencyConfig> {
@@ -717,10 +942,12 @@ impl Validator<'_> {
                 "no listener: set server.listen and/or server.tls_listen",
             );
         }
+        let trusted_proxies = self.trusted_proxies(raw.trusted_proxies.as_ref());
         Some(ServerConfig {
             listen,
             tls,
             shutdown_timeout,
+            trusted_proxies,
         })
     }
 
@@ -789,6 +1016,68 @@ impl Validator<'_> {
                 DEFAULT_CONNECT_TIMEOUT,
             ),
             timeout: self.duration(raw.timeout.as_ref(), "upstream.timeout", DEFAULT_TIMEOUT),
+            retries: match &raw.retries {
+                Some(n) if *n.get_ref() > 3 => {
+                    self.problem(Some(n.span()), "upstream.retries", "at most 3");
+                    1
+                }
+                Some(n) => *n.get_ref(),
+                None => 1,
+            },
+            breaker_failures: raw.breaker_failures.as_ref().map_or(5, |n| *n.get_ref()),
+            breaker_cooldown: self.duration(
+                raw.breaker_cooldown.as_ref(),
+                "upstream.breaker_cooldown",
+                Duration::from_secs(10),
+            ),
+        }
+    }
+
+    /// `rate_limit = "10/s"` (or `/min`, `/h`), `"off"`; tiles routes default to
+    /// [`RateLimit::TILES`].
+    fn rate_limit(&mut self, r: &RawRoute, key: &dyn Fn(&str) -> String) -> Option<RateLimit> {
+        let default = (r.kind == RouteKind::Tiles).then_some(RateLimit::TILES);
+        let burst = r.rate_burst.as_ref().map(|b| *b.get_ref());
+        if let Some(b) = &r.rate_burst {
+            if *b.get_ref() == 0 {
+                self.problem(Some(b.span()), key("rate_burst"), "must be at least 1");
+                return default;
+            }
+        }
+        let Some(spec) = &r.rate_limit else {
+            return match (default, burst) {
+                (Some(d), Some(b)) => Some(RateLimit { burst: b, ..d }),
+                (d, _) => d,
+            };
+        };
+        let text = spec.get_ref().trim();
+        if text == "off" {
+            return None;
+        }
+        let parsed = text.split_once('/').and_then(|(n, unit)| {
+            let n: u32 = n.trim().parse().ok().filter(|n| *n > 0)?;
+            let per = match unit.trim() {
+                "s" | "sec" | "second" => Duration::from_secs(1),
+                "m" | "min" | "minute" => Duration::from_secs(60),
+                "h" | "hour" => Duration::from_secs(3600),
+                _ => return None,
+            };
+            Some((n, per / n))
+        });
+        match parsed {
+            Some((n, period)) if !period.is_zero() => Some(RateLimit {
+                period,
+                // A burst of one second's worth unless set.
+                burst: burst.unwrap_or(n.max(1)),
+            }),
+            _ => {
+                self.problem(
+                    Some(spec.span()),
+                    key("rate_limit"),
+                    format!("{text:?} is not a rate: write e.g. \"10/s\", \"600/min\" or \"off\""),
+                );
+                default
+            }
         }
     }
 
@@ -974,6 +1263,7 @@ impl Validator<'_> {
                 Some(n) => Some(*n.get_ref()),
                 None => None,
             };
+            let rate_limit = self.rate_limit(&r, &key);
             let jurisdiction = r.jurisdiction.unwrap_or(Jurisdiction::NonEu);
             let user_agent = r
                 .user_agent
@@ -1146,6 +1436,7 @@ impl Validator<'_> {
                     tiles,
                     referer,
                     max_upstream_connections,
+                    rate_limit,
                     analytics,
                 });
             }

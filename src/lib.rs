@@ -4,11 +4,15 @@
 pub mod admin;
 pub mod audit;
 pub mod body;
+pub mod breaker;
 pub mod cache;
+pub mod client_addr;
 pub mod config;
+pub mod idle;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod report;
 pub mod routes;

@@ -75,6 +75,8 @@ pub enum UpstreamFailure {
     Protocol,
     Body,
     Redirect,
+    /// Not sent: the route's circuit breaker is open.
+    CircuitOpen,
 }
 
 impl UpstreamFailure {
@@ -86,6 +88,7 @@ impl UpstreamFailure {
             UpstreamFailure::Protocol => "protocol",
             UpstreamFailure::Body => "body",
             UpstreamFailure::Redirect => "redirect_outside",
+            UpstreamFailure::CircuitOpen => "circuit_open",
         }
     }
 }
@@ -108,6 +111,7 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     config_info: IntGaugeVec,
     config_loaded_at: Gauge,
+    shed: IntCounter,
 }
 
 /// Handles resolved once per route, so the hot path does no label lookups for them.
@@ -231,6 +235,11 @@ impl Metrics {
         for result in ["success", "failure"] {
             config_reloads.with_label_values(&[result]);
         }
+        let shed = IntCounter::new(
+            "tamis_load_shed_total",
+            "Requests answered 503 at once because limits.max_requests_in_flight were in flight.",
+        )?;
+        registry.register(Box::new(shed.clone()))?;
         registry.register(Box::new(cache_max_bytes.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(config_info.clone()))?;
@@ -263,7 +272,13 @@ impl Metrics {
             config_reloads,
             config_info,
             config_loaded_at,
+            shed,
         })
+    }
+
+    /// Counts one request shed for overload.
+    pub fn shed(&self) {
+        self.shed.inc();
     }
 
     /// Records the config now running (at start and after each successful reload).

@@ -1,7 +1,7 @@
 //! The request flow, top to bottom: route → scrub request → cache lookup → upstream → scrub
 //! response → store → respond.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -21,9 +21,6 @@ use crate::routes::analytics::{self, Protocol};
 use crate::routes::confine::{self, Redirect};
 use crate::routes::{Role, Route, Router};
 use crate::upstream::{Upstream, UpstreamError};
-
-/// Largest request body a pass-through route forwards.
-const MAX_FORWARDED_BODY: usize = 1024 * 1024;
 
 /// Everything a request needs, built from a validated config. A reload builds a new one that
 /// shares the cache and the metrics with the one it replaces (see [`crate::reload`]).
@@ -147,7 +144,10 @@ pub async fn handle(
     let method = req.method().clone();
     // Only the access log needs the path (never the query): don't allocate it otherwise.
     let path = state.config.log.access.then(|| req.uri().path().to_owned());
-    let answer = serve(&state, req, peer).await;
+    // Who the client is, for tamis's own use (rate limits, truncated addresses): never sent on.
+    let client =
+        crate::client_addr::resolve(peer, req.headers(), &state.config.server.trusted_proxies);
+    let answer = serve(&state, req, client).await;
     let elapsed = start.elapsed();
     let status = answer.response.status();
 
@@ -192,7 +192,7 @@ pub async fn handle(
             ),
             ClientIpLog::Truncated => tracing::info!(
                 target: "tamis::access",
-                client = %policy::truncate_ip(peer.ip()),
+                client = %policy::truncate_ip(client),
                 route = route_name, %method, path = %path, status = status.as_u16(), cache, ms,
             ),
         }
@@ -203,7 +203,7 @@ pub async fn handle(
 /// RFC 9211 `Cache-Status`.
 const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
-async fn serve(state: &Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Answer {
+async fn serve(state: &Arc<State>, req: Request<Incoming>, client: IpAddr) -> Answer {
     // 1. Only origin-form requests for our own paths: no proxying to a host the client names.
     if req.method() == Method::CONNECT {
         return Answer::plain(StatusCode::BAD_REQUEST, "CONNECT is not supported\n");
@@ -213,6 +213,11 @@ async fn serve(state: &Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> 
             StatusCode::BAD_REQUEST,
             "absolute-form request targets are not accepted\n",
         );
+    }
+
+    let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target_len > state.config.limits.max_uri_bytes {
+        return Answer::plain(StatusCode::URI_TOO_LONG, "request target too long\n");
     }
 
     // tamis's own public page, ahead of the routes: a route can never hide it.
@@ -232,9 +237,21 @@ async fn serve(state: &Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> 
         return Answer::plain(StatusCode::NOT_FOUND, "not found\n");
     };
     let route = route.clone();
+    // Per-client rate (in memory only): a scraper cannot bulk-download through us.
+    if let Some(limiter) = &route.rate {
+        if let Err(wait) = limiter.check(client) {
+            let mut a = Answer::plain(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            a.response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            a.route = Some(route.index);
+            return a;
+        }
+    }
     if let Role::Analytics(protocol) = route.role {
         let rest = rest.to_owned();
-        let mut answer = serve_analytics(state, &route, protocol, &rest, req, peer).await;
+        let mut answer = serve_analytics(state, &route, protocol, &rest, req, client).await;
         answer.route = Some(route.index);
         return answer;
     }
@@ -369,7 +386,7 @@ async fn serve_analytics(
     protocol: Protocol,
     rest: &str,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    client: IpAddr,
 ) -> Answer {
     let bypass = || status_of("tamis; fwd=bypass");
     let Some(rt) = route.analytics.as_ref() else {
@@ -392,7 +409,7 @@ async fn serve_analytics(
     }
     let mut headers = route.scrub(req.headers());
     if rt.forward_truncated_ip {
-        if let Ok(v) = HeaderValue::from_str(&policy::truncate_ip(peer.ip()).to_string()) {
+        if let Ok(v) = HeaderValue::from_str(&policy::truncate_ip(client).to_string()) {
             headers.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
     }
@@ -454,8 +471,7 @@ async fn serve_analytics(
         Ok(r) => r,
         Err(e) => {
             state.metrics.upstream_error(rm, e.failure());
-            return Answer::plain(e.status(), "upstream unavailable\n")
-                .with(CacheResult::Bypass, bypass());
+            return upstream_failed(&e).with(CacheResult::Bypass, bypass());
         }
     };
     state
@@ -601,13 +617,14 @@ async fn fill(
         Ok(resp) => resp,
         Err(e) => {
             state.metrics.upstream_error(rm, e.failure());
-            tracing::warn!(route = %route.config.name, error = %e, "upstream request failed");
+            log_failure(route, &e);
             let message = if e.status() == StatusCode::GATEWAY_TIMEOUT {
                 "upstream timed out\n"
             } else {
                 "upstream unavailable\n"
             };
-            return fill_failed(guard, e.status(), message, &stale, client, head_only).await;
+            let a = fill_failed(guard, e.status(), message, &stale, client, head_only).await;
+            return retry_after(a, &e);
         }
     };
     state
@@ -809,8 +826,9 @@ async fn fill_failed(
     }
 }
 
-/// Sends upstream within the route's cap on concurrent upstream requests (waiting for a turn
-/// counts against the upstream timeout).
+/// Sends upstream through the route's circuit breaker and within its cap on concurrent
+/// upstream requests (waiting for a turn counts against the upstream timeout). A GET or HEAD
+/// whose connection failed before any answer is tried again, at most `upstream.retries` times.
 async fn send(
     state: &State,
     route: &Route,
@@ -822,6 +840,9 @@ async fn send(
     ),
     UpstreamError,
 > {
+    if let Err(open) = route.breaker.admit(Instant::now()) {
+        return Err(UpstreamError::CircuitOpen(open.0));
+    }
     let permit = match &route.permits {
         None => None,
         Some(sem) => {
@@ -832,7 +853,77 @@ async fn send(
             }
         }
     };
-    Ok((state.upstream.send(request).await?, permit))
+    let idempotent = matches!(*request.method(), Method::GET | Method::HEAD);
+    let retries = if idempotent {
+        state.config.upstream.retries
+    } else {
+        0
+    };
+    let mut attempt = 0;
+    let result = loop {
+        let result = state.upstream.send(clone_request(&request)).await;
+        match result {
+            Err(e) if e.retryable() && attempt < retries => {
+                attempt += 1;
+                tracing::debug!(route = %route.config.name, error = %e, attempt, "retrying upstream request");
+                tokio::time::sleep(std::time::Duration::from_millis(25 * u64::from(attempt))).await;
+            }
+            other => break other,
+        }
+    };
+    let ok = result.as_ref().is_ok_and(|r| !r.status().is_server_error());
+    if route.breaker.record(ok, Instant::now()) {
+        let (failures, cooldown) = route.breaker.settings();
+        tracing::warn!(
+            route = %route.config.name,
+            failures,
+            ?cooldown,
+            "upstream failing: circuit open, answering from the cache or 503 without asking it"
+        );
+    }
+    Ok((result?, permit))
+}
+
+fn log_failure(route: &Route, e: &UpstreamError) {
+    // An open circuit was logged once when it opened.
+    if matches!(e, UpstreamError::CircuitOpen(_)) {
+        tracing::debug!(route = %route.config.name, error = %e, "upstream not asked");
+    } else {
+        tracing::warn!(route = %route.config.name, error = %e, "upstream request failed");
+    }
+}
+
+/// A copy of a request whose body is already in memory (for a retry).
+fn clone_request(r: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut out = Request::new(r.body().clone());
+    *out.method_mut() = r.method().clone();
+    *out.uri_mut() = r.uri().clone();
+    *out.version_mut() = r.version();
+    *out.headers_mut() = r.headers().clone();
+    out
+}
+
+/// A failed upstream exchange as the visitor sees it: 502, 503 (with `Retry-After` when the
+/// circuit is open) or 504.
+fn upstream_failed(e: &UpstreamError) -> Answer {
+    let message = match e.status() {
+        StatusCode::GATEWAY_TIMEOUT => "upstream timed out\n",
+        _ => "upstream unavailable\n",
+    };
+    retry_after(Answer::plain(e.status(), message), e)
+}
+
+/// Adds `Retry-After` to an error answer for an open circuit (a stale copy served instead
+/// keeps its own headers).
+fn retry_after(mut a: Answer, e: &UpstreamError) -> Answer {
+    if let Some(d) = e.retry_after() {
+        if a.response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            a.response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(d.as_secs().max(1)));
+        }
+    }
+    a
 }
 
 /// Reads a body that must be rewritten (font CSS) and rewrites it; `None` when it cannot be
@@ -968,15 +1059,8 @@ async fn forward(state: &State, route: &Route, up: &UpstreamRequest, head_only: 
         Ok(resp) => resp,
         Err(e) => {
             state.metrics.upstream_error(rm, e.failure());
-            tracing::warn!(route = %route.config.name, error = %e, "upstream request failed");
-            return Answer::plain(
-                e.status(),
-                if e.status() == StatusCode::GATEWAY_TIMEOUT {
-                    "upstream timed out\n"
-                } else {
-                    "upstream unavailable\n"
-                },
-            );
+            log_failure(route, &e);
+            return upstream_failed(&e);
         }
     };
     state
@@ -1036,7 +1120,10 @@ async fn forward_unsafe(
     req: Request<Incoming>,
 ) -> Answer {
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_FORWARDED_BODY).collect().await {
+    let body = match Limited::new(body, state.config.limits.max_body_bytes)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(_) => return Answer::plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
     };

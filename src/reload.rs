@@ -146,6 +146,9 @@ fn fixed_settings(old: &Config, new: &Config) -> Result<(), ReloadError> {
     if old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen) {
         note("admin.listen");
     }
+    if old.limits.max_connections != new.limits.max_connections {
+        note("limits.max_connections");
+    }
     if old.cache.max_bytes != new.cache.max_bytes {
         note("cache.max_bytes");
     }

@@ -76,6 +76,8 @@ pub struct RouteDisclosure {
     pub response_removed: Vec<Group>,
     pub response_notes: Vec<String>,
     pub max_upstream_connections: Option<usize>,
+    /// Per-client request rate, if any.
+    pub rate_limit: Option<String>,
     pub analytics: Option<AnalyticsDisclosure>,
 }
 
@@ -282,6 +284,14 @@ fn disclose_route(route: &Route) -> RouteDisclosure {
         response_removed,
         response_notes,
         max_upstream_connections: c.max_upstream_connections,
+        rate_limit: c.rate_limit.map(|l| {
+            let per_second = 1.0 / l.period.as_secs_f64().max(f64::MIN_POSITIVE);
+            format!(
+                "{per_second:.3} requests/s per client (address kept in memory only), bursts of {}",
+                l.burst
+            )
+            .replace(".000 ", " ")
+        }),
         analytics,
     }
 }
@@ -428,6 +438,9 @@ fn route_text(out: &mut String, r: &RouteDisclosure) {
     );
     let _ = writeln!(out, "  query string   {}", r.query);
     let _ = writeln!(out, "  cache          {}", r.cache);
+    if let Some(rate) = &r.rate_limit {
+        let _ = writeln!(out, "  rate limit     {rate}");
+    }
     if r.pass_through {
         let _ = writeln!(
             out,

@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,20 +15,19 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin;
 use crate::body::ProxyBody;
-use crate::config::Config;
+use crate::config::{Config, Limits};
+use crate::idle;
 use crate::proxy::{self, State, StateError};
 use crate::reload::Live;
 
 /// Time a client has to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a client has to send a complete request head (slowloris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +62,23 @@ struct Listener {
 pub struct Server {
     live: Arc<Live>,
     listeners: Vec<Listener>,
+    load: Arc<Load>,
+}
+
+/// What the public listeners hold at once: connections (a cap, fixed at start) and requests
+/// being answered (a bound read from the running config, so a reload changes it).
+struct Load {
+    connections: Arc<Semaphore>,
+    in_flight: AtomicUsize,
+}
+
+/// Counts one request in flight for as long as it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ServerError> {
@@ -95,8 +112,16 @@ impl Server {
                 role: Role::Admin,
             });
         }
+        let load = Arc::new(Load {
+            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            in_flight: AtomicUsize::new(0),
+        });
         let live = Arc::new(Live::new(State::new(config)?));
-        Ok(Server { live, listeners })
+        Ok(Server {
+            live,
+            listeners,
+            load,
+        })
     }
 
     fn addr(&self, role: Role, tls: bool) -> Option<SocketAddr> {
@@ -150,6 +175,7 @@ impl Server {
             loops.spawn(accept_loop(
                 listener,
                 self.live.clone(),
+                self.load.clone(),
                 graceful.clone(),
                 stop_rx.clone(),
             ));
@@ -177,10 +203,24 @@ impl Server {
 async fn accept_loop(
     listener: Listener,
     live: Arc<Live>,
+    load: Arc<Load>,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
+        // A public listener takes a connection only when under the cap; the rest wait in the
+        // kernel's backlog. The admin listener is private and never starved by visitors.
+        let permit = if listener.role == Role::Public {
+            tokio::select! {
+                _ = stop.changed() => break,
+                p = load.connections.clone().acquire_owned() => match p {
+                    Ok(p) => Some(p),
+                    Err(_) => break,
+                },
+            }
+        } else {
+            None
+        };
         tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.socket.accept() => match accepted {
@@ -195,14 +235,14 @@ async fn accept_loop(
                     } else {
                         None
                     };
-                    tokio::spawn(connection(
-                        stream,
-                        peer,
-                        tls,
-                        listener.role,
-                        live.clone(),
-                        graceful.watcher(),
-                    ));
+                    let load = load.clone();
+                    let live = live.clone();
+                    let watcher = graceful.watcher();
+                    let role = listener.role;
+                    tokio::spawn(async move {
+                        connection(stream, peer, tls, role, live, load, watcher).await;
+                        drop(permit);
+                    });
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -214,19 +254,41 @@ async fn accept_loop(
     }
 }
 
-fn builder() -> auto::Builder<TokioExecutor> {
+/// The protocol settings for a new connection, from the running config's limits.
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // Slowloris guard; hyper also starts it while a kept-alive connection waits.
+        .header_read_timeout(limits.header_read_timeout)
+        // A head larger than this, or with more fields, is answered 431.
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
         // Vectored writes: a cached body goes out from its `Bytes`, not copied into a buffer.
         .writev(true)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // Rapid-reset (CVE-2023-44487) and error-reset floods close the connection.
+        .max_pending_accept_reset_streams(limits.h2_max_pending_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     b
+}
+
+/// Answers without touching the routes: too many requests in flight already.
+fn overloaded() -> Response<ProxyBody> {
+    let mut r = proxy::error_response(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded, try again shortly\n",
+    );
+    r.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    r
 }
 
 async fn connection(
@@ -235,25 +297,43 @@ async fn connection(
     tls: Option<TlsAcceptor>,
     role: Role,
     live: Arc<Live>,
+    load: Arc<Load>,
     watcher: Watcher,
 ) {
+    let limits = live.load().config.limits.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let live = live.clone();
+        let load = load.clone();
         async move {
             let response: Response<ProxyBody> = match role {
-                // Each request keeps the state current when it arrived, to its end.
-                Role::Public => proxy::handle(live.load(), req, peer).await,
+                Role::Public => {
+                    // Each request keeps the state current when it arrived, to its end.
+                    let state = live.load();
+                    let n = load.in_flight.fetch_add(1, Ordering::Relaxed);
+                    let _counted = InFlight(&load.in_flight);
+                    if n >= state.config.limits.max_requests_in_flight {
+                        state.metrics.shed();
+                        overloaded()
+                    } else {
+                        proxy::handle(state, req, peer).await
+                    }
+                }
                 Role::Admin => admin::handle(&live, req).await,
             };
             Ok::<_, Infallible>(response)
         }
     });
-    let builder = builder();
+    let builder = builder(&limits);
+    let last_io = Arc::new(AtomicU64::new(idle::now_ms()));
+    let stream = idle::IdleIo::new(stream, last_io.clone());
+    let idle_timeout = limits.idle_timeout;
     let result = match tls {
         None => {
-            watcher
-                .watch(builder.serve_connection(TokioIo::new(stream), service))
-                .await
+            let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
+            tokio::select! {
+                r = conn => r,
+                _ = idle::expired(&last_io, idle_timeout) => return,
+            }
         }
         Some(acceptor) => {
             let tls_stream =
@@ -268,9 +348,11 @@ async fn connection(
                         return;
                     }
                 };
-            watcher
-                .watch(builder.serve_connection(TokioIo::new(tls_stream), service))
-                .await
+            let conn = watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), service));
+            tokio::select! {
+                r = conn => r,
+                _ = idle::expired(&last_io, idle_timeout) => return,
+            }
         }
     };
     if let Err(e) = result {

@@ -198,6 +198,9 @@ fn route_html(o: &mut String, r: &RouteDisclosure) {
     }
     let _ = writeln!(o, "<li>Query string: {}</li>", esc(r.query));
     let _ = writeln!(o, "<li>Cache: {}</li>", esc(&r.cache));
+    if let Some(rate) = &r.rate_limit {
+        let _ = writeln!(o, "<li>Rate limit: {}</li>", esc(rate));
+    }
     if let Some(n) = r.max_upstream_connections {
         let _ = writeln!(o, "<li>At most {n} requests at once to the provider</li>");
     }

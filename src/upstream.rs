@@ -25,6 +25,9 @@ pub enum UpstreamError {
     Connect(String),
     #[error("upstream exchange failed: {0}")]
     Protocol(String),
+    /// The route's circuit breaker is open: the upstream was not asked.
+    #[error("upstream failing: circuit open for another {0:?}")]
+    CircuitOpen(Duration),
 }
 
 impl UpstreamError {
@@ -32,6 +35,7 @@ impl UpstreamError {
     pub fn status(&self) -> http::StatusCode {
         match self {
             UpstreamError::Timeout(_) => http::StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::CircuitOpen(_) => http::StatusCode::SERVICE_UNAVAILABLE,
             _ => http::StatusCode::BAD_GATEWAY,
         }
     }
@@ -42,6 +46,21 @@ impl UpstreamError {
             UpstreamError::Timeout(_) => UpstreamFailure::Timeout,
             UpstreamError::Connect(_) => UpstreamFailure::Connect,
             UpstreamError::Protocol(_) => UpstreamFailure::Protocol,
+            UpstreamError::CircuitOpen(_) => UpstreamFailure::CircuitOpen,
+        }
+    }
+
+    /// Whether the request never reached the upstream's application (so a GET may be retried):
+    /// a refused or failed connection, or one closed before any answer.
+    pub fn retryable(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_) | UpstreamError::Protocol(_))
+    }
+
+    /// When the visitor may try again (`Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            UpstreamError::CircuitOpen(d) => Some(*d),
+            _ => None,
         }
     }
 }

@@ -62,6 +62,10 @@ pub struct Route {
     pub rules: cache::Rules,
     /// Bounds concurrent upstream requests (shared by the parts of one route).
     pub permits: Option<Arc<Semaphore>>,
+    /// Per-client request rate (shared by the parts of one route).
+    pub rate: Option<Arc<crate::ratelimit::RateLimiter>>,
+    /// Stops asking a failing upstream for a while (shared by the parts of one route).
+    pub breaker: Arc<crate::breaker::Breaker>,
     /// Font CSS: how third-party URLs map to first-party ones.
     pub css_map: Option<fonts::UrlMap>,
     /// Analytics: settings, pseudonym key and limits.
@@ -234,6 +238,23 @@ impl Router {
                     .max_upstream_connections
                     .map(|n| Arc::new(Semaphore::new(n))),
             };
+            let rate = match &kept {
+                Some(r) => r.rate.clone(),
+                None => rc
+                    .rate_limit
+                    .map(|l| Arc::new(crate::ratelimit::RateLimiter::new(l))),
+            };
+            let breaker_settings = (
+                config.upstream.breaker_failures,
+                config.upstream.breaker_cooldown,
+            );
+            let breaker = match &kept {
+                Some(r) if r.breaker.settings() == breaker_settings => r.breaker.clone(),
+                _ => Arc::new(crate::breaker::Breaker::new(
+                    config.upstream.breaker_failures,
+                    config.upstream.breaker_cooldown,
+                )),
+            };
             let policy = |ua: Option<&HeaderValue>| {
                 let mut p = RequestPolicy::new(
                     rc.jurisdiction,
@@ -278,6 +299,8 @@ impl Router {
                     policy,
                     rules: rules.clone(),
                     permits: permits.clone(),
+                    rate: rate.clone(),
+                    breaker: breaker.clone(),
                     css_map,
                     analytics: analytics_runtime.clone(),
                 }));

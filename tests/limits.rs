@@ -1,0 +1,371 @@
+//! Limits and abuse: oversized requests, load shedding, the connection cap, per-client rates,
+//! trusted proxies, the circuit breaker, bounded retries and idle connections.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn cacheable(seen: &Seen) -> Reply {
+    Reply::ok(format!("from {}", seen.uri)).header("cache-control", "public, max-age=600")
+}
+
+#[tokio::test]
+async fn oversized_heads_and_targets_are_refused_before_anything_is_forwarded() {
+    let up = Upstream::http(cacheable).await;
+    let t = Tamis::start(&format!(
+        "{LISTEN}[limits]\nmax_header_bytes = 8192\nmax_headers = 20\nmax_uri_bytes = 200\n\n{}",
+        route("cdn", "/cdn/", &up.url("/"), "")
+    ))
+    .await;
+    let big = "x".repeat(9000);
+    let a = raw(
+        t.http,
+        &format!("GET /cdn/a HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(raw_status(&a), 431, "{a}");
+    let many: String = (0..30).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let a = raw(
+        t.http,
+        &format!("GET /cdn/a HTTP/1.1\r\nHost: t\r\n{many}Connection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(raw_status(&a), 431, "{a}");
+    let long = format!("/cdn/{}", "a".repeat(300));
+    assert_eq!(t.get(&long).await.status, 414);
+    assert_eq!(up.count(), 0);
+    // Within the limits all is well.
+    assert_eq!(t.get("/cdn/a").await.status, 200);
+}
+
+#[tokio::test]
+async fn too_many_requests_in_flight_are_shed_with_retry_after() {
+    let up =
+        Upstream::http(|s| Reply::ok(format!("slow {}", s.uri)).delay(Duration::from_millis(400)))
+            .await;
+    let t = Tamis::start(&format!(
+        "{LISTEN}[limits]\nmax_requests_in_flight = 2\n\n{}",
+        route("cdn", "/cdn/", &up.url("/"), "cache = false")
+    ))
+    .await;
+    let addr = t.http;
+    let answers: Vec<Answer> =
+        futures_join((0..6).map(|i| async move { get(addr, &format!("/cdn/{i}"), &[]).await }))
+            .await;
+    let ok = answers.iter().filter(|a| a.status == 200).count();
+    let shed: Vec<&Answer> = answers.iter().filter(|a| a.status == 503).collect();
+    assert_eq!(
+        ok,
+        2,
+        "{:?}",
+        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    assert_eq!(shed.len(), 4);
+    assert!(shed.iter().all(|a| a.header("retry-after") == Some("1")));
+    assert_eq!(up.count(), 2, "shed requests never reach the upstream");
+    assert!(t.metrics().await.contains("tamis_load_shed_total 4"));
+    // Once they are done, requests are served again.
+    assert_eq!(t.get("/cdn/again").await.status, 200);
+}
+
+/// Runs futures concurrently, answers in order.
+async fn futures_join<F: std::future::Future<Output = Answer> + Send + 'static>(
+    futs: impl Iterator<Item = F>,
+) -> Vec<Answer> {
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_wait_their_turn() {
+    let up = Upstream::http(cacheable).await;
+    let t = Tamis::start(&format!(
+        "{LISTEN}[limits]\nmax_connections = 2\n\n{}",
+        route("cdn", "/cdn/", &up.url("/"), "")
+    ))
+    .await;
+    // Two connections that hold their slot without sending anything.
+    let hold1 = TcpStream::connect(t.http).await.unwrap();
+    let hold2 = TcpStream::connect(t.http).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let addr = t.http;
+    let third = tokio::spawn(async move { get(addr, "/cdn/a", &[]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served over the cap"
+    );
+    drop(hold1);
+    let a = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("served once a slot freed")
+        .unwrap();
+    assert_eq!(a.status, 200);
+    drop(hold2);
+}
+
+#[tokio::test]
+async fn per_client_rate_with_trusted_proxies_and_spoofing_ignored() {
+    let up = Upstream::http(cacheable).await;
+    let config = |trusted: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [{trusted}]\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
+            route("cdn", "/cdn/", &up.url("/"), "rate_limit = \"1/min\"\nrate_burst = 3")
+        )
+    };
+    // Behind a trusted terminator: each forwarded client has its own allowance.
+    let t = Tamis::start(&config("\"127.0.0.1/32\"")).await;
+    let from = |ip: &'static str| [("x-forwarded-for", ip)];
+    for _ in 0..3 {
+        assert_eq!(t.get_with("/cdn/a", &from("203.0.113.1")).await.status, 200);
+    }
+    let limited = t.get_with("/cdn/a", &from("203.0.113.1")).await;
+    assert_eq!(limited.status, 429);
+    let wait: u64 = limited.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    // A client that puts a fake address on the left still gets its own, true, bucket.
+    assert_eq!(
+        t.get_with(
+            "/cdn/a",
+            &[("x-forwarded-for", "198.51.100.9, 203.0.113.1")]
+        )
+        .await
+        .status,
+        429
+    );
+    assert_eq!(t.get_with("/cdn/a", &from("203.0.113.2")).await.status, 200);
+    let m = t.metrics().await;
+    assert!(
+        m.contains("tamis_requests_total{route=\"cdn\",status=\"429\"} 2"),
+        "{m}"
+    );
+    assert!(!m.contains("203.0.113"), "a client address in the metrics");
+
+    // From an untrusted peer the header is ignored: rotating it gains nothing.
+    let t = Tamis::start(&config("\"10.0.0.0/8\"")).await;
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for i in 0..5 {
+            let ip = format!("203.0.113.{i}");
+            v.push(
+                t.get_with("/cdn/a", &[("x-forwarded-for", &ip)])
+                    .await
+                    .status,
+            );
+        }
+        v
+    };
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    // And nothing of it went upstream.
+    for seen in up.seen() {
+        assert!(seen.header("x-forwarded-for").is_none());
+    }
+}
+
+#[tokio::test]
+async fn the_truncated_address_an_eu_route_may_send_comes_from_a_trusted_proxy_only() {
+    let up = Upstream::http(|_| Reply::ok("").status(202)).await;
+    let config = |trusted: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [{trusted}]\n\n\
+             [[route]]\nname = \"p\"\nkind = \"plausible\"\nprefix = \"/p/\"\nupstream = \"{}\"\njurisdiction = \"eu\"\nclient_ip = \"truncated\"\n",
+            up.url("/")
+        )
+    };
+    let body = r#"{"n":"pageview","u":"https://site.example/","d":"site.example"}"#;
+    let post = |t: &Tamis| {
+        let addr = t.http;
+        async move {
+            send(
+                addr,
+                http::Request::post("/p/api/event")
+                    .header("host", "site.example")
+                    .header("content-type", "application/json")
+                    .header("x-forwarded-for", "203.0.113.77")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let t = Tamis::start(&config("\"127.0.0.1\"")).await;
+    assert_eq!(post(&t).await.status, 202);
+    assert_eq!(up.last().header("x-forwarded-for"), Some("203.0.113.0"));
+    let t = Tamis::start(&config("\"10.0.0.0/8\"")).await;
+    assert_eq!(post(&t).await.status, 202);
+    assert_eq!(
+        up.last().header("x-forwarded-for"),
+        Some("127.0.0.0"),
+        "spoofed header used"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_upstream_opens_the_circuit_serves_stale_then_recovers() {
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let h = healthy.clone();
+    let up = Upstream::http(move |_| {
+        if h.load(Ordering::Relaxed) {
+            Reply::ok("fresh").header("cache-control", "max-age=1, stale-if-error=600")
+        } else {
+            Reply::ok("boom").status(500)
+        }
+    })
+    .await;
+    let t = Tamis::start(&format!(
+        "{LISTEN}[upstream]\nbreaker_failures = 3\nbreaker_cooldown = \"1s\"\n\n{}",
+        route("cdn", "/cdn/", &up.url("/"), "")
+    ))
+    .await;
+    assert_eq!(t.get("/cdn/kept").await.text(), "fresh");
+    healthy.store(false, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Three failures (the cached one is served stale each time).
+    for i in 0..3 {
+        let a = t.get(&format!("/cdn/x{i}")).await;
+        assert_eq!(
+            a.status, 500,
+            "an upstream 5xx without a stale copy passes as is"
+        );
+    }
+    let before = up.count();
+    // Open: no upstream request; 503 with Retry-After, or the stale copy.
+    let started = Instant::now();
+    let a = t.get("/cdn/new").await;
+    assert_eq!(a.status, 503);
+    assert!(a.header("retry-after").is_some());
+    let s = t.get("/cdn/kept").await;
+    assert_eq!((s.status, s.text().as_str()), (200, "fresh"));
+    assert!(started.elapsed() < Duration::from_millis(500), "not fast");
+    assert_eq!(
+        up.count(),
+        before,
+        "the upstream was asked while the circuit was open"
+    );
+    let m = t.metrics().await;
+    assert!(m.contains("result=\"circuit_open\""), "{m}");
+
+    // Cooldown over and upstream back: one probe closes it.
+    healthy.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(t.get("/cdn/new").await.status, 200);
+    assert_eq!(t.get("/cdn/other").await.status, 200);
+}
+
+/// An upstream on raw TCP that resets the first `resets` connections, then answers.
+async fn flaky_upstream(resets: usize) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let s = served.clone();
+    tokio::spawn(async move {
+        let mut n = 0;
+        loop {
+            let Ok((mut c, _)) = listener.accept().await else {
+                return;
+            };
+            n += 1;
+            if n <= resets {
+                let _ = c.set_linger(Some(Duration::ZERO));
+                drop(c);
+                continue;
+            }
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = c.read(&mut buf).await;
+                s.fetch_add(1, Ordering::Relaxed);
+                let _ = c
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    (addr, served)
+}
+
+#[tokio::test]
+async fn idempotent_requests_are_retried_a_bounded_number_of_times() {
+    let (addr, served) = flaky_upstream(1).await;
+    let t = Tamis::start(&format!(
+        "{LISTEN}{}",
+        route("cdn", "/cdn/", &format!("http://{addr}/"), "cache = false")
+    ))
+    .await;
+    let a = t.get("/cdn/a").await;
+    assert_eq!((a.status, a.text().as_str()), (200, "ok"));
+    assert_eq!(served.load(Ordering::Relaxed), 1);
+
+    // retries = 0: the reset reaches the visitor as a 502.
+    let (addr, served) = flaky_upstream(1).await;
+    let t = Tamis::start(&format!(
+        "{LISTEN}[upstream]\nretries = 0\n\n{}",
+        route("cdn", "/cdn/", &format!("http://{addr}/"), "cache = false")
+    ))
+    .await;
+    assert_eq!(t.get("/cdn/a").await.status, 502);
+    assert_eq!(served.load(Ordering::Relaxed), 0);
+
+    // A POST is never retried (pass-through EU route).
+    let (addr, served) = flaky_upstream(1).await;
+    let t = Tamis::start(&format!(
+        "{LISTEN}{}",
+        route(
+            "eu",
+            "/eu/",
+            &format!("http://{addr}/"),
+            "jurisdiction = \"eu\"\npass_through = true"
+        )
+    ))
+    .await;
+    let a = request(t.http, http::Method::POST, "/eu/form", &[]).await;
+    assert_eq!(a.status, 502);
+    assert_eq!(served.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed() {
+    let up = Upstream::http(cacheable).await;
+    let t = Tamis::start(&format!(
+        "{LISTEN}[upstream]\ntimeout = \"1s\"\n\n[limits]\nidle_timeout = \"2s\"\nheader_read_timeout = \"30s\"\n\n{}",
+        route("cdn", "/cdn/", &up.url("/"), "")
+    ))
+    .await;
+    let mut c = TcpStream::connect(t.http).await.unwrap();
+    c.write_all(b"GET /cdn/a HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = c.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Now silent: closed after about two seconds, not before.
+    let started = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+        .await
+        .expect("idle connection kept open")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+}
+
+#[test]
+fn idle_timeout_must_outlast_the_upstream_timeout() {
+    let text = "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\ntimeout = \"30s\"\n[limits]\nidle_timeout = \"20s\"\n";
+    let err = tamis::config::Config::parse(text, std::path::Path::new("t.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("limits.idle_timeout"), "{err}");
+}
