@@ -5,9 +5,12 @@
 
 Steps (each exits non-zero with a FAIL line on the first problem):
   systemd-smoke TAMIS   run the unit's ExecStart argv (binary and config swapped for a test
-                        copy on free loopback ports), its ExecReload (SIGHUP: success, then a
-                        broken file: refused, still serving), the container HEALTHCHECK probe,
-                        then SIGTERM: exit 0
+                        copy on free loopback ports, plus a route to a local upstream), its
+                        ExecReload (SIGHUP: success, then a broken file: refused, still
+                        serving), the container HEALTHCHECK probe, then SIGTERM: exit 0. Under
+                        strace: every system call made is one the unit's SystemCallFilter
+                        allows, every socket one RestrictAddressFamilies allows, and no memory
+                        is writable and executable (MemoryDenyWriteExecute)
   configs TAMIS         `tamis check` on deploy/container/tamis.toml and on the ConfigMap's text
   kubernetes            the Prometheus Operator resources (ServiceMonitor, PrometheusRule)
                         against the operator's CRD models, unknown fields refused; the
@@ -150,6 +153,75 @@ def wait_metric(admin, name, labels, value, proc, timeout=5.0):
     fail(f"{name}{labels} is {got}, expected {value}")
 
 
+def syscall_set(*groups):
+    """The system calls in systemd's named sets (nested sets expanded)."""
+    names = set()
+    for g in groups:
+        out = subprocess.run(["systemd-analyze", "syscall-filter", g],
+                             capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines()[1:]:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            names |= syscall_set(line) if line.startswith("@") else {line}
+    return names
+
+
+def check_sandbox(unit, trace):
+    """What tamis did under strace, against the unit's SystemCallFilter, RestrictAddressFamilies
+    and MemoryDenyWriteExecute (systemd does not run here, so the filters cannot be applied)."""
+    d = unit_directives(unit)
+    allowed, denied = set(), set()
+    for f in d["SystemCallFilter"]:
+        if f.startswith("~"):
+            denied |= syscall_set(*f[1:].split())
+        else:
+            allowed |= syscall_set(*f.split())
+    allowed -= denied
+    families = set(d["RestrictAddressFamilies"][0].split())
+    used, bad_families, wx = set(), set(), []
+    for line in trace.read_text().splitlines():
+        m = re.match(r"^\d+\s+(?:<\.\.\. )?([a-z_0-9]+)(?:\(| resumed)", line)
+        if not m:
+            continue
+        used.add(m.group(1))
+        fam = re.match(r"^\d+\s+socket\((AF_[A-Z0-9]+)", line)
+        if fam and fam.group(1) not in families:
+            bad_families.add(fam.group(1))
+        if re.search(r"\b(mmap|mprotect|pkey_mprotect)\(", line) and "PROT_EXEC" in line and (
+                "PROT_WRITE" in line or m.group(1) != "mmap"):
+            wx.append(line)
+    used.discard("execve")  # strace's own exec of tamis, before any filter applies
+    if not used:
+        fail(f"strace recorded no system call in {trace}")
+    if used - allowed:
+        fail(f"tamis made system calls the unit's SystemCallFilter refuses: {sorted(used - allowed)}")
+    if bad_families:
+        fail(f"tamis opened sockets outside RestrictAddressFamilies: {sorted(bad_families)}")
+    if wx:
+        fail("tamis made memory writable and executable (MemoryDenyWriteExecute):\n" + "\n".join(wx[:5]))
+    ok(f"strace: the {len(used)} system calls tamis made are all allowed by SystemCallFilter; "
+       f"sockets only {', '.join(sorted(families))}; no writable+executable memory")
+
+
+def strace_child(pid, program, timeout=5.0):
+    """The pid of `program` run by strace (which also forks short-lived probes of its own)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            kids = []
+        for kid in kids:
+            try:
+                if os.path.realpath(f"/proc/{kid}/exe") == os.path.realpath(program):
+                    return int(kid)
+            except OSError:
+                pass
+        time.sleep(0.02)
+    fail(f"strace did not start {program} within {timeout}s")
+
+
 def systemd_smoke(tamis):
     unit = DEPLOY / "systemd" / "tamis.service"
     d = unit_directives(unit)
@@ -166,6 +238,12 @@ def systemd_smoke(tamis):
             if a not in shipped:
                 fail(f"config/tamis.toml no longer listens on {a}: update deploy/")
             shipped = shipped.replace(a, b)
+        # A route to a local upstream (by name: the resolver runs too) to exercise the proxy path.
+        upstream = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+        threading.Thread(target=upstream.serve_forever, daemon=True).start()
+        shipped += (f'\n[[route]]\nname = "smoke"\nkind = "static"\nprefix = "/smoke/"\n'
+                    f'upstream = "http://localhost:{upstream.server_address[1]}/"\n'
+                    'jurisdiction = "eu"\n')
         conf = tmp / "tamis.toml"
         conf.write_text(shipped)
         argv = [str(tamis)] + start[1:]
@@ -175,15 +253,26 @@ def systemd_smoke(tamis):
             for kv in shlex.split(assignment):
                 k, _, v = kv.partition("=")
                 env[k] = v
+        trace = tmp / "strace.out"
+        strace = shutil.which("strace")
+        if strace:
+            argv = [strace, "-f", "-qq", "-o", str(trace), "--"] + argv
         log = open(tmp / "tamis.log", "w+")
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        main_pid = strace_child(proc.pid, tamis) if strace else proc.pid
         try:
             wait_port(admin_port, proc, "tamis")
             admin = f"127.0.0.1:{admin_port}"
             status, body = http_get(f"http://{admin}/healthz")
             if (status, body) != (200, "ok\n"):
                 fail(f"/healthz answered {status} {body!r}")
-            ok(f"ExecStart argv runs: {' '.join(start[1:])} (admin {admin})")
+            for _ in range(2):
+                status, body = http_get(f"http://127.0.0.1:{http_port}/smoke/x.js")
+                if (status, body) != (200, "tamis\n"):
+                    fail(f"GET /smoke/x.js through tamis answered {status} {body!r}")
+            if len(Recorder.seen) != 1:
+                fail(f"the local upstream got {len(Recorder.seen)} requests for one miss and one hit")
+            ok(f"ExecStart argv runs: {' '.join(start[1:])} (admin {admin}; a miss and a hit proxied)")
 
             # The container's HEALTHCHECK probe, built as the Dockerfile builds it.
             probe = tmp / "tamis-healthcheck"
@@ -201,7 +290,7 @@ def systemd_smoke(tamis):
             ok("tamis-healthcheck: 0 on the admin /healthz, 1 on the public listener and on a closed port")
 
             def exec_reload():
-                cmd = shlex.split(reload_cmd.replace("$MAINPID", str(proc.pid)))
+                cmd = shlex.split(reload_cmd.replace("$MAINPID", str(main_pid)))
                 subprocess.run(cmd, check=True)
 
             exec_reload()
@@ -214,20 +303,25 @@ def systemd_smoke(tamis):
                 fail("tamis stopped serving after a refused reload")
             ok(f"ExecReload ({reload_cmd}): reload counted; a broken file refused, still serving")
 
-            proc.send_signal(signal.SIGTERM)
+            os.kill(main_pid, signal.SIGTERM)
             try:
-                code = proc.wait(15)
+                code = proc.wait(15)  # strace exits with its child's status
             except subprocess.TimeoutExpired:
                 fail("tamis did not exit within 15s of SIGTERM")
             if code != 0:
                 fail(f"tamis exited {code} after SIGTERM (Restart=on-failure would restart it)")
             ok("SIGTERM (systemctl stop): exit 0")
+            if strace:
+                check_sandbox(unit, trace)
+            else:
+                fail("strace is missing: cannot check the unit's system call and socket filters")
         except SystemExit:
             log.seek(0)
             sys.stderr.write("--- tamis log ---\n" + log.read())
             raise
         finally:
             stop(proc)
+            upstream.shutdown()
 
 
 # ---------------------------------------------------------------- configs
@@ -517,6 +611,7 @@ class Recorder(BaseHTTPRequestHandler):
         body = b"tamis\n"
         self.send_response(200)
         self.send_header("content-type", "text/plain")
+        self.send_header("cache-control", "max-age=60")
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

@@ -4,9 +4,9 @@
 #
 #   bash deploy/check.sh
 #
-# Installs what is missing (Debian: prometheus (promtool), nginx-light, caddy, systemd, openssl;
-# PyPI: kubernetes-validate, the prometheus-operator CRD models, PyYAML) and builds the tamis
-# binary (`cargo build --locked --bin tamis`: a no-op after `cargo test`). Stops at the first
+# Installs what is missing (Debian: prometheus (promtool), nginx-light, caddy, systemd, openssl,
+# strace; PyPI: kubernetes-validate, the prometheus-operator CRD models, PyYAML) and builds the
+# tamis binary (`cargo build --locked --bin tamis`: a no-op after `cargo test`). Stops at the first
 # failure with a FAIL line; ends with "deploy/check.sh: all N checks passed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +33,7 @@ command -v nginx >/dev/null || apt_missing+=(nginx-light)
 command -v caddy >/dev/null || apt_missing+=(caddy)
 command -v systemd-analyze >/dev/null || apt_missing+=(systemd)
 command -v openssl >/dev/null || apt_missing+=(openssl)
+command -v strace >/dev/null || apt_missing+=(strace)
 if ((${#apt_missing[@]})); then
   echo "installing (Debian): ${apt_missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
