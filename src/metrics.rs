@@ -77,6 +77,8 @@ pub enum UpstreamFailure {
     Redirect,
     /// Not sent: the route's circuit breaker is open.
     CircuitOpen,
+    /// The upstream's certificate was refused.
+    Tls,
 }
 
 impl UpstreamFailure {
@@ -89,6 +91,7 @@ impl UpstreamFailure {
             UpstreamFailure::Body => "body",
             UpstreamFailure::Redirect => "redirect_outside",
             UpstreamFailure::CircuitOpen => "circuit_open",
+            UpstreamFailure::Tls => "tls",
         }
     }
 }

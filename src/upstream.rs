@@ -25,6 +25,10 @@ pub enum UpstreamError {
     Connect(String),
     #[error("upstream exchange failed: {0}")]
     Protocol(String),
+    /// The upstream's certificate was refused (unknown issuer, wrong name, expired): never
+    /// downgraded, never retried.
+    #[error("upstream certificate refused: {0}")]
+    Tls(String),
     /// The route's circuit breaker is open: the upstream was not asked.
     #[error("upstream failing: circuit open for another {0:?}")]
     CircuitOpen(Duration),
@@ -47,6 +51,7 @@ impl UpstreamError {
             UpstreamError::Connect(_) => UpstreamFailure::Connect,
             UpstreamError::Protocol(_) => UpstreamFailure::Protocol,
             UpstreamError::CircuitOpen(_) => UpstreamFailure::CircuitOpen,
+            UpstreamError::Tls(_) => UpstreamFailure::Tls,
         }
     }
 
@@ -109,10 +114,29 @@ impl Upstream {
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
             Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if is_tls(&e) => Err(UpstreamError::Tls(error_chain(&e))),
             Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
             Ok(Err(e)) => Err(UpstreamError::Protocol(error_chain(&e))),
         }
     }
+}
+
+/// Whether a TLS error (from rustls, maybe inside nested `io::Error`s) is in the chain.
+fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        // An io::Error's source() skips the error it wraps: look at that one itself.
+        cur = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    false
 }
 
 /// The error and its causes on one line (hyper's own message is often just "client error").

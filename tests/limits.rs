@@ -276,6 +276,9 @@ async fn flaky_upstream(resets: usize) -> (std::net::SocketAddr, Arc<AtomicUsize
             };
             n += 1;
             if n <= resets {
+                // SO_LINGER 0: the drop sends a reset at once (the deprecation is about
+                // non-zero lingers blocking the thread).
+                #[allow(deprecated)]
                 let _ = c.set_linger(Some(Duration::ZERO));
                 drop(c);
                 continue;

@@ -94,7 +94,7 @@ async fn an_untrusted_upstream_certificate_is_refused() {
     );
     let m = t.metrics().await;
     assert!(
-        m.contains("tamis_upstream_errors_total{result=\"connect\",route=\"s\"} 1"),
+        m.contains("tamis_upstream_errors_total{result=\"tls\",route=\"s\"} 1"),
         "{m}"
     );
 }

@@ -109,7 +109,16 @@ impl Upstream {
         ca: &TestCa,
         handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
     ) -> Upstream {
-        let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
+        Upstream::https_named(ca, &["localhost", "127.0.0.1"], handler).await
+    }
+
+    /// An HTTPS upstream whose certificate from `ca` names only `names`.
+    pub async fn https_named(
+        ca: &TestCa,
+        names: &[&str],
+        handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> Upstream {
+        let (cert, key) = ca.issue(names);
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
