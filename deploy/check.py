@@ -22,7 +22,12 @@ Steps (each exits non-zero with a FAIL line on the first problem):
   frontends             nginx (nginx -t, then a real nginx on loopback) and Caddy (caddy
                         validate, caddy fmt, then a real Caddy) in front of a recording stub:
                         every tamis prefix reaches it with the path untouched and no
-                        client-address header, everything else stays with the site
+                        client-address header (or, with the address passed as their comments
+                        say, X-Forwarded-For = the connection's address only), everything else
+                        stays with the site
+  pairing TAMIS         nginx passing the address in front of a real tamis with a per-client
+                        rate limit: separate buckets for two visitors with trusted_proxies, one
+                        shared bucket without; no client address reaches the upstream
 """
 
 import fnmatch
@@ -622,8 +627,10 @@ class Recorder(BaseHTTPRequestHandler):
         pass
 
 
-def exercise(name, port, tls, big_post_limited):
-    """Requests through the front end at 127.0.0.1:port; the stub records what reaches tamis."""
+def exercise(name, port, tls, big_post_limited, pass_address=False):
+    """Requests through the front end at 127.0.0.1:port; the stub records what reaches tamis.
+    With `pass_address`, X-Forwarded-For must be exactly the address the front end got the
+    connection from (127.0.0.1), never what the client wrote; otherwise it must be absent."""
 
     def req(method, path, body=None, extra=None):
         if tls:
@@ -651,8 +658,17 @@ def exercise(name, port, tls, big_post_limited):
         if got != path:
             fail(f"{name}: GET {path} reached tamis as {got}")
         leaked = [h for h in CLIENT_ADDRESS_HEADERS if h in headers]
+        if pass_address:
+            if headers.get("x-forwarded-for") != "127.0.0.1":
+                fail(f"{name} (address passed): GET {path} reached tamis with X-Forwarded-For "
+                     f"{headers.get('x-forwarded-for')!r}, expected '127.0.0.1'")
+            leaked.remove("x-forwarded-for")
         if leaked:
             fail(f"{name}: GET {path} reached tamis with {', '.join(f'{h}: {headers[h]}' for h in leaked)}")
+    if pass_address:
+        ok(f"{name}, address passed as its comments say: {len(PROBES)} tamis paths get "
+           "X-Forwarded-For = the connection's address only (the client's own value replaced)")
+        return
     ok(f"{name}: {len(PROBES)} tamis paths reach it untouched, with no client-address header "
        "(X-Forwarded-For etc. sent by the client dropped, none added)")
     for path in NOT_TAMIS:
@@ -687,11 +703,27 @@ def nginx_check(tmp, stub_port):
         fail("deploy/nginx/tamis.conf does not proxy to 127.0.0.1:8080")
     if re.search(r"^\s*[^#\n]*(proxy_add_x_forwarded_for|include\s+proxy_params)", snippet, re.M):
         fail("deploy/nginx/tamis.conf adds X-Forwarded-For")
-    (tmp / "tamis.conf").write_text(snippet.replace("127.0.0.1:8080", f"127.0.0.1:{stub_port}"))
+    default_set = 'set $tamis_client_address "";'
+    if default_set not in snippet:
+        fail(f"deploy/nginx/tamis.conf: expected `{default_set}` (no client address by default)")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
                     "-nodes", "-days", "1", "-subj", "/CN=site.example",
                     "-keyout", str(tmp / "key.pem"), "-out", str(tmp / "cert.pem")],
                    check=True, capture_output=True)
+    for variant, text in [("default", snippet),
+                          ("address passed", snippet.replace(
+                              default_set, "set $tamis_client_address $remote_addr;"))]:
+        nginx_run(tmp / variant.replace(" ", "-"), text.replace("127.0.0.1:8080", f"127.0.0.1:{stub_port}"),
+                  tmp, variant)
+
+
+NGINX = {}
+
+
+def nginx_start(tmp, snippet, certs):
+    """nginx on a free loopback port with `snippet` in a TLS server block; returns the port."""
+    tmp.mkdir()
+    (tmp / "tamis.conf").write_text(snippet)
     port = free_port()
     temp_paths = "\n".join(f"  {d}_temp_path {tmp}/{d};" for d in
                            ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"])
@@ -709,8 +741,8 @@ http {{
   server {{
     listen 127.0.0.1:{port} ssl;
     server_name site.example;
-    ssl_certificate {tmp}/cert.pem;
-    ssl_certificate_key {tmp}/key.pem;
+    ssl_certificate {certs}/cert.pem;
+    ssl_certificate_key {certs}/key.pem;
     proxy_set_header X-Forwarded-Proto $scheme;
     location / {{ return 200 "site\\n"; }}
     location ~* \\.(png|css|js|woff2)$ {{ return 200 "site static\\n"; }}
@@ -723,13 +755,24 @@ http {{
     out = (r.stdout + r.stderr).strip()
     if r.returncode != 0 or "[warn]" in out or "[emerg]" in out:
         fail(f"nginx -t on deploy/nginx/tamis.conf in a TLS server block:\n{out}")
-    ok("nginx -t: deploy/nginx/tamis.conf inside an HTTPS server block: syntax ok, test successful")
     proc = subprocess.Popen(base + ["-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    NGINX[tmp] = proc
+    wait_port(port, proc, "nginx")
+    return port
+
+
+def nginx_stop(tmp):
+    stop(NGINX.pop(tmp))
+
+
+def nginx_run(tmp, snippet, certs, variant):
+    port = nginx_start(tmp, snippet, certs)
+    if variant == "default":
+        ok("nginx -t: deploy/nginx/tamis.conf inside an HTTPS server block: syntax ok, test successful")
     try:
-        wait_port(port, proc, "nginx")
-        exercise("nginx", port, tls=True, big_post_limited=True)
+        exercise("nginx", port, tls=True, big_post_limited=True, pass_address=variant != "default")
     finally:
-        stop(proc)
+        nginx_stop(tmp)
 
 
 def caddy_check(tmp, stub_port):
@@ -750,20 +793,100 @@ def caddy_check(tmp, stub_port):
         fail("deploy/caddy/Caddyfile is not as `caddy fmt` formats it")
     ok("caddy fmt: deploy/caddy/Caddyfile formatted")
     text = src.read_text()
-    port = free_port()
     if "site.example {" not in text or "127.0.0.1:8080" not in text:
         fail("deploy/caddy/Caddyfile: expected a `site.example {` block proxying to 127.0.0.1:8080")
-    text = (text.replace("site.example {", f"http://site.example:{port} {{\n\tbind 127.0.0.1\n")
-                .replace("127.0.0.1:8080", f"127.0.0.1:{stub_port}")
-                .replace("/var/www/site.example", str(tmp)))
-    (tmp / "Caddyfile").write_text("{\n\tadmin off\n\tauto_https off\n}\n\n" + text)
-    proc = subprocess.Popen(["caddy", "run", "--adapter", "caddyfile", "--config", str(tmp / "Caddyfile")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    drop_xff = "\t\theader_up -X-Forwarded-For\n"
+    if drop_xff not in text:
+        fail("deploy/caddy/Caddyfile: expected `header_up -X-Forwarded-For` (no client address by default)")
+    for variant, body in [("default", text), ("address passed", text.replace(drop_xff, ""))]:
+        port = free_port()
+        body = (body.replace("site.example {", f"http://site.example:{port} {{\n\tbind 127.0.0.1\n")
+                    .replace("127.0.0.1:8080", f"127.0.0.1:{stub_port}")
+                    .replace("/var/www/site.example", str(tmp)))
+        conf = tmp / f"Caddyfile-{variant.replace(' ', '-')}"
+        conf.write_text("{\n\tadmin off\n\tauto_https off\n}\n\n" + body)
+        proc = subprocess.Popen(["caddy", "run", "--adapter", "caddyfile", "--config", str(conf)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        try:
+            wait_port(port, proc, "caddy")
+            exercise("caddy", port, tls=False, big_post_limited=False,
+                     pass_address=variant != "default")
+        finally:
+            stop(proc)
+
+
+def pairing(tamis):
+    """nginx (visitor's address passed, as its comments say) in front of a real tamis with a
+    per-client rate limit: with trusted_proxies two visitors get separate buckets, without it
+    they share the terminator's; either way the upstream never sees the address."""
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    snippet = (DEPLOY / "nginx" / "tamis.conf").read_text().replace(
+        'set $tamis_client_address "";', "set $tamis_client_address $remote_addr;")
     try:
-        wait_port(port, proc, "caddy")
-        exercise("caddy", port, tls=False, big_post_limited=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            os.chmod(tmp, 0o755)
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                            "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=site.example",
+                            "-keyout", str(tmp / "key.pem"), "-out", str(tmp / "cert.pem")],
+                           check=True, capture_output=True)
+            for trusted in (False, True):
+                http_port, admin_port = free_port(), free_port()
+                conf = tmp / f"tamis-{trusted}.toml"
+                conf.write_text(
+                    f'[server]\nlisten = "127.0.0.1:{http_port}"\n'
+                    + ('trusted_proxies = ["127.0.0.1"]\n' if trusted else "")
+                    + f'\n[admin]\nlisten = "127.0.0.1:{admin_port}"\n\n'
+                    f'[[route]]\nname = "tiles"\nkind = "static"\nprefix = "/tiles/"\n'
+                    f'upstream = "http://127.0.0.1:{upstream.server_address[1]}/"\n'
+                    'cache = false\nrate_limit = "2/min"\nrate_burst = 2\n')
+                log = open(tmp / f"tamis-{trusted}.log", "w+")
+                proc = subprocess.Popen([str(tamis), "--config", str(conf), "run"],
+                                        stdout=log, stderr=subprocess.STDOUT)
+                try:
+                    wait_port(http_port, proc, "tamis")
+                    front = tmp / f"nginx-{trusted}"
+                    port = nginx_start(front, snippet.replace("127.0.0.1:8080", f"127.0.0.1:{http_port}"), tmp)
+                    try:
+                        Recorder.seen.clear()
+
+                        def get(source):
+                            ctx = ssl.create_default_context()
+                            ctx.check_hostname = False
+                            ctx.verify_mode = ssl.CERT_NONE
+                            c = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=ctx,
+                                                            source_address=(source, 0))
+                            c.request("GET", "/tiles/1/2/3.png",
+                                      headers={"Host": "site.example", "X-Forwarded-For": "203.0.113.7"})
+                            r = c.getresponse()
+                            r.read()
+                            c.close()
+                            return r.status
+
+                        a = [get("127.0.0.2") for _ in range(3)]
+                        b = get("127.0.0.3")
+                    finally:
+                        nginx_stop(front)
+                    if a != [200, 200, 429]:
+                        fail(f"rate limit 2/min burst 2: visitor A got {a}")
+                    want_b = 200 if trusted else 429
+                    if b != want_b:
+                        fail(f"trusted_proxies {'set' if trusted else 'unset'}: visitor B got {b}, expected {want_b}")
+                    for _, _, headers in Recorder.seen:
+                        leaked = [h for h in CLIENT_ADDRESS_HEADERS if h in headers]
+                        if leaked:
+                            fail(f"the upstream behind tamis received {leaked}")
+                finally:
+                    stop(proc)
+                if trusted:
+                    ok("nginx (address passed) + tamis with trusted_proxies: two visitors, two rate-limit "
+                       "buckets; the upstream saw no client address")
+                else:
+                    ok("nginx + tamis without trusted_proxies: two visitors share one rate-limit bucket "
+                       "(429 for the second), as the comments warn")
     finally:
-        stop(proc)
+        upstream.shutdown()
 
 
 def frontends():
@@ -791,6 +914,7 @@ def main():
         "metrics-names": lambda: metrics_names(args[0]),
         "dockerfile": dockerfile,
         "frontends": frontends,
+        "pairing": lambda: pairing(Path(args[0]).resolve()),
     }
     if step not in steps:
         fail(f"unknown step {step}\n{__doc__}")

@@ -121,6 +121,9 @@ python3 "$DEPLOY/check.py" kubernetes
 step "front ends: nginx -t, caddy validate, and both for real in front of a recording stub"
 python3 "$DEPLOY/check.py" frontends
 
+step "front end + tamis: the client address and per-visitor rate limits (trusted_proxies)"
+python3 "$DEPLOY/check.py" pairing "$TAMIS"
+
 # ---- Prometheus, Grafana -----------------------------------------------------------------
 step "prometheus: promtool check config / check rules / test rules"
 (cd "$DEPLOY/prometheus" && promtool check config prometheus.yml) || fail "promtool check config"
