@@ -16,10 +16,16 @@ pub async fn handle(live: &Live, req: Request<Incoming>) -> Response<ProxyBody> 
         if req.method() != Method::POST {
             return error_response(StatusCode::METHOD_NOT_ALLOWED, "POST /reload\n");
         }
+        if !authorised(&live.load(), &req) {
+            return unauthorised();
+        }
         return reload(live).await;
     }
     let state = &*live.load();
     if req.uri().path() == "/cache/purge" {
+        if !authorised(state, &req) {
+            return unauthorised();
+        }
         if req.method() != Method::POST {
             return error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -63,6 +69,34 @@ fn text(status: StatusCode, content_type: &'static str, body: Bytes) -> Response
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Whether a request may change things (reload, purge): always, unless `admin.token_file` is
+/// set; then only with `Authorization: Bearer <token>`. Reading (metrics, health) stays open
+/// for scrapers and probes.
+fn authorised(state: &State, req: &Request<Incoming>) -> bool {
+    let Some(token) = state.config.admin.as_ref().and_then(|a| a.token.as_ref()) else {
+        return true;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or(b"");
+    // Compare in constant time: the answer's timing must not reveal a prefix.
+    given.len() == token.len()
+        && given
+            .iter()
+            .zip(token.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+fn unauthorised() -> Response<ProxyBody> {
+    let mut r = error_response(StatusCode::UNAUTHORIZED, "admin token required\n");
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     r
 }
 

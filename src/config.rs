@@ -189,10 +189,22 @@ pub struct TlsListen {
     pub server_config: Arc<rustls::ServerConfig>,
 }
 
-/// The admin listener (metrics, health).
-#[derive(Clone, Debug)]
+/// The admin listener (metrics, health, reload, purge).
+#[derive(Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// When set, `POST /reload` and `POST /cache/purge` need `Authorization: Bearer <token>`.
+    pub token: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the token.
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 /// Cache bounds.
@@ -462,6 +474,7 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Spanned<String>,
+    token_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -707,8 +720,29 @@ impl Validator<'_> {
     fn config(&mut self, raw: RawConfig) -> Option<Config> {
         let server = self.server(raw.server);
         let admin = raw.admin.and_then(|a| {
+            let token = a.token_file.as_ref().and_then(|f| {
+                match std::fs::read_to_string(self.file(f.get_ref())) {
+                    Ok(t) if t.trim().len() >= 16 => Some(t.trim().as_bytes().to_vec()),
+                    Ok(_) => {
+                        self.problem(
+                            Some(f.span()),
+                            "admin.token_file",
+                            "must hold a token of at least 16 characters",
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        self.problem(
+                            Some(f.span()),
+                            "admin.token_file",
+                            format!("cannot read {:?}: {e}", f.get_ref()),
+                        );
+                        None
+                    }
+                }
+            });
             self.socket_addr(&a.listen, "admin.listen")
-                .map(|listen| AdminConfig { listen })
+                .map(|listen| AdminConfig { listen, token })
         });
         let cache = self.cache(raw.cache);
         let upstream = self.upstream(raw.upstream);

@@ -367,6 +367,19 @@ pub fn check_report(config: &Config) -> String {
             t.cert_path.display()
         );
     }
+    if !config.server.trusted_proxies.is_empty() {
+        let list: Vec<String> = config
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        let _ = writeln!(
+            out,
+            "  proxy  {} (their X-Forwarded-For names the client, for rate limits only)",
+            list.join(", ")
+        );
+    }
     match &config.admin {
         Some(a) => {
             let _ = writeln!(out, "  admin  {} (/metrics, /healthz, /reload)", a.listen);

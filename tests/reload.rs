@@ -247,3 +247,45 @@ async fn a_reload_picks_up_a_renewed_certificate() {
         "old certificate still served"
     );
 }
+
+#[tokio::test]
+async fn with_an_admin_token_only_its_holder_may_reload_or_purge() {
+    let up = Upstream::http(cacheable).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, "s3cret-admin-token-0123456789\n").unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = {:?}\n\n{}",
+        token_file.display().to_string(),
+        route("cdn", "/cdn/", &up.url("/"), "")
+    );
+    let t = Tamis::start(&config).await;
+    let admin = t.admin.unwrap();
+    let post = |path: &'static str, auth: Option<&'static str>| async move {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+        request(admin, http::Method::POST, path, &headers).await
+    };
+    for path in ["/reload", "/cache/purge?route=cdn&prefix=/cdn/"] {
+        let a = post(path, None).await;
+        assert_eq!(
+            (a.status, a.header("www-authenticate")),
+            (401, Some("Bearer"))
+        );
+        assert_eq!(
+            post(path, Some("Bearer wrong-token-0123456789-x"))
+                .await
+                .status,
+            401
+        );
+        let ok = post(path, Some("Bearer s3cret-admin-token-0123456789")).await;
+        assert_eq!(ok.status, 200, "{path}: {}", ok.text());
+    }
+    // Reading stays open for scrapers and probes.
+    assert_eq!(get(admin, "/healthz", &[]).await.status, 200);
+    assert!(t.metrics().await.contains("tamis_config_reloads_total"));
+    // A short token is refused at load.
+    std::fs::write(&token_file, "short").unwrap();
+    let r = post("/reload", Some("Bearer s3cret-admin-token-0123456789")).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("admin.token_file"));
+}
