@@ -32,7 +32,7 @@
 # (non-2xx/3xx + socket errors), CPU seconds used by the server under test during the run
 # (utime+stime from /proc/PID/stat, summed over nginx master+worker, Varnish manager+child),
 # the same per request, core-0 busy % (CPU s / run time: below ~95 % the server was not the
-# bottleneck) and core-0 time used by anything else (noise), peak RSS during the run (VmHWM, reset before each run via clear_refs: tamis,
+# bottleneck), time cores 0 and 1 gave to anything but this benchmark (noise), peak RSS during the run (VmHWM, reset before each run via clear_refs: tamis,
 # the nginx worker, the Varnish child), and the requests the origin received during the run.
 #
 # Exits 1 when a tamis run had errors or case e reached the origin more than once (CI smoke).
@@ -323,9 +323,11 @@ TOML
 # ---------------------------------------------------------------------------------------------
 # Start everything.
 taskset -c 1 nginx -c "$work/origin.conf" -p "$work" 2>>"$work/origin-error.log" &
-pids+=($!)
+origin_pid=$!
+pids+=($origin_pid)
 taskset -c 1 python3 "$work/slow.py" "$SLOW" "$SLOW_MS" 2>"$work/slow.log" &
-pids+=($!)
+slow_pid=$!
+pids+=($slow_pid)
 taskset -c 0 nginx -c "$work/nginx.conf" -p "$work" 2>>"$work/nginx-error.log" &
 nginx_pid=$!
 pids+=($nginx_pid)
@@ -371,6 +373,17 @@ cpu_ticks() { # PIDS... -> utime+stime summed, in clock ticks
     t=$((t + ${v:-0}))
   done
   echo "$t"
+}
+ours1=0
+core1_ours() { # sets ours1: ticks used on core 1 by what we run there (load tools + origins)
+  local kids
+  times >"$work/times"   # in this shell: in a pipe or $() it would report a subshell's
+  kids=$(awk -v c="$CLK" 'NR == 2 {
+    n = 0
+    for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); n += t[1] * 60 + t[2] }
+    printf "%d", n * c }' "$work/times")
+  # shellcheck disable=SC2046
+  ours1=$((kids + $(cpu_ticks "$origin_pid" $(pgrep -P "$origin_pid") "$slow_pid")))
 }
 core_busy() { # CPU -> non-idle ticks of that core (user nice system irq softirq steal)
   awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat
@@ -428,6 +441,7 @@ declare -A RPS FETCHED
 measure() {
   local case=$1 server=$2 kind=$3 url=$4 extra=${5:-}
   local procs rpid before_cpu after_cpu before_origin out rps p50 p99 errs reqs t0 t1 c0a c0b
+  local c1a c1b o1a o1b
   wait_idle
   procs=$(pids_of "$server")
   rpid=$(rss_pid "$server")
@@ -436,6 +450,9 @@ measure() {
   # shellcheck disable=SC2086
   before_cpu=$(cpu_ticks $procs)
   c0a=$(core_busy 0)
+  c1a=$(core_busy 1)
+  core1_ours
+  o1a=$ours1
   t0=$(date +%s.%N)
   case $kind in
     wrk)
@@ -476,13 +493,16 @@ measure() {
   # shellcheck disable=SC2086
   after_cpu=$(cpu_ticks $procs)
   c0b=$(core_busy 0)
+  c1b=$(core_busy 1)
+  core1_ours
+  o1b=$ours1
   local fetched
   if [ "$kind" = burst ]; then
     fetched=$(curl -s "http://127.0.0.1:$SLOW/__count$url")
   else
     fetched=$(($(origin_count) - before_origin - 1))
   fi
-  local rss cpu per busy other
+  local rss cpu per busy other other1
   rss=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$rpid/status")
   cpu=$(awk -v a="$before_cpu" -v b="$after_cpu" -v c="$CLK" 'BEGIN {printf "%.2f", (b - a) / c}')
   per=$(awk -v s="$cpu" -v n="${reqs:-0}" 'BEGIN {if (n > 0) printf "%.1f", s * 1e6 / n; else print "-"}')
@@ -490,12 +510,15 @@ measure() {
   # Core 0 time not spent in the server: other tenants, steal, interrupts (noise indicator).
   other=$(awk -v x="$c0a" -v y="$c0b" -v s="$cpu" -v c="$CLK" -v a="$t0" -v b="$t1" \
     'BEGIN {o = 100 * ((y - x) / c - s) / (b - a); if (o < 0) o = 0; printf "%.0f", o}')
+  # The same on core 1, less the load tool and the origins.
+  other1=$(awk -v x="$c1a" -v y="$c1b" -v u="$o1a" -v v="$o1b" -v c="$CLK" -v a="$t0" -v b="$t1" \
+    'BEGIN {o = 100 * ((y - x) - (v - u)) / c / (b - a); if (o < 0) o = 0; printf "%.0f", o}')
   rps=$(printf "%.0f" "${rps:-0}")
   RPS[$case,$server]=$rps
   FETCHED[$case,$server]=$fetched
-  rows+=("$case|$server|$rps|$p50|$p99|$errs|$cpu|$per|$busy|$other|$rss|$fetched")
-  printf "  %-16s %9s req/s  p50 %7s ms  p99 %7s ms  errors %s  cpu %6s s (%s µs/req, core0 %s%%, other %s%%)  rss %s MiB  origin %s\n" \
-    "$server" "$rps" "$p50" "$p99" "$errs" "$cpu" "$per" "$busy" "$other" "$rss" "$fetched"
+  rows+=("$case|$server|$rps|$p50|$p99|$errs|$cpu|$per|$busy|$other/$other1|$rss|$fetched")
+  printf "  %-16s %9s req/s  p50 %7s ms  p99 %7s ms  errors %s  cpu %6s s (%s µs/req, core0 %s%%)  other core0/1 %s/%s%%  rss %s MiB  origin %s\n" \
+    "$server" "$rps" "$p50" "$p99" "$errs" "$cpu" "$per" "$busy" "$other" "$other1" "$rss" "$fetched"
 }
 
 check_get() { # URL expected-bytes: fetch twice (fill, then a hit), check status and size
@@ -583,11 +606,11 @@ ratio() { # a b -> a/b or -
   awk -v a="${1:-}" -v b="${2:-}" 'BEGIN {if (a > 0 && b > 0) printf "%.2f", a / b; else print "—"}'
 }
 echo
-echo "| case | server | req/s | p50 ms | p99 ms | errors | CPU s | CPU µs/req | core 0: server / other | peak RSS MiB | origin requests |"
-echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| case | server | req/s | p50 ms | p99 ms | errors | CPU s | CPU µs/req | core 0 busy | others on core 0/1 | peak RSS MiB | origin requests |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for r in "${rows[@]}"; do
   IFS='|' read -r c s rps p50 p99 errs cpu per busy other rss fetched <<<"$r"
-  echo "| $c | $s | $rps | $p50 | $p99 | $errs | $cpu | $per | $busy % / $other % | $rss | $fetched |"
+  echo "| $c | $s | $rps | $p50 | $p99 | $errs | $cpu | $per | $busy % | $other % | $rss | $fetched |"
 done
 echo
 echo "| case | nginx $nginx_v req/s | Varnish $varnish_v req/s | tamis req/s | tamis/nginx | tamis/Varnish |"
@@ -609,9 +632,10 @@ done
 echo
 cat <<'NOTE'
 Each server under test alone on core 0; wrk / h2load / the burst client and both origins on
-core 1. "core 0: server / other": the server's CPU time over the run, and core-0 time spent
-outside it (other tenants, steal, softirq; high = noisy run). Server well below 100 % with
-little "other": core 1 (load generator + origin) was the limit, so compare CPU µs/req. Peak
+core 1. "core 0 busy": the server's CPU time over the run time. "others on core 0/1": time
+those cores spent on anything but the server (core 0) or the load tool and origins (core 1):
+other tenants, steal, softirq; high = a noisy run. Server well below 100 % with little
+"other": core 1 (load generator + origin) was the limit, so compare CPU µs/req. Peak
 RSS: tamis, the nginx worker (nginx's cache lives in the page cache, not counted), the Varnish
 child (malloc 256M, one thread pool, 200-2000 threads). Varnish has no TLS: cases f and g not
 measured for it. Case e: "origin requests" is the number of origin fetches.
