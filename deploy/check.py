@@ -11,7 +11,8 @@ Steps (each exits non-zero with a FAIL line on the first problem):
                         strace: every system call made is one the unit's SystemCallFilter
                         allows, every socket one RestrictAddressFamilies allows, and no memory
                         is writable and executable (MemoryDenyWriteExecute)
-  configs TAMIS         `tamis check` on deploy/container/tamis.toml and on the ConfigMap's text
+  configs TAMIS         `tamis check` on deploy/container/tamis.toml and on the ConfigMap's text;
+                        both trust a terminator (server.trusted_proxies)
   kubernetes            the Prometheus Operator resources (ServiceMonitor, PrometheusRule)
                         against the operator's CRD models, unknown fields refused; the
                         PrometheusRule's groups equal deploy/prometheus/tamis.rules.yml's
@@ -21,13 +22,15 @@ Steps (each exits non-zero with a FAIL line on the first problem):
   dockerfile            static review of deploy/container/Dockerfile and .dockerignore
   frontends             nginx (nginx -t, then a real nginx on loopback) and Caddy (caddy
                         validate, caddy fmt, then a real Caddy) in front of a recording stub:
-                        every tamis prefix reaches it with the path untouched and no
-                        client-address header (or, with the address passed as their comments
-                        say, X-Forwarded-For = the connection's address only), everything else
-                        stays with the site
-  pairing TAMIS         nginx passing the address in front of a real tamis with a per-client
-                        rate limit: separate buckets for two visitors with trusted_proxies, one
-                        shared bucket without; no client address reaches the upstream
+                        every tamis prefix reaches it with the path untouched and, as shipped,
+                        X-Forwarded-For = exactly the connection's address (the client's own
+                        value replaced; Caddy's too when Caddy trusts its client) and no other
+                        client-address header; with the opt-out their comments document, none
+                        at all; everything else stays with the site
+  pairing TAMIS         nginx and Caddy as shipped in front of a real tamis with a per-client
+                        rate limit and config/tamis.toml's trusted_proxies: two visitors, two
+                        buckets; with nginx's opt-out, or without trusted_proxies, one shared
+                        bucket; never a visitor's address at the upstream or in tamis's log
 """
 
 import fnmatch
@@ -77,6 +80,15 @@ CLIENT_ADDRESS_HEADERS = [
     "true-client-ip",
     "via",
 ]
+# The client-address line of each front end as shipped (X-Forwarded-For = the connection's
+# address) and the opt-out its comments document (no address at all).
+NGINX_DEFAULT = "set $tamis_client_address $remote_addr;"
+NGINX_OPT_OUT = 'set $tamis_client_address "";'
+CADDY_DEFAULT = "\t\theader_up X-Forwarded-For {remote_host}\n"
+CADDY_OPT_OUT = "\t\theader_up -X-Forwarded-For\n"
+# `caddy validate` calls CADDY_DEFAULT "Unnecessary" (true only while Caddy's own trusted_proxies
+# is unset): the one warning tolerated.
+CADDY_KNOWN_WARNING = "Unnecessary header_up X-Forwarded-For"
 
 
 def fail(msg):
@@ -361,7 +373,11 @@ def configs(tamis):
             if not re.search(r": valid\b", first):
                 fail(f"tamis check on {name} printed {first!r}")
             routes = list(dict.fromkeys(re.findall(r"^route (\S+)", r.stdout, re.M)))
-            ok(f"tamis check {name}: valid, routes {', '.join(routes)}")
+            trusted = re.search(r"^\s*trusted_proxies\s*=\s*(\[.+\])", path.read_text(), re.M)
+            if not trusted or not json.loads(trusted.group(1)):
+                fail(f"{name}: no server.trusted_proxies: behind its terminator (which passes the "
+                     "visitor's address) every visitor would share one rate-limit bucket")
+            ok(f"tamis check {name}: valid, routes {', '.join(routes)}; trusted_proxies {trusted.group(1)}")
 
 
 # ---------------------------------------------------------------- kubernetes CRDs
@@ -627,10 +643,12 @@ class Recorder(BaseHTTPRequestHandler):
         pass
 
 
-def exercise(name, port, tls, big_post_limited, pass_address=False):
+def exercise(name, port, tls, big_post_limited, pass_address, headers_only=False):
     """Requests through the front end at 127.0.0.1:port; the stub records what reaches tamis.
     With `pass_address`, X-Forwarded-For must be exactly the address the front end got the
-    connection from (127.0.0.1), never what the client wrote; otherwise it must be absent."""
+    connection from (127.0.0.1), never what the client wrote (203.0.113.7, sent on every
+    request); otherwise it must be absent. Every other client-address header must be absent.
+    `headers_only`: just that, for every tamis path (a variant of a file already checked whole)."""
 
     def req(method, path, body=None, extra=None):
         if tls:
@@ -660,17 +678,21 @@ def exercise(name, port, tls, big_post_limited, pass_address=False):
         leaked = [h for h in CLIENT_ADDRESS_HEADERS if h in headers]
         if pass_address:
             if headers.get("x-forwarded-for") != "127.0.0.1":
-                fail(f"{name} (address passed): GET {path} reached tamis with X-Forwarded-For "
-                     f"{headers.get('x-forwarded-for')!r}, expected '127.0.0.1'")
+                fail(f"{name}: GET {path} reached tamis with X-Forwarded-For "
+                     f"{headers.get('x-forwarded-for')!r}, expected exactly '127.0.0.1' (the "
+                     "connection's address; the client sent X-Forwarded-For: 203.0.113.7)")
             leaked.remove("x-forwarded-for")
         if leaked:
             fail(f"{name}: GET {path} reached tamis with {', '.join(f'{h}: {headers[h]}' for h in leaked)}")
     if pass_address:
-        ok(f"{name}, address passed as its comments say: {len(PROBES)} tamis paths get "
-           "X-Forwarded-For = the connection's address only (the client's own value replaced)")
+        ok(f"{name}: {len(PROBES)} tamis paths reach it untouched, with X-Forwarded-For = the "
+           "connection's address only (the client's own X-Forwarded-For replaced, not appended "
+           "to; its X-Real-IP and Forwarded dropped; nothing else added)")
+    else:
+        ok(f"{name}: {len(PROBES)} tamis paths reach it untouched, with no client-address header "
+           "(X-Forwarded-For etc. sent by the client dropped, none added)")
+    if headers_only:
         return
-    ok(f"{name}: {len(PROBES)} tamis paths reach it untouched, with no client-address header "
-       "(X-Forwarded-For etc. sent by the client dropped, none added)")
     for path in NOT_TAMIS:
         Recorder.seen.clear()
         req("GET", path)
@@ -695,6 +717,15 @@ def exercise(name, port, tls, big_post_limited, pass_address=False):
         ok(f"{name}: analytics POSTs forwarded whole (tamis itself answers 413 over max_body)")
 
 
+def nginx_opt_out(snippet):
+    """The snippet with the opt-out its comments document: no client address at all."""
+    out = re.sub(r"^(\s*)" + re.escape(NGINX_DEFAULT), lambda m: m.group(1) + NGINX_OPT_OUT,
+                 snippet, count=1, flags=re.M)
+    if out == snippet:
+        fail(f"deploy/nginx/tamis.conf: no `{NGINX_DEFAULT}` line")
+    return out
+
+
 def nginx_check(tmp, stub_port):
     tmp = tmp / "nginx"
     tmp.mkdir()
@@ -703,17 +734,17 @@ def nginx_check(tmp, stub_port):
         fail("deploy/nginx/tamis.conf does not proxy to 127.0.0.1:8080")
     if re.search(r"^\s*[^#\n]*(proxy_add_x_forwarded_for|include\s+proxy_params)", snippet, re.M):
         fail("deploy/nginx/tamis.conf adds X-Forwarded-For")
-    default_set = 'set $tamis_client_address "";'
-    if default_set not in snippet:
-        fail(f"deploy/nginx/tamis.conf: expected `{default_set}` (no client address by default)")
+    if not re.search(r"^\s*" + re.escape(NGINX_DEFAULT), snippet, re.M):
+        fail(f"deploy/nginx/tamis.conf: expected `{NGINX_DEFAULT}` (the connection's address, by default)")
+    if not re.search(r"^#.*" + re.escape(NGINX_OPT_OUT), snippet, re.M):
+        fail(f"deploy/nginx/tamis.conf: the comments should document the opt-out `{NGINX_OPT_OUT}`")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
                     "-nodes", "-days", "1", "-subj", "/CN=site.example",
                     "-keyout", str(tmp / "key.pem"), "-out", str(tmp / "cert.pem")],
                    check=True, capture_output=True)
     for variant, text in [("default", snippet),
-                          ("address passed", snippet.replace(
-                              default_set, "set $tamis_client_address $remote_addr;"))]:
-        nginx_run(tmp / variant.replace(" ", "-"), text.replace("127.0.0.1:8080", f"127.0.0.1:{stub_port}"),
+                          ("opt-out", nginx_opt_out(snippet))]:
+        nginx_run(tmp / variant, text.replace("127.0.0.1:8080", f"127.0.0.1:{stub_port}"),
                   tmp, variant)
 
 
@@ -770,24 +801,63 @@ def nginx_run(tmp, snippet, certs, variant):
     if variant == "default":
         ok("nginx -t: deploy/nginx/tamis.conf inside an HTTPS server block: syntax ok, test successful")
     try:
-        exercise("nginx", port, tls=True, big_post_limited=True, pass_address=variant != "default")
+        if variant == "default":
+            exercise("nginx", port, tls=True, big_post_limited=True, pass_address=True)
+        else:
+            exercise(f"nginx (opt-out: {NGINX_OPT_OUT})", port, tls=True,
+                     big_post_limited=True, pass_address=False, headers_only=True)
     finally:
         nginx_stop(tmp)
+
+
+def caddy_site(text, port, backend_port, root):
+    """The Caddyfile made runnable here: plain HTTP on 127.0.0.1:port, no admin endpoint, no
+    certificates, tamis at backend_port, the site's files in root."""
+    body = (text.replace("site.example {", f"http://site.example:{port} {{\n\tbind 127.0.0.1\n")
+                .replace("127.0.0.1:8080", f"127.0.0.1:{backend_port}")
+                .replace("/var/www/site.example", str(root)))
+    return "{\n\tadmin off\n\tauto_https off\n}\n\n" + body
+
+
+def caddy_env(tmp):
+    return dict(os.environ, HOME=str(tmp), XDG_DATA_HOME=str(tmp / "data"),
+                XDG_CONFIG_HOME=str(tmp / "config"))
+
+
+def caddy_start(conf, port, env):
+    proc = subprocess.Popen(["caddy", "run", "--adapter", "caddyfile", "--config", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        wait_port(port, proc, "caddy")
+    except SystemExit:
+        stop(proc)
+        sys.stderr.write(proc.stderr.read().decode(errors="replace"))
+        raise
+    return proc
+
+
+def caddy_opt_out(text):
+    """The Caddyfile with the opt-out its comments document: no client address at all."""
+    if CADDY_DEFAULT not in text:
+        fail(f"deploy/caddy/Caddyfile: no `{CADDY_DEFAULT.strip()}` line")
+    return text.replace(CADDY_DEFAULT, CADDY_OPT_OUT)
 
 
 def caddy_check(tmp, stub_port):
     tmp = tmp / "caddy"
     tmp.mkdir()
-    env = dict(os.environ, HOME=str(tmp), XDG_DATA_HOME=str(tmp / "data"),
-               XDG_CONFIG_HOME=str(tmp / "config"))
+    env = caddy_env(tmp)
     src = DEPLOY / "caddy" / "Caddyfile"
     r = subprocess.run(["caddy", "validate", "--adapter", "caddyfile", "--config", str(src)],
                        capture_output=True, text=True, env=env)
     if r.returncode != 0 or "Valid configuration" not in r.stdout + r.stderr:
         fail(f"caddy validate deploy/caddy/Caddyfile:\n{r.stdout}{r.stderr}")
-    if '"level":"warn"' in r.stderr:
-        fail(f"caddy validate warned:\n{r.stderr}")
-    ok("caddy validate --adapter caddyfile deploy/caddy/Caddyfile: Valid configuration")
+    warnings = [l for l in r.stderr.splitlines() if '"level":"warn"' in l]
+    known = [l for l in warnings if CADDY_KNOWN_WARNING in l]
+    if len(known) < len(warnings):
+        fail("caddy validate warned:\n" + "\n".join(l for l in warnings if l not in known))
+    ok("caddy validate --adapter caddyfile deploy/caddy/Caddyfile: Valid configuration"
+       + (f" (and the expected \"{CADDY_KNOWN_WARNING}\": see the comments)" if known else ""))
     r = subprocess.run(["caddy", "fmt", str(src)], capture_output=True, text=True, env=env)
     if r.returncode != 0 or r.stdout != src.read_text():
         fail("deploy/caddy/Caddyfile is not as `caddy fmt` formats it")
@@ -795,34 +865,73 @@ def caddy_check(tmp, stub_port):
     text = src.read_text()
     if "site.example {" not in text or "127.0.0.1:8080" not in text:
         fail("deploy/caddy/Caddyfile: expected a `site.example {` block proxying to 127.0.0.1:8080")
-    drop_xff = "\t\theader_up -X-Forwarded-For\n"
-    if drop_xff not in text:
-        fail("deploy/caddy/Caddyfile: expected `header_up -X-Forwarded-For` (no client address by default)")
-    for variant, body in [("default", text), ("address passed", text.replace(drop_xff, ""))]:
+    if CADDY_DEFAULT not in text:
+        fail(f"deploy/caddy/Caddyfile: expected `{CADDY_DEFAULT.strip()}` (the connection's "
+             "address, by default)")
+    if not re.search(r"^#\s*" + re.escape(CADDY_OPT_OUT.strip()) + r"\s*$", text, re.M):
+        fail(f"deploy/caddy/Caddyfile: the comments should document the opt-out `{CADDY_OPT_OUT.strip()}`")
+    proxy = "reverse_proxy 127.0.0.1:8080 {\n"
+    if text.count(proxy) != 1:
+        fail(f"deploy/caddy/Caddyfile: expected one `{proxy.strip()}` (the (tamis) snippet)")
+    # Caddy trusting its client (as a site behind a CDN would) makes Caddy's own X-Forwarded-For
+    # append to the client's value: the file's line must still replace it.
+    caddy_trusting = text.replace(proxy, proxy + "\t\ttrusted_proxies 127.0.0.0/8\n")
+    for variant, body in [("default", text), ("default, Caddy trusting its client", caddy_trusting),
+                          ("opt-out", caddy_opt_out(text))]:
         port = free_port()
-        body = (body.replace("site.example {", f"http://site.example:{port} {{\n\tbind 127.0.0.1\n")
-                    .replace("127.0.0.1:8080", f"127.0.0.1:{stub_port}")
-                    .replace("/var/www/site.example", str(tmp)))
-        conf = tmp / f"Caddyfile-{variant.replace(' ', '-')}"
-        conf.write_text("{\n\tadmin off\n\tauto_https off\n}\n\n" + body)
-        proc = subprocess.Popen(["caddy", "run", "--adapter", "caddyfile", "--config", str(conf)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        conf = tmp / f"Caddyfile-{re.sub(r'[^a-z]+', '-', variant)}"
+        conf.write_text(caddy_site(body, port, stub_port, tmp))
+        proc = caddy_start(conf, port, env)
         try:
-            wait_port(port, proc, "caddy")
-            exercise("caddy", port, tls=False, big_post_limited=False,
-                     pass_address=variant != "default")
+            if variant == "default":
+                exercise("caddy", port, tls=False, big_post_limited=False, pass_address=True)
+            elif variant == "opt-out":
+                exercise(f"caddy (opt-out: {CADDY_OPT_OUT.strip()})", port, tls=False,
+                         big_post_limited=False, pass_address=False, headers_only=True)
+            else:
+                exercise(f"caddy ({variant}: trusted_proxies 127.0.0.0/8 in reverse_proxy)", port,
+                         tls=False, big_post_limited=False, pass_address=True, headers_only=True)
         finally:
             stop(proc)
 
 
+def shipped_trusted_proxies():
+    """server.trusted_proxies of config/tamis.toml, which must trust the local terminator."""
+    try:
+        import tomllib
+
+        server = tomllib.loads((ROOT / "config" / "tamis.toml").read_text()).get("server", {})
+        trusted = server.get("trusted_proxies", [])
+    except ImportError:  # Python < 3.11: the one line is a JSON array too
+        m = re.search(r"^trusted_proxies\s*=\s*(\[.*\])", (ROOT / "config" / "tamis.toml").read_text(), re.M)
+        trusted = json.loads(m.group(1)) if m else []
+    if "127.0.0.1" not in trusted:
+        fail(f"config/tamis.toml: server.trusted_proxies is {trusted}; it must trust the local "
+             "terminator (127.0.0.1), which passes the visitor's address by default")
+    return trusted
+
+
 def pairing(tamis):
-    """nginx (visitor's address passed, as its comments say) in front of a real tamis with a
-    per-client rate limit: with trusted_proxies two visitors get separate buckets, without it
-    they share the terminator's; either way the upstream never sees the address."""
+    """The front ends as shipped in front of a real tamis with a per-client rate limit: with
+    the shipped trusted_proxies two visitors get separate buckets; with the front end's opt-out,
+    or without trusted_proxies, they share the terminator's; either way neither the upstream
+    nor tamis's log sees a visitor's address."""
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    snippet = (DEPLOY / "nginx" / "tamis.conf").read_text().replace(
-        'set $tamis_client_address "";', "set $tamis_client_address $remote_addr;")
+    nginx_default = (DEPLOY / "nginx" / "tamis.conf").read_text()
+    caddy_default = (DEPLOY / "caddy" / "Caddyfile").read_text()
+    trusted = shipped_trusted_proxies()
+    visitor_a, visitor_b, forged = "127.0.0.2", "127.0.0.3", "203.0.113.7"
+    # (front end, its file, tamis's trusted_proxies, separate buckets expected, what it is)
+    cases = [
+        ("nginx", nginx_default, trusted, True,
+         f"nginx as shipped + tamis as shipped (trusted_proxies = {json.dumps(trusted)})"),
+        ("caddy", caddy_default, trusted, True,
+         f"Caddy as shipped + tamis as shipped (trusted_proxies = {json.dumps(trusted)})"),
+        ("nginx", nginx_opt_out(nginx_default), trusted, False,
+         f"nginx with the opt-out ({NGINX_OPT_OUT}) + tamis as shipped"),
+        ("nginx", nginx_default, [], False, "nginx as shipped + tamis without trusted_proxies"),
+    ]
     try:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
@@ -831,60 +940,89 @@ def pairing(tamis):
                             "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=site.example",
                             "-keyout", str(tmp / "key.pem"), "-out", str(tmp / "cert.pem")],
                            check=True, capture_output=True)
-            for trusted in (False, True):
+            for i, (front, text, trust, separate, what) in enumerate(cases):
                 http_port, admin_port = free_port(), free_port()
-                conf = tmp / f"tamis-{trusted}.toml"
+                conf = tmp / f"tamis-{i}.toml"
                 conf.write_text(
                     f'[server]\nlisten = "127.0.0.1:{http_port}"\n'
-                    + ('trusted_proxies = ["127.0.0.1"]\n' if trusted else "")
+                    + (f"trusted_proxies = {json.dumps(trust)}\n" if trust else "")
                     + f'\n[admin]\nlisten = "127.0.0.1:{admin_port}"\n\n'
+                    '[log]\naccess = true\n\n'
                     f'[[route]]\nname = "tiles"\nkind = "static"\nprefix = "/tiles/"\n'
                     f'upstream = "http://127.0.0.1:{upstream.server_address[1]}/"\n'
                     'cache = false\nrate_limit = "2/min"\nrate_burst = 2\n')
-                log = open(tmp / f"tamis-{trusted}.log", "w+")
+                log = open(tmp / f"tamis-{i}.log", "w+")
                 proc = subprocess.Popen([str(tamis), "--config", str(conf), "run"],
                                         stdout=log, stderr=subprocess.STDOUT)
                 try:
                     wait_port(http_port, proc, "tamis")
-                    front = tmp / f"nginx-{trusted}"
-                    port = nginx_start(front, snippet.replace("127.0.0.1:8080", f"127.0.0.1:{http_port}"), tmp)
+                    Recorder.seen.clear()
+                    if front == "nginx":
+                        front_dir = tmp / f"nginx-{i}"
+                        port = nginx_start(front_dir, text.replace("127.0.0.1:8080", f"127.0.0.1:{http_port}"), tmp)
+                        tls = True
+                    else:
+                        port = free_port()
+                        caddy_dir = tmp / f"caddy-{i}"
+                        caddy_dir.mkdir()
+                        caddy_conf = caddy_dir / "Caddyfile"
+                        caddy_conf.write_text(caddy_site(text, port, http_port, caddy_dir))
+                        caddy_proc = caddy_start(caddy_conf, port, caddy_env(caddy_dir))
+                        tls = False
                     try:
-                        Recorder.seen.clear()
-
                         def get(source):
-                            ctx = ssl.create_default_context()
-                            ctx.check_hostname = False
-                            ctx.verify_mode = ssl.CERT_NONE
-                            c = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=ctx,
-                                                            source_address=(source, 0))
-                            c.request("GET", "/tiles/1/2/3.png",
-                                      headers={"Host": "site.example", "X-Forwarded-For": "203.0.113.7"})
+                            if tls:
+                                ctx = ssl.create_default_context()
+                                ctx.check_hostname = False
+                                ctx.verify_mode = ssl.CERT_NONE
+                                c = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=ctx,
+                                                                source_address=(source, 0))
+                            else:
+                                c = http.client.HTTPConnection("127.0.0.1", port, timeout=5,
+                                                               source_address=(source, 0))
+                            c.request("GET", "/tiles/osm/1/2/3.png",
+                                      headers={"Host": "site.example", "X-Forwarded-For": forged})
                             r = c.getresponse()
                             r.read()
                             c.close()
                             return r.status
 
-                        a = [get("127.0.0.2") for _ in range(3)]
-                        b = get("127.0.0.3")
+                        a = [get(visitor_a) for _ in range(3)]
+                        b = get(visitor_b)
                     finally:
-                        nginx_stop(front)
+                        if front == "nginx":
+                            nginx_stop(front_dir)
+                        else:
+                            stop(caddy_proc)
                     if a != [200, 200, 429]:
-                        fail(f"rate limit 2/min burst 2: visitor A got {a}")
-                    want_b = 200 if trusted else 429
+                        fail(f"{what}: rate limit 2/min burst 2: visitor A got {a}")
+                    want_b = 200 if separate else 429
                     if b != want_b:
-                        fail(f"trusted_proxies {'set' if trusted else 'unset'}: visitor B got {b}, expected {want_b}")
+                        fail(f"{what}: visitor B got {b}, expected {want_b} "
+                             f"({'its own bucket' if separate else 'the bucket it shares with A'})")
+                    if len(Recorder.seen) != (3 if separate else 2):
+                        fail(f"{what}: the upstream got {len(Recorder.seen)} requests, expected "
+                             f"{3 if separate else 2} (the 200s)")
                     for _, _, headers in Recorder.seen:
                         leaked = [h for h in CLIENT_ADDRESS_HEADERS if h in headers]
                         if leaked:
-                            fail(f"the upstream behind tamis received {leaked}")
+                            fail(f"{what}: the upstream behind tamis received {leaked}")
+                        for addr in (visitor_a, visitor_b, forged):
+                            if any(addr in v for v in headers.values()):
+                                fail(f"{what}: the upstream behind tamis received {addr}: {headers}")
                 finally:
                     stop(proc)
-                if trusted:
-                    ok("nginx (address passed) + tamis with trusted_proxies: two visitors, two rate-limit "
-                       "buckets; the upstream saw no client address")
-                else:
-                    ok("nginx + tamis without trusted_proxies: two visitors share one rate-limit bucket "
-                       "(429 for the second), as the comments warn")
+                log.seek(0)
+                logged = log.read()
+                if "/tiles/osm/1/2/3.png" not in logged:
+                    fail(f"{what}: tamis's access log has no line for the requests:\n{logged}")
+                for addr in (visitor_a, visitor_b, forged):
+                    if addr in logged:
+                        fail(f"{what}: tamis's log (log.client_ip unset) holds {addr}:\n{logged}")
+                ok(f"{what}: " + ("two visitors, two rate-limit buckets" if separate else
+                                  "two visitors share one rate-limit bucket (429 for the second), "
+                                  "as the comments warn")
+                   + "; no address reached the upstream or tamis's log")
     finally:
         upstream.shutdown()
 
