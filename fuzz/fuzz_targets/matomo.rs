@@ -1,0 +1,65 @@
+//! Matomo scrubbing: the query, and the POST body (form, or bulk JSON `{"requests": [...]}`).
+//! Properties: only table-kept parameters leave (pseudonymised _id/cid, generalised url, urlref,
+//! ua, lang, allowlisted custom variables and dimensions); removing dropped ones changes
+//! nothing; a bulk body keeps only `requests`; planted cip, token_auth, uid, _id, cid, ua
+//! details, geo and visit-history values never reach the server.
+//! Input: line 1 the query string, the rest the body.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+use tamis_fuzz::oracles::{
+    assert_absent, check_matomo_body, check_matomo_query, fresh_secret, interleave, matomo_planted,
+    Analytics,
+};
+use tamis_fuzz::{first_line, seed};
+
+fn analytics() -> &'static Analytics {
+    static A: OnceLock<Analytics> = OnceLock::new();
+    A.get_or_init(Analytics::default)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let (query, body) = first_line(data);
+    let Ok(query) = std::str::from_utf8(query) else {
+        return;
+    };
+    let a = analytics();
+    check_matomo_query(query, a);
+    if !body.is_empty() {
+        check_matomo_body(body, a);
+    }
+    let Some(secret) = fresh_secret(&[data]) else {
+        return;
+    };
+    let (pairs, planted) = matomo_planted(&secret);
+    let s = seed(data);
+    if let Some(q) = check_matomo_query(&interleave(query, &pairs, s), a) {
+        assert_absent(q.as_bytes(), &planted, "matomo query");
+    }
+    let Ok(text) = std::str::from_utf8(body) else {
+        return;
+    };
+    let planted_body = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(mut o)) => {
+            if let Some(Value::Array(reqs)) = o.get_mut("requests") {
+                for (i, r) in reqs.iter_mut().enumerate() {
+                    if let Value::String(q) = r {
+                        *q = format!("?{}", interleave(q, &pairs[i % pairs.len()..], s + i));
+                    }
+                }
+                reqs.push(Value::String(format!("?{}", pairs.join("&"))));
+            }
+            o.entry("token_auth")
+                .or_insert_with(|| Value::String(format!("{secret}02")));
+            Value::Object(o).to_string()
+        }
+        _ if text.trim_start().starts_with('{') => return,
+        _ => interleave(text.trim(), &pairs, s),
+    };
+    if let Some(b) = check_matomo_body(planted_body.as_bytes(), a) {
+        assert_absent(&b, &planted, "matomo body");
+    }
+});
