@@ -550,10 +550,13 @@ proptest! {
             if route.role != Role::FontCss {
                 continue;
             }
-            let out = match catch_unwind(AssertUnwindSafe(|| route.rewrite(css.as_bytes()))) {
-                Ok(out) => out.expect("UTF-8 CSS not rewritten"),
-                Err(_) if css_may_panic(&css) && !strict() => continue, // KnownBug::CssNonAsciiPanic
-                Err(p) => std::panic::resume_unwind(p),
+            let out = match route.rewrite(css.as_bytes()) {
+                Some(out) => out,
+                // Refused (502) only for an escape outside a string.
+                None => {
+                    prop_assert!(css.contains('\\'), "refused without an escape: {:?}", css);
+                    continue;
+                }
             };
             check_css(&css, std::str::from_utf8(&out).unwrap());
         }
@@ -626,13 +629,15 @@ proptest! {
 // Known bugs: each test shows the bug still reproduces. When one fails, the bug is fixed:
 // delete the test and its `KnownBug` variant (and its tolerance in oracles.rs).
 
-fn rewrite_google(css: &str) -> String {
+/// The rewritten CSS, or `None` when tamis refuses it (answered 502).
+fn rewrite_google(css: &str) -> Option<String> {
     let route = router()
         .routes()
         .iter()
         .find(|r| r.role == Role::FontCss)
         .expect("fonts route");
-    String::from_utf8(route.rewrite(css.as_bytes()).expect("rewritten").to_vec()).unwrap()
+    let out = route.rewrite(css.as_bytes())?;
+    Some(String::from_utf8(out.to_vec()).expect("UTF-8 out"))
 }
 
 fn fetched_third_party(css: &str) -> Vec<String> {
@@ -643,76 +648,36 @@ fn fetched_third_party(css: &str) -> Vec<String> {
         .collect()
 }
 
+/// Stylesheets that once loaded from a third party through the rewriter (found by fuzzing):
+/// control characters in URLs, escaped or padded @import strings, an escaped `url(`, scanner
+/// and tokenizer disagreeing on strings, comments and url() tokens, non-ASCII (a panic).
 #[test]
-fn known_bug_css_control_chars_in_url_load_from_a_third_party() {
-    for (css, url) in [
-        (
-            "@font-face{src:url('/\t/evil.example/f.woff2') format('woff2')}",
-            "/\t/evil.example/f.woff2",
-        ),
-        (
-            "@font-face{src:url('\x01//evil.example/f.woff2') format('woff2')}",
-            "\x01//evil.example/f.woff2",
-        ),
-    ] {
-        let out = rewrite_google(css);
-        assert_eq!(
-            fetched_third_party(&out),
-            [url],
-            "fixed? remove KnownBug::CssControlCharsInUrl: {out:?}"
-        );
-    }
-}
-
-#[test]
-fn known_bug_css_escaped_import_string_is_kept() {
-    for css in [
+fn css_found_by_fuzzing_stays_first_party() {
+    let rewritten = [
+        "@font-face{src:url('/\t/evil.example/f.woff2') format('woff2')}",
+        "@font-face{src:url('\x01//evil.example/f.woff2') format('woff2')}",
         "@import \"https\\3a \\2f \\2f evil.example/x.css\";",
         "@import \"https\\00003a\\00002f\\00002fevil.example\\00002fx.css\";",
         "@import \"https:/\t/evil.example/x.css\";",
-    ] {
-        let out = rewrite_google(css);
-        assert_eq!(
-            fetched_third_party(&out).len(),
-            1,
-            "fixed? remove KnownBug::CssEscapedString: {out:?}"
-        );
-    }
-}
-
-#[test]
-fn known_bug_css_escaped_url_function_is_not_rewritten() {
-    let out = rewrite_google("@font-face{src:u\\rl(//evil.example/font.woff2)}");
-    assert_eq!(
-        fetched_third_party(&out),
-        ["//evil.example/font.woff2"],
-        "fixed? remove KnownBug::CssEscapedUrlFunction: {out:?}"
-    );
-}
-
-#[test]
-fn known_bug_css_token_desync_hides_a_url() {
-    // An escaped quote outside strings opens one for the rewriter only; a form feed (or CR)
-    // closes one for the browser only; `2url(` is a url() for the rewriter only, which then
-    // misses the comment the browser opens inside it.
-    for css in [
         "a{font-weight:2url(/*) \"x */ b{background:url(//evil.example/i.png)} \"}",
-        "a\\\"x {background:url(//evil.example/i.png)}\n",
         "a{src:url('/x\x0c) } b{background:url(//evil.example/i.png)}'}",
-    ] {
-        let out = rewrite_google(css);
+        ".\u{e9}{font-family:Noto} .\u{65e5}{src:url(//evil.example/i.png)}",
+    ];
+    for css in rewritten {
+        let out = rewrite_google(css).expect("rewritten");
         assert_eq!(
             fetched_third_party(&out),
-            ["//evil.example/i.png"],
-            "fixed? remove KnownBug::CssTokenDesync: {out:?}"
+            Vec::<String>::new(),
+            "{css:?} -> {out:?}"
         );
     }
-}
-
-#[test]
-fn known_bug_css_non_ascii_outside_strings_panics() {
-    let r = catch_unwind(|| rewrite_google(".\u{e9}{font-family:Noto}"));
-    assert!(r.is_err(), "fixed? remove KnownBug::CssNonAsciiPanic");
+    // An escape outside a string could spell what the rewriter looks for: refused.
+    for css in [
+        "@font-face{src:u\\rl(//evil.example/font.woff2)}",
+        "a\\\"x {background:url(//evil.example/i.png)}\n",
+    ] {
+        assert_eq!(rewrite_google(css), None, "{css:?}");
+    }
 }
 
 #[test]

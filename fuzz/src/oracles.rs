@@ -28,28 +28,6 @@ use tamis::routes::{fonts, tiles, PathError, Role, Route, Router};
 /// Bugs these properties found in tamis, reported and not fixed yet (see fuzz/README.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KnownBug {
-    /// `fonts::rewrite_css` slices the CSS at byte offsets: any non-ASCII character outside a
-    /// string or comment panics ("byte index is not a char boundary").
-    CssNonAsciiPanic,
-    /// Control characters in a quoted URL are kept as they are, but browsers delete tabs and
-    /// newlines anywhere and C0 controls at either end (WHATWG URL) before reading it, so
-    /// `url('/\t/evil.example/f.woff2')` and `url('\x01//evil.example/f.woff2')` load from
-    /// evil.example.
-    CssControlCharsInUrl,
-    /// A quoted string outside `url()` (`@import "…"`, `image-set("…")`) that spells its URL with
-    /// CSS escapes, or holds whitespace, is kept as text: `@import "https\3a \2f \2f evil/x"`.
-    CssEscapedString,
-    /// The rewriter only knows the literal `url(`: `u\rl(//evil.example/x)` is a url() to the
-    /// browser and is left alone.
-    CssEscapedUrlFunction,
-    /// The rewriter's scanner and CSS tokenization disagree on where strings, comments and
-    /// url() tokens are: an escaped quote outside strings (`a\"`) opens a string for the
-    /// rewriter only; a CR or form feed ends one for the browser only; `u\rl(` is a url() for
-    /// the browser only; `2url(`, `#url(`, `xurl(` are one for the rewriter only (it then reads
-    /// to `)` while the browser may open a comment or a string in between). What the rewriter
-    /// misreads is not rewritten: `a{src:url('/x\x0c) } b{background:url(//evil.example/i.png)}'`
-    /// loads from evil.example.
-    CssTokenDesync,
     /// Page URLs and referrers keep their user information: `https://alice:pw@shop.example/`.
     PageUrlUserinfo,
     /// `same_site_referrer` finds the host after the first `://` anywhere in the value, so any
@@ -1581,11 +1559,6 @@ pub fn css_urls(css: &str) -> Vec<CssUrl> {
     css_scan(css).0
 }
 
-/// Whether the stylesheet has a `url(` whose name is written with an escape (`u\rl(`).
-pub fn has_escaped_url_function(css: &str) -> bool {
-    css_scan(css).1
-}
-
 fn css_scan(css: &str) -> (Vec<CssUrl>, bool) {
     let pre: String = {
         let s = css.replace("\r\n", "\n").replace(['\r', '\x0c'], "\n");
@@ -2025,78 +1998,21 @@ pub fn css_url_is_first_party(value: &str) -> bool {
     host.is_empty() || host.contains(|c: char| c <= ' ' || "<>^|".contains(c))
 }
 
-/// Which known bug explains a third-party URL left in the rewritten CSS, if any.
-pub fn classify_css_leak(u: &CssUrl) -> Option<KnownBug> {
-    if u.escaped_name {
-        return Some(KnownBug::CssEscapedUrlFunction);
-    }
-    // What the rewriter sees (it trims whitespace only), with control characters standing for
-    // ordinary ones: first-party there, third-party once a browser deletes them.
-    let seen = u
-        .value
-        .trim()
-        .replace(|c: char| c < ' ' || c == '\x7f', "_");
-    if css_url_is_first_party(&seen) {
-        return Some(KnownBug::CssControlCharsInUrl);
-    }
-    if matches!(u.context, UrlContext::Import | UrlContext::ImageSet)
-        && (u.raw.contains('\\') || u.value.contains(char::is_whitespace))
-    {
-        return Some(KnownBug::CssEscapedString);
-    }
-    None
-}
-
-/// Whether the input holds something that makes the rewriter's scanner and CSS tokenization
-/// disagree (KnownBug::CssTokenDesync).
-fn desync_trigger(input: &str) -> Option<KnownBug> {
-    let lower = input.to_ascii_lowercase();
-    // `url(` glued to what comes before (a number, a hash, a longer name) is no url() token.
-    let glued_url = lower.match_indices("url(").any(|(i, _)| {
-        lower[..i].chars().next_back().is_some_and(|c| {
-            // NUL counts: CSS reads it as U+FFFD, a name character.
-            c.is_ascii_alphanumeric()
-                || matches!(c, '_' | '-' | '#' | '@' | '\\' | '\0')
-                || !c.is_ascii()
-        })
-    });
-    let triggered = input.contains("\\\"")
-        || input.contains("\\'")
-        || input.contains(['\r', '\x0c'])
-        || glued_url
-        || has_escaped_url_function(input);
-    triggered.then_some(KnownBug::CssTokenDesync)
-}
-
 /// The rewritten stylesheet names no third-party URL a browser would fetch, and no `://`.
-/// Returns the leaks tolerated as known bugs.
-pub fn check_css(input: &str, output: &str) -> Vec<(KnownBug, CssUrl)> {
-    let mut known = Vec::new();
-    if output.contains("://") {
-        panic!("'://' left in rewritten CSS\ninput {input:?}\noutput {output:?}");
-    }
+pub fn check_css(input: &str, output: &str) {
+    assert!(
+        !output.contains("://"),
+        "'://' left in rewritten CSS\ninput {input:?}\noutput {output:?}"
+    );
     for u in css_urls(output) {
-        if css_url_is_first_party(&u.value) {
-            continue;
-        }
-        let bug = classify_css_leak(&u).or_else(|| desync_trigger(input));
-        match bug {
-            Some(b) if tolerated(b) => known.push((b, u)),
-            _ => panic!(
-                "third-party URL {:?} ({:?}, written {:?}) left in rewritten CSS{}\ninput {input:?}\noutput {output:?}",
-                u.value,
-                u.context,
-                u.raw,
-                bug.map(|b| format!(" [known bug {b:?}]")).unwrap_or_default()
-            ),
-        }
+        assert!(
+            css_url_is_first_party(&u.value),
+            "third-party URL {:?} ({:?}, written {:?}) left in rewritten CSS\ninput {input:?}\noutput {output:?}",
+            u.value,
+            u.context,
+            u.raw,
+        );
     }
-    known
-}
-
-/// Whether `rewrite_css` may panic on this input (known bug: non-ASCII outside strings).
-pub fn css_may_panic(css: &str) -> bool {
-    !css.is_ascii()
 }
 
 // ---------------------------------------------------------------------------------------------

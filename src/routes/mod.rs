@@ -173,11 +173,21 @@ impl Route {
                 .is_some_and(|v| v.as_bytes().starts_with(b"text/css"))
     }
 
-    /// Rewrites a body `rewrites` selected; `None` if it cannot be read as text.
+    /// Rewrites a body `rewrites` selected; `None` if it is not UTF-8 or the rewriter refuses it
+    /// (the caller answers 502, never the body as it came).
     pub fn rewrite(&self, body: &[u8]) -> Option<bytes::Bytes> {
-        let css = std::str::from_utf8(body).ok()?;
+        let Ok(css) = std::str::from_utf8(body) else {
+            tracing::warn!(route = %self.config.name, "upstream CSS is not UTF-8: refused");
+            return None;
+        };
         let map = self.css_map.as_ref()?;
-        Some(bytes::Bytes::from(fonts::rewrite_css(css, map)))
+        match fonts::rewrite_css(css, map) {
+            Ok(out) => Some(bytes::Bytes::from(out)),
+            Err(why) => {
+                tracing::warn!(route = %self.config.name, "upstream CSS refused: {why}");
+                None
+            }
+        }
     }
 }
 
