@@ -162,7 +162,8 @@ fn is_css_space(c: char) -> bool {
 }
 
 /// Part of a CSS name (identifier, hash, at-keyword, dimension unit): `url(` after one of these
-/// is no url() token (`xurl(`, `#url(`, `2url(`). U+FFFD (a preprocessed NUL) included.
+/// is no url() token (`xurl(`, `#url(`, `2url(`), except after the `<!--` token. U+FFFD (a
+/// preprocessed NUL) included.
 fn continues_name(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'#' | b'@') || b >= 0x80
 }
@@ -266,7 +267,7 @@ pub fn rewrite_css(css: &str, map: &UrlMap) -> Result<String, CssRefused> {
             b'u' | b'U'
                 if b.len() - i >= 4
                     && b[i..i + 4].eq_ignore_ascii_case(b"url(")
-                    && (i == 0 || !continues_name(b[i - 1])) =>
+                    && (i == 0 || !continues_name(b[i - 1]) || b[..i].ends_with(b"<!--")) =>
             {
                 flush(&mut out, plain_start, i + 4);
                 i += 4;
@@ -304,8 +305,7 @@ fn read_string(css: &str, start: usize, quote: u8) -> (&str, usize, bool) {
     let mut i = start;
     while i < b.len() {
         match b[i] {
-            // An escape takes the next character, a newline included (a continuation).
-            b'\\' => i += 2,
+            b'\\' => i = skip_escape(b, i + 1),
             c if c == quote => return (&css[start..i], i + 1, true),
             b'\n' => return (&css[start..i], i, false),
             _ => i += 1,
@@ -313,6 +313,27 @@ fn read_string(css: &str, start: usize, quote: u8) -> (&str, usize, bool) {
     }
     // `i` may have stepped past the end, or into a character, after a final backslash.
     (&css[start..], b.len(), false)
+}
+
+/// The index after an escape whose backslash ends at `i`: up to six hex digits and one
+/// whitespace after them (a newline too: it does not end the string), or a newline (a
+/// continuation), or one other character.
+fn skip_escape(b: &[u8], mut i: usize) -> usize {
+    if !b.get(i).is_some_and(u8::is_ascii_hexdigit) {
+        // Any other character, a newline included; a multi-byte one is stepped over byte by
+        // byte by the caller, harmlessly (its bytes are never quotes or newlines).
+        return i + 1;
+    }
+    let digits = b[i..]
+        .iter()
+        .take(6)
+        .take_while(|c| c.is_ascii_hexdigit())
+        .count();
+    i += digits;
+    if b.get(i).is_some_and(|&c| is_css_space(c as char)) {
+        i += 1;
+    }
+    i
 }
 
 fn neutralize_bare_urls(css: String) -> String {
@@ -471,7 +492,9 @@ mod tests {
             let out = rewrite_css(&css, &map()).unwrap();
             assert!(out.contains("url(about:invalid)"), "{css:?} -> {out:?}");
         }
-        // A real one after a delimiter.
+        // A real one after a delimiter, or after `<!--` (a token of its own).
+        let out = rewrite_css("a<!--url(//evil.example/i.png)", &map()).unwrap();
+        assert!(out.contains("url(about:invalid)"), "{out}");
         let out = rewrite_css("a{b:+url(https://fonts.gstatic.com/s/a.woff2)}", &map()).unwrap();
         assert!(out.contains("url(/fonts/files/s/a.woff2)"), "{out}");
     }
@@ -514,6 +537,17 @@ mod tests {
         ] {
             assert_eq!(rewrite_css(css, &map()).unwrap(), css);
         }
+    }
+
+    #[test]
+    fn a_hex_escape_takes_the_newline_after_it() {
+        // `\a0` then a newline: the escape takes the newline, the string goes on (the browser
+        // then sees the image-set() below as text in a string, and so must the rewriter).
+        let css = "a{b:'x\\a0\nc'} d{background:image-set(\"//evil.example/a.png\" 1x)}";
+        let out = rewrite_css(css, &map()).unwrap();
+        assert!(!out.contains("evil.example/"), "{out}");
+        let css = "a{b:'x\\a0\n) d{background:image-set(\"//evil.example/a.png\" 1x)}";
+        assert_eq!(rewrite_css(css, &map()).unwrap(), css, "all one string");
     }
 
     #[test]
