@@ -681,21 +681,6 @@ fn css_found_by_fuzzing_stays_first_party() {
 }
 
 #[test]
-fn known_bug_page_url_userinfo_is_forwarded() {
-    use tamis::routes::analytics::{same_site_referrer, scrub_page_url};
-    assert_eq!(
-        scrub_page_url("https://alice:pw@shop.example/p?x=1", &[]).as_deref(),
-        Some("https://alice:pw@shop.example/p"),
-        "fixed? remove KnownBug::PageUrlUserinfo"
-    );
-    assert_eq!(
-        same_site_referrer("https://alice@shop.example/a?q", Some("shop.example")).as_deref(),
-        Some("https://alice@shop.example/a"),
-        "fixed? remove KnownBug::PageUrlUserinfo"
-    );
-}
-
-#[test]
 fn known_bug_huge_max_upstream_connections_panics_the_router() {
     let text = "[server]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"a\"\nkind = \"static\"\n\
                 prefix = \"/a/\"\nupstream = \"https://a.example/\"\n\
@@ -706,20 +691,6 @@ fn known_bug_huge_max_upstream_connections_panics_the_router() {
     assert!(
         r.is_err(),
         "fixed? remove KnownBug::ConfigHugeConnectionLimit"
-    );
-}
-
-#[test]
-fn known_bug_referrer_prefix_passes_the_same_site_rule() {
-    use tamis::routes::analytics::same_site_referrer;
-    assert_eq!(
-        same_site_referrer(
-            "alice@mail.example https://shop.example/a",
-            Some("shop.example")
-        )
-        .as_deref(),
-        Some("alice@mail.example https://shop.example/a"),
-        "fixed? remove KnownBug::ReferrerPrefix"
     );
 }
 

@@ -28,12 +28,6 @@ use tamis::routes::{fonts, tiles, PathError, Role, Route, Router};
 /// Bugs these properties found in tamis, reported and not fixed yet (see fuzz/README.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KnownBug {
-    /// Page URLs and referrers keep their user information: `https://alice:pw@shop.example/`.
-    PageUrlUserinfo,
-    /// `same_site_referrer` finds the host after the first `://` anywhere in the value, so any
-    /// text before `https://site/` passes as a same-site referrer and is forwarded:
-    /// `dr=alice%40mail.example+https%3A%2F%2Fshop.example%2F`.
-    ReferrerPrefix,
     /// `max_upstream_connections` above tokio's `Semaphore::MAX_PERMITS` (2^61 - 1) is accepted
     /// by `Config::parse`, then `Router::new` panics.
     ConfigHugeConnectionLimit,
@@ -830,9 +824,10 @@ fn check_no_userinfo(url: &str, what: &str) {
         return;
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if authority.contains('@') && !tolerated(KnownBug::PageUrlUserinfo) {
-        panic!("{what}: user information kept in {url:?} [known bug PageUrlUserinfo]");
-    }
+    assert!(
+        !authority.contains('@'),
+        "{what}: user information kept in {url:?}"
+    );
 }
 
 /// A referrer after the same-site rule: the site's own origin and path, nothing else.
@@ -842,12 +837,10 @@ fn check_referrer(r: &str, site_host: Option<&str>, what: &str) {
         "{what}: query or fragment kept in {r:?}"
     );
     let lower = r.to_ascii_lowercase();
-    if !(lower.starts_with("https://") || lower.starts_with("http://")) {
-        if tolerated(KnownBug::ReferrerPrefix) {
-            return;
-        }
-        panic!("{what}: referrer {r:?} is not an http(s) URL [known bug ReferrerPrefix]");
-    }
+    assert!(
+        lower.starts_with("https://") || lower.starts_with("http://"),
+        "{what}: referrer {r:?} is not an http(s) URL"
+    );
     let host = analytics::host_of(r)
         .map(str::to_ascii_lowercase)
         .unwrap_or_else(|| panic!("{what}: {r:?} has no host"));
@@ -1053,13 +1046,13 @@ pub fn ga4_planted(secret: &str) -> (Vec<String>, Vec<Planted>) {
         format!("dr={s}17+https%3A%2F%2Fshop.example%2F"),
         17,
         "dr prefix",
-        Some(KnownBug::ReferrerPrefix),
+        None,
     );
     plant(
         format!("dl=https%3A%2F%2F{s}16%3Apw%40shop.example%2Fp"),
         16,
         "dl userinfo",
-        Some(KnownBug::PageUrlUserinfo),
+        None,
     );
     planted.push(Planted {
         secret: format!("{s}10"),
@@ -1261,13 +1254,13 @@ pub fn matomo_planted(secret: &str) -> (Vec<String>, Vec<Planted>) {
         format!("_ref={s}21+https%3A%2F%2Fshop.example%2F"),
         21,
         "_ref prefix",
-        Some(KnownBug::ReferrerPrefix),
+        None,
     );
     plant(
         format!("urlref=https%3A%2F%2F{s}20%40shop.example%2Fp"),
         20,
         "urlref userinfo",
-        Some(KnownBug::PageUrlUserinfo),
+        None,
     );
     planted.push(Planted {
         secret: format!("{s}09"),

@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use super::{
-    host_of, primary_language, same_site_referrer, Context, Outcome, ScrubError, Tally, MAX_PARAMS,
+    host_of, parse_absolute, primary_language, same_site, same_site_referrer, AbsoluteUrl, Context,
+    Outcome, ScrubError, Tally, MAX_PARAMS,
 };
 
 /// Custom-field prefixes: kept only when their full name is in `allow_event_params`.
@@ -237,8 +238,8 @@ fn push_encoded(out: &mut String, start: usize, raw_key: &str, value: &str) {
     out.extend(form_urlencoded::byte_serialize(value.as_bytes()));
 }
 
-/// `scrub_page_url`, borrowed when there is no allowlist (the common case): the URL up to its
-/// query or fragment.
+/// `scrub_page_url`, borrowed when there is no allowlist (the common case) and nothing to take
+/// out of the authority: the URL up to its query or fragment.
 fn page_url<'a>(url: &'a str, allow: &[String]) -> Option<Cow<'a, str>> {
     if !allow.is_empty() {
         return super::scrub_page_url(url, allow).map(Cow::Owned);
@@ -246,17 +247,11 @@ fn page_url<'a>(url: &'a str, allow: &[String]) -> Option<Cow<'a, str>> {
     let trimmed = url.trim();
     let no_fragment = trimmed.split('#').next().unwrap_or("");
     let base = no_fragment.split_once('?').map_or(no_fragment, |(b, _)| b);
-    let starts = |p: &str| {
-        base.get(..p.len())
-            .is_some_and(|s| s.eq_ignore_ascii_case(p))
-    };
-    let absolute = starts("https://") || starts("http://");
-    let valid = if absolute {
-        host_of(base).is_some_and(|h| !h.is_empty())
+    let fast = if base.starts_with('/') {
+        super::is_page_path(base).then_some(Cow::Borrowed(base))
     } else {
-        base.starts_with('/')
+        parse_absolute(base).map(|u| without_userinfo(base, &u))
     };
-    let fast = valid.then_some(Cow::Borrowed(base));
     debug_assert_eq!(
         fast.as_deref(),
         super::scrub_page_url(url, allow).as_deref()
@@ -264,21 +259,33 @@ fn page_url<'a>(url: &'a str, allow: &[String]) -> Option<Cow<'a, str>> {
     fast
 }
 
-/// `same_site_referrer`, borrowed.
-fn referrer<'a>(referrer: &'a str, site_host: Option<&str>) -> Option<&'a str> {
-    fn www(h: &str) -> Option<&str> {
-        h.get(..4)
-            .is_some_and(|p| p.eq_ignore_ascii_case("www."))
-            .then(|| &h[4..])
+/// `url` (read as `u`) without its user information: borrowed when it has none.
+fn without_userinfo<'a>(url: &'a str, u: &AbsoluteUrl<'_>) -> Cow<'a, str> {
+    if u.scheme.len() + "://".len() + u.host_port.len() + u.rest.len() == url.len() {
+        Cow::Borrowed(url)
+    } else {
+        Cow::Owned(format!("{}://{}{}", u.scheme, u.host_port, u.rest))
     }
+}
+
+/// `same_site_referrer`, borrowed when there is no user information to take out.
+fn referrer<'a>(referrer: &'a str, site_host: Option<&str>) -> Option<Cow<'a, str>> {
     let fast = site_host.and_then(|site| {
-        let host = host_of(referrer)?;
-        let same = host.eq_ignore_ascii_case(site)
-            || www(host).is_some_and(|h| h.eq_ignore_ascii_case(site))
-            || www(site).is_some_and(|s| s.eq_ignore_ascii_case(host));
-        same.then(|| referrer.split(['?', '#']).next().unwrap_or(""))
+        let u = parse_absolute(referrer)?;
+        if !same_site(u.host, site) {
+            return None;
+        }
+        let cut = referrer.find(['?', '#']).unwrap_or(referrer.len());
+        let u = AbsoluteUrl {
+            rest: u.rest.split(['?', '#']).next().unwrap_or(""),
+            ..u
+        };
+        Some(without_userinfo(&referrer[..cut], &u))
     });
-    debug_assert_eq!(fast, same_site_referrer(referrer, site_host).as_deref());
+    debug_assert_eq!(
+        fast.as_deref(),
+        same_site_referrer(referrer, site_host).as_deref()
+    );
     fast
 }
 
@@ -340,7 +347,7 @@ fn scrub_params(
                 match referrer(&value(), site_url.as_deref().and_then(host_of)) {
                     Some(r) => {
                         tally.add(Outcome::Generalised);
-                        push_encoded(out, start, raw_key, r);
+                        push_encoded(out, start, raw_key, &r);
                     }
                     None => tally.add(Outcome::Dropped),
                 }
@@ -506,6 +513,38 @@ mod tests {
             get(&parse_query(&q).unwrap(), "dr"),
             Some("https://shop.example/a")
         );
+    }
+
+    #[test]
+    fn page_urls_and_referrers_lose_user_information_and_surrounding_text() {
+        // Both the borrowed fast paths (no allowlist) and the allowlist path.
+        for allow in [vec![], vec!["utm_source".to_owned()]] {
+            let settings = Settings {
+                allow_event_params: vec![],
+                allow_url_params: allow,
+            };
+            let p = Pseudonymizer::new(Duration::from_secs(86400), None);
+            let ctx = Context {
+                settings: &settings,
+                pseudonyms: &p,
+                route: "ga",
+            };
+            let mut t = Tally::default();
+            let (q, body) = scrub(
+                "dl=https%3A%2F%2Falice%3Apw%40shop.example%2Fp&dr=https%3A%2F%2Falice%40shop.example%2Fa%3Fq",
+                b"dl=https%3A%2F%2Fshop.example%2Fp\r\ndr=alice%40mail.example+https%3A%2F%2Fshop.example%2Fa",
+                &ctx,
+                SystemTime::now(),
+                &mut t,
+            )
+            .unwrap();
+            let q = parse_query(&q).unwrap();
+            assert_eq!(get(&q, "dl"), Some("https://shop.example/p"));
+            assert_eq!(get(&q, "dr"), Some("https://shop.example/a"));
+            // The body's referrer has text before the URL: dropped.
+            let body = String::from_utf8(body).unwrap();
+            assert!(!body.contains("dr=") && !body.contains("alice"), "{body}");
+        }
     }
 
     #[test]

@@ -250,8 +250,120 @@ pub fn to_query(pairs: &[(String, String)]) -> String {
     s.finish()
 }
 
-/// A page URL without its fragment and without query parameters other than the allowed ones.
-/// `None` when it is not an http(s) URL (then it is dropped).
+/// An absolute http(s) URL read as a whole, the way a browser reads it: the scheme at the very
+/// start, then `//`, the authority up to the first `/`, `?` or `#`, then the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AbsoluteUrl<'a> {
+    /// `http` or `https`, in the case it was written.
+    pub scheme: &'a str,
+    /// The authority without user information: `host[:port]`.
+    pub host_port: &'a str,
+    /// The host alone.
+    pub host: &'a str,
+    /// Path, query and fragment (empty, or starting with `/`, `?` or `#`).
+    pub rest: &'a str,
+}
+
+impl AbsoluteUrl<'_> {
+    /// Scheme, host and port, then `rest` (the user information left out).
+    fn with_rest(&self, rest: &str) -> String {
+        let mut s =
+            String::with_capacity(self.scheme.len() + 3 + self.host_port.len() + rest.len());
+        s.push_str(self.scheme);
+        s.push_str("://");
+        s.push_str(self.host_port);
+        s.push_str(rest);
+        s
+    }
+}
+
+/// Reads `url` as an absolute http(s) URL; `None` when it is not one, or when its authority is
+/// anything but `[userinfo@]host[:port]` with a plain host (ASCII letters, digits, `-._~`, or
+/// a bracketed IPv6 address). Strict on purpose: where a browser and this reading could
+/// disagree on the host (a backslash, whitespace or a control character in the authority,
+/// percent-encoding, text before the scheme), the URL is not read at all, so a rule that
+/// judges it by its host drops it rather than keeping something it misread.
+pub fn parse_absolute(url: &str) -> Option<AbsoluteUrl<'_>> {
+    let starts = |p: &str| {
+        url.get(..p.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(p))
+    };
+    let scheme_len = if starts("https://") {
+        5
+    } else if starts("http://") {
+        4
+    } else {
+        return None;
+    };
+    // A URL a browser reports (location, referrer) has no raw whitespace or control: text
+    // around one (`https://site/ alice@mail.example`) is not a URL.
+    if !no_whitespace(url) {
+        return None;
+    }
+    let after = &url[scheme_len + 3..];
+    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let (authority, rest) = after.split_at(end);
+    // A backslash ends the authority for a browser (it reads it as '/'): this reading would
+    // differ from a browser's.
+    if authority.contains('\\') {
+        return None;
+    }
+    // User information runs to the last '@' (as WHATWG reads it): it is never kept.
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let (host, port) = if host_port.starts_with('[') {
+        let close = host_port.find(']')?;
+        let (host, port) = host_port.split_at(close + 1);
+        let inner = &host[1..close];
+        if inner.is_empty()
+            || !inner
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return None;
+        }
+        (host, port)
+    } else {
+        let end = host_port.find(':').unwrap_or(host_port.len());
+        let (host, port) = host_port.split_at(end);
+        if host.is_empty()
+            || !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+        {
+            return None;
+        }
+        (host, port)
+    };
+    if let Some(digits) = port.strip_prefix(':') {
+        if digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+    } else if !port.is_empty() {
+        return None;
+    }
+    Some(AbsoluteUrl {
+        scheme: &url[..scheme_len],
+        host_port,
+        host,
+        rest,
+    })
+}
+
+/// Whether `s` holds no ASCII whitespace or control character.
+fn no_whitespace(s: &str) -> bool {
+    !s.bytes().any(|b| b <= b' ' || b == 0x7f)
+}
+
+/// Whether a page URL (without query or fragment) is a path: it starts with `/`, and is not a
+/// scheme-relative URL (`//host`, or `/\host` to a browser), which names a host and may carry
+/// user information.
+fn is_page_path(base: &str) -> bool {
+    base.starts_with('/') && !base[1..].starts_with(['/', '\\']) && no_whitespace(base)
+}
+
+/// A page URL without user information, fragment, or query parameters other than the allowed
+/// ones. `None` when it is neither an absolute http(s) URL (see [`parse_absolute`]) nor a path
+/// (then it is dropped).
 pub fn scrub_page_url(url: &str, allow: &[String]) -> Option<String> {
     let url = url.trim();
     let url = url.split('#').next().unwrap_or("");
@@ -259,14 +371,15 @@ pub fn scrub_page_url(url: &str, allow: &[String]) -> Option<String> {
         Some((b, q)) => (b, Some(q)),
         None => (url, None),
     };
-    let lower = base.to_ascii_lowercase();
-    let absolute = lower.starts_with("https://") || lower.starts_with("http://");
-    if !absolute && !base.starts_with('/') {
-        return None;
-    }
-    if absolute && host_of(base).is_none_or(str::is_empty) {
-        return None;
-    }
+    let base = if base.starts_with('/') {
+        if !is_page_path(base) {
+            return None;
+        }
+        base.to_owned()
+    } else {
+        let abs = parse_absolute(base)?;
+        abs.with_rest(abs.rest)
+    };
     let kept: Vec<(String, String)> = query
         .and_then(|q| parse_query(q).ok())
         .unwrap_or_default()
@@ -274,32 +387,41 @@ pub fn scrub_page_url(url: &str, allow: &[String]) -> Option<String> {
         .filter(|(k, _)| allow.iter().any(|a| a == k))
         .collect();
     if kept.is_empty() {
-        Some(base.to_owned())
+        Some(base)
     } else {
         Some(format!("{base}?{}", to_query(&kept)))
     }
 }
 
-/// The host of an absolute http(s) URL, lower-cased, without port or user information.
+/// The host of an absolute http(s) URL read as a whole ([`parse_absolute`]), without port or
+/// user information.
 pub fn host_of(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host = authority.rsplit('@').next()?;
-    Some(host.split(':').next().unwrap_or(host))
+    parse_absolute(url).map(|u| u.host)
 }
 
-/// A referrer from the same site becomes its origin and path (no query); any other is dropped.
+/// Whether `host` is the site's host, or one of them is the other with `www.` in front.
+pub fn same_site(host: &str, site: &str) -> bool {
+    fn www(h: &str) -> Option<&str> {
+        h.get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case("www."))
+            .then(|| &h[4..])
+    }
+    host.eq_ignore_ascii_case(site)
+        || www(host).is_some_and(|h| h.eq_ignore_ascii_case(site))
+        || www(site).is_some_and(|s| s.eq_ignore_ascii_case(host))
+}
+
+/// A referrer from the same site becomes its origin and path (no user information, query or
+/// fragment); any other is dropped. The referrer must be an absolute http(s) URL as a whole
+/// ([`parse_absolute`]) whose host is the site's: text around a same-site URL is no referrer.
 pub fn same_site_referrer(referrer: &str, site_host: Option<&str>) -> Option<String> {
-    let site = site_host?.to_ascii_lowercase();
-    let host = host_of(referrer)?.to_ascii_lowercase();
-    let same = host == site
-        || host.strip_prefix("www.") == Some(site.as_str())
-        || site.strip_prefix("www.") == Some(host.as_str());
-    if !same {
+    let site = site_host?;
+    let url = parse_absolute(referrer)?;
+    if !same_site(url.host, site) {
         return None;
     }
-    let base = referrer.split(['?', '#']).next().unwrap_or("");
-    Some(base.to_owned())
+    let path = url.rest.split(['?', '#']).next().unwrap_or("");
+    Some(url.with_rest(path))
 }
 
 /// A language tag reduced to its primary subtag (`fr-FR,fr;q=0.9` → `fr`).
@@ -538,6 +660,89 @@ mod tests {
             None
         );
         assert_eq!(same_site_referrer("https://shop.example/a", None), None);
+    }
+
+    #[test]
+    fn generalised_urls_lose_user_information() {
+        let allow = vec!["utm_source".to_owned()];
+        for (url, scrubbed) in [
+            (
+                "https://alice:pw@shop.example/p?x=1",
+                "https://shop.example/p",
+            ),
+            (
+                "HTTPS://alice@Shop.example:8443",
+                "HTTPS://Shop.example:8443",
+            ),
+            // User information runs to the last '@', as a browser reads it.
+            ("https://a@b:c@shop.example/p@q", "https://shop.example/p@q"),
+            (
+                "https://alice@shop.example/?utm_source=news",
+                "https://shop.example/?utm_source=news",
+            ),
+            (
+                "https://alice@[2001:db8::1]:8080/p",
+                "https://[2001:db8::1]:8080/p",
+            ),
+        ] {
+            assert_eq!(
+                scrub_page_url(url, &allow).as_deref(),
+                Some(scrubbed),
+                "{url}"
+            );
+        }
+        // A scheme-relative "path" names a host (and may name a user): not a page path.
+        for url in ["//alice@shop.example/p", "/\\alice@shop.example/p"] {
+            assert_eq!(scrub_page_url(url, &[]), None, "{url}");
+        }
+        assert_eq!(
+            same_site_referrer("https://alice:pw@shop.example/a?q#f", Some("shop.example"))
+                .as_deref(),
+            Some("https://shop.example/a")
+        );
+        assert_eq!(
+            host_of("https://alice@shop.example:8443/"),
+            Some("shop.example")
+        );
+    }
+
+    #[test]
+    fn a_referrer_is_a_whole_url_on_the_site() {
+        let site = Some("shop.example");
+        for r in [
+            // Text before the URL, with or without a separator.
+            "alice@mail.example https://shop.example/a",
+            "alice@mail.example+https://shop.example/a",
+            "xhttps://shop.example/a",
+            " https://shop.example/a",
+            // Text after the host or the path.
+            "https://shop.example/a alice@mail.example",
+            "https://shop.example alice/",
+            // Not http(s), or an authority a browser reads otherwise.
+            "ftp://shop.example/a",
+            "https:shop.example/a",
+            "https:///shop.example/a",
+            "https://shop.example\\@evil.example/",
+            "https://evil.example\\@shop.example/",
+            "https://shop%2eexample/",
+            "https://shop.example:port/",
+            "https://shop.example:123456/",
+            "https://[::1/",
+            "https://shop.example\t/",
+        ] {
+            assert_eq!(same_site_referrer(r, site), None, "{r:?}");
+            if !r.starts_with("https://shop.example/") {
+                assert_ne!(host_of(r), Some("shop.example"), "{r:?}");
+            }
+        }
+        assert_eq!(
+            same_site_referrer("http://www.shop.example:8080/a/b", site).as_deref(),
+            Some("http://www.shop.example:8080/a/b")
+        );
+        assert_eq!(
+            same_site_referrer("https://SHOP.example", site).as_deref(),
+            Some("https://SHOP.example")
+        );
     }
 
     #[test]
