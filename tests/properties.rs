@@ -738,20 +738,3 @@ fn known_bug_tile_template_host_is_not_the_real_host() {
         "fixed? remove KnownBug::TileTemplateHost"
     );
 }
-
-#[test]
-fn known_bug_confine_accepts_raw_fragment_and_query() {
-    let base = tamis::config::parse_upstream("https://cdn.example/npm/").unwrap();
-    let up = confine::upstream_uri(&base, "..#x", None).map(|u| u.to_string());
-    assert_eq!(
-        up.as_deref(),
-        Ok("https://cdn.example/npm/.."),
-        "fixed? remove KnownBug::ConfineRawDelimiters"
-    );
-    let up = confine::upstream_uri(&base, "x?a=1", None).map(|u| u.to_string());
-    assert_eq!(
-        up.as_deref(),
-        Ok("https://cdn.example/npm/x?a=1"),
-        "fixed? remove KnownBug::ConfineRawDelimiters"
-    );
-}

@@ -40,10 +40,6 @@ pub enum KnownBug {
     /// and `https://{s}.tile.openstreetmap.org#.x/{z}/{x}/{y}.png` sends every tile to
     /// `https://a.tile.openstreetmap.org` while the policy check looks at `….org#.x`.
     TileTemplateHost,
-    /// `confine::upstream_uri` does not refuse a raw `#` or `?` in the path it is given: `..#x`
-    /// builds `…/base/..`, `x?a=1` adds a query on a `forward_query = false` route. Latent: a
-    /// path from hyper never holds either.
-    ConfineRawDelimiters,
 }
 
 /// `TAMIS_STRICT=1`: known bugs fail like new ones.
@@ -281,7 +277,6 @@ fn percent_decode_lossy(s: &str) -> Vec<u8> {
 /// or raw separators; no empty segment before the last).
 pub fn check_upstream_uri(base: &UpstreamBase, rest: &str, query: Option<&str>, uri: &Uri) {
     let ctx = || format!("base {base}, rest {rest:?}, query {query:?} -> {uri}");
-    let latent = rest.contains(['?', '#']) && tolerated(KnownBug::ConfineRawDelimiters);
     assert_eq!(
         uri.scheme(),
         Some(&base.scheme),
@@ -310,9 +305,6 @@ pub fn check_upstream_uri(base: &UpstreamBase, rest: &str, query: Option<&str>, 
     let added = path
         .strip_prefix(base.path.as_str())
         .unwrap_or_else(|| panic!("path left the base path: {}", ctx()));
-    if latent {
-        return; // KnownBug::ConfineRawDelimiters
-    }
     let segments: Vec<&str> = added.split('/').collect();
     for (i, seg) in segments.iter().enumerate() {
         let decoded = percent_decode_lossy(seg);

@@ -22,6 +22,8 @@ pub enum Confinement {
     ControlCharacter,
     #[error("invalid percent-encoding")]
     BadPercentEncoding,
+    #[error("raw '?' or '#' in the path")]
+    RawDelimiter,
     #[error("invalid URL")]
     InvalidUrl,
 }
@@ -30,6 +32,13 @@ pub enum Confinement {
 fn check_segment(raw: &str) -> Result<(), Confinement> {
     if raw.contains('\\') {
         return Err(Confinement::Backslash);
+    }
+    // The path given here is appended as is: a raw '#' would end it there for the upstream
+    // (`..#x` leaves `base/..`, a dot segment after all), a raw '?' would start a query the
+    // route may not forward. hyper never hands one over (they end the path of a request
+    // target), so this only guards callers that pass a path they did not split themselves.
+    if raw.contains(['?', '#']) {
+        return Err(Confinement::RawDelimiter);
     }
     let bytes = raw.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
@@ -293,6 +302,26 @@ mod tests {
         ] {
             assert_eq!(upstream_uri(&base(), rest, None), Err(why), "{rest}");
         }
+    }
+
+    #[test]
+    fn raw_fragment_and_query_delimiters_are_refused() {
+        // `..#x` would send `/npm/..`; `x?a=1` a query on a route that forwards none.
+        for rest in ["..#x", "a/#/b", "x?a=1", "a?/../../b", "#", "?"] {
+            assert_eq!(
+                upstream_uri(&base(), rest, None),
+                Err(Confinement::RawDelimiter),
+                "{rest}"
+            );
+            assert_eq!(check_rest(rest), Err(Confinement::RawDelimiter), "{rest}");
+        }
+        // Encoded, they are plain characters of a segment.
+        assert_eq!(
+            upstream_uri(&base(), "a%23b%3Fc", None)
+                .unwrap()
+                .to_string(),
+            "https://cdn.example/npm/a%23b%3Fc"
+        );
     }
 
     #[test]
