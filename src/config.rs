@@ -549,6 +549,12 @@ const DEFAULT_HEURISTIC_MAX: Duration = Duration::from_secs(3600);
 const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(10);
 const DEFAULT_KEEP: Duration = Duration::from_secs(3600);
 
+/// Highest `max_upstream_connections`. The router makes a semaphore of that many permits, and
+/// tokio's `Semaphore::new` panics above `Semaphore::MAX_PERMITS` (2^61 - 1); far below that,
+/// a cap of more than a million concurrent requests to one upstream is no cap: a larger value
+/// is a mistake, refused at load like any other.
+pub const MAX_UPSTREAM_CONNECTIONS: usize = 1_000_000;
+
 impl Config {
     /// Reads, parses and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -1286,11 +1292,14 @@ impl Validator<'_> {
                 }
             });
             let max_upstream_connections = match &r.max_upstream_connections {
-                Some(n) if *n.get_ref() == 0 => {
+                Some(n) if !(1..=MAX_UPSTREAM_CONNECTIONS).contains(n.get_ref()) => {
                     self.problem(
                         Some(n.span()),
                         key("max_upstream_connections"),
-                        "must be at least 1",
+                        format!(
+                            "{}: must be between 1 and {MAX_UPSTREAM_CONNECTIONS}",
+                            n.get_ref()
+                        ),
                     );
                     None
                 }
@@ -1761,6 +1770,23 @@ referer = "https://site.example/"
         assert!(msg.contains("route[0].max_zoom"), "{msg}");
         let msg = problems(&format!("{OSM}max_upstream_connections = 0\n"));
         assert!(msg.contains("route[0].max_upstream_connections"), "{msg}");
+    }
+
+    #[test]
+    fn max_upstream_connections_is_bounded() {
+        // Above tokio's Semaphore::MAX_PERMITS, the router would panic building the route.
+        for n in ["1000001", "2305843009213693952", "9223372036854775807"] {
+            let msg = problems(&format!("{MINIMAL}max_upstream_connections = {n}\n"));
+            assert!(
+                msg.contains("route[0].max_upstream_connections")
+                    && msg.contains("line 10")
+                    && msg.contains("between 1 and 1000000"),
+                "{n}: {msg}"
+            );
+        }
+        let c = parse(&format!("{MINIMAL}max_upstream_connections = 1000000\n")).unwrap();
+        assert_eq!(c.routes[0].max_upstream_connections, Some(1_000_000));
+        assert_eq!(crate::routes::Router::new(&c).routes().len(), 1);
     }
 
     #[test]

@@ -28,9 +28,6 @@ use tamis::routes::{fonts, tiles, PathError, Role, Route, Router};
 /// Bugs these properties found in tamis, reported and not fixed yet (see fuzz/README.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KnownBug {
-    /// `max_upstream_connections` above tokio's `Semaphore::MAX_PERMITS` (2^61 - 1) is accepted
-    /// by `Config::parse`, then `Router::new` panics.
-    ConfigHugeConnectionLimit,
     /// A tiles route whose template's host does not make a base URL (`https://h?x/{z}/{x}/{y}`,
     /// `http:{r}//h/{z}/{x}/{y}`) is accepted by `Config::parse` and silently left out.
     ConfigRouteDropped,
@@ -2198,12 +2195,13 @@ pub fn check_config(text: &str) {
         if let (Some(min), Some(max)) = (r.cache.min_ttl, r.cache.max_ttl) {
             assert!(min <= max, "{}", what());
         }
-        if r.max_upstream_connections
-            .is_some_and(|n| n > usize::MAX >> 3)
-            && tolerated(KnownBug::ConfigHugeConnectionLimit)
-        {
-            return;
-        }
+        // The router makes a semaphore of this many permits (tokio panics above 2^61 - 1).
+        assert!(
+            r.max_upstream_connections
+                .is_none_or(|n| (1..=tamis::config::MAX_UPSTREAM_CONNECTIONS).contains(&n)),
+            "max_upstream_connections: {}",
+            what()
+        );
     }
     if c.routes.is_empty() && tolerated(KnownBug::ConfigRouteDropped) {
         return; // every route was dropped: counted above
