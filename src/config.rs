@@ -1135,6 +1135,7 @@ impl Validator<'_> {
         let mut names: Vec<String> = Vec::new();
         for (i, r) in raw.into_iter().enumerate() {
             let key = |field: &str| format!("route[{i}].{field}");
+            let problems_before = self.problems.len();
             let name = r.name.get_ref().clone();
             if name.is_empty()
                 || !name
@@ -1187,20 +1188,23 @@ impl Validator<'_> {
                                     format!("at most {}", crate::routes::tiles::ZOOM_LIMIT),
                                 );
                             }
-                            let scheme = if r.upstream.get_ref().starts_with("https") {
-                                "https"
-                            } else {
-                                "http"
-                            };
-                            let base = parse_upstream(&format!("{scheme}://{}/", t.sample_host()));
+                            // The route's base is the template's own scheme and authority:
+                            // where its tiles go.
+                            let base = format!("{}://{}/", t.scheme(), t.sample_host());
                             tiles = Some(TilesConfig {
                                 template: t,
                                 max_zoom,
                             });
-                            base.ok()
+                            match parse_upstream(&base) {
+                                Ok(base) => Some(base),
+                                Err(msg) => {
+                                    self.problem(Some(r.upstream.span()), key("upstream"), msg);
+                                    None
+                                }
+                            }
                         }
-                        Err(msg) => {
-                            self.problem(Some(r.upstream.span()), key("upstream"), msg);
+                        Err(e) => {
+                            self.problem(Some(r.upstream.span()), key("upstream"), e.to_string());
                             None
                         }
                     }
@@ -1463,26 +1467,40 @@ impl Validator<'_> {
                     "forwards every header, cookies included: only allowed with jurisdiction = \"eu\"",
                 );
             }
-            if let Some(upstream) = upstream {
-                routes.push(RouteConfig {
-                    name,
-                    kind: r.kind,
-                    prefix,
-                    upstream,
-                    jurisdiction,
-                    user_agent,
-                    forward_headers,
-                    forward_query: r.forward_query.unwrap_or(true),
-                    cache: route_cache,
-                    pass_through,
-                    font_files,
-                    tiles,
-                    referer,
-                    max_upstream_connections,
-                    rate_limit,
-                    analytics,
-                });
-            }
+            let Some(upstream) = upstream else {
+                // Every [[route]] written is served or the config refused: each way of getting
+                // no upstream records its problem; were one ever not to, refuse here rather
+                // than serve the config without this route.
+                if self.problems.len() == problems_before {
+                    self.problem(
+                        Some(r.upstream.span()),
+                        key("upstream"),
+                        format!(
+                            "{:?}: no upstream URL can be made of it",
+                            r.upstream.get_ref()
+                        ),
+                    );
+                }
+                continue;
+            };
+            routes.push(RouteConfig {
+                name,
+                kind: r.kind,
+                prefix,
+                upstream,
+                jurisdiction,
+                user_agent,
+                forward_headers,
+                forward_query: r.forward_query.unwrap_or(true),
+                cache: route_cache,
+                pass_through,
+                font_files,
+                tiles,
+                referer,
+                max_upstream_connections,
+                rate_limit,
+                analytics,
+            });
         }
         routes
     }
@@ -1770,6 +1788,38 @@ referer = "https://site.example/"
         assert!(msg.contains("route[0].max_zoom"), "{msg}");
         let msg = problems(&format!("{OSM}max_upstream_connections = 0\n"));
         assert!(msg.contains("route[0].max_upstream_connections"), "{msg}");
+    }
+
+    #[test]
+    fn a_tiles_route_whose_host_makes_no_base_is_refused_not_dropped() {
+        // Both were once accepted, then left out of the router without a word.
+        for upstream in [
+            "https://h?x/{z}/{x}/{y}.png",
+            "http:{r}//tiles.example/{z}/{x}/{y}.png",
+            "https://tiles.example#/{z}/{x}/{y}.png",
+        ] {
+            let text = OSM.replace("https://tile.openstreetmap.org/{z}/{x}/{y}.png", upstream);
+            let msg = problems(&format!(
+                "{text}\n{}",
+                &MINIMAL[MINIMAL.find("[[route]]").unwrap()..]
+            ));
+            assert!(
+                msg.contains("route[0].upstream") && msg.contains("line 12"),
+                "{upstream}: {msg}"
+            );
+        }
+        // Whatever is accepted keeps every route written.
+        let c = parse(&format!(
+            "{OSM}\n{}",
+            &MINIMAL[MINIMAL.find("[[route]]").unwrap()..]
+        ))
+        .unwrap();
+        assert_eq!(c.routes.len(), 2);
+        let t = c.routes[0].tiles.as_ref().unwrap();
+        assert_eq!(
+            c.routes[0].upstream.to_string(),
+            format!("{}://{}/", t.template.scheme(), t.template.sample_host())
+        );
     }
 
     #[test]

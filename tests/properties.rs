@@ -625,8 +625,9 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Known bugs: each test shows the bug still reproduces. When one fails, the bug is fixed:
-// delete the test and its `KnownBug` variant (and its tolerance in oracles.rs).
+// Found by fuzzing. A bug not fixed yet gets a `known_bug_*` test here that shows it still
+// reproduces (none is open now); when one fails, the bug is fixed: delete the test and its
+// `KnownBug` variant (and its tolerance in oracles.rs), keep the reproducer as a regression.
 
 /// The rewritten CSS, or `None` when tamis refuses it (answered 502).
 fn rewrite_google(css: &str) -> Option<String> {
@@ -677,49 +678,4 @@ fn css_found_by_fuzzing_stays_first_party() {
     ] {
         assert_eq!(rewrite_google(css), None, "{css:?}");
     }
-}
-
-#[test]
-fn known_bug_unusable_tile_template_drops_the_route_silently() {
-    for upstream in [
-        "https://h?x/{z}/{x}/{y}.png",
-        "http:{r}//t.example/{z}/{x}/{y}.png",
-    ] {
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"a\"\nkind = \"tiles\"\n\
-             prefix = \"/a/\"\nupstream = \"{upstream}\"\n"
-        );
-        let config = tamis::config::Config::parse(&text, std::path::Path::new("t.toml"))
-            .expect("fixed? remove KnownBug::ConfigRouteDropped");
-        assert!(
-            config.routes.is_empty(),
-            "fixed? remove KnownBug::ConfigRouteDropped"
-        );
-    }
-}
-
-#[test]
-fn known_bug_tile_template_host_is_not_the_real_host() {
-    use tamis::routes::tiles::{parse, Template};
-    let tile = parse("5/17/3.png", 19).unwrap();
-    let t = Template::new("http:{r}//{x}.example/{z}/{y}.png", vec![])
-        .expect("fixed? remove KnownBug::TileTemplateHost");
-    assert_eq!(
-        t.uri(&tile).unwrap().host(),
-        Some("17.example"),
-        "fixed? remove KnownBug::TileTemplateHost"
-    );
-    let t = Template::new(
-        "https://{s}.tile.openstreetmap.org#.x/{z}/{x}/{y}.png",
-        vec!["a".into()],
-    )
-    .expect("fixed? remove KnownBug::TileTemplateHost");
-    assert_eq!(
-        (t.uri(&tile).unwrap().to_string(), t.sample_host()),
-        (
-            "https://a.tile.openstreetmap.org/".to_owned(),
-            "a.tile.openstreetmap.org#.x".to_owned()
-        ),
-        "fixed? remove KnownBug::TileTemplateHost"
-    );
 }

@@ -9,9 +9,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use tamis::routes::{tiles, Role, Router};
-use tamis_fuzz::oracles::{
-    check_route_uri, check_tile, template_host_mismatch, test_router, tolerated, KnownBug,
-};
+use tamis_fuzz::oracles::{check_route_uri, check_tile, test_router};
 
 fn router() -> &'static Router {
     static R: OnceLock<Router> = OnceLock::new();
@@ -53,9 +51,6 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let Some(uri) = template.uri(&tile) else {
-        if template_host_mismatch(raw) && tolerated(KnownBug::TileTemplateHost) {
-            return;
-        }
         panic!("template {raw:?} accepted but {tile:?} makes no URL");
     };
     assert!(
@@ -67,9 +62,29 @@ fuzz_target!(|data: &[u8]| {
         !authority.is_empty() && !authority.contains('@'),
         "{raw:?} -> {uri}: authority {authority:?}"
     );
+    // The host tamis reads from the template (policy check, reports) is where the tile goes.
+    let expected = template
+        .authority()
+        .replace("{s}", template.subdomain(&tile).unwrap_or(""));
+    assert_eq!(
+        authority, expected,
+        "{raw:?} -> {uri}: not the template's host"
+    );
+    if template.subdomain(&tile)
+        == template.subdomain(&tiles::Tile {
+            x: 0,
+            y: 0,
+            ..tile.clone()
+        })
+    {
+        assert_eq!(
+            authority,
+            template.sample_host(),
+            "{raw:?} -> {uri}: sample host"
+        );
+    }
     // The host never depends on the tile (but for {s}, which picks among the subdomains).
-    let known = template_host_mismatch(raw) && tolerated(KnownBug::TileTemplateHost);
-    if !raw.contains("{s}") && !known {
+    if !raw.contains("{s}") {
         let first = tiles::Tile {
             z: 0,
             x: 0,

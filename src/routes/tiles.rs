@@ -78,75 +78,141 @@ pub fn parse(rest: &str, max_zoom: u8) -> Result<Tile, TileError> {
     })
 }
 
+/// Why a tile URL template is refused (a config error, naming the template).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("{0:?} has no {1}")]
+    Missing(String, &'static str),
+    #[error("{0:?} uses {{s}}: set subdomains = [\"a\", \"b\", \"c\"]")]
+    NoSubdomains(String),
+    #[error("subdomains are set but {0:?} has no {{s}}")]
+    UnusedSubdomains(String),
+    #[error("subdomain {0:?}: use letters, digits and '-'")]
+    Subdomain(String),
+    #[error("{0:?}: only {{z}}, {{x}}, {{y}}, {{s}} and {{r}} may be used")]
+    Placeholder(String),
+    #[error("{0:?} must start with http:// or https://")]
+    Scheme(String),
+    #[error("{0:?}: only {{s}} may appear in the host")]
+    PlaceholderInHost(String),
+    #[error(
+        "{0:?} has no valid host: up to the first '/', only letters, digits, '-', '.', '_', {{s}} \
+         and a :port (no user information, '?', '#' or '\\')"
+    )]
+    Host(String),
+    #[error("{0:?}: a fragment ('#') is never sent to the upstream")]
+    Fragment(String),
+    #[error("{0:?} does not make a valid URL")]
+    InvalidUrl(String),
+}
+
 /// A tile URL template: `https://{s}.tile.example/{z}/{x}/{y}{r}.png`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Template {
     raw: String,
     subdomains: Vec<String>,
+    /// `raw[..scheme_len]` is `http` or `https`; `://` follows.
+    scheme_len: usize,
+    /// End of the authority in `raw` (the first `/` after the scheme).
+    authority_end: usize,
 }
 
 impl Template {
-    /// Checks a template and its subdomains; the message names what is wrong.
-    pub fn new(raw: &str, subdomains: Vec<String>) -> Result<Template, String> {
+    /// Checks a template and its subdomains; the error names what is wrong.
+    ///
+    /// Strict, so that the host tamis reads from the template (for the OpenStreetMap policy
+    /// check, `tamis check`, the transparency page) is exactly the authority every tile request
+    /// goes to: the template starts with `http://` or `https://`, its authority runs to the
+    /// first `/` and holds only host characters, `{s}` and a port; the tile's numbers only go
+    /// after it; no `#` anywhere (the part after one would never be sent).
+    pub fn new(raw: &str, subdomains: Vec<String>) -> Result<Template, TemplateError> {
+        let err = |f: fn(String) -> TemplateError| f(raw.to_owned());
         for needed in ["{z}", "{x}", "{y}"] {
             if !raw.contains(needed) {
-                return Err(format!("{raw:?} has no {needed}"));
+                return Err(TemplateError::Missing(raw.to_owned(), needed));
             }
         }
         if raw.contains("{s}") && subdomains.is_empty() {
-            return Err(format!(
-                "{raw:?} uses {{s}}: set subdomains = [\"a\", \"b\", \"c\"]"
-            ));
+            return Err(err(TemplateError::NoSubdomains));
         }
         if !raw.contains("{s}") && !subdomains.is_empty() {
-            return Err(format!("subdomains are set but {raw:?} has no {{s}}"));
+            return Err(err(TemplateError::UnusedSubdomains));
         }
         for s in &subdomains {
             if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                return Err(format!("subdomain {s:?}: use letters, digits and '-'"));
+                return Err(TemplateError::Subdomain(s.clone()));
             }
         }
-        // Nothing but the known placeholders, and a valid URL once filled in.
+        // Nothing but the known placeholders.
         let stripped = ["{z}", "{x}", "{y}", "{s}", "{r}"]
             .iter()
             .fold(raw.to_owned(), |acc, p| acc.replace(p, ""));
         if stripped.contains('{') || stripped.contains('}') {
-            return Err(format!(
-                "{raw:?}: only {{z}}, {{x}}, {{y}}, {{s}} and {{r}} may be used"
-            ));
+            return Err(err(TemplateError::Placeholder));
+        }
+        // Literally, at the start: `http:{r}//h/…` or ` https://…` are no http(s) URLs.
+        let scheme_len = if raw.starts_with("https://") {
+            5
+        } else if raw.starts_with("http://") {
+            4
+        } else {
+            return Err(err(TemplateError::Scheme));
+        };
+        if raw.contains('#') {
+            return Err(err(TemplateError::Fragment));
+        }
+        let after = &raw[scheme_len + 3..];
+        // {z}, {x} and {y} are required and may not be in the authority, so a '/' follows it.
+        let authority_end = scheme_len + 3 + after.find('/').unwrap_or(after.len());
+        let authority = &raw[scheme_len + 3..authority_end];
+        if ["{z}", "{x}", "{y}", "{r}"]
+            .iter()
+            .any(|p| authority.contains(p))
+        {
+            return Err(err(TemplateError::PlaceholderInHost));
+        }
+        if authority_end == raw.len() || !valid_authority(authority) {
+            return Err(err(TemplateError::Host));
         }
         let t = Template {
             raw: raw.to_owned(),
             subdomains,
+            scheme_len,
+            authority_end,
         };
-        let sample = t.uri(&Tile {
-            z: 0,
-            x: 0,
-            y: 0,
-            retina: false,
-            ext: t.ext().unwrap_or("png").to_owned(),
-        });
-        let uri = sample.ok_or_else(|| format!("{raw:?} does not make a valid URL"))?;
-        match uri.scheme_str() {
-            Some("http") | Some("https") => {}
-            _ => return Err(format!("{raw:?} must be an http:// or https:// URL")),
-        }
-        let authority = uri.authority().map(|a| a.as_str()).unwrap_or("");
-        if authority.is_empty() || authority.contains('@') {
-            return Err(format!("{raw:?} has no valid host"));
-        }
-        if t.host_has_placeholder_other_than_s() {
-            return Err(format!("{raw:?}: only {{s}} may appear in the host"));
+        // Filled in, the template parses as a URL whose authority is the template's, whatever
+        // the subdomain (a tile's numbers change only the path, after the authority).
+        let hosts: Vec<&str> = if t.subdomains.is_empty() {
+            vec![""]
+        } else {
+            t.subdomains.iter().map(String::as_str).collect()
+        };
+        for sub in hosts {
+            let filled = raw
+                .replace("{z}", "0")
+                .replace("{x}", "0")
+                .replace("{y}", "0")
+                .replace("{r}", "")
+                .replace("{s}", sub);
+            let expected = authority.replace("{s}", sub);
+            let uri: Uri = filled.parse().map_err(|_| err(TemplateError::InvalidUrl))?;
+            if uri.scheme_str() != Some(t.scheme())
+                || uri.authority().map(|a| a.as_str()) != Some(expected.as_str())
+            {
+                return Err(err(TemplateError::InvalidUrl));
+            }
         }
         Ok(t)
     }
 
-    fn host_has_placeholder_other_than_s(&self) -> bool {
-        let after_scheme = self.raw.split_once("://").map_or("", |(_, r)| r);
-        let host = after_scheme.split('/').next().unwrap_or("");
-        ["{z}", "{x}", "{y}", "{r}"]
-            .iter()
-            .any(|p| host.contains(p))
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &str {
+        &self.raw[..self.scheme_len]
+    }
+
+    /// The authority as written, `{s}` included: `{s}.tile.example:8080`.
+    pub fn authority(&self) -> &str {
+        &self.raw[self.scheme_len + 3..self.authority_end]
     }
 
     /// The extension the template's URL ends with, if it has a literal one.
@@ -194,16 +260,53 @@ impl Template {
         url.parse().ok()
     }
 
-    /// The host, with the first subdomain for `{s}` (for reports and checks).
+    /// The authority tiles are fetched from (host and port), with the first subdomain for
+    /// `{s}` (for reports and checks): exactly what [`Template::uri`] puts in its URLs.
     pub fn sample_host(&self) -> String {
-        let after = self.raw.split_once("://").map_or("", |(_, r)| r);
-        let host = after.split('/').next().unwrap_or("");
-        host.replace("{s}", self.subdomains.first().map_or("", String::as_str))
+        self.authority()
+            .replace("{s}", self.subdomains.first().map_or("", String::as_str))
     }
 
     /// The template as configured.
     pub fn as_str(&self) -> &str {
         &self.raw
+    }
+}
+
+/// Whether a template's authority is `host[:port]`: the host made of letters, digits, `-`, `.`,
+/// `_` and `{s}`, or a bracketed IPv6 address; the port decimal.
+fn valid_authority(authority: &str) -> bool {
+    let port = if let Some(v6) = authority.strip_prefix('[') {
+        let Some((inner, port)) = v6.split_once(']') else {
+            return false;
+        };
+        if inner.is_empty()
+            || !inner
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return false;
+        }
+        port
+    } else {
+        let (host, port) = authority.split_at(authority.find(':').unwrap_or(authority.len()));
+        let plain = host.replace("{s}", "");
+        if host.is_empty()
+            || !plain
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        {
+            return false;
+        }
+        port
+    };
+    match port.strip_prefix(':') {
+        None => port.is_empty(),
+        Some(digits) => {
+            !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && digits.parse::<u16>().is_ok()
+        }
     }
 }
 
@@ -310,6 +413,106 @@ mod tests {
         assert!(
             Template::new("https://{s}.t.example/{z}/{x}/{y}.png", vec!["a.b".into()]).is_err()
         );
+    }
+
+    #[test]
+    fn the_host_read_from_a_template_is_where_tiles_go() {
+        let err = |raw: &str, subs: &[&str]| {
+            Template::new(raw, subs.iter().map(|s| (*s).to_owned()).collect()).expect_err(raw)
+        };
+        let t = |raw: &str| raw.to_owned();
+        // The scheme, literally, at the start: `http:{r}//{x}.example/…` once put the
+        // visitor's x in the host, as `http://17.example/…`.
+        for raw in [
+            "http:{r}//{x}.example/{z}/{y}.png",
+            "http:{r}//t.example/{z}/{x}/{y}.png",
+            "HTTPS://t.example/{z}/{x}/{y}.png",
+            " https://t.example/{z}/{x}/{y}.png",
+            "https:/t.example/{z}/{x}/{y}.png",
+            "//t.example/{z}/{x}/{y}.png",
+        ] {
+            assert_eq!(err(raw, &[]), TemplateError::Scheme(t(raw)), "{raw}");
+        }
+        // A '#' anywhere: `…openstreetmap.org#.x/…` sent every tile to `/` of
+        // a.tile.openstreetmap.org while the policy check read `….org#.x`.
+        for raw in [
+            "https://{s}.tile.openstreetmap.org#.x/{z}/{x}/{y}.png",
+            "https://t.example/{z}/{x}/{y}.png#x",
+        ] {
+            let subs: &[&str] = if raw.contains("{s}") { &["a"] } else { &[] };
+            assert_eq!(err(raw, subs), TemplateError::Fragment(t(raw)), "{raw}");
+        }
+        // Only {s} in the authority, whatever ends it.
+        for raw in [
+            "https://{z}.t.example/{z}/{x}/{y}.png",
+            "https://t.example?{x}/{z}/{y}.png",
+            "https://t.example:{r}/{z}/{x}/{y}.png",
+        ] {
+            assert_eq!(
+                err(raw, &[]),
+                TemplateError::PlaceholderInHost(t(raw)),
+                "{raw}"
+            );
+        }
+        // Host characters and a port only: no user information, query, backslash, space,
+        // percent-encoding, or an empty host or port.
+        for raw in [
+            "https://h?x/{z}/{x}/{y}.png",
+            "https://u@t.example/{z}/{x}/{y}.png",
+            "https://t.example\\.evil.example/{z}/{x}/{y}.png",
+            "https://t.example\\@evil.example/{z}/{x}/{y}.png",
+            "https://t%2eexample/{z}/{x}/{y}.png",
+            "https://t .example/{z}/{x}/{y}.png",
+            "https:///{z}/{x}/{y}.png",
+            "https://:8080/{z}/{x}/{y}.png",
+            "https://t.example:/{z}/{x}/{y}.png",
+            "https://t.example:70000/{z}/{x}/{y}.png",
+            "https://t.example:80:80/{z}/{x}/{y}.png",
+            "https://[::1/{z}/{x}/{y}.png",
+        ] {
+            assert_eq!(err(raw, &[]), TemplateError::Host(t(raw)), "{raw}");
+        }
+        // What is accepted: the authority is the URL's, for every subdomain and tile.
+        let tile = parse("5/17/3@2x.png", 19).unwrap();
+        for (raw, subs, host, url) in [
+            (
+                "https://{s}.tile.openstreetmap.fr/osmfr/{z}/{x}/{y}{r}.png",
+                &["a", "b", "c"][..],
+                "a.tile.openstreetmap.fr",
+                "https://c.tile.openstreetmap.fr/osmfr/5/17/3@2x.png",
+            ),
+            (
+                "http://tiles.example:8080/v/{z}/{x}/{y}{r}.png?key=k",
+                &[][..],
+                "tiles.example:8080",
+                "http://tiles.example:8080/v/5/17/3@2x.png?key=k",
+            ),
+            (
+                "http://[::1]:8080/{z}/{x}/{y}{r}.png",
+                &[][..],
+                "[::1]:8080",
+                "http://[::1]:8080/5/17/3@2x.png",
+            ),
+            (
+                "https://t-{s}.my_tiles.example/{z}/{x}/{y}{r}.png",
+                &["1", "2"][..],
+                "t-1.my_tiles.example",
+                "https://t-1.my_tiles.example/5/17/3@2x.png",
+            ),
+        ] {
+            let t = Template::new(raw, subs.iter().map(|s| (*s).to_owned()).collect())
+                .unwrap_or_else(|e| panic!("{raw}: {e}"));
+            assert_eq!(t.sample_host(), host, "{raw}");
+            let uri = t.uri(&tile).unwrap();
+            assert_eq!(uri.to_string(), url, "{raw}");
+            let authority = uri.authority().unwrap().as_str();
+            assert_eq!(
+                authority,
+                t.authority()
+                    .replace("{s}", t.subdomain(&tile).unwrap_or("")),
+                "{raw}"
+            );
+        }
     }
 
     #[test]
