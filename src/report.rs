@@ -137,7 +137,7 @@ fn disclose_route(route: &Route) -> RouteDisclosure {
                 t.max_zoom,
                 if t.template.as_str().contains("{s}") { ", one fixed subdomain per tile" } else { "" }
             ));
-            t.template.as_str().to_owned()
+            t.template.public()
         }
         _ => route.upstream.to_string(),
     };

@@ -10,6 +10,8 @@ fn config(up: &str, salt: &std::path::Path, ca: &std::path::Path, extra: &str) -
         "{LISTEN}[upstream]\nuser_agent = \"tamis-test (ops@site.example)\"\nextra_ca_file = {ca:?}\n\n{extra}\n\
          {}\
          [[route]]\nname = \"ga\"\nkind = \"ga4\"\nprefix = \"/a/\"\nupstream = \"{up}\"\nsalt_file = {salt:?}\n\n\
+         [[route]]\nname = \"map\"\nkind = \"tiles\"\nprefix = \"/map/\"\n\
+         upstream = \"{up}{{z}}/{{x}}/{{y}}.png?key=tile-api-key-secret\"\n\n\
          {}",
         route("cdn", "/cdn/", up, ""),
         route(
@@ -41,6 +43,8 @@ async fn setup(extra: &str) -> Setup {
     let t = Tamis::start(&config(&up.url("/"), &salt, &ca_file, extra)).await;
     let secrets = vec![
         "very-secret-salt-value".to_owned(),
+        // A tile provider's API key, in the template's query.
+        "tile-api-key-secret".to_owned(),
         salt.display().to_string(),
         ca_file.display().to_string(),
         "pseudonym-salt".to_owned(),
@@ -99,9 +103,13 @@ async fn the_page_discloses_every_route_in_html_and_json_and_names_no_secret() {
             .iter()
             .map(|r| r["name"].as_str().unwrap())
             .collect::<Vec<_>>(),
-        ["cdn", "ga", "eu"]
+        ["cdn", "ga", "map", "eu"]
     );
-    let eu = &routes[2];
+    // The tile template is shown, its API key is not.
+    assert!(routes[2]["upstream"]
+        .as_str()
+        .is_some_and(|u| u.ends_with("{z}/{x}/{y}.png?key=…")));
+    let eu = &routes[3];
     assert_eq!(eu["jurisdiction"], "eu");
     assert!(eu["sent"]
         .as_array()

@@ -217,7 +217,9 @@ impl Template {
 
     /// The extension the template's URL ends with, if it has a literal one.
     pub fn ext(&self) -> Option<&str> {
-        let last = self.raw.rsplit('/').next()?;
+        // The query (an API key: `….png?key=…`) is no part of the extension.
+        let path = self.raw.split('?').next().unwrap_or(&self.raw);
+        let last = path.rsplit('/').next()?;
         let (_, ext) = last.rsplit_once('.')?;
         (!ext.contains('{')).then_some(ext)
     }
@@ -270,6 +272,22 @@ impl Template {
     /// The template as configured.
     pub fn as_str(&self) -> &str {
         &self.raw
+    }
+
+    /// The template as published (`tamis check`, the transparency page): query values, where
+    /// tile providers put API keys, hidden.
+    pub fn public(&self) -> String {
+        let Some((path, query)) = self.raw.split_once('?') else {
+            return self.raw.clone();
+        };
+        let hidden: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) => format!("{name}=…"),
+                None => pair.to_owned(),
+            })
+            .collect();
+        format!("{path}?{}", hidden.join("&"))
     }
 }
 
@@ -336,6 +354,27 @@ pub fn has_contact(user_agent: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_template_with_an_api_key_serves_tiles_and_hides_the_key() {
+        let t = Template::new(
+            "https://api.maptiler.example/tiles/v3/{z}/{x}/{y}.pbf?key=SECRET&lang=fr",
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(t.ext(), Some("pbf"));
+        let tile = parse("3/2/1.pbf", 19).unwrap();
+        assert_eq!(t.accepts(&tile), Ok(()));
+        assert_eq!(
+            t.uri(&tile).unwrap().to_string(),
+            "https://api.maptiler.example/tiles/v3/3/2/1.pbf?key=SECRET&lang=fr"
+        );
+        assert_eq!(
+            t.public(),
+            "https://api.maptiler.example/tiles/v3/{z}/{x}/{y}.pbf?key=…&lang=…"
+        );
+        assert!(parse("3/2/1.png", 19).is_ok_and(|png| t.accepts(&png).is_err()));
+    }
 
     #[test]
     fn tile_paths() {
