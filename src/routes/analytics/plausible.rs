@@ -111,5 +111,15 @@ mod tests {
         for bad in [&b"[1,2]"[..], b"{", b"\"x\""] {
             assert!(scrub(bad, &ctx, &mut t).is_err());
         }
+        // A kept number goes on exactly as written, not rounded through a float (found by
+        // the plausible fuzz target).
+        let out = scrub(
+            br#"{"n":"pageview","u":"https://blog.example/","d":"blog.example","h":9909999999999999999999999920}"#,
+            &ctx,
+            &mut t,
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("9909999999999999999999999920"), "{text}");
     }
 }
