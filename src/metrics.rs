@@ -123,6 +123,9 @@ pub struct RouteMetrics {
     requests: IntCounterVec,
     /// `tamis_requests_total{route, status}` by status code (100..=599), resolved on first use.
     by_status: Box<[OnceLock<IntCounter>]>,
+    upstream_requests: IntCounterVec,
+    /// `tamis_upstream_requests_total{route, status}`, the same way.
+    upstream_by_status: Box<[OnceLock<IntCounter>]>,
     duration: Histogram,
     upstream_duration: Histogram,
     lookups: [IntCounter; 7],
@@ -320,6 +323,8 @@ impl Metrics {
             route: route.to_owned(),
             requests: self.requests.clone(),
             by_status: (100..600).map(|_| OnceLock::new()).collect(),
+            upstream_requests: self.upstream_requests.clone(),
+            upstream_by_status: (100..600).map(|_| OnceLock::new()).collect(),
             duration: self.duration.with_label_values(&[route]),
             upstream_duration: self.upstream_duration.with_label_values(&[route]),
             lookups,
@@ -341,9 +346,12 @@ impl Metrics {
 
     /// Counts one upstream response.
     pub fn upstream_response(&self, rm: &RouteMetrics, status: http::StatusCode, seconds: f64) {
-        self.upstream_requests
-            .with_label_values(&[rm.route.as_str(), status.as_str()])
-            .inc();
+        inc_by_status(
+            &rm.upstream_by_status,
+            &rm.upstream_requests,
+            &rm.route,
+            status,
+        );
         rm.upstream_duration.observe(seconds);
     }
 
@@ -373,19 +381,7 @@ impl Metrics {
 impl RouteMetrics {
     /// Counts one answered request (no label lookup once a status has been seen).
     pub fn request(&self, status: http::StatusCode) {
-        let code = status.as_u16();
-        match self.by_status.get(usize::from(code).wrapping_sub(100)) {
-            Some(slot) => slot
-                .get_or_init(|| {
-                    self.requests
-                        .with_label_values(&[self.route.as_str(), status.as_str()])
-                })
-                .inc(),
-            None => self
-                .requests
-                .with_label_values(&[self.route.as_str(), status.as_str()])
-                .inc(),
-        }
+        inc_by_status(&self.by_status, &self.requests, &self.route, status);
     }
 
     /// Counts one cache lookup.
@@ -407,6 +403,21 @@ impl RouteMetrics {
     /// Records one request's duration.
     pub fn observe(&self, seconds: f64) {
         self.duration.observe(seconds);
+    }
+}
+
+/// A `{route, status}` counter from its slot, resolved on first use: a label lookup (a hash and
+/// a lock) only the first time a route sees a status.
+fn inc_by_status(
+    slots: &[OnceLock<IntCounter>],
+    vec: &IntCounterVec,
+    route: &str,
+    status: http::StatusCode,
+) {
+    let resolve = || vec.with_label_values(&[route, status.as_str()]);
+    match slots.get(usize::from(status.as_u16()).wrapping_sub(100)) {
+        Some(slot) => slot.get_or_init(resolve).inc(),
+        None => resolve().inc(),
     }
 }
 
