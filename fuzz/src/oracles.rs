@@ -796,9 +796,16 @@ fn check_page_url(url: &str, allow: &[String], what: &str) {
 }
 
 fn check_no_userinfo(url: &str, what: &str) {
-    let Some((_, rest)) = url.split_once("://") else {
+    // Only an absolute URL has an authority: in a path (`/a.://@host/x`) '@' is path text.
+    let lower = url.to_ascii_lowercase();
+    let Some(start) = ["https://", "http://"]
+        .iter()
+        .find(|p| lower.starts_with(*p))
+        .map(|p| p.len())
+    else {
         return;
     };
+    let rest = &url[start..];
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     assert!(
         !authority.contains('@'),
