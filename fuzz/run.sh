@@ -3,7 +3,6 @@
 #
 #   bash fuzz/run.sh                      # all targets, 15 s each (about 2.5 min plus the build)
 #   FUZZ_SECONDS=600 bash fuzz/run.sh css # one target, longer
-#   TAMIS_STRICT=1 bash fuzz/run.sh       # bugs already reported (oracles.rs KnownBug) fail too
 #
 # Stable Rust is enough. cargo-fuzz needs nightly only for sanitizers (it passes -Zsanitizer)
 # and -Zbuild-std; with `--sanitizer none` it builds with stable-only flags (-Cpasses=sancov-module,

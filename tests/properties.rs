@@ -3,10 +3,8 @@
 //! hostile paths, header maps mixing allowed, removed and unknown names, tracking requests with
 //! planted identifiers, stylesheets full of url() values.
 //!
-//! Bugs already found are listed in `oracles::KnownBug` and tolerated by the properties (so
-//! they keep looking for new ones); each has a `known_bug_*` test below that fails once it is
-//! fixed, so the exception cannot outlive the bug. `TAMIS_STRICT=1` makes the properties fail
-//! on known bugs too. `PROPTEST_CASES=n` changes the number of cases of every property.
+//! Bugs found so far are fixed; their reproducers are the regression tests at the end.
+//! `PROPTEST_CASES=n` changes the number of cases of every property.
 
 #[allow(dead_code)]
 #[path = "../fuzz/src/oracles.rs"]
@@ -39,7 +37,7 @@ fn config(default_cases: u32) -> Config {
         .unwrap_or(default_cases);
     Config {
         cases,
-        // Reproducers of real bugs go to the known_bug_* tests, not to a regressions file.
+        // Reproducers of real bugs go to the regression tests below, not to a regressions file.
         failure_persistence: None,
         ..Config::default()
     }
@@ -452,7 +450,7 @@ proptest! {
         for (i, k) in ["sessionId", "visitId", "cache"].into_iter().enumerate() {
             let s = format!("{secret}{:02}", 90 + i);
             answer.insert(k.into(), Value::from(s.clone()));
-            answer_planted.push(Planted { secret: s, field: k, known: None });
+            answer_planted.push(Planted { secret: s, field: k });
         }
         let out = check_umami_answer(Value::Object(answer).to_string().as_bytes());
         assert_absent(&out, &answer_planted, "umami answer");
@@ -625,9 +623,7 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Found by fuzzing. A bug not fixed yet gets a `known_bug_*` test here that shows it still
-// reproduces (none is open now); when one fails, the bug is fixed: delete the test and its
-// `KnownBug` variant (and its tolerance in oracles.rs), keep the reproducer as a regression.
+// Found by fuzzing: each input once broke a property; now fixed, kept as a regression.
 
 /// The rewritten CSS, or `None` when tamis refuses it (answered 502).
 fn rewrite_google(css: &str) -> Option<String> {

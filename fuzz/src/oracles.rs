@@ -3,10 +3,8 @@
 //! this file with `#[path]`). Only tamis's public API and crates tamis itself depends on are
 //! used, so the file compiles in both places.
 //!
-//! A check panics, naming the property, when tamis's output breaks it. Bugs already found and
-//! reported are listed in [`KnownBug`]: they are tolerated by default, so the suites stay green
-//! and keep looking for *new* bugs, and `TAMIS_STRICT=1` makes them fail again (to reproduce
-//! one, or to confirm a fix).
+//! A check panics, naming the property, when tamis's output breaks it. Bugs found so far are
+//! fixed, their inputs kept as `regress-*` seeds and tests (fuzz/README.md).
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,23 +21,7 @@ use tamis::routes::confine::{self, Redirect};
 use tamis::routes::{fonts, tiles, PathError, Role, Route, Router};
 
 // ---------------------------------------------------------------------------------------------
-// Known bugs, strict mode, secrets
-
-/// Bugs these properties found in tamis, reported and not fixed yet (see fuzz/README.md). None
-/// is open: every one found so far is fixed, its reproducer kept as a regression seed or test.
-/// The next one found goes here, with its tolerance and a `known_bug_*` test, until it is fixed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KnownBug {}
-
-/// `TAMIS_STRICT=1`: known bugs fail like new ones.
-pub fn strict() -> bool {
-    std::env::var_os("TAMIS_STRICT").is_some_and(|v| !v.is_empty() && v != "0")
-}
-
-/// Whether a violation caused by a known bug is let through (not in strict mode).
-pub fn tolerated(_bug: KnownBug) -> bool {
-    !strict()
-}
+// Secrets
 
 /// Percent-decodes (form style: `+` is a space) until nothing changes, at most four times, and
 /// returns every stage: what a value may become after tamis or the upstream decodes it.
@@ -114,8 +96,6 @@ pub fn fresh_secret(inputs: &[&[u8]]) -> Option<String> {
 pub struct Planted {
     pub secret: String,
     pub field: &'static str,
-    /// Set when a known bug lets this one through.
-    pub known: Option<KnownBug>,
 }
 
 /// Asserts that no planted secret appears in `output`, raw or decoded, in any case.
@@ -123,20 +103,13 @@ pub fn assert_absent(output: &[u8], planted: &[Planted], what: &str) {
     let read = readings(output);
     for p in planted {
         let secret = p.secret.to_ascii_lowercase();
-        if read.iter().any(|t| t.contains(&secret)) {
-            if p.known.is_some_and(tolerated) {
-                continue;
-            }
-            panic!(
-                "{what}: the value planted in {:?} ({}) reached the upstream{}: {}",
-                p.field,
-                p.secret,
-                p.known
-                    .map(|k| format!(" [known bug {k:?}]"))
-                    .unwrap_or_default(),
-                String::from_utf8_lossy(output)
-            );
-        }
+        assert!(
+            !read.iter().any(|t| t.contains(&secret)),
+            "{what}: the value planted in {:?} ({}) reached the upstream: {}",
+            p.field,
+            p.secret,
+            String::from_utf8_lossy(output)
+        );
     }
 }
 
@@ -723,7 +696,6 @@ pub fn planted_headers(secret: &str) -> Vec<(HeaderName, String, Planted)> {
             Planted {
                 secret: s,
                 field: name,
-                known: None,
             },
         )
     })
@@ -986,61 +958,50 @@ pub fn ga4_planted(secret: &str) -> (Vec<String>, Vec<Planted>) {
     let s = secret;
     let mut pairs = Vec::new();
     let mut planted = Vec::new();
-    let mut plant = |pair: String, n: usize, field: &'static str, known: Option<KnownBug>| {
+    let mut plant = |pair: String, n: usize, field: &'static str| {
         pairs.push(pair);
         planted.push(Planted {
             secret: format!("{s}{n:02}"),
             field,
-            known,
         });
     };
-    plant(format!("uip={s}01"), 1, "uip", None);
-    plant(format!("_uip={s}02"), 2, "_uip", None);
-    plant(format!("uid={s}03"), 3, "uid", None);
-    plant(format!("_fid={s}04"), 4, "_fid", None);
-    plant(format!("ecid={s}05"), 5, "ecid", None);
-    plant(format!("_gl=1*{s}06"), 6, "_gl", None);
-    plant(
-        format!("ep.customer_email={s}07"),
-        7,
-        "ep.customer_email",
-        None,
-    );
-    plant(format!("cid={s}08.1732439000"), 8, "cid", None);
+    plant(format!("uip={s}01"), 1, "uip");
+    plant(format!("_uip={s}02"), 2, "_uip");
+    plant(format!("uid={s}03"), 3, "uid");
+    plant(format!("_fid={s}04"), 4, "_fid");
+    plant(format!("ecid={s}05"), 5, "ecid");
+    plant(format!("_gl=1*{s}06"), 6, "_gl");
+    plant(format!("ep.customer_email={s}07"), 7, "ep.customer_email");
+    plant(format!("cid={s}08.1732439000"), 8, "cid");
     plant(
         format!(
             "dl=https%3A%2F%2Fshop.example%2Forder%3Femail%3D{s}09%26utm_source%3Dnews%23{s}10"
         ),
         9,
         "dl query",
-        None,
     );
     plant(
         format!("dr=https%3A%2F%2Fsearch.example%2Fsearch%3Fq%3D{s}11"),
         11,
         "dr (external)",
-        None,
     );
-    plant(format!("sr={s}12"), 12, "sr", None);
-    plant(format!("uaa={s}13"), 13, "uaa", None);
-    plant(format!("ul={s}14"), 14, "ul", None);
-    plant(format!("up.email={s}15"), 15, "up.email", None);
+    plant(format!("sr={s}12"), 12, "sr");
+    plant(format!("uaa={s}13"), 13, "uaa");
+    plant(format!("ul={s}14"), 14, "ul");
+    plant(format!("up.email={s}15"), 15, "up.email");
     plant(
         format!("dr={s}17+https%3A%2F%2Fshop.example%2F"),
         17,
         "dr prefix",
-        None,
     );
     plant(
         format!("dl=https%3A%2F%2F{s}16%3Apw%40shop.example%2Fp"),
         16,
         "dl userinfo",
-        None,
     );
     planted.push(Planted {
         secret: format!("{s}10"),
         field: "dl fragment",
-        known: None,
     });
     (pairs, planted)
 }
@@ -1172,83 +1133,64 @@ pub fn matomo_planted(secret: &str) -> (Vec<String>, Vec<Planted>) {
     let s = secret;
     let mut pairs = Vec::new();
     let mut planted = Vec::new();
-    let mut plant = |pair: String, n: usize, field: &'static str, known: Option<KnownBug>| {
+    let mut plant = |pair: String, n: usize, field: &'static str| {
         pairs.push(pair);
         planted.push(Planted {
             secret: format!("{s}{n:02}"),
             field,
-            known,
         });
     };
-    plant(format!("cip={s}01"), 1, "cip", None);
-    plant(format!("token_auth={s}02"), 2, "token_auth", None);
-    plant(format!("uid={s}03"), 3, "uid", None);
-    plant(format!("_id={s}04"), 4, "_id", None);
-    plant(format!("cid={s}05"), 5, "cid", None);
+    plant(format!("cip={s}01"), 1, "cip");
+    plant(format!("token_auth={s}02"), 2, "token_auth");
+    plant(format!("uid={s}03"), 3, "uid");
+    plant(format!("_id={s}04"), 4, "_id");
+    plant(format!("cid={s}05"), 5, "cid");
     plant(
         format!("ua=Mozilla%2F5.0+(X11%3B+{s}06)+AppleWebKit%2F537.36+Chrome%2F131.0.1.2+Safari%2F537.36"),
         6,
         "ua",
-        None,
     );
-    plant(format!("lang={s}07"), 7, "lang", None);
+    plant(format!("lang={s}07"), 7, "lang");
     plant(
         format!("url=https%3A%2F%2Fshop.example%2Faccount%3Femail%3D{s}08%23{s}09"),
         8,
         "url query",
-        None,
     );
     plant(
         format!("urlref=https%3A%2F%2Fsearch.example%2F%3Fq%3D{s}10"),
         10,
         "urlref",
-        None,
     );
     plant(
         format!("_ref=https%3A%2F%2Fmail.example%2F%3Fu%3D{s}11"),
         11,
         "_ref",
-        None,
     );
-    plant(format!("cdt={s}12"), 12, "cdt", None);
-    plant(format!("lat={s}13&long={s}13"), 13, "lat/long", None);
-    plant(
-        format!("country={s}14&city={s}14"),
-        14,
-        "country/city",
-        None,
-    );
-    plant(
-        format!("_idts={s}15&_viewts={s}15"),
-        15,
-        "visit history",
-        None,
-    );
-    plant(format!("res={s}16&uadata={s}16"), 16, "res/uadata", None);
-    plant(format!("dimension1={s}17"), 17, "dimension1", None);
+    plant(format!("cdt={s}12"), 12, "cdt");
+    plant(format!("lat={s}13&long={s}13"), 13, "lat/long");
+    plant(format!("country={s}14&city={s}14"), 14, "country/city");
+    plant(format!("_idts={s}15&_viewts={s}15"), 15, "visit history");
+    plant(format!("res={s}16&uadata={s}16"), 16, "res/uadata");
+    plant(format!("dimension1={s}17"), 17, "dimension1");
     plant(
         format!("_cvar=%7B%221%22%3A%5B%22Email%22%2C%22{s}18%22%5D%2C%222%22%3A%5B%22Plan%22%2C%22pro%22%5D%7D"),
         18,
         "_cvar Email",
-        None,
     );
-    plant(format!("h={s}19&m={s}19&s={s}19"), 19, "h/m/s", None);
+    plant(format!("h={s}19&m={s}19&s={s}19"), 19, "h/m/s");
     plant(
         format!("_ref={s}21+https%3A%2F%2Fshop.example%2F"),
         21,
         "_ref prefix",
-        None,
     );
     plant(
         format!("urlref=https%3A%2F%2F{s}20%40shop.example%2Fp"),
         20,
         "urlref userinfo",
-        None,
     );
     planted.push(Planted {
         secret: format!("{s}09"),
         field: "url fragment",
-        known: None,
     });
     (pairs, planted)
 }
@@ -1389,37 +1331,33 @@ pub fn check_umami_answer(body: &[u8]) -> Vec<u8> {
 /// fields where present.
 pub fn plausible_planted(event: &mut Map<String, Value>, s: &str) -> Vec<Planted> {
     let mut planted = Vec::new();
-    let mut plant = |k: &str, v: Value, n: usize, field: &'static str, known| {
+    let mut plant = |k: &str, v: Value, n: usize, field: &'static str| {
         if !event.contains_key(k) {
             event.insert(k.to_owned(), v);
             planted.push(Planted {
                 secret: format!("{s}{n:02}"),
                 field,
-                known,
             });
         }
     };
-    plant("email", Value::String(format!("{s}01")), 1, "email", None);
+    plant("email", Value::String(format!("{s}01")), 1, "email");
     plant(
         "p",
         serde_json::json!({"author": "Jo", "customer": format!("{s}02")}),
         2,
         "p.customer",
-        None,
     );
     plant(
         "props",
         Value::String(format!("{{\"token\":\"{s}03\"}}")),
         3,
         "props (string)",
-        None,
     );
     plant(
         "m",
         serde_json::json!({"user": format!("{s}04")}),
         4,
         "m.user",
-        None,
     );
     plant(
         "u",
@@ -1428,22 +1366,19 @@ pub fn plausible_planted(event: &mut Map<String, Value>, s: &str) -> Vec<Planted
         )),
         5,
         "u query",
-        None,
     );
     plant(
         "r",
         Value::String(format!("https://social.example/?u={s}07")),
         7,
         "r (external)",
-        None,
     );
-    plant("ip", Value::String(format!("{s}08")), 8, "ip", None);
+    plant("ip", Value::String(format!("{s}08")), 8, "ip");
     plant(
         "meta",
         serde_json::json!({"id": format!("{s}09")}),
         9,
         "meta.id",
-        None,
     );
     planted
 }
@@ -1456,7 +1391,6 @@ pub fn umami_planted(body: &mut Map<String, Value>, s: &str) -> Vec<Planted> {
         planted.push(Planted {
             secret: format!("{s}01"),
             field: "cache (top level)",
-            known: None,
         });
     }
     let payload = body
@@ -1472,7 +1406,6 @@ pub fn umami_planted(body: &mut Map<String, Value>, s: &str) -> Vec<Planted> {
             planted.push(Planted {
                 secret: format!("{s}{n:02}"),
                 field,
-                known: None,
             });
         }
     };
