@@ -6,10 +6,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::upstream::UpstreamBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use prometheus::IntCounter;
 use tokio::time::{Instant, Sleep};
 
@@ -39,9 +39,10 @@ pub enum StreamError {
 /// arrives. Trailers are not forwarded.
 pub struct Streamed {
     prefix: VecDeque<Bytes>,
-    rest: Option<Incoming>,
+    rest: Option<UpstreamBody>,
     idle: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// Armed the first time the upstream makes us wait (a body already read needs none).
+    timer: Option<Pin<Box<Sleep>>>,
     /// Counts the bytes sent (`tamis_served_bytes_total{result="upstream"}`).
     sent: IntCounter,
 }
@@ -50,7 +51,7 @@ impl Streamed {
     /// Streams `prefix` then `rest`, failing if `rest` stays silent for `idle`.
     pub fn new(
         prefix: Vec<Bytes>,
-        rest: Option<Incoming>,
+        rest: Option<UpstreamBody>,
         idle: Duration,
         sent: IntCounter,
     ) -> Streamed {
@@ -58,7 +59,7 @@ impl Streamed {
             prefix: prefix.into(),
             rest,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            timer: None,
             sent,
         }
     }
@@ -82,7 +83,9 @@ impl Body for Streamed {
         };
         match Pin::new(rest).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.timer.as_mut().reset(Instant::now() + this.idle);
+                if let Some(timer) = this.timer.as_mut() {
+                    timer.as_mut().reset(Instant::now() + this.idle);
+                }
                 match frame.into_data() {
                     Ok(data) => {
                         this.sent.inc_by(data.len() as u64);
@@ -102,7 +105,12 @@ impl Body for Streamed {
                 this.rest = None;
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
+            Poll::Pending => match this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.idle)))
+                .as_mut()
+                .poll(cx)
+            {
                 Poll::Ready(()) => {
                     this.rest = None;
                     Poll::Ready(Some(Err(StreamError::Idle(this.idle))))
@@ -133,3 +141,49 @@ impl Body for Streamed {
 }
 
 use std::future::Future as _;
+
+/// Why a body could not be read into memory.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("body unreadable: {0}")]
+    Failed(String),
+}
+
+/// Reads a whole body of at most `max` bytes. A body in one frame (the usual small POST) is
+/// kept as it is, without the queue and the copy a general collect makes.
+pub async fn read_limited<B>(body: B, max: usize) -> Result<Bytes, ReadError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    use http_body_util::BodyExt as _;
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut more: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ReadError::Failed(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total > max {
+            return Err(ReadError::TooLarge(max));
+        }
+        match first.take() {
+            None if more.is_empty() => first = Some(data),
+            prev => {
+                if let Some(prev) = prev {
+                    more.extend_from_slice(&prev);
+                }
+                more.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(match first {
+        Some(only) => only,
+        None => Bytes::from(more),
+    })
+}

@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use crate::body::{self, ProxyBody, Streamed};
@@ -20,7 +20,7 @@ use crate::policy;
 use crate::routes::analytics::{self, Protocol};
 use crate::routes::confine::{self, Redirect};
 use crate::routes::{Role, Route, Router};
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{Upstream, UpstreamBody, UpstreamError};
 
 /// Everything a request needs, built from a validated config. A reload builds a new one that
 /// shares the cache and the metrics with the one it replaces (see [`crate::reload`]).
@@ -251,7 +251,8 @@ async fn serve(state: &Arc<State>, req: Request<Incoming>, client: IpAddr) -> An
     }
     if let Role::Analytics(protocol) = route.role {
         let rest = rest.to_owned();
-        let mut answer = serve_analytics(state, &route, protocol, &rest, req, client).await;
+        let mut answer =
+            Box::pin(serve_analytics(state, &route, protocol, &rest, req, client)).await;
         answer.route = Some(route.index);
         return answer;
     }
@@ -298,12 +299,12 @@ async fn serve_route(
     let headers = route.scrub(req.headers());
 
     if !safe {
-        return forward_unsafe(state, route, uri, headers, req).await;
+        return Box::pin(forward_unsafe(state, route, uri, headers, req)).await;
     }
     let head_only = method == Method::HEAD;
     if !route.config.cache.enabled {
         let up = UpstreamRequest::new(method, uri, headers, Bytes::new());
-        return forward(state, route, &up, head_only)
+        return Box::pin(forward(state, route, up, head_only))
             .await
             .with(CacheResult::Bypass, status_of("tamis; fwd=bypass"));
     }
@@ -343,7 +344,7 @@ async fn serve_route(
                 );
             }
             Lookup::Lead { stale, guard } => {
-                return fill(state, route, &up, stale, guard, client, head_only).await;
+                return Box::pin(fill(state, route, &up, stale, guard, client, head_only)).await;
             }
             Lookup::Wait { stale, fill } => {
                 waited = true;
@@ -373,7 +374,7 @@ async fn serve_route(
         }
     }
     // The answer cannot be shared (or the fill kept failing to settle): fetch on our own.
-    forward(state, route, &up, head_only)
+    Box::pin(forward(state, route, up, head_only))
         .await
         .with(CacheResult::Uncacheable, status_of("tamis; fwd=miss"))
 }
@@ -414,9 +415,9 @@ async fn serve_analytics(
         }
     }
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, rt.max_body).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return Answer::plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+    let body = match body::read_limited(body, rt.max_body).await {
+        Ok(b) => b,
+        Err(e) => return body_refused(&e),
     };
     let ctx = analytics::Context {
         settings: &rt.settings,
@@ -461,7 +462,7 @@ async fn serve_analytics(
     };
     let up = UpstreamRequest::new(parts.method, uri, headers, body);
     if protocol != Protocol::Umami {
-        return forward(state, route, &up, false)
+        return forward(state, route, up, false)
             .await
             .with(CacheResult::Bypass, bypass());
     }
@@ -483,11 +484,11 @@ async fn serve_analytics(
     };
     let answer = match tokio::time::timeout(
         state.upstream.timeout(),
-        Limited::new(incoming, 64 * 1024).collect(),
+        body::read_limited(incoming, 64 * 1024),
     )
     .await
     {
-        Ok(Ok(b)) => analytics::umami::scrub_answer(&b.to_bytes()),
+        Ok(Ok(b)) => analytics::umami::scrub_answer(&b),
         _ => {
             return Answer::plain(StatusCode::BAD_GATEWAY, "upstream answer unreadable\n")
                 .with(CacheResult::Bypass, bypass())
@@ -526,6 +527,10 @@ impl UpstreamRequest {
 
     fn to_request(&self) -> Request<Full<Bytes>> {
         Request::from_parts(self.parts.clone(), Full::new(self.body.clone()))
+    }
+
+    fn into_request(self) -> Request<Full<Bytes>> {
+        Request::from_parts(self.parts, Full::new(self.body))
     }
 }
 
@@ -684,7 +689,11 @@ async fn fill(
     };
     let body = if route.rewrites(&headers) {
         // Font CSS: always rewritten whole, stored or not; never served as the upstream sent it.
-        match tokio::time::timeout_at(deadline, rewritten(route, &mut headers, incoming, max)).await
+        match tokio::time::timeout_at(
+            deadline,
+            Box::pin(rewritten(route, &mut headers, incoming, max)),
+        )
+        .await
         {
             Ok(Some(body)) => body,
             _ => {
@@ -835,7 +844,7 @@ async fn send(
     request: Request<Full<Bytes>>,
 ) -> Result<
     (
-        Response<Incoming>,
+        Response<UpstreamBody>,
         Option<tokio::sync::OwnedSemaphorePermit>,
     ),
     UpstreamError,
@@ -860,8 +869,19 @@ async fn send(
         0
     };
     let mut attempt = 0;
+    let mut request = Some(request);
     let result = loop {
-        let result = state.upstream.send(clone_request(&request)).await;
+        // A copy only while another attempt may follow; the last one sends the original.
+        let this = match request.take() {
+            Some(r) if attempt < retries => {
+                let copy = clone_request(&r);
+                request = Some(r);
+                copy
+            }
+            Some(r) => r,
+            None => break Err(UpstreamError::Protocol("no request left to send".into())),
+        };
+        let result = state.upstream.send(this).await;
         match result {
             Err(e) if e.retryable() && attempt < retries => {
                 attempt += 1;
@@ -932,7 +952,7 @@ fn retry_after(mut a: Answer, e: &UpstreamError) -> Answer {
 async fn rewritten(
     route: &Route,
     headers: &mut HeaderMap,
-    body: Incoming,
+    body: UpstreamBody,
     max: u64,
 ) -> Option<Bytes> {
     if headers
@@ -1052,10 +1072,11 @@ async fn refreshed(
 }
 
 /// Forwards without the cache and streams the answer back.
-async fn forward(state: &State, route: &Route, up: &UpstreamRequest, head_only: bool) -> Answer {
+async fn forward(state: &State, route: &Route, up: UpstreamRequest, head_only: bool) -> Answer {
     let rm = &state.route_metrics[route.index];
+    let requested = up.parts.uri.clone();
     let sent = Instant::now();
-    let (resp, _permit) = match send(state, route, up.to_request()).await {
+    let (resp, _permit) = match send(state, route, up.into_request()).await {
         Ok(resp) => resp,
         Err(e) => {
             state.metrics.upstream_error(rm, e.failure());
@@ -1067,14 +1088,14 @@ async fn forward(state: &State, route: &Route, up: &UpstreamRequest, head_only: 
         .metrics
         .upstream_response(rm, resp.status(), sent.elapsed().as_secs_f64());
     let (parts, incoming) = resp.into_parts();
-    let Some(mut headers) = scrub_response(state, route, &up.parts.uri, parts.headers) else {
+    let Some(mut headers) = scrub_response(state, route, &requested, parts.headers) else {
         return Answer::plain(StatusCode::BAD_GATEWAY, "upstream redirected elsewhere\n");
     };
     if route.rewrites(&headers) {
         let max = state.cache.max_object_bytes();
         return match tokio::time::timeout(
             state.upstream.timeout(),
-            rewritten(route, &mut headers, incoming, max),
+            Box::pin(rewritten(route, &mut headers, incoming, max)),
         )
         .await
         {
@@ -1120,20 +1141,31 @@ async fn forward_unsafe(
     req: Request<Incoming>,
 ) -> Answer {
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, state.config.limits.max_body_bytes)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return Answer::plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+    let body = match body::read_limited(body, state.config.limits.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return body_refused(&e),
     };
+    // Only a caching route can hold a copy to drop.
+    let stored = route.config.cache.enabled.then(|| uri.clone());
     let up = UpstreamRequest::new(parts.method, uri, headers, body);
-    let answer = forward(state, route, &up, false).await;
+    let answer = forward(state, route, up, false).await;
     let status = answer.response.status();
-    if status.is_success() || status.is_redirection() {
-        state.cache.invalidate(route.cache_id, &up.parts.uri).await;
+    if let Some(uri) = stored.filter(|_| status.is_success() || status.is_redirection()) {
+        Box::pin(state.cache.invalidate(route.cache_id, &uri)).await;
     }
     answer.with(CacheResult::Bypass, status_of("tamis; fwd=bypass"))
+}
+
+/// 413 for a visitor's body over the limit, 400 for one that broke off.
+fn body_refused(e: &body::ReadError) -> Answer {
+    match e {
+        body::ReadError::TooLarge(_) => {
+            Answer::plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
+        }
+        body::ReadError::Failed(_) => {
+            Answer::plain(StatusCode::BAD_REQUEST, "request body unreadable\n")
+        }
+    }
 }
 
 fn streamed(
@@ -1141,7 +1173,7 @@ fn streamed(
     status: StatusCode,
     headers: HeaderMap,
     prefix: Vec<Bytes>,
-    rest: Option<Incoming>,
+    rest: Option<UpstreamBody>,
     head_only: bool,
     idle: std::time::Duration,
 ) -> Answer {
@@ -1169,11 +1201,11 @@ fn streamed(
 enum Buffered {
     Complete(Bytes),
     /// Over the limit: what was read so far, and the rest still to stream.
-    TooLarge(Vec<Bytes>, Incoming),
+    TooLarge(Vec<Bytes>, UpstreamBody),
 }
 
 /// Reads a body into memory unless it grows past `max`.
-async fn buffer(mut body: Incoming, max: u64) -> Result<Buffered, hyper::Error> {
+async fn buffer(mut body: UpstreamBody, max: u64) -> Result<Buffered, hyper::Error> {
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut total: u64 = 0;
     while let Some(frame) = body.frame().await {

@@ -1,0 +1,222 @@
+//! Kept-alive upstream connections: reused across requests, replaced without losing a request
+//! when the upstream closed them, and never reused while an abandoned answer is still on them.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Method, Request};
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How the scripted upstream treats a connection after answering.
+#[derive(Clone, Copy)]
+enum After {
+    /// Waits for the next request (keep-alive).
+    KeepOpen,
+    /// Closes it, without having said `Connection: close` (its idle timeout fired).
+    Close,
+}
+
+/// What the scripted upstream saw: connections accepted, connections it saw closed by tamis,
+/// and the request lines in order.
+#[derive(Default)]
+struct Log {
+    accepted: AtomicUsize,
+    closed_by_peer: AtomicUsize,
+    requests: Mutex<Vec<String>>,
+}
+
+/// Reads one request (head and `Content-Length` body); `None` at end of stream.
+async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while buf.len() < end + 4 + length {
+                let mut chunk = [0u8; 4096];
+                let n = s.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            buf.drain(..end + 4 + length);
+            return Some(head.lines().next().unwrap_or("").to_string());
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// An HTTP/1.1 upstream written by hand, to control the connection itself. `/big` starts a
+/// 1 MB answer, sends 1 KB of it and stalls; anything else gets `ok <path>`.
+async fn scripted_upstream(after: After) -> (std::net::SocketAddr, Arc<Log>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(Log::default());
+    let l = log.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            l.accepted.fetch_add(1, Ordering::SeqCst);
+            let l = l.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(line) = read_request(&mut s, &mut buf).await else {
+                        l.closed_by_peer.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    };
+                    l.requests.lock().unwrap().push(line.clone());
+                    let path = line.split(' ').nth(1).unwrap_or("").to_string();
+                    if path.ends_with("/big") {
+                        let head = "HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n";
+                        let _ = s.write_all(head.as_bytes()).await;
+                        let _ = s.write_all(&[b'x'; 1024]).await;
+                        // Stalls; notices when tamis gives the connection up.
+                        let mut rest = [0u8; 64];
+                        if let Ok(0) | Err(_) = s.read(&mut rest).await {
+                            l.closed_by_peer.fetch_add(1, Ordering::SeqCst);
+                        }
+                        return;
+                    }
+                    let body = format!("ok {path}");
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    if let After::Close = after {
+                        // Leaves time for tamis to have pooled the connection first.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, log)
+}
+
+fn config(addr: std::net::SocketAddr) -> String {
+    format!(
+        "{LISTEN}[upstream]\ntimeout = \"2s\"\n\n{}",
+        route(
+            "api",
+            "/api/",
+            &format!("http://{addr}/api/"),
+            "jurisdiction = \"eu\"\npass_through = true\ncache = false\n"
+        )
+    )
+}
+
+async fn post(addr: std::net::SocketAddr, path: &str, body: &'static str) -> Answer {
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    send(addr, req).await
+}
+
+#[tokio::test]
+async fn requests_in_turn_share_one_upstream_connection() {
+    let (addr, log) = scripted_upstream(After::KeepOpen).await;
+    let tamis = Tamis::start(&config(addr)).await;
+    for i in 0..10 {
+        let a = if i % 2 == 0 {
+            tamis.get(&format!("/api/get{i}")).await
+        } else {
+            post(tamis.http, &format!("/api/post{i}"), "{\"n\":1}").await
+        };
+        assert_eq!(a.status, 200, "request {i}");
+        let expected = if i % 2 == 0 {
+            format!("ok /api/get{i}")
+        } else {
+            format!("ok /api/post{i}")
+        };
+        assert_eq!(a.text(), expected);
+    }
+    assert_eq!(log.requests.lock().unwrap().len(), 10);
+    assert_eq!(
+        log.accepted.load(Ordering::SeqCst),
+        1,
+        "each request opened its own upstream connection"
+    );
+    tamis.stop().await;
+}
+
+#[tokio::test]
+async fn an_upstream_closing_its_idle_connections_costs_no_request() {
+    let (addr, log) = scripted_upstream(After::Close).await;
+    let tamis = Tamis::start(&config(addr)).await;
+    for i in 0..5 {
+        // A POST is never retried: it must not be sent on a connection known to be closed.
+        let a = post(tamis.http, &format!("/api/e{i}"), "{}").await;
+        assert_eq!(a.status, 200, "request {i}: {}", a.text());
+        assert_eq!(a.text(), format!("ok /api/e{i}"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(log.accepted.load(Ordering::SeqCst), 5);
+    assert_eq!(log.requests.lock().unwrap().len(), 5);
+    tamis.stop().await;
+}
+
+#[tokio::test]
+async fn an_answer_abandoned_midway_never_reaches_the_next_request() {
+    let (addr, log) = scripted_upstream(After::KeepOpen).await;
+    let tamis = Tamis::start(&config(addr)).await;
+
+    // A visitor starts the big answer, reads its beginning and leaves.
+    let mut s = TcpStream::connect(tamis.http).await.unwrap();
+    s.write_all(b"GET /api/big HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 512 {
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "tamis closed before sending the beginning");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    drop(s);
+
+    // The rest of that answer is still on its upstream connection: tamis must close it, and
+    // the next request must get its own answer on another one.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while log.closed_by_peer.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the abandoned upstream connection was kept open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a = tamis.get("/api/small").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.text(), "ok /api/small");
+    assert_eq!(log.accepted.load(Ordering::SeqCst), 2);
+    tamis.stop().await;
+}
