@@ -40,30 +40,36 @@ fn check_segment(raw: &str) -> Result<(), Confinement> {
     if raw.contains(['?', '#']) {
         return Err(Confinement::RawDelimiter);
     }
+    // Percent-decoded on the fly, without allocating: this runs for every request.
     let bytes = raw.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
+    let (mut separator, mut control) = (false, false);
+    let (mut len, mut dots) = (0usize, 0usize);
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' {
+        let b = if bytes[i] == b'%' {
             let hex = bytes
                 .get(i + 1..i + 3)
                 .ok_or(Confinement::BadPercentEncoding)?;
             let hex = std::str::from_utf8(hex).map_err(|_| Confinement::BadPercentEncoding)?;
-            let b = u8::from_str_radix(hex, 16).map_err(|_| Confinement::BadPercentEncoding)?;
-            decoded.push(b);
             i += 3;
+            u8::from_str_radix(hex, 16).map_err(|_| Confinement::BadPercentEncoding)?
         } else {
-            decoded.push(bytes[i]);
             i += 1;
-        }
+            bytes[i - 1]
+        };
+        separator |= b == b'/' || b == b'\\';
+        control |= b < 0x20 || b == 0x7f;
+        len += 1;
+        dots += usize::from(b == b'.');
     }
-    if decoded.iter().any(|&b| b == b'/' || b == b'\\') {
+    if separator {
         return Err(Confinement::EncodedSeparator);
     }
-    if decoded.iter().any(|&b| b < 0x20 || b == 0x7f) {
+    if control {
         return Err(Confinement::ControlCharacter);
     }
-    if decoded == b"." || decoded == b".." {
+    // "." or "..", however encoded.
+    if (1..=2).contains(&len) && dots == len {
         return Err(Confinement::DotSegment);
     }
     Ok(())
