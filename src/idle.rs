@@ -1,53 +1,53 @@
-//! Idle connections: a stream wrapper that notes when bytes last moved either way, and a timer
-//! that fires once none have for a while. A client that neither sends nor reads (an idle
-//! HTTP/2 connection, a reader that stopped draining its window) is closed, so it cannot hold
-//! a connection slot forever.
+//! Idle connections: a stream wrapper that counts the reads and writes that move bytes, and a
+//! timer that fires once the count has not changed for a while. A client that neither sends
+//! nor reads (an idle HTTP/2 connection, a reader that stopped draining its window) is closed,
+//! so it cannot hold a connection slot forever.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-/// Milliseconds on a process-wide monotonic clock.
-pub fn now_ms() -> u64 {
-    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Resolves once `last` (a [`now_ms`] reading) is more than `timeout` ago.
-pub async fn expired(last: &AtomicU64, timeout: Duration) {
-    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+/// Resolves once `activity` (bumped by [`IdleIo`] whenever bytes move) has not changed for
+/// `timeout`, give or take a quarter: it is sampled every quarter of the timeout, so the I/O
+/// path only bumps a counter instead of reading the clock on every read and write.
+pub async fn expired(activity: &AtomicU64, timeout: Duration) {
+    let tick = (timeout / 4).max(Duration::from_millis(1));
+    let mut seen = activity.load(Ordering::Relaxed);
+    let mut quiet = Duration::ZERO;
     loop {
-        let quiet = now_ms().saturating_sub(last.load(Ordering::Relaxed));
-        if quiet >= timeout_ms {
-            return;
+        tokio::time::sleep(tick).await;
+        let now = activity.load(Ordering::Relaxed);
+        if now == seen {
+            quiet += tick;
+            if quiet >= timeout {
+                return;
+            }
+        } else {
+            seen = now;
+            quiet = Duration::ZERO;
         }
-        tokio::time::sleep(Duration::from_millis(timeout_ms - quiet)).await;
     }
 }
 
-/// A stream that records when bytes last moved.
+/// A stream that counts the reads and writes that moved bytes.
 pub struct IdleIo<S> {
     inner: S,
-    last: Arc<AtomicU64>,
+    activity: Arc<AtomicU64>,
 }
 
 impl<S> IdleIo<S> {
-    /// Wraps `inner`, noting activity in `last`.
-    pub fn new(inner: S, last: Arc<AtomicU64>) -> IdleIo<S> {
-        IdleIo { inner, last }
+    /// Wraps `inner`, counting activity in `activity`.
+    pub fn new(inner: S, activity: Arc<AtomicU64>) -> IdleIo<S> {
+        IdleIo { inner, activity }
     }
 
     fn touch(&self) {
-        self.last.store(now_ms(), Ordering::Relaxed);
+        self.activity.fetch_add(1, Ordering::Relaxed);
     }
 }
 

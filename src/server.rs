@@ -324,15 +324,15 @@ async fn connection(
         }
     });
     let builder = builder(&limits);
-    let last_io = Arc::new(AtomicU64::new(idle::now_ms()));
-    let stream = idle::IdleIo::new(stream, last_io.clone());
+    let activity = Arc::new(AtomicU64::new(0));
+    let stream = idle::IdleIo::new(stream, activity.clone());
     let idle_timeout = limits.idle_timeout;
     let result = match tls {
         None => {
             let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
             tokio::select! {
                 r = conn => r,
-                _ = idle::expired(&last_io, idle_timeout) => return,
+                _ = idle::expired(&activity, idle_timeout) => return,
             }
         }
         Some(acceptor) => {
@@ -351,7 +351,7 @@ async fn connection(
             let conn = watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), service));
             tokio::select! {
                 r = conn => r,
-                _ = idle::expired(&last_io, idle_timeout) => return,
+                _ = idle::expired(&activity, idle_timeout) => return,
             }
         }
     };
