@@ -23,7 +23,7 @@
 #      connection. Varnish: not measured (no TLS)
 #
 # Knobs: DURATION (10), CONNS (50), CASES, SMOKE=1, VERBOSE=1 (print the load tools' output),
-# H2_STREAMS (10), SLOW_MS (300), COLD_CLIENTS (1000), PORT_BASE (18100: uses PORT_BASE..+6),
+# H2_STREAMS (10), SLOW_MS (300), COLD_CLIENTS (1000), PORT_BASE (18100: uses PORT_BASE..+7),
 # WAIT_IDLE=N (on a shared machine: before each run wait up to N s for an idle second),
 # TAMIS_BIN (default: `cargo build --release`, then target/release/tamis), TAMIS_REV (the
 # revision TAMIS_BIN was built from, for the report).
@@ -53,6 +53,7 @@ COLD_CLIENTS=${COLD_CLIENTS:-1000}
 PORT_BASE=${PORT_BASE:-18100}
 ORIGIN=$PORT_BASE SLOW=$((PORT_BASE + 1)) NGINX=$((PORT_BASE + 2)) NGINX_TLS=$((PORT_BASE + 3))
 VARNISH=$((PORT_BASE + 4)) TAMIS=$((PORT_BASE + 5)) TAMIS_TLS=$((PORT_BASE + 6))
+HYPER=$((PORT_BASE + 7))
 
 missing=()
 for tool in nginx varnishd wrk h2load taskset python3 openssl curl cc; do
@@ -67,7 +68,7 @@ if [ "$(nproc)" -lt 2 ]; then
   echo "needs two cores (server under test on core 0, load generator on core 1)" >&2
   exit 1
 fi
-for port in $(seq "$PORT_BASE" $((PORT_BASE + 6))); do
+for port in $(seq "$PORT_BASE" $((PORT_BASE + 7))); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is in use: set PORT_BASE" >&2
     exit 1
@@ -84,6 +85,14 @@ if [ -z "${TAMIS_BIN:-}" ]; then
   TAMIS_BIN=target/release/tamis
 fi
 TAMIS_BIN=$(realpath "$TAMIS_BIN")
+# The ceiling: hyper alone (benches/bare.rs), answering from memory or forwarding, nothing else.
+HYPER_BIN=$(cargo bench --quiet --bench bare --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "bare" and m.get("executable"):
+        print(m["executable"])')
+[ -x "$HYPER_BIN" ] || { echo "cannot build benches/bare.rs" >&2; exit 1; }
 
 work=$(mktemp -d)
 pids=()
@@ -343,6 +352,10 @@ pids+=($varnish_pid)
   >"$work/tamis.log" 2>&1 &
 tamis_pid=$!
 pids+=($tamis_pid)
+TOKIO_WORKER_THREADS=1 taskset -c 0 "$HYPER_BIN" "127.0.0.1:$HYPER" "http://127.0.0.1:$ORIGIN" \
+  /s/tile.png /s/style.css /s/font.woff2 >"$work/hyper.log" 2>&1 &
+hyper_pid=$!
+pids+=($hyper_pid)
 
 wait_up() { # URL
   for _ in $(seq 200); do
@@ -359,6 +372,7 @@ wait_up "http://127.0.0.1:$NGINX/s/style.css"
 wait_up "http://127.0.0.1:$VARNISH/s/style.css"
 wait_up "http://127.0.0.1:$TAMIS/s/style.css"
 wait_up "https://127.0.0.1:$TAMIS_TLS/s/style.css"
+wait_up "http://127.0.0.1:$HYPER/s/style.css"
 # nginx's children: the worker, the cache manager, and a cache loader that exits after a minute.
 nginx_worker=$(pgrep -P "$nginx_pid" -f "worker process" | head -1)
 varnish_child=$(pgrep -P "$varnish_pid" | head -1)
@@ -405,6 +419,7 @@ pids_of() { # server -> all its processes
     nginx) echo "$nginx_pid" $(pgrep -P "$nginx_pid") ;;
     varnish) echo "$varnish_pid $varnish_child" ;;
     tamis*) echo "$tamis_pid" ;;
+    hyper) echo "$hyper_pid" ;;
   esac
 }
 rss_pid() { # server -> the process whose peak RSS is reported
@@ -412,6 +427,7 @@ rss_pid() { # server -> the process whose peak RSS is reported
     nginx) echo "$nginx_worker" ;;
     varnish) echo "$varnish_child" ;;
     tamis*) echo "$tamis_pid" ;;
+    hyper) echo "$hyper_pid" ;;
   esac
 }
 origin_count() { curl -s "http://127.0.0.1:$ORIGIN/__status" | awk '/^ [0-9]/ {print $3}'; }
@@ -424,6 +440,7 @@ port_of() { # server tls?
     nginx) echo "$NGINX" ;;
     varnish) echo "$VARNISH" ;;
     tamis*) echo "$TAMIS" ;;
+    hyper) echo "$HYPER" ;;
   esac
 }
 to_ms() { # wrk latency such as 812.00us, 1.23ms, 1.01s -> ms
@@ -543,7 +560,7 @@ describe() {
 cached_case() { # case path bytes tls?
   local scheme=http
   [ -n "${4:-}" ] && scheme=https
-  local servers="nginx varnish tamis"
+  local servers="nginx varnish tamis hyper"
   [ -n "${4:-}" ] && servers="nginx tamis"
   for s in $servers; do
     local url="$scheme://127.0.0.1:$(port_of "$s" "${4:-}")$2"
@@ -580,7 +597,7 @@ for c in $CASES; do
     b) cached_case b /s/style.css 1024 ;;
     c) cached_case c /s/font.woff2 102400 ;;
     d)
-      for s in nginx varnish tamis; do
+      for s in nginx varnish tamis hyper; do
         measure d "$s" wrk "http://127.0.0.1:$(port_of "$s")/post/event" "-s $work/post.lua"
       done
       got=$(curl -s -o /dev/null -w "%{http_code}" -H "Content-Type: application/json" \
@@ -613,20 +630,21 @@ for r in "${rows[@]}"; do
   echo "| $c | $s | $rps | $p50 | $p99 | $errs | $cpu | $per | $busy % | $other % | $rss | $fetched |"
 done
 echo
-echo "| case | nginx $nginx_v req/s | Varnish $varnish_v req/s | tamis req/s | tamis/nginx | tamis/Varnish |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+echo "| case | nginx $nginx_v req/s | Varnish $varnish_v req/s | tamis req/s | tamis/nginx | tamis/Varnish | hyper alone req/s | tamis/hyper |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for c in $CASES; do
   tm=${RPS[$c,tamis]:-}
   vn=${RPS[$c,varnish]:-}
   if [ "$c" = e ]; then
     # req/s of a single burst means little; the origin count is what case e is about.
-    echo "| $c: $(describe "$c"), origin fetches | ${FETCHED[$c,nginx]:-} | ${FETCHED[$c,varnish]:-} | ${FETCHED[$c,tamis]:-} | — | — |"
+    echo "| $c: $(describe "$c"), origin fetches | ${FETCHED[$c,nginx]:-} | ${FETCHED[$c,varnish]:-} | ${FETCHED[$c,tamis]:-} | — | — | — | — |"
     continue
   fi
-  echo "| $c: $(describe "$c") | ${RPS[$c,nginx]:-} | ${vn:-no TLS} | $tm | $(ratio "$tm" "${RPS[$c,nginx]:-}") | $(ratio "$tm" "$vn") |"
+  hy=${RPS[$c,hyper]:-}
+  echo "| $c: $(describe "$c") | ${RPS[$c,nginx]:-} | ${vn:-no TLS} | $tm | $(ratio "$tm" "${RPS[$c,nginx]:-}") | $(ratio "$tm" "$vn") | ${hy:-—} | $(ratio "$tm" "$hy") |"
   if [ -n "${RPS[$c,tamis-plausible]:-}" ]; then
     tp=${RPS[$c,tamis-plausible]}
-    echo "| $c: same, tamis through its Plausible scrubber | ${RPS[$c,nginx]:-} | ${vn:-} | $tp | $(ratio "$tp" "${RPS[$c,nginx]:-}") | $(ratio "$tp" "$vn") |"
+    echo "| $c: same, tamis through its Plausible scrubber | ${RPS[$c,nginx]:-} | ${vn:-} | $tp | $(ratio "$tp" "${RPS[$c,nginx]:-}") | $(ratio "$tp" "$vn") | | |"
   fi
 done
 echo
@@ -638,7 +656,9 @@ other tenants, steal, softirq; high = a noisy run. Server well below 100 % with 
 "other": core 1 (load generator + origin) was the limit, so compare CPU µs/req. Peak
 RSS: tamis, the nginx worker (nginx's cache lives in the page cache, not counted), the Varnish
 child (malloc 256M, one thread pool, 200-2000 threads). Varnish has no TLS: cases f and g not
-measured for it. Case e: "origin requests" is the number of origin fetches.
+measured for it. Case e: "origin requests" is the number of origin fetches. "hyper alone"
+(benches/bare.rs, one Tokio worker): hyper answering from memory (a, b, c) or forwarding over
+one kept-alive connection per visitor (d), with none of tamis's work: the ceiling for tamis.
 NOTE
 
 failed=0
