@@ -352,10 +352,6 @@ pids+=($varnish_pid)
   >"$work/tamis.log" 2>&1 &
 tamis_pid=$!
 pids+=($tamis_pid)
-TOKIO_WORKER_THREADS=1 taskset -c 0 "$HYPER_BIN" "127.0.0.1:$HYPER" "http://127.0.0.1:$ORIGIN" \
-  /s/tile.png /s/style.css /s/font.woff2 >"$work/hyper.log" 2>&1 &
-hyper_pid=$!
-pids+=($hyper_pid)
 
 wait_up() { # URL
   for _ in $(seq 200); do
@@ -367,6 +363,11 @@ wait_up() { # URL
   exit 1
 }
 wait_up "http://127.0.0.1:$ORIGIN/__status"
+# hyper alone loads its copies from the origin when it starts: after the origin is up.
+TOKIO_WORKER_THREADS=1 taskset -c 0 "$HYPER_BIN" "127.0.0.1:$HYPER" "http://127.0.0.1:$ORIGIN" \
+  /s/tile.png /s/style.css /s/font.woff2 >"$work/hyper.log" 2>&1 &
+hyper_pid=$!
+pids+=($hyper_pid)
 wait_up "http://127.0.0.1:$SLOW/__count/x"
 wait_up "http://127.0.0.1:$NGINX/s/style.css"
 wait_up "http://127.0.0.1:$VARNISH/s/style.css"
