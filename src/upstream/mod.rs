@@ -209,11 +209,6 @@ impl Upstream {
             }
         }
     }
-
-    /// Idle HTTP/1.1 connections kept for the upstream of `uri` (tests).
-    pub fn idle_connections(&self, uri: &Uri) -> usize {
-        Target::of(uri).map_or(0, |t| self.pool.idle(&t))
-    }
 }
 
 /// HTTP/1.1 wants the origin form (`/path?query`) and a `Host` header.

@@ -223,14 +223,6 @@ impl Pool {
         let every = (self.idle_timeout / 2).max(Duration::from_millis(100));
         runtime.spawn(reap(pool, every));
     }
-
-    /// Idle HTTP/1.1 connections kept for `target`'s host (tests).
-    pub(super) fn idle(&self, target: &Target<'_>) -> usize {
-        self.hosts()
-            .iter()
-            .find(|h| target.is(&h.key))
-            .map_or(0, |h| h.idle.len())
-    }
 }
 
 async fn reap(pool: Weak<Pool>, every: Duration) {
