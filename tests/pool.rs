@@ -1,5 +1,6 @@
-//! Kept-alive upstream connections: reused across requests, replaced without losing a request
-//! when the upstream closed them, and never reused while an abandoned answer is still on them.
+//! Kept-alive upstream connections: reused across requests (HTTP/1.1 one exchange at a time,
+//! HTTP/2 multiplexed on one), replaced without losing a request when the upstream closed them,
+//! and never reused while an abandoned answer is still on them.
 
 mod common;
 
@@ -218,5 +219,66 @@ async fn an_answer_abandoned_midway_never_reaches_the_next_request() {
     assert_eq!(a.status, 200);
     assert_eq!(a.text(), "ok /api/small");
     assert_eq!(log.accepted.load(Ordering::SeqCst), 2);
+    tamis.stop().await;
+}
+
+/// Ten requests at once, twice: every request of a burst in flight together.
+async fn two_bursts(tamis: &Tamis, path: &str) {
+    for round in 0..2 {
+        let burst: Vec<_> = (0..10)
+            .map(|i| {
+                let addr = tamis.http;
+                let path = format!("{path}{round}-{i}");
+                tokio::spawn(async move { get(addr, &path, &[]).await })
+            })
+            .collect();
+        for answer in burst {
+            let a = answer.await.unwrap();
+            assert_eq!((a.status, a.text().as_str()), (200, "slow"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_one_http2_connection() {
+    let ca = TestCa::new();
+    let up = Upstream::https(&ca, |_| Reply::ok("slow").delay(Duration::from_millis(200))).await;
+    let tamis = Tamis::start(&format!(
+        "{LISTEN}[upstream]\ntimeout = \"2s\"\nextra_ca_file = {:?}\n\n{}",
+        ca.ca_file().display().to_string(),
+        route(
+            "h2",
+            "/h2/",
+            &format!("https://127.0.0.1:{}/", up.addr.port()),
+            "cache = false\n"
+        )
+    ))
+    .await;
+    // The first request opens the connection (TLS, ALPN h2); then bursts multiplex on it.
+    assert_eq!(tamis.get("/h2/first").await.status, 200);
+    two_bursts(&tamis, "/h2/").await;
+    assert!(up.seen().iter().all(|s| s.version == http::Version::HTTP_2));
+    assert_eq!(up.max_in_flight(), 10, "the burst was not sent at once");
+    assert_eq!(
+        up.connections(),
+        1,
+        "HTTP/2 requests opened connections of their own"
+    );
+    tamis.stop().await;
+}
+
+#[tokio::test]
+async fn http1_connections_opened_for_a_burst_serve_the_next_one() {
+    let up = Upstream::http(|_| Reply::ok("slow").delay(Duration::from_millis(200))).await;
+    let tamis = Tamis::start(&format!(
+        "{LISTEN}[upstream]\ntimeout = \"2s\"\n\n{}",
+        route("h1", "/h1/", &up.url("/"), "cache = false\n")
+    ))
+    .await;
+    two_bursts(&tamis, "/h1/").await;
+    assert_eq!(up.max_in_flight(), 10);
+    // HTTP/1.1 carries one exchange at a time: ten connections for the first burst, and the
+    // second burst reuses them all.
+    assert_eq!(up.connections(), 10);
     tamis.stop().await;
 }

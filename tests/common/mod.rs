@@ -95,6 +95,8 @@ pub struct Upstream {
     seen: Arc<Mutex<Vec<Seen>>>,
     /// (requests being answered now, the most there ever were at once)
     in_flight: Arc<Mutex<(usize, usize)>>,
+    /// Connections accepted.
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -151,11 +153,14 @@ impl Upstream {
         let handler: Handler = Arc::new(handler);
         let seen2 = seen.clone();
         let in_flight2 = in_flight.clone();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let connections2 = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                connections2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let seen = seen2.clone();
                 let handler = handler.clone();
                 let tls = tls.clone();
@@ -225,8 +230,14 @@ impl Upstream {
             addr,
             seen,
             in_flight,
+            connections,
             task,
         }
+    }
+
+    /// The connections it has accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The most requests it was ever answering at once.
