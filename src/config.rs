@@ -237,6 +237,10 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// Extra attempts for a GET or HEAD whose connection failed before any answer.
     pub retries: u32,
+    /// Idle HTTP/1.1 connections kept open per upstream host (0: a new one per request).
+    pub keepalive: usize,
+    /// How long an idle upstream connection is kept.
+    pub keepalive_timeout: Duration,
     /// Consecutive failures that open a route's circuit breaker (0: never).
     pub breaker_failures: u32,
     /// How long an open breaker answers without asking the upstream.
@@ -496,6 +500,8 @@ struct RawUpstream {
     connect_timeout: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     retries: Option<Spanned<u32>>,
+    keepalive: Option<Spanned<u32>>,
+    keepalive_timeout: Option<Spanned<String>>,
     breaker_failures: Option<Spanned<u32>>,
     breaker_cooldown: Option<Spanned<String>>,
 }
@@ -542,6 +548,8 @@ struct RawRoute {
 
 const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 const DEFAULT_MAX_OBJECT_BYTES: u64 = 8 * 1024 * 1024;
+/// Idle connections kept per upstream host, like nginx's `keepalive` in an upstream block.
+const DEFAULT_KEEPALIVE: usize = 64;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -1064,6 +1072,19 @@ impl Validator<'_> {
                 Some(n) => *n.get_ref(),
                 None => 1,
             },
+            keepalive: match &raw.keepalive {
+                Some(n) if *n.get_ref() > 10_000 => {
+                    self.problem(Some(n.span()), "upstream.keepalive", "at most 10000");
+                    DEFAULT_KEEPALIVE
+                }
+                Some(n) => usize::try_from(*n.get_ref()).unwrap_or(DEFAULT_KEEPALIVE),
+                None => DEFAULT_KEEPALIVE,
+            },
+            keepalive_timeout: self.duration(
+                raw.keepalive_timeout.as_ref(),
+                "upstream.keepalive_timeout",
+                Duration::from_secs(60),
+            ),
             breaker_failures: raw.breaker_failures.as_ref().map_or(5, |n| *n.get_ref()),
             breaker_cooldown: self.duration(
                 raw.breaker_cooldown.as_ref(),
@@ -1636,6 +1657,22 @@ upstream = "https://cdn.example/npm/"
             let msg = problems(&MINIMAL.replace("https://cdn.example/npm/", bad));
             assert!(msg.contains("route[0].upstream"), "{bad}: {msg}");
         }
+    }
+
+    #[test]
+    fn upstream_keepalive_is_bounded_and_timed() {
+        let c = parse(&format!(
+            "[upstream]\nkeepalive = 0\nkeepalive_timeout = \"2s\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.upstream.keepalive, 0);
+        assert_eq!(c.upstream.keepalive_timeout, Duration::from_secs(2));
+        let msg = problems(&format!("[upstream]\nkeepalive = 100000\n{MINIMAL}"));
+        assert!(msg.contains("upstream.keepalive"), "{msg}");
+        let msg = problems(&format!(
+            "[upstream]\nkeepalive_timeout = \"0s\"\n{MINIMAL}"
+        ));
+        assert!(msg.contains("upstream.keepalive_timeout"), "{msg}");
     }
 
     #[test]

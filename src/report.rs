@@ -417,8 +417,11 @@ pub fn check_report(config: &Config) -> String {
     );
     let _ = writeln!(
         out,
-        "upstream timeouts: connect {:?}, total {:?}",
-        config.upstream.connect_timeout, config.upstream.timeout
+        "upstream timeouts: connect {:?}, total {:?}; idle connections kept: {} per host, {:?}",
+        config.upstream.connect_timeout,
+        config.upstream.timeout,
+        config.upstream.keepalive,
+        config.upstream.keepalive_timeout
     );
     for route in disclose(&Router::new(config)) {
         let _ = writeln!(out);

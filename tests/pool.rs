@@ -121,8 +121,12 @@ async fn scripted_upstream(after: After) -> (std::net::SocketAddr, Arc<Log>) {
 }
 
 fn config(addr: std::net::SocketAddr) -> String {
+    config_with(addr, "")
+}
+
+fn config_with(addr: std::net::SocketAddr, upstream: &str) -> String {
     format!(
-        "{LISTEN}[upstream]\ntimeout = \"2s\"\n\n{}",
+        "{LISTEN}[upstream]\ntimeout = \"2s\"\n{upstream}\n{}",
         route(
             "api",
             "/api/",
@@ -280,5 +284,36 @@ async fn http1_connections_opened_for_a_burst_serve_the_next_one() {
     // HTTP/1.1 carries one exchange at a time: ten connections for the first burst, and the
     // second burst reuses them all.
     assert_eq!(up.connections(), 10);
+    tamis.stop().await;
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_after_keepalive_timeout() {
+    let (addr, log) = scripted_upstream(After::KeepOpen).await;
+    let tamis = Tamis::start(&config_with(addr, "keepalive_timeout = \"300ms\"\n")).await;
+    assert_eq!(tamis.get("/api/a").await.status, 200);
+    assert_eq!(tamis.get("/api/b").await.status, 200);
+    assert_eq!(log.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(log.closed_by_peer.load(Ordering::SeqCst), 0);
+    // Idle from now on: tamis closes it between 300 and 450 ms later.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        log.closed_by_peer.load(Ordering::SeqCst),
+        1,
+        "the idle connection was kept past keepalive_timeout"
+    );
+    assert_eq!(tamis.get("/api/c").await.status, 200);
+    assert_eq!(log.accepted.load(Ordering::SeqCst), 2);
+    tamis.stop().await;
+}
+
+#[tokio::test]
+async fn keepalive_zero_opens_a_connection_per_request() {
+    let (addr, log) = scripted_upstream(After::KeepOpen).await;
+    let tamis = Tamis::start(&config_with(addr, "keepalive = 0\n")).await;
+    for i in 0..3 {
+        assert_eq!(tamis.get(&format!("/api/{i}")).await.status, 200);
+    }
+    assert_eq!(log.accepted.load(Ordering::SeqCst), 3);
     tamis.stop().await;
 }

@@ -30,11 +30,6 @@ use pool::{HostId, Pool, Sender, Target};
 /// The body of an upstream response.
 pub type UpstreamBody = PooledBody;
 
-/// Idle HTTP/1.1 connections kept per upstream host.
-const MAX_IDLE_PER_HOST: usize = 64;
-/// How long an idle connection is kept (upstreams usually close theirs after 5 to 75 s).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// A failed upstream exchange.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -104,7 +99,7 @@ impl Upstream {
                 tls::client_config(&config.extra_ca)?,
                 config.connect_timeout,
             ),
-            pool: Pool::new(MAX_IDLE_PER_HOST, IDLE_TIMEOUT),
+            pool: Pool::new(config.keepalive, config.keepalive_timeout),
             timeout: config.timeout,
         })
     }
