@@ -96,11 +96,7 @@ where
         .handshake::<_, Full<Bytes>>(io)
         .await
         .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %error_chain(&e), "upstream connection ended");
-        }
-    });
+    drive(conn);
     Ok(Sender::H1(sender))
 }
 
@@ -113,10 +109,15 @@ where
         .handshake::<_, Full<Bytes>>(io)
         .await
         .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
+    drive(conn);
+    Ok(Sender::H2(sender))
+}
+
+/// Runs a connection's I/O in its own task until it closes.
+fn drive(conn: impl std::future::Future<Output = hyper::Result<()>> + Send + 'static) {
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %error_chain(&e), "upstream connection ended");
         }
     });
-    Ok(Sender::H2(sender))
 }
