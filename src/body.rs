@@ -6,12 +6,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::upstream::UpstreamBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use prometheus::IntCounter;
 use tokio::time::{Instant, Sleep};
+
+use crate::upstream::UpstreamBody;
 
 /// What tamis answers with.
 pub type ProxyBody = Either<Full<Bytes>, Streamed>;

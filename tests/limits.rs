@@ -372,3 +372,32 @@ fn idle_timeout_must_outlast_the_upstream_timeout() {
         .to_string();
     assert!(err.contains("limits.idle_timeout"), "{err}");
 }
+
+#[tokio::test]
+async fn a_request_body_that_breaks_off_is_never_forwarded() {
+    let up = Upstream::http(|_| Reply::ok("ok")).await;
+    let t = Tamis::start(&format!(
+        "{LISTEN}{}",
+        route(
+            "eu",
+            "/eu/",
+            &up.url("/"),
+            "jurisdiction = \"eu\"\npass_through = true\ncache = false\n"
+        )
+    ))
+    .await;
+    let mut s = TcpStream::connect(t.http).await.unwrap();
+    s.write_all(
+        b"POST /eu/form HTTP/1.1\r\nhost: t\r\ncontent-type: text/plain\r\ncontent-length: 100\r\n\r\nonly ten b",
+    )
+    .await
+    .unwrap();
+    // The rest of the body never comes: the client closes its side.
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let answer = String::from_utf8_lossy(&out);
+    // 400: the visitor's fault, not 413 (it was not too large).
+    assert_eq!(raw_status(&answer), 400, "{answer}");
+    assert_eq!(up.count(), 0, "a truncated body was forwarded");
+}
