@@ -419,16 +419,26 @@ mod tests {
 
     type Params = Vec<(String, String)>;
 
-    fn run(settings: &Settings) -> (Params, Vec<Params>, Tally) {
+    /// Scrubs one request with `settings` and a fresh pseudonym key.
+    fn scrub_with(
+        settings: &Settings,
+        query: &str,
+        body: &[u8],
+        tally: &mut Tally,
+    ) -> Result<(String, Vec<u8>), ScrubError> {
         let p = Pseudonymizer::new(Duration::from_secs(86400), None);
         let ctx = Context {
             settings,
             pseudonyms: &p,
             route: "ga",
         };
+        scrub(query, body, &ctx, SystemTime::now(), tally)
+    }
+
+    fn run(settings: &Settings) -> (Params, Vec<Params>, Tally) {
         let (q, body) = fixture();
         let mut tally = Tally::default();
-        let (q, b) = scrub(&q, body.as_bytes(), &ctx, SystemTime::now(), &mut tally).unwrap();
+        let (q, b) = scrub_with(settings, &q, body.as_bytes(), &mut tally).unwrap();
         let lines = String::from_utf8(b).unwrap();
         assert!(!lines.contains("\n\n"));
         let lines = lines
@@ -494,19 +504,11 @@ mod tests {
             get(&q, "dl"),
             Some("https://shop.example/order/confirm?utm_source=news")
         );
-        let p = Pseudonymizer::new(Duration::from_secs(86400), None);
-        let ctx = Context {
-            settings: &settings,
-            pseudonyms: &p,
-            route: "ga",
-        };
-        let mut t = Tally::default();
-        let (q, _) = scrub(
+        let (q, _) = scrub_with(
+            &settings,
             "dl=https%3A%2F%2Fshop.example%2Fb&dr=https%3A%2F%2Fshop.example%2Fa%3Fq%3D1",
             b"",
-            &ctx,
-            SystemTime::now(),
-            &mut t,
+            &mut Tally::default(),
         )
         .unwrap();
         assert_eq!(
@@ -523,19 +525,11 @@ mod tests {
                 allow_event_params: vec![],
                 allow_url_params: allow,
             };
-            let p = Pseudonymizer::new(Duration::from_secs(86400), None);
-            let ctx = Context {
-                settings: &settings,
-                pseudonyms: &p,
-                route: "ga",
-            };
-            let mut t = Tally::default();
-            let (q, body) = scrub(
+            let (q, body) = scrub_with(
+                &settings,
                 "dl=https%3A%2F%2Falice%3Apw%40shop.example%2Fp&dr=https%3A%2F%2Falice%40shop.example%2Fa%3Fq",
                 b"dl=https%3A%2F%2Fshop.example%2Fp\r\ndr=alice%40mail.example+https%3A%2F%2Fshop.example%2Fa",
-                &ctx,
-                SystemTime::now(),
-                &mut t,
+                &mut Tally::default(),
             )
             .unwrap();
             let q = parse_query(&q).unwrap();
@@ -550,21 +544,15 @@ mod tests {
     #[test]
     fn broken_input_is_refused() {
         let settings = Settings::default();
-        let p = Pseudonymizer::new(Duration::from_secs(86400), None);
-        let ctx = Context {
-            settings: &settings,
-            pseudonyms: &p,
-            route: "ga",
-        };
         let mut t = Tally::default();
         assert_eq!(
-            scrub("cid=%zz", b"", &ctx, SystemTime::now(), &mut t),
+            scrub_with(&settings, "cid=%zz", b"", &mut t),
             Err(ScrubError::Encoding)
         );
         assert_eq!(
-            scrub("v=2", b"en=x&y=%", &ctx, SystemTime::now(), &mut t),
+            scrub_with(&settings, "v=2", b"en=x&y=%", &mut t),
             Err(ScrubError::Encoding)
         );
-        assert!(scrub("v=2", &[0xff, 0xfe], &ctx, SystemTime::now(), &mut t).is_err());
+        assert!(scrub_with(&settings, "v=2", &[0xff, 0xfe], &mut t).is_err());
     }
 }
