@@ -5,18 +5,9 @@
 //! Input: line 1 the query string, the rest the body.
 #![no_main]
 
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
-use tamis_fuzz::oracles::{
-    assert_absent, check_ga4, fresh_secret, ga4_planted, interleave, Analytics,
-};
-use tamis_fuzz::{first_line, seed};
-
-fn analytics() -> &'static Analytics {
-    static A: OnceLock<Analytics> = OnceLock::new();
-    A.get_or_init(Analytics::default)
-}
+use tamis_fuzz::oracles::{assert_absent, check_ga4, fresh_secret, ga4_planted, interleave};
+use tamis_fuzz::{analytics, first_line, seed};
 
 fuzz_target!(|data: &[u8]| {
     let (query, body) = first_line(data);

@@ -4,18 +4,10 @@
 //! page URL's query and an external referrer never reach Plausible. Input: the JSON body.
 #![no_main]
 
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
-use tamis_fuzz::oracles::{
-    assert_absent, check_plausible, fresh_secret, plausible_planted, Analytics,
-};
-
-fn analytics() -> &'static Analytics {
-    static A: OnceLock<Analytics> = OnceLock::new();
-    A.get_or_init(Analytics::default)
-}
+use tamis_fuzz::analytics;
+use tamis_fuzz::oracles::{assert_absent, check_plausible, fresh_secret, plausible_planted};
 
 fuzz_target!(|data: &[u8]| {
     let a = analytics();

@@ -5,18 +5,12 @@
 //! Input: the JSON body (also read as an answer).
 #![no_main]
 
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
+use tamis_fuzz::analytics;
 use tamis_fuzz::oracles::{
-    assert_absent, check_umami, check_umami_answer, fresh_secret, umami_planted, Analytics, Planted,
+    assert_absent, check_umami, check_umami_answer, fresh_secret, umami_planted, Planted,
 };
-
-fn analytics() -> &'static Analytics {
-    static A: OnceLock<Analytics> = OnceLock::new();
-    A.get_or_init(Analytics::default)
-}
 
 fuzz_target!(|data: &[u8]| {
     let a = analytics();

@@ -17,3 +17,10 @@ pub fn seed(data: &[u8]) -> usize {
         h.wrapping_mul(31).wrapping_add(usize::from(b))
     })
 }
+
+/// The analytics settings and pseudonymiser the analytics targets share, built once rather
+/// than for every input.
+pub fn analytics() -> &'static oracles::Analytics {
+    static A: std::sync::OnceLock<oracles::Analytics> = std::sync::OnceLock::new();
+    A.get_or_init(oracles::Analytics::default)
+}
