@@ -1327,18 +1327,30 @@ pub fn check_umami_answer(body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Sets `key` to `value` (which carries `secret`) unless the input already has that field,
+/// and records the plant.
+fn plant_json(
+    into: &mut Map<String, Value>,
+    planted: &mut Vec<Planted>,
+    (key, value): (&str, Value),
+    secret: &str,
+    field: &'static str,
+) {
+    if !into.contains_key(key) {
+        into.insert(key.to_owned(), value);
+        planted.push(Planted {
+            secret: secret.to_owned(),
+            field,
+        });
+    }
+}
+
 /// Plants secrets in a JSON event (Plausible) where they must be dropped; keeps the input's own
 /// fields where present.
 pub fn plausible_planted(event: &mut Map<String, Value>, s: &str) -> Vec<Planted> {
     let mut planted = Vec::new();
     let mut plant = |k: &str, v: Value, n: usize, field: &'static str| {
-        if !event.contains_key(k) {
-            event.insert(k.to_owned(), v);
-            planted.push(Planted {
-                secret: format!("{s}{n:02}"),
-                field,
-            });
-        }
+        plant_json(event, &mut planted, (k, v), &format!("{s}{n:02}"), field)
     };
     plant("email", Value::String(format!("{s}01")), 1, "email");
     plant(
@@ -1401,13 +1413,7 @@ pub fn umami_planted(body: &mut Map<String, Value>, s: &str) -> Vec<Planted> {
     }
     let payload = payload.as_object_mut().expect("object");
     let mut plant = |k: &str, v: Value, n: usize, field: &'static str| {
-        if !payload.contains_key(k) {
-            payload.insert(k.to_owned(), v);
-            planted.push(Planted {
-                secret: format!("{s}{n:02}"),
-                field,
-            });
-        }
+        plant_json(payload, &mut planted, (k, v), &format!("{s}{n:02}"), field)
     };
     plant("id", Value::String(format!("{s}02")), 2, "id");
     plant("screen", Value::String(format!("{s}03")), 3, "screen");
