@@ -274,7 +274,7 @@ impl RequestPolicy {
     /// on it).
     pub fn forwards(&self, name: &HeaderName) -> bool {
         if self.pass_through {
-            return !is_hop_by_hop(name.as_str());
+            return !is_hop_by_hop(name);
         }
         *name == header::USER_AGENT
             || self.extra.contains(name)
@@ -333,11 +333,23 @@ impl RequestPolicy {
     }
 }
 
-fn is_hop_by_hop(name: &str) -> bool {
-    REQUEST_REMOVED
-        .iter()
-        .any(|(n, why)| *why == Removed::HopByHop && n.eq_ignore_ascii_case(name))
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    static NAMES: std::sync::OnceLock<NameSet> = std::sync::OnceLock::new();
+    NAMES
+        .get_or_init(|| {
+            REQUEST_REMOVED
+                .iter()
+                .filter(|(_, why)| *why == Removed::HopByHop)
+                .map(|(n, _)| HeaderName::from_static(n))
+                .collect()
+        })
+        .contains(name)
 }
+
+/// A fixed set of header names. FxHash rather than SipHash: the sets are built from this
+/// module's tables, never from visitor input, so there is nothing to collide on purpose, and
+/// the lookup runs for every header of every request and response.
+type NameSet = rustc_hash::FxHashSet<HeaderName>;
 
 /// Everything but hop-by-hop headers (and those the visitor named in Connection).
 fn pass_through_headers(visitor: &HeaderMap) -> HeaderMap {
@@ -350,7 +362,7 @@ fn pass_through_headers(visitor: &HeaderMap) -> HeaderMap {
         .collect();
     let mut out = HeaderMap::with_capacity(visitor.len());
     for (name, value) in visitor {
-        if !is_hop_by_hop(name.as_str()) && !listed.iter().any(|l| l == name.as_str()) {
+        if !is_hop_by_hop(name) && !listed.iter().any(|l| l == name.as_str()) {
             out.append(name.clone(), value.clone());
         }
     }
@@ -563,19 +575,55 @@ pub const RESPONSE_STRIPPED: &[(&str, Stripped)] = &[
 /// headers the upstream named in `Connection`, and `Link` entries pointing at other hosts.
 /// `Location` is handled by the route (it maps it back to a first-party URL).
 pub fn scrub_response(headers: &mut HeaderMap) {
-    // Each of the response's own few headers is looked up in the table's set and among the
-    // names its Connection header lists (hop-by-hop too, RFC 9110 §7.6.1), rather than one
-    // hashed removal per table row; nothing is allocated: this runs on every forwarded response.
-    let listing = headers.contains_key(header::CONNECTION);
-    while let Some(name) = headers
-        .keys()
-        .find(|name| {
-            stripped_names().contains(*name) || (listing && connection_lists(headers, name))
-        })
-        .cloned()
-    {
-        headers.remove(name);
+    // One pass over the response's own few headers, each looked up in the table's set and
+    // among the names its Connection header lists (hop-by-hop too, RFC 9110 §7.6.1); the
+    // names found are removed after it. Nothing is allocated: this runs on every response.
+    let mut doomed: [Option<HeaderName>; 8] = Default::default();
+    loop {
+        // The names Connection lists that the table does not already drop (usually none:
+        // `keep-alive` and `close` are all most upstreams send).
+        let connection = headers.get_all(header::CONNECTION);
+        let extra = || {
+            connection
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty()
+                        && !l.eq_ignore_ascii_case("close")
+                        && !RESPONSE_STRIPPED
+                            .iter()
+                            .any(|(n, _)| n.eq_ignore_ascii_case(l))
+                })
+        };
+        let any_extra = extra().next().is_some();
+        let listed =
+            |name: &HeaderName| any_extra && extra().any(|l| l.eq_ignore_ascii_case(name.as_str()));
+        let (mut found, mut full) = (0, false);
+        for name in headers.keys() {
+            // Connection itself goes last: a later pass still needs what it lists.
+            if name == header::CONNECTION {
+                continue;
+            }
+            if stripped_names().contains(name) || listed(name) {
+                if found == doomed.len() {
+                    full = true;
+                    break;
+                }
+                doomed[found] = Some(name.clone());
+                found += 1;
+            }
+        }
+        for name in doomed[..found].iter_mut().filter_map(Option::take) {
+            headers.remove(name);
+        }
+        // More names to drop than the array holds: another pass finds the rest.
+        if !full {
+            break;
+        }
     }
+    headers.remove(header::CONNECTION);
     if headers.contains_key(header::LINK) {
         let kept: Vec<HeaderValue> = headers
             .get_all(header::LINK)
@@ -592,25 +640,14 @@ pub fn scrub_response(headers: &mut HeaderMap) {
 
 /// The names of [`RESPONSE_STRIPPED`], hashed once: a set lookup per response header instead
 /// of a scan of the table.
-fn stripped_names() -> &'static std::collections::HashSet<HeaderName> {
-    static NAMES: std::sync::OnceLock<std::collections::HashSet<HeaderName>> =
-        std::sync::OnceLock::new();
+fn stripped_names() -> &'static NameSet {
+    static NAMES: std::sync::OnceLock<NameSet> = std::sync::OnceLock::new();
     NAMES.get_or_init(|| {
         RESPONSE_STRIPPED
             .iter()
             .map(|(n, _)| HeaderName::from_static(n))
             .collect()
     })
-}
-
-/// Whether the response's `Connection` header names `name`.
-fn connection_lists(headers: &HeaderMap, name: &HeaderName) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|listed| listed.trim().eq_ignore_ascii_case(name.as_str()))
 }
 
 /// Keeps the `Link` entries whose target is relative (same origin as tamis); drops those that
@@ -875,6 +912,27 @@ mod tests {
         let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(names, ["cache-control", "content-type", "etag"]);
+    }
+
+    #[test]
+    fn every_stripped_row_goes_at_once_with_what_connection_lists() {
+        // Connection first and a listed name last, more names to drop than one pass holds:
+        // the listed name must still be found once Connection's own turn has come.
+        let mut h = HeaderMap::new();
+        h.append(
+            "connection",
+            HeaderValue::from_static("keep-alive, X-Hop-A"),
+        );
+        h.append("connection", HeaderValue::from_static("x-hop-b"));
+        for (name, _) in RESPONSE_STRIPPED {
+            h.append(HeaderName::from_static(name), HeaderValue::from_static("1"));
+        }
+        h.append("content-type", HeaderValue::from_static("image/png"));
+        h.append("x-hop-a", HeaderValue::from_static("1"));
+        h.append("x-hop-b", HeaderValue::from_static("1"));
+        scrub_response(&mut h);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type"]);
     }
 
     #[test]
