@@ -313,15 +313,19 @@ async fn serve_route(
     //    stored copy; the upstream is asked for the plain representation.
     let client = req.headers();
     let mut fill_headers = headers;
-    for h in CLIENT_ONLY {
-        fill_headers.remove(h);
+    // Only a pass-through route lets any of them through the scrub: look before hashing each.
+    if fill_headers.keys().any(|n| CLIENT_ONLY.contains(n)) {
+        for h in CLIENT_ONLY {
+            fill_headers.remove(h);
+        }
     }
-    let key = CacheKey::primary(route.cache_id, uri.clone());
-    // A HEAD miss fetches with GET, so the answer can be stored for both.
-    let up = UpstreamRequest::new(Method::GET, uri, fill_headers, Bytes::new());
+    let key = CacheKey::primary(route.cache_id, uri);
+    // Built on a miss only. A HEAD miss fetches with GET, so the answer can be stored for both.
+    let upstream =
+        |headers| UpstreamRequest::new(Method::GET, key.uri.clone(), headers, Bytes::new());
     let mut waited = false;
     for _ in 0..3 {
-        match state.cache.lookup(&key, &up.parts.headers).await {
+        match state.cache.lookup(&key, &fill_headers).await {
             Lookup::Fresh(entry) => {
                 let (result, status) = if waited {
                     (CacheResult::Coalesced, "tamis; fwd=miss; collapsed")
@@ -335,7 +339,7 @@ async fn serve_route(
                     state.clone(),
                     route.clone(),
                     fill_key,
-                    up.clone(),
+                    upstream(fill_headers),
                     entry.clone(),
                 );
                 return cached(&entry, client, head_only).with(
@@ -344,12 +348,13 @@ async fn serve_route(
                 );
             }
             Lookup::Lead { stale, guard } => {
+                let up = upstream(fill_headers);
                 return Box::pin(fill(state, route, &up, stale, guard, client, head_only)).await;
             }
             Lookup::Wait { stale, fill } => {
                 waited = true;
                 match Cache::wait(fill, state.upstream.timeout()).await {
-                    Waited::Fill(Fill::Stored(entry)) if entry.matches(&up.parts.headers) => {
+                    Waited::Fill(Fill::Stored(entry)) if entry.matches(&fill_headers) => {
                         return cached(&entry, client, head_only).with(
                             CacheResult::Coalesced,
                             status_of("tamis; fwd=miss; collapsed"),
@@ -374,7 +379,7 @@ async fn serve_route(
         }
     }
     // The answer cannot be shared (or the fill kept failing to settle): fetch on our own.
-    Box::pin(forward(state, route, up, head_only))
+    Box::pin(forward(state, route, upstream(fill_headers), head_only))
         .await
         .with(CacheResult::Uncacheable, status_of("tamis; fwd=miss"))
 }

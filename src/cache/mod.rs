@@ -28,7 +28,7 @@ pub use freshness::{Lifetimes, Rules};
 /// Identifies one stored object. Built only from what tamis sends upstream (route, upstream
 /// URL, and the values of the headers the response varies on, normalised Accept-Encoding
 /// included), never from headers it strips.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug)]
 pub struct CacheKey {
     /// The route's [`cache_id`](crate::routes::Route::cache_id).
     pub route: u64,
@@ -52,6 +52,37 @@ impl CacheKey {
             variant,
             ..self.clone()
         }
+    }
+
+    /// The URI's parts as they were sent: equality and hashing both use these exact bytes.
+    fn uri_parts(&self) -> (Option<&str>, Option<&str>, &str) {
+        (
+            self.uri.scheme_str(),
+            self.uri.authority().map(|a| a.as_str()),
+            self.uri.path_and_query().map_or("", |p| p.as_str()),
+        )
+    }
+}
+
+// By hand rather than derived: `Uri`'s own `Hash` feeds the hasher one byte per call (it
+// lowercases the authority as it goes), which made hashing the key the costliest step of a
+// cache hit. The hasher stays the cache's SipHash: the URL is the visitor's to choose, so the
+// table must resist chosen collisions. Equality is exact, so it agrees with the hash.
+impl PartialEq for CacheKey {
+    fn eq(&self, other: &CacheKey) -> bool {
+        self.route == other.route
+            && self.variant == other.variant
+            && self.uri_parts() == other.uri_parts()
+    }
+}
+
+impl Eq for CacheKey {}
+
+impl Hash for CacheKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.route.hash(state);
+        self.variant.hash(state);
+        self.uri_parts().hash(state);
     }
 }
 
