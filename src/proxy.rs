@@ -295,21 +295,35 @@ async fn serve_route(
         return a;
     }
 
-    // 3. Scrub: what goes upstream is built from the route's policy.
+    let head_only = method == Method::HEAD;
+    let caching = safe && route.config.cache.enabled;
+    let uri = if caching {
+        // 3. A fresh stored copy that varies on nothing answers at once: nothing goes
+        //    upstream, so there is nothing to scrub or build.
+        let key = CacheKey::primary(route.cache_id, uri);
+        if let Some(entry) = state.cache.fresh(&key).await {
+            return cached(&entry, req.headers(), head_only)
+                .with(CacheResult::Hit, status_of("tamis; hit"));
+        }
+        key.uri
+    } else {
+        uri
+    };
+
+    // 4. Scrub: what goes upstream is built from the route's policy.
     let headers = route.scrub(req.headers());
 
     if !safe {
         return Box::pin(forward_unsafe(state, route, uri, headers, req)).await;
     }
-    let head_only = method == Method::HEAD;
-    if !route.config.cache.enabled {
+    if !caching {
         let up = UpstreamRequest::new(method, uri, headers, Bytes::new());
         return Box::pin(forward(state, route, up, head_only))
             .await
             .with(CacheResult::Bypass, status_of("tamis; fwd=bypass"));
     }
 
-    // 4. Cache lookup. The visitor's own conditionals and ranges are answered here, from the
+    // 5. Cache lookup. The visitor's own conditionals and ranges are answered here, from the
     //    stored copy; the upstream is asked for the plain representation.
     let client = req.headers();
     let mut fill_headers = headers;

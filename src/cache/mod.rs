@@ -519,6 +519,15 @@ impl Cache {
 
     /// Resolves the key a request maps to: the primary key, or the variant its Vary'd header
     /// values select. Also returns the stored object there, if any.
+    /// The stored copy for `primary` if it is fresh and varies on nothing: the common hit,
+    /// answered before any request header is scrubbed.
+    pub async fn fresh(&self, primary: &CacheKey) -> Option<Arc<Entry>> {
+        match self.store.get(primary).await {
+            Some(Slot::Object(e)) if e.staleness(Instant::now()) == Staleness::Fresh => Some(e),
+            _ => None,
+        }
+    }
+
     async fn resolve(
         &self,
         primary: &CacheKey,
