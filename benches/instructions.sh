@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Instructions per request, counted by valgrind's callgrind: tamis against hyper alone
+# (benches/bare.rs) on a cached 20 KB hit and on the uncached 1 KB POST forward of
+# benches/peers.sh. Unlike requests/s on a shared VM, the count barely moves between runs of
+# the same binary, so it shows a code change's effect within about 1 %.
+#
+#   bash benches/instructions.sh             # 8 s of load per row
+#   SMOKE=1 bash benches/instructions.sh     # 1 s: checks that it still runs and prints
+#   TAMIS_BIN=/tmp/old/tamis bash benches/instructions.sh   # another build, same load
+#   CALLGRIND_DIR=/tmp/cg bash benches/instructions.sh      # keep the profiles, for
+#                                                           # callgrind_annotate
+#
+# Each server runs under callgrind with one Tokio worker; wrk sends 10 connections' worth of
+# load through it; the count is the process's whole total (start-up included, ~3 M
+# instructions, under 1 % of a run) over the requests wrk completed. The origin is nginx.
+#
+# Needs: apt-get install valgrind nginx-light wrk curl
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-8}
+[ -n "${SMOKE:-}" ] && DURATION=1
+PORT_BASE=${PORT_BASE:-18200}
+ORIGIN=$PORT_BASE TAMIS=$((PORT_BASE + 1)) HYPER=$((PORT_BASE + 2))
+
+for tool in valgrind nginx wrk curl; do
+  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install valgrind nginx-light wrk curl)" >&2; exit 1; }
+done
+
+if [ -z "${TAMIS_BIN:-}" ]; then
+  cargo build --release --quiet --bin tamis
+  TAMIS_BIN=target/release/tamis
+fi
+TAMIS_BIN=$(realpath "$TAMIS_BIN")
+HYPER_BIN=$(cargo bench --quiet --bench bare --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "bare" and m.get("executable"):
+        print(m["executable"])')
+[ -x "$HYPER_BIN" ] || { echo "cannot build benches/bare.rs" >&2; exit 1; }
+
+work=$(mktemp -d)
+out=${CALLGRIND_DIR:-$work}
+mkdir -p "$out"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+# nginx workers drop to an unprivileged user when started as root.
+chmod 755 "$work"
+
+# The origin: a 20 KB tile cacheable for an hour, and a POST endpoint answering 202 "ok".
+mkdir -p "$work/www/s" "$work/logs"
+chmod 777 "$work/logs"
+head -c 20480 /dev/urandom >"$work/www/s/tile.png"
+cat >"$work/origin.conf" <<NGINX
+daemon off;
+worker_processes 1;
+pid $work/origin.pid;
+error_log $work/logs/origin-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $work/logs;
+  server {
+    listen 127.0.0.1:$ORIGIN;
+    location /s/ { root $work/www; add_header Cache-Control "public, max-age=3600"; }
+    location /post/ { return 202 "ok"; }
+  }
+}
+NGINX
+cat >"$work/tamis.toml" <<TOML
+[server]
+listen = "127.0.0.1:$TAMIS"
+[cache]
+status_header = true
+[log]
+access = false
+[transparency]
+enabled = false
+
+[[route]]
+name = "post"
+kind = "static"
+prefix = "/post/"
+upstream = "http://127.0.0.1:$ORIGIN/post/"
+jurisdiction = "eu"
+pass_through = true
+cache = false
+
+[[route]]
+name = "static"
+kind = "static"
+prefix = "/s/"
+upstream = "http://127.0.0.1:$ORIGIN/s/"
+TOML
+python3 - "$work/post.lua" <<'PY'
+import json, sys
+body = json.dumps({"n": "pageview", "u": "https://blog.example/post/12?" + "x" * 940, "d": "blog.example"})
+open(sys.argv[1], "w").write(
+    'wrk.method = "POST"\n'
+    f"wrk.body = {json.dumps(body)}\n"
+    'wrk.headers["Content-Type"] = "application/json"\n')
+PY
+
+nginx -c "$work/origin.conf" -p "$work" 2>>"$work/logs/origin-error.log" &
+pids+=($!)
+for _ in $(seq 50); do curl -fs -o /dev/null "http://127.0.0.1:$ORIGIN/s/tile.png" && break; sleep 0.1; done
+
+# count NAME PORT PATH [LUA] -- CMD...: one server under callgrind, one load, one row.
+count() {
+  local name=$1 port=$2 path=$3 lua=$4
+  shift 5
+  local file="$out/callgrind.$name"
+  TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$file" "$@" \
+    2>"$work/logs/$name.log" &
+  local pid=$!
+  pids+=("$pid")
+  for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$port/s/tile.png" && break; sleep 0.2; done
+  local reqs
+  reqs=$(wrk -t1 -c10 -d"${DURATION}s" ${lua:+-s "$lua"} "http://127.0.0.1:$port$path" |
+    awk '/requests in/ {print $1}')
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  local refs
+  refs=$(grep -o 'refs: *[0-9,]*' "$work/logs/$name.log" | tr -dc 0-9)
+  if [ -z "$refs" ] || [ -z "$reqs" ] || [ "$reqs" -eq 0 ]; then
+    echo "$name: no count (see $work/logs/$name.log)" >&2
+    cat "$work/logs/$name.log" >&2
+    exit 1
+  fi
+  printf '%s %s %s\n' "$name" "$reqs" "$((refs / reqs))" >>"$work/rows"
+}
+
+hyper_cmd=("$HYPER_BIN" "127.0.0.1:$HYPER" "http://127.0.0.1:$ORIGIN" /s/tile.png)
+count tamis-hit "$TAMIS" /s/tile.png "" -- "$TAMIS_BIN" --config "$work/tamis.toml"
+count hyper-hit "$HYPER" /s/tile.png "" -- "${hyper_cmd[@]}"
+count tamis-forward "$TAMIS" /post/e "$work/post.lua" -- "$TAMIS_BIN" --config "$work/tamis.toml"
+count hyper-forward "$HYPER" /post/e "$work/post.lua" -- "${hyper_cmd[@]}"
+
+rev=${TAMIS_REV:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+echo "tamis $rev ($TAMIS_BIN), $(date -u +%Y-%m-%d), ${DURATION}s of wrk -c10 per row"
+python3 - "$work/rows" <<'PY'
+import sys
+rows = {n: (int(r), int(i)) for n, r, i in (l.split() for l in open(sys.argv[1]))}
+print("| case | tamis instructions/req | hyper alone | tamis/hyper | requests counted (tamis, hyper) |")
+print("| --- | ---: | ---: | ---: | ---: |")
+for case, label in (("hit", "cached 20 KB hit"), ("forward", "uncached 1 KB POST forward")):
+    t, h = rows[f"tamis-{case}"], rows[f"hyper-{case}"]
+    print(f"| {label} | {t[1]:,} | {h[1]:,} | {t[1] / h[1]:.2f} | {t[0]:,}, {h[0]:,} |")
+PY
