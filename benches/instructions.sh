@@ -27,32 +27,11 @@ for tool in valgrind nginx wrk curl; do
   command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install valgrind nginx-light wrk curl)" >&2; exit 1; }
 done
 
-if [ -z "${TAMIS_BIN:-}" ]; then
-  cargo build --release --quiet --bin tamis
-  TAMIS_BIN=target/release/tamis
-fi
-TAMIS_BIN=$(realpath "$TAMIS_BIN")
-HYPER_BIN=$(cargo bench --quiet --bench bare --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "bare" and m.get("executable"):
-        print(m["executable"])')
-[ -x "$HYPER_BIN" ] || { echo "cannot build benches/bare.rs" >&2; exit 1; }
-
-work=$(mktemp -d)
+source benches/lib.sh
+bench_binaries
+bench_workdir
 out=${CALLGRIND_DIR:-$work}
 mkdir -p "$out"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-# nginx workers drop to an unprivileged user when started as root.
-chmod 755 "$work"
 
 # The origin: a 20 KB tile cacheable for an hour, and a POST endpoint answering 202 "ok".
 mkdir -p "$work/www/s" "$work/logs"

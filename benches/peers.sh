@@ -80,31 +80,9 @@ if [ "$(ulimit -n)" -lt 4096 ]; then
   echo "warning: open files limit $(ulimit -n); case e needs ~2 per client" >&2
 fi
 
-if [ -z "${TAMIS_BIN:-}" ]; then
-  cargo build --release --quiet --bin tamis
-  TAMIS_BIN=target/release/tamis
-fi
-TAMIS_BIN=$(realpath "$TAMIS_BIN")
-# The ceiling: hyper alone (benches/bare.rs), answering from memory or forwarding, nothing else.
-HYPER_BIN=$(cargo bench --quiet --bench bare --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "bare" and m.get("executable"):
-        print(m["executable"])')
-[ -x "$HYPER_BIN" ] || { echo "cannot build benches/bare.rs" >&2; exit 1; }
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-# nginx workers drop to an unprivileged user when started as root.
-chmod 755 "$work"
+source benches/lib.sh
+bench_binaries
+bench_workdir
 
 # ---------------------------------------------------------------------------------------------
 # Content, certificate, configs.
