@@ -281,11 +281,23 @@ impl RequestPolicy {
             || REQUEST_ALLOWLIST.iter().any(|(n, _, _)| n == name)
     }
 
+    /// As [`scrub`](Self::scrub), for a caller done with the visitor's headers: a pass-through
+    /// policy strips them in place instead of copying what it keeps.
+    pub fn scrub_owned(&self, mut visitor: HeaderMap) -> HeaderMap {
+        if !self.pass_through {
+            return self.scrub(&visitor);
+        }
+        strip_hop_by_hop(&mut visitor);
+        visitor
+    }
+
     /// Builds the header map sent upstream. It is built *from the allowlist*, not by deleting
     /// from the visitor's headers, so a header nobody thought of can never slip through.
     pub fn scrub(&self, visitor: &HeaderMap) -> HeaderMap {
         if self.pass_through {
-            return pass_through_headers(visitor);
+            let mut out = visitor.clone();
+            strip_hop_by_hop(&mut out);
+            return out;
         }
         let mut out = HeaderMap::with_capacity(8);
         for (name, how, _) in REQUEST_ALLOWLIST {
@@ -351,22 +363,10 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// the lookup runs for every header of every request and response.
 type NameSet = rustc_hash::FxHashSet<HeaderName>;
 
-/// Everything but hop-by-hop headers (and those the visitor named in Connection).
-fn pass_through_headers(visitor: &HeaderMap) -> HeaderMap {
-    let listed: Vec<String> = visitor
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|n| n.trim().to_ascii_lowercase())
-        .collect();
-    let mut out = HeaderMap::with_capacity(visitor.len());
-    for (name, value) in visitor {
-        if !is_hop_by_hop(name) && !listed.iter().any(|l| l == name.as_str()) {
-            out.append(name.clone(), value.clone());
-        }
-    }
-    out
+/// Everything but hop-by-hop headers (and those the visitor named in Connection), removed in
+/// place.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    remove_with_connection_listed(headers, is_hop_by_hop);
 }
 
 /// The content codings tamis asks an upstream for, reduced to four buckets so that the cache
@@ -575,55 +575,7 @@ pub const RESPONSE_STRIPPED: &[(&str, Stripped)] = &[
 /// headers the upstream named in `Connection`, and `Link` entries pointing at other hosts.
 /// `Location` is handled by the route (it maps it back to a first-party URL).
 pub fn scrub_response(headers: &mut HeaderMap) {
-    // One pass over the response's own few headers, each looked up in the table's set and
-    // among the names its Connection header lists (hop-by-hop too, RFC 9110 §7.6.1); the
-    // names found are removed after it. Nothing is allocated: this runs on every response.
-    let mut doomed: [Option<HeaderName>; 8] = Default::default();
-    loop {
-        // The names Connection lists that the table does not already drop (usually none:
-        // `keep-alive` and `close` are all most upstreams send).
-        let connection = headers.get_all(header::CONNECTION);
-        let extra = || {
-            connection
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(str::trim)
-                .filter(|l| {
-                    !l.is_empty()
-                        && !l.eq_ignore_ascii_case("close")
-                        && !RESPONSE_STRIPPED
-                            .iter()
-                            .any(|(n, _)| n.eq_ignore_ascii_case(l))
-                })
-        };
-        let any_extra = extra().next().is_some();
-        let listed =
-            |name: &HeaderName| any_extra && extra().any(|l| l.eq_ignore_ascii_case(name.as_str()));
-        let (mut found, mut full) = (0, false);
-        for name in headers.keys() {
-            // Connection itself goes last: a later pass still needs what it lists.
-            if name == header::CONNECTION {
-                continue;
-            }
-            if stripped_names().contains(name) || listed(name) {
-                if found == doomed.len() {
-                    full = true;
-                    break;
-                }
-                doomed[found] = Some(name.clone());
-                found += 1;
-            }
-        }
-        for name in doomed[..found].iter_mut().filter_map(Option::take) {
-            headers.remove(name);
-        }
-        // More names to drop than the array holds: another pass finds the rest.
-        if !full {
-            break;
-        }
-    }
-    headers.remove(header::CONNECTION);
+    remove_with_connection_listed(headers, |name| stripped_names().contains(name));
     if headers.contains_key(header::LINK) {
         let kept: Vec<HeaderValue> = headers
             .get_all(header::LINK)
@@ -648,6 +600,56 @@ fn stripped_names() -> &'static NameSet {
             .map(|(n, _)| HeaderName::from_static(n))
             .collect()
     })
+}
+
+/// Removes every header `drop` names, and those the message's `Connection` header lists
+/// (hop-by-hop too, RFC 9110 §7.6.1), then `Connection` itself. One pass over the message's
+/// own few headers collects the names and removes them after it; nothing is allocated, since
+/// this runs on every request and response tamis forwards.
+fn remove_with_connection_listed(headers: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
+    let mut doomed: [Option<HeaderName>; 8] = Default::default();
+    loop {
+        // The names Connection lists beyond `close` and `keep-alive` (usually none).
+        let connection = headers.get_all(header::CONNECTION);
+        let extra = || {
+            connection
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty()
+                        && !l.eq_ignore_ascii_case("close")
+                        && !l.eq_ignore_ascii_case("keep-alive")
+                })
+        };
+        let any_extra = extra().next().is_some();
+        let listed =
+            |name: &HeaderName| any_extra && extra().any(|l| l.eq_ignore_ascii_case(name.as_str()));
+        let (mut found, mut full) = (0, false);
+        for name in headers.keys() {
+            // Connection itself goes last: a later pass still needs what it lists.
+            if name == header::CONNECTION {
+                continue;
+            }
+            if drop(name) || listed(name) {
+                if found == doomed.len() {
+                    full = true;
+                    break;
+                }
+                doomed[found] = Some(name.clone());
+                found += 1;
+            }
+        }
+        for name in doomed[..found].iter_mut().filter_map(Option::take) {
+            headers.remove(name);
+        }
+        // More names to drop than the array holds: another pass finds the rest.
+        if !full {
+            break;
+        }
+    }
+    headers.remove(header::CONNECTION);
 }
 
 /// Keeps the `Link` entries whose target is relative (same origin as tamis); drops those that
@@ -819,6 +821,29 @@ mod tests {
         assert!(strict.scrub(&v).get("cookie").is_none());
         assert!(!strict.forwards(&HeaderName::from_static("cookie")));
         assert!(strict.forwards(&header::ACCEPT));
+        // Scrubbing in place (the visitor's map handed over) gives the same headers.
+        assert_eq!(p.scrub_owned(v.clone()), out);
+        assert_eq!(strict.scrub_owned(v.clone()), strict.scrub(&v));
+    }
+
+    #[test]
+    fn pass_through_drops_every_hop_by_hop_header_and_what_connection_lists() {
+        let p = RequestPolicy::new(Jurisdiction::Eu, &ua(), None, &[]).pass_through();
+        let mut v = HeaderMap::new();
+        v.append("connection", HeaderValue::from_static("Keep-Alive, X-A"));
+        v.append("connection", HeaderValue::from_static("x-b"));
+        for (name, why) in REQUEST_REMOVED {
+            if *why == Removed::HopByHop && *name != "connection" {
+                v.append(HeaderName::from_static(name), HeaderValue::from_static("1"));
+            }
+        }
+        v.append("x-a", HeaderValue::from_static("1"));
+        v.append("x-b", HeaderValue::from_static("1"));
+        v.append("content-type", HeaderValue::from_static("application/json"));
+        for out in [p.scrub(&v), p.scrub_owned(v.clone())] {
+            let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+            assert_eq!(names, ["content-type"]);
+        }
     }
 
     #[test]

@@ -311,11 +311,14 @@ async fn serve_route(
     };
 
     // 4. Scrub: what goes upstream is built from the route's policy.
-    let headers = route.scrub(req.headers());
-
     if !safe {
+        // Nothing reads the visitor's own headers after this: scrubbed in place.
+        let mut req = req;
+        let headers = route.scrub_owned(std::mem::take(req.headers_mut()));
         return Box::pin(forward_unsafe(state, route, uri, headers, req)).await;
     }
+    let headers = route.scrub(req.headers());
+
     if !caching {
         let up = UpstreamRequest::new(method, uri, headers, Bytes::new());
         return Box::pin(forward(state, route, up, head_only))

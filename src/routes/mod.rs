@@ -101,7 +101,17 @@ impl Route {
 
     /// The request headers sent upstream: the route's policy, plus what the role needs.
     pub fn scrub(&self, visitor: &HeaderMap) -> HeaderMap {
-        let mut out = self.policy.scrub(visitor);
+        self.for_role(self.policy.scrub(visitor))
+    }
+
+    /// As [`scrub`](Self::scrub), for a caller done with the visitor's headers (no copy on a
+    /// pass-through route).
+    pub fn scrub_owned(&self, visitor: HeaderMap) -> HeaderMap {
+        self.for_role(self.policy.scrub_owned(visitor))
+    }
+
+    /// Adds what the route's role needs to scrubbed headers.
+    fn for_role(&self, mut out: HeaderMap) -> HeaderMap {
         if self.role == Role::FontCss {
             // The CSS is rewritten, so it must arrive as plain text.
             out.insert(
