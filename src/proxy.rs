@@ -330,7 +330,8 @@ async fn serve_route(
     //    stored copy; the upstream is asked for the plain representation.
     let client = req.headers();
     let mut fill_headers = headers;
-    // Only a pass-through route lets any of them through the scrub: look before hashing each.
+    // Usually none is there (a browser's Range is the one the allowlist lets through): look
+    // before hashing each.
     if fill_headers.keys().any(|n| CLIENT_ONLY.contains(n)) {
         for h in CLIENT_ONLY {
             fill_headers.remove(h);

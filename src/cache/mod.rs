@@ -517,8 +517,6 @@ impl Cache {
         self.max_object_bytes
     }
 
-    /// Resolves the key a request maps to: the primary key, or the variant its Vary'd header
-    /// values select. Also returns the stored object there, if any.
     /// The stored copy for `primary` if it is fresh and varies on nothing: the common hit,
     /// answered before any request header is scrubbed.
     pub async fn fresh(&self, primary: &CacheKey) -> Option<Arc<Entry>> {
@@ -528,6 +526,8 @@ impl Cache {
         }
     }
 
+    /// Resolves the key a request maps to: the primary key, or the variant its Vary'd header
+    /// values select. Also returns the stored object there, if any.
     async fn resolve(
         &self,
         primary: &CacheKey,
