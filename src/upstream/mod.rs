@@ -25,7 +25,7 @@ use crate::tls;
 
 use connect::Connector;
 pub use pool::PooledBody;
-use pool::{HostId, Pool, Sender, Target};
+use pool::{HostId, Pool, Sender};
 
 /// The body of an upstream response.
 pub type UpstreamBody = PooledBody;
@@ -115,13 +115,12 @@ impl Upstream {
         &self,
         req: Request<Full<Bytes>>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let Some(target) = Target::of(req.uri()) else {
+        let Some((host, host_header)) = self.pool.host_of(req.uri()) else {
             return Err(UpstreamError::Protocol(format!(
                 "not an http or https URL: {}",
                 req.uri()
             )));
         };
-        let (host, host_header) = self.pool.host(&target);
         match tokio::time::timeout(self.timeout, self.exchange(host, host_header, req)).await {
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
             Ok(r) => r,

@@ -85,6 +85,9 @@ impl Key {
     }
 }
 
+/// Spellings of one host remembered by [`Pool::host_of`].
+const MAX_SPELLINGS: usize = 8;
+
 /// An upstream host's place in the pool (hosts are few and never forgotten: the routes name
 /// them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +101,10 @@ pub(super) enum Sender {
 
 struct Host {
     key: Key,
+    /// Scheme and authority, as written in request URIs, already found to name this host: a
+    /// request with one of them skips parsing its authority (routes build their URIs from one
+    /// configured base, so each host is usually asked for in a single spelling).
+    seen: Vec<(bool, Box<str>)>,
     /// Its `Host` header, built once.
     host_header: Option<HeaderValue>,
     /// Idle HTTP/1.1 connections and when each went idle; the last is the most recent.
@@ -133,6 +140,31 @@ impl Pool {
         self.hosts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The place of the host an absolute `http` or `https` URI names, and its `Host` header.
+    pub(super) fn host_of(&self, uri: &Uri) -> Option<(HostId, Option<HeaderValue>)> {
+        let https = match uri.scheme() {
+            Some(s) if *s == Scheme::HTTPS => true,
+            Some(s) if *s == Scheme::HTTP => false,
+            _ => return None,
+        };
+        let authority = uri.authority()?.as_str();
+        {
+            let hosts = self.hosts();
+            let spelt = |h: &&Host| h.seen.iter().any(|(s, a)| *s == https && **a == *authority);
+            if let Some((i, h)) = hosts.iter().enumerate().find(|(_, h)| spelt(h)) {
+                return Some((HostId(i), h.host_header.clone()));
+            }
+        }
+        let found = self.host(&Target::of(uri)?);
+        if let Some(host) = self.hosts().get_mut(found.0 .0) {
+            // Spellings come from the config (route bases, tile subdomains), yet stay bounded.
+            if host.seen.len() < MAX_SPELLINGS {
+                host.seen.push((https, authority.into()));
+            }
+        }
+        Some(found)
+    }
+
     /// The place of `target`'s host, and its `Host` header.
     pub(super) fn host(&self, target: &Target<'_>) -> (HostId, Option<HeaderValue>) {
         let mut hosts = self.hosts();
@@ -143,6 +175,7 @@ impl Pool {
         let host_header = HeaderValue::from_str(&key.authority()).ok();
         hosts.push(Host {
             key,
+            seen: Vec::new(),
             host_header: host_header.clone(),
             idle: Vec::new(),
             h2: None,
@@ -381,5 +414,34 @@ mod tests {
         assert_ne!(ia, ic);
         assert_eq!(host.unwrap(), "a.example");
         assert!(pool.checkout(ia).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_remembered_spelling_finds_the_same_host_as_parsing_it() {
+        let pool = Pool::new(4, Duration::from_secs(1));
+        let place = |uri: &str| pool.host_of(&uri.parse::<Uri>().unwrap());
+        let first = place("https://A.example:443/x").unwrap();
+        // Asked again in the same spelling (now remembered), and in others.
+        assert_eq!(place("https://A.example:443/y").unwrap(), first);
+        assert_eq!(place("https://a.example/z").unwrap(), first);
+        assert_eq!(place("https://a.example/again").unwrap(), first);
+        assert_eq!(first.1.unwrap(), "a.example");
+        // The same authority under the other scheme is another host, remembered apart.
+        let plain = place("http://a.example:443/x").unwrap();
+        assert_ne!(plain.0, first.0);
+        assert_eq!(place("http://a.example:443/y").unwrap().0, plain.0);
+        assert_eq!(place("https://a.example:443/y").unwrap().0, first.0);
+        assert_eq!(plain.1.unwrap(), "a.example:443");
+        // Other ports are other hosts.
+        assert_ne!(place("https://a.example:8443/").unwrap().0, first.0);
+        assert!(place("ftp://a.example/").is_none());
+        assert!(place("/relative").is_none());
+        // Spellings are bounded, and a host asked for in more of them is still found.
+        for i in 0..2 * MAX_SPELLINGS {
+            let padded = format!("https://a.example:{:0>width$}/", 443, width = 3 + i);
+            assert_eq!(place(&padded).unwrap().0, first.0, "{padded}");
+        }
+        let hosts = pool.hosts();
+        assert!(hosts.iter().all(|h| h.seen.len() <= MAX_SPELLINGS));
     }
 }
