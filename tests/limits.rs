@@ -1,5 +1,6 @@
 //! Limits and abuse: oversized requests, load shedding, the connection cap, per-client rates,
-//! trusted proxies, the circuit breaker, bounded retries and idle connections.
+//! trusted proxies, the circuit breaker, bounded retries, idle connections, and HTTP/2 stream
+//! limits and reset floods (spoken in raw frames).
 
 mod common;
 
@@ -400,4 +401,193 @@ async fn a_request_body_that_breaks_off_is_never_forwarded() {
     // 400: the visitor's fault, not 413 (it was not too large).
     assert_eq!(raw_status(&answer), 400, "{answer}");
     assert_eq!(up.count(), 0, "a truncated body was forwarded");
+}
+
+/// HTTP/2 written frame by frame, the way an attacker's client would: no library between the
+/// test and what goes on the wire.
+mod h2raw {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub const HEADERS: u8 = 0x1;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const SETTINGS: u8 = 0x4;
+    pub const GOAWAY: u8 = 0x7;
+    pub const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    pub const CANCEL: u32 = 0x8;
+    pub const REFUSED_STREAM: u32 = 0x7;
+    pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+    pub struct Frame {
+        pub kind: u8,
+        pub flags: u8,
+        pub stream: u32,
+        pub payload: Vec<u8>,
+    }
+
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = len.to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    }
+
+    /// A GET for `path` with END_STREAM: HPACK static entries for `:method GET` and
+    /// `:scheme http`, literal values for `:path` and `:authority` (never indexed).
+    pub fn get(stream: u32, path: &str) -> Vec<u8> {
+        let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+        block.extend(path.as_bytes());
+        block.extend([0x01, 1, b't']);
+        frame(HEADERS, 0x1 | 0x4, stream, &block)
+    }
+
+    pub fn reset(stream: u32, code: u32) -> Vec<u8> {
+        frame(RST_STREAM, 0, stream, &code.to_be_bytes())
+    }
+
+    /// Connects with the client preface and an empty SETTINGS, and acknowledges the server's
+    /// SETTINGS (its limits apply from then on), which it returns.
+    pub async fn connect(addr: std::net::SocketAddr) -> (TcpStream, Frame) {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(frame(SETTINGS, 0, 0, &[]));
+        c.write_all(&hello).await.unwrap();
+        loop {
+            let f = next(&mut c).await.expect("server SETTINGS");
+            if f.kind == SETTINGS && f.flags & 0x1 == 0 {
+                c.write_all(&frame(SETTINGS, 0x1, 0, &[])).await.unwrap();
+                return (c, f);
+            }
+        }
+    }
+
+    /// The next frame, or None once the server closed the connection.
+    pub async fn next(c: &mut TcpStream) -> Option<Frame> {
+        let mut head = [0u8; 9];
+        c.read_exact(&mut head).await.ok()?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        c.read_exact(&mut payload).await.ok()?;
+        Some(Frame {
+            kind: head[3],
+            flags: head[4],
+            stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+            payload,
+        })
+    }
+
+    /// A SETTINGS frame's value for `id`.
+    pub fn setting(f: &Frame, id: u16) -> Option<u32> {
+        f.payload.chunks_exact(6).find_map(|s| {
+            (u16::from_be_bytes([s[0], s[1]]) == id)
+                .then(|| u32::from_be_bytes([s[2], s[3], s[4], s[5]]))
+        })
+    }
+
+    /// A 4-byte error code at `at` in a frame's payload.
+    pub fn code(f: &Frame, at: usize) -> u32 {
+        u32::from_be_bytes([
+            f.payload[at],
+            f.payload[at + 1],
+            f.payload[at + 2],
+            f.payload[at + 3],
+        ])
+    }
+}
+
+#[tokio::test]
+async fn an_http2_rapid_reset_flood_closes_the_connection_and_spares_the_upstream() {
+    let up = Upstream::http(|s| Reply::ok(format!("from {}", s.uri))).await;
+    let t = Tamis::start(&format!(
+        "{LISTEN}[limits]\nh2_max_pending_reset_streams = 20\n\n{}",
+        route("cdn", "/cdn/", &up.url("/"), "cache = false")
+    ))
+    .await;
+    let (mut c, _) = h2raw::connect(t.http).await;
+    // CVE-2023-44487: open a stream and cancel it at once, a thousand times in one burst.
+    let mut burst = Vec::new();
+    for i in 0..1000u32 {
+        let id = 2 * i + 1;
+        burst.extend(h2raw::get(id, &format!("/cdn/{i}")));
+        burst.extend(h2raw::reset(id, h2raw::CANCEL));
+    }
+    // The server may close while the burst is still going out.
+    let _ = c.write_all(&burst).await;
+    let mut goaway = None;
+    let read_all = async {
+        while let Some(f) = h2raw::next(&mut c).await {
+            if f.kind == h2raw::GOAWAY {
+                goaway = Some(h2raw::code(&f, 4));
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read_all)
+        .await
+        .expect("the flooding connection was never closed");
+    assert_eq!(
+        goaway,
+        Some(h2raw::ENHANCE_YOUR_CALM),
+        "closed with GOAWAY ENHANCE_YOUR_CALM"
+    );
+    assert!(
+        up.count() < 100,
+        "{} of 1000 cancelled requests reached the upstream",
+        up.count()
+    );
+    // Everyone else is still served.
+    assert_eq!(t.get("/cdn/after").await.status, 200);
+}
+
+#[tokio::test]
+async fn http2_streams_over_the_configured_limit_are_refused() {
+    let up =
+        Upstream::http(|s| Reply::ok(format!("slow {}", s.uri)).delay(Duration::from_millis(500)))
+            .await;
+    let t = Tamis::start(&format!(
+        "{LISTEN}[limits]\nh2_max_concurrent_streams = 4\n\n{}",
+        route("cdn", "/cdn/", &up.url("/"), "cache = false")
+    ))
+    .await;
+    let (mut c, settings) = h2raw::connect(t.http).await;
+    assert_eq!(
+        h2raw::setting(&settings, h2raw::MAX_CONCURRENT_STREAMS),
+        Some(4)
+    );
+    // Ten at once while the upstream is slow: four are served, the others refused.
+    let burst: Vec<u8> = (0..10u32)
+        .flat_map(|i| h2raw::get(2 * i + 1, &format!("/cdn/{i}")))
+        .collect();
+    c.write_all(&burst).await.unwrap();
+    let (mut refused, mut answered) = (Vec::new(), Vec::new());
+    let read = async {
+        while refused.len() + answered.len() < 10 {
+            let Some(f) = h2raw::next(&mut c).await else {
+                break;
+            };
+            match f.kind {
+                h2raw::RST_STREAM if h2raw::code(&f, 0) == h2raw::REFUSED_STREAM => {
+                    refused.push(f.stream)
+                }
+                // The response head; its body follows in DATA frames.
+                h2raw::HEADERS => answered.push(f.stream),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("every stream answered or refused");
+    assert_eq!(
+        answered.len(),
+        4,
+        "answered {answered:?}, refused {refused:?}"
+    );
+    assert_eq!(
+        refused.len(),
+        6,
+        "answered {answered:?}, refused {refused:?}"
+    );
+    assert_eq!(up.count(), 4, "refused streams never reach the upstream");
 }
