@@ -45,16 +45,20 @@ async fn oversized_heads_and_targets_are_refused_before_anything_is_forwarded() 
     assert_eq!(t.get("/cdn/a").await.status, 200);
 }
 
-#[tokio::test]
-async fn too_many_requests_in_flight_are_shed_with_retry_after() {
-    let up =
-        Upstream::http(|s| Reply::ok(format!("slow {}", s.uri)).delay(Duration::from_millis(400)))
-            .await;
+/// An upstream answering after `delay`, behind an uncached `/cdn/` route with these `[limits]`.
+async fn slow_cdn(limits: &str, delay: Duration) -> (Upstream, Tamis) {
+    let up = Upstream::http(move |s| Reply::ok(format!("slow {}", s.uri)).delay(delay)).await;
     let t = Tamis::start(&format!(
-        "{LISTEN}[limits]\nmax_requests_in_flight = 2\n\n{}",
+        "{LISTEN}[limits]\n{limits}\n\n{}",
         route("cdn", "/cdn/", &up.url("/"), "cache = false")
     ))
     .await;
+    (up, t)
+}
+
+#[tokio::test]
+async fn too_many_requests_in_flight_are_shed_with_retry_after() {
+    let (up, t) = slow_cdn("max_requests_in_flight = 2", Duration::from_millis(400)).await;
     let addr = t.http;
     let answers: Vec<Answer> =
         futures_join((0..6).map(|i| async move { get(addr, &format!("/cdn/{i}"), &[]).await }))
@@ -542,14 +546,7 @@ async fn an_http2_rapid_reset_flood_closes_the_connection_and_spares_the_upstrea
 
 #[tokio::test]
 async fn http2_streams_over_the_configured_limit_are_refused() {
-    let up =
-        Upstream::http(|s| Reply::ok(format!("slow {}", s.uri)).delay(Duration::from_millis(500)))
-            .await;
-    let t = Tamis::start(&format!(
-        "{LISTEN}[limits]\nh2_max_concurrent_streams = 4\n\n{}",
-        route("cdn", "/cdn/", &up.url("/"), "cache = false")
-    ))
-    .await;
+    let (up, t) = slow_cdn("h2_max_concurrent_streams = 4", Duration::from_millis(500)).await;
     let (mut c, settings) = h2raw::connect(t.http).await;
     assert_eq!(
         h2raw::setting(&settings, h2raw::MAX_CONCURRENT_STREAMS),
