@@ -10,10 +10,13 @@ pub mod matomo;
 pub mod plausible;
 pub mod umami;
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
+use serde_json::value::RawValue;
 use sha2::Sha256;
 
 /// The analytics protocols tamis speaks.
@@ -527,10 +530,57 @@ pub fn kept_index(rules: &'static [(&'static str, Outcome, &'static str)]) -> Ve
     v
 }
 
+/// A JSON object read without building its values: each key (borrowed unless escaped) to the
+/// raw text of its value, which is parsed only when a rule reads it. Nothing is allocated for
+/// what is dropped. A repeated key keeps its last value, as a parse into a map would.
+pub type RawObject<'a> = BTreeMap<Key<'a>, &'a RawValue>;
+
+/// A JSON object key.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize, serde::Serialize)]
+#[serde(transparent)]
+pub struct Key<'a>(#[serde(borrow)] pub Cow<'a, str>);
+
+// Looked up by plain `&str`: a key orders exactly as its text does.
+impl std::borrow::Borrow<str> for Key<'_> {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The raw value of `name` in `object`.
+pub fn field<'a>(object: &RawObject<'a>, name: &str) -> Option<&'a RawValue> {
+    object.get(name).copied()
+}
+
+/// `text` as a JSON object, or why not.
+pub fn raw_object(text: &str) -> Result<RawObject<'_>, ScrubError> {
+    serde_json::from_str(text).map_err(|e| ScrubError::Body(e.to_string()))
+}
+
+/// A raw value that is a JSON string, decoded (borrowed unless escaped).
+pub fn raw_str(v: &RawValue) -> Option<Cow<'_, str>> {
+    let s: Key<'_> = serde_json::from_str(v.get()).ok()?;
+    Some(s.0)
+}
+
+/// A string as a raw JSON value, for the scrubbed output.
+pub fn raw_string(s: &str) -> Option<Box<RawValue>> {
+    serde_json::value::to_raw_value(s).ok()
+}
+
+/// A kept value, re-serialised rather than passed on as the visitor spelt it: escapes,
+/// exponents and spacing could otherwise carry what the value itself does not say.
+pub fn respelt(v: &RawValue) -> Option<Box<RawValue>> {
+    let value: serde_json::Value = serde_json::from_str(v.get()).ok()?;
+    serde_json::value::to_raw_value(&value).ok()
+}
+
 /// A JSON page-URL field after the URL rule; counted as generalised, or dropped when the rule
 /// leaves nothing.
-pub fn json_page_url(v: &serde_json::Value, allow: &[String], tally: &mut Tally) -> Option<String> {
-    let url = v.as_str().and_then(|u| scrub_page_url(u, allow));
+pub fn json_page_url(v: &RawValue, allow: &[String], tally: &mut Tally) -> Option<Box<RawValue>> {
+    let url = raw_str(v)
+        .and_then(|u| scrub_page_url(&u, allow))
+        .and_then(|u| raw_string(&u));
     tally.add(if url.is_some() {
         Outcome::Generalised
     } else {
@@ -540,12 +590,8 @@ pub fn json_page_url(v: &serde_json::Value, allow: &[String], tally: &mut Tally)
 }
 
 /// A JSON referrer field after the same-site rule; counted as generalised or dropped.
-pub fn json_referrer(
-    v: &serde_json::Value,
-    site_host: Option<&str>,
-    tally: &mut Tally,
-) -> Option<String> {
-    let r = v.as_str().and_then(|r| same_site_referrer(r, site_host));
+pub fn json_referrer(v: &RawValue, site_host: Option<&str>, tally: &mut Tally) -> Option<String> {
+    let r = raw_str(v).and_then(|r| same_site_referrer(&r, site_host));
     tally.add(if r.is_some() {
         Outcome::Generalised
     } else {
@@ -557,28 +603,33 @@ pub fn json_referrer(
 /// Keeps the allowlisted keys of a JSON object of custom fields (also one sent as a JSON
 /// string, as some trackers do); `None` when nothing is left or it is not an object.
 pub fn allowed_fields(
-    value: serde_json::Value,
+    value: &RawValue,
     allow: &[String],
     tally: &mut Tally,
-) -> Option<serde_json::Value> {
-    let fields = match value {
-        serde_json::Value::Object(o) => o,
-        serde_json::Value::String(s) => match serde_json::from_str(&s) {
-            Ok(serde_json::Value::Object(o)) => o,
-            _ => return None,
-        },
-        _ => return None,
-    };
-    let mut kept = serde_json::Map::new();
+) -> Option<Box<RawValue>> {
+    // Sent as a string: the object is inside it.
+    let inner = value
+        .get()
+        .starts_with('"')
+        .then(|| raw_str(value))
+        .flatten();
+    let text = inner.as_deref().unwrap_or(value.get());
+    let fields = raw_object(text).ok()?;
+    let mut kept = BTreeMap::new();
     for (k, v) in fields {
-        if allow.contains(&k) {
+        if allow.iter().any(|a| *a == *k.0) {
             tally.add(Outcome::Kept);
-            kept.insert(k, v);
+            if let Some(v) = respelt(v) {
+                kept.insert(k, v);
+            }
         } else {
             tally.add(Outcome::Dropped);
         }
     }
-    (!kept.is_empty()).then_some(serde_json::Value::Object(kept))
+    if kept.is_empty() {
+        return None;
+    }
+    serde_json::value::to_raw_value(&kept).ok()
 }
 
 /// One line of `tamis check` for a parameter table: names by outcome.
@@ -748,12 +799,14 @@ mod tests {
     #[test]
     fn json_url_fields_are_counted_by_what_happened() {
         let mut t = Tally::default();
-        let v = |s: &str| serde_json::Value::String(s.into());
+        let v = |s: &str| raw_string(s).unwrap();
         assert_eq!(
-            json_page_url(&v("https://a.example/p?x=1"), &[], &mut t).as_deref(),
-            Some("https://a.example/p")
+            json_page_url(&v("https://a.example/p?x=1"), &[], &mut t)
+                .map(|r| r.get().to_owned())
+                .as_deref(),
+            Some("\"https://a.example/p\"")
         );
-        assert_eq!(json_page_url(&v("javascript:alert(1)"), &[], &mut t), None);
+        assert!(json_page_url(&v("javascript:alert(1)"), &[], &mut t).is_none());
         assert_eq!(
             json_referrer(&v("https://elsewhere.example/"), Some("a.example"), &mut t),
             None

@@ -1,8 +1,14 @@
 //! Plausible `POST /api/event`: a JSON object (`n`, `u`, `d`, `r`, `p`/`props`, `m`/`meta`, `h`…).
 
-use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 
-use super::{host_of, json_page_url, json_referrer, Context, Outcome, ScrubError, Tally};
+use serde_json::value::RawValue;
+
+use super::{
+    allowed_fields, field, host_of, json_page_url, json_referrer, raw_object, raw_str, raw_string,
+    respelt, Context, Outcome, ScrubError, Tally,
+};
 
 /// The field table (`tamis check` prints it).
 pub const RULES: &[(&str, Outcome, &str)] = &[
@@ -32,34 +38,30 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
 
 const KEPT: &[&str] = &["n", "d", "h", "i", "v", "$"];
 
-/// Scrubs an event body.
+/// Scrubs an event body. Values are read raw: what a rule keeps or reads is parsed,
+/// what it drops is only scanned, never built.
 pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8>, ScrubError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| ScrubError::Body(e.to_string()))?;
-    let Value::Object(event) = value else {
-        return Err(ScrubError::Body("not a JSON object".into()));
-    };
-    let site_host = event
-        .get("d")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
+    let text = std::str::from_utf8(body).map_err(|e| ScrubError::Body(e.to_string()))?;
+    let event = raw_object(text).map_err(|_| ScrubError::Body("not a JSON object".into()))?;
+    let site_host = field(&event, "d")
+        .and_then(raw_str)
+        .map(Cow::into_owned)
         .or_else(|| {
-            event
-                .get("u")
-                .and_then(Value::as_str)
-                .and_then(host_of)
-                .map(str::to_owned)
+            field(&event, "u")
+                .and_then(raw_str)
+                .and_then(|u| host_of(&u).map(str::to_owned))
         });
-    let mut out = Map::new();
-    for (k, v) in event {
-        let kept = match k.as_str() {
+    let mut out: BTreeMap<&str, Box<RawValue>> = BTreeMap::new();
+    for (k, v) in &event {
+        let kept = match k.0.as_ref() {
             name if KEPT.contains(&name) => {
                 tally.add(Outcome::Kept);
-                Some(v)
+                respelt(v)
             }
-            "u" => json_page_url(&v, &ctx.settings.allow_url_params, tally).map(Value::String),
-            "r" => json_referrer(&v, site_host.as_deref(), tally).map(Value::String),
+            "u" => json_page_url(v, &ctx.settings.allow_url_params, tally),
+            "r" => json_referrer(v, site_host.as_deref(), tally).and_then(|r| raw_string(&r)),
             "p" | "props" | "m" | "meta" => {
-                super::allowed_fields(v, &ctx.settings.allow_event_params, tally)
+                allowed_fields(v, &ctx.settings.allow_event_params, tally)
             }
             _ => {
                 tally.add(Outcome::Dropped);
@@ -67,16 +69,17 @@ pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8
             }
         };
         if let Some(v) = kept {
-            out.insert(k, v);
+            out.insert(k.0.as_ref(), v);
         }
     }
-    Ok(Value::Object(out).to_string().into_bytes())
+    serde_json::to_vec(&out).map_err(|e| ScrubError::Body(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::{Pseudonymizer, Settings};
     use super::*;
+    use serde_json::Value;
     use std::time::Duration;
 
     #[test]

@@ -1,9 +1,15 @@
 //! Umami `POST /api/send`: `{"type": "event", "payload": {…}}`. Its JSON answer carries session
 //! identifiers (and a cache token the tracker sends back): those never reach the visitor.
 
-use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 
-use super::{json_page_url, json_referrer, primary_language, Context, Outcome, ScrubError, Tally};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use super::{
+    allowed_fields, field, json_page_url, json_referrer, primary_language, raw_object, raw_str,
+    raw_string, respelt, Context, Outcome, ScrubError, Tally,
+};
 
 /// The payload field table (`tamis check` prints it).
 pub const RULES: &[(&str, Outcome, &str)] = &[
@@ -38,52 +44,60 @@ const KEPT: &[&str] = &["website", "hostname", "title", "name", "tag"];
 /// Answer fields that identify a session or visit: removed before the visitor sees the answer.
 pub const ANSWER_IDENTIFIERS: &[&str] = &["sessionId", "visitId", "cache"];
 
-/// Scrubs a `/api/send` body.
+/// Scrubs a `/api/send` body. Values are read raw: what a rule keeps or reads is parsed,
+/// what it drops is only scanned, never built.
 pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8>, ScrubError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| ScrubError::Body(e.to_string()))?;
-    let Some(Value::String(kind)) = value.get("type") else {
+    let text = std::str::from_utf8(body).map_err(|e| ScrubError::Body(e.to_string()))?;
+    let value = raw_object(text)?;
+    let Some(kind) = field(&value, "type").and_then(raw_str) else {
         return Err(ScrubError::Body("no \"type\"".into()));
     };
     // "identify" ties a session to a person: never forwarded.
     if kind != "event" {
         return Err(ScrubError::Body(format!("type {kind:?} is not forwarded")));
     }
-    let Some(Value::Object(payload)) = value.get("payload").cloned() else {
+    let Some(Ok(payload)) = field(&value, "payload").map(|p| raw_object(p.get())) else {
         return Err(ScrubError::Body("no \"payload\" object".into()));
     };
-    let site_host = payload
-        .get("hostname")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let mut out = Map::new();
-    for (k, v) in payload {
-        let kept = match k.as_str() {
+    let site_host = field(&payload, "hostname").and_then(raw_str);
+    let mut out: BTreeMap<&str, Box<RawValue>> = BTreeMap::new();
+    for (k, v) in &payload {
+        let kept = match k.0.as_ref() {
             name if KEPT.contains(&name) => {
                 tally.add(Outcome::Kept);
-                Some(v)
+                respelt(v)
             }
-            "url" => json_page_url(&v, &ctx.settings.allow_url_params, tally).map(Value::String),
+            "url" => json_page_url(v, &ctx.settings.allow_url_params, tally),
             // Umami expects the field; an empty referrer means none.
-            "referrer" => Some(Value::String(
-                json_referrer(&v, site_host.as_deref(), tally).unwrap_or_default(),
-            )),
+            "referrer" => {
+                raw_string(&json_referrer(v, site_host.as_deref(), tally).unwrap_or_default())
+            }
             "language" => {
                 tally.add(Outcome::Generalised);
-                v.as_str().and_then(primary_language).map(Value::String)
+                raw_str(v)
+                    .and_then(|l| primary_language(&l))
+                    .and_then(|l| raw_string(&l))
             }
-            "data" => super::allowed_fields(v, &ctx.settings.allow_event_params, tally),
+            "data" => allowed_fields(v, &ctx.settings.allow_event_params, tally),
             _ => {
                 tally.add(Outcome::Dropped);
                 None
             }
         };
         if let Some(v) = kept {
-            out.insert(k, v);
+            out.insert(k.0.as_ref(), v);
         }
     }
-    Ok(serde_json::json!({ "type": "event", "payload": out })
-        .to_string()
-        .into_bytes())
+    #[derive(serde::Serialize)]
+    struct Event<'a> {
+        r#type: &'static str,
+        payload: BTreeMap<&'a str, Box<RawValue>>,
+    }
+    serde_json::to_vec(&Event {
+        r#type: "event",
+        payload: out,
+    })
+    .map_err(|e| ScrubError::Body(e.to_string()))
 }
 
 /// Removes session identifiers from Umami's answer; anything unparseable becomes `{}`.
