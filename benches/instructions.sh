@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per request, counted by valgrind's callgrind: tamis against hyper alone
 # (benches/bare.rs) on a cached 20 KB hit and on the uncached 1 KB POST forward of
-# benches/peers.sh. Unlike requests/s on a shared VM, the count barely moves between runs of
+# benches/peers.sh, and tamis alone on peers.sh's 1 KB Plausible event through its scrubber. Unlike requests/s on a shared VM, the count barely moves between runs of
 # the same binary, so it shows a code change's effect within about 1 %.
 #
 #   bash benches/instructions.sh             # 8 s of load per row
@@ -50,6 +50,7 @@ http {
   server {
     listen 127.0.0.1:$ORIGIN;
     location /s/ { root $work/www; add_header Cache-Control "public, max-age=3600"; }
+    location /p/ { return 202 "ok"; }
     location /post/ { return 202 "ok"; }
   }
 }
@@ -78,7 +79,15 @@ name = "static"
 kind = "static"
 prefix = "/s/"
 upstream = "http://127.0.0.1:$ORIGIN/s/"
+
+[[route]]
+name = "plausible"
+kind = "plausible"
+prefix = "/p/"
+upstream = "http://127.0.0.1:$ORIGIN/p/"
+jurisdiction = "eu"
 TOML
+bench_plausible_event "$work/event.json" "$work/plausible.lua"
 python3 - "$work/post.lua" <<'PY'
 import json, sys
 body = json.dumps({"n": "pageview", "u": "https://blog.example/post/12?" + "x" * 940, "d": "blog.example"})
@@ -122,6 +131,7 @@ count tamis-hit "$TAMIS" /s/tile.png "" -- "$TAMIS_BIN" --config "$work/tamis.to
 count hyper-hit "$HYPER" /s/tile.png "" -- "${hyper_cmd[@]}"
 count tamis-forward "$TAMIS" /post/e "$work/post.lua" -- "$TAMIS_BIN" --config "$work/tamis.toml"
 count hyper-forward "$HYPER" /post/e "$work/post.lua" -- "${hyper_cmd[@]}"
+count tamis-plausible "$TAMIS" /p/api/event "$work/plausible.lua" -- "$TAMIS_BIN" --config "$work/tamis.toml"
 
 rev=${TAMIS_REV:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 echo "tamis $rev ($TAMIS_BIN), $(date -u +%Y-%m-%d), ${DURATION}s of wrk -c10 per row"
@@ -133,4 +143,6 @@ print("| --- | ---: | ---: | ---: | ---: |")
 for case, label in (("hit", "cached 20 KB hit"), ("forward", "uncached 1 KB POST forward")):
     t, h = rows[f"tamis-{case}"], rows[f"hyper-{case}"]
     print(f"| {label} | {t[1]:,} | {h[1]:,} | {t[1] / h[1]:.2f} | {t[0]:,}, {h[0]:,} |")
+p = rows["tamis-plausible"]
+print(f"| 1 KB Plausible event through its scrubber | {p[1]:,} | | | {p[0]:,} |")
 PY

@@ -33,3 +33,23 @@ bench_cleanup() {
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$work"
 }
+
+# Writes to $1 the Plausible-style pageview both peers.sh and instructions.sh send: 1 KB of
+# JSON, padded with custom props (which tamis drops), and to $2 a wrk script POSTing it.
+bench_plausible_event() {
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+ev = {"n": "pageview", "u": "https://blog.example/post/12?utm_source=newsletter&token=abc#c",
+      "d": "blog.example", "r": "https://social.example/feed?u=alice", "w": 1280, "h": 0,
+      "p": {}}
+i = 0
+while len(json.dumps(ev, separators=(",", ":"))) < 1024:
+    ev["p"]["prop%d" % i] = "value-%d-%s" % (i, "x" * 20)
+    i += 1
+body = json.dumps(ev, separators=(",", ":"))
+open(sys.argv[1], "w").write(body)
+open(sys.argv[2], "w").write(
+    'wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n'
+    % json.dumps(body))
+PY
+}

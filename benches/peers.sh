@@ -100,25 +100,8 @@ open(sys.argv[1], "w").write("".join(rules)[:1023] + "\n")
 PY
 chmod -R a+rX "$work/www"
 # A Plausible-style pageview, padded to 1 KB with props (tamis drops all of them).
-python3 - "$work/event.json" <<'PY'
-import json, sys
-ev = {"n": "pageview", "u": "https://blog.example/post/12?utm_source=newsletter&token=abc#c",
-      "d": "blog.example", "r": "https://social.example/feed?u=alice", "w": 1280, "h": 0,
-      "p": {}}
-i = 0
-while len(json.dumps(ev, separators=(",", ":"))) < 1024:
-    ev["p"]["prop%d" % i] = "value-%d-%s" % (i, "x" * 20)
-    i += 1
-open(sys.argv[1], "w").write(json.dumps(ev, separators=(",", ":")))
-PY
+bench_plausible_event "$work/event.json" "$work/post.lua"
 python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$work/event.json"
-python3 - "$work/post.lua" "$work/event.json" <<'PY'
-import json, sys
-body = open(sys.argv[2]).read()
-open(sys.argv[1], "w").write(
-    'wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n'
-    % json.dumps(body))
-PY
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
