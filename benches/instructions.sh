@@ -65,27 +65,7 @@ access = false
 [transparency]
 enabled = false
 
-[[route]]
-name = "post"
-kind = "static"
-prefix = "/post/"
-upstream = "http://127.0.0.1:$ORIGIN/post/"
-jurisdiction = "eu"
-pass_through = true
-cache = false
-
-[[route]]
-name = "static"
-kind = "static"
-prefix = "/s/"
-upstream = "http://127.0.0.1:$ORIGIN/s/"
-
-[[route]]
-name = "plausible"
-kind = "plausible"
-prefix = "/p/"
-upstream = "http://127.0.0.1:$ORIGIN/p/"
-jurisdiction = "eu"
+$(bench_routes "$ORIGIN")
 TOML
 bench_plausible_event "$work/event.json" "$work/plausible.lua"
 python3 - "$work/post.lua" <<'PY'

@@ -53,3 +53,32 @@ open(sys.argv[2], "w").write(
     % json.dumps(body))
 PY
 }
+
+# Prints the tamis routes of cases a and d, so peers.sh and instructions.sh measure one config:
+# the cached static route (/s/), the pass-through POST forward (/post/) and the Plausible
+# scrubber (/p/), all in front of the origin on port $1.
+bench_routes() {
+  cat <<TOML
+[[route]]
+name = "static"
+kind = "static"
+prefix = "/s/"
+upstream = "http://127.0.0.1:$1/s/"
+
+[[route]]
+name = "post"
+kind = "static"
+prefix = "/post/"
+upstream = "http://127.0.0.1:$1/post/"
+jurisdiction = "eu"
+pass_through = true
+cache = false
+
+[[route]]
+name = "plausible"
+kind = "plausible"
+prefix = "/p/"
+upstream = "http://127.0.0.1:$1/p/"
+jurisdiction = "eu"
+TOML
+}

@@ -261,33 +261,13 @@ status_header = false
 [log]
 access = false
 
-[[route]]
-name = "static"
-kind = "static"
-prefix = "/s/"
-upstream = "http://127.0.0.1:$ORIGIN/s/"
+$(bench_routes "$ORIGIN")
 
 [[route]]
 name = "slow"
 kind = "static"
 prefix = "/slow/"
 upstream = "http://127.0.0.1:$SLOW/slow/"
-
-[[route]]
-name = "post"
-kind = "static"
-prefix = "/post/"
-upstream = "http://127.0.0.1:$ORIGIN/post/"
-jurisdiction = "eu"
-pass_through = true
-cache = false
-
-[[route]]
-name = "plausible"
-kind = "plausible"
-prefix = "/p/"
-upstream = "http://127.0.0.1:$ORIGIN/p/"
-jurisdiction = "eu"
 TOML
 
 # ---------------------------------------------------------------------------------------------

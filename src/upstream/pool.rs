@@ -35,14 +35,19 @@ pub(super) struct Target<'a> {
     port: u16,
 }
 
+/// Whether an absolute URI is `https` (true) or `http` (false); `None` for anything else.
+fn is_https(uri: &Uri) -> Option<bool> {
+    match uri.scheme() {
+        Some(s) if *s == Scheme::HTTPS => Some(true),
+        Some(s) if *s == Scheme::HTTP => Some(false),
+        _ => None,
+    }
+}
+
 impl Target<'_> {
     /// The target of an absolute `http` or `https` URI.
     pub(super) fn of(uri: &Uri) -> Option<Target<'_>> {
-        let https = match uri.scheme() {
-            Some(s) if *s == Scheme::HTTPS => true,
-            Some(s) if *s == Scheme::HTTP => false,
-            _ => return None,
-        };
+        let https = is_https(uri)?;
         let host = uri.host()?;
         let host = host
             .strip_prefix('[')
@@ -142,11 +147,7 @@ impl Pool {
 
     /// The place of the host an absolute `http` or `https` URI names, and its `Host` header.
     pub(super) fn host_of(&self, uri: &Uri) -> Option<(HostId, Option<HeaderValue>)> {
-        let https = match uri.scheme() {
-            Some(s) if *s == Scheme::HTTPS => true,
-            Some(s) if *s == Scheme::HTTP => false,
-            _ => return None,
-        };
+        let https = is_https(uri)?;
         let authority = uri.authority()?.as_str();
         {
             let hosts = self.hosts();

@@ -568,8 +568,8 @@ pub fn raw_string(s: &str) -> Option<Box<RawValue>> {
     serde_json::value::to_raw_value(s).ok()
 }
 
-/// A kept value, re-serialised rather than passed on as the visitor spelt it: escapes,
-/// exponents and spacing could otherwise carry what the value itself does not say.
+/// A kept value, re-serialised rather than passed on as the visitor spelt it, so the bytes
+/// sent upstream depend on the value alone, never on its escapes, exponents or spacing.
 pub fn respelt(v: &RawValue) -> Option<Box<RawValue>> {
     let value: serde_json::Value = serde_json::from_str(v.get()).ok()?;
     serde_json::value::to_raw_value(&value).ok()
