@@ -304,13 +304,13 @@ async fn fetch_async(config: &Config, start: &str) -> Result<(Vec<u8>, String), 
     let first_host = uri_of(&url)?.authority().map(|a| normal_host(a.host()));
     for _ in 0..=MAX_REDIRECTS {
         let uri = uri_of(&url)?;
-        let req = http::Request::get(uri)
+        let mut req = http::Request::get(uri)
             .header(http::header::USER_AGENT, config.upstream.user_agent.clone())
             .header(http::header::ACCEPT, "text/html,application/xhtml+xml")
             .body(http_body_util::Full::new(bytes::Bytes::new()))
             .map_err(|e| fail(&url, e.to_string()))?;
         let resp = client
-            .send(req)
+            .send(&mut req)
             .await
             .map_err(|e| fail(&url, e.to_string()))?;
         let status = resp.status();

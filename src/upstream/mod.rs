@@ -109,11 +109,15 @@ impl Upstream {
         self.timeout
     }
 
-    /// Sends `req` (absolute `http` or `https` URI) and waits for the response head, within
-    /// the total timeout.
+    /// Sends the request in `req` (absolute `http` or `https` URI; taken out, `req` is left
+    /// empty) and waits for the response head, within the total timeout.
+    ///
+    /// By `&mut`, not by value: an async fn keeps a by-value argument for its whole life and
+    /// again as the local it works on, so each layer handing a 256-byte request down by value
+    /// grew every future above it, and each was copied whole when awaited.
     pub async fn send(
         &self,
-        req: Request<Full<Bytes>>,
+        req: &mut Request<Full<Bytes>>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let Some((host, host_header)) = self.pool.host_of(req.uri()) else {
             return Err(UpstreamError::Protocol(format!(
@@ -134,8 +138,9 @@ impl Upstream {
         &self,
         host: HostId,
         host_header: Option<HeaderValue>,
-        mut req: Request<Full<Bytes>>,
+        req: &mut Request<Full<Bytes>>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let mut req = std::mem::take(req);
         loop {
             let (sender, pooled) = match self.pool.checkout(host) {
                 Some(s) => (s, true),
