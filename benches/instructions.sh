@@ -33,53 +33,10 @@ bench_workdir
 out=${CALLGRIND_DIR:-$work}
 mkdir -p "$out"
 
-# The origin: a 20 KB tile cacheable for an hour, and a POST endpoint answering 202 "ok".
-mkdir -p "$work/www/s" "$work/logs"
-chmod 777 "$work/logs"
-head -c 20480 /dev/urandom >"$work/www/s/tile.png"
-cat >"$work/origin.conf" <<NGINX
-daemon off;
-worker_processes 1;
-pid $work/origin.pid;
-error_log $work/logs/origin-error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $work/logs;
-  server {
-    listen 127.0.0.1:$ORIGIN;
-    location /s/ { root $work/www; add_header Cache-Control "public, max-age=3600"; }
-    location /p/ { return 202 "ok"; }
-    location /post/ { return 202 "ok"; }
-  }
-}
-NGINX
-cat >"$work/tamis.toml" <<TOML
-[server]
-listen = "127.0.0.1:$TAMIS"
-[cache]
-status_header = true
-[log]
-access = false
-[transparency]
-enabled = false
-
-$(bench_routes "$ORIGIN")
-TOML
+bench_origin "$ORIGIN"
+bench_tamis_config "$TAMIS" "$ORIGIN"
 bench_plausible_event "$work/event.json" "$work/plausible.lua"
-python3 - "$work/post.lua" <<'PY'
-import json, sys
-body = json.dumps({"n": "pageview", "u": "https://blog.example/post/12?" + "x" * 940, "d": "blog.example"})
-open(sys.argv[1], "w").write(
-    'wrk.method = "POST"\n'
-    f"wrk.body = {json.dumps(body)}\n"
-    'wrk.headers["Content-Type"] = "application/json"\n')
-PY
-
-nginx -c "$work/origin.conf" -p "$work" 2>>"$work/logs/origin-error.log" &
-pids+=($!)
-for _ in $(seq 50); do curl -fs -o /dev/null "http://127.0.0.1:$ORIGIN/s/tile.png" && break; sleep 0.1; done
+bench_origin_start "$ORIGIN"
 
 # count NAME PORT PATH [LUA] -- CMD...: one server under callgrind, one load, one row.
 count() {

@@ -82,3 +82,64 @@ upstream = "http://127.0.0.1:$1/p/"
 jurisdiction = "eu"
 TOML
 }
+
+# The origin of instructions.sh and ab.sh, in $work, port $1: nginx serving a 20 KB tile
+# cacheable for an hour (/s/tile.png) and answering 202 "ok" to the POSTs of /post/ and /p/.
+# Also writes $work/post.lua, the uncached 1 KB JSON POST of case d. Start it with
+# bench_origin_start.
+bench_origin() {
+  mkdir -p "$work/www/s" "$work/logs"
+  chmod 777 "$work/logs"
+  head -c 20480 /dev/urandom >"$work/www/s/tile.png"
+  cat >"$work/origin.conf" <<NGINX
+daemon off;
+worker_processes 1;
+pid $work/origin.pid;
+error_log $work/logs/origin-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $work/logs;
+  server {
+    listen 127.0.0.1:$1;
+    location /s/ { root $work/www; add_header Cache-Control "public, max-age=3600"; }
+    location /p/ { return 202 "ok"; }
+    location /post/ { return 202 "ok"; }
+  }
+}
+NGINX
+  python3 - "$work/post.lua" <<'PY'
+import json, sys
+body = json.dumps({"n": "pageview", "u": "https://blog.example/post/12?" + "x" * 940, "d": "blog.example"})
+open(sys.argv[1], "w").write(
+    'wrk.method = "POST"\n'
+    f"wrk.body = {json.dumps(body)}\n"
+    'wrk.headers["Content-Type"] = "application/json"\n')
+PY
+}
+
+# Starts the origin written by bench_origin (port $1), pinned to the cores in $2 (all if
+# empty), and waits until it answers.
+bench_origin_start() {
+  ${2:+taskset -c "$2"} nginx -c "$work/origin.conf" -p "$work" 2>>"$work/logs/origin-error.log" &
+  pids+=($!)
+  for _ in $(seq 50); do curl -fs -o /dev/null "http://127.0.0.1:$1/s/tile.png" && break; sleep 0.1; done
+}
+
+# Writes $work/tamis.toml: tamis on port $1 with the routes of bench_routes in front of the
+# origin on port $2, no access log, no transparency page (instructions.sh, ab.sh).
+bench_tamis_config() {
+  cat >"$work/tamis.toml" <<TOML
+[server]
+listen = "127.0.0.1:$1"
+[cache]
+status_header = true
+[log]
+access = false
+[transparency]
+enabled = false
+
+$(bench_routes "$2")
+TOML
+}
