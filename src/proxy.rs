@@ -518,18 +518,11 @@ async fn serve_analytics(
             .with(CacheResult::Bypass, bypass());
     }
     // Umami answers with session identifiers: read the (small) answer and remove them.
-    let sent = Instant::now();
     let mut request = up.to_request();
     let (resp, _permit) = match send(state, route, &mut request).await {
         Ok(r) => r,
-        Err(e) => {
-            state.metrics.upstream_error(rm, e.failure());
-            return upstream_failed(&e).with(CacheResult::Bypass, bypass());
-        }
+        Err(e) => return upstream_failed(&e).with(CacheResult::Bypass, bypass()),
     };
-    state
-        .metrics
-        .upstream_response(rm, resp.status(), sent.elapsed().as_secs_f64());
     let (parts, incoming) = resp.into_parts();
     let Some(mut headers) = scrub_response(state, route, &up.parts.uri, parts.headers) else {
         return Answer::plain(StatusCode::BAD_GATEWAY, "upstream redirected elsewhere\n");
@@ -668,13 +661,10 @@ async fn fill(
         |stale: &Option<Arc<Entry>>| stale.clone().filter(|s| s.usable_on_error(Instant::now()));
 
     let deadline = tokio::time::Instant::now() + state.upstream.timeout();
-    let sent = Instant::now();
     // Held until the body is buffered: the route's cap counts whole exchanges.
     let (resp, _permit) = match send(state, route, &mut request).await {
         Ok(resp) => resp,
         Err(e) => {
-            state.metrics.upstream_error(rm, e.failure());
-            log_failure(route, &e);
             let message = if e.status() == StatusCode::GATEWAY_TIMEOUT {
                 "upstream timed out\n"
             } else {
@@ -684,9 +674,6 @@ async fn fill(
             return retry_after(a, &e);
         }
     };
-    state
-        .metrics
-        .upstream_response(rm, resp.status(), sent.elapsed().as_secs_f64());
     let (parts, incoming) = resp.into_parts();
     let status = parts.status;
     let received = SystemTime::now();
@@ -890,7 +877,7 @@ async fn fill_failed(
 /// Sends `request` (taken out) upstream through the route's circuit breaker and within its cap
 /// on concurrent upstream requests (waiting for a turn counts against the upstream timeout).
 /// A GET or HEAD whose connection failed before any answer is tried again, at most
-/// `upstream.retries` times.
+/// `upstream.retries` times. Records the upstream metrics and logs a failure.
 async fn send(
     state: &State,
     route: &Route,
@@ -902,56 +889,73 @@ async fn send(
     ),
     UpstreamError,
 > {
-    if let Err(open) = route.breaker.admit(Instant::now()) {
-        return Err(UpstreamError::CircuitOpen(open.0));
-    }
-    let permit = match &route.permits {
-        None => None,
-        Some(sem) => {
-            // Boxed: only routes with a cap wait here; inline, the wait would widen every
-            // request's future.
-            let turn = tokio::time::timeout(state.upstream.timeout(), sem.clone().acquire_owned());
-            match Box::pin(turn).await {
-                Ok(Ok(p)) => Some(p),
-                _ => return Err(UpstreamError::Timeout(state.upstream.timeout())),
-            }
+    let sent = Instant::now();
+    let result = 'send: {
+        if let Err(open) = route.breaker.admit(sent) {
+            break 'send Err(UpstreamError::CircuitOpen(open.0));
         }
-    };
-    let idempotent = matches!(*request.method(), Method::GET | Method::HEAD);
-    let retries = if idempotent {
-        state.config.upstream.retries
-    } else {
-        0
-    };
-    let mut attempt = 0;
-    let result = loop {
-        // A copy only while another attempt may follow; the last one sends the original.
-        // Boxed for the same reason: most requests are never retried.
-        let mut copy = (attempt < retries).then(|| Box::new(clone_request(request)));
-        let this = match copy.as_mut() {
-            Some(c) => c,
-            None => &mut *request,
+        let permit = match &route.permits {
+            None => None,
+            Some(sem) => {
+                // Boxed: only routes with a cap wait here; inline, the wait would widen every
+                // request's future.
+                let turn =
+                    tokio::time::timeout(state.upstream.timeout(), sem.clone().acquire_owned());
+                match Box::pin(turn).await {
+                    Ok(Ok(p)) => Some(p),
+                    _ => break 'send Err(UpstreamError::Timeout(state.upstream.timeout())),
+                }
+            }
         };
-        match state.upstream.send(this).await {
-            Err(e) if e.retryable() && attempt < retries => {
-                attempt += 1;
-                tracing::debug!(route = %route.config.name, error = %e, attempt, "retrying upstream request");
-                tokio::time::sleep(std::time::Duration::from_millis(25 * u64::from(attempt))).await;
+        let idempotent = matches!(*request.method(), Method::GET | Method::HEAD);
+        let retries = if idempotent {
+            state.config.upstream.retries
+        } else {
+            0
+        };
+        let mut attempt = 0;
+        let result = loop {
+            // A copy only while another attempt may follow; the last one sends the original.
+            // Boxed for the same reason: most requests are never retried.
+            let mut copy = (attempt < retries).then(|| Box::new(clone_request(request)));
+            let this = match copy.as_mut() {
+                Some(c) => c,
+                None => &mut *request,
+            };
+            match state.upstream.send(this).await {
+                Err(e) if e.retryable() && attempt < retries => {
+                    attempt += 1;
+                    tracing::debug!(route = %route.config.name, error = %e, attempt, "retrying upstream request");
+                    tokio::time::sleep(std::time::Duration::from_millis(25 * u64::from(attempt)))
+                        .await;
+                }
+                other => break other,
             }
-            other => break other,
+        };
+        let ok = result.as_ref().is_ok_and(|r| !r.status().is_server_error());
+        if route.breaker.record(ok, Instant::now()) {
+            let (failures, cooldown) = route.breaker.settings();
+            tracing::warn!(
+                route = %route.config.name,
+                failures,
+                ?cooldown,
+                "upstream failing: circuit open, answering from the cache or 503 without asking it"
+            );
         }
+        result.map(|r| (r, permit))
     };
-    let ok = result.as_ref().is_ok_and(|r| !r.status().is_server_error());
-    if route.breaker.record(ok, Instant::now()) {
-        let (failures, cooldown) = route.breaker.settings();
-        tracing::warn!(
-            route = %route.config.name,
-            failures,
-            ?cooldown,
-            "upstream failing: circuit open, answering from the cache or 503 without asking it"
-        );
+    let rm = &state.route_metrics[route.index];
+    match &result {
+        Ok((resp, _)) => {
+            let took = sent.elapsed().as_secs_f64();
+            state.metrics.upstream_response(rm, resp.status(), took);
+        }
+        Err(e) => {
+            state.metrics.upstream_error(rm, e.failure());
+            log_failure(route, e);
+        }
     }
-    Ok((result?, permit))
+    result
 }
 
 fn log_failure(route: &Route, e: &UpstreamError) {
@@ -1132,18 +1136,10 @@ fn forward<'a>(
     async move {
         let rm = &state.route_metrics[route.index];
         let requested = request.uri().clone();
-        let sent = Instant::now();
         let (resp, _permit) = match send(state, route, &mut request).await {
             Ok(resp) => resp,
-            Err(e) => {
-                state.metrics.upstream_error(rm, e.failure());
-                log_failure(route, &e);
-                return upstream_failed(&e);
-            }
+            Err(e) => return upstream_failed(&e),
         };
-        state
-            .metrics
-            .upstream_response(rm, resp.status(), sent.elapsed().as_secs_f64());
         let (parts, incoming) = resp.into_parts();
         let Some(mut headers) = scrub_response(state, route, &requested, parts.headers) else {
             return Answer::plain(StatusCode::BAD_GATEWAY, "upstream redirected elsewhere\n");
