@@ -21,7 +21,9 @@ use hyper::body::Incoming;
 
 use crate::body::{self, ProxyBody, Streamed};
 use crate::cache::conditional::{self, ClientAnswer};
-use crate::cache::{self, Cache, CacheKey, Entry, Fill, FillGuard, Lookup, NotStored, Waited};
+use crate::cache::{
+    self, Cache, CacheKey, Entry, Fill, FillGuard, FillState, Lookup, NotStored, Waited,
+};
 use crate::config::{ClientIpLog, Config};
 use crate::metrics::{CacheResult, Metrics, RouteMetrics, UpstreamFailure, NO_ROUTE};
 use crate::policy;
@@ -361,10 +363,12 @@ fn serve_route<'a>(
         let upstream =
             |headers| UpstreamRequest::new(Method::GET, key.uri.clone(), headers, Bytes::new());
         let mut waited = false;
+        // The last fill this request waited on, if the wait ran out.
+        let mut waited_on: Option<FillState> = None;
         for _ in 0..3 {
             // Boxed: a miss goes upstream anyway, and inline this 2 KB future would be copied
             // along with every request's, hits and forwards included.
-            match Box::pin(state.cache.lookup(&key, &fill_headers)).await {
+            let (stale, outcome) = match Box::pin(state.cache.lookup(&key, &fill_headers)).await {
                 Lookup::Fresh(entry) => {
                     let (result, status) = if waited {
                         (CacheResult::Coalesced, "tamis; fwd=miss; collapsed")
@@ -387,36 +391,50 @@ fn serve_route<'a>(
                     );
                 }
                 Lookup::Lead { stale, guard } => {
-                    let up = upstream(fill_headers);
-                    return Box::pin(fill(state, route, &up, stale, guard, client, head_only))
-                        .await;
+                    // The fill waited on may have settled just as the wait ran out (its leader
+                    // on another thread): a fill publishes its result before it gives up the
+                    // lead, so having the lead now means that result is readable.
+                    match waited_on.as_ref().and_then(Cache::settled) {
+                        Some(settled) => {
+                            drop(guard);
+                            (stale, Waited::Fill(settled))
+                        }
+                        None => {
+                            let up = upstream(fill_headers);
+                            return Box::pin(fill(
+                                state, route, &up, stale, guard, client, head_only,
+                            ))
+                            .await;
+                        }
+                    }
                 }
                 Lookup::Wait { stale, fill } => {
                     waited = true;
-                    match Cache::wait(fill, state.upstream.timeout()).await {
-                        Waited::Fill(Fill::Stored(entry)) if entry.matches(&fill_headers) => {
-                            return cached(&entry, client, head_only).with(
-                                CacheResult::Coalesced,
-                                status_of("tamis; fwd=miss; collapsed"),
-                            );
-                        }
-                        Waited::Fill(Fill::Stored(_)) | Waited::Fill(Fill::NotStored) => break,
-                        Waited::Fill(Fill::Failed(status)) => {
-                            if let Some(stale) = stale.filter(|s| s.usable_on_error(Instant::now()))
-                            {
-                                return cached(&stale, client, head_only).with(
-                                    CacheResult::Stale,
-                                    status_of("tamis; hit; detail=stale-if-error"),
-                                );
-                            }
-                            return Answer::plain(status, "upstream unavailable\n").with(
-                                CacheResult::Coalesced,
-                                status_of("tamis; fwd=miss; collapsed"),
-                            );
-                        }
-                        Waited::Retry => continue,
-                    }
+                    waited_on = Some(fill.clone());
+                    (stale, Cache::wait(fill, state.upstream.timeout()).await)
                 }
+            };
+            match outcome {
+                Waited::Fill(Fill::Stored(entry)) if entry.matches(&fill_headers) => {
+                    return cached(&entry, client, head_only).with(
+                        CacheResult::Coalesced,
+                        status_of("tamis; fwd=miss; collapsed"),
+                    );
+                }
+                Waited::Fill(Fill::Stored(_)) | Waited::Fill(Fill::NotStored) => break,
+                Waited::Fill(Fill::Failed(status)) => {
+                    if let Some(stale) = stale.filter(|s| s.usable_on_error(Instant::now())) {
+                        return cached(&stale, client, head_only).with(
+                            CacheResult::Stale,
+                            status_of("tamis; hit; detail=stale-if-error"),
+                        );
+                    }
+                    return Answer::plain(status, "upstream unavailable\n").with(
+                        CacheResult::Coalesced,
+                        status_of("tamis; fwd=miss; collapsed"),
+                    );
+                }
+                Waited::Retry => continue,
             }
         }
         // The answer cannot be shared (or the fill kept failing to settle): fetch on our own.

@@ -410,7 +410,8 @@ pub enum Fill {
     Failed(StatusCode),
 }
 
-type FillState = watch::Receiver<Option<Fill>>;
+/// Where a fill's result appears.
+pub type FillState = watch::Receiver<Option<Fill>>;
 
 /// The result of a lookup.
 pub enum Lookup<'c> {
@@ -606,6 +607,11 @@ impl Cache {
             tx,
             done: false,
         })
+    }
+
+    /// The result of a fill, if it has one.
+    pub fn settled(fill: &FillState) -> Option<Fill> {
+        fill.borrow().clone()
     }
 
     /// Waits for another request's fill, at most `limit`.
@@ -931,6 +937,32 @@ mod tests {
             Waited::Fill(Fill::Stored(_))
         ));
         assert!(matches!(cache.lookup(&key(1), &h).await, Lookup::Fresh(_)));
+    }
+
+    #[tokio::test]
+    async fn a_failed_fill_is_readable_once_its_lead_is_free() {
+        // A waiter whose wait ran out just as the fill failed looks up again and may get the
+        // lead: the failure must be in its copy of the fill by then (no second fetch).
+        let cache = cache(1 << 20);
+        let h = HeaderMap::new();
+        let Lookup::Lead { guard, .. } = cache.lookup(&key(1), &h).await else {
+            panic!("expected lead")
+        };
+        let Lookup::Wait { fill, .. } = cache.lookup(&key(1), &h).await else {
+            panic!("expected wait")
+        };
+        assert!(Cache::settled(&fill).is_none());
+        guard
+            .finish(Fill::Failed(StatusCode::GATEWAY_TIMEOUT), &[])
+            .await;
+        assert!(matches!(
+            cache.lookup(&key(1), &h).await,
+            Lookup::Lead { .. }
+        ));
+        assert!(matches!(
+            Cache::settled(&fill),
+            Some(Fill::Failed(StatusCode::GATEWAY_TIMEOUT))
+        ));
     }
 
     #[tokio::test]
