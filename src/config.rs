@@ -168,6 +168,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Peers whose `X-Forwarded-For`/`Forwarded` names the client (a TLS terminator in front).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Worker threads serving the public listeners (default: one per core).
+    pub workers: usize,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -177,6 +179,7 @@ impl fmt::Debug for ServerConfig {
             .field("tls_listen", &self.tls.as_ref().map(|t| t.listen))
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("workers", &self.workers)
             .finish()
     }
 }
@@ -472,6 +475,7 @@ struct RawServer {
     tls_key: Option<Spanned<String>>,
     shutdown_timeout: Option<Spanned<String>>,
     trusted_proxies: Option<Vec<Spanned<String>>>,
+    workers: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -553,6 +557,13 @@ const DEFAULT_KEEPALIVE: usize = 64;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// More worker threads than this is a typo, not a machine.
+const MAX_WORKERS: usize = 1024;
+
+/// One worker per core this process may run on (its CPU affinity, as `taskset` sets it).
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
 const DEFAULT_HEURISTIC_MAX: Duration = Duration::from_secs(3600);
 const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(10);
 const DEFAULT_KEEP: Duration = Duration::from_secs(3600);
@@ -991,11 +1002,24 @@ impl Validator<'_> {
             );
         }
         let trusted_proxies = self.trusted_proxies(raw.trusted_proxies.as_ref());
+        let workers = match raw.workers {
+            None => default_workers(),
+            Some(n) if (1..=MAX_WORKERS).contains(n.get_ref()) => *n.get_ref(),
+            Some(n) => {
+                self.problem(
+                    Some(n.span()),
+                    "server.workers",
+                    format!("must be between 1 and {MAX_WORKERS} (leave it out for one per core)"),
+                );
+                default_workers()
+            }
+        };
         Some(ServerConfig {
             listen,
             tls,
             shutdown_timeout,
             trusted_proxies,
+            workers,
         })
     }
 
@@ -1656,6 +1680,20 @@ upstream = "https://cdn.example/npm/"
         ] {
             let msg = problems(&MINIMAL.replace("https://cdn.example/npm/", bad));
             assert!(msg.contains("route[0].upstream"), "{bad}: {msg}");
+        }
+    }
+
+    #[test]
+    fn workers_default_to_one_per_core_and_are_bounded() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(parse(MINIMAL).unwrap().server.workers, cores);
+        let three = MINIMAL.replace("[server]\n", "[server]\nworkers = 3\n");
+        assert_eq!(parse(&three).unwrap().server.workers, 3);
+        for bad in ["0", "1025"] {
+            let msg =
+                problems(&MINIMAL.replace("[server]\n", &format!("[server]\nworkers = {bad}\n")));
+            assert!(msg.contains("server.workers"), "{bad}: {msg}");
+            assert!(msg.contains("between 1 and 1024"), "{bad}: {msg}");
         }
     }
 

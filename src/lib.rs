@@ -20,3 +20,4 @@ pub mod server;
 pub mod tls;
 pub mod transparency;
 pub mod upstream;
+pub mod workers;

@@ -85,20 +85,12 @@ fn init_logging() {
         .init();
 }
 
-/// Task polls between two checks for new I/O events when a worker is busy (Tokio's default is
-/// 61). A saturated worker then finishes the HTTP/2 streams it already accepted before it
-/// reads new ones, instead of letting each new batch queue ahead of their writes: p99 of the
-/// HTTP/2 bench (`benches/peers.sh`, case g) fell from 46-54 ms to 24-29 ms, nginx's level,
-/// with requests/s unchanged. HTTP/1.1 (one request per connection at a time) and an idle
-/// worker (it polls I/O whenever its queue is empty) are unaffected. Under full load a timer
-/// may fire up to one such round late (1 000 polls: tens of ms), against timeouts of seconds.
-const EVENT_INTERVAL: u32 = 1000;
-
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The accept loops, the admin listener and reloads run here; the public connections run
+    // on the worker threads the server starts (see `tamis::workers`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .event_interval(EVENT_INTERVAL)
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {

@@ -127,8 +127,8 @@ fn depends_on_files(config: &Config) -> bool {
             .any(|r| r.analytics.as_ref().is_some_and(|a| a.salt.is_some()))
 }
 
-/// Listeners and the cache's bounds are fixed at start: refuse a reload that changes them rather
-/// than half-apply it.
+/// Listeners, worker threads and the cache's bounds are fixed at start: refuse a reload that
+/// changes them rather than half-apply it.
 fn fixed_settings(old: &Config, new: &Config) -> Result<(), ReloadError> {
     let mut changed = String::new();
     let mut note = |what: &str| {
@@ -145,6 +145,9 @@ fn fixed_settings(old: &Config, new: &Config) -> Result<(), ReloadError> {
     }
     if old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen) {
         note("admin.listen");
+    }
+    if old.server.workers != new.server.workers {
+        note("server.workers");
     }
     if old.limits.max_connections != new.limits.max_connections {
         note("limits.max_connections");

@@ -25,6 +25,7 @@ use crate::config::{Config, Limits};
 use crate::idle;
 use crate::proxy::{self, State, StateError};
 use crate::reload::Live;
+use crate::workers::Workers;
 
 /// Time a client has to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,6 +39,11 @@ pub enum ServerError {
     Bind {
         addr: SocketAddr,
         what: &'static str,
+        cause: std::io::Error,
+    },
+    #[error("cannot start {workers} worker threads: {cause}")]
+    Workers {
+        workers: usize,
         cause: std::io::Error,
     },
     #[error(transparent)]
@@ -63,6 +69,8 @@ pub struct Server {
     live: Arc<Live>,
     listeners: Vec<Listener>,
     load: Arc<Load>,
+    /// Where public connections run (`server.workers` threads).
+    workers: Workers,
 }
 
 /// What the public listeners hold at once: connections (a cap, fixed at start) and requests
@@ -116,11 +124,15 @@ impl Server {
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             in_flight: AtomicUsize::new(0),
         });
+        let workers = config.server.workers;
         let live = Arc::new(Live::new(State::new(config)?));
+        let workers =
+            Workers::start(workers).map_err(|cause| ServerError::Workers { workers, cause })?;
         Ok(Server {
             live,
             listeners,
             load,
+            workers,
         })
     }
 
@@ -164,6 +176,8 @@ impl Server {
         let graceful = Arc::new(GracefulShutdown::new());
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut loops = JoinSet::new();
+        let workers = Arc::new(self.workers);
+        tracing::info!(workers = workers.len(), "worker threads started");
         for listener in self.listeners {
             let addr = listener.socket.local_addr().ok();
             tracing::info!(
@@ -176,6 +190,7 @@ impl Server {
                 listener,
                 self.live.clone(),
                 self.load.clone(),
+                workers.clone(),
                 graceful.clone(),
                 stop_rx.clone(),
             ));
@@ -184,18 +199,23 @@ impl Server {
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         let _ = stop_tx.send(true);
         while loops.join_next().await.is_some() {}
-        let Ok(graceful) = Arc::try_unwrap(graceful) else {
+        if let Ok(graceful) = Arc::try_unwrap(graceful) {
+            // The running config's: a reload may have changed it.
+            let shutdown_timeout = self.live.load().config.server.shutdown_timeout;
+            match tokio::time::timeout(shutdown_timeout, graceful.shutdown()).await {
+                Ok(()) => tracing::info!("all connections closed"),
+                Err(_) => tracing::warn!(
+                    timeout = ?shutdown_timeout,
+                    "shutdown timeout reached; closing the remaining connections"
+                ),
+            }
+        } else {
             tracing::warn!("connections still referenced; not waiting for them");
-            return;
-        };
-        // The running config's: a reload may have changed it.
-        let shutdown_timeout = self.live.load().config.server.shutdown_timeout;
-        match tokio::time::timeout(shutdown_timeout, graceful.shutdown()).await {
-            Ok(()) => tracing::info!("all connections closed"),
-            Err(_) => tracing::warn!(
-                timeout = ?shutdown_timeout,
-                "shutdown timeout reached; closing the remaining connections"
-            ),
+        }
+        // The loops are done, so this is the last reference; stopping the workers drops what
+        // still runs on them.
+        if let Ok(workers) = Arc::try_unwrap(workers) {
+            workers.stop().await;
         }
     }
 }
@@ -204,6 +224,7 @@ async fn accept_loop(
     listener: Listener,
     live: Arc<Live>,
     load: Arc<Load>,
+    workers: Arc<Workers>,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -239,8 +260,26 @@ async fn accept_loop(
                     let live = live.clone();
                     let watcher = graceful.watcher();
                     let role = listener.role;
-                    tokio::spawn(async move {
-                        connection(stream, peer, tls, role, live, load, watcher).await;
+                    if role == Role::Admin {
+                        // Private and light: it runs beside the accept loops.
+                        tokio::spawn(connection(stream, peer, tls, role, live, load, watcher));
+                        continue;
+                    }
+                    // The socket moves to the worker's event loop when the task starts there.
+                    let stream = match stream.into_std() {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cannot hand a connection to a worker");
+                            continue;
+                        }
+                    };
+                    workers.spawn(async move {
+                        match TcpStream::from_std(stream) {
+                            Ok(stream) => {
+                                connection(stream, peer, tls, role, live, load, watcher).await;
+                            }
+                            Err(e) => tracing::debug!(error = %e, "cannot register a connection"),
+                        }
                         drop(permit);
                     });
                 }

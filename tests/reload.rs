@@ -91,6 +91,7 @@ async fn an_invalid_config_is_refused_and_the_old_one_keeps_running() {
     let good = format!("{LISTEN}{}", route("cdn", "/cdn/", &up.url("/"), ""));
     let t = Tamis::start(&good).await;
     assert_eq!(t.get("/cdn/a").await.status, 200);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     for (bad, why) in [
         (
@@ -116,6 +117,15 @@ async fn an_invalid_config_is_refused_and_the_old_one_keeps_running() {
             good.replace("[server]", "[cache]\nmax_bytes = 100000000\n\n[server]"),
             "cache.max_bytes changed",
         ),
+        (
+            // One more than the default of one per core.
+            good.replacen(
+                "[server]\n",
+                &format!("[server]\nworkers = {}\n", cores + 1),
+                1,
+            ),
+            "server.workers changed",
+        ),
     ] {
         let r = t.reload(&bad).await;
         assert_eq!(r.status, 409, "{}", r.text());
@@ -134,7 +144,7 @@ async fn an_invalid_config_is_refused_and_the_old_one_keeps_running() {
     let m = t.metrics().await;
     assert_eq!(
         metric(&m, "tamis_config_reloads_total{result=\"failure\"}").as_deref(),
-        Some("4")
+        Some("5")
     );
     assert_eq!(
         metric(&m, "tamis_config_reloads_total{result=\"success\"}").as_deref(),
