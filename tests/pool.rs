@@ -31,6 +31,8 @@ struct Log {
     accepted: AtomicUsize,
     closed_by_peer: AtomicUsize,
     requests: Mutex<Vec<String>>,
+    /// Each request's path, by the number of the connection it came on (from 0).
+    by_connection: Mutex<Vec<(usize, String)>>,
 }
 
 /// Reads one request (head and `Content-Length` body); `None` at end of stream.
@@ -67,7 +69,8 @@ async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
 }
 
 /// An HTTP/1.1 upstream written by hand, to control the connection itself. `/big` starts a
-/// 1 MB answer, sends 1 KB of it and stalls; anything else gets `ok <path>`.
+/// 1 MB answer, sends 1 KB of it and stalls; `/slow` answers after 300 ms; anything else gets
+/// `ok <path>` at once.
 async fn scripted_upstream(after: After) -> (std::net::SocketAddr, Arc<Log>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -78,7 +81,7 @@ async fn scripted_upstream(after: After) -> (std::net::SocketAddr, Arc<Log>) {
             let Ok((mut s, _)) = listener.accept().await else {
                 continue;
             };
-            l.accepted.fetch_add(1, Ordering::SeqCst);
+            let connection = l.accepted.fetch_add(1, Ordering::SeqCst);
             let l = l.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
@@ -89,6 +92,13 @@ async fn scripted_upstream(after: After) -> (std::net::SocketAddr, Arc<Log>) {
                     };
                     l.requests.lock().unwrap().push(line.clone());
                     let path = line.split(' ').nth(1).unwrap_or("").to_string();
+                    l.by_connection
+                        .lock()
+                        .unwrap()
+                        .push((connection, path.clone()));
+                    if path.ends_with("/slow") {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
                     if path.ends_with("/big") {
                         let head = "HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n";
                         let _ = s.write_all(head.as_bytes()).await;
@@ -170,6 +180,79 @@ async fn requests_in_turn_share_one_upstream_connection() {
         1,
         "each request opened its own upstream connection"
     );
+    tamis.stop().await;
+}
+
+/// A kept-alive visitor connection that sends one request at a time.
+struct Visitor(TcpStream);
+
+impl Visitor {
+    async fn connect(addr: std::net::SocketAddr) -> Visitor {
+        Visitor(TcpStream::connect(addr).await.unwrap())
+    }
+
+    /// GETs `path` and returns the answer's body.
+    async fn get(&mut self, path: &str) -> String {
+        let head = format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n");
+        self.0.write_all(head.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = self.0.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "tamis closed the connection");
+            got.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&got).to_string();
+            let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                continue;
+            };
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.parse().ok())
+                .expect("a content-length");
+            if body.len() >= length {
+                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                return body.to_string();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_worker_reuses_the_upstream_connection_it_opened() {
+    let (addr, log) = scripted_upstream(After::KeepOpen).await;
+    let two_workers = config(addr).replacen("[server]\n", "[server]\nworkers = 2\n", 1);
+    let tamis = Tamis::start(&two_workers).await;
+    // Two visitors, one on each worker (a new connection goes to the less busy one).
+    let mut a = Visitor::connect(tamis.http).await;
+    let mut b = Visitor::connect(tamis.http).await;
+    // Both at once on an empty pool, so each worker opens an upstream connection of its own.
+    let (sa, sb) = tokio::join!(a.get("/api/a/slow"), b.get("/api/b/slow"));
+    assert_eq!(
+        (sa.as_str(), sb.as_str()),
+        ("ok /api/a/slow", "ok /api/b/slow")
+    );
+    assert_eq!(log.accepted.load(Ordering::SeqCst), 2);
+    // Then in turn: each request can have either idle connection, and takes its worker's.
+    for i in 1..=5 {
+        assert_eq!(a.get(&format!("/api/a{i}")).await, format!("ok /api/a{i}"));
+        assert_eq!(b.get(&format!("/api/b{i}")).await, format!("ok /api/b{i}"));
+    }
+    assert_eq!(log.accepted.load(Ordering::SeqCst), 2);
+    let served = log.by_connection.lock().unwrap().clone();
+    let on = |visitor: &str| {
+        let mut conns: Vec<usize> = served
+            .iter()
+            .filter(|(_, p)| p.starts_with(visitor))
+            .map(|(c, _)| *c)
+            .collect();
+        conns.dedup();
+        conns
+    };
+    let (on_a, on_b) = (on("/api/a"), on("/api/b"));
+    assert_eq!(on_a.len(), 1, "a's requests crossed workers: {served:?}");
+    assert_eq!(on_b.len(), 1, "b's requests crossed workers: {served:?}");
+    assert_ne!(on_a, on_b, "{served:?}");
     tamis.stop().await;
 }
 

@@ -14,7 +14,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::pool::{Key, Sender};
+use super::pool::{Key, Sender, H1};
 use super::{error_chain, is_tls, UpstreamError};
 
 /// Opens new upstream connections.
@@ -97,7 +97,7 @@ where
         .await
         .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
     drive(conn);
-    Ok(Sender::H1(sender))
+    Ok(Sender::H1(H1::here(sender)))
 }
 
 async fn handshake_h2<I>(io: I) -> Result<Sender, UpstreamError>

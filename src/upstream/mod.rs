@@ -159,14 +159,14 @@ impl Upstream {
             };
             match sender {
                 Sender::H1(mut h1) => {
-                    if let Err(e) = h1.ready().await {
+                    if let Err(e) = h1.sender.ready().await {
                         if pooled {
                             continue;
                         }
                         return Err(UpstreamError::Protocol(error_chain(&e)));
                     }
                     for_h1(&mut req, host_header.as_ref());
-                    match h1.try_send_request(req).await {
+                    match h1.sender.try_send_request(req).await {
                         Ok(resp) => {
                             let pool = self.pool.clone();
                             return Ok(resp.map(|b| PooledBody::pooled(b, pool, host, h1)));

@@ -100,8 +100,28 @@ pub(super) struct HostId(usize);
 
 /// A connection to send on.
 pub(super) enum Sender {
-    H1(http1::SendRequest<Full<Bytes>>),
+    H1(H1),
     H2(http2::SendRequest<Full<Bytes>>),
+}
+
+/// An HTTP/1.1 connection, and the worker thread whose event loop drives it.
+pub(super) struct H1 {
+    pub sender: http1::SendRequest<Full<Bytes>>,
+    home: Option<usize>,
+}
+
+impl H1 {
+    /// A connection whose I/O task was just spawned on this thread's worker.
+    pub(super) fn here(sender: http1::SendRequest<Full<Bytes>>) -> H1 {
+        H1 {
+            sender,
+            home: crate::workers::current(),
+        }
+    }
+
+    fn usable(&self, since: Instant, now: Instant, timeout: Duration) -> bool {
+        !self.sender.is_closed() && now.duration_since(since) < timeout
+    }
 }
 
 struct Host {
@@ -113,7 +133,7 @@ struct Host {
     /// Its `Host` header, built once.
     host_header: Option<HeaderValue>,
     /// Idle HTTP/1.1 connections and when each went idle; the last is the most recent.
-    idle: Vec<(http1::SendRequest<Full<Bytes>>, Instant)>,
+    idle: Vec<(H1, Instant)>,
     /// The HTTP/2 connection every request to this host shares.
     h2: Option<http2::SendRequest<Full<Bytes>>>,
 }
@@ -190,7 +210,8 @@ impl Pool {
     }
 
     /// A kept-alive connection to host `id`, if one is open: the shared HTTP/2 one, else the
-    /// most recently idle HTTP/1.1 one. It may still turn out closed when used.
+    /// most recently idle HTTP/1.1 one, preferably one this worker drives (a request on another
+    /// worker's connection wakes that thread twice). It may still turn out closed when used.
     pub(super) fn checkout(&self, id: HostId) -> Option<Sender> {
         let mut hosts = self.hosts();
         let host = hosts.get_mut(id.0)?;
@@ -201,12 +222,22 @@ impl Pool {
             host.h2 = None;
         }
         let now = Instant::now();
-        while let Some((sender, since)) = host.idle.pop() {
-            if !sender.is_closed() && now.duration_since(since) < self.idle_timeout {
-                return Some(Sender::H1(sender));
+        let here = crate::workers::current();
+        let usable = |(c, since): &(H1, Instant)| c.usable(*since, now, self.idle_timeout);
+        let i = match host
+            .idle
+            .iter()
+            .rposition(|e| e.0.home == here && usable(e))
+        {
+            Some(i) => i,
+            None => {
+                // Whatever is above the most recent usable one is closed or expired.
+                let newest = host.idle.iter().rposition(usable);
+                host.idle.truncate(newest.map_or(0, |i| i + 1));
+                newest?
             }
-        }
-        None
+        };
+        Some(Sender::H1(host.idle.remove(i).0))
     }
 
     /// Keeps a new HTTP/2 connection for the next requests to host `id`.
@@ -224,8 +255,8 @@ impl Pool {
     }
 
     /// Returns an HTTP/1.1 connection whose exchange is complete.
-    fn checkin(self: &Arc<Self>, id: HostId, sender: http1::SendRequest<Full<Bytes>>) {
-        if sender.is_closed() || self.max_idle_per_host == 0 {
+    fn checkin(self: &Arc<Self>, id: HostId, conn: H1) {
+        if conn.sender.is_closed() || self.max_idle_per_host == 0 {
             return;
         }
         {
@@ -237,7 +268,7 @@ impl Pool {
                 // Dropping the oldest closes it; the newer ones are the likelier to be reused.
                 host.idle.remove(0);
             }
-            host.idle.push((sender, Instant::now()));
+            host.idle.push((conn, Instant::now()));
         }
         self.start_reaper();
     }
@@ -269,7 +300,7 @@ async fn reap(pool: Weak<Pool>, every: Duration) {
         let timeout = pool.idle_timeout;
         for host in pool.hosts().iter_mut() {
             host.idle
-                .retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < timeout);
+                .retain(|(c, since)| c.usable(*since, now, timeout));
             if host.h2.as_ref().is_some_and(|h2| h2.is_closed()) {
                 host.h2 = None;
             }
@@ -288,7 +319,7 @@ pub struct PooledBody {
 struct Return {
     pool: Arc<Pool>,
     host: HostId,
-    sender: http1::SendRequest<Full<Bytes>>,
+    conn: H1,
 }
 
 impl PooledBody {
@@ -302,15 +333,10 @@ impl PooledBody {
     }
 
     /// A body that returns `sender` to `pool` when read to its end.
-    pub(super) fn pooled(
-        inner: Incoming,
-        pool: Arc<Pool>,
-        host: HostId,
-        sender: http1::SendRequest<Full<Bytes>>,
-    ) -> PooledBody {
+    pub(super) fn pooled(inner: Incoming, pool: Arc<Pool>, host: HostId, conn: H1) -> PooledBody {
         let mut body = PooledBody {
             inner,
-            back: Some(Return { pool, host, sender }),
+            back: Some(Return { pool, host, conn }),
             done: false,
         };
         // An empty body (HEAD, 204, 304, Content-Length: 0) is already complete.
@@ -323,7 +349,7 @@ impl PooledBody {
     fn finish(&mut self) {
         self.done = true;
         if let Some(r) = self.back.take() {
-            r.pool.checkin(r.host, r.sender);
+            r.pool.checkin(r.host, r.conn);
         }
     }
 }
