@@ -11,7 +11,7 @@
 #   SMOKE=1 A=target/release/tamis bash benches/ab.sh   # 1 s runs: checks it still works
 #
 # CASE: forward (default; the uncached 1 KB POST of peers.sh's case d) or hit (the cached
-# 20 KB tile of case a). Each build runs alone on core 0 with one Tokio worker; wrk (50
+# 20 KB tile of case a). Each build runs alone on core 0 with one worker thread; wrk (50
 # connections) and the origin (nginx) share core 1, as in peers.sh. CPU per request is the
 # build's user + system time from /proc over the measured requests.
 #

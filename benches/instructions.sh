@@ -10,7 +10,8 @@
 #   CALLGRIND_DIR=/tmp/cg bash benches/instructions.sh      # keep the profiles, for
 #                                                           # callgrind_annotate
 #
-# Each server runs under callgrind with one Tokio worker; wrk sends 10 connections' worth of
+# Each server runs under callgrind pinned to core 0, so with one worker thread (tamis starts
+# one per core it may run on); wrk sends 10 connections' worth of
 # load through it; the count is the process's whole total (start-up included, ~3 M
 # instructions, under 1 % of a run) over the requests wrk completed. The origin is nginx.
 #
@@ -43,7 +44,7 @@ count() {
   local name=$1 port=$2 path=$3 lua=$4
   shift 5
   local file="$out/callgrind.$name"
-  TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$file" "$@" \
+  TOKIO_WORKER_THREADS=1 taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$file" "$@" \
     2>"$work/logs/$name.log" &
   local pid=$!
   pids+=("$pid")

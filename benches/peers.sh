@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tamis vs nginx proxy_cache vs Varnish, on loopback, each server under test pinned to core 0
-# (tamis: one Tokio worker; nginx: one worker process; Varnish: one thread pool), the load
-# generator and the origins pinned to core 1.
+# (tamis: one worker thread, as it starts one per core it may run on; nginx: one worker process;
+# Varnish: one thread pool), the load generator and the origins pinned to core 1.
 #
 #   bash benches/peers.sh                      # every case, 10 s per server per case
 #   DURATION=3 CASES="a f" bash benches/peers.sh
