@@ -1,12 +1,14 @@
 //! Worker threads: one single-threaded Tokio runtime per core, the way nginx runs one worker
 //! process per core. The accept loops hand each public connection to the worker holding the
-//! fewest, and it stays there to its end, with the upstream connections it opens: no request
-//! crosses threads on its way, and no scheduler has to steal work back and forth.
+//! fewest, and it stays there to its end. The upstream connections it opens are driven there
+//! too, and the pool offers them to that worker first, so a request seldom crosses threads and
+//! no scheduler steals work back and forth.
 //!
-//! Against one work-stealing runtime this forwards 7-8 % more requests per second and serves
-//! 5 % more cached hits on one core (`benches/ab.sh`): a single-threaded runtime needs no atomic
-//! run queues and no wake-ups between threads. The price is nginx's too: a connection that
-//! keeps its worker busy delays the other connections on that worker.
+//! Against one work-stealing runtime this forwards 5-9 % more requests per second on one core
+//! (`benches/ab.sh`, faster in 12 of 12 turns; cached hits moved within the VM's noise): a
+//! single-threaded runtime needs no atomic run queues and no wake-ups between threads. The
+//! price is nginx's too: a connection that keeps its worker busy delays the other connections
+//! on that worker.
 
 use std::cell::Cell;
 use std::future::Future;
