@@ -913,18 +913,24 @@ mod tests {
         Cache::new(max, max / 4, Arc::new(|_| {}))
     }
 
+    /// Two lookups of key 1 on an empty cache: the first leads, the second waits on it.
+    async fn lead_and_wait<'c>(cache: &'c Cache, h: &HeaderMap) -> (FillGuard<'c>, FillState) {
+        let Lookup::Lead { guard, .. } = cache.lookup(&key(1), h).await else {
+            panic!("expected lead")
+        };
+        let Lookup::Wait { fill, .. } = cache.lookup(&key(1), h).await else {
+            panic!("expected wait")
+        };
+        (guard, fill)
+    }
+
     const MIN: Duration = Duration::from_secs(60);
 
     #[tokio::test]
     async fn one_leader_per_key_and_waiters_share_its_fill() {
         let cache = cache(1 << 20);
         let h = HeaderMap::new();
-        let Lookup::Lead { guard, .. } = cache.lookup(&key(1), &h).await else {
-            panic!("expected lead")
-        };
-        let Lookup::Wait { fill, .. } = cache.lookup(&key(1), &h).await else {
-            panic!("expected wait")
-        };
+        let (guard, fill) = lead_and_wait(&cache, &h).await;
         assert!(
             matches!(cache.lookup(&key(2), &h).await, Lookup::Lead { .. }),
             "other keys are independent"
@@ -945,12 +951,7 @@ mod tests {
         // lead: the failure must be in its copy of the fill by then (no second fetch).
         let cache = cache(1 << 20);
         let h = HeaderMap::new();
-        let Lookup::Lead { guard, .. } = cache.lookup(&key(1), &h).await else {
-            panic!("expected lead")
-        };
-        let Lookup::Wait { fill, .. } = cache.lookup(&key(1), &h).await else {
-            panic!("expected wait")
-        };
+        let (guard, fill) = lead_and_wait(&cache, &h).await;
         assert!(Cache::settled(&fill).is_none());
         guard
             .finish(Fill::Failed(StatusCode::GATEWAY_TIMEOUT), &[])
@@ -969,12 +970,7 @@ mod tests {
     async fn an_abandoned_fill_releases_its_waiters() {
         let cache = cache(1 << 20);
         let h = HeaderMap::new();
-        let Lookup::Lead { guard, .. } = cache.lookup(&key(1), &h).await else {
-            panic!("expected lead")
-        };
-        let Lookup::Wait { fill, .. } = cache.lookup(&key(1), &h).await else {
-            panic!("expected wait")
-        };
+        let (guard, fill) = lead_and_wait(&cache, &h).await;
         drop(guard);
         assert!(matches!(
             Cache::wait(fill, Duration::from_secs(1)).await,
