@@ -559,14 +559,14 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// More worker threads than this is a typo, not a machine.
 const MAX_WORKERS: usize = 1024;
-
-/// One worker per core this process may run on (its CPU affinity, as `taskset` sets it).
-fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
 const DEFAULT_HEURISTIC_MAX: Duration = Duration::from_secs(3600);
 const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(10);
 const DEFAULT_KEEP: Duration = Duration::from_secs(3600);
+
+/// One worker per core this process may run on (its CPU affinity and cgroup quota).
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
 
 /// Highest `max_upstream_connections`. The router makes a semaphore of that many permits, and
 /// tokio's `Semaphore::new` panics above `Semaphore::MAX_PERMITS` (2^61 - 1); far below that,

@@ -362,15 +362,14 @@ fn serve_route<'a>(
         // Built on a miss only. A HEAD miss fetches with GET, so the answer can be stored for both.
         let upstream =
             |headers| UpstreamRequest::new(Method::GET, key.uri.clone(), headers, Bytes::new());
-        let mut waited = false;
-        // The last fill this request waited on, if the wait ran out.
+        // The last fill this request waited on, if it waited.
         let mut waited_on: Option<FillState> = None;
         for _ in 0..3 {
             // Boxed: a miss goes upstream anyway, and inline this 2 KB future would be copied
             // along with every request's, hits and forwards included.
             let (stale, outcome) = match Box::pin(state.cache.lookup(&key, &fill_headers)).await {
                 Lookup::Fresh(entry) => {
-                    let (result, status) = if waited {
+                    let (result, status) = if waited_on.is_some() {
                         (CacheResult::Coalesced, "tamis; fwd=miss; collapsed")
                     } else {
                         (CacheResult::Hit, "tamis; hit")
@@ -409,7 +408,6 @@ fn serve_route<'a>(
                     }
                 }
                 Lookup::Wait { stale, fill } => {
-                    waited = true;
                     waited_on = Some(fill.clone());
                     (stale, Cache::wait(fill, state.upstream.timeout()).await)
                 }

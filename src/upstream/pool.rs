@@ -106,7 +106,7 @@ pub(super) enum Sender {
 
 /// An HTTP/1.1 connection, and the worker thread whose event loop drives it.
 pub(super) struct H1 {
-    pub sender: http1::SendRequest<Full<Bytes>>,
+    pub(super) sender: http1::SendRequest<Full<Bytes>>,
     home: Option<usize>,
 }
 
@@ -332,7 +332,7 @@ impl PooledBody {
         }
     }
 
-    /// A body that returns `sender` to `pool` when read to its end.
+    /// A body that returns `conn` to `pool` when read to its end.
     pub(super) fn pooled(inner: Incoming, pool: Arc<Pool>, host: HostId, conn: H1) -> PooledBody {
         let mut body = PooledBody {
             inner,
