@@ -1,6 +1,6 @@
 //! Limits and abuse: oversized requests, load shedding, the connection cap, per-client rates,
-//! trusted proxies, the circuit breaker, bounded retries, idle connections, and HTTP/2 stream
-//! limits and reset floods (spoken in raw frames).
+//! trusted proxies, the circuit breaker, bounded retries, slow request heads (slowloris), idle
+//! connections, and HTTP/2 stream limits and reset floods (spoken in raw frames).
 
 mod common;
 
@@ -367,6 +367,116 @@ async fn an_idle_connection_is_closed() {
     assert_eq!(n, 0);
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+}
+
+/// A tamis whose heads must arrive within one second, in front of a cacheable CDN.
+async fn one_second_heads() -> (Upstream, Tamis) {
+    let up = Upstream::http(cacheable).await;
+    let t = Tamis::start(&format!(
+        "{LISTEN}[limits]\nheader_read_timeout = \"1s\"\n\n{}",
+        route("cdn", "/cdn/", &up.url("/"), "")
+    ))
+    .await;
+    (up, t)
+}
+
+/// Reads until the connection closes (or 10 s pass): what came, and when it ended.
+async fn read_until_closed(
+    r: &mut (impl AsyncReadExt + Unpin),
+    started: Instant,
+) -> (String, Duration) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = started + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline.into(), r.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("still open after 10 s: {}", String::from_utf8_lossy(&out)),
+        }
+    }
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn a_request_head_trickled_in_is_cut_off_and_never_forwarded() {
+    let (up, t) = one_second_heads().await;
+    let c = TcpStream::connect(t.http).await.unwrap();
+    let (mut rd, mut wr) = c.into_split();
+    let started = Instant::now();
+    wr.write_all(b"GET /cdn/a HTTP/1.1\r\nhost: t\r\n")
+        .await
+        .unwrap();
+    // Slowloris: a header line every 200 ms, so bytes keep moving (the idle timeout never
+    // fires) but the head never ends.
+    let trickle = tokio::spawn(async move {
+        for i in 0..50 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if wr
+                .write_all(format!("x-slow-{i}: 1\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let (answer, closed) = read_until_closed(&mut rd, started).await;
+    trickle.abort();
+    assert!(answer.is_empty() || raw_status(&answer) == 408, "{answer}");
+    assert!(
+        closed >= Duration::from_millis(900),
+        "closed early: {closed:?}"
+    );
+    assert!(closed < Duration::from_secs(4), "closed late: {closed:?}");
+    assert_eq!(up.count(), 0, "an unfinished head was forwarded");
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_waits_for_its_next_head_no_longer_than_the_head_timeout() {
+    let (up, t) = one_second_heads().await;
+    let mut c = TcpStream::connect(t.http).await.unwrap();
+    c.write_all(b"GET /cdn/a HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = c.read(&mut buf).await.unwrap();
+    assert_eq!(raw_status(&String::from_utf8_lossy(&buf[..n])), 200);
+    // Silent after its answer: closed by the head timeout, not the 60 s idle timeout.
+    let (rest, closed) = read_until_closed(&mut c, Instant::now()).await;
+    assert!(rest.is_empty(), "{rest}");
+    assert!(
+        closed >= Duration::from_millis(900),
+        "closed early: {closed:?}"
+    );
+    assert!(closed < Duration::from_secs(4), "closed late: {closed:?}");
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn each_request_gets_its_own_head_timeout() {
+    let (up, t) = one_second_heads().await;
+    let mut c = TcpStream::connect(t.http).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    // Four requests 600 ms apart: the connection outlives the timeout, no head takes that long.
+    for i in 0..4 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        c.write_all(format!("GET /cdn/{i} HTTP/1.1\r\nhost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let n = c.read(&mut buf).await.unwrap();
+        assert_eq!(
+            raw_status(&String::from_utf8_lossy(&buf[..n])),
+            200,
+            "request {i}"
+        );
+    }
+    assert_eq!(up.count(), 4);
 }
 
 #[test]
