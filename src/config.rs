@@ -225,6 +225,9 @@ pub struct CacheConfig {
     pub negative_ttl: Duration,
     /// How long a stale entry with validators is kept to be revalidated rather than refetched.
     pub keep: Duration,
+    /// How long a URL whose answer could not be stored is fetched without coalescing
+    /// (Varnish's hit-for-miss); zero disables it.
+    pub hit_for_miss: Duration,
 }
 
 /// Settings shared by every upstream request.
@@ -494,6 +497,7 @@ struct RawCache {
     heuristic_max: Option<Spanned<String>>,
     negative_ttl: Option<Spanned<String>>,
     keep: Option<Spanned<String>>,
+    hit_for_miss: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -562,6 +566,8 @@ const MAX_WORKERS: usize = 1024;
 const DEFAULT_HEURISTIC_MAX: Duration = Duration::from_secs(3600);
 const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(10);
 const DEFAULT_KEEP: Duration = Duration::from_secs(3600);
+/// Varnish's builtin figure for its hit-for-miss objects.
+const DEFAULT_HIT_FOR_MISS: Duration = Duration::from_secs(120);
 
 /// One worker per core this process may run on (its CPU affinity and cgroup quota).
 fn default_workers() -> usize {
@@ -1060,6 +1066,11 @@ impl Validator<'_> {
                 DEFAULT_NEGATIVE_TTL,
             ),
             keep: self.duration_or_zero(raw.keep.as_ref(), "cache.keep", DEFAULT_KEEP),
+            hit_for_miss: self.duration_or_zero(
+                raw.hit_for_miss.as_ref(),
+                "cache.hit_for_miss",
+                DEFAULT_HIT_FOR_MISS,
+            ),
         }
     }
 
@@ -1650,6 +1661,17 @@ upstream = "https://cdn.example/npm/"
         assert_eq!(c.upstream.user_agent, DEFAULT_USER_AGENT);
         assert_eq!(c.log.client_ip, ClientIpLog::None);
         assert_eq!(c.cache.max_bytes, DEFAULT_MAX_BYTES);
+        assert_eq!(c.cache.hit_for_miss, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn hit_for_miss_can_be_shortened_or_turned_off() {
+        for (value, want) in [("\"30s\"", 30), ("\"0s\"", 0)] {
+            let c = parse(&format!("[cache]\nhit_for_miss = {value}\n{MINIMAL}")).unwrap();
+            assert_eq!(c.cache.hit_for_miss, Duration::from_secs(want));
+        }
+        let msg = problems(&format!("[cache]\nhit_for_miss = \"soon\"\n{MINIMAL}"));
+        assert!(msg.contains("cache.hit_for_miss"), "{msg}");
     }
 
     #[test]

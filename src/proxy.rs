@@ -765,7 +765,9 @@ async fn fill(
         }
     } else {
         if let Err(why) = decision {
-            guard.finish(Fill::NotStored, &[]).await;
+            guard
+                .not_stored(why, status, state.config.cache.hit_for_miss)
+                .await;
             return streamed(
                 rm,
                 status,
@@ -781,7 +783,9 @@ async fn fill(
         match tokio::time::timeout_at(deadline, buffer(incoming, max)).await {
             Ok(Ok(Buffered::Complete(body))) => body,
             Ok(Ok(Buffered::TooLarge(prefix, rest))) => {
-                guard.finish(Fill::NotStored, &[]).await;
+                guard
+                    .not_stored(NotStored::TooLarge, status, state.config.cache.hit_for_miss)
+                    .await;
                 return streamed(
                     rm,
                     status,
@@ -828,7 +832,9 @@ async fn fill(
         Ok(s) => s,
         Err(why) => {
             // Only rewritten bodies get here: served once, not kept.
-            guard.finish(Fill::NotStored, &[]).await;
+            guard
+                .not_stored(why, status, state.config.cache.hit_for_miss)
+                .await;
             let once = Entry::new(
                 status,
                 headers,
@@ -1120,7 +1126,9 @@ async fn refreshed(
         }
         Err(why) => {
             // Valid for this answer, but the refreshed headers forbid keeping it.
-            guard.finish(Fill::NotStored, &[]).await;
+            guard
+                .not_stored(why, stale.status, state.config.cache.hit_for_miss)
+                .await;
             let once = Entry::new(
                 stale.status,
                 headers,

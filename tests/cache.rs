@@ -269,6 +269,49 @@ async fn concurrent_misses_on_an_uncacheable_answer_each_get_it() {
 }
 
 #[tokio::test]
+async fn after_an_uncacheable_answer_requests_do_not_queue_behind_one_fetch() {
+    // (config, how many of six concurrent requests reach the upstream at once)
+    for (cache, at_once) in [("", 6), ("[cache]\nhit_for_miss = \"0s\"\n", 5)] {
+        let storable = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = storable.clone();
+        let (up, t) = one_route(
+            move |_| {
+                let cc = if flag.load(Ordering::Relaxed) {
+                    "max-age=60"
+                } else {
+                    "private"
+                };
+                Reply::ok("x")
+                    .header("cache-control", cc)
+                    .delay(Duration::from_millis(300))
+            },
+            cache,
+        )
+        .await;
+        assert_eq!(t.get("/cdn/a").await.status, 200);
+        let addr = t.http;
+        let tasks: Vec<_> = (0..6)
+            .map(|_| tokio::spawn(async move { get(addr, "/cdn/a", &[]).await }))
+            .collect();
+        for task in tasks {
+            let a = task.await.unwrap();
+            assert_eq!((a.status, a.text().as_str()), (200, "x"));
+        }
+        // With the hit-for-miss marker the first answer left, all six fetch at once. Without
+        // it, one fetches and five wait for it, only to fetch on their own after.
+        assert_eq!(up.max_in_flight(), at_once, "{cache:?}");
+        assert_eq!(up.count(), 7);
+        // The answer becomes storable: the next fetch stores it, and the one after is a hit.
+        storable.store(true, Ordering::Relaxed);
+        let a = t.get("/cdn/a").await;
+        assert_eq!(a.header("cache-status"), Some("tamis; fwd=miss; stored"));
+        let b = t.get("/cdn/a").await;
+        assert_eq!(b.header("cache-status"), Some("tamis; hit"));
+        assert_eq!(up.count(), 8);
+    }
+}
+
+#[tokio::test]
 async fn head_is_answered_from_the_get_entry() {
     let (up, t) = one_route(
         |_| Reply::ok("0123456789").header("cache-control", "max-age=60"),

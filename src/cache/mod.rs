@@ -11,6 +11,7 @@ pub mod freshness;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -319,6 +320,16 @@ pub enum NotStored {
 }
 
 impl NotStored {
+    /// Whether the refusal says something lasting about the URL, so its next requests should
+    /// not queue behind one fetch (hit-for-miss): not for an error a retry may not repeat
+    /// (5xx, 408, 429), where coalescing is what spares a struggling upstream.
+    pub fn lasts(self, status: StatusCode) -> bool {
+        let transient = status.is_server_error()
+            || status == StatusCode::REQUEST_TIMEOUT
+            || status == StatusCode::TOO_MANY_REQUESTS;
+        self != NotStored::Disabled && !transient
+    }
+
     /// A short token for logs and `Cache-Status`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -439,8 +450,8 @@ pub enum Waited {
     Retry,
 }
 
-/// A stored value: an object, or the list of headers the objects under this primary key vary
-/// on (the objects themselves sit under variant keys).
+/// A stored value: an object, the list of headers the objects under this primary key vary
+/// on (the objects themselves sit under variant keys), or a hit-for-miss marker.
 #[derive(Clone, Debug)]
 enum Slot {
     Object(Arc<Entry>),
@@ -448,6 +459,18 @@ enum Slot {
         names: Arc<[HeaderName]>,
         keep: Duration,
     },
+    /// The last answer could not be stored: until this expires, requests for the key fetch
+    /// without waiting on each other (and store the answer if it has become storable).
+    Pass {
+        keep: Duration,
+    },
+}
+
+/// What a key holds, as a lookup sees it.
+enum Found {
+    Object(Arc<Entry>),
+    Pass,
+    Nothing,
 }
 
 /// Why entries left the cache (the `result` label of `tamis_cache_evictions_total`).
@@ -458,6 +481,8 @@ pub struct Cache {
     store: Moka<CacheKey, Slot>,
     fills: Mutex<HashMap<CacheKey, FillState>>,
     max_object_bytes: u64,
+    /// Hit-for-miss markers held: moka counts them as entries, the entries gauge must not.
+    markers: Arc<AtomicU64>,
 }
 
 /// Entries leave moka once nothing can use them any more.
@@ -467,7 +492,7 @@ impl Lifetime {
     fn of(slot: &Slot) -> Duration {
         match slot {
             Slot::Object(e) => e.time_to_keep(),
-            Slot::Vary { keep, .. } => *keep,
+            Slot::Vary { keep, .. } | Slot::Pass { keep } => *keep,
         }
     }
 }
@@ -492,14 +517,22 @@ impl Cache {
     /// A cache holding at most `max_bytes` (weights of bodies and headers); `evicted` is told
     /// why each entry left ("size", "expired", "purged").
     pub fn new(max_bytes: u64, max_object_bytes: u64, evicted: EvictionHook) -> Cache {
+        let markers = Arc::new(AtomicU64::new(0));
+        let gone = markers.clone();
         let store = Moka::builder()
             .max_capacity(max_bytes)
             .weigher(|_: &CacheKey, v: &Slot| match v {
                 Slot::Object(e) => e.weight,
                 Slot::Vary { names, .. } => 256 + 32 * names.len() as u32,
+                Slot::Pass { .. } => 256,
             })
             .expire_after(Lifetime)
-            .eviction_listener(move |_k, _v, cause| match cause {
+            // Markers are not objects: their comings and goings are no eviction. Each marker
+            // inserted leaves through here exactly once (replaced, expired, evicted, purged).
+            .eviction_listener(move |_k, v, cause| match cause {
+                _ if matches!(v, Slot::Pass { .. }) => {
+                    gone.fetch_sub(1, Ordering::Relaxed);
+                }
                 RemovalCause::Size => evicted("size"),
                 RemovalCause::Expired => evicted("expired"),
                 RemovalCause::Explicit => evicted("purged"),
@@ -510,6 +543,7 @@ impl Cache {
             store,
             fills: Mutex::new(HashMap::new()),
             max_object_bytes,
+            markers,
         }
     }
 
@@ -528,37 +562,45 @@ impl Cache {
     }
 
     /// Resolves the key a request maps to: the primary key, or the variant its Vary'd header
-    /// values select. Also returns the stored object there, if any.
-    async fn resolve(
-        &self,
-        primary: &CacheKey,
-        request: &HeaderMap,
-    ) -> (CacheKey, Option<Arc<Entry>>) {
+    /// values select. Also returns what is stored there.
+    async fn resolve(&self, primary: &CacheKey, request: &HeaderMap) -> (CacheKey, Found) {
         match self.store.get(primary).await {
-            Some(Slot::Object(e)) => (primary.clone(), Some(e)),
+            Some(Slot::Object(e)) => (primary.clone(), Found::Object(e)),
+            Some(Slot::Pass { .. }) => (primary.clone(), Found::Pass),
             Some(Slot::Vary { names, .. }) => {
                 let key = primary.with_variant(variant_hash(&vary_values(&names, request)));
-                let entry = match self.store.get(&key).await {
-                    Some(Slot::Object(e)) if e.matches(request) => Some(e),
-                    _ => None,
+                let found = match self.store.get(&key).await {
+                    Some(Slot::Object(e)) if e.matches(request) => Found::Object(e),
+                    Some(Slot::Pass { .. }) => Found::Pass,
+                    _ => Found::Nothing,
                 };
-                (key, entry)
+                (key, found)
             }
-            None => (primary.clone(), None),
+            None => (primary.clone(), Found::Nothing),
         }
     }
 
     /// Looks a request up; on a miss (or a stale copy that needs revalidating) either makes the
-    /// caller the one to fetch it or hands back the fill to wait for.
+    /// caller the one to fetch it or hands back the fill to wait for. Under a hit-for-miss
+    /// marker every caller fetches, each with a guard of its own that no one waits on.
     pub async fn lookup(&self, primary: &CacheKey, request: &HeaderMap) -> Lookup<'_> {
-        let (key, entry) = self.resolve(primary, request).await;
-        let stale = match entry {
-            Some(e) => match e.staleness(Instant::now()) {
+        let (key, found) = self.resolve(primary, request).await;
+        let stale = match found {
+            Found::Object(e) => match e.staleness(Instant::now()) {
                 Staleness::Fresh => return Lookup::Fresh(e),
                 Staleness::WhileRevalidate => return Lookup::StaleWhileRevalidate(e, key),
                 Staleness::Stale => Some(e),
             },
-            None => None,
+            Found::Pass => {
+                let guard = FillGuard {
+                    cache: self,
+                    key,
+                    tx: watch::channel(None).0,
+                    done: false,
+                };
+                return Lookup::Lead { stale: None, guard };
+            }
+            Found::Nothing => None,
         };
         let lead = {
             let mut fills = self.fills.lock().unwrap_or_else(|p| p.into_inner());
@@ -584,7 +626,7 @@ impl Cache {
         };
         // A fill may have completed between the first look and taking the lead: it stores
         // before it leaves the fill table, so a second look settles it.
-        if let (_, Some(e)) = self.resolve(primary, request).await {
+        if let (_, Found::Object(e)) = self.resolve(primary, request).await {
             if e.staleness(Instant::now()) == Staleness::Fresh {
                 guard.finish(Fill::Stored(e.clone()), &[]).await;
                 return Lookup::Fresh(e);
@@ -677,10 +719,13 @@ impl Cache {
         self.store.policy().max_capacity().unwrap_or(0)
     }
 
-    /// Bytes held (weights) and entries, after applying pending evictions.
+    /// Bytes held (weights, markers included) and entries (markers not), after applying
+    /// pending evictions.
     pub async fn size(&self) -> (u64, u64) {
         self.store.run_pending_tasks().await;
-        (self.store.weighted_size(), self.store.entry_count())
+        let markers = self.markers.load(Ordering::Relaxed);
+        let entries = self.store.entry_count().saturating_sub(markers);
+        (self.store.weighted_size(), entries)
     }
 }
 
@@ -734,6 +779,18 @@ impl FillGuard<'_> {
         }
         self.tx.send_replace(Some(fill));
         self.release();
+    }
+
+    /// Publishes that the answer (`status`) could not be stored, for `why`. When that lasts,
+    /// leaves a hit-for-miss marker for `hit_for_miss` (zero: none), so the next requests for
+    /// the key do not queue behind one fetch only to fetch on their own after it.
+    pub async fn not_stored(self, why: NotStored, status: StatusCode, hit_for_miss: Duration) {
+        if why.lasts(status) && !hit_for_miss.is_zero() {
+            let marker = Slot::Pass { keep: hit_for_miss };
+            self.cache.markers.fetch_add(1, Ordering::Relaxed);
+            self.cache.store.insert(self.key.clone(), marker).await;
+        }
+        self.finish(Fill::NotStored, &[]).await;
     }
 
     fn release(&mut self) {
@@ -876,6 +933,27 @@ mod tests {
     }
 
     #[test]
+    fn only_lasting_refusals_make_a_hit_for_miss_marker() {
+        let ok = StatusCode::OK;
+        for why in [
+            NotStored::Forbidden,
+            NotStored::NoFreshness,
+            NotStored::SetCookie,
+            NotStored::Vary,
+            NotStored::TooLarge,
+        ] {
+            assert!(why.lasts(ok), "{why:?}");
+            assert!(why.lasts(StatusCode::FORBIDDEN), "{why:?}");
+            // Errors come and go: their next requests still wait on one fetch.
+            for transient in [500, 502, 503, 504, 408, 429] {
+                let status = StatusCode::from_u16(transient).unwrap();
+                assert!(!why.lasts(status), "{why:?} {transient}");
+            }
+        }
+        assert!(!NotStored::Disabled.lasts(ok));
+    }
+
+    #[test]
     fn own_etag_is_derived_from_the_bytes() {
         let a = content_etag(b"hello");
         assert_eq!(a, content_etag(b"hello"));
@@ -915,10 +993,19 @@ mod tests {
 
     /// Two lookups of key 1 on an empty cache: the first leads, the second waits on it.
     async fn lead_and_wait<'c>(cache: &'c Cache, h: &HeaderMap) -> (FillGuard<'c>, FillState) {
-        let Lookup::Lead { guard, .. } = cache.lookup(&key(1), h).await else {
+        lead_and_wait_on(cache, &key(1), h).await
+    }
+
+    /// Two lookups of `k`: the first leads, the second waits on it.
+    async fn lead_and_wait_on<'c>(
+        cache: &'c Cache,
+        k: &CacheKey,
+        h: &HeaderMap,
+    ) -> (FillGuard<'c>, FillState) {
+        let Lookup::Lead { guard, .. } = cache.lookup(k, h).await else {
             panic!("expected lead")
         };
-        let Lookup::Wait { fill, .. } = cache.lookup(&key(1), h).await else {
+        let Lookup::Wait { fill, .. } = cache.lookup(k, h).await else {
             panic!("expected wait")
         };
         (guard, fill)
@@ -943,6 +1030,41 @@ mod tests {
             Waited::Fill(Fill::Stored(_))
         ));
         assert!(matches!(cache.lookup(&key(1), &h).await, Lookup::Fresh(_)));
+    }
+
+    #[tokio::test]
+    async fn under_a_hit_for_miss_marker_every_request_fetches_until_one_stores() {
+        let cache = cache(1 << 20);
+        let h = HeaderMap::new();
+        let (guard, fill) = lead_and_wait(&cache, &h).await;
+        guard
+            .not_stored(NotStored::Forbidden, StatusCode::OK, MIN)
+            .await;
+        assert!(matches!(Cache::settled(&fill), Some(Fill::NotStored)));
+        assert_eq!(cache.size().await.1, 0, "a marker is not an object");
+        // Two at once: both lead, neither waits on the other.
+        let Lookup::Lead { guard: a, .. } = cache.lookup(&key(1), &h).await else {
+            panic!("expected lead")
+        };
+        let Lookup::Lead { guard: b, .. } = cache.lookup(&key(1), &h).await else {
+            panic!("expected a second lead, not a wait")
+        };
+        // The answer became storable: it replaces the marker, and coalescing is back.
+        a.finish(Fill::Stored(entry(10, MIN, vec![])), &[]).await;
+        drop(b);
+        assert!(matches!(cache.lookup(&key(1), &h).await, Lookup::Fresh(_)));
+        assert_eq!(cache.size().await.1, 1);
+        // A transient refusal, or a zero hit_for_miss, leaves no marker.
+        for (status, ttl) in [
+            (StatusCode::SERVICE_UNAVAILABLE, MIN),
+            (StatusCode::OK, Duration::ZERO),
+        ] {
+            let Lookup::Lead { guard, .. } = cache.lookup(&key(2), &h).await else {
+                panic!("expected lead")
+            };
+            guard.not_stored(NotStored::Forbidden, status, ttl).await;
+            let (_lead, _fill) = lead_and_wait_on(&cache, &key(2), &h).await;
+        }
     }
 
     #[tokio::test]
