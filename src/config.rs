@@ -103,7 +103,8 @@ pub struct Limits {
     /// Time to send a complete request head (slowloris guard); on HTTP/1.1 it also bounds how
     /// long a kept-alive connection waits for its next request.
     pub header_read_timeout: Duration,
-    /// A connection with no bytes in either direction this long is closed (gracefully).
+    /// A connection with no bytes in either direction this long, or no request begun or being
+    /// answered, is closed.
     pub idle_timeout: Duration,
     /// HTTP/2 streams open at once per connection.
     pub h2_max_concurrent_streams: u32,

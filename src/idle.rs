@@ -1,7 +1,9 @@
-//! Idle connections: a stream wrapper that counts the reads and writes that move bytes, and a
-//! timer that fires once the count has not changed for a while. A client that neither sends
-//! nor reads (an idle HTTP/2 connection, a reader that stopped draining its window) is closed,
-//! so it cannot hold a connection slot forever.
+//! Idle connections: counters of what a connection does (bytes moved, by a stream wrapper;
+//! requests begun and still open, by a guard that lives as long as the response body), and a
+//! timer that fires once they show it has done nothing for a while. A client that neither
+//! sends nor reads (a reader that stopped draining its window) is closed, and so is one that
+//! keeps bytes moving without asking for anything (an HTTP/2 connection that only pings, a
+//! preface trickled in byte by byte), so neither can hold a connection slot forever.
 
 use std::io;
 use std::pin::Pin;
@@ -10,44 +12,120 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Resolves once `activity` (bumped by [`IdleIo`] whenever bytes move) has not changed for
-/// `timeout`, give or take a quarter: it is sampled every quarter of the timeout, so the I/O
-/// path only bumps a counter instead of reading the clock on every read and write.
-pub async fn expired(activity: &AtomicU64, timeout: Duration) {
+/// What one connection has been doing, counted where it happens and sampled by [`expired`].
+#[derive(Debug, Default)]
+pub struct Activity {
+    /// Reads and writes that moved bytes.
+    bytes: AtomicU64,
+    /// Requests begun.
+    begun: AtomicU64,
+    /// Requests whose response is not done with yet.
+    open: AtomicU64,
+}
+
+impl Activity {
+    /// Counts a request as begun, and as open until the returned guard drops: put it in the
+    /// response body ([`Tracked`]) so a long download counts as open until its last byte.
+    pub fn begin(self: &Arc<Activity>) -> Open {
+        self.begun.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Open(self.clone())
+    }
+}
+
+/// An open request, closed on drop.
+#[derive(Debug)]
+pub struct Open(Arc<Activity>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Resolves once the connection has been idle for `timeout`: no bytes moved either way, or no
+/// request open nor begun. Give or take a quarter: the counters are sampled every quarter of
+/// the timeout, so the I/O path only bumps a counter instead of reading the clock on every read
+/// and write.
+pub async fn expired(activity: &Activity, timeout: Duration) {
     let tick = (timeout / 4).max(Duration::from_millis(1));
-    let mut seen = activity.load(Ordering::Relaxed);
-    let mut quiet = Duration::ZERO;
+    let mut bytes_seen = activity.bytes.load(Ordering::Relaxed);
+    let mut begun_seen = activity.begun.load(Ordering::Relaxed);
+    let (mut quiet, mut unused) = (Duration::ZERO, Duration::ZERO);
     loop {
         tokio::time::sleep(tick).await;
-        let now = activity.load(Ordering::Relaxed);
-        if now == seen {
-            quiet += tick;
-            if quiet >= timeout {
-                return;
-            }
+        let bytes = activity.bytes.load(Ordering::Relaxed);
+        let begun = activity.begun.load(Ordering::Relaxed);
+        let open = activity.open.load(Ordering::Relaxed);
+        quiet = if bytes == bytes_seen {
+            quiet + tick
         } else {
-            seen = now;
-            quiet = Duration::ZERO;
+            Duration::ZERO
+        };
+        unused = if begun == begun_seen && open == 0 {
+            unused + tick
+        } else {
+            Duration::ZERO
+        };
+        (bytes_seen, begun_seen) = (bytes, begun);
+        if quiet >= timeout || unused >= timeout {
+            return;
         }
+    }
+}
+
+/// A response body that keeps its request counted open until the body is done with (sent, or
+/// dropped with its connection).
+pub struct Tracked<B> {
+    body: B,
+    _open: Open,
+}
+
+impl<B> Tracked<B> {
+    /// `body`, keeping `open` until it drops.
+    pub fn new(body: B, open: Open) -> Tracked<B> {
+        Tracked { body, _open: open }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
 /// A stream that counts the reads and writes that moved bytes.
 pub struct IdleIo<S> {
     inner: S,
-    activity: Arc<AtomicU64>,
+    activity: Arc<Activity>,
 }
 
 impl<S> IdleIo<S> {
-    /// Wraps `inner`, counting activity in `activity`.
-    pub fn new(inner: S, activity: Arc<AtomicU64>) -> IdleIo<S> {
+    /// Wraps `inner`, counting in `activity`.
+    pub fn new(inner: S, activity: Arc<Activity>) -> IdleIo<S> {
         IdleIo { inner, activity }
     }
 
     fn touch(&self) {
-        self.activity.fetch_add(1, Ordering::Relaxed);
+        self.activity.bytes.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -101,5 +179,81 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(8);
+
+    /// Runs `expired` beside `traffic` (which acts on the counters every second) for up to
+    /// four timeouts of paused time; returns when it fired, if it did.
+    async fn fires_after(
+        activity: Arc<Activity>,
+        traffic: impl Fn(&Arc<Activity>, &mut Option<Open>, u32),
+    ) -> Option<Duration> {
+        let start = tokio::time::Instant::now();
+        let watch = expired(&activity, TIMEOUT);
+        tokio::pin!(watch);
+        let mut open = None;
+        for second in 0..32 {
+            traffic(&activity, &mut open, second);
+            tokio::select! {
+                _ = &mut watch => return Some(start.elapsed()),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        None
+    }
+
+    fn bytes(a: &Activity) {
+        a.bytes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_without_a_request_do_not_keep_a_connection() {
+        let fired = fires_after(Arc::default(), |a, _, _| bytes(a)).await;
+        assert!(
+            fired.is_some_and(|t| t >= TIMEOUT && t <= TIMEOUT * 5 / 4),
+            "{fired:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_response_that_moves_bytes_keeps_it() {
+        let fired = fires_after(Arc::default(), |a, open, second| {
+            if second == 0 {
+                *open = Some(a.begin());
+            }
+            bytes(a);
+        })
+        .await;
+        assert_eq!(fired, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_request_with_no_bytes_moving_does_not() {
+        let fired = fires_after(Arc::default(), |a, open, second| {
+            if second == 0 {
+                *open = Some(a.begin());
+            }
+        })
+        .await;
+        assert!(fired.is_some_and(|t| t <= TIMEOUT * 5 / 4), "{fired:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn short_requests_now_and_then_keep_it() {
+        let fired = fires_after(Arc::default(), |a, _, second| {
+            // One request every 5 s (under the 8 s timeout), answered at once.
+            if second % 5 == 0 {
+                drop(a.begin());
+            }
+            bytes(a);
+        })
+        .await;
+        assert_eq!(fired, None);
     }
 }

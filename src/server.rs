@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -340,9 +340,13 @@ async fn connection(
     watcher: Watcher,
 ) {
     let limits = live.load().config.limits.clone();
+    let activity = Arc::new(idle::Activity::default());
+    let counted = activity.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let live = live.clone();
         let load = load.clone();
+        // Open until the response body is done with: the connection is not idle meanwhile.
+        let open = counted.begin();
         async move {
             let response: Response<ProxyBody> = match role {
                 Role::Public => {
@@ -359,11 +363,10 @@ async fn connection(
                 }
                 Role::Admin => admin::handle(&live, req).await,
             };
-            Ok::<_, Infallible>(response)
+            Ok::<_, Infallible>(response.map(|b| idle::Tracked::new(b, open)))
         }
     });
     let builder = builder(&limits);
-    let activity = Arc::new(AtomicU64::new(0));
     let stream = idle::IdleIo::new(stream, activity.clone());
     let idle_timeout = limits.idle_timeout;
     let result = match tls {

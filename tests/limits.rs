@@ -526,6 +526,7 @@ mod h2raw {
     pub const HEADERS: u8 = 0x1;
     pub const RST_STREAM: u8 = 0x3;
     pub const SETTINGS: u8 = 0x4;
+    pub const PING: u8 = 0x6;
     pub const GOAWAY: u8 = 0x7;
     pub const MAX_CONCURRENT_STREAMS: u16 = 0x3;
     pub const CANCEL: u32 = 0x8;
@@ -578,7 +579,7 @@ mod h2raw {
     }
 
     /// The next frame, or None once the server closed the connection.
-    pub async fn next(c: &mut TcpStream) -> Option<Frame> {
+    pub async fn next(c: &mut (impl AsyncReadExt + Unpin)) -> Option<Frame> {
         let mut head = [0u8; 9];
         c.read_exact(&mut head).await.ok()?;
         let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
@@ -609,6 +610,47 @@ mod h2raw {
             f.payload[at + 3],
         ])
     }
+}
+
+#[tokio::test]
+async fn an_http2_connection_that_only_pings_is_closed_when_idle() {
+    let up = Upstream::http(cacheable).await;
+    let t = Tamis::start(&format!(
+        "{LISTEN}[upstream]\ntimeout = \"1s\"\n\n[limits]\nidle_timeout = \"2s\"\n\n{}",
+        route("cdn", "/cdn/", &up.url("/"), "")
+    ))
+    .await;
+    let (c, _) = h2raw::connect(t.http).await;
+    let started = Instant::now();
+    let (mut rd, mut wr) = c.into_split();
+    // Bytes move both ways (a PING every 300 ms, and its ACK), but no request is ever made:
+    // the connection holds a slot for nothing.
+    let pinger = tokio::spawn(async move {
+        for i in 0..100u64 {
+            let ping = h2raw::frame(h2raw::PING, 0, 0, &i.to_be_bytes());
+            if wr.write_all(&ping).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let mut acks = 0;
+    let read_all = async {
+        while let Some(f) = h2raw::next(&mut rd).await {
+            acks += usize::from(f.kind == h2raw::PING);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read_all)
+        .await
+        .expect("a connection that only pings was kept open");
+    pinger.abort();
+    let closed = started.elapsed();
+    assert!(acks > 0, "the pings were answered");
+    assert!(
+        closed >= Duration::from_millis(1500),
+        "closed early: {closed:?}"
+    );
+    assert_eq!(up.count(), 0);
 }
 
 #[tokio::test]
