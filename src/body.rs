@@ -12,6 +12,7 @@ use http_body_util::{Either, Full};
 use prometheus::IntCounter;
 use tokio::time::{Instant, Sleep};
 
+use crate::idle::Open;
 use crate::upstream::UpstreamBody;
 
 /// What tamis answers with.
@@ -46,6 +47,8 @@ pub struct Streamed {
     timer: Option<Pin<Box<Sleep>>>,
     /// Counts the bytes sent (`tamis_served_bytes_total{result="upstream"}`).
     sent: IntCounter,
+    /// Keeps the visitor's connection from counting as idle until the body is done.
+    open: Option<Open>,
 }
 
 impl Streamed {
@@ -62,7 +65,13 @@ impl Streamed {
             idle,
             timer: None,
             sent,
+            open: None,
         }
+    }
+
+    /// Holds the request's place in its connection's activity until this body is done.
+    pub fn hold(&mut self, open: Open) {
+        self.open = Some(open);
     }
 }
 

@@ -1,19 +1,18 @@
-//! Idle connections: counters of what a connection does (bytes moved, by a stream wrapper;
-//! requests begun and still open, by a guard that lives as long as the response body), and a
-//! timer that fires once they show it has done nothing for a while. A client that neither
-//! sends nor reads (a reader that stopped draining its window) is closed, and so is one that
-//! keeps bytes moving without asking for anything (an HTTP/2 connection that only pings, a
-//! preface trickled in byte by byte), so neither can hold a connection slot forever.
+//! Idle connections: counters of what a connection does (bytes moved and writes that had to
+//! wait, by a stream wrapper; requests begun and still open, by a guard that lives as long as
+//! the request's handling or its streamed body), and a timer that fires once they show it has
+//! done nothing for a while. A client that neither sends nor reads (a reader that stopped
+//! draining its window) is closed, and so is one that keeps bytes moving without asking for
+//! anything (an HTTP/2 connection that only pings, a preface trickled in byte by byte), so
+//! neither can hold a connection slot forever.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// What one connection has been doing, counted where it happens and sampled by [`expired`].
@@ -23,13 +22,17 @@ pub struct Activity {
     bytes: AtomicU64,
     /// Requests begun.
     begun: AtomicU64,
-    /// Requests whose response is not done with yet.
+    /// Requests being handled, or whose streamed body is not done yet.
     open: AtomicU64,
+    /// A write had to wait for the client since the timer last looked: an answer is still
+    /// going out to a slow reader (a complete body leaves its request before it leaves us).
+    blocked: AtomicBool,
 }
 
 impl Activity {
-    /// Counts a request as begun, and as open until the returned guard drops: put it in the
-    /// response body ([`Tracked`]) so a long download counts as open until its last byte.
+    /// Counts a request as begun, and as open until the returned guard drops: hand it to a
+    /// streamed response body (`body::Streamed::hold`), so a body the upstream is still
+    /// sending counts as open until its last byte.
     pub fn begin(self: &Arc<Activity>) -> Open {
         self.begun.fetch_add(1, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::Relaxed);
@@ -48,7 +51,7 @@ impl Drop for Open {
 }
 
 /// Resolves once the connection has been idle for `timeout`: no bytes moved either way, or no
-/// request open nor begun. Give or take a quarter: the counters are sampled every quarter of
+/// request begun, open, or still being written out. Give or take a quarter: the counters are sampled every quarter of
 /// the timeout, so the I/O path only bumps a counter instead of reading the clock on every read
 /// and write.
 pub async fn expired(activity: &Activity, timeout: Duration) {
@@ -61,12 +64,13 @@ pub async fn expired(activity: &Activity, timeout: Duration) {
         let bytes = activity.bytes.load(Ordering::Relaxed);
         let begun = activity.begun.load(Ordering::Relaxed);
         let open = activity.open.load(Ordering::Relaxed);
+        let blocked = activity.blocked.swap(false, Ordering::Relaxed);
         quiet = if bytes == bytes_seen {
             quiet + tick
         } else {
             Duration::ZERO
         };
-        unused = if begun == begun_seen && open == 0 {
+        unused = if begun == begun_seen && open == 0 && !blocked {
             unused + tick
         } else {
             Duration::ZERO
@@ -78,41 +82,7 @@ pub async fn expired(activity: &Activity, timeout: Duration) {
     }
 }
 
-/// A response body that keeps its request counted open until the body is done with (sent, or
-/// dropped with its connection).
-pub struct Tracked<B> {
-    body: B,
-    _open: Open,
-}
-
-impl<B> Tracked<B> {
-    /// `body`, keeping `open` until it drops.
-    pub fn new(body: B, open: Open) -> Tracked<B> {
-        Tracked { body, _open: open }
-    }
-}
-
-impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// A stream that counts the reads and writes that moved bytes.
+/// A stream that counts the reads and writes that moved bytes, and the writes that had to wait.
 pub struct IdleIo<S> {
     inner: S,
     activity: Arc<Activity>,
@@ -126,6 +96,14 @@ impl<S> IdleIo<S> {
 
     fn touch(&self) {
         self.activity.bytes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn wrote(&self, r: &Poll<io::Result<usize>>) {
+        match r {
+            Poll::Ready(Ok(n)) if *n > 0 => self.touch(),
+            Poll::Pending => self.activity.blocked.store(true, Ordering::Relaxed),
+            _ => {}
+        }
     }
 }
 
@@ -151,9 +129,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
+        self.wrote(&r);
         r
     }
 
@@ -163,9 +139,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
+        self.wrote(&r);
         r
     }
 
@@ -228,6 +202,20 @@ mod tests {
                 *open = Some(a.begin());
             }
             bytes(a);
+        })
+        .await;
+        assert_eq!(fired, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_still_taking_a_finished_answer_keeps_it() {
+        let fired = fires_after(Arc::default(), |a, _, second| {
+            if second == 0 {
+                drop(a.begin());
+            }
+            // The answer left its request at once; the client takes it slowly.
+            bytes(a);
+            a.blocked.store(true, Ordering::Relaxed);
         })
         .await;
         assert_eq!(fired, None);

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -345,10 +346,10 @@ async fn connection(
     let service = service_fn(move |req: Request<Incoming>| {
         let live = live.clone();
         let load = load.clone();
-        // Open until the response body is done with: the connection is not idle meanwhile.
+        // Open while the request is handled (and its body streamed): not idle meanwhile.
         let open = counted.begin();
         async move {
-            let response: Response<ProxyBody> = match role {
+            let mut response: Response<ProxyBody> = match role {
                 Role::Public => {
                     // Each request keeps the state current when it arrived, to its end.
                     let state = live.load();
@@ -363,7 +364,11 @@ async fn connection(
                 }
                 Role::Admin => admin::handle(&live, req).await,
             };
-            Ok::<_, Infallible>(response.map(|b| idle::Tracked::new(b, open)))
+            // A complete body leaves the request here; a streamed one keeps it open.
+            if let Either::Right(streamed) = response.body_mut() {
+                streamed.hold(open);
+            }
+            Ok::<_, Infallible>(response)
         }
     });
     let builder = builder(&limits);

@@ -654,6 +654,49 @@ async fn an_http2_connection_that_only_pings_is_closed_when_idle() {
 }
 
 #[tokio::test]
+async fn a_body_still_streaming_in_keeps_its_connection_past_the_idle_timeout() {
+    // An upstream that sends its body in eight pieces 400 ms apart: 3.2 s, longer than the
+    // 2 s idle timeout, with one request on the connection the whole time.
+    let origin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = origin.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = origin.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for i in 0..8 {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    let piece = format!("piece-{i};");
+                    let chunk = format!("{:x}\r\n{piece}\r\n", piece.len());
+                    if s.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = s.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    let t = Tamis::start(&format!(
+        "{LISTEN}[upstream]\ntimeout = \"1s\"\n\n[limits]\nidle_timeout = \"2s\"\n\n{}",
+        route(
+            "slow",
+            "/slow/",
+            &format!("http://{addr}/"),
+            "cache = false"
+        )
+    ))
+    .await;
+    let a = t.get("/slow/feed").await;
+    assert_eq!(a.status, 200);
+    let want: String = (0..8).map(|i| format!("piece-{i};")).collect();
+    assert_eq!(a.text(), want, "the body was cut off");
+}
+
+#[tokio::test]
 async fn an_http2_rapid_reset_flood_closes_the_connection_and_spares_the_upstream() {
     let up = Upstream::http(|s| Reply::ok(format!("from {}", s.uri))).await;
     let t = Tamis::start(&format!(
