@@ -533,6 +533,9 @@ impl Cache {
                 _ if matches!(v, Slot::Pass { .. }) => {
                     gone.fetch_sub(1, Ordering::Relaxed);
                 }
+                // A Vary list is an index over objects, not one: the evictions metric counts
+                // responses.
+                _ if matches!(v, Slot::Vary { .. }) => {}
                 RemovalCause::Size => evicted("size"),
                 RemovalCause::Expired => evicted("expired"),
                 RemovalCause::Explicit => evicted("purged"),
@@ -680,38 +683,37 @@ impl Cache {
     /// Removes the objects of `route` whose upstream path is `path`, or starts with it when
     /// `prefix`; returns how many were removed.
     pub async fn purge(&self, route: u64, path: &str, prefix: bool) -> usize {
-        let doomed: Vec<CacheKey> = self
-            .store
-            .iter()
-            .filter(|(k, _)| {
-                k.route == route
-                    && if prefix {
-                        k.uri.path().starts_with(path)
-                    } else {
-                        k.uri.path() == path
-                    }
-            })
-            .map(|(k, _)| (*k).clone())
-            .collect();
-        for k in &doomed {
-            self.store.invalidate(k).await;
-        }
-        doomed.len()
+        self.remove_where(|k| {
+            k.route == route
+                && if prefix {
+                    k.uri.path().starts_with(path)
+                } else {
+                    k.uri.path() == path
+                }
+        })
+        .await
     }
 
     /// Removes every object of a route not in `live` (after a reload removed or changed it);
     /// returns how many were removed.
     pub async fn retain_routes(&self, live: &[u64]) -> usize {
-        let doomed: Vec<CacheKey> = self
+        self.remove_where(|k| !live.contains(&k.route)).await
+    }
+
+    /// Removes every slot whose key matches (Vary lists and hit-for-miss markers with the
+    /// objects) and returns how many objects went: the operator asked about responses, and a
+    /// varied object would otherwise count twice and a marker as one.
+    async fn remove_where(&self, doomed: impl Fn(&CacheKey) -> bool) -> usize {
+        let doomed: Vec<(CacheKey, bool)> = self
             .store
             .iter()
-            .filter(|(k, _)| !live.contains(&k.route))
-            .map(|(k, _)| (*k).clone())
+            .filter(|(k, _)| doomed(k))
+            .map(|(k, v)| ((*k).clone(), matches!(v, Slot::Object(_))))
             .collect();
-        for k in &doomed {
+        for (k, _) in &doomed {
             self.store.invalidate(k).await;
         }
-        doomed.len()
+        doomed.iter().filter(|(_, object)| *object).count()
     }
 
     /// The configured bound, in bytes.
@@ -1193,5 +1195,51 @@ mod tests {
         assert_eq!(cache.purge(0, "/1", false).await, 1);
         assert_eq!(cache.purge(0, "/", true).await, 2);
         assert_eq!(cache.purge(0, "/", true).await, 0);
+    }
+
+    #[tokio::test]
+    async fn purge_and_retain_count_objects_not_vary_lists_or_markers() {
+        let cache = cache(1 << 20);
+        let h = HeaderMap::new();
+        // /1: one object under a Vary list (two slots); /2: a hit-for-miss marker.
+        let names = [header::ACCEPT];
+        let Lookup::Lead { guard, .. } = cache.lookup(&key(1), &h).await else {
+            panic!()
+        };
+        guard
+            .finish(Fill::Stored(entry(1, MIN, vary_values(&names, &h))), &names)
+            .await;
+        let Lookup::Lead { guard, .. } = cache.lookup(&key(2), &h).await else {
+            panic!()
+        };
+        guard
+            .not_stored(NotStored::Forbidden, StatusCode::OK, MIN)
+            .await;
+        assert_eq!(cache.purge(0, "/1", false).await, 1, "one object, not two");
+        assert_eq!(
+            cache.purge(0, "/2", false).await,
+            0,
+            "a marker is no object"
+        );
+        // Both are gone all the same: /2 coalesces again (a lead, then a wait).
+        assert!(matches!(
+            cache.lookup(&key(1), &h).await,
+            Lookup::Lead { .. }
+        ));
+        let _lead = lead_and_wait_on(&cache, &key(2), &h).await;
+
+        let other = CacheKey::primary(7, "https://cdn.example/x".parse().unwrap());
+        let Lookup::Lead { guard, .. } = cache.lookup(&other, &h).await else {
+            panic!()
+        };
+        guard
+            .not_stored(NotStored::Forbidden, StatusCode::OK, MIN)
+            .await;
+        assert_eq!(
+            cache.retain_routes(&[0]).await,
+            0,
+            "route 7 held a marker only"
+        );
+        assert_eq!(cache.size().await, (0, 0));
     }
 }
