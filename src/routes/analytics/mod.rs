@@ -600,36 +600,181 @@ pub fn json_referrer(v: &RawValue, site_host: Option<&str>, tally: &mut Tally) -
     r
 }
 
-/// Keeps the allowlisted keys of a JSON object of custom fields (also one sent as a JSON
-/// string, as some trackers do); `None` when nothing is left or it is not an object.
-pub fn allowed_fields(
-    value: &RawValue,
+/// A field of an object read by [`read_object`].
+pub enum Field<'a> {
+    /// The raw text of the value, parsed only when a rule reads it.
+    Raw(&'a RawValue),
+    /// Custom fields, already filtered against the allowlist (`None`: nothing kept).
+    Allowed(Option<Box<RawValue>>),
+}
+
+/// `text` as a JSON object, in one pass: the values of the `custom` keys (custom fields, often
+/// most of the bytes) are filtered against `allow` as they are read, as [`AllowedFields`] does;
+/// every other value is kept raw. A repeated key keeps its last value, as a parse into a map
+/// would.
+pub fn read_object<'a>(
+    text: &'a str,
+    custom: &[&str],
     allow: &[String],
     tally: &mut Tally,
-) -> Option<Box<RawValue>> {
-    // Sent as a string: the object is inside it.
-    let inner = value
-        .get()
-        .starts_with('"')
-        .then(|| raw_str(value))
-        .flatten();
-    let text = inner.as_deref().unwrap_or(value.get());
-    let fields = raw_object(text).ok()?;
-    let mut kept = BTreeMap::new();
-    for (k, v) in fields {
-        if allow.iter().any(|a| *a == *k.0) {
-            tally.add(Outcome::Kept);
-            if let Some(v) = respelt(v) {
-                kept.insert(k, v);
+) -> Result<BTreeMap<Key<'a>, Field<'a>>, ScrubError> {
+    struct Object<'s> {
+        custom: &'s [&'s str],
+        allow: &'s [String],
+        tally: &'s mut Tally,
+    }
+    impl<'de> serde::de::Visitor<'de> for Object<'_> {
+        type Value = BTreeMap<Key<'de>, Field<'de>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<M: serde::de::MapAccess<'de>>(
+            self,
+            mut map: M,
+        ) -> Result<Self::Value, M::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(k) = map.next_key::<Key<'de>>()? {
+                let v = if self.custom.contains(&k.0.as_ref()) {
+                    Field::Allowed(map.next_value_seed(AllowedFields::new(self.allow, self.tally))?)
+                } else {
+                    Field::Raw(map.next_value()?)
+                };
+                out.insert(k, v);
             }
-        } else {
-            tally.add(Outcome::Dropped);
+            Ok(out)
         }
     }
-    if kept.is_empty() {
-        return None;
+    let body = |e: serde_json::Error| ScrubError::Body(e.to_string());
+    let mut de = serde_json::Deserializer::from_str(text);
+    // `deserialize_map`: anything but an object is refused (numbers included, which
+    // `arbitrary_precision` would otherwise hand a visitor as a map).
+    let object = serde::Deserializer::deserialize_map(
+        &mut de,
+        Object {
+            custom,
+            allow,
+            tally,
+        },
+    )
+    .map_err(body)?;
+    de.end().map_err(body)?;
+    Ok(object)
+}
+
+/// Reads a value of custom fields, keeping the allowlisted keys of an object (also of one sent
+/// as a JSON string, as some trackers do): each key is checked as it is read, a dropped value is
+/// only scanned, never built, and a kept one is respelt. Anything that is not an object gives
+/// `None`, as does an object with nothing kept.
+struct AllowedFields<'s> {
+    allow: &'s [String],
+    tally: &'s mut Tally,
+    /// Reading the object a string held: a string in there is not an object.
+    unwrapped: bool,
+}
+
+impl<'s> AllowedFields<'s> {
+    /// Filters against `allow`, counting each field in `tally`.
+    fn new(allow: &'s [String], tally: &'s mut Tally) -> AllowedFields<'s> {
+        AllowedFields {
+            allow,
+            tally,
+            unwrapped: false,
+        }
     }
-    serde_json::value::to_raw_value(&kept).ok()
+
+    /// Reads one whole JSON value; `None` when it is not valid JSON either.
+    fn read(self, text: &str) -> Option<Box<RawValue>> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let kept = serde::de::DeserializeSeed::deserialize(self, &mut de).ok()?;
+        de.end().ok()?;
+        kept
+    }
+}
+
+/// The map key `arbitrary_precision` hands a visitor for a number it keeps as text.
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+impl<'de> serde::de::DeserializeSeed<'de> for AllowedFields<'_> {
+    type Value = Option<Box<RawValue>>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for AllowedFields<'_> {
+    type Value = Option<Box<RawValue>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+        let mut kept: BTreeMap<Key<'de>, Box<RawValue>> = BTreeMap::new();
+        let mut first = true;
+        while let Some(k) = map.next_key::<Key<'de>>()? {
+            if std::mem::take(&mut first) && k.0 == NUMBER_TOKEN {
+                // A number, not an object.
+                map.next_value::<serde::de::IgnoredAny>()?;
+                return Ok(None);
+            }
+            if self.allow.iter().any(|a| *a == *k.0) {
+                self.tally.add(Outcome::Kept);
+                // Respelt from its raw text: the same value, however it was written.
+                match respelt(map.next_value::<&'de RawValue>()?) {
+                    Some(v) => kept.insert(k, v),
+                    // A repeated key keeps its last value, even one that cannot be kept.
+                    None => kept.remove(&*k.0),
+                };
+            } else {
+                self.tally.add(Outcome::Dropped);
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        if kept.is_empty() {
+            return Ok(None);
+        }
+        Ok(serde_json::value::to_raw_value(&kept).ok())
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        if self.unwrapped {
+            return Ok(None);
+        }
+        // Sent as a string: the object is inside it.
+        Ok(AllowedFields {
+            unwrapped: true,
+            ..self
+        }
+        .read(s))
+    }
+
+    fn visit_seq<S: serde::de::SeqAccess<'de>>(self, mut seq: S) -> Result<Self::Value, S::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
 }
 
 /// One line of `tamis check` for a parameter table: names by outcome.

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde_json::value::RawValue;
 
 use super::{
-    allowed_fields, field, host_of, json_page_url, json_referrer, raw_object, raw_str, raw_string,
-    respelt, Context, Outcome, ScrubError, Tally,
+    host_of, json_page_url, json_referrer, raw_str, raw_string, read_object, respelt, Context,
+    Field, Key, Outcome, ScrubError, Tally,
 };
 
 /// The field table (`tamis check` prints it).
@@ -38,30 +38,37 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
 
 const KEPT: &[&str] = &["n", "d", "h", "i", "v", "$"];
 
-/// Scrubs an event body. Values are read raw: what a rule keeps or reads is parsed,
-/// what it drops is only scanned, never built.
+/// The fields holding custom props, filtered against `allow_event_params`.
+const CUSTOM: &[&str] = &["p", "props", "m", "meta"];
+
+/// Scrubs an event body, in one pass over the text: custom fields are filtered as they are
+/// read; other values are read raw, and what a rule keeps or reads is parsed, what it drops is
+/// only scanned, never built.
 pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8>, ScrubError> {
     let text = std::str::from_utf8(body).map_err(|e| ScrubError::Body(e.to_string()))?;
-    let event = raw_object(text).map_err(|_| ScrubError::Body("not a JSON object".into()))?;
-    let site_host = field(&event, "d")
-        .and_then(raw_str)
-        .map(Cow::into_owned)
-        .or_else(|| {
-            field(&event, "u")
-                .and_then(raw_str)
-                .and_then(|u| host_of(&u).map(str::to_owned))
-        });
-    let mut out: BTreeMap<&str, Box<RawValue>> = BTreeMap::new();
-    for (k, v) in &event {
-        let kept = match k.0.as_ref() {
-            name if KEPT.contains(&name) => {
+    let allow = &ctx.settings.allow_event_params;
+    let event = read_object(text, CUSTOM, allow, tally)?;
+    let raw = |name: &str| match event.get(name) {
+        Some(Field::Raw(v)) => Some(*v),
+        _ => None,
+    };
+    let site_host = raw("d").and_then(raw_str).map(Cow::into_owned).or_else(|| {
+        raw("u")
+            .and_then(raw_str)
+            .and_then(|u| host_of(&u).map(str::to_owned))
+    });
+    let mut out: BTreeMap<Key<'_>, Box<RawValue>> = BTreeMap::new();
+    for (k, v) in event {
+        let kept = match (k.0.as_ref(), v) {
+            // Filtered (and counted) as they were read.
+            (_, Field::Allowed(fields)) => fields,
+            (name, Field::Raw(v)) if KEPT.contains(&name) => {
                 tally.add(Outcome::Kept);
                 respelt(v)
             }
-            "u" => json_page_url(v, &ctx.settings.allow_url_params, tally),
-            "r" => json_referrer(v, site_host.as_deref(), tally).and_then(|r| raw_string(&r)),
-            "p" | "props" | "m" | "meta" => {
-                allowed_fields(v, &ctx.settings.allow_event_params, tally)
+            ("u", Field::Raw(v)) => json_page_url(v, &ctx.settings.allow_url_params, tally),
+            ("r", Field::Raw(v)) => {
+                json_referrer(v, site_host.as_deref(), tally).and_then(|r| raw_string(&r))
             }
             _ => {
                 tally.add(Outcome::Dropped);
@@ -69,7 +76,7 @@ pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8
             }
         };
         if let Some(v) = kept {
-            out.insert(k.0.as_ref(), v);
+            out.insert(k, v);
         }
     }
     serde_json::to_vec(&out).map_err(|e| ScrubError::Body(e.to_string()))
@@ -124,5 +131,61 @@ mod tests {
         .unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("9909999999999999999999999920"), "{text}");
+    }
+
+    #[test]
+    fn props_are_filtered_as_they_are_read() {
+        let settings = Settings {
+            allow_event_params: vec!["author".into(), "plan".into()],
+            allow_url_params: vec![],
+        };
+        let p = Pseudonymizer::new(Duration::from_secs(86400), None);
+        let ctx = Context {
+            settings: &settings,
+            pseudonyms: &p,
+            route: "plausible",
+        };
+        let run = |body: &str| {
+            let mut t = Tally::default();
+            let out = scrub(body.as_bytes(), &ctx, &mut t).map(|o| String::from_utf8(o).unwrap());
+            (out, t)
+        };
+        // Kept props are respelt and sorted; the others are only counted.
+        let (out, t) = run(r#"{"n":"x","p":{"plan":1.50,"email":"a@b","author":"J\u006f"}}"#);
+        assert_eq!(out.unwrap(), r#"{"n":"x","p":{"author":"Jo","plan":1.50}}"#);
+        assert_eq!((t.get(Outcome::Kept), t.get(Outcome::Dropped)), (3, 1));
+        // Sent as a JSON string, as some trackers do: the object inside is read the same way.
+        let (out, _) = run(r#"{"n":"x","props":"{\"author\":\"Jo\",\"email\":\"a@b\"}"}"#);
+        assert_eq!(out.unwrap(), r#"{"n":"x","props":{"author":"Jo"}}"#);
+        // Anything else holds no props: dropped, the rest of the event goes on.
+        for other in [
+            r#""[1]""#,
+            r#""\"s\"""#,
+            "[1,{}]",
+            "7",
+            "7.5e3",
+            "true",
+            "null",
+            "{}",
+        ] {
+            let (out, _) = run(&format!(r#"{{"n":"x","m":{other}}}"#));
+            assert_eq!(out.unwrap(), r#"{"n":"x"}"#, "{other}");
+        }
+        // A repeated key keeps its last value, also when that one is dropped.
+        let (out, _) = run(r#"{"n":"x","p":{"plan":"a","plan":"b"},"p":{"plan":"c"}}"#);
+        assert_eq!(out.unwrap(), r#"{"n":"x","p":{"plan":"c"}}"#);
+        let (out, _) = run(r#"{"n":"x","p":{"plan":"c"},"p":{"email":"e"}}"#);
+        assert_eq!(out.unwrap(), r#"{"n":"x"}"#);
+        // Broken JSON inside the props breaks the whole body, as anywhere else; so does a key
+        // that is no Unicode text (a lone surrogate), as it already did at the top level.
+        for bad in [
+            r#"{"n":"x","p":{"plan":}}"#,
+            r#"{"n":"x","p":{"a":1}"#,
+            r#"{"p":{}} x"#,
+            r#"{"n":"x","p":{"\ud800":1}}"#,
+            r#"{"\ud800":1}"#,
+        ] {
+            assert!(run(bad).0.is_err(), "{bad}");
+        }
     }
 }

@@ -7,8 +7,8 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{
-    allowed_fields, field, json_page_url, json_referrer, primary_language, raw_object, raw_str,
-    raw_string, respelt, Context, Outcome, ScrubError, Tally,
+    field, json_page_url, json_referrer, primary_language, raw_object, raw_str, raw_string,
+    read_object, respelt, Context, Field, Key, Outcome, ScrubError, Tally,
 };
 
 /// The payload field table (`tamis check` prints it).
@@ -41,6 +41,9 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
 
 const KEPT: &[&str] = &["website", "hostname", "title", "name", "tag"];
 
+/// The payload field holding custom data, filtered against `allow_event_params`.
+const CUSTOM: &[&str] = &["data"];
+
 /// Answer fields that identify a session or visit: removed before the visitor sees the answer.
 pub const ANSWER_IDENTIFIERS: &[&str] = &["sessionId", "visitId", "cache"];
 
@@ -56,42 +59,50 @@ pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8
     if kind != "event" {
         return Err(ScrubError::Body(format!("type {kind:?} is not forwarded")));
     }
-    let Some(Ok(payload)) = field(&value, "payload").map(|p| raw_object(p.get())) else {
+    // The custom `data` is filtered as the payload is read.
+    let allow = &ctx.settings.allow_event_params;
+    let Some(Ok(payload)) =
+        field(&value, "payload").map(|p| read_object(p.get(), CUSTOM, allow, tally))
+    else {
         return Err(ScrubError::Body("no \"payload\" object".into()));
     };
-    let site_host = field(&payload, "hostname").and_then(raw_str);
-    let mut out: BTreeMap<&str, Box<RawValue>> = BTreeMap::new();
-    for (k, v) in &payload {
-        let kept = match k.0.as_ref() {
-            name if KEPT.contains(&name) => {
+    let site_host = match payload.get("hostname") {
+        Some(Field::Raw(v)) => raw_str(v),
+        _ => None,
+    };
+    let mut out: BTreeMap<Key<'_>, Box<RawValue>> = BTreeMap::new();
+    for (k, v) in payload {
+        let kept = match (k.0.as_ref(), v) {
+            // Filtered (and counted) as they were read.
+            (_, Field::Allowed(fields)) => fields,
+            (name, Field::Raw(v)) if KEPT.contains(&name) => {
                 tally.add(Outcome::Kept);
                 respelt(v)
             }
-            "url" => json_page_url(v, &ctx.settings.allow_url_params, tally),
+            ("url", Field::Raw(v)) => json_page_url(v, &ctx.settings.allow_url_params, tally),
             // Umami expects the field; an empty referrer means none.
-            "referrer" => {
+            ("referrer", Field::Raw(v)) => {
                 raw_string(&json_referrer(v, site_host.as_deref(), tally).unwrap_or_default())
             }
-            "language" => {
+            ("language", Field::Raw(v)) => {
                 tally.add(Outcome::Generalised);
                 raw_str(v)
                     .and_then(|l| primary_language(&l))
                     .and_then(|l| raw_string(&l))
             }
-            "data" => allowed_fields(v, &ctx.settings.allow_event_params, tally),
             _ => {
                 tally.add(Outcome::Dropped);
                 None
             }
         };
         if let Some(v) = kept {
-            out.insert(k.0.as_ref(), v);
+            out.insert(k, v);
         }
     }
     #[derive(serde::Serialize)]
     struct Event<'a> {
         r#type: &'static str,
-        payload: BTreeMap<&'a str, Box<RawValue>>,
+        payload: BTreeMap<Key<'a>, Box<RawValue>>,
     }
     serde_json::to_vec(&Event {
         r#type: "event",
