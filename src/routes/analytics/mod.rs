@@ -383,12 +383,15 @@ pub fn scrub_page_url(url: &str, allow: &[String]) -> Option<String> {
         let abs = parse_absolute(base)?;
         abs.with_rest(abs.rest)
     };
-    let kept: Vec<(String, String)> = query
-        .and_then(|q| parse_query(q).ok())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(k, _)| allow.iter().any(|a| a == k))
-        .collect();
+    let kept: Vec<(String, String)> = match query {
+        // With nothing allowed (the default) nothing can be kept: the query is not even read.
+        Some(q) if !allow.is_empty() => parse_query(q)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| allow.iter().any(|a| a == k))
+            .collect(),
+        _ => Vec::new(),
+    };
     if kept.is_empty() {
         Some(base)
     } else {
@@ -571,6 +574,10 @@ pub fn raw_string(s: &str) -> Option<Box<RawValue>> {
 /// A kept value, re-serialised rather than passed on as the visitor spelt it, so the bytes
 /// sent upstream depend on the value alone, never on its escapes, exponents or spacing.
 pub fn respelt(v: &RawValue) -> Option<Box<RawValue>> {
+    // Most kept values are strings: decoded and encoded again without building a `Value`.
+    if v.get().starts_with('"') {
+        return raw_str(v).and_then(|s| raw_string(&s));
+    }
     let value: serde_json::Value = serde_json::from_str(v.get()).ok()?;
     serde_json::value::to_raw_value(&value).ok()
 }
