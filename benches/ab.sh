@@ -10,8 +10,8 @@
 #   A=... B=... CASE=hit RUNS=8 DURATION=10 bash benches/ab.sh
 #   SMOKE=1 A=target/release/tamis bash benches/ab.sh   # 1 s runs: checks it still works
 #
-# CASE: forward (default; the uncached 1 KB POST of peers.sh's case d) or hit (the cached
-# 20 KB tile of case a). Each build runs alone on core 0 with one worker thread; wrk (50
+# CASE: forward (default; the uncached 1 KB POST of peers.sh's case d), hit (the cached
+# 20 KB tile of case a) or plausible (case d's 1 KB event through the Plausible scrubber). Each build runs alone on core 0 with one worker thread; wrk (50
 # connections) and the origin (nginx) share core 1, as in peers.sh. CPU per request is the
 # build's user + system time from /proc over the measured requests.
 #
@@ -40,7 +40,11 @@ bench_workdir
 case $CASE in
   forward) path=/post/e lua=$work/post.lua ;;
   hit) path=/s/tile.png lua= ;;
-  *) echo "CASE is forward or hit" >&2; exit 1 ;;
+  plausible)
+    path=/p/api/event lua=$work/plausible.lua
+    bench_plausible_event "$work/event.json" "$lua"
+    ;;
+  *) echo "CASE is forward, hit or plausible" >&2; exit 1 ;;
 esac
 
 bench_origin "$ORIGIN"
@@ -53,8 +57,8 @@ run() {
   (TOKIO_WORKER_THREADS=1 exec taskset -c 0 "$2" --config "$work/tamis.toml") 2>"$work/logs/$1.log" &
   local pid=$!
   pids+=("$pid")
-  for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$TAMIS$path" -d x && break; sleep 0.1; done
-  curl -fs -o /dev/null "http://127.0.0.1:$TAMIS/s/tile.png"
+  # Ready once it answers (the tile, so that a hit run starts cached); wrk warms the rest.
+  for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$TAMIS/s/tile.png" && break; sleep 0.1; done
   taskset -c 1 wrk -t1 -c50 -d1s ${lua:+-s "$lua"} "http://127.0.0.1:$TAMIS$path" >/dev/null
   local before after out
   before=$(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$pid/stat")
