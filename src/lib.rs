@@ -7,6 +7,7 @@ pub mod body;
 pub mod breaker;
 pub mod cache;
 pub mod client_addr;
+pub mod close;
 pub mod config;
 pub mod idle;
 pub mod metrics;

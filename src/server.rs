@@ -14,7 +14,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -22,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admin;
 use crate::body::ProxyBody;
+use crate::close;
 use crate::config::{Config, Limits};
 use crate::idle;
 use crate::proxy::{self, State, StateError};
@@ -172,9 +172,8 @@ impl Server {
     /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests
     /// finish for at most `server.shutdown_timeout`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        // Shared by the accept loops, which each hand a watcher to every connection; once the
-        // loops are done the last reference comes back here to wait for the connections.
-        let graceful = Arc::new(GracefulShutdown::new());
+        // Every accept loop and every connection holds a receiver: `true` tells them to stop,
+        // and the channel closes once the last of them is gone.
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut loops = JoinSet::new();
         let workers = Arc::new(self.workers);
@@ -192,26 +191,23 @@ impl Server {
                 self.live.clone(),
                 self.load.clone(),
                 workers.clone(),
-                graceful.clone(),
                 stop_rx.clone(),
             ));
         }
+        drop(stop_rx);
         shutdown.await;
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        // Each connection closes gracefully: HTTP/2 gets a GOAWAY, and requests in flight end.
         let _ = stop_tx.send(true);
         while loops.join_next().await.is_some() {}
-        if let Ok(graceful) = Arc::try_unwrap(graceful) {
-            // The running config's: a reload may have changed it.
-            let shutdown_timeout = self.live.load().config.server.shutdown_timeout;
-            match tokio::time::timeout(shutdown_timeout, graceful.shutdown()).await {
-                Ok(()) => tracing::info!("all connections closed"),
-                Err(_) => tracing::warn!(
-                    timeout = ?shutdown_timeout,
-                    "shutdown timeout reached; closing the remaining connections"
-                ),
-            }
-        } else {
-            tracing::warn!("connections still referenced; not waiting for them");
+        // The running config's: a reload may have changed it.
+        let shutdown_timeout = self.live.load().config.server.shutdown_timeout;
+        match tokio::time::timeout(shutdown_timeout, stop_tx.closed()).await {
+            Ok(()) => tracing::info!("all connections closed"),
+            Err(_) => tracing::warn!(
+                timeout = ?shutdown_timeout,
+                "shutdown timeout reached; closing the remaining connections"
+            ),
         }
         // The loops are done, so this is the last reference; stopping the workers drops what
         // still runs on them.
@@ -226,7 +222,6 @@ async fn accept_loop(
     live: Arc<Live>,
     load: Arc<Load>,
     workers: Arc<Workers>,
-    graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -259,11 +254,11 @@ async fn accept_loop(
                     };
                     let load = load.clone();
                     let live = live.clone();
-                    let watcher = graceful.watcher();
+                    let stopping = stop.clone();
                     let role = listener.role;
                     if role == Role::Admin {
                         // Private and light: it runs beside the accept loops.
-                        tokio::spawn(connection(stream, peer, tls, role, live, load, watcher));
+                        tokio::spawn(connection(stream, peer, tls, role, live, load, stopping));
                         continue;
                     }
                     // The socket moves to the worker's event loop when the task starts there.
@@ -277,7 +272,7 @@ async fn accept_loop(
                     workers.spawn(async move {
                         match TcpStream::from_std(stream) {
                             Ok(stream) => {
-                                connection(stream, peer, tls, role, live, load, watcher).await;
+                                connection(stream, peer, tls, role, live, load, stopping).await;
                             }
                             Err(e) => tracing::debug!(error = %e, "cannot register a connection"),
                         }
@@ -338,7 +333,7 @@ async fn connection(
     role: Role,
     live: Arc<Live>,
     load: Arc<Load>,
-    watcher: Watcher,
+    mut stop: watch::Receiver<bool>,
 ) {
     let limits = live.load().config.limits.clone();
     let activity = Arc::new(idle::Activity::default());
@@ -373,14 +368,15 @@ async fn connection(
     });
     let builder = builder(&limits);
     let stream = idle::IdleIo::new(stream, activity.clone());
-    let idle_timeout = limits.idle_timeout;
+    // Borrowed: `stop` lives to the end of this function, as `Server::run` waits for it.
+    let closing = close::closing(&mut stop, &activity, limits.idle_timeout);
+    // Once closed for being idle, a connection has the idle timer's tick to finish: nothing
+    // was moving, so only a request racing the GOAWAY can still be under way.
+    let grace = limits.idle_timeout / 4;
     let result = match tls {
         None => {
-            let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
-            tokio::select! {
-                r = conn => r,
-                _ = idle::expired(&activity, idle_timeout) => return,
-            }
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            close::drive(conn, |c| c.graceful_shutdown(), closing, grace).await
         }
         Some(acceptor) => {
             let tls_stream =
@@ -395,14 +391,11 @@ async fn connection(
                         return;
                     }
                 };
-            let conn = watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), service));
-            tokio::select! {
-                r = conn => r,
-                _ = idle::expired(&activity, idle_timeout) => return,
-            }
+            let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
+            close::drive(conn, |c| c.graceful_shutdown(), closing, grace).await
         }
     };
-    if let Err(e) = result {
+    if let Some(Err(e)) = result {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }

@@ -170,18 +170,23 @@ fn a_bad_config_or_a_busy_port_never_leaves_a_half_started_server() {
     assert!(!out.status.success());
 }
 
-#[tokio::test]
-async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
-    let up = Upstream::http(|_| {
+/// Starts tamis in front of an upstream answering after `delay`, sends SIGTERM while a request
+/// is in flight, and returns that request's answer (`None` if it was cut off), the process's
+/// output and how long it took to exit after the signal.
+async fn sigterm_during_a_request(
+    delay: Duration,
+    shutdown_timeout: &str,
+) -> (Option<common::Answer>, std::process::Output, Duration) {
+    let up = Upstream::http(move |_| {
         Reply::ok("slow answer")
             .header("cache-control", "no-store")
-            .delay(Duration::from_millis(800))
+            .delay(delay)
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_timeout = \"5s\"\n{}",
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_timeout = \"{shutdown_timeout}\"\n{}",
         route("cdn", "/cdn/", &up.url("/"), "")
     );
     let child = Command::new(BIN)
@@ -204,24 +209,45 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
     while up.count() == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let signalled = Instant::now();
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
-    let a = in_flight.await.unwrap();
-    assert_eq!((a.status, a.text().as_str()), (200, "slow answer"));
-    let status = tokio::task::spawn_blocking(move || child.wait_with_output())
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .unwrap()
         .unwrap();
-    assert!(status.status.success(), "exit: {:?}", status.status);
-    let log = String::from_utf8_lossy(&status.stderr);
-    assert!(log.contains("SIGTERM"), "{log}");
+    let exited = signalled.elapsed();
+    assert!(output.status.success(), "exit: {:?}", output.status);
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "still accepting"
     );
+    (in_flight.await.ok(), output, exited)
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
+    let (answer, output, _) = sigterm_during_a_request(Duration::from_millis(800), "5s").await;
+    let a = answer.expect("the request in flight was cut off");
+    assert_eq!((a.status, a.text().as_str()), (200, "slow answer"));
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("SIGTERM"), "{log}");
+    assert!(log.contains("all connections closed"), "{log}");
+}
+
+#[tokio::test]
+async fn sigterm_waits_no_longer_than_the_shutdown_timeout() {
+    let (answer, output, exited) = sigterm_during_a_request(Duration::from_secs(8), "1s").await;
+    assert!(
+        answer.is_none(),
+        "an 8 s answer outlived a 1 s shutdown timeout"
+    );
+    assert!(exited < Duration::from_secs(5), "exited after {exited:?}");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("shutdown timeout reached"), "{log}");
 }
 
 #[tokio::test]

@@ -634,10 +634,13 @@ async fn an_http2_connection_that_only_pings_is_closed_when_idle() {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     });
-    let mut acks = 0;
+    let (mut acks, mut goaway) = (0, None);
     let read_all = async {
         while let Some(f) = h2raw::next(&mut rd).await {
             acks += usize::from(f.kind == h2raw::PING);
+            if f.kind == h2raw::GOAWAY {
+                goaway = Some(f.payload);
+            }
         }
     };
     tokio::time::timeout(Duration::from_secs(10), read_all)
@@ -646,6 +649,15 @@ async fn an_http2_connection_that_only_pings_is_closed_when_idle() {
     pinger.abort();
     let closed = started.elapsed();
     assert!(acks > 0, "the pings were answered");
+    // Closed gracefully, not dropped: a GOAWAY with NO_ERROR. (The first of a graceful
+    // close names the highest stream id; this client never answers the PING that would bring
+    // the second, so the connection goes once its grace is up.)
+    let goaway = goaway.expect("closed without a GOAWAY");
+    assert_eq!(
+        goaway.get(4..8),
+        Some(&[0u8; 4][..]),
+        "error code: {goaway:?}"
+    );
     assert!(
         closed >= Duration::from_millis(1500),
         "closed early: {closed:?}"
