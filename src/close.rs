@@ -6,8 +6,8 @@
 //! close and tell an HTTP/2 client nothing.
 //!
 //! The idle timer and the shutdown signal are polled only when one of them woke the
-//! connection's task ([`OnWake`]), not on each of the two or three wake-ups every request
-//! causes: on a cached hit that polling was about a twentieth of tamis's own instructions.
+//! connection's task ([`OnWake`]), not on each of the wake-ups every request causes: 271
+//! fewer instructions per cached hit, 802 per forward (`benches/instructions.sh`).
 
 use std::future::Future;
 use std::pin::{pin, Pin};
