@@ -517,12 +517,62 @@ async fn a_request_body_that_breaks_off_is_never_forwarded() {
     assert_eq!(up.count(), 0, "a truncated body was forwarded");
 }
 
+#[tokio::test]
+async fn a_stopping_server_tells_http2_clients_and_finishes_their_streams() {
+    let (up, t) = slow_cdn("", Duration::from_millis(800)).await;
+    let (c, _) = h2raw::connect(t.http).await;
+    let (mut rd, mut wr) = c.into_split();
+    wr.write_all(&h2raw::get(1, "/cdn/slow")).await.unwrap();
+    while up.count() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stopping = tokio::spawn(t.stop());
+    // A well-behaved client: it answers the server's PINGs, so the graceful close can go on
+    // from "going away" to naming the last stream it will process.
+    let (mut goaways, mut answered, mut ended) = (Vec::new(), false, false);
+    let read_all = async {
+        while let Some(f) = h2raw::next(&mut rd).await {
+            match f.kind {
+                h2raw::GOAWAY => goaways.push(f.payload),
+                h2raw::PING if f.flags & 0x1 == 0 => {
+                    let ack = h2raw::frame(h2raw::PING, 0x1, 0, &f.payload);
+                    let _ = wr.write_all(&ack).await;
+                }
+                h2raw::HEADERS if f.stream == 1 => {
+                    // The answer comes after the server said it was going away.
+                    answered = !goaways.is_empty();
+                    ended |= f.flags & 0x1 != 0;
+                }
+                h2raw::DATA if f.stream == 1 => ended |= f.flags & 0x1 != 0,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read_all)
+        .await
+        .expect("the connection was not closed");
+    assert!(answered, "no answer after the GOAWAY: {goaways:?}");
+    assert!(ended, "stream 1 never ended");
+    // The last GOAWAY names stream 1 as processed, with NO_ERROR.
+    let last = goaways.last().expect("no GOAWAY");
+    assert_eq!(
+        last.get(..8),
+        Some(&[0, 0, 0, 1, 0, 0, 0, 0][..]),
+        "{goaways:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("the server did not stop")
+        .unwrap();
+}
+
 /// HTTP/2 written frame by frame, the way an attacker's client would: no library between the
 /// test and what goes on the wire.
 mod h2raw {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
+    pub const DATA: u8 = 0x0;
     pub const HEADERS: u8 = 0x1;
     pub const RST_STREAM: u8 = 0x3;
     pub const SETTINGS: u8 = 0x4;
