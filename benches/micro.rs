@@ -15,7 +15,7 @@ use tamis::policy::{self, Jurisdiction, RequestPolicy};
 use tamis::routes::analytics::{
     ga4, matomo, plausible, umami, Context, Pseudonymizer, Settings, Tally,
 };
-use tamis::routes::{fonts, tiles, Router};
+use tamis::routes::{css, tiles, Router};
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(
@@ -73,7 +73,7 @@ fn headers(c: &mut Criterion) {
     c.bench_function("response header policy (9 headers)", |b| {
         b.iter(|| {
             let mut h = upstream.clone();
-            policy::scrub_response(black_box(&mut h));
+            policy::scrub_response(black_box(&mut h), policy::ResponseKind::FontFiles);
             h
         })
     });
@@ -143,7 +143,7 @@ fn analytics(c: &mut Criterion) {
 
 fn mirrors(c: &mut Criterion) {
     let css = fixture("google-fonts-css2-roboto.css");
-    let map = fonts::UrlMap::new(vec![
+    let map = css::UrlMap::new(vec![
         (
             parse_upstream("https://fonts.gstatic.com/").unwrap(),
             "/fonts/files/".into(),
@@ -154,7 +154,7 @@ fn mirrors(c: &mut Criterion) {
         ),
     ]);
     c.bench_function("CSS rewrite (Google Fonts Roboto, 7 faces)", |b| {
-        b.iter(|| fonts::rewrite_css(black_box(&css), &map))
+        b.iter(|| css::rewrite_css(black_box(&css), &map))
     });
     c.bench_function("tile path parse", |b| {
         b.iter(|| tiles::parse(black_box("15/16384/10923@2x.png"), 19))

@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use crate::config::Config;
 use crate::routes::analytics::Protocol;
-use crate::routes::{fonts, tiles, Role, Route, Router};
+use crate::routes::{css, fonts, tiles, Role, Route, Router};
 
 /// Largest page fetched for an audit.
 pub const MAX_PAGE_BYTES: usize = 10 * 1024 * 1024;
@@ -1196,7 +1196,7 @@ fn map_url(route: &Route, url: &str, site: Option<&str>) -> Option<(String, Opti
     let site_origin = site.map_or_else(|| "https://SITE".to_owned(), |s| format!("https://{s}"));
     match route.role {
         Role::Static | Role::FontCss | Role::FontFiles => {
-            let map = fonts::UrlMap::new(vec![(route.upstream.clone(), route.prefix.clone())]);
+            let map = css::UrlMap::new(vec![(route.upstream.clone(), route.prefix.clone())]);
             let first_party = map.map(url)?;
             let note =
                 (route.role == Role::Static && !route.config.forward_query && url.contains('?'))

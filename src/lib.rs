@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
+pub mod reach;
 pub mod reload;
 pub mod report;
 pub mod routes;

@@ -5,6 +5,9 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 
+pub mod csp;
+pub mod link;
+
 /// Where an upstream's operator is, legally. Outside the EU unless the config says otherwise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
 pub enum Jurisdiction {
@@ -92,7 +95,6 @@ pub const REQUEST_ALLOWLIST: &[(HeaderName, Allowed, &str)] = &[
         Allowed::AsSent,
         "partial content, never cached",
     ),
-    (header::IF_RANGE, Allowed::AsSent, "goes with Range"),
     (
         header::CONTENT_TYPE,
         Allowed::AsSent,
@@ -137,6 +139,7 @@ pub const REQUEST_REMOVED: &[(&str, Removed)] = &[
     ("if-modified-since", Removed::Validator),
     ("if-match", Removed::Validator),
     ("if-unmodified-since", Removed::Validator),
+    ("if-range", Removed::Validator),
     ("connection", Removed::HopByHop),
     ("keep-alive", Removed::HopByHop),
     ("proxy-connection", Removed::HopByHop),
@@ -498,7 +501,153 @@ pub fn truncate_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
 // ---------------------------------------------------------------------------------------------
 // Responses
 
-/// Why a response header is kept from the visitor.
+/// What a route's answers are, for the response-header allowlist: each kind passes to the
+/// visitor only the headers such an answer legitimately needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ResponseKind {
+    /// A fonts route's stylesheet (rewritten).
+    FontCss,
+    /// Font files.
+    FontFiles,
+    /// Map tiles.
+    Tiles,
+    /// A mirrored library, script or page (`kind = "static"`).
+    Static,
+    /// A tracking endpoint's answer.
+    Analytics,
+    /// An EU pass-through route: a plain reverse proxy to the operator's own upstream. Every
+    /// end-to-end header passes except those in [`RESPONSE_STRIPPED`] (and [`RESPONSE_STRIPPED_PREFIXES`]).
+    PassThrough,
+}
+
+impl ResponseKind {
+    /// Every kind, in the order `tamis check` lists them.
+    pub const ALL: [ResponseKind; 6] = [
+        ResponseKind::FontCss,
+        ResponseKind::FontFiles,
+        ResponseKind::Tiles,
+        ResponseKind::Static,
+        ResponseKind::Analytics,
+        ResponseKind::PassThrough,
+    ];
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+
+    /// The headers a visitor may get from this kind of answer (empty for pass-through, which
+    /// works by [`RESPONSE_STRIPPED`] instead).
+    pub fn allowlist(self) -> impl Iterator<Item = &'static (&'static str, Kinds, &'static str)> {
+        RESPONSE_ALLOWLIST
+            .iter()
+            .filter(move |(_, kinds, _)| kinds.0 & self.bit() != 0)
+    }
+}
+
+/// A set of [`ResponseKind`]s, for the allowlist's rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kinds(u8);
+
+impl Kinds {
+    const FONT_CSS: Kinds = Kinds(1 << ResponseKind::FontCss as u8);
+    const FONT_FILES: Kinds = Kinds(1 << ResponseKind::FontFiles as u8);
+    const TILES: Kinds = Kinds(1 << ResponseKind::Tiles as u8);
+    const STATIC: Kinds = Kinds(1 << ResponseKind::Static as u8);
+    const ANALYTICS: Kinds = Kinds(1 << ResponseKind::Analytics as u8);
+    /// What the cache serves: fonts, tiles, mirrored files.
+    const RESOURCES: Kinds =
+        Kinds(Kinds::FONT_CSS.0 | Kinds::FONT_FILES.0 | Kinds::TILES.0 | Kinds::STATIC.0);
+    /// Every scrubbed kind.
+    const ALL: Kinds = Kinds(Kinds::RESOURCES.0 | Kinds::ANALYTICS.0);
+}
+
+/// The response headers that may reach the visitor, by kind of answer, and why; everything
+/// else an upstream sends is withheld (the visitor's browser keeps no state, reports to no one,
+/// is pointed at no other host because of a header nobody thought of). tamis adds its own
+/// afterwards: `X-Content-Type-Options: nosniff`, `Age`, `Cache-Status`, its own `ETag`,
+/// `Retry-After` on its errors, CORS on font files.
+pub const RESPONSE_ALLOWLIST: &[(&str, Kinds, &str)] = &[
+    (
+        "content-type",
+        Kinds::ALL,
+        "what the body is (a stylesheet's is tamis's own)",
+    ),
+    ("content-length", Kinds::ALL, "the body's length"),
+    ("content-encoding", Kinds::ALL, "how the body is compressed"),
+    (
+        "cache-control",
+        Kinds::ALL,
+        "how long the browser may keep it",
+    ),
+    ("expires", Kinds::ALL, "how long the browser may keep it"),
+    ("date", Kinds::ALL, "when it was made"),
+    (
+        "location",
+        Kinds::ALL,
+        "mapped back under the route, or the answer is a 502",
+    ),
+    ("retry-after", Kinds::ALL, "when to ask again"),
+    ("age", Kinds::RESOURCES, "how long caches held it"),
+    ("vary", Kinds::RESOURCES, "what it depends on"),
+    (
+        "etag",
+        Kinds::RESOURCES,
+        "the visitor gets tamis's own, derived from the bytes, or none",
+    ),
+    ("last-modified", Kinds::RESOURCES, "when it last changed"),
+    ("accept-ranges", Kinds::RESOURCES, "parts can be asked for"),
+    ("content-range", Kinds::RESOURCES, "which part this is"),
+    (
+        "access-control-allow-origin",
+        Kinds::RESOURCES,
+        "public files loaded under CORS (fonts, WebGL tiles, module scripts)",
+    ),
+    (
+        "cross-origin-resource-policy",
+        Kinds::RESOURCES,
+        "lets cross-origin-isolated pages embed it",
+    ),
+    ("content-disposition", Kinds::STATIC, "download file name"),
+    ("content-language", Kinds::STATIC, "the body's language"),
+    (
+        "link",
+        Kinds::STATIC,
+        "first-party preload hints only: an entry naming any other host is dropped",
+    ),
+    (
+        "content-security-policy",
+        Kinds::STATIC,
+        "a mirrored page's protection, without report-uri and report-to",
+    ),
+    (
+        "x-frame-options",
+        Kinds::STATIC,
+        "a mirrored page's protection",
+    ),
+    (
+        "referrer-policy",
+        Kinds::STATIC,
+        "a mirrored page's protection",
+    ),
+    (
+        "permissions-policy",
+        Kinds::STATIC,
+        "a mirrored page's protection",
+    ),
+    (
+        "cross-origin-opener-policy",
+        Kinds::STATIC,
+        "a mirrored page's isolation (a report-to there names no endpoint: those are withheld)",
+    ),
+    (
+        "cross-origin-embedder-policy",
+        Kinds::STATIC,
+        "a mirrored page's isolation (a report-to there names no endpoint: those are withheld)",
+    ),
+];
+
+/// Why a response header is kept from the visitor: the notable ones, named in `tamis check`,
+/// and the only ones a pass-through route withholds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stripped {
     /// Would store state in the visitor's browser for the site's origin.
@@ -509,6 +658,8 @@ pub enum Stripped {
     ThirdPartyHint,
     /// Asks the browser for client hints on later requests.
     ClientHints,
+    /// Enrols the browser in an advertising or attribution API.
+    Advertising,
     /// Third-party timing details.
     Timing,
     /// Belongs to one connection.
@@ -523,13 +674,14 @@ impl Stripped {
             Stripped::Reporting => "makes the browser report to a third party",
             Stripped::ThirdPartyHint => "sends the browser to the third party",
             Stripped::ClientHints => "asks the browser for client hints",
+            Stripped::Advertising => "enrols the browser in ad or attribution APIs",
             Stripped::Timing => "third-party timing",
             Stripped::HopByHop => "hop-by-hop",
         }
     }
 }
 
-/// Response headers that never reach the visitor.
+/// Response headers that never reach the visitor, on any route, pass-through included.
 pub const RESPONSE_STRIPPED: &[(&str, Stripped)] = &[
     ("set-cookie", Stripped::BrowserState),
     ("set-cookie2", Stripped::BrowserState),
@@ -539,27 +691,37 @@ pub const RESPONSE_STRIPPED: &[(&str, Stripped)] = &[
     ("public-key-pins-report-only", Stripped::BrowserState),
     ("expect-ct", Stripped::BrowserState),
     ("set-login", Stripped::BrowserState),
-    ("observe-browsing-topics", Stripped::BrowserState),
-    (
-        "attribution-reporting-register-source",
-        Stripped::BrowserState,
-    ),
-    (
-        "attribution-reporting-register-trigger",
-        Stripped::BrowserState,
-    ),
     ("activate-storage-access", Stripped::BrowserState),
+    ("origin-trial", Stripped::BrowserState),
     ("nel", Stripped::Reporting),
     ("report-to", Stripped::Reporting),
     ("reporting-endpoints", Stripped::Reporting),
+    ("content-security-policy-report-only", Stripped::Reporting),
+    ("permissions-policy-report-only", Stripped::Reporting),
+    (
+        "cross-origin-embedder-policy-report-only",
+        Stripped::Reporting,
+    ),
+    (
+        "cross-origin-opener-policy-report-only",
+        Stripped::Reporting,
+    ),
+    ("document-policy", Stripped::Reporting),
+    ("document-policy-report-only", Stripped::Reporting),
+    ("require-document-policy", Stripped::Reporting),
+    ("integrity-policy", Stripped::Reporting),
+    ("integrity-policy-report-only", Stripped::Reporting),
     ("alt-svc", Stripped::ThirdPartyHint),
     ("content-location", Stripped::ThirdPartyHint),
     ("refresh", Stripped::ThirdPartyHint),
     ("speculation-rules", Stripped::ThirdPartyHint),
     ("service-worker-allowed", Stripped::ThirdPartyHint),
+    ("sourcemap", Stripped::ThirdPartyHint),
+    ("x-sourcemap", Stripped::ThirdPartyHint),
     ("accept-ch", Stripped::ClientHints),
     ("critical-ch", Stripped::ClientHints),
     ("accept-ch-lifetime", Stripped::ClientHints),
+    ("observe-browsing-topics", Stripped::Advertising),
     ("server-timing", Stripped::Timing),
     ("connection", Stripped::HopByHop),
     ("keep-alive", Stripped::HopByHop),
@@ -571,22 +733,61 @@ pub const RESPONSE_STRIPPED: &[(&str, Stripped)] = &[
     ("upgrade", Stripped::HopByHop),
 ];
 
-/// Removes from an upstream response every header the visitor must not get: the table above,
-/// headers the upstream named in `Connection`, and `Link` entries pointing at other hosts.
-/// `Location` is handled by the route (it maps it back to a first-party URL).
-pub fn scrub_response(headers: &mut HeaderMap) {
-    remove_with_connection_listed(headers, |name| stripped_names().contains(name));
-    if headers.contains_key(header::LINK) {
-        let kept: Vec<HeaderValue> = headers
-            .get_all(header::LINK)
-            .iter()
-            .filter_map(|v| v.to_str().ok().and_then(filter_link))
-            .filter_map(|v| HeaderValue::from_str(&v).ok())
-            .collect();
-        headers.remove(header::LINK);
-        for v in kept {
-            headers.append(header::LINK, v);
+/// Families of response headers withheld by name prefix, on any route.
+pub const RESPONSE_STRIPPED_PREFIXES: &[(&str, Stripped)] = &[
+    // Device-bound session credentials register and refresh a login with the origin.
+    ("sec-session-", Stripped::BrowserState),
+    ("sec-private-state-token", Stripped::BrowserState),
+    ("attribution-reporting-", Stripped::Advertising),
+    ("ad-auction-", Stripped::Advertising),
+    ("shared-storage-", Stripped::Advertising),
+];
+
+/// Whether a response header is withheld from a visitor of this kind of route (if not, it
+/// passes, possibly filtered).
+pub fn withheld(kind: ResponseKind, name: &HeaderName) -> bool {
+    match kind {
+        ResponseKind::PassThrough => {
+            stripped_names().contains(name)
+                || RESPONSE_STRIPPED_PREFIXES
+                    .iter()
+                    .any(|(p, _)| name.as_str().starts_with(p))
         }
+        _ => !allowed_names(kind).contains(name),
+    }
+}
+
+/// Removes from an upstream response every header the visitor must not get: all but the
+/// kind's allowlist (for pass-through, the withheld table), headers the upstream named in
+/// `Connection`, `Link` entries a browser would follow off the site, and the reporting
+/// directives of a `Content-Security-Policy`. `Location` is handled by the route (it maps it
+/// back to a first-party URL).
+pub fn scrub_response(headers: &mut HeaderMap, kind: ResponseKind) {
+    remove_with_connection_listed(headers, |name| withheld(kind, name));
+    if headers.contains_key(header::LINK) {
+        rewrite_values(headers, header::LINK, link::filter);
+    }
+    if headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        rewrite_values(
+            headers,
+            header::CONTENT_SECURITY_POLICY,
+            csp::without_reporting,
+        );
+    }
+}
+
+/// Replaces every value of `name` by what `f` makes of it (dropping it on `None`, and any value
+/// that is not text).
+fn rewrite_values(headers: &mut HeaderMap, name: HeaderName, f: fn(&str) -> Option<String>) {
+    let kept: Vec<HeaderValue> = headers
+        .get_all(&name)
+        .iter()
+        .filter_map(|v| v.to_str().ok().and_then(f))
+        .filter_map(|v| HeaderValue::from_str(&v).ok())
+        .collect();
+    headers.remove(&name);
+    for v in kept {
+        headers.append(name.clone(), v);
     }
 }
 
@@ -600,6 +801,22 @@ fn stripped_names() -> &'static NameSet {
             .map(|(n, _)| HeaderName::from_static(n))
             .collect()
     })
+}
+
+/// Each kind's allowlist, hashed once.
+fn allowed_names(kind: ResponseKind) -> &'static NameSet {
+    static SETS: std::sync::OnceLock<Vec<NameSet>> = std::sync::OnceLock::new();
+    let sets = SETS.get_or_init(|| {
+        ResponseKind::ALL
+            .iter()
+            .map(|k| {
+                k.allowlist()
+                    .map(|(n, _, _)| HeaderName::from_static(n))
+                    .collect()
+            })
+            .collect()
+    });
+    &sets[kind as usize]
 }
 
 /// Removes every header `drop` names, and those the message's `Connection` header lists
@@ -652,30 +869,6 @@ fn remove_with_connection_listed(headers: &mut HeaderMap, drop: impl Fn(&HeaderN
     headers.remove(header::CONNECTION);
 }
 
-/// Keeps the `Link` entries whose target is relative (same origin as tamis); drops those that
-/// name a host, since preconnect, preload and prefetch hints would send the browser there.
-pub fn filter_link(value: &str) -> Option<String> {
-    let kept: Vec<&str> = split_link_entries(value)
-        .into_iter()
-        .filter(|entry| {
-            let entry = entry.trim();
-            let Some(rest) = entry.strip_prefix('<') else {
-                return false;
-            };
-            let Some(end) = rest.find('>') else {
-                return false;
-            };
-            is_relative_reference(&rest[..end])
-        })
-        .map(str::trim)
-        .collect();
-    if kept.is_empty() {
-        None
-    } else {
-        Some(kept.join(", "))
-    }
-}
-
 /// True for a path-absolute or path-relative URL reference (no scheme, no authority).
 pub fn is_relative_reference(target: &str) -> bool {
     let t = target.trim();
@@ -685,36 +878,6 @@ pub fn is_relative_reference(target: &str) -> bool {
     }
     // A scheme is letters/digits/+-. before the first ':' that comes before any '/', '?' or '#'.
     !matches!(t.find([':', '/', '?', '#']), Some(i) if t.as_bytes()[i] == b':')
-}
-
-/// Splits a Link header on the commas between entries (not those inside `<…>` or quotes).
-fn split_link_entries(value: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut in_angle, mut in_quote, mut escaped) = (false, false, false);
-    let mut start = 0;
-    for (i, c) in value.char_indices() {
-        if in_quote {
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => in_quote = false,
-                _ => {}
-            }
-            continue;
-        }
-        match c {
-            '<' => in_angle = true,
-            '>' => in_angle = false,
-            '"' if !in_angle => in_quote = true,
-            ',' if !in_angle => {
-                out.push(&value[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push(&value[start..]);
-    out
 }
 
 #[cfg(test)]
@@ -912,11 +1075,12 @@ mod tests {
         h
     }
 
-    #[test]
-    fn response_state_setters_are_stripped() {
-        let mut h = response(&[
+    /// What a hostile upstream might send along with a body.
+    fn hostile() -> HeaderMap {
+        response(&[
             ("content-type", "text/css"),
             ("cache-control", "public, max-age=60"),
+            ("etag", "\"abc\""),
             ("set-cookie", "NID=1; Domain=.google.com"),
             ("nel", "{\"report_to\":\"x\"}"),
             ("report-to", "{}"),
@@ -929,14 +1093,85 @@ mod tests {
                 "strict-transport-security",
                 "max-age=31536000; includeSubDomains",
             ),
+            (
+                "content-security-policy",
+                "img-src *; report-uri https://r.example/csp",
+            ),
+            (
+                "content-security-policy-report-only",
+                "img-src 'none'; report-uri https://r.example/",
+            ),
+            ("attribution-reporting-register-source", "{}"),
+            (
+                "attribution-reporting-register-os-source",
+                "\"https://r.example/\"",
+            ),
+            ("shared-storage-write", "set;key=a;value=b"),
+            ("sec-session-registration", "(ES256);path=\"/reg\""),
+            ("observe-browsing-topics", "?1"),
+            ("origin-trial", "token"),
+            ("x-tracker-id", "visitor-42"),
+            ("server", "gws"),
             ("connection", "x-hop"),
             ("x-hop", "1"),
-            ("etag", "\"abc\""),
-        ]);
-        scrub_response(&mut h);
-        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        names.sort();
-        assert_eq!(names, ["cache-control", "content-type", "etag"]);
+            (
+                "link",
+                "<https://fonts.gstatic.com>; rel=preconnect, </a.css>; rel=preload; as=style",
+            ),
+        ])
+    }
+
+    #[test]
+    fn each_kind_of_answer_passes_only_its_allowlist() {
+        let names = |kind| {
+            let mut h = hostile();
+            scrub_response(&mut h, kind);
+            let mut names: Vec<String> = h.keys().map(|k| k.as_str().to_owned()).collect();
+            names.sort();
+            names
+        };
+        for kind in [
+            ResponseKind::FontCss,
+            ResponseKind::FontFiles,
+            ResponseKind::Tiles,
+        ] {
+            assert_eq!(
+                names(kind),
+                ["cache-control", "content-type", "etag"],
+                "{kind:?}"
+            );
+        }
+        assert_eq!(
+            names(ResponseKind::Analytics),
+            ["cache-control", "content-type"]
+        );
+        assert_eq!(
+            names(ResponseKind::Static),
+            [
+                "cache-control",
+                "content-security-policy",
+                "content-type",
+                "etag",
+                "link"
+            ]
+        );
+        let mut h = hostile();
+        scrub_response(&mut h, ResponseKind::Static);
+        assert_eq!(h["content-security-policy"], "img-src *");
+        assert_eq!(h["link"], "</a.css>; rel=preload; as=style");
+        // Pass-through: everything but the withheld table and its families.
+        assert_eq!(
+            names(ResponseKind::PassThrough),
+            [
+                "cache-control",
+                "content-security-policy",
+                "content-type",
+                "etag",
+                "link",
+                "server",
+                "x-tracker-id"
+            ]
+        );
     }
 
     #[test]
@@ -946,48 +1181,39 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(
             "connection",
-            HeaderValue::from_static("keep-alive, X-Hop-A"),
+            HeaderValue::from_static("keep-alive, X-Hop-A, Content-Language"),
         );
         h.append("connection", HeaderValue::from_static("x-hop-b"));
         for (name, _) in RESPONSE_STRIPPED {
             h.append(HeaderName::from_static(name), HeaderValue::from_static("1"));
         }
         h.append("content-type", HeaderValue::from_static("image/png"));
+        h.append("content-language", HeaderValue::from_static("fr"));
         h.append("x-hop-a", HeaderValue::from_static("1"));
         h.append("x-hop-b", HeaderValue::from_static("1"));
-        scrub_response(&mut h);
-        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["content-type"]);
+        for kind in ResponseKind::ALL {
+            let mut h = h.clone();
+            scrub_response(&mut h, kind);
+            let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(names, ["content-type"], "{kind:?}");
+        }
     }
 
     #[test]
-    fn link_hints_to_other_hosts_are_dropped() {
-        assert_eq!(
-            filter_link("<https://fonts.gstatic.com>; rel=preconnect; crossorigin"),
-            None
-        );
-        assert_eq!(
-            filter_link("<//cdn.example/x.js>; rel=preload; as=script"),
-            None
-        );
-        assert_eq!(
-            filter_link(
-                "<https://a.example/x,y>; rel=preload, </local.css>; rel=preload; as=style"
-            )
-            .as_deref(),
-            Some("</local.css>; rel=preload; as=style")
-        );
-        assert_eq!(
-            filter_link(
-                "</a>; title=\"x, <https://evil>\", <HTTPS://B.example/>; rel=dns-prefetch"
-            )
-            .as_deref(),
-            Some("</a>; title=\"x, <https://evil>\"")
-        );
-        assert_eq!(filter_link("garbage"), None);
-        let mut h = response(&[("link", "<https://fonts.gstatic.com>; rel=preconnect")]);
-        scrub_response(&mut h);
-        assert!(h.get("link").is_none());
+    fn no_state_setter_is_ever_allowlisted() {
+        for kind in ResponseKind::ALL {
+            for (name, _, _) in kind.allowlist() {
+                assert!(
+                    !RESPONSE_STRIPPED.iter().any(|(n, _)| n == name)
+                        && !RESPONSE_STRIPPED_PREFIXES
+                            .iter()
+                            .any(|(p, _)| name.starts_with(p)),
+                    "{name} is both allowed and withheld"
+                );
+                assert_eq!(HeaderName::from_static(name).as_str(), *name);
+            }
+        }
+        assert_eq!(ResponseKind::PassThrough.allowlist().count(), 0);
     }
 
     #[test]

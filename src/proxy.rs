@@ -558,6 +558,11 @@ async fn serve_analytics(
     };
     headers.remove(header::TRANSFER_ENCODING);
     headers.remove(header::CONTENT_ENCODING);
+    // The answer is tamis's own serialisation: typed as what it is, whatever the upstream said.
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(answer.len()));
     let mut response = Response::new(body::full(Bytes::from(answer)));
     *response.status_mut() = parts.status;
@@ -622,7 +627,7 @@ fn scrub_response(
     requested: &Uri,
     mut headers: HeaderMap,
 ) -> Option<HeaderMap> {
-    policy::scrub_response(&mut headers);
+    policy::scrub_response(&mut headers, route.response_kind());
     route.adjust_response(&mut headers, requested);
     if let Some(location) = headers.get(header::LOCATION) {
         let mapped = location.to_str().ok().and_then(|loc| {
@@ -747,7 +752,7 @@ async fn fill(
         // Font CSS: always rewritten whole, stored or not; never served as the upstream sent it.
         match tokio::time::timeout_at(
             deadline,
-            Box::pin(rewritten(route, &mut headers, incoming, max)),
+            Box::pin(rewritten(route, status, &mut headers, incoming, max)),
         )
         .await
         {
@@ -769,13 +774,13 @@ async fn fill(
                 .not_stored(why, status, state.config.cache.hit_for_miss)
                 .await;
             return streamed(
-                rm,
+                state,
+                route,
                 status,
                 headers,
                 Vec::new(),
                 Some(incoming),
                 head_only,
-                state.upstream.timeout(),
             )
             .with(CacheResult::Uncacheable, status_not_stored(why));
         }
@@ -786,19 +791,11 @@ async fn fill(
                 guard
                     .not_stored(NotStored::TooLarge, status, state.config.cache.hit_for_miss)
                     .await;
-                return streamed(
-                    rm,
-                    status,
-                    headers,
-                    prefix,
-                    Some(rest),
-                    head_only,
-                    state.upstream.timeout(),
-                )
-                .with(
-                    CacheResult::Uncacheable,
-                    status_not_stored(NotStored::TooLarge),
-                );
+                return streamed(state, route, status, headers, prefix, Some(rest), head_only)
+                    .with(
+                        CacheResult::Uncacheable,
+                        status_not_stored(NotStored::TooLarge),
+                    );
             }
             Ok(Err(e)) => {
                 state.metrics.upstream_error(rm, UpstreamFailure::Body);
@@ -842,7 +839,7 @@ async fn fill(
                 cache::Lifetimes::default(),
                 Vec::new(),
                 std::time::Duration::ZERO,
-                false,
+                !route.config.pass_through,
             );
             return cached(&once, client, head_only)
                 .with(CacheResult::Uncacheable, status_not_stored(why));
@@ -1023,29 +1020,20 @@ fn retry_after(mut a: Answer, e: &UpstreamError) -> Answer {
     a
 }
 
-/// Reads a body that must be rewritten (font CSS) and rewrites it; `None` when it cannot be
-/// (too large, encoded, not text, upstream failure): the caller answers 502, never the
-/// unrewritten body.
+/// Reads a stylesheet that must be rewritten and rewrites it (see [`Route::rewrite`]); `None`
+/// when it cannot be (too large, an unknown coding or charset, a partial answer, upstream
+/// failure): the caller answers 502, never the body as it came.
 async fn rewritten(
     route: &Route,
+    status: StatusCode,
     headers: &mut HeaderMap,
     body: UpstreamBody,
     max: u64,
 ) -> Option<Bytes> {
-    if headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
-    {
-        return None;
-    }
     let Ok(Buffered::Complete(raw)) = buffer(body, max).await else {
         return None;
     };
-    let out = route.rewrite(&raw)?;
-    headers.remove(header::CONTENT_ENCODING);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
-    Some(out)
+    route.rewrite(status, headers, &raw, max)
 }
 
 /// Browsers get a lifetime even when the upstream gave tamis none it could pass on (heuristic,
@@ -1159,7 +1147,6 @@ fn forward<'a>(
     head_only: bool,
 ) -> impl Future<Output = Answer> + 'a {
     async move {
-        let rm = &state.route_metrics[route.index];
         let requested = request.uri().clone();
         let (resp, _permit) = match send(state, route, &mut request).await {
             Ok(resp) => resp,
@@ -1173,7 +1160,7 @@ fn forward<'a>(
             let max = state.cache.max_object_bytes();
             return match tokio::time::timeout(
                 state.upstream.timeout(),
-                Box::pin(rewritten(route, &mut headers, incoming, max)),
+                Box::pin(rewritten(route, parts.status, &mut headers, incoming, max)),
             )
             .await
             {
@@ -1199,13 +1186,13 @@ fn forward<'a>(
             };
         }
         streamed(
-            rm,
+            state,
+            route,
             parts.status,
             headers,
             Vec::new(),
             Some(incoming),
             head_only,
-            state.upstream.timeout(),
         )
     }
 }
@@ -1252,15 +1239,24 @@ fn body_refused(e: &body::ReadError) -> Answer {
     }
 }
 
+/// Streams an answer tamis does not keep. Its upstream's ETag stays behind: tamis answers a
+/// browser's conditionals only from its own copies, never forwards them, so an ETag here could
+/// only serve as an identifier the browser stores (served ETags are tamis's own, from the
+/// bytes).
 fn streamed(
-    rm: &RouteMetrics,
+    state: &State,
+    route: &Route,
     status: StatusCode,
-    headers: HeaderMap,
+    mut headers: HeaderMap,
     prefix: Vec<Bytes>,
     rest: Option<UpstreamBody>,
     head_only: bool,
-    idle: std::time::Duration,
 ) -> Answer {
+    if !route.config.pass_through {
+        headers.remove(header::ETAG);
+    }
+    let rm = &state.route_metrics[route.index];
+    let idle = state.upstream.timeout();
     let body = if head_only {
         body::empty()
     } else {

@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use crate::config::{ClientIpLog, Config, RouteCache};
 use crate::policy::{
-    Allowed, Jurisdiction, Removed, UserAgent, REQUEST_ALLOWLIST, REQUEST_REMOVED,
-    REQUEST_REMOVED_PREFIXES, RESPONSE_STRIPPED,
+    Allowed, Jurisdiction, Removed, ResponseKind, UserAgent, REQUEST_ALLOWLIST, REQUEST_REMOVED,
+    REQUEST_REMOVED_PREFIXES, RESPONSE_STRIPPED, RESPONSE_STRIPPED_PREFIXES,
 };
 use crate::routes::analytics::{self, Protocol};
 use crate::routes::{Role, Route, Router};
@@ -20,6 +20,9 @@ fn display_name(name: &str) -> String {
     const UPPER: &[&str] = &[
         "cf", "dnt", "te", "nel", "dpr", "ect", "rtt", "ch", "ip", "gpc", "ct",
     ];
+    if name == "etag" {
+        return "ETag".to_owned();
+    }
     name.split('-')
         .map(|part| {
             if UPPER.contains(&part) {
@@ -72,7 +75,11 @@ pub struct RouteDisclosure {
     pub sent: Vec<HeaderRow>,
     /// Request headers that never go upstream, by reason.
     pub removed: Vec<Group>,
-    /// Response headers that never reach the visitor, by reason.
+    /// Response headers that may reach the visitor (the route's allowlist), and why; empty on
+    /// a pass-through route, which passes all but `response_removed`.
+    pub response_allowed: Vec<HeaderRow>,
+    /// Response headers that never reach the visitor, by reason: on a route with an
+    /// allowlist, the notable ones among everything it does not list.
     pub response_removed: Vec<Group>,
     pub response_notes: Vec<String>,
     pub max_upstream_connections: Option<usize>,
@@ -227,10 +234,23 @@ fn disclose_route(route: &Route) -> RouteDisclosure {
             names: vec!["every other header".to_owned()],
         });
     }
+    let kind = route.response_kind();
+    let response_allowed = kind
+        .allowlist()
+        .map(|(name, _, why)| HeaderRow {
+            header: display_name(name),
+            value: (*why).to_owned(),
+        })
+        .collect();
     let response_removed = grouped(
         RESPONSE_STRIPPED
             .iter()
-            .map(|(n, why)| (display_name(n), *why)),
+            .map(|(n, why)| (display_name(n), *why))
+            .chain(
+                RESPONSE_STRIPPED_PREFIXES
+                    .iter()
+                    .map(|(p, why)| (format!("{}*", display_name(p)), *why)),
+            ),
     )
     .into_iter()
     .map(|(why, names)| Group {
@@ -238,13 +258,32 @@ fn disclose_route(route: &Route) -> RouteDisclosure {
         names,
     })
     .collect();
-    let response_notes = vec![
-        "Link: entries naming another host".to_owned(),
-        format!(
-            "Location: mapped back under {}; a redirect anywhere else is answered 502",
-            c.prefix
-        ),
-    ];
+    let mut response_notes = Vec::new();
+    if kind != ResponseKind::PassThrough {
+        response_notes.push(
+            "X-Content-Type-Options: nosniff on every answer (no body is read as another type than it states)"
+                .to_owned(),
+        );
+        response_notes.push(if route.role == Role::FontCss {
+            "every answer is a stylesheet: rewritten (URLs mapped or blocked), UTF-8, or a 502".to_owned()
+        } else {
+            "an answer whose Content-Type names CSS is rewritten (URLs mapped or blocked), UTF-8, or a 502".to_owned()
+        });
+        response_notes.push(
+            "ETag: tamis's own, from the bytes, on stored answers; none on others".to_owned(),
+        );
+    }
+    if matches!(kind, ResponseKind::Static | ResponseKind::PassThrough) {
+        response_notes.push(
+            "Link: entries a browser would follow to another host dropped, the rest rewritten plainly"
+                .to_owned(),
+        );
+        response_notes.push("Content-Security-Policy: report-uri and report-to removed".to_owned());
+    }
+    response_notes.push(format!(
+        "Location: mapped back under {}; a redirect anywhere else is answered 502",
+        c.prefix
+    ));
     let analytics = match (&route.analytics, &c.analytics) {
         (Some(rt), Some(a)) => Some(disclose_analytics(rt.protocol, a)),
         _ => None,
@@ -281,6 +320,7 @@ fn disclose_route(route: &Route) -> RouteDisclosure {
         pass_through: c.pass_through,
         sent,
         removed,
+        response_allowed,
         response_removed,
         response_notes,
         max_upstream_connections: c.max_upstream_connections,
@@ -477,10 +517,26 @@ fn route_text(out: &mut String, r: &RouteDisclosure) {
             let _ = writeln!(out, "    {}: {}", g.reason, g.names.join(", "));
         }
     }
-    let _ = writeln!(out, "  kept from the visitor (response):");
+    if r.pass_through {
+        let _ = writeln!(
+            out,
+            "  passed to the visitor (response): every end-to-end header but those withheld"
+        );
+        let _ = writeln!(out, "  withheld from the visitor (response):");
+    } else {
+        let _ = writeln!(out, "  passed to the visitor (response), nothing else:");
+        for row in &r.response_allowed {
+            let _ = writeln!(out, "    {:<29} {}", row.header, row.value);
+        }
+        let _ = writeln!(
+            out,
+            "  withheld from the visitor (response): every other header, among them"
+        );
+    }
     for g in &r.response_removed {
         let _ = writeln!(out, "    {}: {}", g.reason, g.names.join(", "));
     }
+    let _ = writeln!(out, "  also:");
     for n in &r.response_notes {
         let _ = writeln!(out, "    {n}");
     }

@@ -260,7 +260,22 @@ fn route_html(o: &mut String, r: &RouteDisclosure) {
             );
         }
     }
-    o.push_str("<h3>Kept from your browser (response headers)</h3>\n");
+    if r.pass_through {
+        o.push_str("<h3>Withheld from your browser (response headers)</h3>\n");
+    } else {
+        o.push_str(
+            "<h3>Passed to your browser (response headers), nothing else</h3>\n<table><tr><th>Header</th><th>Why</th></tr>\n",
+        );
+        for row in &r.response_allowed {
+            let _ = writeln!(
+                o,
+                "<tr><td><code>{}</code></td><td>{}</td></tr>",
+                esc(&row.header),
+                esc(&row.value)
+            );
+        }
+        o.push_str("</table>\n<h3>Withheld from your browser (response headers): every other one, among them</h3>\n");
+    }
     groups_html(o, &r.response_removed);
     o.push_str("<ul>\n");
     for n in &r.response_notes {

@@ -547,15 +547,9 @@ proptest! {
             if route.role != Role::FontCss {
                 continue;
             }
-            let out = match route.rewrite(css.as_bytes()) {
-                Some(out) => out,
-                // Refused (502) only for an escape outside a string.
-                None => {
-                    prop_assert!(css.contains('\\'), "refused without an escape: {:?}", css);
-                    continue;
-                }
-            };
-            check_css(&css, std::str::from_utf8(&out).unwrap());
+            // Nothing in UTF-8 without a `@charset` is refused.
+            let out = rewrite_css_route(route, &css).expect("rewritten");
+            check_css(&css, &out);
         }
     }
 }
@@ -632,8 +626,7 @@ fn rewrite_google(css: &str) -> Option<String> {
         .iter()
         .find(|r| r.role == Role::FontCss)
         .expect("fonts route");
-    let out = route.rewrite(css.as_bytes())?;
-    Some(String::from_utf8(out.to_vec()).expect("UTF-8 out"))
+    rewrite_css_route(route, css)
 }
 
 fn fetched_third_party(css: &str) -> Vec<String> {
@@ -667,11 +660,17 @@ fn css_found_by_fuzzing_stays_first_party() {
             "{css:?} -> {out:?}"
         );
     }
-    // An escape outside a string could spell what the rewriter looks for: refused.
+    // An escape outside a string could spell what the rewriter looks for: these were once
+    // refused, and are now read as the tokenizer reads them.
     for css in [
         "@font-face{src:u\\rl(//evil.example/font.woff2)}",
         "a\\\"x {background:url(//evil.example/i.png)}\n",
     ] {
-        assert_eq!(rewrite_google(css), None, "{css:?}");
+        let out = rewrite_google(css).expect("rewritten");
+        assert_eq!(
+            fetched_third_party(&out),
+            Vec::<String>::new(),
+            "{css:?} -> {out:?}"
+        );
     }
 }

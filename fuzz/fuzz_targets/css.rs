@@ -1,8 +1,11 @@
-//! Font CSS rewriting (the Google Fonts and Bunny Fonts routes). Properties: no panic; the
+//! Stylesheet rewriting (the Google Fonts and Bunny Fonts routes). Properties: no panic; the
 //! rewritten CSS has no `://` and no URL a browser would fetch from a third party: every url(),
 //! @import and image-set() URL is first-party, a data: URI or about:invalid. Checked three ways:
 //! the oracle's own CSS tokenizer, Servo's `cssparser` (what Firefox uses), and the WHATWG URL
-//! parser resolving each URL against the site. Input: the CSS.
+//! parser resolving each URL against the site. The upstream's bytes need not be UTF-8 and may
+//! claim any charset: tamis must decode them and answer UTF-8, saying so, so that the browser
+//! reads the very text the oracles check. Input: a byte picking the Content-Type charset, then
+//! the stylesheet's bytes.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -10,6 +13,7 @@ use std::sync::OnceLock;
 use cssparser::{ParseError, Parser, ParserInput, Token};
 use libfuzzer_sys::fuzz_target;
 use tamis::routes::{Role, Router};
+use http::{header, HeaderMap, HeaderValue, StatusCode};
 use tamis_fuzz::oracles::{check_css, css_url_is_first_party, css_urls, test_router, UrlContext};
 
 fn router() -> &'static Router {
@@ -79,10 +83,17 @@ fn cssparser_urls(css: &str) -> Vec<(UrlContext, String)> {
     out
 }
 
+/// The Content-Type charsets an upstream may claim; the first input byte picks one.
+const CHARSETS: &[&str] = &[
+    "", "utf-8", "iso-2022-jp", "utf-16le", "utf-16be", "shift_jis", "windows-1252", "gb18030",
+    "euc-kr", "big5", "x-user-defined", "replacement",
+];
+
 fuzz_target!(|data: &[u8]| {
-    let Ok(css) = std::str::from_utf8(data) else {
+    let Some((&pick, body)) = data.split_first() else {
         return;
     };
+    let charset = CHARSETS[usize::from(pick) % CHARSETS.len()];
     // The site may be served over https or http (where `https:host/x` leaves it too).
     let sites = [
         url::Url::parse("https://site.example/fonts/css2").expect("site"),
@@ -92,15 +103,29 @@ fuzz_target!(|data: &[u8]| {
         if route.role != Role::FontCss {
             continue;
         }
-        // A panic is a crash libFuzzer reports.
-        let Some(out) = route.rewrite(data) else {
-            // Refused (answered 502): only for an escape outside a string, which CSS in the
-            // wild never needs; so a refusal needs a backslash in the input.
-            assert!(css.contains('\\'), "CSS without escapes refused: {css:?}");
+        let mut headers = HeaderMap::new();
+        let ct = if charset.is_empty() {
+            "text/css".to_owned()
+        } else {
+            format!("text/css; charset={charset}")
+        };
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(&ct).expect("type"));
+        // A panic is a crash libFuzzer reports. Only a `@charset` naming an encoding no
+        // browser knows is refused (502), and only when nothing before it names one.
+        let Some(out) = route.rewrite(StatusCode::OK, &mut headers, body, 1 << 24) else {
+            assert!(
+                charset.is_empty() && body.starts_with(b"@charset \""),
+                "CSS refused: {:?}",
+                String::from_utf8_lossy(body)
+            );
             continue;
         };
+        // The browser reads tamis's answer as its Content-Type says: UTF-8, whatever the
+        // upstream's charset was. So the answer must be UTF-8, and say so.
+        assert_eq!(headers[header::CONTENT_TYPE], "text/css; charset=utf-8");
         let out = std::str::from_utf8(&out).expect("rewritten CSS is not UTF-8");
-        check_css(css, out);
+        let css = String::from_utf8_lossy(body);
+        check_css(&css, out);
         // What Servo's tokenizer and the WHATWG URL parser see must agree with the oracle.
         let ours = css_urls(out);
         for (context, value) in cssparser_urls(out) {

@@ -18,7 +18,7 @@ use tamis::routes::analytics::{
     self, ga4, matomo, plausible, umami, Context, Pseudonymizer, Settings, Tally,
 };
 use tamis::routes::confine::{self, Redirect};
-use tamis::routes::{fonts, tiles, PathError, Role, Route, Router};
+use tamis::routes::{css, fonts, tiles, PathError, Role, Route, Router};
 
 // ---------------------------------------------------------------------------------------------
 // Secrets
@@ -1878,7 +1878,7 @@ pub fn whatwg_clean(url: &str) -> String {
 pub fn css_url_is_first_party(value: &str) -> bool {
     let u = whatwg_clean(value);
     let lower = u.to_ascii_lowercase();
-    if lower.is_empty() || lower.starts_with("data:") || lower == fonts::BLOCKED {
+    if lower.is_empty() || lower.starts_with("data:") || lower == css::BLOCKED {
         return true;
     }
     let slashes = |s: &str| s.trim_start_matches(['/', '\\']).len();
@@ -1911,6 +1911,15 @@ pub fn css_url_is_first_party(value: &str) -> bool {
     let host = authority.rsplit('@').next().unwrap_or("");
     let host = host.split(':').next().unwrap_or("");
     host.is_empty() || host.contains(|c: char| c <= ' ' || "<>^|".contains(c))
+}
+
+/// A stylesheet as `route` serves it when its upstream answers 200 `text/css` with `css`; `None`
+/// when refused (502).
+pub fn rewrite_css_route(route: &Route, css: &str) -> Option<String> {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/css"));
+    let out = route.rewrite(http::StatusCode::OK, &mut headers, css.as_bytes(), 1 << 24)?;
+    Some(String::from_utf8(out.to_vec()).expect("rewritten CSS is UTF-8"))
 }
 
 /// The rewritten stylesheet names no third-party URL a browser would fetch, and no `://`.

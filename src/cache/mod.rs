@@ -178,7 +178,8 @@ pub enum Staleness {
 
 impl Entry {
     /// Builds an entry from scrubbed headers, body and lifetimes. With `own_etag`, clients see
-    /// an ETag derived from the bytes (the same for every visitor) instead of the upstream's.
+    /// an ETag derived from the bytes (the same for every visitor) instead of the upstream's,
+    /// which could be a per-visitor identifier; on other statuses than 200, none.
     pub fn new(
         status: StatusCode,
         mut headers: HeaderMap,
@@ -192,6 +193,8 @@ impl Entry {
         let last_modified = headers.get(header::LAST_MODIFIED).cloned();
         if own_etag && status == StatusCode::OK {
             headers.insert(header::ETAG, content_etag(&body));
+        } else if own_etag {
+            headers.remove(header::ETAG);
         }
         headers.remove(header::TRANSFER_ENCODING);
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));

@@ -3,6 +3,7 @@
 
 pub mod analytics;
 pub mod confine;
+pub mod css;
 pub mod fonts;
 pub mod tiles;
 
@@ -15,7 +16,7 @@ use tokio::sync::Semaphore;
 
 use crate::cache;
 use crate::config::{Config, RouteConfig, RouteKind, UpstreamBase};
-use crate::policy::RequestPolicy;
+use crate::policy::{RequestPolicy, ResponseKind};
 
 pub use confine::Confinement;
 
@@ -66,8 +67,9 @@ pub struct Route {
     pub rate: Option<Arc<crate::ratelimit::RateLimiter>>,
     /// Stops asking a failing upstream for a while (shared by the parts of one route).
     pub breaker: Arc<crate::breaker::Breaker>,
-    /// Font CSS: how third-party URLs map to first-party ones.
-    pub css_map: Option<fonts::UrlMap>,
+    /// How third-party URLs in a stylesheet this route serves map to first-party ones: its own
+    /// bases first, then every other mirror's.
+    pub css_map: css::UrlMap,
     /// Analytics: settings, pseudonym key and limits.
     pub analytics: Option<Arc<analytics::Runtime>>,
 }
@@ -153,8 +155,32 @@ impl Route {
         Cow::Owned(h)
     }
 
-    /// Role-specific response headers (after the policy's scrubbing).
+    /// What the visitor may get from this route's answers (see [`crate::policy::RESPONSE_ALLOWLIST`]).
+    pub fn response_kind(&self) -> ResponseKind {
+        if self.config.pass_through {
+            return ResponseKind::PassThrough;
+        }
+        match self.role {
+            Role::Static => ResponseKind::Static,
+            Role::FontCss => ResponseKind::FontCss,
+            Role::FontFiles => ResponseKind::FontFiles,
+            Role::Tiles => ResponseKind::Tiles,
+            Role::Analytics(_) => ResponseKind::Analytics,
+        }
+    }
+
+    /// What tamis adds to an answer once the policy has scrubbed it.
     pub fn adjust_response(&self, headers: &mut HeaderMap, requested: &Uri) {
+        if self.config.pass_through {
+            return;
+        }
+        // No body is read as another type than it states. Without nosniff, Chromium applies a
+        // body with no Content-Type as a stylesheet even in standards mode, and any
+        // same-origin body in quirks mode: a stylesheet the rewriter never saw would load.
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
         if self.role == Role::FontFiles {
             // Fonts load cross-origin under CORS rules; they are public.
             headers.insert(
@@ -175,30 +201,66 @@ impl Route {
         }
     }
 
-    /// Whether this response body must be rewritten before anyone sees it.
+    /// Whether this answer's body is a stylesheet to rewrite before anyone sees it: on a fonts
+    /// route's CSS side, everything (the route's role decides, not the upstream's word); on
+    /// any other route, whatever a browser may apply as a stylesheet (see
+    /// [`css::may_be_stylesheet`]). A pass-through route is a plain reverse proxy: left as is.
     pub fn rewrites(&self, headers: &HeaderMap) -> bool {
-        self.role == Role::FontCss
-            && headers
-                .get(header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"text/css"))
+        match self.role {
+            Role::FontCss => true,
+            _ => !self.config.pass_through && css::may_be_stylesheet(headers),
+        }
     }
 
-    /// Rewrites a body `rewrites` selected; `None` if it is not UTF-8 or the rewriter refuses it
-    /// (the caller answers 502, never the body as it came).
-    pub fn rewrite(&self, body: &[u8]) -> Option<bytes::Bytes> {
-        let Ok(css) = std::str::from_utf8(body) else {
-            tracing::warn!(route = %self.config.name, "upstream CSS is not UTF-8: refused");
-            return None;
-        };
-        let map = self.css_map.as_ref()?;
-        match fonts::rewrite_css(css, map) {
-            Ok(out) => Some(bytes::Bytes::from(out)),
+    /// Rewrites a body [`rewrites`](Self::rewrites) selected, and its headers to match (no
+    /// content coding, a UTF-8 CSS type, its length); `None` when it cannot be rewritten (the
+    /// caller answers 502, never the body as it came).
+    pub fn rewrite(
+        &self,
+        status: http::StatusCode,
+        headers: &mut HeaderMap,
+        body: &[u8],
+        max: u64,
+    ) -> Option<bytes::Bytes> {
+        match css::stylesheet(status, headers, body, &self.css_map, max) {
+            Ok(out) => {
+                headers.remove(header::CONTENT_ENCODING);
+                headers.remove(header::TRANSFER_ENCODING);
+                headers.insert(header::CONTENT_TYPE, css::CSS_CONTENT_TYPE);
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+                Some(out)
+            }
             Err(why) => {
-                tracing::warn!(route = %self.config.name, "upstream CSS refused: {why}");
+                tracing::warn!(route = %self.config.name, "upstream stylesheet refused: {why}");
                 None
             }
         }
     }
+}
+
+/// The (upstream base, first-party prefix) pairs a route mirrors, files before CSS on a fonts
+/// route; none for tiles (a template, not a base), analytics (no stylesheet may point the
+/// browser at a tracking endpoint) and pass-through routes (not a mirror).
+fn route_bases(rc: &RouteConfig) -> Vec<(UpstreamBase, String)> {
+    let mut bases = Vec::new();
+    match rc.kind {
+        RouteKind::Static if !rc.pass_through => {
+            bases.push((rc.upstream.clone(), rc.prefix.clone()));
+        }
+        RouteKind::Fonts => {
+            if let Some(f) = &rc.font_files {
+                bases.push((f.upstream.clone(), f.prefix.clone()));
+            }
+            bases.push((rc.upstream.clone(), rc.prefix.clone()));
+        }
+        _ => {}
+    }
+    bases
+}
+
+/// Every mirror's bases, in config order.
+fn mirror_bases(config: &Config) -> Vec<(UpstreamBase, String)> {
+    config.routes.iter().flat_map(route_bases).collect()
 }
 
 /// Matches request paths to routes by longest prefix.
@@ -221,6 +283,7 @@ impl Router {
     /// do not change at a reload).
     pub fn reloaded(config: &Config, previous: Option<&Router>) -> Router {
         let mut routes: Vec<Arc<Route>> = Vec::new();
+        let mirrors = mirror_bases(config);
         for rc in &config.routes {
             let fingerprint = |role: Role, prefix: &str| {
                 use std::hash::{Hash, Hasher};
@@ -232,6 +295,12 @@ impl Router {
                 prefix.hash(&mut h);
                 config.upstream.user_agent.as_bytes().hash(&mut h);
                 config.cache.heuristic_max.hash(&mut h);
+                // Everything a CSS API stores is mapped through every mirror's base. (Other
+                // routes store a stylesheet seldom: one mapped by an older map still only
+                // names first-party paths, so they keep their entries when a mirror changes.)
+                if role == Role::FontCss {
+                    format!("{mirrors:?}").hash(&mut h);
+                }
                 h.finish()
             };
             let before = |id: u64| {
@@ -304,41 +373,45 @@ impl Router {
                 Some(r) if r.analytics.is_some() => r.analytics.clone(),
                 _ => fresh_runtime,
             };
-            let mut add = |role: Role,
-                           prefix: &str,
-                           upstream: &UpstreamBase,
-                           policy: RequestPolicy,
-                           css_map| {
-                routes.push(Arc::new(Route {
-                    index: routes.len(),
-                    cache_id: fingerprint(role, prefix),
-                    config: rc.clone(),
-                    role,
-                    prefix: prefix.to_owned(),
-                    upstream: upstream.clone(),
-                    policy,
-                    rules: rules.clone(),
-                    permits: permits.clone(),
-                    rate: rate.clone(),
-                    breaker: breaker.clone(),
-                    css_map,
-                    analytics: analytics_runtime.clone(),
-                }));
-            };
+            // A stylesheet names this route's own upstreams first (a host serving both Bunny
+            // Fonts' CSS and files maps to the files), then every other mirror's.
+            let own = route_bases(rc);
+            let css_map = css::UrlMap::new(
+                own.iter()
+                    .chain(mirrors.iter().filter(|m| !own.contains(m)))
+                    .cloned()
+                    .collect(),
+            );
+            let mut add =
+                |role: Role, prefix: &str, upstream: &UpstreamBase, policy: RequestPolicy| {
+                    routes.push(Arc::new(Route {
+                        index: routes.len(),
+                        cache_id: fingerprint(role, prefix),
+                        config: rc.clone(),
+                        role,
+                        prefix: prefix.to_owned(),
+                        upstream: upstream.clone(),
+                        policy,
+                        rules: rules.clone(),
+                        permits: permits.clone(),
+                        rate: rate.clone(),
+                        breaker: breaker.clone(),
+                        css_map: css_map.clone(),
+                        analytics: analytics_runtime.clone(),
+                    }));
+                };
             match rc.kind {
                 RouteKind::Static => add(
                     Role::Static,
                     &rc.prefix,
                     &rc.upstream,
                     policy(rc.user_agent.as_ref()),
-                    None,
                 ),
                 RouteKind::Tiles => add(
                     Role::Tiles,
                     &rc.prefix,
                     &rc.upstream,
                     policy(rc.user_agent.as_ref()),
-                    None,
                 ),
                 RouteKind::Ga4 | RouteKind::Matomo | RouteKind::Plausible | RouteKind::Umami => {
                     let mut p = policy(rc.user_agent.as_ref());
@@ -346,22 +419,15 @@ impl Router {
                         p = p.with_user_agent(crate::policy::UserAgent::Generalised);
                     }
                     let protocol = rc.kind.analytics().unwrap_or(analytics::Protocol::Ga4);
-                    add(Role::Analytics(protocol), &rc.prefix, &rc.upstream, p, None);
+                    add(Role::Analytics(protocol), &rc.prefix, &rc.upstream, p);
                 }
                 RouteKind::Fonts => {
-                    // Files first in the map: a host serving both (Bunny Fonts) maps to files.
-                    let mut bases = Vec::new();
-                    if let Some(f) = &rc.font_files {
-                        bases.push((f.upstream.clone(), f.prefix.clone()));
-                    }
-                    bases.push((rc.upstream.clone(), rc.prefix.clone()));
                     let css_ua = HeaderValue::from_static(fonts::CSS_USER_AGENT);
                     add(
                         Role::FontCss,
                         &rc.prefix,
                         &rc.upstream,
                         policy(Some(&css_ua)),
-                        Some(fonts::UrlMap::new(bases)),
                     );
                     if let Some(f) = &rc.font_files {
                         add(
@@ -369,7 +435,6 @@ impl Router {
                             &f.prefix,
                             &f.upstream,
                             policy(rc.user_agent.as_ref()),
-                            None,
                         );
                     }
                 }

@@ -81,6 +81,13 @@ impl Reply {
         self
     }
 
+    /// Removes a header (e.g. the default `content-type`).
+    pub fn without(mut self, k: &str) -> Reply {
+        self.headers
+            .retain(|(name, _)| !name.eq_ignore_ascii_case(k));
+        self
+    }
+
     pub fn delay(mut self, d: Duration) -> Reply {
         self.delay = d;
         self
