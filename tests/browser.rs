@@ -124,25 +124,7 @@ referer = "https://mysite.test/"
     let shot = artifacts.join("browser-proof.png");
 
     let page = format!("{origin}/demo/index.html");
-    let script = here().join("proof.mjs");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .arg(script)
-            .arg(&page)
-            .arg(&shot)
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("node must be installed (see .ci/run)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "browser run failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON report");
+    let report = run_script("proof.mjs", vec![page, shot.to_string_lossy().into_owned()]).await;
 
     // Every request the browser made went to the tamis origin.
     let requests: Vec<&str> = report["requests"]
@@ -288,24 +270,7 @@ allow_event_params = ["plan"]
     let origin = format!("http://127.0.0.1:{}", t.http.port());
     // The page URL carries what a tracker would leak: a query with an e-mail, a fragment.
     let url = format!("{origin}/demo/analytics.html?email=alice%40mail.example#inbox");
-    let script = here().join("tracker.mjs");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .arg(script)
-            .arg(&url)
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("node must be installed (see .ci/run)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "tracker run failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON report");
+    let report = run_script("tracker.mjs", vec![url]).await;
     for u in report["requests"].as_array().unwrap() {
         let u = u.as_str().unwrap();
         assert!(
@@ -347,4 +312,185 @@ allow_event_params = ["plan"]
         ua.contains("Chrome/") && !ua.contains("Headless") && !ua.contains("Linux"),
         "generalised: {ua}"
     );
+}
+
+/// Runs one of tests/browser's scripts and reads the JSON report on its last line.
+async fn run_script(script: &str, args: Vec<String>) -> serde_json::Value {
+    let script = here().join(script);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(script)
+            .args(args)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("node must be installed (see .ci/run)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "browser run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON report")
+}
+
+/// Every upstream misbehaves the ways issue 19 lists, each aiming the browser at `evil.test`
+/// (a recording server on loopback, by Chromium's host-resolver rules): font CSS typed `Text/CSS`,
+/// untyped, `text/plain`, in ISO-2022-JP, `@import`ing a stylesheet from the files side; CDN
+/// stylesheets without a type or typed `text/plain` on a quirks-mode page (which applies any
+/// same-origin body without nosniff); `Link` hints written to slip past a naive filter; a CSP
+/// that reports. Each stylesheet also names a first-party image, so the run proves each one was
+/// applied, and still nothing reached `evil.test`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_browser_behind_hostile_upstreams_contacts_no_one_else() {
+    if std::env::var_os("TAMIS_SKIP_BROWSER").is_some() {
+        eprintln!("TAMIS_SKIP_BROWSER set: browser proof skipped");
+        return;
+    }
+    let evil = Upstream::http(|_| Reply::ok("").status(204)).await;
+    let e = format!("//evil.test:{}", evil.addr.port());
+    // A stylesheet that fetches `ok-CASE.png` from tamis and `CASE.png` from evil.test.
+    let sheet = {
+        let e = e.clone();
+        move |case: &str| {
+            format!(
+                "#ok-{case}{{background-image:url(/cdn/ok-{case}.png)}}\n\
+                 #{case}{{background-image:url({e}/{case}.png)}}\n"
+            )
+        }
+    };
+    let png = file("tile.png");
+    let cdn = Upstream::http({
+        let sheet = sheet.clone();
+        move |s| match s.uri.as_str() {
+            "/untyped.css" => Reply::ok(sheet("cdn-untyped")).without("content-type"),
+            "/textplain.css" => {
+                Reply::ok(sheet("cdn-textplain")).header("content-type", "text/plain")
+            }
+            "/lib.css" => Reply::ok(sheet("lib")).header("content-type", "text/css"),
+            "/ok.css" => Reply::ok("").header("content-type", "text/css"),
+            _ => Reply::ok(png.clone()).header("content-type", "image/png"),
+        }
+    })
+    .await;
+    let files = Upstream::http({
+        let sheet = sheet.clone();
+        move |_| Reply::ok(sheet("import")).header("content-type", "text/css")
+    })
+    .await;
+    let files_url = files.url("/");
+    let fonts = Upstream::http({
+        let e = e.clone();
+        move |s| {
+            let case = s.uri.rsplit('=').next().unwrap_or("");
+            match case {
+                "upper" => Reply::ok(sheet(case)).header("content-type", "Text/CSS"),
+                "none" => Reply::ok(sheet(case)).without("content-type"),
+                "plain" => Reply::ok(sheet(case)).header("content-type", "text/plain"),
+                // Read as ISO-2022-JP, `ESC $ B "` is one broken character, not a string.
+                "jp" => Reply::ok(
+                    [
+                        sheet(case).as_bytes(),
+                        b"#jp{color:\x1b$B\"\x1b(B;background-image:url(",
+                        e.as_bytes(),
+                        b"/jp-hidden.png)}",
+                    ]
+                    .concat(),
+                )
+                .header("content-type", "text/css; charset=iso-2022-jp"),
+                _ => Reply::ok(format!("@import url({files_url}import.css);"))
+                    .header("content-type", "text/css"),
+            }
+        }
+    })
+    .await;
+    let port = evil.addr.port();
+    let page = r#"<html><head><title>hostile upstreams</title>
+<link rel="stylesheet" href="/fonts/css?t=upper">
+<link rel="stylesheet" href="/fonts/css?t=none">
+<link rel="stylesheet" href="/fonts/css?t=plain">
+<link rel="stylesheet" href="/fonts/css?t=jp">
+<link rel="stylesheet" href="/fonts/css?t=import">
+<link rel="stylesheet" href="/cdn/untyped.css">
+<link rel="stylesheet" href="/cdn/textplain.css">
+<link rel="stylesheet" href="/cdn/lib.css">
+</head><body>
+<div id="upper">a</div><div id="ok-upper">a</div><div id="none">b</div><div id="ok-none">b</div>
+<div id="plain">c</div><div id="ok-plain">c</div><div id="jp">d</div><div id="ok-jp">d</div>
+<div id="import">e</div><div id="ok-import">e</div><div id="lib">f</div><div id="ok-lib">f</div>
+<div id="cdn-untyped">g</div><div id="ok-cdn-untyped">g</div>
+<div id="cdn-textplain">h</div><div id="ok-cdn-textplain">h</div>
+<iframe src="/hostile/frame.html"></iframe>
+</body></html>"#;
+    let site = Upstream::http(move |s| match s.uri.as_str() {
+        "/page.html" => Reply::ok(page)
+            .header("content-type", "text/html; charset=utf-8")
+            .header(
+                "content-security-policy",
+                &format!("frame-src 'none'; report-uri http://evil.test:{port}/csp"),
+            )
+            .header(
+                "link",
+                &format!("</\t/evil.test:{port}/tab.png>; rel=preload; as=image"),
+            )
+            .header(
+                "link",
+                &format!(
+                    "</cdn/ok-srcset.png>; rel=preload; as=image; \
+                     imagesrcset=\"http://evil.test:{port}/srcset.png 1x, /cdn/ok-srcset.png 2x\""
+                ),
+            )
+            .header(
+                "link",
+                &format!("</b,<//evil.test:{port}/comma.png>; rel=preload; as=image>; rel=preload"),
+            )
+            .header("link", "</cdn/ok.css>; rel=preload; as=style"),
+        _ => Reply::ok("<p>framed</p>").header("content-type", "text/html"),
+    })
+    .await;
+    let config = format!(
+        "{LISTEN}{}{}[[route]]\nname = \"fonts\"\nkind = \"fonts\"\nprefix = \"/fonts/\"\n\
+         upstream = \"{}\"\nfiles_prefix = \"/fonts/files/\"\nfiles_upstream = \"{}\"\n",
+        route("site", "/hostile/", &site.url("/"), ""),
+        route("cdn", "/cdn/", &cdn.url("/"), ""),
+        fonts.url("/"),
+        files.url("/"),
+    );
+    let t = Tamis::start(&config).await;
+    let origin = format!("http://127.0.0.1:{}", t.http.port());
+    let report = run_script("hostile.mjs", vec![format!("{origin}/hostile/page.html")]).await;
+    assert_eq!(report["mode"], "BackCompat", "the page is in quirks mode");
+    let requests: Vec<&str> = report["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    let evil_seen: Vec<String> = evil.seen().iter().map(|s| s.uri.clone()).collect();
+    assert!(
+        evil_seen.is_empty(),
+        "evil.test was contacted: {evil_seen:?}"
+    );
+    for url in &requests {
+        // `about:invalid` is what tamis puts in place of a blocked URL: no request leaves.
+        assert!(
+            url.starts_with(&format!("{origin}/")) || *url == "about:invalid",
+            "the browser contacted {url}"
+        );
+    }
+    // Every stylesheet tamis serves was applied (its first-party image loaded), the CDN's
+    // untyped ones were not (nosniff), and the first-party hints were followed.
+    for case in ["upper", "none", "plain", "jp", "import", "lib"] {
+        let ok = format!("{origin}/cdn/ok-{case}.png");
+        assert!(
+            requests.contains(&ok.as_str()),
+            "{ok} not requested: {requests:?}"
+        );
+    }
+    for case in ["cdn-untyped", "cdn-textplain"] {
+        let never = format!("{origin}/cdn/ok-{case}.png");
+        assert!(!requests.contains(&never.as_str()), "{never} was applied");
+    }
+    assert!(requests.contains(&format!("{origin}/cdn/ok.css").as_str()));
 }
