@@ -554,6 +554,83 @@ proptest! {
     }
 }
 
+fn link_url() -> impl Strategy<Value = String> {
+    prop::sample::select(vec![
+        "/a.css",
+        "a.png",
+        "/x?y=1#z",
+        "//evil.example/x",
+        "https://evil.example/",
+        "HTTPS://evil.example",
+        "/\\evil.example/x",
+        "/\t/evil.example/x",
+        "\t//evil.example",
+        " //evil.example",
+        "data:text/css,x",
+        "data:image/png,x",
+        "about:invalid",
+        "/a,b",
+        "/a>b",
+        "",
+        "javascript:x",
+    ])
+    .prop_map(str::to_owned)
+}
+
+fn link_entry() -> impl Strategy<Value = String> {
+    let param = prop_oneof![
+        prop::sample::select(vec![
+            "rel=preload",
+            "rel=\"preload\"",
+            "as=image",
+            "AS=style",
+            "crossorigin",
+            "rel=preconnect",
+            "title=\"a, b\"",
+            "title=\"x\\\"y\"",
+            "imagesizes=\"(max-width: 9px) 50vw\"",
+            "junk",
+            "=x",
+            "a=\"unterminated",
+        ])
+        .prop_map(str::to_owned),
+        (link_url(), link_url()).prop_map(|(a, b)| format!("imagesrcset=\"{a} 1x, {b} 2x\"")),
+        link_url().prop_map(|a| format!("anchor=\"{a}\"")),
+    ];
+    let pad = prop::sample::select(vec!["", " ", "\t", "  "]);
+    (link_url(), prop::collection::vec((pad, param), 0..4)).prop_map(|(target, params)| {
+        let mut e = format!("<{target}>");
+        for (p, param) in params {
+            e.push_str(&format!(";{p}{param}"));
+        }
+        e
+    })
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    /// What passes of a `Link` header sends the browser nowhere but the site, however it splits
+    /// the value, and is written in one plain form.
+    #[test]
+    fn link_headers_send_the_browser_nowhere_else(
+        entries in prop::collection::vec(link_entry(), 1..4),
+        sep in prop::sample::select(vec![", ", ",", " , "]),
+    ) {
+        let value = entries.join(sep);
+        let mut headers = HeaderMap::new();
+        let Ok(v) = HeaderValue::from_str(&value) else { return Ok(()) };
+        headers.insert(http::header::LINK, v);
+        tamis::policy::scrub_response(&mut headers, tamis::policy::ResponseKind::Static);
+        let out: Vec<String> = headers
+            .get_all(http::header::LINK)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        check_link(&[&value], &out);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tiles and config
 

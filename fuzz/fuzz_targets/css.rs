@@ -11,9 +11,9 @@
 use std::sync::OnceLock;
 
 use cssparser::{ParseError, Parser, ParserInput, Token};
+use http::{header, HeaderMap, HeaderValue, StatusCode};
 use libfuzzer_sys::fuzz_target;
 use tamis::routes::{Role, Router};
-use http::{header, HeaderMap, HeaderValue, StatusCode};
 use tamis_fuzz::oracles::{check_css, css_url_is_first_party, css_urls, test_router, UrlContext};
 
 fn router() -> &'static Router {
@@ -85,8 +85,18 @@ fn cssparser_urls(css: &str) -> Vec<(UrlContext, String)> {
 
 /// The Content-Type charsets an upstream may claim; the first input byte picks one.
 const CHARSETS: &[&str] = &[
-    "", "utf-8", "iso-2022-jp", "utf-16le", "utf-16be", "shift_jis", "windows-1252", "gb18030",
-    "euc-kr", "big5", "x-user-defined", "replacement",
+    "",
+    "utf-8",
+    "iso-2022-jp",
+    "utf-16le",
+    "utf-16be",
+    "shift_jis",
+    "windows-1252",
+    "gb18030",
+    "euc-kr",
+    "big5",
+    "x-user-defined",
+    "replacement",
 ];
 
 fuzz_target!(|data: &[u8]| {
@@ -109,7 +119,10 @@ fuzz_target!(|data: &[u8]| {
         } else {
             format!("text/css; charset={charset}")
         };
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(&ct).expect("type"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(&ct).expect("type"),
+        );
         // A panic is a crash libFuzzer reports. Only a `@charset` naming an encoding no
         // browser knows is refused (502), and only when nothing before it names one.
         let Some(out) = route.rewrite(StatusCode::OK, &mut headers, body, 1 << 24) else {

@@ -2108,3 +2108,158 @@ pub fn check_config(text: &str) {
     let _ = tamis::report::check_report(&c);
     let _ = tamis::transparency::Page::new(&c, &router);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Link
+
+/// One entry of a `Link` value as a browser reads it: the target and the parameters (values
+/// unquoted, backslash escapes resolved).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkEntry {
+    pub target: String,
+    pub params: Vec<(String, String)>,
+}
+
+/// The entries of a `Link` value as a browser reads them. `angle_aware`: a comma inside `<…>`
+/// does not split (RFC 8288, Firefox); otherwise only quotes protect a comma (Chromium's
+/// value iterator). An entry that does not parse is skipped, as browsers skip it.
+pub fn link_entries(value: &str, angle_aware: bool) -> Vec<LinkEntry> {
+    let mut pieces = Vec::new();
+    let (mut start, mut quote, mut angle, mut escaped) = (0, false, false, false);
+    for (i, c) in value.char_indices() {
+        if quote {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => quote = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' if !angle => quote = true,
+            '<' if angle_aware => angle = true,
+            '>' if angle_aware => angle = false,
+            ',' if !angle => {
+                pieces.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    pieces.push(&value[start..]);
+    pieces
+        .into_iter()
+        .filter_map(|p| {
+            let p = p.trim_matches([' ', '\t']);
+            let rest = p.strip_prefix('<')?;
+            let end = rest.find('>')?;
+            let target = rest[..end].to_owned();
+            let mut params = Vec::new();
+            for param in split_params(&rest[end + 1..]) {
+                let param = param.trim_matches([' ', '\t']);
+                if param.is_empty() {
+                    continue;
+                }
+                let (name, value) = param.split_once('=').unwrap_or((param, ""));
+                let value = value.trim_matches([' ', '\t']);
+                let value = match value.strip_prefix('"') {
+                    Some(q) => {
+                        let mut out = String::new();
+                        let mut chars = q.chars();
+                        while let Some(c) = chars.next() {
+                            match c {
+                                '"' => break,
+                                '\\' => out.extend(chars.next()),
+                                c => out.push(c),
+                            }
+                        }
+                        out
+                    }
+                    None => value.to_owned(),
+                };
+                params.push((name.trim().to_ascii_lowercase(), value));
+            }
+            Some(LinkEntry { target, params })
+        })
+        .collect()
+}
+
+/// Splits parameters on `;` outside quotes.
+fn split_params(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quote, mut escaped) = (0, false, false);
+    for (i, c) in s.char_indices() {
+        match (quote, escaped, c) {
+            (true, true, _) => escaped = false,
+            (true, false, '\\') => escaped = true,
+            (_, false, '"') => quote = !quote,
+            (false, _, ';') => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+/// Every URL a browser may follow from these entries: each target, and every space- or
+/// comma-separated word of every parameter value (an `anchor`, the `imagesrcset` candidates).
+pub fn link_urls(entries: &[LinkEntry]) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in entries {
+        out.push(e.target.clone());
+        for (_, v) in &e.params {
+            out.extend(
+                v.split(|c: char| c.is_ascii_whitespace() || c == ',')
+                    .filter(|w| !w.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+    }
+    out
+}
+
+/// What tamis passed on of `input` (the `Link` values after scrubbing) is first-party however
+/// a browser splits it, reads the same whichever way it is split, is in the one plain form
+/// (scrubbing it again changes nothing), and names no target the input did not.
+pub fn check_link(input: &[&str], output: &[String]) {
+    let targets_in: Vec<String> = input
+        .iter()
+        .flat_map(|v| {
+            link_entries(v, true)
+                .into_iter()
+                .chain(link_entries(v, false))
+        })
+        .map(|e| e.target)
+        .collect();
+    for value in output {
+        let strict = link_entries(value, true);
+        assert_eq!(
+            strict,
+            link_entries(value, false),
+            "Link {value:?} reads differently split on every comma\ninput {input:?}"
+        );
+        assert!(!strict.is_empty(), "empty Link value {value:?} passed on");
+        for url in link_urls(&strict) {
+            assert!(
+                css_url_is_first_party(&url) && !url.contains(['\t', '\\']),
+                "Link {value:?} sends the browser to {url:?}\ninput {input:?}"
+            );
+        }
+        for e in &strict {
+            assert!(
+                targets_in.contains(&e.target),
+                "Link target {:?} was never in the input {input:?}",
+                e.target
+            );
+        }
+        assert_eq!(
+            tamis::policy::link::filter(value).as_deref(),
+            Some(value.as_str()),
+            "Link {value:?} is not in its plain form\ninput {input:?}"
+        );
+    }
+}
