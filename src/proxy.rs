@@ -1410,6 +1410,12 @@ pub fn error_response(status: StatusCode, message: &'static str) -> Response<Pro
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Like every answer: never read as anything but the text it is (a quirks-mode page would
+    // apply any same-origin body as a stylesheet otherwise).
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     response
 }
 
