@@ -150,7 +150,7 @@ fn disclose_route(route: &Route) -> RouteDisclosure {
     };
     match route.role {
         Role::FontCss => handling.push(format!(
-            "css            fetched as plain text with a fixed browser User-Agent; every URL in it mapped under {} or blocked",
+            "css            fetched as plain text with a fixed browser User-Agent; every URL in it mapped under {} (or another mirror's prefix) or blocked",
             c.font_files
                 .as_ref()
                 .map_or(route.prefix.clone(), |f| format!("{} or {}", f.prefix, route.prefix))
