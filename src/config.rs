@@ -18,8 +18,23 @@ use toml::Spanned;
 use crate::policy::{self, Jurisdiction};
 use crate::tls;
 
-/// Where `tamis` looks for its configuration when `--config` is not given.
-pub const DEFAULT_CONFIG_PATH: &str = "config/tamis.toml";
+/// Where `tamis` looks for its configuration when `--config` is not given, in order: the
+/// repository's (or a working directory's) own, then the system one the Debian package installs.
+pub const DEFAULT_CONFIG_PATHS: [&str; 2] = ["config/tamis.toml", "/etc/tamis/tamis.toml"];
+
+/// The config file to read: the one given, else the first of [`DEFAULT_CONFIG_PATHS`] that
+/// exists, else the last (whose absence the load then reports).
+pub fn config_path(given: Option<&Path>, exists: impl Fn(&Path) -> bool) -> PathBuf {
+    if let Some(p) = given {
+        return p.to_owned();
+    }
+    DEFAULT_CONFIG_PATHS
+        .iter()
+        .map(Path::new)
+        .find(|p| exists(p))
+        .unwrap_or(Path::new(DEFAULT_CONFIG_PATHS[1]))
+        .to_owned()
+}
 
 /// User-Agent sent to upstreams when the config names none.
 pub const DEFAULT_USER_AGENT: &str = concat!("tamis/", env!("CARGO_PKG_VERSION"));
@@ -1630,6 +1645,26 @@ pub fn parse_upstream(s: &str) -> Result<UpstreamBase, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_config_the_local_file_wins_then_the_system_one() {
+        let given = Path::new("/srv/t.toml");
+        assert_eq!(config_path(Some(given), |_| false), given);
+        assert_eq!(
+            config_path(None, |p| p == Path::new("config/tamis.toml")),
+            Path::new("config/tamis.toml")
+        );
+        assert_eq!(config_path(None, |_| true), Path::new("config/tamis.toml"));
+        assert_eq!(
+            config_path(None, |p| p.is_absolute()),
+            Path::new("/etc/tamis/tamis.toml")
+        );
+        // Neither: the system path, so the error names the file a package would have put there.
+        assert_eq!(
+            config_path(None, |_| false),
+            Path::new("/etc/tamis/tamis.toml")
+        );
+    }
 
     const MINIMAL: &str = r#"
 [server]

@@ -1,6 +1,12 @@
 //! tamis: a privacy reverse proxy that serves third-party fonts, tiles, scripts and analytics
 //! from the site's own domain, and sifts personal data out of every request it forwards.
 
+/// The version, as `tamis --version` prints it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The git revision the binary was built from (see `build.rs`), or "unknown".
+pub const REVISION: &str = env!("TAMIS_REVISION");
+
 pub mod admin;
 pub mod audit;
 pub mod body;

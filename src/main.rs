@@ -1,22 +1,31 @@
 //! The `tamis` command: run the proxy, or check a config and print what leaves.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tamis::config::{Config, DEFAULT_CONFIG_PATH};
+use tamis::config::{config_path, Config};
 use tamis::server::Server;
+
+/// `tamis --version`: the version and the git revision it was built from.
+const VERSION_LINE: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (revision ",
+    env!("TAMIS_REVISION"),
+    ")"
+);
 
 #[derive(Parser)]
 #[command(
-    version,
+    version = VERSION_LINE,
     about = "A privacy reverse proxy for third-party fonts, tiles, scripts and analytics"
 )]
 struct Cli {
-    /// The TOML configuration file.
-    #[arg(long, global = true, default_value = DEFAULT_CONFIG_PATH)]
-    config: PathBuf,
+    /// The TOML configuration file [default: ./config/tamis.toml if present, else
+    /// /etc/tamis/tamis.toml].
+    #[arg(short = 'c', long, global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -41,8 +50,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Check => match Config::load(&cli.config) {
+    let path = config_path(cli.config.as_deref(), Path::exists);
+    let command = cli.command.unwrap_or(Command::Run);
+    if cli.config.is_none() && !matches!(command, Command::Run) {
+        // `check` names the file in its first line; the others say it here. (`run` logs it.)
+        eprintln!("tamis: no --config given, reading {}", path.display());
+    }
+    match command {
+        Command::Check => match Config::load(&path) {
             Ok(config) => {
                 print!("{}", tamis::report::check_report(&config));
                 ExitCode::SUCCESS
@@ -52,7 +67,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Audit { page, site } => match Config::load(&cli.config) {
+        Command::Audit { page, site } => match Config::load(&path) {
             Ok(config) => ExitCode::from(tamis::audit::command(&config, &page, site.as_deref())),
             Err(e) => {
                 eprintln!("error: {e}");
@@ -61,7 +76,7 @@ fn main() -> ExitCode {
         },
         Command::Run => {
             init_logging();
-            match run(&cli.config) {
+            match run(&path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     // Logging goes to stderr already: one line, not two.
@@ -85,8 +100,15 @@ fn init_logging() {
         .init();
 }
 
-fn run(path: &std::path::Path) -> anyhow::Result<()> {
+fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
+    tracing::info!(
+        version = tamis::VERSION,
+        revision = tamis::REVISION,
+        config = %path.display(),
+        hash = %config.hash,
+        "tamis starting"
+    );
     // The accept loops, the admin listener and reloads run here; the public connections run
     // on the worker threads the server starts (see `tamis::workers`).
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -384,3 +384,112 @@ async fn sighup_reloads_the_config_and_a_bad_one_leaves_it_running() {
         "{log}"
     );
 }
+
+#[test]
+fn version_names_the_git_revision() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let expected = format!("tamis {} (revision ", env!("CARGO_PKG_VERSION"));
+    assert!(line.starts_with(&expected) && line.ends_with(')'), "{line}");
+    let revision = &line[expected.len()..line.len() - 1];
+    // Built from this checkout: its HEAD (when git can tell).
+    if let Ok(git) = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+    {
+        if git.status.success() {
+            assert_eq!(revision, String::from_utf8_lossy(&git.stdout).trim());
+        }
+    }
+    assert!(!revision.is_empty());
+}
+
+#[test]
+fn without_config_the_local_file_is_read_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    std::fs::write(dir.path().join("config/tamis.toml"), GOOD).unwrap();
+    let out = Command::new(BIN)
+        .arg("check")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.starts_with("config/tamis.toml: valid"), "{stdout}");
+    assert!(
+        stderr.contains("no --config given, reading config/tamis.toml"),
+        "{stderr}"
+    );
+    // `-c` is `--config`.
+    std::fs::write(dir.path().join("other.toml"), GOOD).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c", "other.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("other.toml: valid"));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn the_start_up_line_names_the_version_the_config_and_its_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write(
+        dir.path(),
+        &GOOD.replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+    );
+    let (_, report, _) = check(&config);
+    let hash = report
+        .split("(hash ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap()
+        .to_owned();
+    let child = Command::new(BIN)
+        .arg("-c")
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "tamis did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let line = log
+        .lines()
+        .find(|l| l.contains("tamis starting"))
+        .unwrap_or_else(|| panic!("no start-up line: {log}"));
+    for part in [
+        format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+        "revision=".to_owned(),
+        format!("config={}", config.display()),
+        format!("hash={hash}"),
+    ] {
+        assert!(line.contains(&part), "{part} not in {line}");
+    }
+}
