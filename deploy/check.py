@@ -244,7 +244,7 @@ def systemd_smoke(tamis):
     d = unit_directives(unit)
     start = shlex.split(d["ExecStart"][0])
     reload_cmd = d["ExecReload"][0]
-    if start[0] != "/usr/local/bin/tamis" or start[-1] != "run" or "--config" not in start:
+    if start[0] != "/usr/bin/tamis" or start[-1] != "run" or "--config" not in start:
         fail(f"unexpected ExecStart {start}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

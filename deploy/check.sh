@@ -61,9 +61,9 @@ step "systemd: systemd-analyze verify + security (deploy/systemd/tamis.service)"
 mkdir "$TMP/systemd"
 printf '#!/bin/sh\nexit 0\n' >"$TMP/systemd/tamis"
 chmod +x "$TMP/systemd/tamis"
-grep -q '^ExecStart=/usr/local/bin/tamis ' "$DEPLOY/systemd/tamis.service" ||
-  fail "tamis.service: ExecStart is not /usr/local/bin/tamis"
-sed "s#/usr/local/bin/tamis#$TMP/systemd/tamis#" "$DEPLOY/systemd/tamis.service" >"$TMP/systemd/tamis.service"
+grep -q '^ExecStart=/usr/bin/tamis ' "$DEPLOY/systemd/tamis.service" ||
+  fail "tamis.service: ExecStart is not /usr/bin/tamis (where the Debian package puts it)"
+sed "s#/usr/bin/tamis#$TMP/systemd/tamis#" "$DEPLOY/systemd/tamis.service" >"$TMP/systemd/tamis.service"
 # verify exits 0 on a directive it cannot parse (it only logs "ignoring"): any output fails.
 out=$(systemd-analyze verify "$TMP/systemd/tamis.service" 2>&1) || fail "systemd-analyze verify: $out"
 [[ -z $out ]] || fail "systemd-analyze verify complained:
@@ -74,7 +74,7 @@ security=$(systemd-analyze security --offline=yes --threshold=20 "$TMP/systemd/t
 $security"
 echo "ok: systemd-analyze security: ${security##*$'\n'}"
 for d in NoNewPrivileges=yes ProtectSystem=strict ProtectHome=yes PrivateTmp=yes PrivateDevices=yes \
-  ProtectKernelTunables=yes ProtectKernelModules=yes ProtectKernelLogs=yes DynamicUser=yes \
+  ProtectKernelTunables=yes ProtectKernelModules=yes ProtectKernelLogs=yes DynamicUser=yes User=tamis \
   CapabilityBoundingSet=CAP_NET_BIND_SERVICE AmbientCapabilities=CAP_NET_BIND_SERVICE \
   'RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX' MemoryDenyWriteExecute=yes \
   SystemCallFilter=@system-service SystemCallArchitectures=native LockPersonality=yes \

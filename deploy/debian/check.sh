@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# deploy/debian/check.sh: builds the Debian package, installs it with `dpkg -i` on this machine
+# (root; CI's throwaway machine), and checks what it installed: files, modes, the conffile, the
+# `tamis` user, the enabled unit; `tamis check` on the installed config (found by the default
+# path); the installed binary, run as the tamis user, serving a loopback origin and stopping
+# cleanly on SIGTERM. Purges the package at the end (the user stays, as Debian leaves them).
+#
+#   bash deploy/debian/check.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+TMP=$(mktemp -d)
+chmod 0755 "$TMP"
+ORIGIN_PID= TAMIS_PID=
+cleanup() {
+  [ -n "$TAMIS_PID" ] && kill "$TAMIS_PID" 2>/dev/null || true
+  [ -n "$ORIGIN_PID" ] && kill "$ORIGIN_PID" 2>/dev/null || true
+  dpkg --purge tamis >/dev/null 2>&1 || true
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+fail() {
+  printf 'FAIL: %s\n' "$*" >&2
+  exit 1
+}
+ok() { printf 'ok: %s\n' "$*"; }
+
+command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --quiet
+for tool in adduser curl; do
+  command -v "$tool" >/dev/null || {
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends adduser curl >/dev/null
+  }
+done
+
+cargo deb --locked --quiet >/dev/null
+deb=$(ls -t target/debian/tamis_*.deb | head -1)
+ok "built $deb ($(du -h "$deb" | cut -f1))"
+
+contents=$(dpkg-deb --contents "$deb")
+for f in ./usr/bin/tamis ./etc/tamis/tamis.toml ./usr/lib/systemd/system/tamis.service \
+  ./usr/share/doc/tamis/copyright; do
+  grep -q " $f\$" <<<"$contents" || fail "$f not in the package"
+done
+dpkg-deb --info "$deb" conffiles | grep -qx /etc/tamis/tamis.toml || fail "no conffile"
+ok "package holds the binary, the config (a conffile), the unit, the copyright"
+
+dpkg -i "$deb" >/dev/null
+getent passwd tamis >/dev/null || fail "no tamis user"
+[ "$(stat -c '%U:%G %a' /etc/tamis/tamis.toml)" = "root:tamis 640" ] ||
+  fail "/etc/tamis/tamis.toml is $(stat -c '%U:%G %a' /etc/tamis/tamis.toml)"
+[ -L /etc/systemd/system/multi-user.target.wants/tamis.service ] || fail "unit not enabled"
+version=$(/usr/bin/tamis --version)
+[[ $version == "tamis $(grep -m1 '^version' Cargo.toml | cut -d'"' -f2) (revision "* ]] ||
+  fail "tamis --version: $version"
+ok "installed: $version, user tamis, config root:tamis 0640, unit enabled"
+
+# `tamis check` with no --config, from a directory without config/: the installed one.
+report=$(cd / && /usr/bin/tamis check 2>"$TMP/check.err") || fail "tamis check: $(cat "$TMP/check.err")"
+grep -q '^/etc/tamis/tamis.toml: valid' <<<"$report" || fail "check read another file: ${report%%$'\n'*}"
+grep -q 'reading /etc/tamis/tamis.toml' "$TMP/check.err" || fail "check did not say which file"
+ok "tamis check on the installed config: ${report%%$'\n'*}"
+
+# The installed binary, as the tamis user, in front of a loopback origin.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+mkdir "$TMP/www" && echo "from the origin" >"$TMP/www/hello.txt"
+origin=$(free_port) port=$(free_port)
+python3 -m http.server "$origin" --bind 127.0.0.1 --directory "$TMP/www" >/dev/null 2>&1 &
+ORIGIN_PID=$!
+cat >"$TMP/tamis.toml" <<TOML
+[server]
+listen = "127.0.0.1:$port"
+
+[[route]]
+name = "origin"
+kind = "static"
+prefix = "/o/"
+upstream = "http://127.0.0.1:$origin/"
+TOML
+chmod 0644 "$TMP/tamis.toml"
+setpriv --reuid=tamis --regid=tamis --init-groups /usr/bin/tamis -c "$TMP/tamis.toml" 2>"$TMP/tamis.log" &
+TAMIS_PID=$!
+for _ in $(seq 100); do
+  body=$(curl -sf "http://127.0.0.1:$port/o/hello.txt" 2>/dev/null) && break
+  sleep 0.1
+done
+[ "${body:-}" = "from the origin" ] || fail "no answer through the installed tamis: $(cat "$TMP/tamis.log")"
+kill -TERM "$TAMIS_PID"
+wait "$TAMIS_PID" || fail "tamis exited $? after SIGTERM: $(cat "$TMP/tamis.log")"
+TAMIS_PID=
+grep -q 'all connections closed' "$TMP/tamis.log" || fail "no clean stop: $(cat "$TMP/tamis.log")"
+ok "the installed binary served through a loopback origin as user tamis, and stopped cleanly"
+echo "deploy/debian/check.sh: all checks passed"
