@@ -1,5 +1,6 @@
 //! The admin listener: Prometheus metrics, a health check, cache purge and config reload. Never
-//! exposed on the public listener.
+//! exposed on the public listener. Reload and purge are POST only, refused to a browser acting
+//! for another site (CSRF, DNS rebinding), and need the bearer token when one is set.
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -10,33 +11,40 @@ use crate::body::{self, ProxyBody};
 use crate::proxy::{error_response, State};
 use crate::reload::Live;
 
+/// The endpoints that change state, with the usage a wrong method is told. They answer POST
+/// only, so a GET or HEAD (a link, a prefetch, a crawler) never changes anything.
+const STATE_CHANGING: &[(&str, &str)] = &[
+    ("/reload", "POST /reload\n"),
+    (
+        "/cache/purge",
+        "POST /cache/purge?route=NAME&path=/p (or &prefix=/p/)\n",
+    ),
+];
+
 /// Answers one admin request.
 pub async fn handle(live: &Live, req: Request<Incoming>) -> Response<ProxyBody> {
-    if req.uri().path() == "/reload" {
+    let path = req.uri().path();
+    if let Some((path, usage)) = STATE_CHANGING.iter().find(|(p, _)| *p == path) {
         if req.method() != Method::POST {
-            return error_response(StatusCode::METHOD_NOT_ALLOWED, "POST /reload\n");
+            return method_not_allowed("POST", usage);
         }
-        if !authorised(&live.load(), &req) {
+        let state = live.load();
+        let token = state.config.admin.as_ref().and_then(|a| a.token.as_deref());
+        if let Err(why) = not_from_another_site(&req, token.is_some()) {
+            return forbidden(why);
+        }
+        if !authorised(token, &req) {
             return unauthorised();
         }
-        return reload(live).await;
-    }
-    let state = &*live.load();
-    if req.uri().path() == "/cache/purge" {
-        if !authorised(state, &req) {
-            return unauthorised();
-        }
-        if req.method() != Method::POST {
-            return error_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "POST /cache/purge?route=NAME&path=/p (or &prefix=/p/)\n",
-            );
-        }
-        return purge(state, req.uri().query().unwrap_or("")).await;
+        return match *path {
+            "/reload" => reload(live).await,
+            _ => purge(&state, req.uri().query().unwrap_or("")).await,
+        };
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        return method_not_allowed("GET, HEAD", "method not allowed\n");
     }
+    let state = &*live.load();
     match req.uri().path() {
         "/healthz" => text(
             StatusCode::OK,
@@ -72,11 +80,93 @@ fn text(status: StatusCode, content_type: &'static str, body: Bytes) -> Response
     r
 }
 
+fn method_not_allowed(allow: &'static str, usage: &'static str) -> Response<ProxyBody> {
+    let mut r = error_response(StatusCode::METHOD_NOT_ALLOWED, usage);
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// Why a state-changing request is refused as coming from a browser on another site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum CrossSite {
+    /// `Sec-Fetch-Site` other than `same-origin` or `none`.
+    #[error("admin: refused, the request comes from another site (Sec-Fetch-Site)\n")]
+    FetchSite,
+    /// An `Origin` other than this listener's own (`null` included).
+    #[error("admin: refused, the request comes from another origin (Origin)\n")]
+    Origin,
+    /// No token, and the listener named by something else than an IP address or `localhost`.
+    #[error(
+        "admin: refused, name this listener by IP address or localhost, or set admin.token_file\n"
+    )]
+    HostName,
+}
+
+/// Refuses what a browser sends when a page on another site asks it to: without a token,
+/// any website could make a visitor's browser POST to `127.0.0.1:9090/reload` (CSRF), and
+/// one whose name the attacker re-points at this address (DNS rebinding) is even same-origin,
+/// so then the listener must be named by IP address or `localhost`. Scripts and curl send
+/// neither `Origin` nor `Sec-Fetch-Site` and pass. Checked with a token too: a browser on
+/// another site never has a reason to change state here.
+fn not_from_another_site<B>(req: &Request<B>, token: bool) -> Result<(), CrossSite> {
+    let headers = req.headers();
+    // `same-site` is refused too: a page on another port of this host is same-site.
+    let fetch_site_ok = |v: &HeaderValue| matches!(v.as_bytes(), b"same-origin" | b"none");
+    if !headers.get_all("sec-fetch-site").iter().all(fetch_site_ok) {
+        return Err(CrossSite::FetchSite);
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let own_origin = |origin: &HeaderValue| {
+        let origin = origin.as_bytes();
+        host.is_some_and(|host| {
+            origin
+                .strip_prefix(b"http://")
+                .is_some_and(|o| o.eq_ignore_ascii_case(host.as_bytes()))
+        })
+    };
+    if !headers.get_all(header::ORIGIN).iter().all(own_origin) {
+        return Err(CrossSite::Origin);
+    }
+    if !token && !host.is_none_or(names_this_machine) {
+        return Err(CrossSite::HostName);
+    }
+    Ok(())
+}
+
+/// Whether a Host names its listener by IP address or as `localhost`: no name an attacker's
+/// DNS could point here.
+fn names_this_machine(host: &str) -> bool {
+    let Ok(authority) = host.parse::<http::uri::Authority>() else {
+        return false;
+    };
+    // An authority's host keeps an IPv6 address's brackets; a Host has no user part.
+    let name = authority.host();
+    !host.contains('@')
+        && (name.eq_ignore_ascii_case("localhost")
+            || name.parse::<std::net::Ipv4Addr>().is_ok()
+            || name
+                .strip_prefix('[')
+                .and_then(|n| n.strip_suffix(']'))
+                .is_some_and(|n| n.parse::<std::net::Ipv6Addr>().is_ok()))
+}
+
+fn forbidden(why: CrossSite) -> Response<ProxyBody> {
+    text(
+        StatusCode::FORBIDDEN,
+        "text/plain; charset=utf-8",
+        Bytes::from(why.to_string()),
+    )
+}
+
 /// Whether a request may change things (reload, purge): always, unless `admin.token_file` is
 /// set; then only with `Authorization: Bearer <token>`. Reading (metrics, health) stays open
 /// for scrapers and probes.
-fn authorised(state: &State, req: &Request<Incoming>) -> bool {
-    let Some(token) = state.config.admin.as_ref().and_then(|a| a.token.as_ref()) else {
+fn authorised<B>(token: Option<&[u8]>, req: &Request<B>) -> bool {
+    let Some(token) = token else {
         return true;
     };
     let given = req
@@ -191,4 +281,57 @@ async fn purge(state: &State, query: &str) -> Response<ProxyBody> {
         "application/json",
         Bytes::from(format!("{{\"purged\":{purged}}}\n")),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Request headers as `name: value`, whether a token is set, the verdict.
+    type Case = (&'static [&'static str], bool, Result<(), CrossSite>);
+
+    #[test]
+    fn only_scripts_and_the_listeners_own_origin_may_change_state() {
+        use CrossSite::*;
+        #[rustfmt::skip] // One case a line: a table.
+        let cases: &[Case] = &[
+            (&[], false, Ok(())),
+            (&["host: localhost:9090"], false, Ok(())),
+            (&["host: [::1]:9090"], false, Ok(())),
+            (&["sec-fetch-site: none"], false, Ok(())),
+            (&["origin: http://127.0.0.1:9090", "sec-fetch-site: same-origin"], false, Ok(())),
+            (&["sec-fetch-site: cross-site"], false, Err(FetchSite)),
+            // Another port of this host is the same site.
+            (&["sec-fetch-site: same-site"], true, Err(FetchSite)),
+            (&["sec-fetch-site: Same-Origin"], false, Err(FetchSite)),
+            (&["origin: https://evil.example"], false, Err(Origin)),
+            (&["origin: https://evil.example"], true, Err(Origin)),
+            (&["origin: null"], false, Err(Origin)),
+            (&["origin: https://127.0.0.1:9090"], false, Err(Origin)),
+            (&["origin: http://127.0.0.1:8080"], false, Err(Origin)),
+            // DNS rebinding: any name, even one that spells an address.
+            (&["host: rebind.example:9090"], false, Err(HostName)),
+            (&["host: 127.0.0.1.nip.io:9090"], false, Err(HostName)),
+            (&["host: u@127.0.0.1:9090"], false, Err(HostName)),
+            (&["host: localhost.:9090"], false, Err(HostName)),
+            // A token holder may name the listener as it likes.
+            (&["host: tamis-admin.internal:9090"], true, Ok(())),
+        ];
+        for (headers, token, verdict) in cases {
+            let mut req = Request::post("/reload");
+            if !headers.iter().any(|h| h.starts_with("host:")) {
+                req = req.header("host", "127.0.0.1:9090");
+            }
+            for h in *headers {
+                let (name, value) = h.split_once(": ").unwrap();
+                req = req.header(name, value);
+            }
+            let req = req.body(()).unwrap();
+            assert_eq!(
+                not_from_another_site(&req, *token),
+                *verdict,
+                "{headers:?}, token {token}"
+            );
+        }
+    }
 }

@@ -5,7 +5,7 @@
 //! client can write whatever it likes in them. The address found here is never forwarded to a
 //! non-EU upstream: the request policy strips every such header whatever this module says.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use http::header::HeaderMap;
 use ipnet::IpNet;
@@ -20,6 +20,58 @@ fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
+    }
+}
+
+/// Where an IPv6 address carries an IPv4 one.
+#[derive(Clone, Copy, Debug)]
+enum Embedding {
+    /// The last 32 bits.
+    Last32,
+    /// The last 32 bits, unless they are 0 or 1: `::` and `::1` are no IPv4 address.
+    Last32NotLoopback,
+    /// Bits 16 to 47.
+    After16,
+    /// The last 32 bits, inverted.
+    Last32Inverted,
+}
+
+/// The IPv6 blocks whose addresses carry a client's IPv4 address: (prefix, length, where).
+/// Not here: the NAT64 local-use block 64:ff9b:1::/48 (RFC 8215) and network-specific NAT64
+/// prefixes (RFC 6052) put the IPv4 where the operator chose, unknowable from the address; the
+/// /48 cut of IPv6 keeps none of it under 64:ff9b:1::/48 and at most its first 16 bits under a
+/// /32 prefix. ISATAP and similar put it in the interface identifier, which the cut drops.
+#[rustfmt::skip] // One row a line: a table.
+const EMBEDDED_IPV4: &[(Ipv6Addr, u8, Embedding)] = &[
+    // IPv4-compatible ::a.b.c.d (RFC 4291, deprecated).
+    (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0), 96, Embedding::Last32NotLoopback),
+    // IPv4-mapped ::ffff:a.b.c.d (RFC 4291): how a dual-stack socket names an IPv4 peer.
+    (Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96, Embedding::Last32),
+    // IPv4-translated ::ffff:0:a.b.c.d (RFC 2765, SIIT).
+    (Ipv6Addr::new(0, 0, 0, 0, 0xffff, 0, 0, 0), 96, Embedding::Last32),
+    // NAT64's well-known prefix 64:ff9b::a.b.c.d (RFC 6052).
+    (Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96, Embedding::Last32),
+    // 6to4 (RFC 3056): a site's /48 is 2002:IPv4::/48.
+    (Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0), 16, Embedding::After16),
+    // Teredo (RFC 4380): bits 32-63 are the Teredo server's IPv4; the client's, as its NAT
+    // maps it, is the last 32 bits inverted.
+    (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 32, Embedding::Last32Inverted),
+];
+
+/// The client's IPv4 address an IPv6 address carries (see `EMBEDDED_IPV4`), if any.
+pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let bits = ip.to_bits();
+    let (_, _, embedding) = EMBEDDED_IPV4.iter().find(|(prefix, len, _)| {
+        let host = u128::MAX.checked_shr(u32::from(*len)).unwrap_or(0);
+        bits & !host == prefix.to_bits()
+    })?;
+    // Truncating to u32 keeps the low 32 bits: the ones each arm names.
+    let low = bits as u32;
+    match embedding {
+        Embedding::Last32 => Some(Ipv4Addr::from(low)),
+        Embedding::Last32NotLoopback => (low > 1).then(|| Ipv4Addr::from(low)),
+        Embedding::After16 => Some(Ipv4Addr::from((bits >> 80) as u32)),
+        Embedding::Last32Inverted => Some(Ipv4Addr::from(!low)),
     }
 }
 

@@ -285,7 +285,7 @@ pub enum ClientIpLog {
     /// Never logged (default).
     #[default]
     None,
-    /// IPv4 truncated to /24, IPv6 to /48.
+    /// IPv4 truncated to /24, IPv6 to /48, an IPv6 address carrying an IPv4 as that IPv4 /24.
     Truncated,
 }
 

@@ -40,11 +40,13 @@ impl std::fmt::Debug for RateLimiter {
 }
 
 /// The key for an address: IPv6 clients by /64 (one subscriber's usual allocation, so a client
-/// cannot dodge the limit by rotating addresses inside it).
+/// cannot dodge the limit by rotating addresses inside it), except that one carrying an IPv4
+/// (6to4, Teredo, NAT64, IPv4-mapped) is that IPv4: a Teredo server's or a NAT64 prefix's /64
+/// holds every client behind it.
 fn key(ip: IpAddr) -> u128 {
     match ip {
         IpAddr::V4(v4) => u128::from(u32::from(v4)),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+        IpAddr::V6(v6) => match crate::client_addr::embedded_ipv4(v6) {
             Some(v4) => u128::from(u32::from(v4)),
             None => u128::from(v6) & !((1u128 << 64) - 1),
         },
@@ -128,6 +130,26 @@ mod tests {
             key("::ffff:192.0.2.1".parse().unwrap()),
             key("192.0.2.1".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn clients_behind_one_teredo_server_or_nat64_prefix_each_have_their_own_allowance() {
+        let rl = RateLimiter::new(RateLimit {
+            period: Duration::from_secs(10),
+            burst: 1,
+        });
+        // Two Teredo clients (203.0.113.7, 203.0.113.8) of the server 65.54.227.120.
+        assert!(rl
+            .check("2001:0:4136:e378:8000:63bf:34ff:8ef8".parse().unwrap())
+            .is_ok());
+        assert!(rl
+            .check("2001:0:4136:e378:8000:63bf:34ff:8ef7".parse().unwrap())
+            .is_ok());
+        // Two IPv4 clients seen through NAT64's well-known prefix.
+        assert!(rl.check("64:ff9b::198.51.100.1".parse().unwrap()).is_ok());
+        assert!(rl.check("64:ff9b::198.51.100.2".parse().unwrap()).is_ok());
+        // A 6to4 address is its IPv4's, already spent above.
+        assert!(rl.check("2002:c633:6401:1::9".parse().unwrap()).is_err());
     }
 
     #[test]

@@ -124,7 +124,7 @@ pub fn log_line(config: &Config) -> &'static str {
         (false, _) => "no access log",
         (true, ClientIpLog::None) => "one line per request, no client address",
         (true, ClientIpLog::Truncated) => {
-            "one line per request, client address truncated (IPv4 /24, IPv6 /48)"
+            "one line per request, client address truncated (IPv4 /24, IPv6 /48, an embedded IPv4 /24)"
         }
     }
 }
@@ -373,7 +373,7 @@ fn disclose_analytics(
             }
         ),
         client_address: if a.client_ip == ClientIpLog::Truncated {
-            "sent truncated (IPv4 /24, IPv6 /48) in X-Forwarded-For (EU route)"
+            "sent truncated (IPv4 /24, IPv6 /48, an embedded IPv4 /24) in X-Forwarded-For (EU route)"
         } else {
             "never sent"
         },

@@ -177,42 +177,69 @@ async fn per_client_rate_with_trusted_proxies_and_spoofing_ignored() {
     }
 }
 
+/// An EU Plausible route on `/p/` that forwards the truncated address, behind `trusted`.
+fn eu_plausible_behind(up: &Upstream, trusted: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [{trusted}]\n\n\
+         [[route]]\nname = \"p\"\nkind = \"plausible\"\nprefix = \"/p/\"\nupstream = \"{}\"\njurisdiction = \"eu\"\nclient_ip = \"truncated\"\n",
+        up.url("/")
+    )
+}
+
+/// A Plausible pageview relayed by a proxy that names `client` in `X-Forwarded-For`.
+async fn pageview_for(t: &Tamis, client: &str) -> Answer {
+    let body = r#"{"n":"pageview","u":"https://site.example/","d":"site.example"}"#;
+    send(
+        t.http,
+        http::Request::post("/p/api/event")
+            .header("host", "site.example")
+            .header("content-type", "application/json")
+            .header("x-forwarded-for", client)
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap(),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn the_truncated_address_an_eu_route_may_send_comes_from_a_trusted_proxy_only() {
     let up = Upstream::http(|_| Reply::ok("").status(202)).await;
-    let config = |trusted: &str| {
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [{trusted}]\n\n\
-             [[route]]\nname = \"p\"\nkind = \"plausible\"\nprefix = \"/p/\"\nupstream = \"{}\"\njurisdiction = \"eu\"\nclient_ip = \"truncated\"\n",
-            up.url("/")
-        )
-    };
-    let body = r#"{"n":"pageview","u":"https://site.example/","d":"site.example"}"#;
-    let post = |t: &Tamis| {
-        let addr = t.http;
-        async move {
-            send(
-                addr,
-                http::Request::post("/p/api/event")
-                    .header("host", "site.example")
-                    .header("content-type", "application/json")
-                    .header("x-forwarded-for", "203.0.113.77")
-                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                    .unwrap(),
-            )
-            .await
-        }
-    };
-    let t = Tamis::start(&config("\"127.0.0.1\"")).await;
-    assert_eq!(post(&t).await.status, 202);
+    let t = Tamis::start(&eu_plausible_behind(&up, "\"127.0.0.1\"")).await;
+    assert_eq!(pageview_for(&t, "203.0.113.77").await.status, 202);
     assert_eq!(up.last().header("x-forwarded-for"), Some("203.0.113.0"));
-    let t = Tamis::start(&config("\"10.0.0.0/8\"")).await;
-    assert_eq!(post(&t).await.status, 202);
+    let t = Tamis::start(&eu_plausible_behind(&up, "\"10.0.0.0/8\"")).await;
+    assert_eq!(pageview_for(&t, "203.0.113.77").await.status, 202);
     assert_eq!(
         up.last().header("x-forwarded-for"),
         Some("127.0.0.0"),
         "spoofed header used"
     );
+}
+
+#[tokio::test]
+async fn an_ipv6_address_embedding_an_ipv4_is_forwarded_as_that_ipv4_cut_to_24() {
+    let up = Upstream::http(|_| Reply::ok("").status(202)).await;
+    let t = Tamis::start(&eu_plausible_behind(&up, "\"127.0.0.1\"")).await;
+    for client in EMBEDDING_203_0_113_7 {
+        assert_eq!(pageview_for(&t, client).await.status, 202, "{client}");
+        let seen = up.last();
+        assert_eq!(
+            seen.header("x-forwarded-for"),
+            Some("203.0.113.0"),
+            "{client}"
+        );
+        // All of the request but Host, the upstream's own address (its port could hold 7107).
+        let mut headers = seen.headers.clone();
+        headers.remove("host");
+        let sent = format!(
+            "{} {headers:?} {}",
+            seen.uri,
+            String::from_utf8_lossy(&seen.body)
+        );
+        for form in EMBEDDED_203_0_113_7_FORMS {
+            assert!(!sent.contains(form), "{client}: {form} sent in {sent}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@
 #[path = "../fuzz/src/oracles.rs"]
 mod oracles;
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -628,6 +629,44 @@ proptest! {
             .map(|v| v.to_str().unwrap().to_owned())
             .collect();
         check_link(&[&value], &out);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Addresses
+
+/// An IPv4 address and an IPv6 address carrying it (IPv4-mapped, -translated, NAT64, 6to4,
+/// Teredo), every other bit random.
+fn embedding() -> impl Strategy<Value = (Ipv4Addr, Ipv6Addr)> {
+    (any::<u32>(), any::<u128>(), 0..5u8).prop_map(|(v4, noise, kind)| {
+        let low = u128::from(v4);
+        let bits = match kind {
+            0 => 0xffff << 32 | low,
+            1 => 0xffff << 48 | low,
+            2 => 0x64_ff9b << 96 | low,
+            // Subnet and interface identifier.
+            3 => 0x2002 << 112 | low << 80 | noise & ((1 << 80) - 1),
+            // Server, flags and port; the client's address inverted.
+            _ => 0x2001_0000 << 96 | noise & (u128::from(u64::MAX) << 32) | u128::from(!v4),
+        };
+        (Ipv4Addr::from(v4), Ipv6Addr::from(bits))
+    })
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    /// Whatever else it holds, an address carrying an IPv4 is truncated to that IPv4's /24.
+    #[test]
+    fn an_embedded_ipv4_is_truncated_to_its_24_and_nothing_else_is_kept(
+        (v4, v6) in embedding(),
+    ) {
+        let [a, b, c, _] = v4.octets();
+        prop_assert_eq!(
+            tamis::policy::truncate_ip(IpAddr::V6(v6)),
+            IpAddr::V4(Ipv4Addr::new(a, b, c, 0)),
+            "{}", v6
+        );
     }
 }
 

@@ -299,3 +299,135 @@ async fn with_an_admin_token_only_its_holder_may_reload_or_purge() {
     assert_eq!(r.status, 409, "{}", r.text());
     assert!(r.text().contains("admin.token_file"));
 }
+
+/// tamis with a cached route `cdn` and an admin listener (needing `token` when given), one
+/// object stored, and its config file rewritten with a second route: a reload would serve
+/// `/b/`, a purge would fetch `/cdn/a` again.
+async fn admin_with_one_stored_object(token: Option<&str>) -> (Upstream, Tamis, tempfile::TempDir) {
+    let up = Upstream::http(cacheable).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_line = token.map_or(String::new(), |token| {
+        let file = dir.path().join("admin.token");
+        std::fs::write(&file, token).unwrap();
+        format!("token_file = {:?}\n", file.display().to_string())
+    });
+    let admin = format!("[admin]\nlisten = \"127.0.0.1:0\"\n{token_line}\n");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n{admin}{}",
+        route("cdn", "/cdn/", &up.url("/"), "")
+    );
+    let t = Tamis::start(&config).await;
+    assert_eq!(t.get("/cdn/a").await.status, 200);
+    std::fs::write(
+        &t.config_path,
+        format!("{config}{}", route("b", "/b/", &up.url("/"), "")),
+    )
+    .unwrap();
+    (up, t, dir)
+}
+
+/// Asserts that no reload was attempted and no purge happened.
+async fn admin_changed_nothing(up: &Upstream, t: &Tamis) {
+    let m = t.metrics().await;
+    for result in ["success", "failure"] {
+        assert_eq!(
+            metric(
+                &m,
+                &format!("tamis_config_reloads_total{{result=\"{result}\"}}")
+            )
+            .as_deref(),
+            Some("0"),
+            "{result}"
+        );
+    }
+    assert_eq!(t.get("/b/x").await.status, 404, "reloaded");
+    let a = t.get("/cdn/a").await;
+    assert_eq!(a.header("cache-status"), Some("tamis; hit"), "purged");
+    assert_eq!(up.count(), 1);
+}
+
+const STATE_CHANGING: [&str; 2] = ["/reload", "/cache/purge?route=cdn&prefix=/cdn/"];
+
+#[tokio::test]
+async fn without_a_token_a_browser_on_another_site_can_neither_reload_nor_purge() {
+    let (up, t, _dir) = admin_with_one_stored_object(None).await;
+    let admin = t.admin.unwrap();
+    let own = format!("http://{admin}");
+    let rebound = format!("rebind.example:{}", admin.port());
+    let rebound_origin = format!("http://{rebound}");
+    let other_port = format!("http://127.0.0.1:{}", t.http.port());
+    let browsers: [&[(&str, &str)]; 7] = [
+        // A form or fetch() on any website (CSRF).
+        &[
+            ("origin", "https://evil.example"),
+            ("sec-fetch-site", "cross-site"),
+        ],
+        &[("origin", "https://evil.example")],
+        &[("sec-fetch-site", "cross-site")],
+        // A sandboxed frame or a data: URL.
+        &[("origin", "null")],
+        // A page on another port of this host: same site, another origin.
+        &[("origin", &other_port), ("sec-fetch-site", "same-site")],
+        &[("sec-fetch-site", "same-site")],
+        // DNS rebinding: the attacker's name now resolves here, so the page is same-origin.
+        &[
+            ("host", &rebound),
+            ("origin", &rebound_origin),
+            ("sec-fetch-site", "same-origin"),
+        ],
+    ];
+    for path in STATE_CHANGING {
+        for headers in browsers {
+            let a = request(admin, http::Method::POST, path, headers).await;
+            assert_eq!(a.status, 403, "{path} {headers:?}: {}", a.text());
+        }
+    }
+    admin_changed_nothing(&up, &t).await;
+    // Scripts (no Origin, no Sec-Fetch-Site) and the listener's own origin still may.
+    let r = request(
+        admin,
+        http::Method::POST,
+        "/reload",
+        &[("origin", &own), ("sec-fetch-site", "same-origin")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(t.get("/b/x").await.status, 200);
+    for (path, headers) in [
+        ("/cache/purge?route=cdn&path=/cdn/a", &[][..]),
+        (
+            "/reload",
+            &[("sec-fetch-site", "none"), ("host", "localhost")][..],
+        ),
+    ] {
+        let a = request(admin, http::Method::POST, path, headers).await;
+        assert_eq!(a.status, 200, "{path} {headers:?}: {}", a.text());
+    }
+}
+
+#[tokio::test]
+async fn get_and_head_on_reload_or_purge_are_405_and_change_nothing() {
+    for token in [None, Some("s3cret-admin-token-0123456789")] {
+        let (up, t, _dir) = admin_with_one_stored_object(token).await;
+        let admin = t.admin.unwrap();
+        let bearer = token.map(|token| format!("Bearer {token}"));
+        let auth: Vec<(&str, &str)> = bearer
+            .as_deref()
+            .map(|b| ("authorization", b))
+            .into_iter()
+            .collect();
+        for path in STATE_CHANGING {
+            for method in [http::Method::GET, http::Method::HEAD] {
+                for headers in [&[][..], &auth[..]] {
+                    let a = request(admin, method.clone(), path, headers).await;
+                    assert_eq!(
+                        (a.status, a.header("allow")),
+                        (405, Some("POST")),
+                        "{method} {path} {headers:?} (token {token:?})"
+                    );
+                }
+            }
+        }
+        admin_changed_nothing(&up, &t).await;
+    }
+}

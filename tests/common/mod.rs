@@ -561,6 +561,29 @@ pub const VISITOR_SECRETS: &[&str] = &[
     "same-origin",
 ];
 
+/// A visitor at 203.0.113.7 (0xcb00_7107) reaching tamis over IPv6 by way of a mechanism that
+/// embeds that IPv4: 6to4, Teredo (the client's address inverted: 0x34ff_8ef8; server
+/// 65.54.227.120), NAT64's well-known prefix and the deprecated IPv4-compatible form.
+pub const EMBEDDING_203_0_113_7: &[&str] = &[
+    "2002:cb00:7107::1",
+    "2001:0:4136:e378:8000:63bf:34ff:8ef8",
+    "64:ff9b::cb00:7107",
+    "::203.0.113.7",
+];
+
+/// Every spelling of 203.0.113.7's host part (and of the Teredo server) in those addresses:
+/// once truncated to 203.0.113.0, none may remain.
+pub const EMBEDDED_203_0_113_7_FORMS: &[&str] = &[
+    "203.0.113.7",
+    "7107",
+    "cb00:7107",
+    "8ef8",
+    "34ff:8ef8",
+    "4136:e378",
+    "2002:",
+    "64:ff9b",
+];
+
 /// Asserts that nothing identifying (from [`VISITOR`], or the client's address) reached the
 /// upstream in this request, in any header or in the URL.
 pub fn assert_no_visitor_data(seen: &Seen) {
