@@ -113,6 +113,8 @@ pub struct AnalyticsDisclosure {
     pub custom_fields_kept: Vec<String>,
     pub url_params_kept: Vec<String>,
     pub pseudonyms: String,
+    /// What links one tracking request to another, within a rotation period and across two.
+    pub linkage: &'static str,
     pub client_address: &'static str,
     /// Identifiers removed from the upstream's answer.
     pub answer_removed: Vec<&'static str>,
@@ -372,6 +374,7 @@ fn disclose_analytics(
                 ""
             }
         ),
+        linkage: protocol.linkage(),
         client_address: if a.client_ip == ClientIpLog::Truncated {
             "sent truncated (IPv4 /24, IPv6 /48, an embedded IPv4 /24) in X-Forwarded-For (EU route)"
         } else {
@@ -572,6 +575,7 @@ fn analytics_text(out: &mut String, a: &AnalyticsDisclosure) {
         list(&a.url_params_kept)
     );
     let _ = writeln!(out, "    pseudonyms: {}", a.pseudonyms);
+    let _ = writeln!(out, "    linkage: {}", a.linkage);
     let _ = writeln!(out, "    client address: {}", a.client_address);
     if !a.answer_removed.is_empty() {
         let _ = writeln!(

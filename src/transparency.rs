@@ -231,11 +231,12 @@ fn route_html(o: &mut String, r: &RouteDisclosure) {
         let _ = writeln!(
             o,
             "<h3>Tracking requests</h3>\n<p>Only {} ({}) is forwarded; bodies up to {} bytes; never cached. \
-             Pseudonyms: {}. Your address: {}.</p>",
+             Pseudonyms: {}. What links your requests: {}. Your address: {}.</p>",
             esc(&a.endpoints.join(", ")),
             esc(a.methods),
             a.max_body,
             esc(&a.pseudonyms),
+            esc(a.linkage),
             esc(a.client_address)
         );
         groups_html(o, &a.parameters);

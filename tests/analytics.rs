@@ -143,9 +143,10 @@ async fn ga4_batches_are_scrubbed_in_query_and_body() {
         ),
         Some(cid.as_str())
     );
+    // cid, sid and _p, twice.
     let m = t.metrics().await;
     assert!(
-        m.contains("tamis_analytics_params_total{result=\"pseudonymised\",route=\"stats\"} 2"),
+        m.contains("tamis_analytics_params_total{result=\"pseudonymised\",route=\"stats\"} 6"),
         "{m}"
     );
 }

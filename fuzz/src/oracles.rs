@@ -756,6 +756,11 @@ fn check_page_url(url: &str, allow: &[String], what: &str) {
         absolute || url.starts_with('/'),
         "{what}: not a page URL {url:?}"
     );
+    let path = url.split('?').next().unwrap_or("");
+    assert!(
+        !path.contains(';') && !path.to_ascii_lowercase().contains("%3b"),
+        "{what}: path parameter kept in {url:?}"
+    );
     if let Some((_, q)) = url.split_once('?') {
         for (k, _) in form_urlencoded::parse(q.as_bytes()) {
             assert!(
@@ -839,18 +844,20 @@ const GA4_CUSTOM: &[&str] = &["ep.", "epn.", "up.", "upn."];
 fn ga4_dropped(key: &str, settings: &Settings) -> bool {
     let kept = analytics::kept_index(ga4::RULES);
     !(kept.binary_search(&key).is_ok()
-        || ["cid", "dl", "dr", "ul"].contains(&key)
+        || ["cid", "sid", "_p", "dl", "dr", "ul"].contains(&key)
         || (GA4_CUSTOM.iter().any(|c| key.starts_with(c))
             && settings.allow_event_params.iter().any(|a| a == key)))
 }
 
-/// The host of the first `url_key` parameter of each `&`-separated line: what the scrubbers
+/// The host of the last `url_key` parameter of each `&`-separated line: what the scrubbers
 /// judge referrers against.
 fn site_hosts<'a>(lines: impl Iterator<Item = &'a str>, url_key: &str) -> Vec<String> {
     lines
         .filter_map(|l| {
+            // The last one: a repeated name goes out once, as its last value.
             form_urlencoded::parse(l.strip_prefix('?').unwrap_or(l).as_bytes())
-                .find(|(k, _)| k == url_key)
+                .filter(|(k, _)| k == url_key)
+                .last()
                 .and_then(|(_, v)| analytics::host_of(&v).map(str::to_owned))
         })
         .collect()
@@ -871,10 +878,28 @@ fn check_referrer_any(r: &str, sites: &[String], what: &str) {
     check_referrer(r, site.map(String::as_str), what);
 }
 
-fn check_ga4_params(line: &str, a: &Analytics, what: &str, sites: &[String]) {
+/// Each name at most once (the server can only read the value tamis judged), and nothing but
+/// what form encoding produces: no raw separator or control character in a kept value.
+fn check_unique_plain_pairs(line: &str, what: &str) -> Vec<(String, String)> {
+    assert!(
+        line.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"*-._+%=&".contains(&b)),
+        "{what}: raw separator or control character in {line:?}"
+    );
     let params: Vec<(String, String)> = form_urlencoded::parse(line.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
+    for (i, (k, _)) in params.iter().enumerate() {
+        assert!(
+            !params[..i].iter().any(|(n, _)| n == k),
+            "{what}: {k:?} goes out twice in {line:?}"
+        );
+    }
+    params
+}
+
+fn check_ga4_params(line: &str, a: &Analytics, what: &str, sites: &[String]) {
+    let params = check_unique_plain_pairs(line, what);
     for (k, v) in &params {
         assert!(
             !ga4_dropped(k, &a.settings),
@@ -891,6 +916,19 @@ fn check_ga4_params(line: &str, a: &Analytics, what: &str, sites: &[String]) {
                     "{what}: cid {v:?} not a pseudonym"
                 );
             }
+            // Re-derived from the period's key: a second of the period, digits.
+            "sid" => {
+                let start = a.pseudonyms.period_start(a.now);
+                assert!(
+                    v.parse::<u64>()
+                        .is_ok_and(|n| (start..start + a.pseudonyms.period_secs()).contains(&n)),
+                    "{what}: sid {v:?} not re-derived"
+                );
+            }
+            "_p" => assert!(
+                !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()),
+                "{what}: _p {v:?} not re-derived"
+            ),
             "dl" => check_page_url(v, &a.settings.allow_url_params, what),
             "ul" => check_language(v, what),
             _ => {}
@@ -1032,7 +1070,7 @@ fn matomo_dropped(key: &str, settings: &Settings) -> bool {
         && key[9..].bytes().all(|b| b.is_ascii_digit());
     !(kept
         || [
-            "_id", "cid", "url", "urlref", "_ref", "ua", "lang", "_cvar", "cvar",
+            "_id", "cid", "pv_id", "url", "urlref", "_ref", "ua", "lang", "_cvar", "cvar",
         ]
         .contains(&key)
         || (dimension && settings.allow_event_params.iter().any(|a| a == key)))
@@ -1040,9 +1078,7 @@ fn matomo_dropped(key: &str, settings: &Settings) -> bool {
 
 fn check_matomo_params(query: &str, a: &Analytics, what: &str, sites: &[String]) {
     let q = query.strip_prefix('?').unwrap_or(query);
-    let params: Vec<(String, String)> = form_urlencoded::parse(q.as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
+    let params = check_unique_plain_pairs(q, what);
     for (k, v) in &params {
         assert!(
             !matomo_dropped(k, &a.settings),
@@ -1052,6 +1088,10 @@ fn check_matomo_params(query: &str, a: &Analytics, what: &str, sites: &[String])
             "_id" | "cid" => assert!(
                 v.len() == 16 && v.bytes().all(|b| b.is_ascii_hexdigit()),
                 "{what}: {k}={v:?} is not a pseudonym"
+            ),
+            "pv_id" => assert!(
+                v.len() == 6 && v.bytes().all(|b| b.is_ascii_alphanumeric()),
+                "{what}: pv_id={v:?} not re-derived"
             ),
             "url" => check_page_url(v, &a.settings.allow_url_params, what),
             "urlref" | "_ref" => check_referrer_any(v, sites, what),
@@ -1066,6 +1106,13 @@ fn check_matomo_params(query: &str, a: &Analytics, what: &str, sites: &[String])
                     assert!(
                         a.settings.allow_event_params.iter().any(|n| n == name),
                         "{what}: custom variable {name:?} kept"
+                    );
+                    let value = var.get(1);
+                    assert!(
+                        var.as_array().is_some_and(|v| v.len() == 2)
+                            && value
+                                .is_some_and(|v| v.is_string() || v.is_number() || v.is_boolean()),
+                        "{what}: custom variable {var} is not [name, scalar]"
                     );
                 }
             }
@@ -1202,8 +1249,12 @@ fn check_fields(v: &Value, allow: &[String], what: &str) {
     let o = v
         .as_object()
         .unwrap_or_else(|| panic!("{what}: custom fields not an object: {v}"));
-    for k in o.keys() {
+    for (k, v) in o {
         assert!(allow.contains(k), "{what}: custom field {k:?} kept");
+        assert!(
+            v.is_string() || v.is_number() || v.is_boolean(),
+            "{what}: custom field {k:?} kept with a structured value {v}"
+        );
     }
 }
 

@@ -18,7 +18,6 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     ("v", Outcome::Kept, ""),
     ("tid", Outcome::Kept, "measurement id"),
     ("gtm", Outcome::Kept, ""),
-    ("_p", Outcome::Kept, "page load id"),
     ("gcd", Outcome::Kept, "consent state"),
     ("npa", Outcome::Kept, ""),
     ("dma", Outcome::Kept, ""),
@@ -26,9 +25,6 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     ("are", Outcome::Kept, ""),
     ("frm", Outcome::Kept, ""),
     ("pscdl", Outcome::Kept, ""),
-    ("_s", Outcome::Kept, "hit sequence"),
-    ("sid", Outcome::Kept, "session start"),
-    ("sct", Outcome::Kept, "session count"),
     ("seg", Outcome::Kept, "engaged session"),
     ("dt", Outcome::Kept, "page title"),
     ("en", Outcome::Kept, "event name"),
@@ -46,9 +42,19 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
         "keyed, rotating; keeps GA's digits.digits shape",
     ),
     (
+        "sid",
+        Outcome::Pseudonymised,
+        "session id, re-derived from the period's key: a second within the period",
+    ),
+    (
+        "_p",
+        Outcome::Pseudonymised,
+        "page load id, re-derived from the period's key, same number of digits",
+    ),
+    (
         "dl",
         Outcome::Generalised,
-        "no fragment, no query but allow_url_params",
+        "no fragment, no ;path parameters, no query but allow_url_params",
     ),
     (
         "dr",
@@ -57,6 +63,11 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     ),
     ("ul", Outcome::Generalised, "primary language only"),
     ("uid", Outcome::Dropped, "user id"),
+    (
+        "sct, _s",
+        Outcome::Dropped,
+        "session count, hit sequence: counters that run on across a rotation",
+    ),
     ("_fid", Outcome::Dropped, "Firebase id"),
     ("ecid", Outcome::Dropped, "enhanced conversions id"),
     ("_fplc", Outcome::Dropped, "first-party linker cookie"),
@@ -211,16 +222,37 @@ fn key(raw: &str) -> Result<Cow<'_, str>, ScrubError> {
     }
 }
 
-/// The decoded value of the first pair named `name`, if any (for `tid` and `dl`, which other
-/// rules read). Malformed pairs are skipped: the scrubbing pass refuses them anyway.
-fn first_value<'a>(set: &'a str, name: &str) -> Option<Cow<'a, str>> {
+/// The decoded value of the last pair named `name`, if any (for `tid` and `dl`, which other
+/// rules read): the one that goes out. Malformed pairs are skipped: the scrubbing pass refuses
+/// them anyway.
+fn last_value<'a>(set: &'a str, name: &str) -> Option<Cow<'a, str>> {
+    let mut found = None;
     for raw in split(set, b'&') {
         let (k, v) = split_once(raw, b'=').unwrap_or((raw, ""));
         if key(k).is_ok_and(|k| k == name) {
-            return check(v).ok().map(|()| decode(v));
+            found = check(v).ok().map(|()| decode(v));
         }
     }
-    None
+    found
+}
+
+/// Whether a pair as sent can go out as it is: only what form encoding itself produces
+/// (letters, digits, `*-._`, `+`, `%XX`) and the one `=`. Anything else (a control character,
+/// CR or LF in a body line, `;`, a second `=`, a space) is decoded and encoded again, so no
+/// kept value can carry a separator the analytics server would split on.
+fn plain_pair(raw: &str) -> bool {
+    let mut equals = 0;
+    raw.bytes().all(|b| {
+        equals += usize::from(b == b'=');
+        b.is_ascii_alphanumeric() || b"*-._+%".contains(&b) || (b == b'=' && equals == 1)
+    })
+}
+
+/// A re-derived decimal identifier: `digits` digits (1 to 18) of HMAC(period key, parts).
+fn derived_digits(ctx: &Context<'_>, parts: &[&str], digits: usize, now: SystemTime) -> String {
+    let digits = digits.clamp(1, 18);
+    let n = ctx.pseudonyms.derive(parts, now) % 10u64.pow(digits as u32);
+    format!("{n:0digits$}")
 }
 
 /// Appends the `&` between pairs of the query string or body line that starts at `start`.
@@ -241,12 +273,12 @@ fn push_encoded(out: &mut String, start: usize, raw_key: &str, value: &str) {
 /// `scrub_page_url`, borrowed when there is no allowlist (the common case) and nothing to take
 /// out of the authority: the URL up to its query or fragment.
 fn page_url<'a>(url: &'a str, allow: &[String]) -> Option<Cow<'a, str>> {
-    if !allow.is_empty() {
-        return super::scrub_page_url(url, allow).map(Cow::Owned);
-    }
     let trimmed = url.trim();
     let no_fragment = trimmed.split('#').next().unwrap_or("");
     let base = no_fragment.split_once('?').map_or(no_fragment, |(b, _)| b);
+    if !allow.is_empty() || super::has_path_params(base) {
+        return super::scrub_page_url(url, allow).map(Cow::Owned);
+    }
     let fast = if base.starts_with('/') {
         super::is_page_path(base).then_some(Cow::Borrowed(base))
     } else {
@@ -276,6 +308,9 @@ fn referrer<'a>(referrer: &'a str, site_host: Option<&str>) -> Option<Cow<'a, st
             return None;
         }
         let cut = referrer.find(['?', '#']).unwrap_or(referrer.len());
+        if super::has_path_params(&referrer[..cut]) {
+            return same_site_referrer(referrer, Some(site)).map(Cow::Owned);
+        }
         let u = AbsoluteUrl {
             rest: u.rest.split(['?', '#']).next().unwrap_or(""),
             ..u
@@ -302,9 +337,15 @@ fn scrub_params(
 ) -> Result<(), ScrubError> {
     let set = set.strip_prefix('?').unwrap_or(set);
     let start = out.len();
-    // The page's own host tells same-site referrers from external ones: the first `dl`,
-    // looked up when a `dr` needs it.
+    // The page's own host tells same-site referrers from external ones: the `dl` that goes
+    // out, looked up when a `dr` needs it.
     let mut site_url: Option<Option<Cow<'_, str>>> = None;
+    // Only the last pair of a name goes out: the analytics server cannot read a value tamis
+    // did not judge, whichever of several it would take.
+    let last = super::last_of_each(split(set, b'&').filter(|r| !r.is_empty()).map(|raw| {
+        let k = split_once(raw, b'=').map_or(raw, |(k, _)| k);
+        key(k).unwrap_or(Cow::Borrowed(k))
+    }));
     let mut count = 0;
     for raw in split(set, b'&') {
         if raw.is_empty() {
@@ -319,6 +360,10 @@ fn scrub_params(
         let (raw_key, raw_value) = split_once(raw, b'=').unwrap_or((raw, ""));
         let key = key(raw_key)?;
         check(raw_value)?;
+        if !last.get(count - 1).copied().unwrap_or(true) {
+            tally.add(Outcome::Dropped);
+            continue;
+        }
         let value = || decode(raw_value);
         match key.as_ref() {
             "cid" => {
@@ -342,8 +387,29 @@ fn scrub_params(
                     site_url = Some(Some(v));
                 }
             }
+            // A session's start second and a page load's id: linked within a period (as cid
+            // links a browser), re-derived so that nothing links two periods.
+            "sid" | "_p" => {
+                let v = value();
+                if v.is_empty() || v.len() > 18 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                    tally.add(Outcome::Dropped);
+                    continue;
+                }
+                let parts = [key.as_ref(), ctx.route, site, v.as_ref()];
+                let derived = if key == "sid" {
+                    let within = ctx.pseudonyms.derive(&parts, now) % ctx.pseudonyms.period_secs();
+                    (ctx.pseudonyms.period_start(now) + within).to_string()
+                } else {
+                    derived_digits(ctx, &parts, v.len(), now)
+                };
+                tally.add(Outcome::Pseudonymised);
+                separate(out, start);
+                out.push_str(raw_key);
+                out.push('=');
+                out.push_str(&derived);
+            }
             "dr" => {
-                let site_url = site_url.get_or_insert_with(|| first_value(set, "dl"));
+                let site_url = site_url.get_or_insert_with(|| last_value(set, "dl"));
                 match referrer(&value(), site_url.as_deref().and_then(host_of)) {
                     Some(r) => {
                         tally.add(Outcome::Generalised);
@@ -364,8 +430,14 @@ fn scrub_params(
                     && ctx.settings.allow_event_params.iter().any(|a| a == name)) =>
             {
                 tally.add(Outcome::Kept);
-                separate(out, start);
-                out.push_str(raw);
+                if plain_pair(raw) {
+                    separate(out, start);
+                    out.push_str(raw);
+                } else {
+                    let mut name = String::new();
+                    name.extend(form_urlencoded::byte_serialize(key.as_bytes()));
+                    push_encoded(out, start, &name, &value());
+                }
             }
             _ => tally.add(Outcome::Dropped),
         }
@@ -381,7 +453,7 @@ pub fn scrub(
     now: SystemTime,
     tally: &mut Tally,
 ) -> Result<(String, Vec<u8>), ScrubError> {
-    let site = first_value(query.strip_prefix('?').unwrap_or(query), "tid").unwrap_or_default();
+    let site = last_value(query.strip_prefix('?').unwrap_or(query), "tid").unwrap_or_default();
     let mut out_query = String::with_capacity(query.len());
     scrub_params(query, &site, ctx, now, tally, &mut out_query)?;
     let body = std::str::from_utf8(body).map_err(|_| ScrubError::Body("not UTF-8".into()))?;
@@ -487,9 +559,108 @@ mod tests {
         assert_eq!(get(&lines[1], "ep.transaction_id"), None);
         assert_eq!(get(&lines[1], "epn.value"), None);
         assert_eq!(get(&lines[1], "up.loyalty_tier"), None);
+        // cid, sid and _p.
         assert!(
-            tally.get(Outcome::Dropped) >= 15 && tally.get(Outcome::Pseudonymised) == 1,
+            tally.get(Outcome::Dropped) >= 15 && tally.get(Outcome::Pseudonymised) == 3,
             "{tally:?}"
+        );
+    }
+
+    #[test]
+    fn ga4_session_ids_do_not_link_two_rotation_periods() {
+        let settings = Settings::default();
+        let day = Duration::from_secs(86400);
+        let p = Pseudonymizer::new(day, None);
+        let ctx = Context {
+            settings: &settings,
+            pseudonyms: &p,
+            route: "ga",
+        };
+        // A session that began before midnight and goes on after it.
+        let query = "v=2&tid=G-1&cid=111.222&sid=1732439000&sct=7&_p=1732439012&_s=3&seg=1&_et=120";
+        let at = |secs| std::time::UNIX_EPOCH + Duration::from_secs(secs);
+        let run = |now| {
+            let (q, _) = scrub(query, b"", &ctx, now, &mut Tally::default()).unwrap();
+            parse_query(&q).unwrap()
+        };
+        let (evening, later, morning) = (
+            run(at(1732492000)),
+            run(at(1732492500)),
+            run(at(1732493000)),
+        );
+        for k in ["cid", "sid", "_p"] {
+            // Within a period: the same value for the same browser, session, page load.
+            assert_eq!(get(&evening, k), get(&later, k), "{k}");
+            // Across the rotation: nothing in common.
+            assert_ne!(get(&evening, k), get(&morning, k), "{k}");
+            assert_ne!(
+                get(&evening, k),
+                get(&parse_query(query).unwrap(), k),
+                "{k} as sent"
+            );
+        }
+        // The session id stays a second within the period; the page load id keeps its digits.
+        for (q, start) in [(&evening, 1732406400), (&morning, 1732492800)] {
+            let sid: u64 = get(q, "sid").unwrap().parse().unwrap();
+            assert!((start..start + 86400).contains(&sid), "{sid}");
+            assert_eq!(get(q, "_p").unwrap().len(), 10);
+            // Counters that run on across the rotation are dropped.
+            assert_eq!((get(q, "sct"), get(q, "_s")), (None, None));
+            assert_eq!((get(q, "seg"), get(q, "_et")), (Some("1"), Some("120")));
+        }
+        // A value that is no number is no session id.
+        let (q, _) = scrub(
+            "sid=abc&_p=1e9",
+            b"",
+            &ctx,
+            at(1732492000),
+            &mut Tally::default(),
+        )
+        .unwrap();
+        assert_eq!(q, "");
+    }
+
+    #[test]
+    fn a_repeated_name_goes_out_once_as_its_last_value() {
+        let settings = Settings::default();
+        let (q, body) = scrub_with(
+            &settings,
+            "tid=G-1&dl=https%3A%2F%2Fevil.example%2F&dl=https%3A%2F%2Fshop.example%2Fp\
+             &dr=https%3A%2F%2Fevil.example%2Fsearch%3Fq%3Dx&en=a&en=b",
+            b"en=c&en=page_view&ep.x=1",
+            &mut Tally::default(),
+        )
+        .unwrap();
+        let q = parse_query(&q).unwrap();
+        assert_eq!(
+            q.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["tid", "dl", "en"]
+        );
+        assert_eq!(get(&q, "dl"), Some("https://shop.example/p"));
+        assert_eq!(get(&q, "en"), Some("b"));
+        // The referrer is judged against the page that goes out: external, dropped.
+        assert_eq!(get(&q, "dr"), None);
+        assert_eq!(String::from_utf8(body).unwrap(), "en=page_view");
+    }
+
+    #[test]
+    fn kept_values_carry_no_raw_separator_or_control_character() {
+        let settings = Settings {
+            allow_event_params: vec!["ep.note".into()],
+            allow_url_params: vec![],
+        };
+        let (q, body) = scrub_with(
+            &settings,
+            "dt=a;b=c&en=x%0D%0Ay&ep.note=1",
+            b"dt=line\rbreak&en=a\x01b\r\nen=plain_%41&ep%2Enote=a b",
+            &mut Tally::default(),
+        )
+        .unwrap();
+        // Separators and controls go out percent-encoded, the rest as it came.
+        assert_eq!(q, "dt=a%3Bb%3Dc&en=x%0D%0Ay&ep.note=1");
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            "dt=line%0Dbreak&en=a%01b\r\nen=plain_%41&ep.note=a+b"
         );
     }
 

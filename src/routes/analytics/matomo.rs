@@ -14,7 +14,6 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     ("r", Outcome::Kept, "cache buster"),
     ("apiv", Outcome::Kept, ""),
     ("action_name", Outcome::Kept, "page title"),
-    ("pv_id", Outcome::Kept, "page view id"),
     ("e_c", Outcome::Kept, "event category"),
     ("e_a", Outcome::Kept, "event action"),
     ("e_n", Outcome::Kept, "event name"),
@@ -46,11 +45,16 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
         "performance timings",
     ),
     ("_id", Outcome::Pseudonymised, "keyed 16-hex, rotating"),
+    (
+        "pv_id",
+        Outcome::Pseudonymised,
+        "page view id, re-derived from the period's key: a page view spanning a rotation links nothing",
+    ),
     ("cid", Outcome::Pseudonymised, "keyed 16-hex, rotating"),
     (
         "url",
         Outcome::Generalised,
-        "no fragment, no query but allow_url_params",
+        "no fragment, no ;path parameters, no query but allow_url_params",
     ),
     (
         "urlref, _ref",
@@ -98,30 +102,68 @@ fn kept(name: &str) -> bool {
             .any(|(n, o, _)| *o == Outcome::Kept && *n == name)
 }
 
-/// `{"1":["name","value"], …}`: only entries whose name is allowlisted survive.
+/// `{"1":["name","value"], …}`: only entries whose name is allowlisted and whose value is a
+/// scalar (string, number, boolean) survive, as exactly `[name, value]`: an object or array,
+/// or a third element, could carry anything under an allowed name. A repeated slot keeps its
+/// last entry, as PHP's `json_decode` does.
 fn custom_variables(json: &str, allow: &[String]) -> Option<String> {
     let serde_json::Value::Object(map) = serde_json::from_str(json).ok()? else {
         return None;
     };
     let kept: serde_json::Map<String, serde_json::Value> = map
         .into_iter()
-        .filter(|(_, v)| {
-            v.as_array()
-                .and_then(|a| a.first())
-                .and_then(|n| n.as_str())
-                .is_some_and(|n| allow.iter().any(|a| a == n))
+        .filter_map(|(slot, v)| {
+            let [name, value, ..] = v.as_array()?.as_slice() else {
+                return None;
+            };
+            let name = name.as_str().filter(|n| allow.iter().any(|a| a == n))?;
+            let scalar = value.is_string() || value.is_number() || value.is_boolean();
+            scalar.then(|| (slot, serde_json::json!([name, value])))
         })
         .collect();
     (!kept.is_empty()).then(|| serde_json::Value::Object(kept).to_string())
 }
 
-/// Scrubs one tracking request's parameters.
+/// Matomo's page view id (six letters and digits) re-derived from the period's key: stable for
+/// one page view within a period, unrelated across periods.
+fn page_view_id(ctx: &Context<'_>, site: &str, visitor: &str, id: &str, now: SystemTime) -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut n = ctx
+        .pseudonyms
+        .derive(&["pv_id", ctx.route, site, visitor, id], now);
+    (0..6)
+        .map(|_| {
+            let c = ALPHABET[(n % 62) as usize] as char;
+            n /= 62;
+            c
+        })
+        .collect()
+}
+
+/// Scrubs one tracking request's parameters. A repeated name is judged by its last value, the
+/// one PHP's `$_GET` (and so Matomo) reads; the earlier ones are dropped.
 pub fn scrub_params(
     params: Vec<(String, String)>,
     ctx: &Context<'_>,
     now: SystemTime,
     tally: &mut Tally,
 ) -> Vec<(String, String)> {
+    let last = super::last_of_each(params.iter().map(|(k, _)| k.as_str().into()));
+    let params: Vec<(String, String)> = params
+        .into_iter()
+        .zip(last)
+        .filter_map(|(p, last)| {
+            if !last {
+                tally.add(Outcome::Dropped);
+            }
+            last.then_some(p)
+        })
+        .collect();
+    let visitor = params
+        .iter()
+        .find(|(k, _)| k == "_id")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
     let site = params
         .iter()
         .find(|(k, _)| k == "idsite")
@@ -142,6 +184,10 @@ pub fn scrub_params(
                     Some(format!("{:016x}", u64::from(p))),
                 )
             }
+            "pv_id" => (
+                Outcome::Pseudonymised,
+                Some(page_view_id(ctx, &site, &visitor, &v, now)),
+            ),
             "url" => (
                 Outcome::Generalised,
                 scrub_page_url(&v, &ctx.settings.allow_url_params),
@@ -299,6 +345,96 @@ mod tests {
         assert!(
             get(&out, "ua").unwrap().contains("Chrome/131.0.0.0")
                 && !get(&out, "ua").unwrap().contains("Windows")
+        );
+    }
+
+    #[test]
+    fn a_repeated_name_is_judged_by_its_last_value_as_php_reads_it() {
+        let settings = Settings {
+            allow_event_params: vec!["dimension1".into()],
+            allow_url_params: vec![],
+        };
+        let p = Pseudonymizer::new(Duration::from_secs(86400), None);
+        let mut t = Tally::default();
+        // PHP's $_GET keeps the last `url`: the referrer must be judged against that page, and
+        // only that page may go out.
+        let q = "idsite=1&url=https%3A%2F%2Fevil.example%2F&urlref=https%3A%2F%2Fevil.example%2Fsearch%3Fq%3Dx\
+                 &url=https%3A%2F%2Fshop.example%2Fp&dimension1=a&dimension1=b&_id=1&_id=2";
+        let out = parse_query(
+            &scrub_query(q, &ctx_with(&settings, &p), SystemTime::now(), &mut t).unwrap(),
+        )
+        .unwrap();
+        let names: Vec<&str> = out.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["idsite", "url", "dimension1", "_id"]);
+        assert_eq!(get(&out, "url"), Some("https://shop.example/p"));
+        assert_eq!(get(&out, "dimension1"), Some("b"));
+        // The last `_id` is the one pseudonymised.
+        let mut t2 = Tally::default();
+        let alone = parse_query(
+            &scrub_query(
+                "idsite=1&_id=2",
+                &ctx_with(&settings, &p),
+                SystemTime::now(),
+                &mut t2,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(get(&out, "_id"), get(&alone, "_id"));
+    }
+
+    #[test]
+    fn a_custom_variable_keeps_only_a_scalar_value() {
+        let settings = Settings {
+            allow_event_params: vec!["Plan".into(), "Tier".into(), "Seats".into()],
+            allow_url_params: vec![],
+        };
+        let p = Pseudonymizer::new(Duration::from_secs(86400), None);
+        let cvar = r#"{"1":["Plan",{"email":"a@b.c"}],"2":["Tier",["a@b.c"]],"3":["Seats",3,"a@b.c"],"4":["Plan","pro"],"4":["Tier",null]}"#;
+        let q = format!(
+            "_cvar={}",
+            form_urlencoded::byte_serialize(cvar.as_bytes()).collect::<String>()
+        );
+        let out = parse_query(
+            &scrub_query(
+                &q,
+                &ctx_with(&settings, &p),
+                SystemTime::now(),
+                &mut Tally::default(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        // Objects, arrays and nulls go; a third element goes; a repeated slot keeps its last.
+        assert_eq!(get(&out, "_cvar"), Some(r#"{"3":["Seats",3]}"#));
+    }
+
+    #[test]
+    fn the_page_view_id_does_not_link_two_rotation_periods() {
+        let settings = Settings::default();
+        let p = Pseudonymizer::new(Duration::from_secs(86400), None);
+        let at = |secs| std::time::UNIX_EPOCH + Duration::from_secs(secs);
+        let run = |now| {
+            let q = scrub_query(
+                "idsite=1&_id=abc&pv_id=Ab3xYz",
+                &ctx_with(&settings, &p),
+                now,
+                &mut Tally::default(),
+            )
+            .unwrap();
+            get(&parse_query(&q).unwrap(), "pv_id").unwrap().to_owned()
+        };
+        let (a, b, c) = (
+            run(at(1732492000)),
+            run(at(1732492500)),
+            run(at(1732493000)),
+        );
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(a, "Ab3xYz");
+        assert!(
+            a.len() == 6 && a.bytes().all(|b| b.is_ascii_alphanumeric()),
+            "{a}"
         );
     }
 

@@ -39,6 +39,29 @@ impl Protocol {
         }
     }
 
+    /// What lets the analytics server link one tracking request to another, within one
+    /// rotation period and across two (`tamis check` and the transparency page print it).
+    pub fn linkage(self) -> &'static str {
+        match self {
+            Protocol::Ga4 => {
+                "within one rotation period, cid links one browser's requests, sid one session's, \
+                 _p one page load's (each re-derived from the period's key); across periods \
+                 nothing does: the key changes, sct (session count) and _s (hit sequence) are \
+                 dropped, and a session or page load running over the change is split in two"
+            }
+            Protocol::Matomo => {
+                "within one rotation period, _id/cid link one browser's requests and pv_id one \
+                 page view's (re-derived from the period's key); across periods nothing does: the \
+                 key changes and the visit history (_idts, _idvc, _viewts…) is dropped"
+            }
+            Protocol::Plausible | Protocol::Umami => {
+                "the browser sends no identifier and tamis adds none: the server's own daily \
+                 visitor hash sees tamis's address and a generalised User-Agent, shared by every \
+                 visitor with the same browser version"
+            }
+        }
+    }
+
     /// The methods the endpoints accept.
     pub fn allows(self, method: &http::Method) -> bool {
         match self {
@@ -364,9 +387,44 @@ fn is_page_path(base: &str) -> bool {
     base.starts_with('/') && !base[1..].starts_with(['/', '\\']) && no_whitespace(base)
 }
 
-/// A page URL without user information, fragment, or query parameters other than the allowed
-/// ones. `None` when it is neither an absolute http(s) URL (see [`parse_absolute`]) nor a path
-/// (then it is dropped).
+/// Whether a path carries segment parameters (`;name=value`, also spelt `%3B`).
+pub fn has_path_params(path: &str) -> bool {
+    path.contains(';')
+        || path
+            .as_bytes()
+            .windows(3)
+            .any(|w| w.eq_ignore_ascii_case(b"%3b"))
+}
+
+/// A path without its segment parameters: in each segment, everything from a `;` (or `%3B`)
+/// on. Servlet containers and PHP carry session identifiers there (`/cart;jsessionid=…`,
+/// `;sid=…`): they identify the visitor as well as a cookie would.
+pub fn without_path_params(path: &str) -> Cow<'_, str> {
+    if !has_path_params(path) {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        let b = segment.as_bytes();
+        let cut = (0..b.len())
+            .find(|&j| {
+                b[j] == b';'
+                    || b[j..]
+                        .get(..3)
+                        .is_some_and(|w| w.eq_ignore_ascii_case(b"%3b"))
+            })
+            .unwrap_or(b.len());
+        out.push_str(&segment[..cut]);
+    }
+    Cow::Owned(out)
+}
+
+/// A page URL without user information, fragment, path parameters, or query parameters other
+/// than the allowed ones. `None` when it is neither an absolute http(s) URL (see
+/// [`parse_absolute`]) nor a path (then it is dropped).
 pub fn scrub_page_url(url: &str, allow: &[String]) -> Option<String> {
     let url = url.trim();
     let url = url.split('#').next().unwrap_or("");
@@ -378,10 +436,10 @@ pub fn scrub_page_url(url: &str, allow: &[String]) -> Option<String> {
         if !is_page_path(base) {
             return None;
         }
-        base.to_owned()
+        without_path_params(base).into_owned()
     } else {
         let abs = parse_absolute(base)?;
-        abs.with_rest(abs.rest)
+        abs.with_rest(&without_path_params(abs.rest))
     };
     let kept: Vec<(String, String)> = match query {
         // With nothing allowed (the default) nothing can be kept: the query is not even read.
@@ -417,8 +475,8 @@ pub fn same_site(host: &str, site: &str) -> bool {
         || www(site).is_some_and(|s| s.eq_ignore_ascii_case(host))
 }
 
-/// A referrer from the same site becomes its origin and path (no user information, query or
-/// fragment); any other is dropped. The referrer must be an absolute http(s) URL as a whole
+/// A referrer from the same site becomes its origin and path (no user information, path
+/// parameters, query or fragment); any other is dropped. The referrer must be an absolute http(s) URL as a whole
 /// ([`parse_absolute`]) whose host is the site's: text around a same-site URL is no referrer.
 pub fn same_site_referrer(referrer: &str, site_host: Option<&str>) -> Option<String> {
     let site = site_host?;
@@ -427,7 +485,7 @@ pub fn same_site_referrer(referrer: &str, site_host: Option<&str>) -> Option<Str
         return None;
     }
     let path = url.rest.split(['?', '#']).next().unwrap_or("");
-    Some(url.with_rest(path))
+    Some(url.with_rest(&without_path_params(path)))
 }
 
 /// A language tag reduced to its primary subtag (`fr-FR,fr;q=0.9` → `fr`).
@@ -520,6 +578,40 @@ impl Pseudonymizer {
         let out = mac.finalize().into_bytes();
         u32::from_be_bytes([out[0], out[1], out[2], out[3]])
     }
+
+    /// 64 bits of HMAC(key, parts…), for values re-derived from the period's key (a session or
+    /// page-load id): stable within a period, unrelated across periods, like the pseudonym.
+    pub fn derive(&self, parts: &[&str], now: SystemTime) -> u64 {
+        let Some(mut mac) = self.keyed(now) else {
+            return 0;
+        };
+        for part in parts {
+            mac.update(part.as_bytes());
+            mac.update(&[0]);
+        }
+        let out = mac.finalize().into_bytes();
+        u64::from_be_bytes([
+            out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7],
+        ])
+    }
+
+    /// The period's length in seconds.
+    pub fn period_secs(&self) -> u64 {
+        self.period.as_secs().max(1)
+    }
+}
+
+/// The index of the last pair with each key, for protocols whose server reads a repeated key
+/// as its last value (PHP's `$_GET`, and tamis for GA4: only one value of a name goes out, so
+/// the server can only read the one tamis judged). `keys` yields each pair's decoded key.
+pub fn last_of_each<'k>(keys: impl Iterator<Item = Cow<'k, str>>) -> Vec<bool> {
+    let keys: Vec<Cow<'k, str>> = keys.collect();
+    let mut seen: rustc_hash::FxHashSet<&str> = rustc_hash::FxHashSet::default();
+    let mut last = vec![false; keys.len()];
+    for (i, k) in keys.iter().enumerate().rev() {
+        last[i] = seen.insert(k.as_ref());
+    }
+    last
 }
 
 /// The names a table keeps as they are (`a, b` rows split), sorted for binary search.
@@ -580,6 +672,11 @@ pub fn respelt(v: &RawValue) -> Option<Box<RawValue>> {
     }
     let value: serde_json::Value = serde_json::from_str(v.get()).ok()?;
     serde_json::value::to_raw_value(&value).ok()
+}
+
+/// Whether a raw JSON value is a string, number or boolean (not an object, array or null).
+pub fn scalar(v: &RawValue) -> bool {
+    !matches!(v.get().as_bytes().first(), Some(b'{' | b'[' | b'n') | None)
 }
 
 /// A JSON page-URL field after the URL rule; counted as generalised, or dropped when the rule
@@ -728,11 +825,19 @@ impl<'de> serde::de::Visitor<'de> for AllowedFields<'_> {
                 return Ok(None);
             }
             if self.allow.iter().any(|a| *a == *k.0) {
-                self.tally.add(Outcome::Kept);
-                // Respelt from its raw text: the same value, however it was written.
-                match respelt(map.next_value::<&'de RawValue>()?) {
+                let raw = map.next_value::<&'de RawValue>()?;
+                // Only a scalar is kept, respelt from its raw text (the same value, however it
+                // was written): an object or array could carry anything under an allowed name.
+                let value = scalar(raw).then(|| respelt(raw)).flatten();
+                self.tally.add(if value.is_some() {
+                    Outcome::Kept
+                } else {
+                    Outcome::Dropped
+                });
+                match value {
                     Some(v) => kept.insert(k, v),
-                    // A repeated key keeps its last value, even one that cannot be kept.
+                    // A repeated key keeps its last value (as the analytics server's JSON
+                    // parser does), even one that cannot be kept.
                     None => kept.remove(&*k.0),
                 };
             } else {
@@ -839,6 +944,74 @@ mod tests {
         );
         assert_eq!(scrub_page_url("javascript:alert(1)", &[]), None);
         assert_eq!(scrub_page_url("https:///x", &[]), None);
+    }
+
+    #[test]
+    fn page_urls_lose_path_parameters_in_every_protocol() {
+        let allow = ["utm_source".to_owned()];
+        for (url, out) in [
+            (
+                "https://shop.example/cart;jsessionid=ABC123/item;sid=9?utm_source=a&x=1#f",
+                "https://shop.example/cart/item?utm_source=a",
+            ),
+            ("/a;v=1/b%3Bsid=2/c", "/a/b/c"),
+            ("https://shop.example/;x", "https://shop.example/"),
+        ] {
+            assert_eq!(scrub_page_url(url, &allow).as_deref(), Some(out), "{url}");
+        }
+        assert_eq!(
+            same_site_referrer(
+                "https://shop.example/a;jsessionid=X/b?q",
+                Some("shop.example")
+            )
+            .as_deref(),
+            Some("https://shop.example/a/b")
+        );
+        // Through each protocol's scrubber, with nothing allowed (GA4's borrowed fast path).
+        let settings = Settings::default();
+        let p = Pseudonymizer::new(Duration::from_secs(86400), None);
+        let ctx = Context {
+            settings: &settings,
+            pseudonyms: &p,
+            route: "r",
+        };
+        let now = SystemTime::now();
+        let page = "https%3A%2F%2Fshop.example%2Fcart%3Bjsessionid%3DABC123";
+        let (q, b) = ga4::scrub(
+            &format!("dl={page}&dr={page}"),
+            format!("dl={page}").as_bytes(),
+            &ctx,
+            now,
+            &mut Tally::default(),
+        )
+        .unwrap();
+        let q = matomo::scrub_query(
+            &format!("url={page}&urlref={page}"),
+            &ctx,
+            now,
+            &mut Tally::default(),
+        )
+        .unwrap()
+            + &q
+            + &String::from_utf8(b).unwrap();
+        let json = r#"{"n":"pageview","u":"https://shop.example/cart;jsessionid=ABC123","r":"https://shop.example/x;sid=1","d":"shop.example"}"#;
+        let plausible = plausible::scrub(json.as_bytes(), &ctx, &mut Tally::default()).unwrap();
+        let umami = umami::scrub(
+            br#"{"type":"event","payload":{"website":"w","hostname":"shop.example","url":"/cart;jsessionid=ABC123","referrer":"https://shop.example/x;sid=1"}}"#,
+            &ctx,
+            &mut Tally::default(),
+        )
+        .unwrap();
+        for out in [
+            q,
+            String::from_utf8(plausible).unwrap(),
+            String::from_utf8(umami).unwrap(),
+        ] {
+            assert!(out.contains("cart") || out.contains("%2Fx"), "{out}");
+            for gone in ["jsessionid", "ABC123", "sid=1", "%3B", ";"] {
+                assert!(!out.contains(gone), "{gone} in {out}");
+            }
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     (
         "u",
         Outcome::Generalised,
-        "no fragment, no query but allow_url_params (e.g. utm_*)",
+        "no fragment, no ;path parameters, no query but allow_url_params (e.g. utm_*)",
     ),
     (
         "r",
@@ -133,6 +133,18 @@ mod tests {
         .unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("9909999999999999999999999920"), "{text}");
+    }
+
+    #[test]
+    fn a_kept_prop_keeps_only_a_scalar_value() {
+        let body = br#"{"n":"x","p":{"author":{"email":"a@b"},"plan":["a@b"],"seats":null},"m":{"plan":"pro","author":"Jo","author":{"x":1}}}"#;
+        let (out, t) = scrubbed(&["author", "plan", "seats"], &[], body);
+        assert_eq!(
+            String::from_utf8(out.unwrap()).unwrap(),
+            r#"{"m":{"plan":"pro"},"n":"x"}"#
+        );
+        // n, m.plan, m.author "Jo"; the three in p and the last m.author.
+        assert_eq!((t.get(Outcome::Kept), t.get(Outcome::Dropped)), (3, 4));
     }
 
     #[test]

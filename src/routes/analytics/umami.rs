@@ -21,7 +21,7 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     (
         "url",
         Outcome::Generalised,
-        "no fragment, no query but allow_url_params",
+        "no fragment, no ;path parameters, no query but allow_url_params",
     ),
     (
         "referrer",
@@ -162,6 +162,28 @@ mod tests {
         }
         let identify = br#"{"type":"identify","payload":{"website":"x","id":"alice"}}"#;
         assert!(scrub(identify, &ctx, &mut t).is_err());
+    }
+
+    #[test]
+    fn a_kept_data_field_keeps_only_a_scalar_value() {
+        let settings = Settings {
+            allow_event_params: vec!["plan".into(), "seats".into(), "trial".into(), "who".into()],
+            allow_url_params: vec![],
+        };
+        let p = Pseudonymizer::new(Duration::from_secs(86400), None);
+        let ctx = Context {
+            settings: &settings,
+            pseudonyms: &p,
+            route: "umami",
+        };
+        let body = br#"{"type":"event","payload":{"website":"w","url":"/a","data":{"plan":{"email":"a@b"},"seats":[1,"a@b"],"who":null,"trial":true,"plan":"pro"}}}"#;
+        let out: Value =
+            serde_json::from_slice(&scrub(body, &ctx, &mut Tally::default()).unwrap()).unwrap();
+        // The repeated `plan` keeps its last (scalar) value, as JSON.parse does.
+        assert_eq!(
+            out["payload"]["data"],
+            serde_json::json!({"plan": "pro", "trial": true})
+        );
     }
 
     #[test]
