@@ -98,6 +98,9 @@ pub struct Config {
     /// Bounds on what clients may send and hold.
     pub limits: Limits,
     pub routes: Vec<RouteConfig>,
+    /// What is allowed but probably not meant, with where it is (`tamis check` prints them,
+    /// and `run` logs them at start and at each reload).
+    pub warnings: Vec<Problem>,
 }
 
 /// Bounds on clients: sizes, counts, time. Defaults are safe for a public listener.
@@ -608,22 +611,67 @@ impl Config {
 
     /// Parses and validates `text`; `path` is used for messages and to resolve relative files.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let message = e.to_string().trim_end().to_owned();
+            let hint = did_you_mean(&message)
+                .map(|k| format!("\ndid you mean `{k}`?"))
+                .unwrap_or_default();
+            ConfigError::Parse {
+                path: path.to_owned(),
+                message: message + &hint,
+            }
         })?;
         let mut v = Validator {
             text,
             path,
             problems: Vec::new(),
+            warnings: Vec::new(),
         };
         let config = v.config(raw);
         if v.problems.is_empty() {
-            config.ok_or_else(|| ConfigError::Invalid(Vec::new()))
+            config
+                .map(|c| Config {
+                    warnings: v.warnings,
+                    ..c
+                })
+                .ok_or_else(|| ConfigError::Invalid(Vec::new()))
         } else {
             Err(ConfigError::Invalid(v.problems))
         }
     }
+}
+
+/// For serde's "unknown field `x`, expected one of `a`, `b`…": the expected key closest to
+/// the one written, when it is a plausible typo (at most a third of its letters off).
+fn did_you_mean(message: &str) -> Option<&str> {
+    let rest = message.split("unknown field `").nth(1)?;
+    let (unknown, rest) = rest.split_once('`')?;
+    let expected = rest.split_once("expected one of ")?.1;
+    expected
+        .split(", ")
+        .filter_map(|k| k.trim().strip_prefix('`')?.strip_suffix('`'))
+        .map(|k| (edit_distance(unknown, k), k))
+        .filter(|(d, k)| *d > 0 && *d <= unknown.len().max(k.len()) / 3 + 1)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// Identifies a config text in metrics, logs and the transparency page.
@@ -638,6 +686,8 @@ struct Validator<'a> {
     text: &'a str,
     path: &'a Path,
     problems: Vec<Problem>,
+    /// What is allowed but probably not meant (`tamis check` and the start-up log show them).
+    warnings: Vec<Problem>,
 }
 
 impl Validator<'_> {
@@ -663,6 +713,20 @@ impl Validator<'_> {
     ) {
         let at = self.at(span);
         self.problems.push(Problem {
+            at,
+            key: key.into(),
+            message: msg.into(),
+        });
+    }
+
+    fn warning(
+        &mut self,
+        span: Option<std::ops::Range<usize>>,
+        key: impl Into<String>,
+        msg: impl Into<String>,
+    ) {
+        let at = self.at(span);
+        self.warnings.push(Problem {
             at,
             key: key.into(),
             message: msg.into(),
@@ -789,7 +853,27 @@ impl Validator<'_> {
                 }
             });
             self.socket_addr(&a.listen, "admin.listen")
-                .map(|listen| AdminConfig { listen, token })
+                .map(|listen| (listen, a.listen.span(), token))
+        });
+        // The admin listener never shares a port with a public one: one of the two would
+        // not start, and metrics or reloads would answer the public.
+        let admin = admin.map(|(listen, span, token)| {
+            let public = server.iter().flat_map(|s| {
+                s.listen
+                    .into_iter()
+                    .chain(s.tls.as_ref().map(|t| t.listen))
+            });
+            for p in public.collect::<Vec<_>>() {
+                let shared_ip = p.ip() == listen.ip() || p.ip().is_unspecified() || listen.ip().is_unspecified();
+                if p.port() == listen.port() && listen.port() != 0 && shared_ip {
+                    self.problem(
+                        Some(span.clone()),
+                        "admin.listen",
+                        format!("{listen} takes the port of the public listener {p}: give the admin listener its own port"),
+                    );
+                }
+            }
+            AdminConfig { listen, token }
         });
         let cache = self.cache(raw.cache);
         let upstream = self.upstream(raw.upstream);
@@ -825,6 +909,7 @@ impl Validator<'_> {
             transparency,
             limits,
             routes,
+            warnings: Vec::new(),
         })
     }
 
@@ -1179,8 +1264,10 @@ impl Validator<'_> {
         match parsed {
             Some((n, period)) if !period.is_zero() => Some(RateLimit {
                 period,
-                // A burst of one second's worth unless set.
-                burst: burst.unwrap_or(n.max(1)),
+                // A burst of one second's worth unless set; on a tiles route never less than
+                // the default's, since one map view loads dozens of tiles at once: a rate set
+                // alone must not quietly turn that into 429s.
+                burst: burst.unwrap_or(n.max(default.map_or(1, |d| d.burst))),
             }),
             _ => {
                 self.problem(
@@ -1206,7 +1293,13 @@ impl Validator<'_> {
         let mut prefixes: Vec<(String, std::ops::Range<usize>)> = Vec::new();
         let mut names: Vec<String> = Vec::new();
         for (i, r) in raw.into_iter().enumerate() {
-            let key = |field: &str| format!("route[{i}].{field}");
+            // Routes are named in messages by their `name`, as the operator wrote it (by
+            // position only when it has none a message can show).
+            let label = match r.name.get_ref() {
+                n if !n.is_empty() && !n.contains(['"', '\n']) => format!("route {n:?}"),
+                _ => format!("route[{i}]"),
+            };
+            let key = |field: &str| format!("{label}.{field}");
             let problems_before = self.problems.len();
             let name = r.name.get_ref().clone();
             if name.is_empty()
@@ -1334,7 +1427,17 @@ impl Validator<'_> {
                         _ => None,
                     }
                 }
-                (RouteKind::Fonts, None, None) => None,
+                (RouteKind::Fonts, None, None) => {
+                    self.problem(
+                        Some(r.upstream.span()),
+                        key("files_upstream"),
+                        "a fonts route needs files_prefix and files_upstream: the font files its CSS \
+                         names are served from there (Google Fonts: files_upstream = \
+                         \"https://fonts.gstatic.com/\"; a host serving both, like Bunny Fonts: \
+                         the same URL as upstream)",
+                    );
+                    None
+                }
                 (RouteKind::Fonts, _, _) => {
                     let span = r
                         .files_prefix
@@ -1384,6 +1487,22 @@ impl Validator<'_> {
             };
             let rate_limit = self.rate_limit(&r, &key);
             let jurisdiction = r.jurisdiction.unwrap_or(Jurisdiction::NonEu);
+            if jurisdiction == Jurisdiction::NonEu {
+                for (field, v) in [
+                    ("upstream", Some(&r.upstream)),
+                    ("files_upstream", r.files_upstream.as_ref()),
+                ] {
+                    if let Some(v) = v.filter(|v| plain_http_elsewhere(v.get_ref())) {
+                        self.warning(
+                            Some(v.span()),
+                            key(field),
+                            "plain http:// to a host outside the EU: anyone on the way reads what \
+                             tamis sends and can change what comes back (a stylesheet, a script); \
+                             use https://",
+                        );
+                    }
+                }
+            }
             let user_agent = r
                 .user_agent
                 .as_ref()
@@ -1579,6 +1698,27 @@ impl Validator<'_> {
 }
 
 /// A prefix is an absolute path of plain segments ending in `/`.
+/// Whether an upstream URL is plain `http://` to a host that is not this machine.
+fn plain_http_elsewhere(url: &str) -> bool {
+    let Some(rest) = url
+        .get(..7)
+        .filter(|p| p.eq_ignore_ascii_case("http://"))
+        .map(|_| &url[7..])
+    else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let local = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    !local
+}
+
 fn check_prefix(prefix: &str) -> Result<(), String> {
     if !prefix.starts_with('/') || !prefix.ends_with('/') {
         return Err(format!(
@@ -1719,6 +1859,110 @@ upstream = "https://cdn.example/npm/"
     }
 
     #[test]
+    fn an_unknown_key_gets_the_key_it_was_probably_meant_to_be() {
+        let text = MINIMAL.replace(
+            "kind = \"static\"",
+            "kind = \"static\"\nrefere = \"https://s.example/\"",
+        );
+        let msg = problems(&text);
+        assert!(msg.contains("did you mean `referer`?"), "{msg}");
+        // Nothing close: no guess.
+        let msg =
+            problems(&MINIMAL.replace("kind = \"static\"", "kind = \"static\"\nfrobnicate = 1"));
+        assert!(!msg.contains("did you mean"), "{msg}");
+        assert_eq!(edit_distance("refere", "referer"), 1);
+        assert_eq!(edit_distance("", "ab"), 2);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn a_fonts_route_without_its_files_side_is_refused_naming_the_route() {
+        let msg = problems(&format!(
+            "{MINIMAL}[[route]]\nname = \"gf\"\nkind = \"fonts\"\nprefix = \"/fonts/\"\nupstream = \"https://fonts.googleapis.com/\"\n"
+        ));
+        assert!(msg.contains("route \"gf\".files_upstream"), "{msg}");
+        assert!(msg.contains("fonts.gstatic.com"), "{msg}");
+    }
+
+    #[test]
+    fn an_admin_listener_on_a_public_port_is_refused() {
+        for (public, admin) in [
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("127.0.0.1:8080", "[::]:8080"),
+        ] {
+            let text = MINIMAL.replace(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"{public}\"\n[admin]\nlisten = \"{admin}\""),
+            );
+            let msg = problems(&text);
+            assert!(
+                msg.contains("admin.listen") && msg.contains("own port"),
+                "{public} {admin}: {msg}"
+            );
+        }
+        // Another port, or another address on the same port: fine.
+        for admin in ["127.0.0.1:9180", "127.0.0.2:8080"] {
+            let text = MINIMAL.replace(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:8080\"\n[admin]\nlisten = \"{admin}\""),
+            );
+            assert!(parse(&text).is_ok(), "{admin}");
+        }
+    }
+
+    #[test]
+    fn a_tiles_rate_never_lowers_the_default_burst_unless_asked() {
+        let tiles = |extra: &str| {
+            let c = parse(&format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"t\"\nkind = \"tiles\"\nprefix = \"/t/\"\nupstream = \"https://tile.example/{{z}}/{{x}}/{{y}}.png\"\n{extra}\n"
+            ))
+            .unwrap();
+            c.routes[0].rate_limit.map(|l| (l.period, l.burst))
+        };
+        assert_eq!(tiles(""), Some((Duration::from_millis(100), 200)));
+        assert_eq!(
+            tiles("rate_limit = \"5/s\""),
+            Some((Duration::from_millis(200), 200))
+        );
+        assert_eq!(
+            tiles("rate_limit = \"500/s\""),
+            Some((Duration::from_millis(2), 500))
+        );
+        assert_eq!(
+            tiles("rate_limit = \"5/s\"\nrate_burst = 20"),
+            Some((Duration::from_millis(200), 20))
+        );
+        assert_eq!(
+            tiles("rate_burst = 50"),
+            Some((Duration::from_millis(100), 50))
+        );
+        // Other kinds: a second's worth.
+        let c = parse(&format!("{MINIMAL}rate_limit = \"5/s\"\n")).unwrap();
+        assert_eq!(c.routes[0].rate_limit.map(|l| l.burst), Some(5));
+    }
+
+    #[test]
+    fn plain_http_to_a_non_eu_host_is_warned_about() {
+        let c =
+            parse(&MINIMAL.replace("https://cdn.example/npm/", "http://cdn.example/npm/")).unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert_eq!(c.warnings[0].key, "route \"cdn\".upstream");
+        assert!(c.warnings[0].message.contains("https://"));
+        for quiet in [
+            MINIMAL.to_owned(),
+            MINIMAL.replace("https://cdn.example/npm/", "http://127.0.0.1:8081/"),
+            MINIMAL.replace("https://cdn.example/npm/", "http://localhost:8081/"),
+            format!(
+                "{}jurisdiction = \"eu\"\n",
+                MINIMAL.replace("https://", "http://")
+            ),
+        ] {
+            assert!(parse(&quiet).unwrap().warnings.is_empty(), "{quiet}");
+        }
+    }
+
+    #[test]
     fn unknown_kind_and_jurisdiction_are_refused() {
         let msg = problems(&MINIMAL.replace("\"static\"", "\"magic\""));
         assert!(msg.contains("magic"), "{msg}");
@@ -1737,7 +1981,7 @@ upstream = "https://cdn.example/npm/"
             "https://cdn.example/a/../",
         ] {
             let msg = problems(&MINIMAL.replace("https://cdn.example/npm/", bad));
-            assert!(msg.contains("route[0].upstream"), "{bad}: {msg}");
+            assert!(msg.contains("route \"cdn\".upstream"), "{bad}: {msg}");
         }
     }
 
@@ -1777,7 +2021,7 @@ upstream = "https://cdn.example/npm/"
             "{MINIMAL}\n[[route]]\nname = \"b\"\nkind = \"static\"\nprefix = \"/cdn/\"\nupstream = \"https://b.example/\"\n"
         );
         let msg = problems(&text);
-        assert!(msg.contains("route[1].prefix"), "{msg}");
+        assert!(msg.contains("route \"b\".prefix"), "{msg}");
         assert!(msg.contains("line 8"), "{msg}");
     }
 
@@ -1785,7 +2029,7 @@ upstream = "https://cdn.example/npm/"
     fn bad_prefixes_are_refused() {
         for bad in ["cdn/", "/cdn", "/c%64n/", "/a/../", "//"] {
             let msg = problems(&MINIMAL.replace("\"/cdn/\"", &format!("{bad:?}")));
-            assert!(msg.contains("route[0].prefix"), "{bad}: {msg}");
+            assert!(msg.contains("route \"cdn\".prefix"), "{bad}: {msg}");
         }
     }
 
@@ -1809,7 +2053,7 @@ upstream = "https://cdn.example/npm/"
     #[test]
     fn pass_through_only_on_eu_routes() {
         let msg = problems(&format!("{MINIMAL}pass_through = true\n"));
-        assert!(msg.contains("route[0].pass_through"), "{msg}");
+        assert!(msg.contains("route \"cdn\".pass_through"), "{msg}");
         let c = parse(&format!(
             "{MINIMAL}jurisdiction = \"eu\"\npass_through = true\n"
         ))
@@ -1830,9 +2074,9 @@ upstream = "https://cdn.example/npm/"
         assert_eq!(rc.stale_if_error, Duration::from_secs(7 * 86400));
         assert_eq!(rc.negative_ttl, Duration::ZERO);
         let msg = problems(&format!("{MINIMAL}min_ttl = \"2d\"\nmax_ttl = \"1d\"\n"));
-        assert!(msg.contains("route[0].max_ttl"), "{msg}");
+        assert!(msg.contains("route \"cdn\".max_ttl"), "{msg}");
         let msg = problems(&format!("{MINIMAL}stale_if_error = \"soon\"\n"));
-        assert!(msg.contains("route[0].stale_if_error"), "{msg}");
+        assert!(msg.contains("route \"cdn\".stale_if_error"), "{msg}");
     }
 
     const FONTS: &str = r#"
@@ -1874,7 +2118,7 @@ referer = "https://site.example/"
         let msg = problems(&FONTS.replace("files_prefix = \"/fonts/files/\"\n", ""));
         assert!(msg.contains("go together"), "{msg}");
         let msg = problems(&FONTS.replace("\"/fonts/files/\"", "\"/fonts/\""));
-        assert!(msg.contains("route[0].files_prefix"), "{msg}");
+        assert!(msg.contains("route \"google-fonts\".files_prefix"), "{msg}");
         let msg = problems(&MINIMAL.replace(
             "kind = \"static\"",
             "kind = \"static\"\nfiles_prefix = \"/x/\"",
@@ -1895,7 +2139,7 @@ referer = "https://site.example/"
             "user_agent = \"site tiles\"",
         ));
         assert!(
-            msg.contains("route[0].user_agent") && msg.contains("contact"),
+            msg.contains("route \"osm\".user_agent") && msg.contains("contact"),
             "{msg}"
         );
         let msg = problems(&OSM.replace(
@@ -1907,20 +2151,23 @@ referer = "https://site.example/"
             "the default User-Agent has none: {msg}"
         );
         let msg = problems(&OSM.replace("referer = \"https://site.example/\"\n", ""));
-        assert!(msg.contains("route[0].referer"), "{msg}");
+        assert!(msg.contains("route \"osm\".referer"), "{msg}");
         let msg = problems(&OSM.replace("\"https://site.example/\"", "\"site.example\""));
-        assert!(msg.contains("route[0].referer"), "{msg}");
+        assert!(msg.contains("route \"osm\".referer"), "{msg}");
         // Other tile hosts are not bound by OSM's policy.
         let other = OSM
             .replace("tile.openstreetmap.org", "tiles.example")
             .replace("referer = \"https://site.example/\"\n", "");
         assert!(parse(&other).is_ok());
         let msg = problems(&OSM.replace("{y}.png", ".png"));
-        assert!(msg.contains("route[0].upstream"), "{msg}");
+        assert!(msg.contains("route \"osm\".upstream"), "{msg}");
         let msg = problems(&format!("{OSM}max_zoom = 40\n"));
-        assert!(msg.contains("route[0].max_zoom"), "{msg}");
+        assert!(msg.contains("route \"osm\".max_zoom"), "{msg}");
         let msg = problems(&format!("{OSM}max_upstream_connections = 0\n"));
-        assert!(msg.contains("route[0].max_upstream_connections"), "{msg}");
+        assert!(
+            msg.contains("route \"osm\".max_upstream_connections"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -1937,7 +2184,7 @@ referer = "https://site.example/"
                 &MINIMAL[MINIMAL.find("[[route]]").unwrap()..]
             ));
             assert!(
-                msg.contains("route[0].upstream") && msg.contains("line 12"),
+                msg.contains("route \"osm\".upstream") && msg.contains("line 12"),
                 "{upstream}: {msg}"
             );
         }
@@ -1961,7 +2208,7 @@ referer = "https://site.example/"
         for n in ["1000001", "2305843009213693952", "9223372036854775807"] {
             let msg = problems(&format!("{MINIMAL}max_upstream_connections = {n}\n"));
             assert!(
-                msg.contains("route[0].max_upstream_connections")
+                msg.contains("route \"cdn\".max_upstream_connections")
                     && msg.contains("line 10")
                     && msg.contains("between 1 and 1000000"),
                 "{n}: {msg}"
@@ -1989,7 +2236,7 @@ referer = "https://site.example/"
         );
         let msg = problems(&format!("{ga}client_ip = \"truncated\"\n"));
         assert!(
-            msg.contains("route[0].client_ip") && msg.contains("EU"),
+            msg.contains("route \"cdn\".client_ip") && msg.contains("EU"),
             "{msg}"
         );
         assert!(parse(&format!(
@@ -1999,9 +2246,9 @@ referer = "https://site.example/"
         let msg = problems(&format!("{MINIMAL}allow_url_params = [\"utm_source\"]\n"));
         assert!(msg.contains("analytics kinds"), "{msg}");
         let msg = problems(&format!("{ga}salt_file = \"/nonexistent/salt\"\n"));
-        assert!(msg.contains("route[0].salt_file"), "{msg}");
+        assert!(msg.contains("route \"cdn\".salt_file"), "{msg}");
         let msg = problems(&format!("{ga}max_body = 0\n"));
-        assert!(msg.contains("route[0].max_body"), "{msg}");
+        assert!(msg.contains("route \"cdn\".max_body"), "{msg}");
     }
 
     #[test]
@@ -2011,7 +2258,7 @@ referer = "https://site.example/"
             .replace("https://cdn.example/npm/", "ftp://x/");
         let msg = problems(&text);
         assert!(msg.contains("server.listen"), "{msg}");
-        assert!(msg.contains("route[0].upstream"), "{msg}");
+        assert!(msg.contains("route \"cdn\".upstream"), "{msg}");
     }
 
     #[test]

@@ -35,7 +35,11 @@ enum Command {
     /// Run the proxy (the default).
     Run,
     /// Validate the config without starting, and print what each route sends upstream.
-    Check,
+    Check {
+        /// One line per route instead of the full report.
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// List the third-party resources an HTML page loads and whether a route covers each;
     /// exits 1 if any is not covered (for a site's CI).
     Audit {
@@ -57,9 +61,16 @@ fn main() -> ExitCode {
         eprintln!("tamis: no --config given, reading {}", path.display());
     }
     match command {
-        Command::Check => match Config::load(&path) {
+        Command::Check { quiet } => match Config::load(&path) {
             Ok(config) => {
-                print!("{}", tamis::report::check_report(&config));
+                print!(
+                    "{}",
+                    if quiet {
+                        tamis::report::check_summary(&config)
+                    } else {
+                        tamis::report::check_report(&config)
+                    }
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -109,6 +120,9 @@ fn run(path: &Path) -> anyhow::Result<()> {
         hash = %config.hash,
         "tamis starting"
     );
+    for w in &config.warnings {
+        tracing::warn!(at = %w.at, key = %w.key, "{}", w.message);
+    }
     // The accept loops, the admin listener and reloads run here; the public connections run
     // on the worker threads the server starts (see `tamis::workers`).
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -98,6 +98,9 @@ impl Live {
             dropped,
             "config reloaded"
         );
+        for w in &next.config.warnings {
+            tracing::warn!(at = %w.at, key = %w.key, "{}", w.message);
+        }
         Ok(Reloaded {
             hash: next.config.hash.clone(),
             unchanged: false,

@@ -388,6 +388,52 @@ fn disclose_analytics(
     }
 }
 
+/// `tamis check --quiet`: the config's line, its warnings, then one line per route part.
+pub fn check_summary(config: &Config) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: valid (hash {}), {} routes",
+        config.source.display(),
+        config.hash,
+        config.routes.len()
+    );
+    for w in &config.warnings {
+        let _ = writeln!(out, "warning: {}: {}: {}", w.at, w.key, w.message);
+    }
+    for r in disclose(&Router::new(config)) {
+        let part = r.part.map(|p| format!(", {p}")).unwrap_or_default();
+        let ua = r
+            .sent
+            .iter()
+            .find(|h| h.header == "User-Agent")
+            .map_or("as sent", |h| {
+                if h.value.starts_with("replaced") {
+                    "fixed"
+                } else if h.value.contains("generalised") {
+                    "generalised"
+                } else {
+                    "the visitor's"
+                }
+            });
+        let sending = if r.pass_through {
+            "!! PASS-THROUGH: every header".to_owned()
+        } else {
+            format!(
+                "{} headers leave, User-Agent {ua}",
+                r.sent.iter().filter(|h| h.header != "Host").count()
+            )
+        };
+        let cache = r.cache.split([',', ':']).next().unwrap_or("");
+        let _ = writeln!(
+            out,
+            "route {} ({}{part}): {} -> {} [{}; {sending}; cache {cache}]",
+            r.name, r.kind, r.prefix, r.upstream, r.jurisdiction
+        );
+    }
+    out
+}
+
 /// The full report for a valid config.
 pub fn check_report(config: &Config) -> String {
     let mut out = String::new();
@@ -397,6 +443,9 @@ pub fn check_report(config: &Config) -> String {
         config.source.display(),
         config.hash
     );
+    for w in &config.warnings {
+        let _ = writeln!(out, "warning: {}: {}: {}", w.at, w.key, w.message);
+    }
     let _ = writeln!(out);
     let _ = writeln!(out, "listeners");
     if let Some(a) = config.server.listen {

@@ -496,3 +496,43 @@ async fn the_start_up_line_names_the_version_the_config_and_its_hash() {
         assert!(line.contains(&part), "{part} not in {line}");
     }
 }
+
+#[test]
+fn check_quiet_prints_one_line_per_route_and_the_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = GOOD.replace("https://cdn.example.eu/", "http://cdn.example.eu/")
+        + "\n[[route]]\nname = \"plain\"\nkind = \"static\"\nprefix = \"/plain/\"\nupstream = \"http://cdn.example.com/\"\n";
+    let config = write(dir.path(), &text);
+    let out = Command::new(BIN)
+        .args(["check", "--quiet", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].ends_with("3 routes"), "{stdout}");
+    // The EU route's plain http:// is its operator's business; the non-EU one is warned about.
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("warning:")).count(),
+        1,
+        "{stdout}"
+    );
+    assert!(
+        lines[1].contains("route \"plain\".upstream") && lines[1].contains("https://"),
+        "{stdout}"
+    );
+    assert_eq!(lines.len(), 5, "{stdout}");
+    assert!(
+        lines[2].starts_with(
+            "route jsdelivr (static): /cdn/ -> https://cdn.jsdelivr.net/npm/ [non-eu;"
+        ),
+        "{stdout}"
+    );
+    // The full report carries the warning too.
+    let (_, full, _) = check(&config);
+    assert!(
+        full.lines().nth(1).unwrap().starts_with("warning:"),
+        "{full}"
+    );
+}
