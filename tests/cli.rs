@@ -109,8 +109,8 @@ fn bad_configs_are_refused_naming_the_key() {
         ("unknown key", GOOD.replace("kind = \"static\"\nprefix = \"/cdn/\"", "kind = \"static\"\nprefx = \"/cdn/\""), "prefx"),
         ("unknown kind", GOOD.replacen("\"static\"", "\"magic\"", 1), "magic"),
         ("unknown jurisdiction", GOOD.replace("\"eu\"\n", "\"mars\"\n"), "mars"),
-        ("bad url", GOOD.replace("https://cdn.jsdelivr.net/npm/", "https//nope"), "route[0].upstream"),
-        ("duplicate prefix", GOOD.replace("\"/eu/\"", "\"/cdn/\""), "route[1].prefix"),
+        ("bad url", GOOD.replace("https://cdn.jsdelivr.net/npm/", "https//nope"), "route \"jsdelivr\".upstream"),
+        ("duplicate prefix", GOOD.replace("\"/eu/\"", "\"/cdn/\""), "route \"eu-cdn\".prefix"),
         ("unreadable certificate", GOOD.replace(
             "listen = \"127.0.0.1:0\"",
             "listen = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\ntls_cert = \"missing.pem\"\ntls_key = \"missing.key\"",
