@@ -10,6 +10,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use http::header::HeaderMap;
 use ipnet::IpNet;
 
+/// Whether `ip` is one of the trusted proxies (`server.trusted_proxies`).
+pub fn is_trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
+    trusted(ip, proxies)
+}
+
 fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
     let ip = canonical(ip);
     proxies.iter().any(|net| net.contains(&ip))

@@ -279,6 +279,19 @@ pub struct LogConfig {
     pub access: bool,
     /// Whether (and how) the client address appears in that line.
     pub client_ip: ClientIpLog,
+    /// Text lines, or one JSON object per line (fixed at start).
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `2026-12-04T… INFO tamis::access: route="cdn" …` (journald, a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, for Loki, Elasticsearch, Vector and the like.
+    Json,
 }
 
 /// Client address in tamis's own logs.
@@ -538,6 +551,7 @@ struct RawUpstream {
 struct RawLog {
     access: Option<bool>,
     client_ip: Option<ClientIpLog>,
+    format: Option<LogFormat>,
 }
 
 #[derive(Deserialize)]
@@ -880,6 +894,7 @@ impl Validator<'_> {
         let log = LogConfig {
             access: raw.log.access.unwrap_or(true),
             client_ip: raw.log.client_ip.unwrap_or_default(),
+            format: raw.log.format.unwrap_or_default(),
         };
         let transparency = self.transparency(raw.transparency);
         let idle_span = raw.limits.idle_timeout.as_ref().map(|v| v.span());

@@ -7,6 +7,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The git revision the binary was built from (see `build.rs`), or "unknown".
 pub const REVISION: &str = env!("TAMIS_REVISION");
 
+pub mod access_log;
 pub mod admin;
 pub mod audit;
 pub mod body;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tamis::config::{config_path, Config};
+use tamis::config::{config_path, Config, LogFormat};
 use tamis::server::Server;
 
 /// `tamis --version`: the version and the git revision it was built from.
@@ -86,8 +86,13 @@ fn main() -> ExitCode {
             }
         },
         Command::Run => {
-            init_logging();
-            match run(&path) {
+            // The config says how to log; a config that does not load is told in text.
+            let loaded = Config::load(&path);
+            init_logging(loaded.as_ref().map_or(LogFormat::Text, |c| c.log.format));
+            match loaded
+                .map_err(anyhow::Error::from)
+                .and_then(|c| run(&path, c))
+            {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     // Logging goes to stderr already: one line, not two.
@@ -99,20 +104,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only on a terminal: journald and log files get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        // One object per line, fields at the top level (as nginx and Caddy users ship them).
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        // Colours only on a terminal: journald and log files get plain text.
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
-fn run(path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
+fn run(path: &Path, config: Config) -> anyhow::Result<()> {
     tracing::info!(
         version = tamis::VERSION,
         revision = tamis::REVISION,

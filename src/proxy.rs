@@ -19,12 +19,13 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
+use crate::access_log;
 use crate::body::{self, ProxyBody, Streamed};
 use crate::cache::conditional::{self, ClientAnswer};
 use crate::cache::{
     self, Cache, CacheKey, Entry, Fill, FillGuard, FillState, Lookup, NotStored, Waited,
 };
-use crate::config::{ClientIpLog, Config};
+use crate::config::Config;
 use crate::metrics::{CacheResult, Metrics, RouteMetrics, UpstreamFailure, NO_ROUTE};
 use crate::policy;
 use crate::routes::analytics::{self, Protocol};
@@ -157,8 +158,11 @@ pub fn handle(
         // Only the access log needs the path (never the query): don't allocate it otherwise.
         let path = state.config.log.access.then(|| req.uri().path().to_owned());
         // Who the client is, for tamis's own use (rate limits, truncated addresses): never sent on.
-        let client =
-            crate::client_addr::resolve(peer, req.headers(), &state.config.server.trusted_proxies);
+        let proxies = &state.config.server.trusted_proxies;
+        let client = crate::client_addr::resolve(peer, req.headers(), proxies);
+        let id = path
+            .as_ref()
+            .map(|_| access_log::RequestId::new(peer, req.headers(), proxies));
         let answer = serve(&state, req, client).await;
         let elapsed = start.elapsed();
         let status = answer.response.status();
@@ -194,20 +198,18 @@ pub fn handle(
                 response.headers_mut().insert(CACHE_STATUS, value);
             }
         }
-        if let Some(path) = path {
-            let cache = answer.cache.map_or("-", CacheResult::as_str);
-            let ms = elapsed.as_secs_f64() * 1000.0;
-            match state.config.log.client_ip {
-                ClientIpLog::None => tracing::info!(
-                    target: "tamis::access",
-                    route = route_name, %method, path = %path, status = status.as_u16(), cache, ms,
-                ),
-                ClientIpLog::Truncated => tracing::info!(
-                    target: "tamis::access",
-                    client = %policy::truncate_ip(client),
-                    route = route_name, %method, path = %path, status = status.as_u16(), cache, ms,
-                ),
-            }
+        if let (Some(path), Some(id)) = (path, id) {
+            let line = access_log::Line {
+                id: &id,
+                client,
+                route: route_name,
+                method: &method,
+                path: &path,
+                status,
+                cache: answer.cache.map_or("-", CacheResult::as_str),
+                elapsed,
+            };
+            access_log::write(state.config.log.client_ip, &line);
         }
         response
     }

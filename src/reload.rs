@@ -161,6 +161,9 @@ fn fixed_settings(old: &Config, new: &Config) -> Result<(), ReloadError> {
     if old.cache.max_object_bytes != new.cache.max_object_bytes {
         note("cache.max_object_bytes");
     }
+    if old.log.format != new.log.format {
+        note("log.format");
+    }
     if changed.is_empty() {
         Ok(())
     } else {

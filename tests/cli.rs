@@ -459,29 +459,8 @@ async fn the_start_up_line_names_the_version_the_config_and_its_hash() {
         .and_then(|r| r.split(')').next())
         .unwrap()
         .to_owned();
-    let child = Command::new(BIN)
-        .arg("-c")
-        .arg(&config)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let start = Instant::now();
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "tamis did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let (child, _) = run(&config, port).await;
+    let out = terminate(child).await;
     let log = String::from_utf8_lossy(&out.stderr);
     let line = log
         .lines()
@@ -534,5 +513,47 @@ fn check_quiet_prints_one_line_per_route_and_the_warnings() {
     assert!(
         full.lines().nth(1).unwrap().starts_with("warning:"),
         "{full}"
+    );
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_a_request_id_and_plain_milliseconds() {
+    let up = Upstream::http(|_| Reply::ok("x").header("cache-control", "no-store")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nformat = \"json\"\n{}",
+        route("cdn", "/cdn/", &up.url("/"), "")
+    );
+    let (child, addr) = run(&write(dir.path(), &text), port).await;
+    for _ in 0..2 {
+        assert_eq!(get(addr, "/cdn/a.js?user=alice", &[]).await.status, 200);
+    }
+    let out = terminate(child).await;
+    let log = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let access: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "tamis::access")
+        .collect();
+    assert_eq!(access.len(), 2, "{log}");
+    for a in &access {
+        assert_eq!(a["route"], "cdn");
+        assert_eq!(a["status"], 200);
+        assert_eq!(a["path"], "/cdn/a.js", "no query");
+        assert!(a.get("client").is_none(), "{a}");
+        // A number, to the microsecond.
+        let ms = a["ms"].as_f64().unwrap();
+        assert!(ms > 0.0 && (ms * 1000.0).fract() < 1e-6, "{a}");
+        assert!(!a["ms"].to_string().contains("9999"), "{a}");
+        assert_eq!(a["id"].as_str().unwrap().len(), 16, "{a}");
+    }
+    assert_ne!(access[0]["id"], access[1]["id"]);
+    assert!(
+        lines.iter().any(|l| l["message"] == "tamis starting"),
+        "{log}"
     );
 }
