@@ -460,12 +460,18 @@ def known_metrics():
     names -= hist
     for h in hist:
         names |= {h + "_bucket", h + "_sum", h + "_count"}
-    return names | {"up"}
+    # The standard process metrics (prometheus::process_collector).
+    process = {"process_resident_memory_bytes", "process_virtual_memory_bytes",
+               "process_cpu_seconds_total", "process_open_fds", "process_max_fds",
+               "process_start_time_seconds", "process_threads"}
+    if "ProcessCollector" not in src:
+        process = set()
+    return names | {"up"} | process
 
 
 def referenced(expr):
     """Plain metric names (tamis_*) and recording-rule names (level:metric:ops) in a query."""
-    plain = set(re.findall(r"(?<![\w:])(tamis_[a-z0-9_]+)(?![\w:])", expr))
+    plain = set(re.findall(r"(?<![\w:])((?:tamis|process)_[a-z0-9_]+)(?![\w:])", expr))
     recorded = set(re.findall(r"(?<![\w:])([a-z_]+:[a-z0-9_]+:[a-z0-9_]+)", expr))
     if re.search(r"(?<![\w:])up\{", expr):
         plain.add("up")
@@ -499,10 +505,16 @@ def metrics_names(out):
         dash = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         fail(f"{path}: not JSON: {e}")
-    inputs = {i["name"] for i in dash.get("__inputs", []) if i.get("type") == "datasource"}
-    if "DS_PROMETHEUS" not in inputs:
-        fail("tamis.json: no DS_PROMETHEUS datasource input")
-    variables = {v["name"] for v in dash.get("templating", {}).get("list", [])}
+    # Provisioned from a file, a dashboard gets no __inputs substitution: the datasource and
+    # the scrape job are variables, so it works as it is, imported or provisioned.
+    if "__inputs" in dash:
+        fail("tamis.json: __inputs (import-only): use the datasource variable")
+    tvars = {v["name"]: v for v in dash.get("templating", {}).get("list", [])}
+    if tvars.get("datasource", {}).get("type") != "datasource" or tvars["datasource"].get("query") != "prometheus":
+        fail("tamis.json: no `datasource` variable of type datasource (prometheus)")
+    if "job" not in tvars:
+        fail("tamis.json: no `job` variable")
+    variables = set(tvars)
     builtin = {"__rate_interval", "__range", "__interval"}
     ids, boxes, exprs = set(), [], []
     for p in dash["panels"]:
@@ -518,8 +530,11 @@ def metrics_names(out):
         boxes.append((g["x"], g["y"], g["w"], g["h"], p["title"]))
         if p["type"] == "row":
             continue
-        if p.get("datasource", {}).get("uid") != "${DS_PROMETHEUS}":
-            fail(f"tamis.json: panel {p['title']!r} does not use ${{DS_PROMETHEUS}}")
+        if p.get("datasource", {}).get("uid") != "${datasource}" or any(
+                t.get("datasource", {}).get("uid") != "${datasource}" for t in p.get("targets", [])):
+            fail(f"tamis.json: panel {p['title']!r} does not use ${{datasource}}")
+        if "job=\"tamis\"" in json.dumps(p):
+            fail(f"tamis.json: panel {p['title']!r} names the job instead of using $job")
         if not p.get("targets"):
             fail(f"tamis.json: panel {p['title']!r} has no query")
         for t in p["targets"]:
@@ -534,6 +549,8 @@ def metrics_names(out):
             used |= plain
             exprs.append((p["title"], e))
     for v in dash["templating"]["list"]:
+        if v["type"] == "datasource":
+            continue
         plain, _ = referenced(v["query"]["query"] if isinstance(v["query"], dict) else v["query"])
         if plain - known:
             fail(f"tamis.json: variable {v['name']} queries unknown {sorted(plain - known)}")
@@ -544,7 +561,7 @@ def metrics_names(out):
 
     # The dashboard's queries as recording rules, for `promtool check rules` (PromQL syntax).
     subst = {"$__rate_interval": "5m", "$__range": "1h", "$__interval": "1m",
-             "$instance": ".*", "$route": ".*"}
+             "$instance": ".*", "$route": ".*", "$job": "tamis"}
     rules_out = {"groups": [{"name": "grafana", "rules": []}]}
     for i, (title, e) in enumerate(exprs):
         for a, b in subst.items():

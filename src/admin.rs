@@ -54,6 +54,13 @@ pub async fn handle(live: &Live, req: Request<Incoming>) -> Response<ProxyBody> 
         "/metrics" => {
             let (bytes, entries) = state.cache.size().await;
             state.metrics.set_cache_size(bytes, entries);
+            state.metrics.set_breakers(
+                state
+                    .router
+                    .routes()
+                    .iter()
+                    .map(|r| (r.config.name.as_str(), r.breaker.is_open())),
+            );
             match state.metrics.render() {
                 Ok(out) => text(
                     StatusCode::OK,

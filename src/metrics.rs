@@ -115,6 +115,10 @@ pub struct Metrics {
     config_info: IntGaugeVec,
     config_loaded_at: Gauge,
     shed: IntCounter,
+    in_flight: IntGauge,
+    /// The public listeners' count of requests being answered, read at scrape time.
+    in_flight_source: OnceLock<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+    circuit_open: IntGaugeVec,
 }
 
 /// Handles resolved once per route, so the hot path does no label lookups for them.
@@ -245,6 +249,36 @@ impl Metrics {
             "tamis_load_shed_total",
             "Requests answered 503 at once because limits.max_requests_in_flight were in flight.",
         )?;
+        let in_flight = IntGauge::new(
+            "tamis_requests_in_flight",
+            "Requests the public listeners are answering now.",
+        )?;
+        let circuit_open = IntGaugeVec::new(
+            Opts::new(
+                "tamis_upstream_circuit_open",
+                "1 while a route's circuit breaker keeps its failing upstream from being asked.",
+            ),
+            &["route"],
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "tamis_build_info",
+                "1, labelled with the running binary's version and git revision.",
+            ),
+            &["version", "revision"],
+        )?;
+        build_info
+            .with_label_values(&[crate::VERSION, crate::REVISION])
+            .set(1);
+        // Resident memory, CPU seconds, open and maximum descriptors, start time, threads
+        // (`process_*`, as every Prometheus exporter names them).
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        registry.register(Box::new(build_info))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(circuit_open.clone()))?;
         registry.register(Box::new(shed.clone()))?;
         registry.register(Box::new(cache_max_bytes.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
@@ -279,7 +313,26 @@ impl Metrics {
             config_info,
             config_loaded_at,
             shed,
+            in_flight,
+            in_flight_source: OnceLock::new(),
+            circuit_open,
         })
+    }
+
+    /// Where `tamis_requests_in_flight` is read from (the server's own count, set once).
+    pub fn count_in_flight(&self, source: std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let _ = self.in_flight_source.set(source);
+    }
+
+    /// Sets each route's breaker gauge (called at scrape time); `routes` may name a route
+    /// twice (a fonts route's two parts share one breaker).
+    pub fn set_breakers<'a>(&self, routes: impl Iterator<Item = (&'a str, bool)>) {
+        self.circuit_open.reset();
+        for (route, open) in routes {
+            self.circuit_open
+                .with_label_values(&[route])
+                .set(i64::from(open));
+        }
     }
 
     /// Counts one request shed for overload.
@@ -372,6 +425,10 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Result<Vec<u8>, prometheus::Error> {
+        if let Some(n) = self.in_flight_source.get() {
+            let n = n.load(std::sync::atomic::Ordering::Relaxed);
+            self.in_flight.set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
         let mut out = Vec::with_capacity(16 * 1024);
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         Ok(out)
@@ -442,13 +499,31 @@ mod tests {
             "{text}"
         );
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            assert!(line.starts_with("tamis_"), "{line}");
+            // tamis's own, or the standard process metrics (which carry no label).
+            assert!(
+                line.starts_with("tamis_") || (line.starts_with("process_") && !line.contains('{')),
+                "{line}"
+            );
+            let build = line.starts_with("tamis_build_info{");
             if let Some(labels) = line.split('{').nth(1) {
                 for pair in labels.split('}').next().unwrap().split(',') {
                     let key = pair.split('=').next().unwrap();
-                    assert!(["route", "status", "result", "le"].contains(&key), "{line}");
+                    let allowed: &[&str] = if build {
+                        &["version", "revision"]
+                    } else {
+                        &["route", "status", "result", "le"]
+                    };
+                    assert!(allowed.contains(&key), "{line}");
                 }
             }
         }
+        assert!(
+            text.contains(&format!(
+                "tamis_build_info{{revision=\"{}\",version=\"{}\"}} 1",
+                crate::REVISION,
+                crate::VERSION
+            )),
+            "{text}"
+        );
     }
 }

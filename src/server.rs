@@ -78,7 +78,8 @@ pub struct Server {
 /// being answered (a bound read from the running config, so a reload changes it).
 struct Load {
     connections: Arc<Semaphore>,
-    in_flight: AtomicUsize,
+    /// Also read by `tamis_requests_in_flight`.
+    in_flight: Arc<AtomicUsize>,
 }
 
 /// Counts one request in flight for as long as it lives.
@@ -123,10 +124,11 @@ impl Server {
         }
         let load = Arc::new(Load {
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
-            in_flight: AtomicUsize::new(0),
+            in_flight: Arc::new(AtomicUsize::new(0)),
         });
         let workers = config.server.workers;
         let live = Arc::new(Live::new(State::new(config)?));
+        live.load().metrics.count_in_flight(load.in_flight.clone());
         let workers =
             Workers::start(workers).map_err(|cause| ServerError::Workers { workers, cause })?;
         Ok(Server {

@@ -103,12 +103,18 @@ async fn metrics_parse_and_count_what_happened() {
         .any(|s| s.metric == "tamis_upstream_duration_seconds_count"));
 
     for s in &scrape.samples {
-        assert!(s.metric.starts_with("tamis_"), "{}", s.metric);
+        assert!(
+            s.metric.starts_with("tamis_") || s.metric.starts_with("process_"),
+            "{}",
+            s.metric
+        );
         for (k, v) in s.labels.iter() {
-            assert!(
-                ["route", "status", "result", "le", "quantile", "hash"].contains(&k.as_str()),
-                "label {k}"
-            );
+            let allowed: &[&str] = if s.metric == "tamis_build_info" {
+                &["version", "revision"]
+            } else {
+                &["route", "status", "result", "le", "quantile", "hash"]
+            };
+            assert!(allowed.contains(&k.as_str()), "label {k}");
             assert!(
                 !v.contains('/') && !v.contains("203.0.113") && !v.contains("127.0.0.1"),
                 "{k}={v}"
@@ -134,4 +140,67 @@ async fn healthz_answers_on_the_admin_listener_only() {
     );
     assert_eq!(t.get("/metrics").await.status, 404);
     assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn operations_metrics_show_the_process_the_build_and_what_is_happening_now() {
+    // An upstream that is down, and a breaker that opens at the first failure.
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}/", down.local_addr().unwrap());
+    drop(down);
+    let slow = Upstream::http(|_| {
+        Reply::ok("slow")
+            .header("cache-control", "no-store")
+            .delay(std::time::Duration::from_millis(600))
+    })
+    .await;
+    let t = Tamis::start(&format!(
+        "{LISTEN}[upstream]\nbreaker_failures = 1\nretries = 0\n{}{}",
+        route("dead", "/dead/", &dead, ""),
+        route("slow", "/slow/", &slow.url("/"), "cache = false")
+    ))
+    .await;
+    assert_eq!(t.get("/dead/a").await.status, 502);
+    // One request still being answered while Prometheus scrapes.
+    let http = t.http;
+    let pending = tokio::spawn(async move { get(http, "/slow/a", &[]).await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let text = t.metrics().await;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let value = |name: &str, label: Option<(&str, &str)>| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("no {name} {label:?} in\n{text}"))
+    };
+    assert_eq!(value("tamis_requests_in_flight", None), 1.0);
+    assert_eq!(
+        value("tamis_upstream_circuit_open", Some(("route", "dead"))),
+        1.0
+    );
+    assert_eq!(
+        value("tamis_upstream_circuit_open", Some(("route", "slow"))),
+        0.0
+    );
+    assert_eq!(
+        value(
+            "tamis_build_info",
+            Some(("version", env!("CARGO_PKG_VERSION")))
+        ),
+        1.0
+    );
+    // This test process is tamis: its memory, CPU time, descriptors and start.
+    assert!(value("process_resident_memory_bytes", None) > 1e6);
+    assert!(value("process_open_fds", None) >= 3.0);
+    assert!(value("process_max_fds", None) >= value("process_open_fds", None));
+    assert!(value("process_cpu_seconds_total", None) >= 0.0);
+    assert!(value("process_start_time_seconds", None) > 1.7e9);
+    assert_eq!(pending.await.unwrap().status, 200);
 }
