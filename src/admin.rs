@@ -46,6 +46,11 @@ pub async fn handle(live: &Live, req: Request<Incoming>) -> Response<ProxyBody> 
     }
     let state = &*live.load();
     match req.uri().path() {
+        "/healthz" if live.draining() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(b"draining\n"),
+        ),
         "/healthz" => text(
             StatusCode::OK,
             "text/plain; charset=utf-8",

@@ -185,6 +185,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsListen>,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_timeout: Duration,
+    /// After SIGTERM, how long tamis goes on serving while `/healthz` answers 503, so a load
+    /// balancer stops sending first; then the shutdown proper.
+    pub drain: Duration,
     /// Peers whose `X-Forwarded-For`/`Forwarded` names the client (a TLS terminator in front).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Worker threads serving the public listeners (default: one per core).
@@ -197,6 +200,7 @@ impl fmt::Debug for ServerConfig {
             .field("listen", &self.listen)
             .field("tls_listen", &self.tls.as_ref().map(|t| t.listen))
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("drain", &self.drain)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("workers", &self.workers)
             .finish()
@@ -509,6 +513,7 @@ struct RawServer {
     tls_cert: Option<Spanned<String>>,
     tls_key: Option<Spanned<String>>,
     shutdown_timeout: Option<Spanned<String>>,
+    drain: Option<Spanned<String>>,
     trusted_proxies: Option<Vec<Spanned<String>>>,
     workers: Option<Spanned<usize>>,
 }
@@ -594,6 +599,9 @@ const DEFAULT_KEEPALIVE: usize = 64;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Long enough for a load balancer checking `/healthz` every second or two to notice.
+const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
 /// More worker threads than this is a typo, not a machine.
 const MAX_WORKERS: usize = 1024;
 const DEFAULT_HEURISTIC_MAX: Duration = Duration::from_secs(3600);
@@ -1072,6 +1080,7 @@ impl Validator<'_> {
             "server.shutdown_timeout",
             DEFAULT_SHUTDOWN_TIMEOUT,
         );
+        let drain = self.duration_or_zero(raw.drain.as_ref(), "server.drain", DEFAULT_DRAIN);
         let tls = match (&raw.tls_listen, &raw.tls_cert, &raw.tls_key) {
             (None, None, None) => None,
             (Some(l), Some(cert), Some(key)) => {
@@ -1140,6 +1149,7 @@ impl Validator<'_> {
             listen,
             tls,
             shutdown_timeout,
+            drain,
             trusted_proxies,
             workers,
         })

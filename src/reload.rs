@@ -43,6 +43,8 @@ pub struct Live {
     current: ArcSwap<State>,
     /// One reload at a time: two racing reloads could otherwise swap in the older file last.
     reloading: Mutex<()>,
+    /// Set on SIGTERM for `server.drain`: `/healthz` answers 503 while requests are served.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Live {
@@ -51,12 +53,24 @@ impl Live {
         Live {
             current: ArcSwap::from_pointee(state),
             reloading: Mutex::new(()),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// The state to answer a request with.
     pub fn load(&self) -> Arc<State> {
         self.current.load_full()
+    }
+
+    /// Whether the server is draining before it stops (`/healthz` then answers 503).
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Starts the drain: from now on `/healthz` answers 503.
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Re-reads the config file the running config came from and swaps it in if valid.

@@ -198,6 +198,17 @@ impl Server {
         }
         drop(stop_rx);
         shutdown.await;
+        // First the drain: still serving, but a load balancer watching /healthz sees 503 and
+        // stops sending, so no visitor meets a closed port.
+        let drain = self.live.load().config.server.drain;
+        if !drain.is_zero() {
+            self.live.start_draining();
+            tracing::info!(
+                ?drain,
+                "draining: /healthz answers 503, requests still served"
+            );
+            tokio::time::sleep(drain).await;
+        }
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         // Each connection closes gracefully: HTTP/2 gets a GOAWAY, and requests in flight end.
         let _ = stop_tx.send(true);

@@ -33,6 +33,7 @@ fn check(config: &Path) -> (bool, String, String) {
 
 const GOOD: &str = r#"[server]
 listen = "127.0.0.1:0"
+drain = "0s"
 
 [[route]]
 name = "jsdelivr"
@@ -222,7 +223,7 @@ async fn sigterm_during_a_request(
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_timeout = \"{shutdown_timeout}\"\n{}",
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ndrain = \"0s\"\nshutdown_timeout = \"{shutdown_timeout}\"\n{}",
         route("cdn", "/cdn/", &up.url("/"), "")
     );
     let (child, addr) = run(&write(dir.path(), &text), port).await;
@@ -269,7 +270,7 @@ async fn the_access_log_has_no_client_address_and_no_cookie() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n{}",
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ndrain = \"0s\"\n{}",
         route("cdn", "/cdn/", &up.url("/"), "")
     );
     let (child, addr) = run(&write(dir.path(), &text), port).await;
@@ -308,7 +309,7 @@ async fn the_truncated_access_log_keeps_no_ipv4_embedded_in_an_ipv6_address() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\ntrusted_proxies = [\"127.0.0.1\"]\n\n\
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ndrain = \"0s\"\ntrusted_proxies = [\"127.0.0.1\"]\n\n\
          [log]\nclient_ip = \"truncated\"\n\n{}",
         route("cdn", "/cdn/", &up.url("/"), "")
     );
@@ -340,7 +341,7 @@ async fn sighup_reloads_the_config_and_a_bad_one_leaves_it_running() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = |routes: String| {
-        format!("[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_timeout = \"2s\"\n{routes}")
+        format!("[server]\nlisten = \"127.0.0.1:{port}\"\ndrain = \"0s\"\nshutdown_timeout = \"2s\"\n{routes}")
     };
     let path = write(dir.path(), &config(route("a", "/a/", &up.url("/"), "")));
     let (mut child, addr) = run(&path, port).await;
@@ -522,7 +523,7 @@ async fn json_logs_are_one_object_per_line_with_a_request_id_and_plain_milliseco
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nformat = \"json\"\n{}",
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ndrain = \"0s\"\n[log]\nformat = \"json\"\n{}",
         route("cdn", "/cdn/", &up.url("/"), "")
     );
     let (child, addr) = run(&write(dir.path(), &text), port).await;
@@ -556,4 +557,38 @@ async fn json_logs_are_one_object_per_line_with_a_request_id_and_plain_milliseco
         lines.iter().any(|l| l["message"] == "tamis starting"),
         "{log}"
     );
+}
+
+#[tokio::test]
+async fn on_sigterm_it_drains_first_healthz_503_while_requests_are_still_served() {
+    let up = Upstream::http(|_| Reply::ok("still here").header("cache-control", "no-store")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ndrain = \"1500ms\"\n\
+         [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n{}",
+        route("cdn", "/cdn/", &up.url("/"), "")
+    );
+    let (child, addr) = run(&write(dir.path(), &text), port).await;
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    assert_eq!(get(admin, "/healthz", &[]).await.status, 200);
+    let signalled = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let health = get(admin, "/healthz", &[]).await;
+    assert_eq!((health.status, health.text().as_str()), (503, "draining\n"));
+    // New connections and requests are still served meanwhile.
+    let a = get(addr, "/cdn/x", &[]).await;
+    assert_eq!((a.status, a.text().as_str()), (200, "still here"));
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(signalled.elapsed() >= Duration::from_millis(1500));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("draining"), "{log}");
 }

@@ -348,7 +348,7 @@ pub struct Tamis {
 }
 
 /// The `[server]` and `[admin]` sections for a test: everything on port 0.
-pub const LISTEN: &str = "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_timeout = \"2s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n";
+pub const LISTEN: &str = "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_timeout = \"2s\"\ndrain = \"0s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n";
 
 /// A static route to `upstream` (base URL) under `prefix`, with optional extra lines.
 pub fn route(name: &str, prefix: &str, upstream: &str, extra: &str) -> String {
