@@ -251,7 +251,7 @@ def systemd_smoke(tamis):
         http_port, admin_port = free_port(), free_port()
         shipped = (ROOT / "config" / "tamis.toml").read_text()
         for a, b in [("127.0.0.1:8080", f"127.0.0.1:{http_port}"),
-                     ("127.0.0.1:9090", f"127.0.0.1:{admin_port}")]:
+                     ("127.0.0.1:8081", f"127.0.0.1:{admin_port}")]:
             if a not in shipped:
                 fail(f"config/tamis.toml no longer listens on {a}: update deploy/")
             shipped = shipped.replace(a, b)

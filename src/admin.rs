@@ -17,7 +17,7 @@ const STATE_CHANGING: &[(&str, &str)] = &[
     ("/reload", "POST /reload\n"),
     (
         "/cache/purge",
-        "POST /cache/purge?route=NAME&path=/p (or &prefix=/p/)\n",
+        "POST /cache/purge?route=NAME[&path=/p | &prefix=/p/]\n",
     ),
 ];
 
@@ -46,6 +46,22 @@ pub async fn handle(live: &Live, req: Request<Incoming>) -> Response<ProxyBody> 
     }
     let state = &*live.load();
     match req.uri().path() {
+        "/status" => {
+            let status = crate::status::status(state, live.draining()).await;
+            if req.uri().query() == Some("format=json") {
+                text(
+                    StatusCode::OK,
+                    "application/json",
+                    Bytes::from(serde_json::to_vec(&status).unwrap_or_default()),
+                )
+            } else {
+                text(
+                    StatusCode::OK,
+                    "text/html; charset=utf-8",
+                    Bytes::from(crate::status::html(&status)),
+                )
+            }
+        }
         "/healthz" if live.draining() => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain; charset=utf-8",
@@ -116,7 +132,7 @@ enum CrossSite {
 }
 
 /// Refuses what a browser sends when a page on another site asks it to: without a token,
-/// any website could make a visitor's browser POST to `127.0.0.1:9090/reload` (CSRF), and
+/// any website could make a visitor's browser POST to `127.0.0.1:8081/reload` (CSRF), and
 /// one whose name the attacker re-points at this address (DNS rebinding) is even same-origin,
 /// so then the listener must be named by IP address or `localhost`. Scripts and curl send
 /// neither `Origin` nor `Sec-Fetch-Site` and pass. Checked with a token too: a browser on
@@ -250,10 +266,10 @@ async fn purge(state: &State, query: &str) -> Response<ProxyBody> {
             _ => {}
         }
     }
-    let (Some(route_name), Some((path, prefix))) = (route_name, target) else {
+    let Some(route_name) = route_name else {
         return error_response(
             StatusCode::BAD_REQUEST,
-            "give route= and path= or prefix=\n",
+            "give route=, and path= or prefix= (or neither: the whole route)\n",
         );
     };
     // A fonts route has two parts (CSS, files): the one whose prefix holds the path.
@@ -266,6 +282,15 @@ async fn purge(state: &State, query: &str) -> Response<ProxyBody> {
     if named.is_empty() {
         return error_response(StatusCode::NOT_FOUND, "no such route\n");
     }
+    let Some((path, prefix)) = target else {
+        // The whole route, every part of it.
+        let mut purged = 0;
+        for r in named {
+            purged += state.cache.purge_route(r.cache_id).await;
+        }
+        tracing::info!(route = route_name, purged, "cache purge: whole route");
+        return purged_answer(purged);
+    };
     let route = named
         .into_iter()
         .filter(|r| path.starts_with(r.prefix.as_str()))
@@ -288,6 +313,10 @@ async fn purge(state: &State, query: &str) -> Response<ProxyBody> {
         .purge(route.cache_id, &upstream_path, prefix)
         .await;
     tracing::info!(route = route_name, path, prefix, purged, "cache purge");
+    purged_answer(purged)
+}
+
+fn purged_answer(purged: usize) -> Response<ProxyBody> {
     text(
         StatusCode::OK,
         "application/json",
@@ -308,10 +337,10 @@ mod tests {
         #[rustfmt::skip] // One case a line: a table.
         let cases: &[Case] = &[
             (&[], false, Ok(())),
-            (&["host: localhost:9090"], false, Ok(())),
-            (&["host: [::1]:9090"], false, Ok(())),
+            (&["host: localhost:8081"], false, Ok(())),
+            (&["host: [::1]:8081"], false, Ok(())),
             (&["sec-fetch-site: none"], false, Ok(())),
-            (&["origin: http://127.0.0.1:9090", "sec-fetch-site: same-origin"], false, Ok(())),
+            (&["origin: http://127.0.0.1:8081", "sec-fetch-site: same-origin"], false, Ok(())),
             (&["sec-fetch-site: cross-site"], false, Err(FetchSite)),
             // Another port of this host is the same site.
             (&["sec-fetch-site: same-site"], true, Err(FetchSite)),
@@ -319,20 +348,20 @@ mod tests {
             (&["origin: https://evil.example"], false, Err(Origin)),
             (&["origin: https://evil.example"], true, Err(Origin)),
             (&["origin: null"], false, Err(Origin)),
-            (&["origin: https://127.0.0.1:9090"], false, Err(Origin)),
+            (&["origin: https://127.0.0.1:8081"], false, Err(Origin)),
             (&["origin: http://127.0.0.1:8080"], false, Err(Origin)),
             // DNS rebinding: any name, even one that spells an address.
-            (&["host: rebind.example:9090"], false, Err(HostName)),
-            (&["host: 127.0.0.1.nip.io:9090"], false, Err(HostName)),
-            (&["host: u@127.0.0.1:9090"], false, Err(HostName)),
-            (&["host: localhost.:9090"], false, Err(HostName)),
+            (&["host: rebind.example:8081"], false, Err(HostName)),
+            (&["host: 127.0.0.1.nip.io:8081"], false, Err(HostName)),
+            (&["host: u@127.0.0.1:8081"], false, Err(HostName)),
+            (&["host: localhost.:8081"], false, Err(HostName)),
             // A token holder may name the listener as it likes.
-            (&["host: tamis-admin.internal:9090"], true, Ok(())),
+            (&["host: tamis-admin.internal:8081"], true, Ok(())),
         ];
         for (headers, token, verdict) in cases {
             let mut req = Request::post("/reload");
             if !headers.iter().any(|h| h.starts_with("host:")) {
-                req = req.header("host", "127.0.0.1:9090");
+                req = req.header("host", "127.0.0.1:8081");
             }
             for h in *headers {
                 let (name, value) = h.split_once(": ").unwrap();

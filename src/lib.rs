@@ -26,6 +26,7 @@ pub mod reload;
 pub mod report;
 pub mod routes;
 pub mod server;
+pub mod status;
 pub mod tls;
 pub mod transparency;
 pub mod upstream;

@@ -442,6 +442,16 @@ impl RouteMetrics {
     }
 
     /// Counts one cache lookup.
+    /// How many lookups had `result` so far.
+    pub fn lookups(&self, result: CacheResult) -> u64 {
+        let i = CacheResult::ALL
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(0);
+        self.lookups[i].get()
+    }
+
+    /// Counts one cache lookup.
     pub fn lookup(&self, result: CacheResult) {
         let i = CacheResult::ALL
             .iter()

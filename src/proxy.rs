@@ -57,6 +57,11 @@ pub enum StateError {
 }
 
 impl State {
+    /// The metrics of the route at `index` in the router.
+    pub fn route_metrics(&self, index: usize) -> Option<&RouteMetrics> {
+        self.route_metrics.get(index)
+    }
+
     /// Builds routes, cache, upstream client and metrics.
     pub fn new(config: Config) -> Result<State, StateError> {
         let metrics = Arc::new(Metrics::new()?);

@@ -474,7 +474,11 @@ pub fn check_report(config: &Config) -> String {
     }
     match &config.admin {
         Some(a) => {
-            let _ = writeln!(out, "  admin  {} (/metrics, /healthz, /reload)", a.listen);
+            let _ = writeln!(
+                out,
+                "  admin  {} (/metrics, /healthz, /status, POST /reload, POST /cache/purge)",
+                a.listen
+            );
         }
         None => {
             let _ = writeln!(out, "  admin  none (no metrics endpoint)");

@@ -129,7 +129,8 @@ impl Page {
 }
 
 /// Escapes text for HTML content and attribute values.
-fn esc(s: &str) -> String {
+/// Text made safe to put in HTML.
+pub(crate) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -858,10 +858,11 @@ async fn purge_on_the_admin_listener() {
         404
     );
     assert_eq!(
-        request(admin, http::Method::POST, "/cache/purge?route=cdn", &[])
+        request(admin, http::Method::POST, "/cache/purge?path=/cdn/b/1", &[])
             .await
             .status,
-        400
+        400,
+        "no route named"
     );
     assert_eq!(
         request(
@@ -973,4 +974,95 @@ async fn an_encoded_body_only_reaches_clients_that_accept_it() {
         "identity suits everyone"
     );
     assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn purging_a_route_by_name_alone_empties_every_part_of_it() {
+    let files = Upstream::http(|_| {
+        Reply::ok("font")
+            .header("content-type", "font/woff2")
+            .header("cache-control", "max-age=600")
+    })
+    .await;
+    let files_url = files.url("/");
+    let css = Upstream::http(move |_| {
+        Reply::ok(format!("a{{src:url({files_url}f.woff2)}}"))
+            .header("content-type", "text/css")
+            .header("cache-control", "max-age=600")
+    })
+    .await;
+    let other = Upstream::http(|_| Reply::ok("x").header("cache-control", "max-age=600")).await;
+    let t = Tamis::start(&format!(
+        "{LISTEN}[[route]]\nname = \"fonts\"\nkind = \"fonts\"\nprefix = \"/fonts/\"\nupstream = \"{}\"\n\
+         files_prefix = \"/fonts/files/\"\nfiles_upstream = \"{}\"\n{}",
+        css.url("/"),
+        files.url("/"),
+        route("other", "/other/", &other.url("/"), "")
+    ))
+    .await;
+    for p in [
+        "/fonts/css?family=A",
+        "/fonts/css?family=B",
+        "/fonts/files/f.woff2",
+        "/other/x",
+    ] {
+        assert_eq!(t.get(p).await.status, 200);
+    }
+    let r = request(
+        t.admin.unwrap(),
+        http::Method::POST,
+        "/cache/purge?route=fonts",
+        &[],
+    )
+    .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "{\"purged\":3}\n"));
+    for p in [
+        "/fonts/css?family=A",
+        "/fonts/css?family=B",
+        "/fonts/files/f.woff2",
+        "/other/x",
+    ] {
+        t.get(p).await;
+    }
+    // Both parts of the fonts route were fetched again; the other route kept its copy.
+    assert_eq!((css.count(), files.count(), other.count()), (4, 2, 1));
+}
+
+#[tokio::test]
+async fn the_status_page_shows_the_build_the_cache_and_each_routes_hit_ratio_and_breaker() {
+    let (_up, t) = one_route(
+        |_| Reply::ok("x").header("cache-control", "max-age=600"),
+        "",
+    )
+    .await;
+    for _ in 0..4 {
+        t.get("/cdn/a").await;
+    }
+    let admin = t.admin.unwrap();
+    let json = get(admin, "/status?format=json", &[]).await;
+    assert_eq!(json.status, 200);
+    let s: serde_json::Value = serde_json::from_slice(&json.body).unwrap();
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(s["config_hash"].as_str().unwrap().len(), 16);
+    assert_eq!(s["cache_objects"], 1);
+    assert!(s["cache_bytes"].as_u64().unwrap() > 0);
+    let cdn = &s["routes"][0];
+    assert_eq!(
+        (cdn["name"].as_str(), cdn["lookups"].as_u64()),
+        (Some("cdn"), Some(4))
+    );
+    assert_eq!(cdn["hit_ratio"], 0.75, "one miss, three hits");
+    assert_eq!(cdn["circuit_open"], false);
+    let html = get(admin, "/status", &[]).await;
+    assert_eq!(
+        html.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let page = html.text();
+    assert!(
+        page.contains("75.0 %") && page.contains("<td>cdn</td>"),
+        "{page}"
+    );
+    // Never on the public listener.
+    assert_eq!(t.get("/status").await.status, 404);
 }

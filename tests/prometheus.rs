@@ -48,7 +48,7 @@ fn scrape_config(admin: SocketAddr) -> String {
             "evaluation_interval: 1s".to_owned(),
         ),
         ("- tamis.rules.yml", format!("- {}", rules.display())),
-        ("- 127.0.0.1:9090", format!("- {admin}")),
+        ("- 127.0.0.1:8081", format!("- {admin}")),
     ];
     let mut hits = [0usize; 4];
     let out: Vec<String> = shipped

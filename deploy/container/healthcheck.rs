@@ -1,7 +1,7 @@
 //! `tamis-healthcheck [ADDR]`: the container's HEALTHCHECK. The distroless runtime image has no
 //! shell and no curl, so this is a tiny standalone program (std only, built with plain `rustc` in
 //! the Dockerfile's build stage) that sends `GET /healthz` to tamis's admin listener (default
-//! 127.0.0.1:9090) and exits 0 on a 200 answer, 1 otherwise, within 3 seconds.
+//! 127.0.0.1:8081) and exits 0 on a 200 answer, 1 otherwise, within 3 seconds.
 //!
 //! It checks what an orchestrator's HTTP probe would: that the admin listener accepts a
 //! connection and answers. It is not part of tamis itself (`cargo build` ignores it).
@@ -51,7 +51,7 @@ fn probe(addr: &str) -> Result<(), String> {
 fn main() -> ExitCode {
     let addr = std::env::args()
         .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:9090".to_owned());
+        .unwrap_or_else(|| "127.0.0.1:8081".to_owned());
     match probe(&addr) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

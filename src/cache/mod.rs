@@ -697,6 +697,11 @@ impl Cache {
         .await
     }
 
+    /// Removes every object of one route; returns how many were removed.
+    pub async fn purge_route(&self, route: u64) -> usize {
+        self.remove_where(|k| k.route == route).await
+    }
+
     /// Removes every object of a route not in `live` (after a reload removed or changed it);
     /// returns how many were removed.
     pub async fn retain_routes(&self, live: &[u64]) -> usize {

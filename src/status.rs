@@ -1,0 +1,139 @@
+//! `GET /status` on the admin listener: what is running, for a human with a browser (HTML) or
+//! a script (`?format=json`): the build, the config's hash, the cache's size, and per route its
+//! hit ratio and whether its circuit breaker is open. Nothing about any visitor.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::metrics::CacheResult;
+use crate::proxy::State;
+use crate::transparency::esc;
+
+/// The page's content.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub revision: &'static str,
+    pub config: String,
+    pub config_hash: String,
+    pub draining: bool,
+    pub cache_bytes: u64,
+    pub cache_max_bytes: u64,
+    pub cache_objects: u64,
+    pub routes: Vec<RouteStatus>,
+}
+
+/// One route part.
+#[derive(Debug, Serialize)]
+pub struct RouteStatus {
+    pub name: String,
+    pub kind: &'static str,
+    pub prefix: String,
+    pub upstream_host: String,
+    pub jurisdiction: &'static str,
+    /// Lookups the cache answered (hit, stale, coalesced, revalidated) among those it was asked
+    /// (bypasses left out, as in the shipped recording rule); `None` before any.
+    pub hit_ratio: Option<f64>,
+    pub lookups: u64,
+    pub circuit_open: bool,
+}
+
+/// Reads the running state.
+pub async fn status(state: &State, draining: bool) -> Status {
+    let (cache_bytes, cache_objects) = state.cache.size().await;
+    let routes = state
+        .router
+        .routes()
+        .iter()
+        .map(|r| {
+            let (answered, asked) = state.route_metrics(r.index).map_or((0, 0), |m| {
+                CacheResult::ALL
+                    .iter()
+                    .filter(|c| **c != CacheResult::Bypass)
+                    .fold((0, 0), |(a, t), c| {
+                        let n = m.lookups(*c);
+                        (a + if c.from_cache() { n } else { 0 }, t + n)
+                    })
+            });
+            RouteStatus {
+                name: r.config.name.clone(),
+                kind: r.config.kind.as_str(),
+                prefix: r.prefix.clone(),
+                upstream_host: r.upstream.authority.to_string(),
+                jurisdiction: r.config.jurisdiction.as_str(),
+                hit_ratio: (asked > 0).then(|| answered as f64 / asked as f64),
+                lookups: asked,
+                circuit_open: r.breaker.is_open(),
+            }
+        })
+        .collect();
+    Status {
+        version: crate::VERSION,
+        revision: crate::REVISION,
+        config: state.config.source.display().to_string(),
+        config_hash: state.config.hash.clone(),
+        draining,
+        cache_bytes,
+        cache_max_bytes: state.cache.max_bytes(),
+        cache_objects,
+        routes,
+    }
+}
+
+/// The page, as HTML.
+pub fn html(s: &Status) -> String {
+    let mut o = String::with_capacity(4096);
+    let _ = write!(
+        o,
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>tamis status</title>\
+         <style>body{{font-family:system-ui,sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}\
+         .bad{{color:#b00}}</style></head><body>\n<h1>tamis {} <small>({})</small></h1>\n",
+        esc(s.version),
+        esc(s.revision)
+    );
+    let _ = writeln!(
+        o,
+        "<p>Config <code>{}</code>, hash <code>{}</code>{}.</p>",
+        esc(&s.config),
+        esc(&s.config_hash),
+        if s.draining {
+            " <strong class=\"bad\">draining: stopping soon</strong>"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        o,
+        "<p>Cache: {} objects, {:.1} MiB of {:.1} MiB.</p>",
+        s.cache_objects,
+        s.cache_bytes as f64 / 1048576.0,
+        s.cache_max_bytes as f64 / 1048576.0
+    );
+    o.push_str(
+        "<table><tr><th>route</th><th>kind</th><th>prefix</th><th>upstream</th>\
+         <th>jurisdiction</th><th>hit ratio</th><th>lookups</th><th>upstream</th></tr>\n",
+    );
+    for r in &s.routes {
+        let _ = writeln!(
+            o,
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td></tr>",
+            esc(&r.name),
+            r.kind,
+            esc(&r.prefix),
+            esc(&r.upstream_host),
+            r.jurisdiction,
+            r.hit_ratio
+                .map_or("-".to_owned(), |h| format!("{:.1} %", h * 100.0)),
+            r.lookups,
+            if r.circuit_open {
+                "<span class=\"bad\">circuit open</span>"
+            } else {
+                "ok"
+            }
+        );
+    }
+    o.push_str("</table>\n<p>Metrics: <a href=\"/metrics\">/metrics</a>.</p>\n</body></html>\n");
+    o
+}
