@@ -767,6 +767,10 @@ pub fn withheld(kind: ResponseKind, name: &HeaderName) -> bool {
 /// back to a first-party URL).
 pub fn scrub_response(headers: &mut HeaderMap, kind: ResponseKind) {
     remove_with_connection_listed(headers, |name| withheld(kind, name));
+    // Only these kinds let Link and Content-Security-Policy through at all.
+    if !matches!(kind, ResponseKind::Static | ResponseKind::PassThrough) {
+        return;
+    }
     if headers.contains_key(header::LINK) {
         rewrite_values(headers, header::LINK, link::filter);
     }

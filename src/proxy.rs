@@ -6,7 +6,7 @@
 //! twice (the argument and the local it is moved into), and a future is copied whole each time
 //! it is awaited, so every layer's copy of the request made all the futures above it larger.
 //! Copying those futures was the largest single source of the forward's L1 misses, about a
-//! third of them (see the README's forward section).
+//! third of them (see benches/RESULTS.md, the forward section).
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
