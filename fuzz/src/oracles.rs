@@ -747,9 +747,15 @@ impl Analytics {
     }
 }
 
-/// A page URL after the URL rule: http(s) or a path, no fragment, only allowed parameters.
+/// A page URL after the URL rule: http(s) or a path, no path parameter (`;jsessionid=`), no
+/// fragment, only allowed query parameters.
 fn check_page_url(url: &str, allow: &[String], what: &str) {
     assert!(!url.contains('#'), "{what}: fragment kept in {url:?}");
+    let before_query = url.split('?').next().unwrap_or("");
+    assert!(
+        !before_query.contains(';'),
+        "{what}: path parameter kept in {url:?}"
+    );
     let lower = url.to_ascii_lowercase();
     let absolute = lower.starts_with("https://") || lower.starts_with("http://");
     assert!(
@@ -785,11 +791,12 @@ fn check_no_userinfo(url: &str, what: &str) {
     );
 }
 
-/// A referrer after the same-site rule: the site's own origin and path, nothing else.
+/// A referrer after the same-site rule: the site's own origin and path (without path
+/// parameters), nothing else.
 fn check_referrer(r: &str, site_host: Option<&str>, what: &str) {
     assert!(
-        !r.contains(['?', '#']),
-        "{what}: query or fragment kept in {r:?}"
+        !r.contains(['?', '#', ';']),
+        "{what}: query, fragment or path parameter kept in {r:?}"
     );
     let lower = r.to_ascii_lowercase();
     assert!(
@@ -999,6 +1006,16 @@ pub fn ga4_planted(secret: &str) -> (Vec<String>, Vec<Planted>) {
         16,
         "dl userinfo",
     );
+    plant(
+        format!("dl=https%3A%2F%2Fshop.example%2Fcart%3Bjsessionid%3D{s}18%2Fpay"),
+        18,
+        "dl path parameter",
+    );
+    plant(
+        format!("dr=https%3A%2F%2Fshop.example%2Fa%3Bsid%3D{s}19"),
+        19,
+        "dr path parameter",
+    );
     planted.push(Planted {
         secret: format!("{s}10"),
         field: "dl fragment",
@@ -1032,7 +1049,8 @@ fn matomo_dropped(key: &str, settings: &Settings) -> bool {
         && key[9..].bytes().all(|b| b.is_ascii_digit());
     !(kept
         || [
-            "_id", "cid", "url", "urlref", "_ref", "ua", "lang", "_cvar", "cvar",
+            "_id", "cid", "url", "link", "download", "urlref", "_ref", "ua", "lang", "_cvar",
+            "cvar",
         ]
         .contains(&key)
         || (dimension && settings.allow_event_params.iter().any(|a| a == key)))
@@ -1053,7 +1071,7 @@ fn check_matomo_params(query: &str, a: &Analytics, what: &str, sites: &[String])
                 v.len() == 16 && v.bytes().all(|b| b.is_ascii_hexdigit()),
                 "{what}: {k}={v:?} is not a pseudonym"
             ),
-            "url" => check_page_url(v, &a.settings.allow_url_params, what),
+            "url" | "link" | "download" => check_page_url(v, &a.settings.allow_url_params, what),
             "urlref" | "_ref" => check_referrer_any(v, sites, what),
             "ua" => check_generalised_ua(v),
             "lang" => check_language(v, what),
@@ -1187,6 +1205,16 @@ pub fn matomo_planted(secret: &str) -> (Vec<String>, Vec<Planted>) {
         format!("urlref=https%3A%2F%2F{s}20%40shop.example%2Fp"),
         20,
         "urlref userinfo",
+    );
+    plant(
+        format!("link=https%3A%2F%2Fshop.example%2Fa%3Bjsessionid%3D{s}22%3Fq%3D{s}22"),
+        22,
+        "link path parameter and query",
+    );
+    plant(
+        format!("download=https%3A%2F%2Fcdn.example%2Ff.pdf%3Bsid%3D{s}23"),
+        23,
+        "download path parameter",
     );
     planted.push(Planted {
         secret: format!("{s}09"),
@@ -1374,7 +1402,7 @@ pub fn plausible_planted(event: &mut Map<String, Value>, s: &str) -> Vec<Planted
     plant(
         "u",
         Value::String(format!(
-            "https://blog.example/post?email={s}05&utm_source=x#{s}06"
+            "https://blog.example/post;jsessionid={s}05?email={s}05&utm_source=x#{s}06"
         )),
         5,
         "u query",
@@ -1425,7 +1453,7 @@ pub fn umami_planted(body: &mut Map<String, Value>, s: &str) -> Vec<Planted> {
     );
     plant(
         "url",
-        Value::String(format!("/reset?token={s}05#{s}06")),
+        Value::String(format!("/reset;jsessionid={s}05?token={s}05#{s}06")),
         5,
         "url query",
     );

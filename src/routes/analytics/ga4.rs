@@ -48,12 +48,12 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     (
         "dl",
         Outcome::Generalised,
-        "no fragment, no query but allow_url_params",
+        "no path parameters, no fragment, no query but allow_url_params",
     ),
     (
         "dr",
         Outcome::Generalised,
-        "same-site: origin and path; external: dropped",
+        "same-site: origin and path (no path parameters); external: dropped",
     ),
     ("ul", Outcome::Generalised, "primary language only"),
     ("uid", Outcome::Dropped, "user id"),
@@ -239,14 +239,14 @@ fn push_encoded(out: &mut String, start: usize, raw_key: &str, value: &str) {
 }
 
 /// `scrub_page_url`, borrowed when there is no allowlist (the common case) and nothing to take
-/// out of the authority: the URL up to its query or fragment.
+/// out of the authority or the path: the URL up to its query or fragment.
 fn page_url<'a>(url: &'a str, allow: &[String]) -> Option<Cow<'a, str>> {
-    if !allow.is_empty() {
-        return super::scrub_page_url(url, allow).map(Cow::Owned);
-    }
     let trimmed = url.trim();
     let no_fragment = trimmed.split('#').next().unwrap_or("");
     let base = no_fragment.split_once('?').map_or(no_fragment, |(b, _)| b);
+    if !allow.is_empty() || has(base, b';') {
+        return super::scrub_page_url(url, allow).map(Cow::Owned);
+    }
     let fast = if base.starts_with('/') {
         super::is_page_path(base).then_some(Cow::Borrowed(base))
     } else {
@@ -268,14 +268,18 @@ fn without_userinfo<'a>(url: &'a str, u: &AbsoluteUrl<'_>) -> Cow<'a, str> {
     }
 }
 
-/// `same_site_referrer`, borrowed when there is no user information to take out.
+/// `same_site_referrer`, borrowed when there is no user information or path parameter to
+/// take out.
 fn referrer<'a>(referrer: &'a str, site_host: Option<&str>) -> Option<Cow<'a, str>> {
+    let cut = referrer.find(['?', '#']).unwrap_or(referrer.len());
+    if has(&referrer[..cut], b';') {
+        return same_site_referrer(referrer, site_host).map(Cow::Owned);
+    }
     let fast = site_host.and_then(|site| {
         let u = parse_absolute(referrer)?;
         if !same_site(u.host, site) {
             return None;
         }
-        let cut = referrer.find(['?', '#']).unwrap_or(referrer.len());
         let u = AbsoluteUrl {
             rest: u.rest.split(['?', '#']).next().unwrap_or(""),
             ..u

@@ -30,8 +30,6 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     ("ec_tx", Outcome::Kept, ""),
     ("ec_sh", Outcome::Kept, ""),
     ("ec_dt", Outcome::Kept, ""),
-    ("link", Outcome::Kept, "outlink"),
-    ("download", Outcome::Kept, ""),
     ("c_n", Outcome::Kept, "content name"),
     ("c_p", Outcome::Kept, "content piece"),
     ("c_t", Outcome::Kept, "content target"),
@@ -48,14 +46,14 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     ("_id", Outcome::Pseudonymised, "keyed 16-hex, rotating"),
     ("cid", Outcome::Pseudonymised, "keyed 16-hex, rotating"),
     (
-        "url",
+        "url, link, download",
         Outcome::Generalised,
-        "no fragment, no query but allow_url_params",
+        "page, outlink and download URLs: no path parameters, no fragment, no query but allow_url_params",
     ),
     (
         "urlref, _ref",
         Outcome::Generalised,
-        "same-site: origin and path; external: dropped",
+        "same-site: origin and path (no path parameters); external: dropped",
     ),
     (
         "ua",
@@ -142,7 +140,7 @@ pub fn scrub_params(
                     Some(format!("{:016x}", u64::from(p))),
                 )
             }
-            "url" => (
+            "url" | "link" | "download" => (
                 Outcome::Generalised,
                 scrub_page_url(&v, &ctx.settings.allow_url_params),
             ),

@@ -364,9 +364,26 @@ fn is_page_path(base: &str) -> bool {
     base.starts_with('/') && !base[1..].starts_with(['/', '\\']) && no_whitespace(base)
 }
 
-/// A page URL without user information, fragment, or query parameters other than the allowed
-/// ones. `None` when it is neither an absolute http(s) URL (see [`parse_absolute`]) nor a path
-/// (then it is dropped).
+/// A path without its segments' parameters (`/cart;jsessionid=0A1B/pay;v=2` → `/cart/pay`):
+/// servlet containers put the session id there (`;jsessionid=`), other servers `;sid=`.
+/// Borrowed when there is none.
+pub fn without_path_params(path: &str) -> Cow<'_, str> {
+    if !path.contains(';') {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(segment.split(';').next().unwrap_or(""));
+    }
+    Cow::Owned(out)
+}
+
+/// A page URL without user information, path parameters, fragment, or query parameters other
+/// than the allowed ones. `None` when it is neither an absolute http(s) URL (see
+/// [`parse_absolute`]) nor a path (then it is dropped).
 pub fn scrub_page_url(url: &str, allow: &[String]) -> Option<String> {
     let url = url.trim();
     let url = url.split('#').next().unwrap_or("");
@@ -375,13 +392,15 @@ pub fn scrub_page_url(url: &str, allow: &[String]) -> Option<String> {
         None => (url, None),
     };
     let base = if base.starts_with('/') {
-        if !is_page_path(base) {
+        // Checked once the parameters are out: `/;x/host` would become `//host`.
+        let path = without_path_params(base);
+        if !is_page_path(&path) {
             return None;
         }
-        base.to_owned()
+        path.into_owned()
     } else {
         let abs = parse_absolute(base)?;
-        abs.with_rest(abs.rest)
+        abs.with_rest(&without_path_params(abs.rest))
     };
     let kept: Vec<(String, String)> = match query {
         // With nothing allowed (the default) nothing can be kept: the query is not even read.
@@ -417,9 +436,10 @@ pub fn same_site(host: &str, site: &str) -> bool {
         || www(site).is_some_and(|s| s.eq_ignore_ascii_case(host))
 }
 
-/// A referrer from the same site becomes its origin and path (no user information, query or
-/// fragment); any other is dropped. The referrer must be an absolute http(s) URL as a whole
-/// ([`parse_absolute`]) whose host is the site's: text around a same-site URL is no referrer.
+/// A referrer from the same site becomes its origin and path (no user information, path
+/// parameters, query or fragment); any other is dropped. The referrer must be an absolute
+/// http(s) URL as a whole ([`parse_absolute`]) whose host is the site's: text around a
+/// same-site URL is no referrer.
 pub fn same_site_referrer(referrer: &str, site_host: Option<&str>) -> Option<String> {
     let site = site_host?;
     let url = parse_absolute(referrer)?;
@@ -427,7 +447,7 @@ pub fn same_site_referrer(referrer: &str, site_host: Option<&str>) -> Option<Str
         return None;
     }
     let path = url.rest.split(['?', '#']).next().unwrap_or("");
-    Some(url.with_rest(path))
+    Some(url.with_rest(&without_path_params(path)))
 }
 
 /// A language tag reduced to its primary subtag (`fr-FR,fr;q=0.9` → `fr`).
@@ -839,6 +859,44 @@ mod tests {
         );
         assert_eq!(scrub_page_url("javascript:alert(1)", &[]), None);
         assert_eq!(scrub_page_url("https:///x", &[]), None);
+    }
+
+    #[test]
+    fn page_urls_and_referrers_lose_path_parameters() {
+        for allow in [vec![], vec!["utm_source".to_owned()]] {
+            for (url, scrubbed) in [
+                (
+                    "https://shop.example/cart;jsessionid=0A1B2C/checkout;sid=42?x=1#f",
+                    Some("https://shop.example/cart/checkout"),
+                ),
+                ("/account;jsessionid=0A1B2C", Some("/account")),
+                ("/a;v=1;w=2/b;/c", Some("/a/b/c")),
+                (
+                    "https://shop.example/;jsessionid=1",
+                    Some("https://shop.example/"),
+                ),
+                (
+                    "https://shop.example/p;sid=1?utm_source=news",
+                    Some(if allow.is_empty() {
+                        "https://shop.example/p"
+                    } else {
+                        "https://shop.example/p?utm_source=news"
+                    }),
+                ),
+                // Taking a parameter out must not leave a scheme-relative URL.
+                ("/;x/evil.example/p", None),
+            ] {
+                assert_eq!(scrub_page_url(url, &allow).as_deref(), scrubbed, "{url}");
+            }
+        }
+        assert_eq!(
+            same_site_referrer(
+                "https://shop.example/a;jsessionid=1/b;x?q#f",
+                Some("shop.example")
+            )
+            .as_deref(),
+            Some("https://shop.example/a/b")
+        );
     }
 
     #[test]

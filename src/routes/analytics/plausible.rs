@@ -21,12 +21,12 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     (
         "u",
         Outcome::Generalised,
-        "no fragment, no query but allow_url_params (e.g. utm_*)",
+        "no path parameters, no fragment, no query but allow_url_params (e.g. utm_*)",
     ),
     (
         "r",
         Outcome::Generalised,
-        "same-site: origin and path; external: dropped",
+        "same-site: origin and path (no path parameters); external: dropped",
     ),
     (
         "p, props, m, meta",

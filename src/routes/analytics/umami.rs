@@ -21,12 +21,12 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     (
         "url",
         Outcome::Generalised,
-        "no fragment, no query but allow_url_params",
+        "no path parameters, no fragment, no query but allow_url_params",
     ),
     (
         "referrer",
         Outcome::Generalised,
-        "same-site: origin and path; external: dropped",
+        "same-site: origin and path (no path parameters); external: dropped",
     ),
     ("language", Outcome::Generalised, "primary language only"),
     ("screen", Outcome::Dropped, "screen resolution"),
