@@ -1223,15 +1223,31 @@ pub fn matomo_planted(secret: &str) -> (Vec<String>, Vec<Planted>) {
     (pairs, planted)
 }
 
-const PLAUSIBLE_KEPT: &[&str] = &["n", "d", "h", "i", "v", "$"];
-const PLAUSIBLE_FIELDS: &[&str] = &["u", "r", "p", "props", "m", "meta"];
+const PLAUSIBLE_KEPT: &[&str] = &["n", "d", "h", "i", "v"];
+const PLAUSIBLE_FIELDS: &[&str] = &["$", "u", "r", "p", "props", "m", "meta"];
+
+/// A kept JSON value is a string, number, boolean or null: never an object or array, which
+/// could carry any number of fields under one kept name.
+fn check_scalar(v: &Value, what: &str) {
+    assert!(
+        !v.is_object() && !v.is_array(),
+        "{what}: nested value {v} kept"
+    );
+}
+
+/// A field the table keeps goes on as the input had it, and only if it is a scalar.
+fn check_kept_scalar(k: &str, v: &Value, input: &Map<String, Value>, what: &str) {
+    check_scalar(v, what);
+    assert_eq!(Some(v), input.get(k), "{what}");
+}
 
 fn check_fields(v: &Value, allow: &[String], what: &str) {
     let o = v
         .as_object()
         .unwrap_or_else(|| panic!("{what}: custom fields not an object: {v}"));
-    for k in o.keys() {
+    for (k, v) in o {
         assert!(allow.contains(k), "{what}: custom field {k:?} kept");
+        check_scalar(v, what);
     }
 }
 
@@ -1258,7 +1274,19 @@ pub fn check_plausible(body: &[u8], a: &Analytics) -> Option<Vec<u8>> {
         });
     for (k, val) in o {
         match k.as_str() {
-            k if PLAUSIBLE_KEPT.contains(&k) => assert_eq!(Some(val), input.get(k), "{what}"),
+            k if PLAUSIBLE_KEPT.contains(&k) => check_kept_scalar(k, val, &input, &what),
+            "$" => {
+                let revenue = input.get("$").and_then(Value::as_object);
+                let members = val.as_object().expect("revenue is an object");
+                for (m, v) in members {
+                    assert!(
+                        ["amount", "currency"].contains(&m.as_str()),
+                        "{what}: revenue member {m:?} kept"
+                    );
+                    check_scalar(v, &what);
+                    assert_eq!(Some(v), revenue.and_then(|r| r.get(m)), "{what}");
+                }
+            }
             "u" => check_page_url(
                 val.as_str().expect("u"),
                 &a.settings.allow_url_params,
@@ -1318,7 +1346,7 @@ pub fn check_umami(body: &[u8], a: &Analytics) -> Option<Vec<u8>> {
     let site = payload_in.get("hostname").and_then(Value::as_str);
     for (k, val) in payload {
         match k.as_str() {
-            k if UMAMI_KEPT.contains(&k) => assert_eq!(Some(val), payload_in.get(k), "{what}"),
+            k if UMAMI_KEPT.contains(&k) => check_kept_scalar(k, val, payload_in, &what),
             "url" => check_page_url(
                 val.as_str().expect("url"),
                 &a.settings.allow_url_params,
@@ -1416,9 +1444,15 @@ pub fn plausible_planted(event: &mut Map<String, Value>, s: &str) -> Vec<Planted
     plant("ip", Value::String(format!("{s}08")), 8, "ip");
     plant(
         "meta",
-        serde_json::json!({"id": format!("{s}09")}),
+        serde_json::json!({"id": format!("{s}09"), "plan": {"email": format!("{s}09")}}),
         9,
-        "meta.id",
+        "meta.id, meta.plan (nested under a kept key)",
+    );
+    plant(
+        "$",
+        serde_json::json!({"amount": "9.5", "currency": "EUR", "email": format!("{s}10")}),
+        10,
+        "$.email",
     );
     planted
 }
@@ -1447,9 +1481,15 @@ pub fn umami_planted(body: &mut Map<String, Value>, s: &str) -> Vec<Planted> {
     plant("screen", Value::String(format!("{s}03")), 3, "screen");
     plant(
         "data",
-        serde_json::json!({"plan": "pro", "email": format!("{s}04")}),
+        serde_json::json!({"plan": "pro", "email": format!("{s}04"), "author": [format!("{s}04")]}),
         4,
-        "data.email",
+        "data.email, data.author (nested under a kept key)",
+    );
+    plant(
+        "title",
+        serde_json::json!({"text": format!("{s}10")}),
+        10,
+        "title (nested)",
     );
     plant(
         "url",

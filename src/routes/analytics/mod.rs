@@ -602,6 +602,27 @@ pub fn respelt(v: &RawValue) -> Option<Box<RawValue>> {
     serde_json::value::to_raw_value(&value).ok()
 }
 
+/// A kept value, respelt, if it is a scalar (string, number, boolean or null). An object or an
+/// array is never kept: under one allowed name it could carry any number of fields (Umami
+/// flattens a nested object into keys of its own).
+pub fn scalar(v: &RawValue) -> Option<Box<RawValue>> {
+    if v.get().trim_start().starts_with(['{', '[']) {
+        return None;
+    }
+    respelt(v)
+}
+
+/// A field kept by name, if its value is a scalar ([`scalar`]); counted as kept or dropped.
+pub fn json_kept(v: &RawValue, tally: &mut Tally) -> Option<Box<RawValue>> {
+    let kept = scalar(v);
+    tally.add(if kept.is_some() {
+        Outcome::Kept
+    } else {
+        Outcome::Dropped
+    });
+    kept
+}
+
 /// A JSON page-URL field after the URL rule; counted as generalised, or dropped when the rule
 /// leaves nothing.
 pub fn json_page_url(v: &RawValue, allow: &[String], tally: &mut Tally) -> Option<Box<RawValue>> {
@@ -691,9 +712,11 @@ pub fn read_object<'a>(
 }
 
 /// Reads a value of custom fields, keeping the allowlisted keys of an object (also of one sent
-/// as a JSON string, as some trackers do): each key is checked as it is read, a dropped value is
-/// only scanned, never built, and a kept one is respelt. Anything that is not an object gives
-/// `None`, as does an object with nothing kept.
+/// as a JSON string, as some trackers do) whose values are scalars: each key is checked as it
+/// is read, a dropped value is only scanned, never built, and a kept one is respelt. Anything
+/// that is not an object gives `None`, as does an object with nothing kept. A repeated key is
+/// judged by its last value, as the JSON servers read it (Plausible's Jason, Umami's
+/// `JSON.parse`).
 struct AllowedFields<'s> {
     allow: &'s [String],
     tally: &'s mut Tally,
@@ -748,9 +771,8 @@ impl<'de> serde::de::Visitor<'de> for AllowedFields<'_> {
                 return Ok(None);
             }
             if self.allow.iter().any(|a| *a == *k.0) {
-                self.tally.add(Outcome::Kept);
                 // Respelt from its raw text: the same value, however it was written.
-                match respelt(map.next_value::<&'de RawValue>()?) {
+                match json_kept(map.next_value::<&'de RawValue>()?, self.tally) {
                     Some(v) => kept.insert(k, v),
                     // A repeated key keeps its last value, even one that cannot be kept.
                     None => kept.remove(&*k.0),

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde_json::value::RawValue;
 
 use super::{
-    host_of, json_page_url, json_referrer, raw_str, raw_string, read_object, respelt, Context,
-    Field, Key, Outcome, ScrubError, Tally,
+    field, host_of, json_kept, json_page_url, json_referrer, raw_object, raw_str, raw_string,
+    read_object, scalar, Context, Field, Key, Outcome, ScrubError, Tally,
 };
 
 /// The field table (`tamis check` prints it).
@@ -17,7 +17,7 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     ("h", Outcome::Kept, "hash-based routing flag"),
     ("i", Outcome::Kept, "interactive flag"),
     ("v", Outcome::Kept, "tracker version"),
-    ("$", Outcome::Kept, "revenue"),
+    ("$", Outcome::Kept, "revenue: its amount and currency only"),
     (
         "u",
         Outcome::Generalised,
@@ -31,12 +31,37 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     (
         "p, props, m, meta",
         Outcome::Dropped,
-        "keys not in allow_event_params",
+        "keys not in allow_event_params; objects and arrays under a kept key",
     ),
-    ("*", Outcome::Dropped, "any other field"),
+    (
+        "*",
+        Outcome::Dropped,
+        "any other field; an object or array where the table keeps a scalar",
+    ),
 ];
 
-const KEPT: &[&str] = &["n", "d", "h", "i", "v", "$"];
+/// Fields kept as they are, scalars only (`$` has its own rule, [`revenue`]).
+const KEPT: &[&str] = &["n", "d", "h", "i", "v"];
+
+/// The members of a revenue (`$`) object, scalars only.
+const REVENUE: &[&str] = &["amount", "currency"];
+
+/// A revenue object with only its amount and currency (scalars); `None` when nothing is left.
+fn revenue(v: &RawValue, tally: &mut Tally) -> Option<Box<RawValue>> {
+    let members = raw_object(v.get()).ok();
+    let kept: BTreeMap<&str, Box<RawValue>> = REVENUE
+        .iter()
+        .filter_map(|&name| Some((name, scalar(field(members.as_ref()?, name)?)?)))
+        .collect();
+    tally.add(if kept.is_empty() {
+        Outcome::Dropped
+    } else {
+        Outcome::Kept
+    });
+    (!kept.is_empty())
+        .then(|| serde_json::value::to_raw_value(&kept).ok())
+        .flatten()
+}
 
 /// The fields holding custom props, filtered against `allow_event_params`.
 const CUSTOM: &[&str] = &["p", "props", "m", "meta"];
@@ -62,10 +87,8 @@ pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8
         let kept = match (k.0.as_ref(), v) {
             // Filtered (and counted) as they were read.
             (_, Field::Allowed(fields)) => fields,
-            (name, Field::Raw(v)) if KEPT.contains(&name) => {
-                tally.add(Outcome::Kept);
-                respelt(v)
-            }
+            (name, Field::Raw(v)) if KEPT.contains(&name) => json_kept(v, tally),
+            ("$", Field::Raw(v)) => revenue(v, tally),
             ("u", Field::Raw(v)) => json_page_url(v, &ctx.settings.allow_url_params, tally),
             ("r", Field::Raw(v)) => {
                 json_referrer(v, site_host.as_deref(), tally).and_then(|r| raw_string(&r))
@@ -133,6 +156,46 @@ mod tests {
         .unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("9909999999999999999999999920"), "{text}");
+    }
+
+    #[test]
+    fn kept_props_keep_only_scalar_values() {
+        let run = |body: &str| {
+            let out = scrubbed(&["author", "plan"], &[], body.as_bytes())
+                .0
+                .unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        // A kept key with an object or array value: the value is dropped, as if it were absent.
+        assert_eq!(
+            run(r#"{"n":"x","p":{"author":{"email":"a@b.c"},"plan":"pro"}}"#),
+            r#"{"n":"x","p":{"plan":"pro"}}"#
+        );
+        assert_eq!(run(r#"{"n":"x","p":{"author":["a@b.c"]}}"#), r#"{"n":"x"}"#);
+        assert_eq!(
+            run(r#"{"n":"x","props":"{\"plan\":{\"e\":\"a@b.c\"}}"}"#),
+            r#"{"n":"x"}"#
+        );
+        // The last of a repeated key decides, nested or not.
+        assert_eq!(
+            run(r#"{"n":"x","p":{"plan":"pro","plan":{"e":"a@b.c"}}}"#),
+            r#"{"n":"x"}"#
+        );
+        assert_eq!(
+            run(r#"{"n":"x","p":{"plan":["a@b.c"],"plan":true,"author":null}}"#),
+            r#"{"n":"x","p":{"author":null,"plan":true}}"#
+        );
+        // The table's own fields are scalars too; revenue keeps its amount and currency only.
+        assert_eq!(
+            run(
+                r#"{"n":{"e":"a@b.c"},"d":["a@b.c"],"h":1,"$":{"amount":"9.5","currency":"EUR","email":"a@b.c"}}"#
+            ),
+            r#"{"$":{"amount":"9.5","currency":"EUR"},"h":1}"#
+        );
+        assert_eq!(
+            run(r#"{"n":"x","$":{"amount":{"e":"a@b.c"}}}"#),
+            r#"{"n":"x"}"#
+        );
     }
 
     #[test]

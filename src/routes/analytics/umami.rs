@@ -7,8 +7,8 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{
-    field, json_page_url, json_referrer, primary_language, raw_object, raw_str, raw_string,
-    read_object, respelt, Context, Field, Key, Outcome, ScrubError, Tally,
+    field, json_kept, json_page_url, json_referrer, primary_language, raw_object, raw_str,
+    raw_string, read_object, Context, Field, Key, Outcome, ScrubError, Tally,
 };
 
 /// The payload field table (`tamis check` prints it).
@@ -31,11 +31,15 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     ("language", Outcome::Generalised, "primary language only"),
     ("screen", Outcome::Dropped, "screen resolution"),
     ("id", Outcome::Dropped, "distinct id"),
-    ("data", Outcome::Dropped, "keys not in allow_event_params"),
+    (
+        "data",
+        Outcome::Dropped,
+        "keys not in allow_event_params; objects and arrays under a kept key",
+    ),
     (
         "*",
         Outcome::Dropped,
-        "any other field; only type \"event\" is forwarded",
+        "any other field; an object or array where the table keeps a scalar; only type \"event\" is forwarded",
     ),
 ];
 
@@ -75,10 +79,7 @@ pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8
         let kept = match (k.0.as_ref(), v) {
             // Filtered (and counted) as they were read.
             (_, Field::Allowed(fields)) => fields,
-            (name, Field::Raw(v)) if KEPT.contains(&name) => {
-                tally.add(Outcome::Kept);
-                respelt(v)
-            }
+            (name, Field::Raw(v)) if KEPT.contains(&name) => json_kept(v, tally),
             ("url", Field::Raw(v)) => json_page_url(v, &ctx.settings.allow_url_params, tally),
             // Umami expects the field; an empty referrer means none.
             ("referrer", Field::Raw(v)) => {
@@ -162,6 +163,45 @@ mod tests {
         }
         let identify = br#"{"type":"identify","payload":{"website":"x","id":"alice"}}"#;
         assert!(scrub(identify, &ctx, &mut t).is_err());
+    }
+
+    #[test]
+    fn kept_data_keeps_only_scalar_values() {
+        let settings = Settings {
+            allow_event_params: vec!["plan".into(), "seats".into()],
+            allow_url_params: vec![],
+        };
+        let p = Pseudonymizer::new(Duration::from_secs(86400), None);
+        let ctx = Context {
+            settings: &settings,
+            pseudonyms: &p,
+            route: "umami",
+        };
+        let run = |payload: &str| {
+            let body = format!(r#"{{"type":"event","payload":{payload}}}"#);
+            let out = scrub(body.as_bytes(), &ctx, &mut Tally::default()).unwrap();
+            let v: Value = serde_json::from_slice(&out).unwrap();
+            v["payload"].clone()
+        };
+        // Umami flattens a nested object into `plan.email`: a kept key keeps a scalar only.
+        assert_eq!(
+            run(r#"{"website":"w","data":{"plan":{"email":"a@b.c"},"seats":3}}"#),
+            serde_json::json!({"website": "w", "data": {"seats": 3}})
+        );
+        assert_eq!(
+            run(r#"{"website":"w","data":{"plan":["a@b.c"],"seats":{"x":1}}}"#),
+            serde_json::json!({"website": "w"})
+        );
+        // JSON.parse keeps the last of a repeated key.
+        assert_eq!(
+            run(r#"{"website":"w","data":{"plan":"pro","plan":{"e":"a@b.c"}}}"#),
+            serde_json::json!({"website": "w"})
+        );
+        // The table's own fields are scalars too.
+        assert_eq!(
+            run(r#"{"website":{"e":"a@b.c"},"title":["a@b.c"],"name":"signup"}"#),
+            serde_json::json!({"name": "signup"})
+        );
     }
 
     #[test]
