@@ -421,3 +421,24 @@ async fn every_protocol_drops_path_parameters_from_page_urls() {
     assert_eq!(v["payload"]["url"], "/cart/pay");
     assert_eq!(v["payload"]["referrer"], "https://shop.example/cart");
 }
+
+#[tokio::test]
+async fn matomo_form_posts_are_judged_as_matomo_reads_get_and_post() {
+    // Matomo reads `$_GET + $_POST`: a name in the query hides the body's, and the referrer is
+    // judged against the page Matomo will read.
+    let (up, t) = setup("matomo", "", |_| Reply::ok("").status(204)).await;
+    let a = post(
+        &t,
+        "/a/matomo.php?idsite=3&rec=1&url=https%3A%2F%2Fshop.example%2Fa",
+        "application/x-www-form-urlencoded",
+        "url=https%3A%2F%2Fevil.example%2F&urlref=https%3A%2F%2Fevil.example%2Fsecret&action_name=A",
+    )
+    .await;
+    assert_eq!(a.status, 204);
+    let seen = up.last();
+    let body = String::from_utf8(seen.body.to_vec()).unwrap();
+    assert!(!body.contains("evil"), "{body}");
+    assert_eq!(get(&parse_query(&body).unwrap(), "action_name"), Some("A"));
+    let q = parse_query(seen.uri.split_once('?').unwrap().1).unwrap();
+    assert_eq!(get(&q, "url"), Some("https://shop.example/a"));
+}

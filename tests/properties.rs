@@ -317,6 +317,16 @@ const MATOMO_NAMES: &[&str] = &[
     "pf_net",
     "search",
     "uadata",
+    "link",
+    "download",
+    "pv_id",
+    // PHP's spellings: an array of a kept name, a name PHP rewrites to a kept one.
+    "url[]",
+    "urlref[0]",
+    "dimension2[a]",
+    "e.c",
+    "%20url",
+    "e[a",
 ];
 
 proptest! {
@@ -370,6 +380,11 @@ proptest! {
         let form = interleave(&query, &pairs, seed + 1);
         let b = check_matomo_body(form.as_bytes(), a).expect("planted form refused");
         assert_absent(&b, &planted, "matomo form");
+        // A form post with a query: read together, as Matomo reads `$_GET + $_POST`.
+        let (q, b) = check_matomo_request(&interleave(&query, &pairs, seed + 2), form.as_bytes(), a)
+            .expect("planted form post refused");
+        assert_absent(q.as_bytes(), &planted, "matomo form post query");
+        assert_absent(&b, &planted, "matomo form post body");
     }
 }
 

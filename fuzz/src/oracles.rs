@@ -1038,33 +1038,74 @@ pub fn interleave(query: &str, planted: &[String], seed: usize) -> String {
     parts.join("&")
 }
 
-fn matomo_dropped(key: &str, settings: &Settings) -> bool {
+/// The name PHP files a decoded parameter name under, and whether it makes an array: the
+/// oracles' own reading of `php_register_variable_ex` (a NUL ends the name, leading spaces are
+/// skipped, `name[…]` is an array when a `]` follows the `[`, otherwise spaces, dots and `[`
+/// are `_`); `None` when PHP ignores the parameter.
+fn php_name(raw: &str) -> Option<(String, bool)> {
+    let name = raw.split('\0').next().unwrap_or("").trim_start_matches(' ');
+    match name.find('[') {
+        _ if name.is_empty() => None,
+        Some(0) => None,
+        Some(i) if name[i..].contains(']') => Some((name[..i].replace([' ', '.'], "_"), true)),
+        _ => Some((name.replace([' ', '.', '['], "_"), false)),
+    }
+}
+
+/// Whether Matomo's table does anything with a parameter PHP files under `name` (keeps,
+/// pseudonymises, generalises or reads it).
+fn matomo_named(name: &str, settings: &Settings) -> bool {
     let kept = matomo::RULES
         .iter()
         .filter(|(_, o, _)| *o == analytics::Outcome::Kept)
         .flat_map(|(n, _, _)| n.split(", "))
-        .any(|n| n == key);
-    let dimension = key.len() > 9
-        && key.starts_with("dimension")
-        && key[9..].bytes().all(|b| b.is_ascii_digit());
-    !(kept
-        || [
-            "_id", "cid", "url", "link", "download", "urlref", "_ref", "ua", "lang", "_cvar",
-            "cvar",
-        ]
-        .contains(&key)
-        || (dimension && settings.allow_event_params.iter().any(|a| a == key)))
+        .any(|n| n == name);
+    let dimension = name.len() > 9
+        && name.starts_with("dimension")
+        && name[9..].bytes().all(|b| b.is_ascii_digit());
+    kept || [
+        "_id", "cid", "url", "link", "download", "urlref", "_ref", "ua", "lang", "_cvar", "cvar",
+    ]
+    .contains(&name)
+        || (dimension && settings.allow_event_params.iter().any(|a| a == name))
 }
 
-fn check_matomo_params(query: &str, a: &Analytics, what: &str, sites: &[String]) {
-    let q = query.strip_prefix('?').unwrap_or(query);
-    let params: Vec<(String, String)> = form_urlencoded::parse(q.as_bytes())
+/// Whether a pair with this decoded key is one Matomo's table drops, whatever its value and
+/// wherever it stands: PHP ignores it, or files it under a name no rule keeps or reads. (A
+/// bracketed `url[]` is not: it makes PHP's `url` an array, which drops the page URL.)
+fn matomo_dropped(key: &str, settings: &Settings) -> bool {
+    php_name(key).is_none_or(|(name, _)| !matomo_named(&name, settings))
+}
+
+/// `q` read back into pairs.
+fn pairs(q: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(q.strip_prefix('?').unwrap_or(q).as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    for (k, v) in &params {
+        .collect()
+}
+
+/// The Matomo parameters of one scrubbed set: each name once and as PHP will file it, only
+/// names the table keeps, values after their rule; a kept referrer is on `page_host`, the host
+/// of the page URL that left with it.
+fn check_matomo_params(
+    params: &[(String, String)],
+    a: &Analytics,
+    what: &str,
+    page_host: Option<&str>,
+) {
+    for (i, (k, v)) in params.iter().enumerate() {
+        assert_eq!(
+            php_name(k),
+            Some((k.clone(), false)),
+            "{what}: PHP would not read {k:?} as itself"
+        );
+        assert!(
+            params[..i].iter().all(|(n, _)| n != k),
+            "{what}: {k:?} sent twice, in {params:?}"
+        );
         assert!(
             !matomo_dropped(k, &a.settings),
-            "{what}: {k:?} kept in {q:?}"
+            "{what}: {k:?} kept in {params:?}"
         );
         match k.as_str() {
             "_id" | "cid" => assert!(
@@ -1072,7 +1113,7 @@ fn check_matomo_params(query: &str, a: &Analytics, what: &str, sites: &[String])
                 "{what}: {k}={v:?} is not a pseudonym"
             ),
             "url" | "link" | "download" => check_page_url(v, &a.settings.allow_url_params, what),
-            "urlref" | "_ref" => check_referrer_any(v, sites, what),
+            "urlref" | "_ref" => check_referrer(v, page_host, what),
             "ua" => check_generalised_ua(v),
             "lang" => check_language(v, what),
             "_cvar" | "cvar" => {
@@ -1080,11 +1121,15 @@ fn check_matomo_params(query: &str, a: &Analytics, what: &str, sites: &[String])
                     panic!("{what}: {k}={v:?} is not a custom variable object");
                 };
                 for (_, var) in vars {
-                    let name = var.get(0).and_then(Value::as_str).unwrap_or("");
+                    let pair = var.as_array().map(Vec::as_slice).unwrap_or_default();
+                    let [Value::String(name), value] = pair else {
+                        panic!("{what}: custom variable {var} is not a name and a value");
+                    };
                     assert!(
                         a.settings.allow_event_params.iter().any(|n| n == name),
                         "{what}: custom variable {name:?} kept"
                     );
+                    check_scalar(value, what);
                 }
             }
             _ => {}
@@ -1092,14 +1137,23 @@ fn check_matomo_params(query: &str, a: &Analytics, what: &str, sites: &[String])
     }
 }
 
-/// Matomo, query string: only table-kept parameters leave; dropped ones change nothing.
+/// The host of the page URL (`url`) among scrubbed parameters.
+fn matomo_page_host<'a>(params: impl IntoIterator<Item = &'a (String, String)>) -> Option<&'a str> {
+    params
+        .into_iter()
+        .find(|(k, _)| k == "url")
+        .and_then(|(_, v)| analytics::host_of(v))
+}
+
+/// Matomo, query string: only table-kept parameters leave, each once, as PHP reads them;
+/// dropped ones change nothing.
 pub fn check_matomo_query(query: &str, a: &Analytics) -> Option<String> {
     let mut tally = Tally::default();
     let ctx = a.ctx("matomo");
     let out = matomo::scrub_query(query, &ctx, a.now, &mut tally).ok()?;
     let what = format!("matomo query {query:?}");
-    let sites = site_hosts(std::iter::once(query), "url");
-    check_matomo_params(&out, a, &what, &sites);
+    let params = pairs(&out);
+    check_matomo_params(&params, a, &what, matomo_page_host(&params));
     let again = matomo::scrub_query(
         &without_pairs(query, |k| matomo_dropped(k, &a.settings)),
         &ctx,
@@ -1109,6 +1163,53 @@ pub fn check_matomo_query(query: &str, a: &Analytics) -> Option<String> {
     .unwrap_or_else(|e| panic!("{what}: refused ({e}) once dropped parameters were removed"));
     assert_eq!(again, out, "{what}: dropped parameters changed the output");
     Some(out)
+}
+
+/// Matomo, a whole request as the proxy scrubs it. A form body is read with the query as
+/// Matomo reads `$_GET + $_POST`: no name leaves on both sides, a kept referrer on either side
+/// is on the host of the page URL that leaves, and dropped parameters change nothing. Without
+/// a form, the query and the body are scrubbed as they are on their own.
+pub fn check_matomo_request(query: &str, body: &[u8], a: &Analytics) -> Option<(String, Vec<u8>)> {
+    let mut tally = Tally::default();
+    let ctx = a.ctx("matomo");
+    let (q, b) = matomo::scrub(query, body, &ctx, a.now, &mut tally).ok()?;
+    let text = std::str::from_utf8(body).expect("scrubbed a non-UTF-8 body");
+    let what = format!("matomo request {query:?} body {text:?}");
+    if body.is_empty() || text.trim_start().starts_with('{') {
+        assert_eq!(check_matomo_query(query, a).as_ref(), Some(&q), "{what}");
+        if !body.is_empty() {
+            assert_eq!(check_matomo_body(body, a).as_ref(), Some(&b), "{what}");
+        }
+        return Some((q, b));
+    }
+    let (qp, bp) = (
+        pairs(&q),
+        pairs(std::str::from_utf8(&b).expect("form output")),
+    );
+    for (k, _) in &bp {
+        assert!(
+            qp.iter().all(|(n, _)| n != k),
+            "{what}: {k:?} left in both the query and the body"
+        );
+    }
+    let host = matomo_page_host(qp.iter().chain(&bp));
+    check_matomo_params(&qp, a, &what, host);
+    check_matomo_params(&bp, a, &what, host);
+    let dropped = |k: &str| matomo_dropped(k, &a.settings);
+    let again = matomo::scrub(
+        &without_pairs(query, dropped),
+        without_pairs(text.trim(), dropped).as_bytes(),
+        &ctx,
+        a.now,
+        &mut tally,
+    )
+    .unwrap_or_else(|e| panic!("{what}: refused ({e}) once dropped parameters were removed"));
+    assert_eq!(
+        again,
+        (q.clone(), b.clone()),
+        "{what}: dropped parameters changed the output"
+    );
+    Some((q, b))
 }
 
 /// Matomo, POST body (bulk JSON or form): the same, request by request; a bulk body keeps only
