@@ -232,6 +232,13 @@ fn param_value() -> impl Strategy<Value = String> {
             "a+b%20c",
             "%E2%82%AC",
             "",
+            // Path parameters, nested custom values, and what a server could split on.
+            "https%3A%2F%2Fshop.example%2Fa%3Bjsessionid%3D1%2Fb",
+            "%2Fa%3Bsid%3D2%2F%3Bx%2Fb",
+            "%7B%222%22%3A%5B%22Plan%22%2C%7B%22e%22%3A1%7D%5D%7D",
+            "a;b=c#d",
+            "x\ry",
+            "~!*'()",
         ]).prop_map(str::to_owned),
     ]
 }
@@ -283,6 +290,11 @@ const GA4_NAMES: &[&str] = &[
     "upn.x",
     "_ss",
     "cu",
+    "_s",
+    "tfd",
+    "seg",
+    "_fv",
+    "d%6C",
 ];
 
 const MATOMO_NAMES: &[&str] = &[

@@ -851,41 +851,36 @@ fn ga4_dropped(key: &str, settings: &Settings) -> bool {
             && settings.allow_event_params.iter().any(|a| a == key)))
 }
 
-/// The host of the first `url_key` parameter of each `&`-separated line: what the scrubbers
-/// judge referrers against.
-fn site_hosts<'a>(lines: impl Iterator<Item = &'a str>, url_key: &str) -> Vec<String> {
-    lines
-        .filter_map(|l| {
-            form_urlencoded::parse(l.strip_prefix('?').unwrap_or(l).as_bytes())
-                .find(|(k, _)| k == url_key)
-                .and_then(|(_, v)| analytics::host_of(&v).map(str::to_owned))
-        })
-        .collect()
+/// The host of a set's scrubbed page URL (`dl`), if it has one.
+fn ga4_page_host(set: &str) -> Option<String> {
+    pairs(set)
+        .into_iter()
+        .find(|(k, _)| k == "dl")
+        .and_then(|(_, v)| analytics::host_of(&v).map(str::to_owned))
 }
 
-/// A referrer kept by a same-site rule is on one of these sites.
-fn check_referrer_any(r: &str, sites: &[String], what: &str) {
-    let r_host = analytics::host_of(r).map(str::to_ascii_lowercase);
-    let site = sites
-        .iter()
-        .find(|s| {
-            let s = s.to_ascii_lowercase();
-            r_host.as_deref().is_some_and(|h| {
-                h == s || h.strip_prefix("www.") == Some(&s) || s.strip_prefix("www.") == Some(h)
-            })
-        })
-        .or(sites.first());
-    check_referrer(r, site.map(String::as_str), what);
-}
-
-fn check_ga4_params(line: &str, a: &Analytics, what: &str, sites: &[String]) {
-    let params: Vec<(String, String)> = form_urlencoded::parse(line.as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    for (k, v) in &params {
+/// A scrubbed query or body line: only `name=value` pairs of printable ASCII with nothing a
+/// server could split elsewhere (no control character, space, `;` or `#`, one `=` a pair), each
+/// name once and one the table keeps, values after their rule; a kept referrer is on the host
+/// of every page in `pages` (those of the events it goes with).
+fn check_ga4_params(line: &str, a: &Analytics, what: &str, pages: &[Option<String>]) {
+    assert!(
+        line.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b';' && b != b'#'),
+        "{what}: {line:?} holds a byte a server could split on"
+    );
+    for pair in line.split('&').filter(|p| !p.is_empty()) {
+        assert_eq!(pair.matches('=').count(), 1, "{what}: {pair:?} in {line:?}");
+    }
+    let params = pairs(line);
+    for (i, (k, v)) in params.iter().enumerate() {
         assert!(
             !ga4_dropped(k, &a.settings),
             "{what}: {k:?} kept in {line:?}"
+        );
+        assert!(
+            params[..i].iter().all(|(n, _)| n != k),
+            "{what}: {k:?} sent twice in {line:?}"
         );
         match k.as_str() {
             "cid" => {
@@ -899,19 +894,21 @@ fn check_ga4_params(line: &str, a: &Analytics, what: &str, sites: &[String]) {
                 );
             }
             "dl" => check_page_url(v, &a.settings.allow_url_params, what),
+            "dr" => {
+                for page in pages {
+                    check_referrer(v, page.as_deref(), what);
+                }
+            }
             "ul" => check_language(v, what),
             _ => {}
         }
     }
-    for (k, v) in &params {
-        if k == "dr" {
-            check_referrer_any(v, sites, what);
-        }
-    }
 }
 
-/// GA4: every output parameter is one the table keeps (pseudonym, generalised URL, language or
-/// allowlisted custom field); removing the dropped parameters from the input changes nothing.
+/// GA4: every output parameter is one the table keeps (pseudonym, generalised URL,
+/// language or allowlisted custom field), each once a set, safely encoded; a kept referrer is
+/// on the page of every event it goes with (a line's own page, or the query's); removing the
+/// dropped parameters from the input changes nothing.
 pub fn check_ga4(query: &str, body: &[u8], a: &Analytics) -> Option<(String, Vec<u8>)> {
     let mut tally = Tally::default();
     let ctx = a.ctx("ga");
@@ -921,11 +918,23 @@ pub fn check_ga4(query: &str, body: &[u8], a: &Analytics) -> Option<(String, Vec
         String::from_utf8_lossy(body)
     );
     let body_text = std::str::from_utf8(body).expect("scrubbed a non-UTF-8 body");
-    let sites = site_hosts(std::iter::once(query).chain(body_text.split('\n')), "dl");
-    check_ga4_params(&q, a, &what, &sites);
     let body_out = String::from_utf8(b.clone()).expect("GA4 body not UTF-8");
-    for line in body_out.split("\r\n") {
-        check_ga4_params(line, a, &what, &sites);
+    let lines_out: Vec<&str> = if body_out.is_empty() {
+        Vec::new()
+    } else {
+        body_out.split("\r\n").collect()
+    };
+    let query_page = ga4_page_host(&q);
+    let line_pages: Vec<Option<String>> = lines_out
+        .iter()
+        .map(|l| ga4_page_host(l).or_else(|| query_page.clone()))
+        .collect();
+    let mut query_pages = vec![query_page];
+    query_pages.extend(line_pages.iter().cloned());
+    check_ga4_params(&q, a, &what, &query_pages);
+    for (line, page) in lines_out.iter().zip(line_pages) {
+        assert!(!line.is_empty(), "{what}: blank line in {body_out:?}");
+        check_ga4_params(line, a, &what, &[page]);
     }
     let dropped = |k: &str| ga4_dropped(k, &a.settings);
     let q2 = without_pairs(query, dropped);

@@ -1,5 +1,8 @@
 //! GA4 `/g/collect`: shared parameters in the query, one event per body line; body keys override
-//! query keys, so both are scrubbed with the same table.
+//! query keys, so both are scrubbed with the same table, and what a rule judges by (the page a
+//! referrer goes with, the measurement id) is read per event. Each
+//! name leaves once per set, and kept values with anything a server could split on (a control
+//! character, `&`, `=`, `;`, `#`, a space) are percent-encoded.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -53,7 +56,7 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     (
         "dr",
         Outcome::Generalised,
-        "same-site: origin and path (no path parameters); external: dropped",
+        "same-site (with the page of every event it goes with): origin and path (no path parameters); external: dropped",
     ),
     ("ul", Outcome::Generalised, "primary language only"),
     ("uid", Outcome::Dropped, "user id"),
@@ -74,7 +77,11 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
         Outcome::Dropped,
         "unless listed in allow_event_params",
     ),
-    ("*", Outcome::Dropped, "any other parameter"),
+    (
+        "*",
+        Outcome::Dropped,
+        "any other parameter, and a name already read in the same query or body line",
+    ),
 ];
 
 /// Whether the table keeps `name` as it is. The kept names are short: each is packed with its
@@ -211,16 +218,33 @@ fn key(raw: &str) -> Result<Cow<'_, str>, ScrubError> {
     }
 }
 
-/// The decoded value of the first pair named `name`, if any (for `tid` and `dl`, which other
-/// rules read). Malformed pairs are skipped: the scrubbing pass refuses them anyway.
-fn first_value<'a>(set: &'a str, name: &str) -> Option<Cow<'a, str>> {
+/// The values other rules read (`tid`, `dl`), decoded: each from the first pair with
+/// its name, as the scrubbing pass keeps the first. Malformed pairs are skipped: the scrubbing
+/// pass refuses them anyway.
+fn shared_values(set: &str) -> [Option<Cow<'_, str>>; 2] {
+    let mut found: [Option<Cow<'_, str>>; 2] = [None, None];
     for raw in split(set, b'&') {
         let (k, v) = split_once(raw, b'=').unwrap_or((raw, ""));
-        if key(k).is_ok_and(|k| k == name) {
-            return check(v).ok().map(|()| decode(v));
+        let Ok(k) = key(k) else { continue };
+        let Some(i) = ["tid", "dl"].iter().position(|n| *n == k) else {
+            continue;
+        };
+        if found[i].is_none() {
+            found[i] = check(v).ok().map(|()| decode(v));
         }
     }
-    None
+    found
+}
+
+/// What one set's rules judge by, read as GA4 reads a batch: a body line's parameters override
+/// the query's for its event.
+struct Shared<'a> {
+    /// The measurement id: part of every pseudonym.
+    site: Cow<'a, str>,
+    /// The pages (`dl`) a referrer in this set is reported with: the set's own and, for the
+    /// query, every event's (each line inherits the query's referrer unless it has its own). A
+    /// referrer is kept only when it is on the host of every one of them.
+    pages: Vec<Option<Cow<'a, str>>>,
 }
 
 /// Appends the `&` between pairs of the query string or body line that starts at `start`.
@@ -230,12 +254,73 @@ fn separate(out: &mut String, start: usize) {
     }
 }
 
-/// Appends `key=value`, the value form-encoded.
-fn push_encoded(out: &mut String, start: usize, raw_key: &str, value: &str) {
+/// Whether a byte goes out as it is: form-encoding leaves it (or `encodeURIComponent` does:
+/// `~!'()`), and no server splits a line or a pair on it. Anything else (a control character
+/// such as a bare CR, a space, `&`, `=`, `;`, `#`...) is percent-encoded.
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!*'()".contains(&b)
+}
+
+/// Whether a raw value can go out as it came: [`unreserved`] bytes, `+` and (checked) `%XX`
+/// escapes.
+fn plain(raw: &str) -> bool {
+    raw.bytes().all(|b| unreserved(b) || b == b'+' || b == b'%')
+}
+
+/// Appends a decoded parameter name: as it is when [`unreserved`] (every name in the table),
+/// form-encoded otherwise.
+fn push_name(out: &mut String, start: usize, name: &str) {
     separate(out, start);
-    out.push_str(raw_key);
+    if name.bytes().all(unreserved) {
+        out.push_str(name);
+    } else {
+        out.extend(form_urlencoded::byte_serialize(name.as_bytes()));
+    }
     out.push('=');
+}
+
+/// Appends `name=value`, the value form-encoded.
+fn push_encoded(out: &mut String, start: usize, name: &str, value: &str) {
+    push_name(out, start, name);
     out.extend(form_urlencoded::byte_serialize(value.as_bytes()));
+}
+
+/// Appends a kept `name=value`: the value as it came when [`plain`] (most are), otherwise
+/// decoded and form-encoded again.
+fn push_kept(out: &mut String, start: usize, name: &str, raw_value: &str) {
+    if plain(raw_value) {
+        push_name(out, start, name);
+        out.push_str(raw_value);
+    } else {
+        push_encoded(out, start, name, &decode(raw_value));
+    }
+}
+
+/// The names already read in one set: a repeated parameter leaves once, the first (the one
+/// [`shared_values`] reads), so no server can read a value tamis did not judge. Short names
+/// are packed into integers ([`pack`]), compared without touching memory.
+#[derive(Default)]
+struct Seen<'a> {
+    short: Vec<u64>,
+    long: Vec<Cow<'a, str>>,
+}
+
+impl<'a> Seen<'a> {
+    /// Records `name`; whether it was new.
+    fn first(&mut self, name: Cow<'a, str>) -> bool {
+        match pack(&name) {
+            Some(p) if self.short.contains(&p) => false,
+            Some(p) => {
+                self.short.push(p);
+                true
+            }
+            None if self.long.contains(&name) => false,
+            None => {
+                self.long.push(name);
+                true
+            }
+        }
+    }
 }
 
 /// `scrub_page_url`, borrowed when there is no allowlist (the common case) and nothing to take
@@ -294,11 +379,12 @@ fn referrer<'a>(referrer: &'a str, site_host: Option<&str>) -> Option<Cow<'a, st
 }
 
 /// Scrubs one set of parameters (the query, or one body line) onto the end of `out`, after
-/// checking it as strictly as [`super::raw_pairs`] (same errors). Kept pairs are copied as
-/// they came; only the values a rule reads are decoded, and only those it changes re-encoded.
+/// checking it as strictly as [`super::raw_pairs`] (same errors). Kept values are copied as
+/// they came when they are [`plain`]; only the values a rule reads are decoded, and only those
+/// it changes re-encoded. Names go out decoded, each once.
 fn scrub_params(
     set: &str,
-    site: &str,
+    shared: &Shared<'_>,
     ctx: &Context<'_>,
     now: SystemTime,
     tally: &mut Tally,
@@ -306,9 +392,7 @@ fn scrub_params(
 ) -> Result<(), ScrubError> {
     let set = set.strip_prefix('?').unwrap_or(set);
     let start = out.len();
-    // The page's own host tells same-site referrers from external ones: the first `dl`,
-    // looked up when a `dr` needs it.
-    let mut site_url: Option<Option<Cow<'_, str>>> = None;
+    let mut seen = Seen::default();
     let mut count = 0;
     for raw in split(set, b'&') {
         if raw.is_empty() {
@@ -323,35 +407,40 @@ fn scrub_params(
         let (raw_key, raw_value) = split_once(raw, b'=').unwrap_or((raw, ""));
         let key = key(raw_key)?;
         check(raw_value)?;
+        // A clone of a borrowed name copies nothing; a decoded one is rare.
+        if !seen.first(key.clone()) {
+            tally.add(Outcome::Dropped);
+            continue;
+        }
         let value = || decode(raw_value);
         match key.as_ref() {
             "cid" => {
-                let n = ctx.pseudonyms.pseudonym(ctx.route, site, &value(), now);
+                let n = ctx
+                    .pseudonyms
+                    .pseudonym(ctx.route, &shared.site, &value(), now);
                 tally.add(Outcome::Pseudonymised);
-                separate(out, start);
-                out.push_str(raw_key);
+                push_name(out, start, "cid");
                 // Digits and a dot: nothing to encode.
-                let _ = write!(out, "={n}.{}", ctx.pseudonyms.period_start(now));
+                let _ = write!(out, "{n}.{}", ctx.pseudonyms.period_start(now));
             }
-            "dl" => {
-                let v = value();
-                match page_url(&v, &ctx.settings.allow_url_params) {
-                    Some(url) => {
-                        tally.add(Outcome::Generalised);
-                        push_encoded(out, start, raw_key, &url);
-                    }
-                    None => tally.add(Outcome::Dropped),
+            "dl" => match page_url(&value(), &ctx.settings.allow_url_params) {
+                Some(url) => {
+                    tally.add(Outcome::Generalised);
+                    push_encoded(out, start, "dl", &url);
                 }
-                if site_url.is_none() {
-                    site_url = Some(Some(v));
-                }
-            }
+                None => tally.add(Outcome::Dropped),
+            },
             "dr" => {
-                let site_url = site_url.get_or_insert_with(|| first_value(set, "dl"));
-                match referrer(&value(), site_url.as_deref().and_then(host_of)) {
+                let mut hosts = shared.pages.iter().map(|p| p.as_deref().and_then(host_of));
+                let v = value();
+                let kept = referrer(&v, hosts.next().flatten()).filter(|r| {
+                    let host = host_of(r);
+                    hosts.all(|h| matches!((host, h), (Some(a), Some(b)) if same_site(a, b)))
+                });
+                match kept {
                     Some(r) => {
                         tally.add(Outcome::Generalised);
-                        push_encoded(out, start, raw_key, &r);
+                        push_encoded(out, start, "dr", &r);
                     }
                     None => tally.add(Outcome::Dropped),
                 }
@@ -359,7 +448,7 @@ fn scrub_params(
             "ul" => match primary_language(&value()) {
                 Some(lang) => {
                     tally.add(Outcome::Generalised);
-                    push_encoded(out, start, raw_key, &lang);
+                    push_encoded(out, start, "ul", &lang);
                 }
                 None => tally.add(Outcome::Dropped),
             },
@@ -368,8 +457,7 @@ fn scrub_params(
                     && ctx.settings.allow_event_params.iter().any(|a| a == name)) =>
             {
                 tally.add(Outcome::Kept);
-                separate(out, start);
-                out.push_str(raw);
+                push_kept(out, start, name, raw_value);
             }
             _ => tally.add(Outcome::Dropped),
         }
@@ -385,19 +473,43 @@ pub fn scrub(
     now: SystemTime,
     tally: &mut Tally,
 ) -> Result<(String, Vec<u8>), ScrubError> {
-    let site = first_value(query.strip_prefix('?').unwrap_or(query), "tid").unwrap_or_default();
-    let mut out_query = String::with_capacity(query.len());
-    scrub_params(query, &site, ctx, now, tally, &mut out_query)?;
+    let query = query.strip_prefix('?').unwrap_or(query);
     let body = std::str::from_utf8(body).map_err(|_| ScrubError::Body("not UTF-8".into()))?;
+    let lines: Vec<&str> = body
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let [site, page] = shared_values(query);
+    let site = site.unwrap_or_default();
+    // Each event's own values, or the query's.
+    let events: Vec<Shared<'_>> = lines
+        .iter()
+        .map(|line| {
+            let [l_site, l_page] = shared_values(line);
+            Shared {
+                site: l_site.unwrap_or_else(|| site.clone()),
+                pages: vec![l_page.or_else(|| page.clone())],
+            }
+        })
+        .collect();
+    let mut pages = vec![page];
+    pages.extend(events.iter().flat_map(|e| e.pages.iter().cloned()));
+    let query_shared = Shared { site, pages };
+    let mut out_query = String::with_capacity(query.len());
+    scrub_params(query, &query_shared, ctx, now, tally, &mut out_query)?;
     let mut out_body = String::with_capacity(body.len());
-    for line in body.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)) {
-        if line.trim().is_empty() {
-            continue;
-        }
-        if !out_body.is_empty() {
+    for (line, event) in lines.iter().zip(&events) {
+        let end = out_body.len();
+        if end > 0 {
             out_body.push_str("\r\n");
         }
-        scrub_params(line, &site, ctx, now, tally, &mut out_body)?;
+        let line_start = out_body.len();
+        scrub_params(line, event, ctx, now, tally, &mut out_body)?;
+        // A line with nothing kept is no event: no blank line is left for it.
+        if out_body.len() == line_start {
+            out_body.truncate(end);
+        }
     }
     Ok((out_query, out_body.into_bytes()))
 }
@@ -543,6 +655,97 @@ mod tests {
             let body = String::from_utf8(body).unwrap();
             assert!(!body.contains("dr=") && !body.contains("alice"), "{body}");
         }
+    }
+
+    #[test]
+    fn ga4_kept_values_cannot_carry_line_breaks_or_separators() {
+        let settings = Settings {
+            allow_event_params: vec!["ep.plan".into(), "ep.a+b".into()],
+            allow_url_params: vec![],
+        };
+        // A bare CR inside a line, and separators and controls a server could split on; a name
+        // that decodes to a `+`.
+        let body = b"en=page_view&dt=Hi\ruid=42&ep.plan=a;b c=d#e\x0bf&ep.a%2Bb=1\r\nen=x\r\x00y";
+        let (q, out) = scrub_with(&settings, "v=2&dt=a=b", body, &mut Tally::default()).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = out.split("\r\n").collect();
+        assert_eq!(lines.len(), 2, "{out:?}");
+        for part in lines.iter().chain([&q.as_str()]) {
+            assert!(
+                part.bytes()
+                    .all(|b| b.is_ascii_graphic() && !b";#".contains(&b)),
+                "{part:?}"
+            );
+            for pair in part.split('&') {
+                assert_eq!(pair.matches('=').count(), 1, "{pair:?} in {part:?}");
+            }
+        }
+        // Read back, each value is what was sent.
+        let first = parse_query(lines[0]).unwrap();
+        assert_eq!(get(&first, "dt"), Some("Hi\ruid=42"));
+        assert_eq!(get(&first, "ep.plan"), Some("a;b c=d#e\u{b}f"));
+        assert_eq!(get(&first, "ep.a+b"), Some("1"));
+        assert_eq!(get(&parse_query(lines[1]).unwrap(), "en"), Some("x\r\0y"));
+        assert_eq!(get(&parse_query(&q).unwrap(), "dt"), Some("a=b"));
+    }
+
+    #[test]
+    fn ga4_a_repeated_parameter_leaves_once() {
+        let settings = Settings::default();
+        let (q, body) = scrub_with(
+            &settings,
+            "v=2&dl=https%3A%2F%2Fshop.example%2Fa&en=x&d%6C=https%3A%2F%2Fevil.example%2F&en=y\
+             &dr=https%3A%2F%2Fshop.example%2Fr&dt=t&dt=u",
+            b"en=a&en=b&dl=https%3A%2F%2Fshop.example%2Fb&dl=https%3A%2F%2Fevil.example%2F",
+            &mut Tally::default(),
+        )
+        .unwrap();
+        let q = parse_query(&q).unwrap();
+        for name in ["dl", "en", "dt", "dr"] {
+            assert_eq!(
+                q.iter().filter(|(k, _)| k == name).count(),
+                1,
+                "{name}: {q:?}"
+            );
+        }
+        // The first one, whose host the referrer was judged against.
+        assert_eq!(get(&q, "dl"), Some("https://shop.example/a"));
+        assert_eq!(get(&q, "dr"), Some("https://shop.example/r"));
+        let line = parse_query(std::str::from_utf8(&body).unwrap()).unwrap();
+        assert_eq!(
+            line,
+            [
+                ("en".into(), "a".into()),
+                ("dl".into(), "https://shop.example/b".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn ga4_referrers_are_judged_against_the_page_each_event_reports() {
+        let settings = Settings::default();
+        let shop = "https%3A%2F%2Fshop.example%2F";
+        let evil = "https%3A%2F%2Fevil.example%2F";
+        // The query's referrer is on the query's page, but an event's own page is elsewhere:
+        // that event would carry an external referrer.
+        let (q, _) = scrub_with(
+            &settings,
+            &format!("v=2&dl={evil}&dr={evil}secret"),
+            format!("en=page_view&dl={shop}").as_bytes(),
+            &mut Tally::default(),
+        )
+        .unwrap();
+        assert_eq!(get(&parse_query(&q).unwrap(), "dr"), None, "{q}");
+        // An event without a page of its own reports the query's: its referrer is judged there.
+        let (_, body) = scrub_with(
+            &settings,
+            &format!("v=2&dl={shop}"),
+            format!("en=page_view&dr={shop}from").as_bytes(),
+            &mut Tally::default(),
+        )
+        .unwrap();
+        let line = parse_query(std::str::from_utf8(&body).unwrap()).unwrap();
+        assert_eq!(get(&line, "dr"), Some("https://shop.example/from"));
     }
 
     #[test]
