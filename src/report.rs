@@ -106,6 +106,8 @@ pub struct AnalyticsDisclosure {
     pub custom_fields_kept: Vec<String>,
     pub url_params_kept: Vec<String>,
     pub pseudonyms: String,
+    /// What links one visitor's requests within one rotation period, and across periods.
+    pub linkage: &'static str,
     pub client_address: &'static str,
     /// Identifiers removed from the upstream's answer.
     pub answer_removed: Vec<&'static str>,
@@ -332,6 +334,7 @@ fn disclose_analytics(
                 ""
             }
         ),
+        linkage: protocol.linkage(),
         client_address: if a.client_ip == ClientIpLog::Truncated {
             "sent truncated (IPv4 /24, IPv6 /48) in X-Forwarded-For (EU route)"
         } else {
@@ -516,6 +519,7 @@ fn analytics_text(out: &mut String, a: &AnalyticsDisclosure) {
         list(&a.url_params_kept)
     );
     let _ = writeln!(out, "    pseudonyms: {}", a.pseudonyms);
+    let _ = writeln!(out, "    linkage: {}", a.linkage);
     let _ = writeln!(out, "    client address: {}", a.client_address);
     if !a.answer_removed.is_empty() {
         let _ = writeln!(

@@ -238,6 +238,7 @@ fn route_html(o: &mut String, r: &RouteDisclosure) {
             esc(&a.pseudonyms),
             esc(a.client_address)
         );
+        let _ = writeln!(o, "<p>What links your requests: {}.</p>", esc(a.linkage));
         groups_html(o, &a.parameters);
         let list = |v: &[String]| {
             if v.is_empty() {

@@ -145,7 +145,8 @@ async fn ga4_batches_are_scrubbed_in_query_and_body() {
     );
     let m = t.metrics().await;
     assert!(
-        m.contains("tamis_analytics_params_total{result=\"pseudonymised\",route=\"stats\"} 2"),
+        // cid, sid and _p, twice.
+        m.contains("tamis_analytics_params_total{result=\"pseudonymised\",route=\"stats\"} 6"),
         "{m}"
     );
 }

@@ -846,7 +846,7 @@ const GA4_CUSTOM: &[&str] = &["ep.", "epn.", "up.", "upn."];
 fn ga4_dropped(key: &str, settings: &Settings) -> bool {
     let kept = analytics::kept_index(ga4::RULES);
     !(kept.binary_search(&key).is_ok()
-        || ["cid", "dl", "dr", "ul"].contains(&key)
+        || ["cid", "sid", "_p", "sct", "dl", "dr", "ul"].contains(&key)
         || (GA4_CUSTOM.iter().any(|c| key.starts_with(c))
             && settings.allow_event_params.iter().any(|a| a == key)))
 }
@@ -893,6 +893,11 @@ fn check_ga4_params(line: &str, a: &Analytics, what: &str, pages: &[Option<Strin
                     "{what}: cid {v:?} not a pseudonym"
                 );
             }
+            "sid" | "_p" => assert!(
+                v.parse::<u32>().is_ok(),
+                "{what}: {k}={v:?} is not a derived id"
+            ),
+            "sct" => assert_eq!(v, "1", "{what}: a session count says more than 1"),
             "dl" => check_page_url(v, &a.settings.allow_url_params, what),
             "dr" => {
                 for page in pages {
@@ -905,7 +910,7 @@ fn check_ga4_params(line: &str, a: &Analytics, what: &str, pages: &[Option<Strin
     }
 }
 
-/// GA4: every output parameter is one the table keeps (pseudonym, generalised URL,
+/// GA4: every output parameter is one the table keeps (pseudonym, derived id, generalised URL,
 /// language or allowlisted custom field), each once a set, safely encoded; a kept referrer is
 /// on the page of every event it goes with (a line's own page, or the query's); removing the
 /// dropped parameters from the input changes nothing.
@@ -1025,6 +1030,11 @@ pub fn ga4_planted(secret: &str) -> (Vec<String>, Vec<Planted>) {
         19,
         "dr path parameter",
     );
+    // Values the browser keeps across hits: derived, counted out or dropped, never passed on.
+    plant(format!("sid={s}20"), 20, "sid");
+    plant(format!("_p={s}21"), 21, "_p");
+    plant(format!("sct={s}22"), 22, "sct");
+    plant(format!("_s={s}23&tfd={s}23"), 23, "_s, tfd");
     planted.push(Planted {
         secret: format!("{s}10"),
         field: "dl fragment",
@@ -1073,7 +1083,8 @@ fn matomo_named(name: &str, settings: &Settings) -> bool {
         && name.starts_with("dimension")
         && name[9..].bytes().all(|b| b.is_ascii_digit());
     kept || [
-        "_id", "cid", "url", "link", "download", "urlref", "_ref", "ua", "lang", "_cvar", "cvar",
+        "_id", "cid", "pv_id", "url", "link", "download", "urlref", "_ref", "ua", "lang", "_cvar",
+        "cvar",
     ]
     .contains(&name)
         || (dimension && settings.allow_event_params.iter().any(|a| a == name))
@@ -1120,6 +1131,10 @@ fn check_matomo_params(
             "_id" | "cid" => assert!(
                 v.len() == 16 && v.bytes().all(|b| b.is_ascii_hexdigit()),
                 "{what}: {k}={v:?} is not a pseudonym"
+            ),
+            "pv_id" => assert!(
+                v.len() == 6 && v.bytes().all(|b| b.is_ascii_alphanumeric()),
+                "{what}: pv_id={v:?} is not a derived id"
             ),
             "url" | "link" | "download" => check_page_url(v, &a.settings.allow_url_params, what),
             "urlref" | "_ref" => check_referrer(v, page_host, what),
@@ -1326,6 +1341,7 @@ pub fn matomo_planted(secret: &str) -> (Vec<String>, Vec<Planted>) {
         23,
         "download path parameter",
     );
+    plant(format!("pv_id={s}24"), 24, "pv_id");
     planted.push(Planted {
         secret: format!("{s}09"),
         field: "url fragment",

@@ -1,6 +1,6 @@
 //! GA4 `/g/collect`: shared parameters in the query, one event per body line; body keys override
 //! query keys, so both are scrubbed with the same table, and what a rule judges by (the page a
-//! referrer goes with, the measurement id) is read per event. Each
+//! referrer goes with, the visitor id a session id is derived with) is read per event. Each
 //! name leaves once per set, and kept values with anything a server could split on (a control
 //! character, `&`, `=`, `;`, `#`, a space) are percent-encoded.
 
@@ -21,7 +21,6 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     ("v", Outcome::Kept, ""),
     ("tid", Outcome::Kept, "measurement id"),
     ("gtm", Outcome::Kept, ""),
-    ("_p", Outcome::Kept, "page load id"),
     ("gcd", Outcome::Kept, "consent state"),
     ("npa", Outcome::Kept, ""),
     ("dma", Outcome::Kept, ""),
@@ -29,24 +28,35 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     ("are", Outcome::Kept, ""),
     ("frm", Outcome::Kept, ""),
     ("pscdl", Outcome::Kept, ""),
-    ("_s", Outcome::Kept, "hit sequence"),
-    ("sid", Outcome::Kept, "session start"),
-    ("sct", Outcome::Kept, "session count"),
-    ("seg", Outcome::Kept, "engaged session"),
+    ("seg", Outcome::Kept, "engaged-session flag"),
     ("dt", Outcome::Kept, "page title"),
     ("en", Outcome::Kept, "event name"),
     ("_ee", Outcome::Kept, ""),
-    ("_et", Outcome::Kept, "engagement time"),
-    ("tfd", Outcome::Kept, ""),
+    ("_et", Outcome::Kept, "engagement time since the last hit"),
     ("_c", Outcome::Kept, ""),
-    ("_fv", Outcome::Kept, "first visit"),
-    ("_nsi", Outcome::Kept, "new session"),
-    ("_ss", Outcome::Kept, "session start"),
+    ("_fv", Outcome::Kept, "first-visit flag"),
+    ("_nsi", Outcome::Kept, "new-session flag"),
+    ("_ss", Outcome::Kept, "session-start flag"),
     ("cu", Outcome::Kept, "currency"),
     (
         "cid",
         Outcome::Pseudonymised,
         "keyed, rotating; keeps GA's digits.digits shape",
+    ),
+    (
+        "sid",
+        Outcome::Pseudonymised,
+        "session id: keyed hash of (cid, sid), rotating",
+    ),
+    (
+        "_p",
+        Outcome::Pseudonymised,
+        "page-load id: keyed hash of (cid, _p), rotating",
+    ),
+    (
+        "sct",
+        Outcome::Generalised,
+        "session count: always 1",
     ),
     (
         "dl",
@@ -68,6 +78,16 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     ("_uip", Outcome::Dropped, "IP override"),
     ("sr", Outcome::Dropped, "screen resolution"),
     (
+        "_s",
+        Outcome::Dropped,
+        "hit sequence: counts on through a page's life, across a rotation",
+    ),
+    (
+        "tfd",
+        Outcome::Dropped,
+        "time since the page loaded: counts on across a rotation",
+    ),
+    (
         "uaa, uab, uafvl, uamb, uam, uap, uapv, uaw",
         Outcome::Dropped,
         "client hints",
@@ -83,6 +103,15 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
         "any other parameter, and a name already read in the same query or body line",
     ),
 ];
+
+/// What links hits, within one rotation period and across periods (`tamis check` and the
+/// transparency page print it).
+pub const LINKAGE: &str = "within one rotation period, one browser's hits share one cid, one \
+session's hits one sid and one page load's hits one _p (each a keyed hash of the browser's own \
+value with that period's key); across periods nothing carries over: the key is new, so all three \
+change, sct (a count of sessions) is always 1, and _s and tfd (which count on through a page's \
+life) are dropped; flags (_fv, _ss, _nsi, seg), timings (_et) and what a hit says (page, title, \
+event) go as sent";
 
 /// Whether the table keeps `name` as it is. The kept names are short: each is packed with its
 /// length into one integer, so the lookup is a binary search over integers (string comparisons
@@ -218,15 +247,15 @@ fn key(raw: &str) -> Result<Cow<'_, str>, ScrubError> {
     }
 }
 
-/// The values other rules read (`tid`, `dl`), decoded: each from the first pair with
+/// The values other rules read (`tid`, `cid`, `dl`), decoded: each from the first pair with
 /// its name, as the scrubbing pass keeps the first. Malformed pairs are skipped: the scrubbing
 /// pass refuses them anyway.
-fn shared_values(set: &str) -> [Option<Cow<'_, str>>; 2] {
-    let mut found: [Option<Cow<'_, str>>; 2] = [None, None];
+fn shared_values(set: &str) -> [Option<Cow<'_, str>>; 3] {
+    let mut found: [Option<Cow<'_, str>>; 3] = [None, None, None];
     for raw in split(set, b'&') {
         let (k, v) = split_once(raw, b'=').unwrap_or((raw, ""));
         let Ok(k) = key(k) else { continue };
-        let Some(i) = ["tid", "dl"].iter().position(|n| *n == k) else {
+        let Some(i) = ["tid", "cid", "dl"].iter().position(|n| *n == k) else {
             continue;
         };
         if found[i].is_none() {
@@ -239,8 +268,10 @@ fn shared_values(set: &str) -> [Option<Cow<'_, str>>; 2] {
 /// What one set's rules judge by, read as GA4 reads a batch: a body line's parameters override
 /// the query's for its event.
 struct Shared<'a> {
-    /// The measurement id: part of every pseudonym.
+    /// The measurement id: part of every pseudonym and derived value.
     site: Cow<'a, str>,
+    /// The visitor's own id, which session and page-load ids are derived with.
+    cid: Cow<'a, str>,
     /// The pages (`dl`) a referrer in this set is reported with: the set's own and, for the
     /// query, every event's (each line inherits the query's referrer unless it has its own). A
     /// referrer is kept only when it is on the host of every one of them.
@@ -423,6 +454,26 @@ fn scrub_params(
                 // Digits and a dot: nothing to encode.
                 let _ = write!(out, "{n}.{}", ctx.pseudonyms.period_start(now));
             }
+            // Kept across hits by the browser, they would link two periods' pseudonyms: derived
+            // from the visitor's id with the period's key instead (LINKAGE).
+            name @ ("sid" | "_p") => {
+                let n = ctx.pseudonyms.derived(
+                    ctx.route,
+                    &shared.site,
+                    name,
+                    &shared.cid,
+                    &value(),
+                    now,
+                );
+                tally.add(Outcome::Pseudonymised);
+                push_name(out, start, name);
+                let _ = write!(out, "{n}");
+            }
+            "sct" => {
+                tally.add(Outcome::Generalised);
+                push_name(out, start, "sct");
+                out.push('1');
+            }
             "dl" => match page_url(&value(), &ctx.settings.allow_url_params) {
                 Some(url) => {
                     tally.add(Outcome::Generalised);
@@ -480,22 +531,23 @@ pub fn scrub(
         .map(|l| l.strip_suffix('\r').unwrap_or(l))
         .filter(|l| !l.trim().is_empty())
         .collect();
-    let [site, page] = shared_values(query);
-    let site = site.unwrap_or_default();
+    let [site, cid, page] = shared_values(query);
+    let (site, cid) = (site.unwrap_or_default(), cid.unwrap_or_default());
     // Each event's own values, or the query's.
     let events: Vec<Shared<'_>> = lines
         .iter()
         .map(|line| {
-            let [l_site, l_page] = shared_values(line);
+            let [l_site, l_cid, l_page] = shared_values(line);
             Shared {
                 site: l_site.unwrap_or_else(|| site.clone()),
+                cid: l_cid.unwrap_or_else(|| cid.clone()),
                 pages: vec![l_page.or_else(|| page.clone())],
             }
         })
         .collect();
     let mut pages = vec![page];
     pages.extend(events.iter().flat_map(|e| e.pages.iter().cloned()));
-    let query_shared = Shared { site, pages };
+    let query_shared = Shared { site, cid, pages };
     let mut out_query = String::with_capacity(query.len());
     scrub_params(query, &query_shared, ctx, now, tally, &mut out_query)?;
     let mut out_body = String::with_capacity(body.len());
@@ -603,8 +655,15 @@ mod tests {
         assert_eq!(get(&lines[1], "ep.transaction_id"), None);
         assert_eq!(get(&lines[1], "epn.value"), None);
         assert_eq!(get(&lines[1], "up.loyalty_tier"), None);
+        // Session and page-load ids are derived, not passed on; the counters say nothing.
+        for (name, sent) in [("sid", "1732439000"), ("_p", "1732439101123")] {
+            let v = get(&q, name).unwrap();
+            assert!(v.parse::<u32>().is_ok() && v != sent, "{name}={v}");
+        }
+        assert_eq!(get(&q, "sct"), Some("1"));
+        assert_eq!((get(&q, "_s"), get(&q, "tfd")), (None, None));
         assert!(
-            tally.get(Outcome::Dropped) >= 15 && tally.get(Outcome::Pseudonymised) == 1,
+            tally.get(Outcome::Dropped) >= 17 && tally.get(Outcome::Pseudonymised) == 3,
             "{tally:?}"
         );
     }
@@ -654,6 +713,51 @@ mod tests {
             // The body's referrer has text before the URL: dropped.
             let body = String::from_utf8(body).unwrap();
             assert!(!body.contains("dr=") && !body.contains("alice"), "{body}");
+        }
+    }
+
+    #[test]
+    fn ga4_session_ids_do_not_link_two_rotation_periods() {
+        let settings = Settings::default();
+        let p = Pseudonymizer::new(Duration::from_secs(86400), None);
+        let ctx = Context {
+            settings: &settings,
+            pseudonyms: &p,
+            route: "ga",
+        };
+        // A page left open across midnight (the rotation) keeps sending hits.
+        let hit = "v=2&tid=G-1&cid=1823456789.1732439000&sid=1732439000&sct=47&_p=1732439101123\
+                   &_s=12&tfd=3600000&seg=1&_et=40&en=user_engagement";
+        let at = |now: SystemTime, hit: &str| {
+            let (q, _) = scrub(hit, b"", &ctx, now, &mut Tally::default()).unwrap();
+            parse_query(&q).unwrap()
+        };
+        let day = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let (a, later) = (at(day, hit), at(day + Duration::from_secs(60), hit));
+        let next = at(day + Duration::from_secs(86400), hit);
+        // Within a period: one visitor, one session, one page load, as GA4 needs to stitch them.
+        for k in ["cid", "sid", "_p"] {
+            assert!(get(&a, k).is_some(), "{k}");
+            assert_eq!(get(&a, k), get(&later, k), "{k}");
+        }
+        // The visitor's own values never leave: not the session start, not the page load id.
+        assert_ne!(get(&a, "sid"), Some("1732439000"));
+        assert_ne!(get(&a, "_p"), Some("1732439101123"));
+        // Another session of the same visitor is another session.
+        let other = at(day, &hit.replace("sid=1732439000", "sid=1732442600"));
+        assert_ne!(get(&a, "sid"), get(&other, "sid"));
+        // Counters that run across sessions or across a page's life say nothing.
+        assert_eq!(get(&a, "sct"), Some("1"));
+        assert_eq!(get(&a, "_s"), None);
+        assert_eq!(get(&a, "tfd"), None);
+        // Across the rotation, the two hits share only what every such hit carries.
+        for (k, v) in &a {
+            if get(&next, k) == Some(v.as_str()) {
+                assert!(
+                    ["v", "tid", "sct", "seg", "_et", "en"].contains(&k.as_str()),
+                    "{k}={v} links two periods"
+                );
+            }
         }
     }
 

@@ -16,7 +16,6 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     ("r", Outcome::Kept, "cache buster"),
     ("apiv", Outcome::Kept, ""),
     ("action_name", Outcome::Kept, "page title"),
-    ("pv_id", Outcome::Kept, "page view id"),
     ("e_c", Outcome::Kept, "event category"),
     ("e_a", Outcome::Kept, "event action"),
     ("e_n", Outcome::Kept, "event name"),
@@ -47,6 +46,11 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     ),
     ("_id", Outcome::Pseudonymised, "keyed 16-hex, rotating"),
     ("cid", Outcome::Pseudonymised, "keyed 16-hex, rotating"),
+    (
+        "pv_id",
+        Outcome::Pseudonymised,
+        "page view id: keyed hash of (_id, pv_id), rotating",
+    ),
     (
         "url, link, download",
         Outcome::Generalised,
@@ -86,8 +90,19 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
         Outcome::Dropped,
         "plugin flags",
     ),
-    ("*", Outcome::Dropped, "any other parameter"),
+    (
+        "*",
+        Outcome::Dropped,
+        "any other parameter, and every value of a name but the one PHP reads (the last)",
+    ),
 ];
+
+/// What links requests, within one rotation period and across periods (`tamis check` and the
+/// transparency page print it).
+pub const LINKAGE: &str = "within one rotation period, one browser's requests share one _id (or \
+cid) and one page view's requests one pv_id (each a keyed hash of the browser's own value with \
+that period's key); across periods nothing carries over: the key is new, so both change, and the \
+visit counters and timestamps (_idvc, _idn, _idts, _viewts, _refts) are dropped";
 
 const PERF: &[&str] = &["pf_net", "pf_srv", "pf_tfr", "pf_dm1", "pf_dm2", "pf_onl"];
 
@@ -189,9 +204,11 @@ fn php_scalar<'a>(sets: &[&'a [(String, Php)]], name: &str) -> Option<&'a str> {
 }
 
 /// What the rules of one request judge by, read as Matomo reads it: the site id (part of every
-/// pseudonym) and the page URL's host (which tells same-site referrers from external ones).
+/// pseudonym), the visitor's own id (which page view ids are derived with) and the page URL's
+/// host (which tells same-site referrers from external ones).
 struct Page {
     site: String,
+    visitor: String,
     host: Option<String>,
 }
 
@@ -201,9 +218,25 @@ impl Page {
     fn of(sets: &[&[(String, Php)]]) -> Page {
         Page {
             site: php_scalar(sets, "idsite").unwrap_or_default().to_owned(),
+            visitor: php_scalar(sets, "_id")
+                .or_else(|| php_scalar(sets, "cid"))
+                .unwrap_or_default()
+                .to_owned(),
             host: php_scalar(sets, "url").and_then(host_of).map(str::to_owned),
         }
     }
+}
+
+/// `n` as six letters and digits, the shape of the page view ids Matomo's tracker makes.
+fn page_view_id(n: u32) -> String {
+    const DIGITS: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut n = u64::from(n);
+    let mut out = [0u8; 6];
+    for c in out.iter_mut().rev() {
+        *c = DIGITS[(n % 62) as usize];
+        n /= 62;
+    }
+    out.iter().map(|&b| char::from(b)).collect()
 }
 
 /// Scrubs one set of parameters as PHP read it, for the request's `page`.
@@ -228,6 +261,14 @@ fn scrub_params(
                     Outcome::Pseudonymised,
                     Some(format!("{:016x}", u64::from(p))),
                 )
+            }
+            // Kept by the page across requests, it would link two periods' pseudonyms: derived
+            // from the visitor's id with the period's key instead (LINKAGE).
+            "pv_id" => {
+                let n =
+                    ctx.pseudonyms
+                        .derived(ctx.route, &page.site, "pv_id", &page.visitor, &v, now);
+                (Outcome::Pseudonymised, Some(page_view_id(n)))
             }
             "url" | "link" | "download" => (
                 Outcome::Generalised,
@@ -499,6 +540,33 @@ mod tests {
                 ("e_v".to_owned(), "5".to_owned())
             ]
         );
+    }
+
+    #[test]
+    fn page_view_ids_do_not_link_two_rotation_periods() {
+        let settings = Settings::default();
+        let p = Pseudonymizer::new(Duration::from_secs(86400), None);
+        let ctx = ctx_with(&settings, &p);
+        // A page left open across the rotation keeps sending pings with its page view id.
+        let q = "idsite=3&_id=4f2a9c81be03d7e6&pv_id=Ab3dE9&ping=1";
+        let at =
+            |now| parse_query(&scrub_query(q, &ctx, now, &mut Tally::default()).unwrap()).unwrap();
+        let day = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let (a, later) = (at(day), at(day + Duration::from_secs(60)));
+        let next = at(day + Duration::from_secs(86400));
+        let pv = get(&a, "pv_id").unwrap();
+        assert_eq!(
+            Some(pv),
+            get(&later, "pv_id"),
+            "one page view within a period"
+        );
+        assert!(
+            pv.len() == 6 && pv.bytes().all(|b| b.is_ascii_alphanumeric()),
+            "{pv}"
+        );
+        assert_ne!(pv, "Ab3dE9");
+        assert_ne!(Some(pv), get(&next, "pv_id"));
+        assert_ne!(get(&a, "_id"), get(&next, "_id"));
     }
 
     #[test]

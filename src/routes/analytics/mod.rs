@@ -39,6 +39,16 @@ impl Protocol {
         }
     }
 
+    /// What links one visitor's requests within one rotation period, and across periods.
+    pub fn linkage(self) -> &'static str {
+        match self {
+            Protocol::Ga4 => ga4::LINKAGE,
+            Protocol::Matomo => matomo::LINKAGE,
+            Protocol::Plausible => plausible::LINKAGE,
+            Protocol::Umami => umami::LINKAGE,
+        }
+    }
+
     /// The methods the endpoints accept.
     pub fn allows(self, method: &http::Method) -> bool {
         match self {
@@ -537,9 +547,40 @@ impl Pseudonymizer {
             mac.update(part.as_bytes());
             mac.update(&[0]);
         }
-        let out = mac.finalize().into_bytes();
-        u32::from_be_bytes([out[0], out[1], out[2], out[3]])
+        first_32_bits(mac)
     }
+
+    /// 32 bits of HMAC(key, kind, route, site, id, value): a value a visitor's browser keeps
+    /// across hits (a session start, a page-load id) replaced by one that is the same for the
+    /// same visitor `id` and value within a period, and says nothing across periods, routes,
+    /// sites or visitors. `kind` keeps each kind of value apart from the others.
+    pub fn derived(
+        &self,
+        route: &str,
+        site: &str,
+        kind: &str,
+        id: &str,
+        value: &str,
+        now: SystemTime,
+    ) -> u32 {
+        let Some(mut mac) = self.keyed(now) else {
+            return 0;
+        };
+        // 0xFF starts no UTF-8 text, so no pseudonym's input is a derived value's; each part is
+        // length-prefixed, so no two lists of parts hash alike.
+        mac.update(&[0xff]);
+        for part in [kind, route, site, id, value] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part.as_bytes());
+        }
+        first_32_bits(mac)
+    }
+}
+
+/// The first 32 bits of a MAC's output.
+fn first_32_bits(mac: HmacSha256) -> u32 {
+    let out = mac.finalize().into_bytes();
+    u32::from_be_bytes([out[0], out[1], out[2], out[3]])
 }
 
 /// The names a table keeps as they are (`a, b` rows split), sorted for binary search.

@@ -40,6 +40,10 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     ),
 ];
 
+/// What links events (`tamis check` and the transparency page print it).
+pub const LINKAGE: &str = "no identifier leaves: nothing links two events but what they say \
+(page, time), and Plausible's daily visitor hash sees no visitor address";
+
 /// Fields kept as they are, scalars only (`$` has its own rule, [`revenue`]).
 const KEPT: &[&str] = &["n", "d", "h", "i", "v"];
 

@@ -48,6 +48,11 @@ const KEPT: &[&str] = &["website", "hostname", "title", "name", "tag"];
 /// The payload field holding custom data, filtered against `allow_event_params`.
 const CUSTOM: &[&str] = &["data"];
 
+/// What links events (`tamis check` and the transparency page print it).
+pub const LINKAGE: &str = "no identifier leaves (the distinct id is dropped, and the answer's \
+session ids and cache token never reach the browser to be sent back): nothing links two events \
+but what they say (page, time)";
+
 /// Answer fields that identify a session or visit: removed before the visitor sees the answer.
 pub const ANSWER_IDENTIFIERS: &[&str] = &["sessionId", "visitId", "cache"];
 
