@@ -66,7 +66,7 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     (
         "dr",
         Outcome::Generalised,
-        "same-site (with the page of every event it goes with): origin and path (no path parameters); external: dropped",
+        "same-site with the page of every event it goes with: origin and path, no path parameters; external: dropped",
     ),
     ("ul", Outcome::Generalised, "primary language only"),
     ("uid", Outcome::Dropped, "user id"),

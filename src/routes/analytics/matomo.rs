@@ -59,7 +59,7 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     (
         "urlref, _ref",
         Outcome::Generalised,
-        "same-site: origin and path (no path parameters); external: dropped",
+        "same-site: origin and path, no path parameters; external: dropped",
     ),
     (
         "ua",

@@ -26,7 +26,7 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     (
         "r",
         Outcome::Generalised,
-        "same-site: origin and path (no path parameters); external: dropped",
+        "same-site: origin and path, no path parameters; external: dropped",
     ),
     (
         "p, props, m, meta",

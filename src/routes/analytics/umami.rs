@@ -26,7 +26,7 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     (
         "referrer",
         Outcome::Generalised,
-        "same-site: origin and path (no path parameters); external: dropped",
+        "same-site: origin and path, no path parameters; external: dropped",
     ),
     ("language", Outcome::Generalised, "primary language only"),
     ("screen", Outcome::Dropped, "screen resolution"),
