@@ -505,16 +505,8 @@ async fn serve_analytics(
     let scrubbed: Result<(String, Bytes), analytics::ScrubError> = match protocol {
         Protocol::Ga4 => analytics::ga4::scrub(query, &body, &ctx, now, &mut tally)
             .map(|(q, b)| (q, Bytes::from(b))),
-        Protocol::Matomo => {
-            analytics::matomo::scrub_query(query, &ctx, now, &mut tally).and_then(|q| {
-                if body.is_empty() {
-                    Ok((q, Bytes::new()))
-                } else {
-                    analytics::matomo::scrub_body(&body, &ctx, now, &mut tally)
-                        .map(|b| (q, Bytes::from(b)))
-                }
-            })
-        }
+        Protocol::Matomo => analytics::matomo::scrub(query, &body, &ctx, now, &mut tally)
+            .map(|(q, b)| (q, Bytes::from(b))),
         // The JSON protocols carry everything in the body; a query would only add identifiers.
         Protocol::Plausible => analytics::plausible::scrub(&body, &ctx, &mut tally)
             .map(|b| (String::new(), Bytes::from(b))),

@@ -113,7 +113,7 @@ pub struct AnalyticsDisclosure {
     pub custom_fields_kept: Vec<String>,
     pub url_params_kept: Vec<String>,
     pub pseudonyms: String,
-    /// What links one tracking request to another, within a rotation period and across two.
+    /// What links one visitor's requests within one rotation period, and across periods.
     pub linkage: &'static str,
     pub client_address: &'static str,
     /// Identifiers removed from the upstream's answer.

@@ -232,14 +232,14 @@ fn route_html(o: &mut String, r: &RouteDisclosure) {
         let _ = writeln!(
             o,
             "<h3>Tracking requests</h3>\n<p>Only {} ({}) is forwarded; bodies up to {} bytes; never cached. \
-             Pseudonyms: {}. What links your requests: {}. Your address: {}.</p>",
+             Pseudonyms: {}. Your address: {}.</p>",
             esc(&a.endpoints.join(", ")),
             esc(a.methods),
             a.max_body,
             esc(&a.pseudonyms),
-            esc(a.linkage),
             esc(a.client_address)
         );
+        let _ = writeln!(o, "<p>What links your requests: {}.</p>", esc(a.linkage));
         groups_html(o, &a.parameters);
         let list = |v: &[String]| {
             if v.is_empty() {

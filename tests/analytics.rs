@@ -143,9 +143,9 @@ async fn ga4_batches_are_scrubbed_in_query_and_body() {
         ),
         Some(cid.as_str())
     );
-    // cid, sid and _p, twice.
     let m = t.metrics().await;
     assert!(
+        // cid, sid and _p, twice.
         m.contains("tamis_analytics_params_total{result=\"pseudonymised\",route=\"stats\"} 6"),
         "{m}"
     );
@@ -358,4 +358,88 @@ async fn only_an_eu_route_may_receive_a_truncated_address() {
         Some("127.0.0.0"),
         "IPv4 truncated to /24"
     );
+}
+
+#[tokio::test]
+async fn every_protocol_drops_path_parameters_from_page_urls() {
+    // Servlet containers and some PHP setups put the session id in a path parameter.
+    let session = "jsessionid=0A1B2C3D";
+    let (ga, t) = setup("ga4", "", |_| Reply::ok("").status(204)).await;
+    let dl = format!("https%3A%2F%2Fshop.example%2Fcart%3B{session}%2Fpay%3Bsid%3D42");
+    let dr = format!("https%3A%2F%2Fshop.example%2Fcart%3B{session}");
+    post(
+        &t,
+        &format!("/a/g/collect?v=2&tid=G-1&dl={dl}&dr={dr}"),
+        "text/plain",
+        &format!("en=page_view&dl={dl}&dr={dr}"),
+    )
+    .await;
+    let seen = ga.last();
+    let q = parse_query(seen.uri.split_once('?').unwrap().1).unwrap();
+    assert_eq!(get(&q, "dl"), Some("https://shop.example/cart/pay"));
+    assert_eq!(get(&q, "dr"), Some("https://shop.example/cart"));
+    let line = parse_query(std::str::from_utf8(&seen.body).unwrap()).unwrap();
+    assert_eq!(get(&line, "dl"), Some("https://shop.example/cart/pay"));
+    assert_eq!(get(&line, "dr"), Some("https://shop.example/cart"));
+
+    let (matomo, t) = setup("matomo", "", |_| Reply::ok("").status(204)).await;
+    get_visitor(
+        &t,
+        &format!("/a/matomo.php?idsite=3&rec=1&url={dl}&urlref={dr}&link={dl}&download={dl}"),
+    )
+    .await;
+    let q = parse_query(matomo.last().uri.split_once('?').unwrap().1).unwrap();
+    assert_eq!(get(&q, "url"), Some("https://shop.example/cart/pay"));
+    assert_eq!(get(&q, "urlref"), Some("https://shop.example/cart"));
+    assert_eq!(get(&q, "link"), Some("https://shop.example/cart/pay"));
+    assert_eq!(get(&q, "download"), Some("https://shop.example/cart/pay"));
+
+    let (plausible, t) = setup("plausible", "", |_| Reply::ok("ok").status(202)).await;
+    post(
+        &t,
+        "/a/api/event",
+        "text/plain",
+        &format!(
+            r#"{{"n":"pageview","d":"shop.example","u":"https://shop.example/cart;{session}/pay","r":"https://shop.example/cart;{session}"}}"#
+        ),
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_slice(&plausible.last().body).unwrap();
+    assert_eq!(v["u"], "https://shop.example/cart/pay");
+    assert_eq!(v["r"], "https://shop.example/cart");
+
+    let (umami, t) = setup("umami", "", |_| Reply::ok("{}")).await;
+    post(
+        &t,
+        "/a/api/send",
+        "application/json",
+        &format!(
+            r#"{{"type":"event","payload":{{"website":"w","hostname":"shop.example","url":"/cart;{session}/pay","referrer":"https://shop.example/cart;{session}"}}}}"#
+        ),
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_slice(&umami.last().body).unwrap();
+    assert_eq!(v["payload"]["url"], "/cart/pay");
+    assert_eq!(v["payload"]["referrer"], "https://shop.example/cart");
+}
+
+#[tokio::test]
+async fn matomo_form_posts_are_judged_as_matomo_reads_get_and_post() {
+    // Matomo reads `$_GET + $_POST`: a name in the query hides the body's, and the referrer is
+    // judged against the page Matomo will read.
+    let (up, t) = setup("matomo", "", |_| Reply::ok("").status(204)).await;
+    let a = post(
+        &t,
+        "/a/matomo.php?idsite=3&rec=1&url=https%3A%2F%2Fshop.example%2Fa",
+        "application/x-www-form-urlencoded",
+        "url=https%3A%2F%2Fevil.example%2F&urlref=https%3A%2F%2Fevil.example%2Fsecret&action_name=A",
+    )
+    .await;
+    assert_eq!(a.status, 204);
+    let seen = up.last();
+    let body = String::from_utf8(seen.body.to_vec()).unwrap();
+    assert!(!body.contains("evil"), "{body}");
+    assert_eq!(get(&parse_query(&body).unwrap(), "action_name"), Some("A"));
+    let q = parse_query(seen.uri.split_once('?').unwrap().1).unwrap();
+    assert_eq!(get(&q, "url"), Some("https://shop.example/a"));
 }

@@ -80,6 +80,44 @@ fn check_prints_what_leaves_for_every_route() {
 }
 
 #[test]
+fn check_prints_the_ga4_linkage_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{GOOD}\n[[route]]\nname = \"ga\"\nkind = \"ga4\"\nprefix = \"/a/\"\nupstream = \"https://region1.google-analytics.com/\"\n"
+    );
+    let (ok, out, err) = check(&write(dir.path(), &text));
+    assert!(ok, "{err}");
+    let ga = &out[out.find("route ga (ga4)").unwrap()..];
+    let linkage = ga
+        .lines()
+        .find(|l| l.trim_start().starts_with("linkage:"))
+        .unwrap_or_else(|| panic!("no linkage line in {ga}"));
+    for needle in [
+        "within one rotation period",
+        "cid",
+        "sid",
+        "_p",
+        "across periods",
+        "sct",
+        "_s",
+        "tfd",
+    ] {
+        assert!(linkage.contains(needle), "{needle} not in {linkage}");
+    }
+    let row = |outcome: &str| {
+        ga.lines()
+            .find(|l| l.trim_start().starts_with(outcome))
+            .unwrap_or_else(|| panic!("no {outcome} row in {ga}"))
+            .to_owned()
+    };
+    assert!(row("pseudonymised").contains("sid ("), "{ga}");
+    assert!(row("pseudonymised").contains("_p ("), "{ga}");
+    assert!(row("generalised").contains("sct ("), "{ga}");
+    assert!(row("dropped").contains("_s ("), "{ga}");
+    assert!(!row("kept").contains("sid"), "{ga}");
+}
+
+#[test]
 fn check_flags_pass_through_and_cache_settings() {
     let dir = tempfile::tempdir().unwrap();
     let text = GOOD.replace(

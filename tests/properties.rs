@@ -233,6 +233,13 @@ fn param_value() -> impl Strategy<Value = String> {
             "a+b%20c",
             "%E2%82%AC",
             "",
+            // Path parameters, nested custom values, and what a server could split on.
+            "https%3A%2F%2Fshop.example%2Fa%3Bjsessionid%3D1%2Fb",
+            "%2Fa%3Bsid%3D2%2F%3Bx%2Fb",
+            "%7B%222%22%3A%5B%22Plan%22%2C%7B%22e%22%3A1%7D%5D%7D",
+            "a;b=c#d",
+            "x\ry",
+            "~!*'()",
         ]).prop_map(str::to_owned),
     ]
 }
@@ -284,6 +291,11 @@ const GA4_NAMES: &[&str] = &[
     "upn.x",
     "_ss",
     "cu",
+    "_s",
+    "tfd",
+    "seg",
+    "_fv",
+    "d%6C",
 ];
 
 const MATOMO_NAMES: &[&str] = &[
@@ -318,6 +330,16 @@ const MATOMO_NAMES: &[&str] = &[
     "pf_net",
     "search",
     "uadata",
+    "link",
+    "download",
+    "pv_id",
+    // PHP's spellings: an array of a kept name, a name PHP rewrites to a kept one.
+    "url[]",
+    "urlref[0]",
+    "dimension2[a]",
+    "e.c",
+    "%20url",
+    "e[a",
 ];
 
 proptest! {
@@ -371,6 +393,11 @@ proptest! {
         let form = interleave(&query, &pairs, seed + 1);
         let b = check_matomo_body(form.as_bytes(), a).expect("planted form refused");
         assert_absent(&b, &planted, "matomo form");
+        // A form post with a query: read together, as Matomo reads `$_GET + $_POST`.
+        let (q, b) = check_matomo_request(&interleave(&query, &pairs, seed + 2), form.as_bytes(), a)
+            .expect("planted form post refused");
+        assert_absent(q.as_bytes(), &planted, "matomo form post query");
+        assert_absent(&b, &planted, "matomo form post body");
     }
 }
 

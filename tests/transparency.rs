@@ -84,6 +84,7 @@ async fn the_page_discloses_every_route_in_html_and_json_and_names_no_secret() {
         "replaced by &quot;tamis-test (ops@site.example)&quot;",
         "pseudonymised",
         "derived from salt_file: replicas agree",
+        "within one rotation period",
         "Accept-Language",
     ] {
         assert!(page.contains(needle), "page lacks {needle}");
@@ -152,6 +153,13 @@ async fn the_page_and_tamis_check_say_the_same() {
     let config = tamis::config::Config::load(&s.t.config_path).unwrap();
     let check = tamis::report::check_report(&config);
     for r in doc["routes"].as_array().unwrap() {
+        if r["kind"] == "ga4" {
+            let linkage = r["analytics"]["linkage"].as_str().unwrap();
+            assert!(
+                check.contains(&format!("    linkage: {linkage}\n")),
+                "check lacks {linkage:?}"
+            );
+        }
         for row in r["sent"].as_array().unwrap() {
             let line = format!(
                 "    {:<18} {}",

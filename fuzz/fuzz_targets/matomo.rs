@@ -1,7 +1,8 @@
 //! Matomo scrubbing: the query, and the POST body (form, or bulk JSON `{"requests": [...]}`).
 //! Properties: only table-kept parameters leave (pseudonymised _id/cid, generalised url, urlref,
-//! ua, lang, allowlisted custom variables and dimensions); removing dropped ones changes
-//! nothing; a bulk body keeps only `requests`; planted cip, token_auth, uid, _id, cid, ua
+//! ua, lang, allowlisted custom variables and dimensions), each once and as PHP reads it;
+//! removing dropped ones changes nothing; a bulk body keeps only `requests`; a form post is
+//! read with its query as `$_GET + $_POST`; planted cip, token_auth, uid, _id, cid, ua
 //! details, geo and visit-history values never reach the server.
 //! Input: line 1 the query string, the rest the body.
 #![no_main]
@@ -9,7 +10,8 @@
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use tamis_fuzz::oracles::{
-    assert_absent, check_matomo_body, check_matomo_query, fresh_secret, interleave, matomo_planted,
+    assert_absent, check_matomo_body, check_matomo_query, check_matomo_request, fresh_secret,
+    interleave, matomo_planted,
 };
 use tamis_fuzz::{analytics, first_line, seed};
 
@@ -22,6 +24,9 @@ fuzz_target!(|data: &[u8]| {
     check_matomo_query(query, a);
     if !body.is_empty() {
         check_matomo_body(body, a);
+    }
+    if std::str::from_utf8(body).is_ok() {
+        check_matomo_request(query, body, a);
     }
     let Some(secret) = fresh_secret(&[data]) else {
         return;
@@ -53,5 +58,10 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Some(b) = check_matomo_body(planted_body.as_bytes(), a) {
         assert_absent(&b, &planted, "matomo body");
+    }
+    let planted_query = interleave(query, &pairs, s + 1);
+    if let Some((q, b)) = check_matomo_request(&planted_query, planted_body.as_bytes(), a) {
+        assert_absent(q.as_bytes(), &planted, "matomo request query");
+        assert_absent(&b, &planted, "matomo request body");
     }
 });

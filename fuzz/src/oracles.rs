@@ -747,9 +747,15 @@ impl Analytics {
     }
 }
 
-/// A page URL after the URL rule: http(s) or a path, no fragment, only allowed parameters.
+/// A page URL after the URL rule: http(s) or a path, no path parameter (`;jsessionid=`), no
+/// fragment, only allowed query parameters.
 fn check_page_url(url: &str, allow: &[String], what: &str) {
     assert!(!url.contains('#'), "{what}: fragment kept in {url:?}");
+    let before_query = url.split('?').next().unwrap_or("");
+    assert!(
+        !before_query.contains(';'),
+        "{what}: path parameter kept in {url:?}"
+    );
     let lower = url.to_ascii_lowercase();
     let absolute = lower.starts_with("https://") || lower.starts_with("http://");
     assert!(
@@ -790,11 +796,12 @@ fn check_no_userinfo(url: &str, what: &str) {
     );
 }
 
-/// A referrer after the same-site rule: the site's own origin and path, nothing else.
+/// A referrer after the same-site rule: the site's own origin and path (without path
+/// parameters), nothing else.
 fn check_referrer(r: &str, site_host: Option<&str>, what: &str) {
     assert!(
-        !r.contains(['?', '#']),
-        "{what}: query or fragment kept in {r:?}"
+        !r.contains(['?', '#', ';']),
+        "{what}: query, fragment or path parameter kept in {r:?}"
     );
     let lower = r.to_ascii_lowercase();
     assert!(
@@ -844,66 +851,41 @@ const GA4_CUSTOM: &[&str] = &["ep.", "epn.", "up.", "upn."];
 fn ga4_dropped(key: &str, settings: &Settings) -> bool {
     let kept = analytics::kept_index(ga4::RULES);
     !(kept.binary_search(&key).is_ok()
-        || ["cid", "sid", "_p", "dl", "dr", "ul"].contains(&key)
+        || ["cid", "sid", "_p", "sct", "dl", "dr", "ul"].contains(&key)
         || (GA4_CUSTOM.iter().any(|c| key.starts_with(c))
             && settings.allow_event_params.iter().any(|a| a == key)))
 }
 
-/// The host of the last `url_key` parameter of each `&`-separated line: what the scrubbers
-/// judge referrers against.
-fn site_hosts<'a>(lines: impl Iterator<Item = &'a str>, url_key: &str) -> Vec<String> {
-    lines
-        .filter_map(|l| {
-            // The last one: a repeated name goes out once, as its last value.
-            form_urlencoded::parse(l.strip_prefix('?').unwrap_or(l).as_bytes())
-                .filter(|(k, _)| k == url_key)
-                .last()
-                .and_then(|(_, v)| analytics::host_of(&v).map(str::to_owned))
-        })
-        .collect()
+/// The host of a set's scrubbed page URL (`dl`), if it has one.
+fn ga4_page_host(set: &str) -> Option<String> {
+    pairs(set)
+        .into_iter()
+        .find(|(k, _)| k == "dl")
+        .and_then(|(_, v)| analytics::host_of(&v).map(str::to_owned))
 }
 
-/// A referrer kept by a same-site rule is on one of these sites.
-fn check_referrer_any(r: &str, sites: &[String], what: &str) {
-    let r_host = analytics::host_of(r).map(str::to_ascii_lowercase);
-    let site = sites
-        .iter()
-        .find(|s| {
-            let s = s.to_ascii_lowercase();
-            r_host.as_deref().is_some_and(|h| {
-                h == s || h.strip_prefix("www.") == Some(&s) || s.strip_prefix("www.") == Some(h)
-            })
-        })
-        .or(sites.first());
-    check_referrer(r, site.map(String::as_str), what);
-}
-
-/// Each name at most once (the server can only read the value tamis judged), and nothing but
-/// what form encoding produces: no raw separator or control character in a kept value.
-fn check_unique_plain_pairs(line: &str, what: &str) -> Vec<(String, String)> {
+/// A scrubbed query or body line: only `name=value` pairs of printable ASCII with nothing a
+/// server could split elsewhere (no control character, space, `;` or `#`, one `=` a pair), each
+/// name once and one the table keeps, values after their rule; a kept referrer is on the host
+/// of every page in `pages` (those of the events it goes with).
+fn check_ga4_params(line: &str, a: &Analytics, what: &str, pages: &[Option<String>]) {
     assert!(
         line.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"*-._+%=&".contains(&b)),
-        "{what}: raw separator or control character in {line:?}"
+            .all(|b| b.is_ascii_graphic() && b != b';' && b != b'#'),
+        "{what}: {line:?} holds a byte a server could split on"
     );
-    let params: Vec<(String, String)> = form_urlencoded::parse(line.as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    for (i, (k, _)) in params.iter().enumerate() {
-        assert!(
-            !params[..i].iter().any(|(n, _)| n == k),
-            "{what}: {k:?} goes out twice in {line:?}"
-        );
+    for pair in line.split('&').filter(|p| !p.is_empty()) {
+        assert_eq!(pair.matches('=').count(), 1, "{what}: {pair:?} in {line:?}");
     }
-    params
-}
-
-fn check_ga4_params(line: &str, a: &Analytics, what: &str, sites: &[String]) {
-    let params = check_unique_plain_pairs(line, what);
-    for (k, v) in &params {
+    let params = pairs(line);
+    for (i, (k, v)) in params.iter().enumerate() {
         assert!(
             !ga4_dropped(k, &a.settings),
             "{what}: {k:?} kept in {line:?}"
+        );
+        assert!(
+            params[..i].iter().all(|(n, _)| n != k),
+            "{what}: {k:?} sent twice in {line:?}"
         );
         match k.as_str() {
             "cid" => {
@@ -916,33 +898,27 @@ fn check_ga4_params(line: &str, a: &Analytics, what: &str, sites: &[String]) {
                     "{what}: cid {v:?} not a pseudonym"
                 );
             }
-            // Re-derived from the period's key: a second of the period, digits.
-            "sid" => {
-                let start = a.pseudonyms.period_start(a.now);
-                assert!(
-                    v.parse::<u64>()
-                        .is_ok_and(|n| (start..start + a.pseudonyms.period_secs()).contains(&n)),
-                    "{what}: sid {v:?} not re-derived"
-                );
-            }
-            "_p" => assert!(
-                !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()),
-                "{what}: _p {v:?} not re-derived"
+            "sid" | "_p" => assert!(
+                v.parse::<u32>().is_ok(),
+                "{what}: {k}={v:?} is not a derived id"
             ),
+            "sct" => assert_eq!(v, "1", "{what}: a session count says more than 1"),
             "dl" => check_page_url(v, &a.settings.allow_url_params, what),
+            "dr" => {
+                for page in pages {
+                    check_referrer(v, page.as_deref(), what);
+                }
+            }
             "ul" => check_language(v, what),
             _ => {}
         }
     }
-    for (k, v) in &params {
-        if k == "dr" {
-            check_referrer_any(v, sites, what);
-        }
-    }
 }
 
-/// GA4: every output parameter is one the table keeps (pseudonym, generalised URL, language or
-/// allowlisted custom field); removing the dropped parameters from the input changes nothing.
+/// GA4: every output parameter is one the table keeps (pseudonym, derived id, generalised URL,
+/// language or allowlisted custom field), each once a set, safely encoded; a kept referrer is
+/// on the page of every event it goes with (a line's own page, or the query's); removing the
+/// dropped parameters from the input changes nothing.
 pub fn check_ga4(query: &str, body: &[u8], a: &Analytics) -> Option<(String, Vec<u8>)> {
     let mut tally = Tally::default();
     let ctx = a.ctx("ga");
@@ -952,11 +928,23 @@ pub fn check_ga4(query: &str, body: &[u8], a: &Analytics) -> Option<(String, Vec
         String::from_utf8_lossy(body)
     );
     let body_text = std::str::from_utf8(body).expect("scrubbed a non-UTF-8 body");
-    let sites = site_hosts(std::iter::once(query).chain(body_text.split('\n')), "dl");
-    check_ga4_params(&q, a, &what, &sites);
     let body_out = String::from_utf8(b.clone()).expect("GA4 body not UTF-8");
-    for line in body_out.split("\r\n") {
-        check_ga4_params(line, a, &what, &sites);
+    let lines_out: Vec<&str> = if body_out.is_empty() {
+        Vec::new()
+    } else {
+        body_out.split("\r\n").collect()
+    };
+    let query_page = ga4_page_host(&q);
+    let line_pages: Vec<Option<String>> = lines_out
+        .iter()
+        .map(|l| ga4_page_host(l).or_else(|| query_page.clone()))
+        .collect();
+    let mut query_pages = vec![query_page];
+    query_pages.extend(line_pages.iter().cloned());
+    check_ga4_params(&q, a, &what, &query_pages);
+    for (line, page) in lines_out.iter().zip(line_pages) {
+        assert!(!line.is_empty(), "{what}: blank line in {body_out:?}");
+        check_ga4_params(line, a, &what, &[page]);
     }
     let dropped = |k: &str| ga4_dropped(k, &a.settings);
     let q2 = without_pairs(query, dropped);
@@ -1037,6 +1025,21 @@ pub fn ga4_planted(secret: &str) -> (Vec<String>, Vec<Planted>) {
         16,
         "dl userinfo",
     );
+    plant(
+        format!("dl=https%3A%2F%2Fshop.example%2Fcart%3Bjsessionid%3D{s}18%2Fpay"),
+        18,
+        "dl path parameter",
+    );
+    plant(
+        format!("dr=https%3A%2F%2Fshop.example%2Fa%3Bsid%3D{s}19"),
+        19,
+        "dr path parameter",
+    );
+    // Values the browser keeps across hits: derived, counted out or dropped, never passed on.
+    plant(format!("sid={s}20"), 20, "sid");
+    plant(format!("_p={s}21"), 21, "_p");
+    plant(format!("sct={s}22"), 22, "sct");
+    plant(format!("_s={s}23&tfd={s}23"), 23, "_s, tfd");
     planted.push(Planted {
         secret: format!("{s}10"),
         field: "dl fragment",
@@ -1059,30 +1062,75 @@ pub fn interleave(query: &str, planted: &[String], seed: usize) -> String {
     parts.join("&")
 }
 
-fn matomo_dropped(key: &str, settings: &Settings) -> bool {
+/// The name PHP files a decoded parameter name under, and whether it makes an array: the
+/// oracles' own reading of `php_register_variable_ex` (a NUL ends the name, leading spaces are
+/// skipped, `name[…]` is an array when a `]` follows the `[`, otherwise spaces, dots and `[`
+/// are `_`); `None` when PHP ignores the parameter.
+fn php_name(raw: &str) -> Option<(String, bool)> {
+    let name = raw.split('\0').next().unwrap_or("").trim_start_matches(' ');
+    match name.find('[') {
+        _ if name.is_empty() => None,
+        Some(0) => None,
+        Some(i) if name[i..].contains(']') => Some((name[..i].replace([' ', '.'], "_"), true)),
+        _ => Some((name.replace([' ', '.', '['], "_"), false)),
+    }
+}
+
+/// Whether Matomo's table does anything with a parameter PHP files under `name` (keeps,
+/// pseudonymises, generalises or reads it).
+fn matomo_named(name: &str, settings: &Settings) -> bool {
     let kept = matomo::RULES
         .iter()
         .filter(|(_, o, _)| *o == analytics::Outcome::Kept)
         .flat_map(|(n, _, _)| n.split(", "))
-        .any(|n| n == key);
-    let dimension = key.len() > 9
-        && key.starts_with("dimension")
-        && key[9..].bytes().all(|b| b.is_ascii_digit());
-    !(kept
-        || [
-            "_id", "cid", "pv_id", "url", "urlref", "_ref", "ua", "lang", "_cvar", "cvar",
-        ]
-        .contains(&key)
-        || (dimension && settings.allow_event_params.iter().any(|a| a == key)))
+        .any(|n| n == name);
+    let dimension = name.len() > 9
+        && name.starts_with("dimension")
+        && name[9..].bytes().all(|b| b.is_ascii_digit());
+    kept || [
+        "_id", "cid", "pv_id", "url", "link", "download", "urlref", "_ref", "ua", "lang", "_cvar",
+        "cvar",
+    ]
+    .contains(&name)
+        || (dimension && settings.allow_event_params.iter().any(|a| a == name))
 }
 
-fn check_matomo_params(query: &str, a: &Analytics, what: &str, sites: &[String]) {
-    let q = query.strip_prefix('?').unwrap_or(query);
-    let params = check_unique_plain_pairs(q, what);
-    for (k, v) in &params {
+/// Whether a pair with this decoded key is one Matomo's table drops, whatever its value and
+/// wherever it stands: PHP ignores it, or files it under a name no rule keeps or reads. (A
+/// bracketed `url[]` is not: it makes PHP's `url` an array, which drops the page URL.)
+fn matomo_dropped(key: &str, settings: &Settings) -> bool {
+    php_name(key).is_none_or(|(name, _)| !matomo_named(&name, settings))
+}
+
+/// `q` read back into pairs.
+fn pairs(q: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(q.strip_prefix('?').unwrap_or(q).as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// The Matomo parameters of one scrubbed set: each name once and as PHP will file it, only
+/// names the table keeps, values after their rule; a kept referrer is on `page_host`, the host
+/// of the page URL that left with it.
+fn check_matomo_params(
+    params: &[(String, String)],
+    a: &Analytics,
+    what: &str,
+    page_host: Option<&str>,
+) {
+    for (i, (k, v)) in params.iter().enumerate() {
+        assert_eq!(
+            php_name(k),
+            Some((k.clone(), false)),
+            "{what}: PHP would not read {k:?} as itself"
+        );
+        assert!(
+            params[..i].iter().all(|(n, _)| n != k),
+            "{what}: {k:?} sent twice, in {params:?}"
+        );
         assert!(
             !matomo_dropped(k, &a.settings),
-            "{what}: {k:?} kept in {q:?}"
+            "{what}: {k:?} kept in {params:?}"
         );
         match k.as_str() {
             "_id" | "cid" => assert!(
@@ -1091,10 +1139,10 @@ fn check_matomo_params(query: &str, a: &Analytics, what: &str, sites: &[String])
             ),
             "pv_id" => assert!(
                 v.len() == 6 && v.bytes().all(|b| b.is_ascii_alphanumeric()),
-                "{what}: pv_id={v:?} not re-derived"
+                "{what}: pv_id={v:?} is not a derived id"
             ),
-            "url" => check_page_url(v, &a.settings.allow_url_params, what),
-            "urlref" | "_ref" => check_referrer_any(v, sites, what),
+            "url" | "link" | "download" => check_page_url(v, &a.settings.allow_url_params, what),
+            "urlref" | "_ref" => check_referrer(v, page_host, what),
             "ua" => check_generalised_ua(v),
             "lang" => check_language(v, what),
             "_cvar" | "cvar" => {
@@ -1102,18 +1150,15 @@ fn check_matomo_params(query: &str, a: &Analytics, what: &str, sites: &[String])
                     panic!("{what}: {k}={v:?} is not a custom variable object");
                 };
                 for (_, var) in vars {
-                    let name = var.get(0).and_then(Value::as_str).unwrap_or("");
+                    let pair = var.as_array().map(Vec::as_slice).unwrap_or_default();
+                    let [Value::String(name), value] = pair else {
+                        panic!("{what}: custom variable {var} is not a name and a value");
+                    };
                     assert!(
                         a.settings.allow_event_params.iter().any(|n| n == name),
                         "{what}: custom variable {name:?} kept"
                     );
-                    let value = var.get(1);
-                    assert!(
-                        var.as_array().is_some_and(|v| v.len() == 2)
-                            && value
-                                .is_some_and(|v| v.is_string() || v.is_number() || v.is_boolean()),
-                        "{what}: custom variable {var} is not [name, scalar]"
-                    );
+                    check_scalar(value, what);
                 }
             }
             _ => {}
@@ -1121,14 +1166,23 @@ fn check_matomo_params(query: &str, a: &Analytics, what: &str, sites: &[String])
     }
 }
 
-/// Matomo, query string: only table-kept parameters leave; dropped ones change nothing.
+/// The host of the page URL (`url`) among scrubbed parameters.
+fn matomo_page_host<'a>(params: impl IntoIterator<Item = &'a (String, String)>) -> Option<&'a str> {
+    params
+        .into_iter()
+        .find(|(k, _)| k == "url")
+        .and_then(|(_, v)| analytics::host_of(v))
+}
+
+/// Matomo, query string: only table-kept parameters leave, each once, as PHP reads them;
+/// dropped ones change nothing.
 pub fn check_matomo_query(query: &str, a: &Analytics) -> Option<String> {
     let mut tally = Tally::default();
     let ctx = a.ctx("matomo");
     let out = matomo::scrub_query(query, &ctx, a.now, &mut tally).ok()?;
     let what = format!("matomo query {query:?}");
-    let sites = site_hosts(std::iter::once(query), "url");
-    check_matomo_params(&out, a, &what, &sites);
+    let params = pairs(&out);
+    check_matomo_params(&params, a, &what, matomo_page_host(&params));
     let again = matomo::scrub_query(
         &without_pairs(query, |k| matomo_dropped(k, &a.settings)),
         &ctx,
@@ -1138,6 +1192,53 @@ pub fn check_matomo_query(query: &str, a: &Analytics) -> Option<String> {
     .unwrap_or_else(|e| panic!("{what}: refused ({e}) once dropped parameters were removed"));
     assert_eq!(again, out, "{what}: dropped parameters changed the output");
     Some(out)
+}
+
+/// Matomo, a whole request as the proxy scrubs it. A form body is read with the query as
+/// Matomo reads `$_GET + $_POST`: no name leaves on both sides, a kept referrer on either side
+/// is on the host of the page URL that leaves, and dropped parameters change nothing. Without
+/// a form, the query and the body are scrubbed as they are on their own.
+pub fn check_matomo_request(query: &str, body: &[u8], a: &Analytics) -> Option<(String, Vec<u8>)> {
+    let mut tally = Tally::default();
+    let ctx = a.ctx("matomo");
+    let (q, b) = matomo::scrub(query, body, &ctx, a.now, &mut tally).ok()?;
+    let text = std::str::from_utf8(body).expect("scrubbed a non-UTF-8 body");
+    let what = format!("matomo request {query:?} body {text:?}");
+    if body.is_empty() || text.trim_start().starts_with('{') {
+        assert_eq!(check_matomo_query(query, a).as_ref(), Some(&q), "{what}");
+        if !body.is_empty() {
+            assert_eq!(check_matomo_body(body, a).as_ref(), Some(&b), "{what}");
+        }
+        return Some((q, b));
+    }
+    let (qp, bp) = (
+        pairs(&q),
+        pairs(std::str::from_utf8(&b).expect("form output")),
+    );
+    for (k, _) in &bp {
+        assert!(
+            qp.iter().all(|(n, _)| n != k),
+            "{what}: {k:?} left in both the query and the body"
+        );
+    }
+    let host = matomo_page_host(qp.iter().chain(&bp));
+    check_matomo_params(&qp, a, &what, host);
+    check_matomo_params(&bp, a, &what, host);
+    let dropped = |k: &str| matomo_dropped(k, &a.settings);
+    let again = matomo::scrub(
+        &without_pairs(query, dropped),
+        without_pairs(text.trim(), dropped).as_bytes(),
+        &ctx,
+        a.now,
+        &mut tally,
+    )
+    .unwrap_or_else(|e| panic!("{what}: refused ({e}) once dropped parameters were removed"));
+    assert_eq!(
+        again,
+        (q.clone(), b.clone()),
+        "{what}: dropped parameters changed the output"
+    );
+    Some((q, b))
 }
 
 /// Matomo, POST body (bulk JSON or form): the same, request by request; a bulk body keeps only
@@ -1235,6 +1336,17 @@ pub fn matomo_planted(secret: &str) -> (Vec<String>, Vec<Planted>) {
         20,
         "urlref userinfo",
     );
+    plant(
+        format!("link=https%3A%2F%2Fshop.example%2Fa%3Bjsessionid%3D{s}22%3Fq%3D{s}22"),
+        22,
+        "link path parameter and query",
+    );
+    plant(
+        format!("download=https%3A%2F%2Fcdn.example%2Ff.pdf%3Bsid%3D{s}23"),
+        23,
+        "download path parameter",
+    );
+    plant(format!("pv_id={s}24"), 24, "pv_id");
     planted.push(Planted {
         secret: format!("{s}09"),
         field: "url fragment",
@@ -1242,8 +1354,23 @@ pub fn matomo_planted(secret: &str) -> (Vec<String>, Vec<Planted>) {
     (pairs, planted)
 }
 
-const PLAUSIBLE_KEPT: &[&str] = &["n", "d", "h", "i", "v", "$"];
-const PLAUSIBLE_FIELDS: &[&str] = &["u", "r", "p", "props", "m", "meta"];
+const PLAUSIBLE_KEPT: &[&str] = &["n", "d", "h", "i", "v"];
+const PLAUSIBLE_FIELDS: &[&str] = &["$", "u", "r", "p", "props", "m", "meta"];
+
+/// A kept JSON value is a string, number, boolean or null: never an object or array, which
+/// could carry any number of fields under one kept name.
+fn check_scalar(v: &Value, what: &str) {
+    assert!(
+        !v.is_object() && !v.is_array(),
+        "{what}: nested value {v} kept"
+    );
+}
+
+/// A field the table keeps goes on as the input had it, and only if it is a scalar.
+fn check_kept_scalar(k: &str, v: &Value, input: &Map<String, Value>, what: &str) {
+    check_scalar(v, what);
+    assert_eq!(Some(v), input.get(k), "{what}");
+}
 
 fn check_fields(v: &Value, allow: &[String], what: &str) {
     let o = v
@@ -1251,10 +1378,7 @@ fn check_fields(v: &Value, allow: &[String], what: &str) {
         .unwrap_or_else(|| panic!("{what}: custom fields not an object: {v}"));
     for (k, v) in o {
         assert!(allow.contains(k), "{what}: custom field {k:?} kept");
-        assert!(
-            v.is_string() || v.is_number() || v.is_boolean(),
-            "{what}: custom field {k:?} kept with a structured value {v}"
-        );
+        check_scalar(v, what);
     }
 }
 
@@ -1281,7 +1405,19 @@ pub fn check_plausible(body: &[u8], a: &Analytics) -> Option<Vec<u8>> {
         });
     for (k, val) in o {
         match k.as_str() {
-            k if PLAUSIBLE_KEPT.contains(&k) => assert_eq!(Some(val), input.get(k), "{what}"),
+            k if PLAUSIBLE_KEPT.contains(&k) => check_kept_scalar(k, val, &input, &what),
+            "$" => {
+                let revenue = input.get("$").and_then(Value::as_object);
+                let members = val.as_object().expect("revenue is an object");
+                for (m, v) in members {
+                    assert!(
+                        ["amount", "currency"].contains(&m.as_str()),
+                        "{what}: revenue member {m:?} kept"
+                    );
+                    check_scalar(v, &what);
+                    assert_eq!(Some(v), revenue.and_then(|r| r.get(m)), "{what}");
+                }
+            }
             "u" => check_page_url(
                 val.as_str().expect("u"),
                 &a.settings.allow_url_params,
@@ -1341,7 +1477,7 @@ pub fn check_umami(body: &[u8], a: &Analytics) -> Option<Vec<u8>> {
     let site = payload_in.get("hostname").and_then(Value::as_str);
     for (k, val) in payload {
         match k.as_str() {
-            k if UMAMI_KEPT.contains(&k) => assert_eq!(Some(val), payload_in.get(k), "{what}"),
+            k if UMAMI_KEPT.contains(&k) => check_kept_scalar(k, val, payload_in, &what),
             "url" => check_page_url(
                 val.as_str().expect("url"),
                 &a.settings.allow_url_params,
@@ -1425,7 +1561,7 @@ pub fn plausible_planted(event: &mut Map<String, Value>, s: &str) -> Vec<Planted
     plant(
         "u",
         Value::String(format!(
-            "https://blog.example/post?email={s}05&utm_source=x#{s}06"
+            "https://blog.example/post;jsessionid={s}05?email={s}05&utm_source=x#{s}06"
         )),
         5,
         "u query",
@@ -1439,9 +1575,15 @@ pub fn plausible_planted(event: &mut Map<String, Value>, s: &str) -> Vec<Planted
     plant("ip", Value::String(format!("{s}08")), 8, "ip");
     plant(
         "meta",
-        serde_json::json!({"id": format!("{s}09")}),
+        serde_json::json!({"id": format!("{s}09"), "plan": {"email": format!("{s}09")}}),
         9,
-        "meta.id",
+        "meta.id, meta.plan (nested under a kept key)",
+    );
+    plant(
+        "$",
+        serde_json::json!({"amount": "9.5", "currency": "EUR", "email": format!("{s}10")}),
+        10,
+        "$.email",
     );
     planted
 }
@@ -1470,13 +1612,19 @@ pub fn umami_planted(body: &mut Map<String, Value>, s: &str) -> Vec<Planted> {
     plant("screen", Value::String(format!("{s}03")), 3, "screen");
     plant(
         "data",
-        serde_json::json!({"plan": "pro", "email": format!("{s}04")}),
+        serde_json::json!({"plan": "pro", "email": format!("{s}04"), "author": [format!("{s}04")]}),
         4,
-        "data.email",
+        "data.email, data.author (nested under a kept key)",
+    );
+    plant(
+        "title",
+        serde_json::json!({"text": format!("{s}10")}),
+        10,
+        "title (nested)",
     );
     plant(
         "url",
-        Value::String(format!("/reset?token={s}05#{s}06")),
+        Value::String(format!("/reset;jsessionid={s}05?token={s}05#{s}06")),
         5,
         "url query",
     );

@@ -1,5 +1,8 @@
 //! GA4 `/g/collect`: shared parameters in the query, one event per body line; body keys override
-//! query keys, so both are scrubbed with the same table.
+//! query keys, so both are scrubbed with the same table, and what a rule judges by (the page a
+//! referrer goes with, the visitor id a session id is derived with) is read per event. Each
+//! name leaves once per set, and kept values with anything a server could split on (a control
+//! character, `&`, `=`, `;`, `#`, a space) are percent-encoded.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -25,16 +28,15 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     ("are", Outcome::Kept, ""),
     ("frm", Outcome::Kept, ""),
     ("pscdl", Outcome::Kept, ""),
-    ("seg", Outcome::Kept, "engaged session"),
+    ("seg", Outcome::Kept, "engaged-session flag"),
     ("dt", Outcome::Kept, "page title"),
     ("en", Outcome::Kept, "event name"),
     ("_ee", Outcome::Kept, ""),
-    ("_et", Outcome::Kept, "engagement time"),
-    ("tfd", Outcome::Kept, ""),
+    ("_et", Outcome::Kept, "engagement time since the last hit"),
     ("_c", Outcome::Kept, ""),
-    ("_fv", Outcome::Kept, "first visit"),
-    ("_nsi", Outcome::Kept, "new session"),
-    ("_ss", Outcome::Kept, "session start"),
+    ("_fv", Outcome::Kept, "first-visit flag"),
+    ("_nsi", Outcome::Kept, "new-session flag"),
+    ("_ss", Outcome::Kept, "session-start flag"),
     ("cu", Outcome::Kept, "currency"),
     (
         "cid",
@@ -44,30 +46,30 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     (
         "sid",
         Outcome::Pseudonymised,
-        "session id, re-derived from the period's key: a second within the period",
+        "session id: keyed hash of (cid, sid), rotating",
     ),
     (
         "_p",
         Outcome::Pseudonymised,
-        "page load id, re-derived from the period's key, same number of digits",
+        "page-load id: keyed hash of (cid, _p), rotating",
+    ),
+    (
+        "sct",
+        Outcome::Generalised,
+        "session count: always 1",
     ),
     (
         "dl",
         Outcome::Generalised,
-        "no fragment, no ;path parameters, no query but allow_url_params",
+        "no path parameters, no fragment, no query but allow_url_params",
     ),
     (
         "dr",
         Outcome::Generalised,
-        "same-site: origin and path; external: dropped",
+        "same-site with the page of every event it goes with: origin and path, no path parameters; external: dropped",
     ),
     ("ul", Outcome::Generalised, "primary language only"),
     ("uid", Outcome::Dropped, "user id"),
-    (
-        "sct, _s",
-        Outcome::Dropped,
-        "session count, hit sequence: counters that run on across a rotation",
-    ),
     ("_fid", Outcome::Dropped, "Firebase id"),
     ("ecid", Outcome::Dropped, "enhanced conversions id"),
     ("_fplc", Outcome::Dropped, "first-party linker cookie"),
@@ -75,6 +77,16 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     ("uip", Outcome::Dropped, "IP override"),
     ("_uip", Outcome::Dropped, "IP override"),
     ("sr", Outcome::Dropped, "screen resolution"),
+    (
+        "_s",
+        Outcome::Dropped,
+        "hit sequence: counts on through a page's life, across a rotation",
+    ),
+    (
+        "tfd",
+        Outcome::Dropped,
+        "time since the page loaded: counts on across a rotation",
+    ),
     (
         "uaa, uab, uafvl, uamb, uam, uap, uapv, uaw",
         Outcome::Dropped,
@@ -85,8 +97,21 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
         Outcome::Dropped,
         "unless listed in allow_event_params",
     ),
-    ("*", Outcome::Dropped, "any other parameter"),
+    (
+        "*",
+        Outcome::Dropped,
+        "any other parameter, and a name already read in the same query or body line",
+    ),
 ];
+
+/// What links hits, within one rotation period and across periods (`tamis check` and the
+/// transparency page print it).
+pub const LINKAGE: &str = "within one rotation period, one browser's hits share one cid, one \
+session's hits one sid and one page load's hits one _p (each a keyed hash of the browser's own \
+value with that period's key); across periods nothing carries over: the key is new, so all three \
+change, sct (a count of sessions) is always 1, and _s and tfd (which count on through a page's \
+life) are dropped; flags (_fv, _ss, _nsi, seg), timings (_et) and what a hit says (page, title, \
+event) go as sent";
 
 /// Whether the table keeps `name` as it is. The kept names are short: each is packed with its
 /// length into one integer, so the lookup is a binary search over integers (string comparisons
@@ -222,37 +247,35 @@ fn key(raw: &str) -> Result<Cow<'_, str>, ScrubError> {
     }
 }
 
-/// The decoded value of the last pair named `name`, if any (for `tid` and `dl`, which other
-/// rules read): the one that goes out. Malformed pairs are skipped: the scrubbing pass refuses
-/// them anyway.
-fn last_value<'a>(set: &'a str, name: &str) -> Option<Cow<'a, str>> {
-    let mut found = None;
+/// The values other rules read (`tid`, `cid`, `dl`), decoded: each from the first pair with
+/// its name, as the scrubbing pass keeps the first. Malformed pairs are skipped: the scrubbing
+/// pass refuses them anyway.
+fn shared_values(set: &str) -> [Option<Cow<'_, str>>; 3] {
+    let mut found: [Option<Cow<'_, str>>; 3] = [None, None, None];
     for raw in split(set, b'&') {
         let (k, v) = split_once(raw, b'=').unwrap_or((raw, ""));
-        if key(k).is_ok_and(|k| k == name) {
-            found = check(v).ok().map(|()| decode(v));
+        let Ok(k) = key(k) else { continue };
+        let Some(i) = ["tid", "cid", "dl"].iter().position(|n| *n == k) else {
+            continue;
+        };
+        if found[i].is_none() {
+            found[i] = check(v).ok().map(|()| decode(v));
         }
     }
     found
 }
 
-/// Whether a pair as sent can go out as it is: only what form encoding itself produces
-/// (letters, digits, `*-._`, `+`, `%XX`) and the one `=`. Anything else (a control character,
-/// CR or LF in a body line, `;`, a second `=`, a space) is decoded and encoded again, so no
-/// kept value can carry a separator the analytics server would split on.
-fn plain_pair(raw: &str) -> bool {
-    let mut equals = 0;
-    raw.bytes().all(|b| {
-        equals += usize::from(b == b'=');
-        b.is_ascii_alphanumeric() || b"*-._+%".contains(&b) || (b == b'=' && equals == 1)
-    })
-}
-
-/// A re-derived decimal identifier: `digits` digits (1 to 18) of HMAC(period key, parts).
-fn derived_digits(ctx: &Context<'_>, parts: &[&str], digits: usize, now: SystemTime) -> String {
-    let digits = digits.clamp(1, 18);
-    let n = ctx.pseudonyms.derive(parts, now) % 10u64.pow(digits as u32);
-    format!("{n:0digits$}")
+/// What one set's rules judge by, read as GA4 reads a batch: a body line's parameters override
+/// the query's for its event.
+struct Shared<'a> {
+    /// The measurement id: part of every pseudonym and derived value.
+    site: Cow<'a, str>,
+    /// The visitor's own id, which session and page-load ids are derived with.
+    cid: Cow<'a, str>,
+    /// The pages (`dl`) a referrer in this set is reported with: the set's own and, for the
+    /// query, every event's (each line inherits the query's referrer unless it has its own). A
+    /// referrer is kept only when it is on the host of every one of them.
+    pages: Vec<Option<Cow<'a, str>>>,
 }
 
 /// Appends the `&` between pairs of the query string or body line that starts at `start`.
@@ -262,21 +285,82 @@ fn separate(out: &mut String, start: usize) {
     }
 }
 
-/// Appends `key=value`, the value form-encoded.
-fn push_encoded(out: &mut String, start: usize, raw_key: &str, value: &str) {
+/// Whether a byte goes out as it is: form-encoding leaves it (or `encodeURIComponent` does:
+/// `~!'()`), and no server splits a line or a pair on it. Anything else (a control character
+/// such as a bare CR, a space, `&`, `=`, `;`, `#`...) is percent-encoded.
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!*'()".contains(&b)
+}
+
+/// Whether a raw value can go out as it came: [`unreserved`] bytes, `+` and (checked) `%XX`
+/// escapes.
+fn plain(raw: &str) -> bool {
+    raw.bytes().all(|b| unreserved(b) || b == b'+' || b == b'%')
+}
+
+/// Appends a decoded parameter name: as it is when [`unreserved`] (every name in the table),
+/// form-encoded otherwise.
+fn push_name(out: &mut String, start: usize, name: &str) {
     separate(out, start);
-    out.push_str(raw_key);
+    if name.bytes().all(unreserved) {
+        out.push_str(name);
+    } else {
+        out.extend(form_urlencoded::byte_serialize(name.as_bytes()));
+    }
     out.push('=');
+}
+
+/// Appends `name=value`, the value form-encoded.
+fn push_encoded(out: &mut String, start: usize, name: &str, value: &str) {
+    push_name(out, start, name);
     out.extend(form_urlencoded::byte_serialize(value.as_bytes()));
 }
 
+/// Appends a kept `name=value`: the value as it came when [`plain`] (most are), otherwise
+/// decoded and form-encoded again.
+fn push_kept(out: &mut String, start: usize, name: &str, raw_value: &str) {
+    if plain(raw_value) {
+        push_name(out, start, name);
+        out.push_str(raw_value);
+    } else {
+        push_encoded(out, start, name, &decode(raw_value));
+    }
+}
+
+/// The names already read in one set: a repeated parameter leaves once, the first (the one
+/// [`shared_values`] reads), so no server can read a value tamis did not judge. Short names
+/// are packed into integers ([`pack`]), compared without touching memory.
+#[derive(Default)]
+struct Seen<'a> {
+    short: Vec<u64>,
+    long: Vec<Cow<'a, str>>,
+}
+
+impl<'a> Seen<'a> {
+    /// Records `name`; whether it was new.
+    fn first(&mut self, name: Cow<'a, str>) -> bool {
+        match pack(&name) {
+            Some(p) if self.short.contains(&p) => false,
+            Some(p) => {
+                self.short.push(p);
+                true
+            }
+            None if self.long.contains(&name) => false,
+            None => {
+                self.long.push(name);
+                true
+            }
+        }
+    }
+}
+
 /// `scrub_page_url`, borrowed when there is no allowlist (the common case) and nothing to take
-/// out of the authority: the URL up to its query or fragment.
+/// out of the authority or the path: the URL up to its query or fragment.
 fn page_url<'a>(url: &'a str, allow: &[String]) -> Option<Cow<'a, str>> {
     let trimmed = url.trim();
     let no_fragment = trimmed.split('#').next().unwrap_or("");
     let base = no_fragment.split_once('?').map_or(no_fragment, |(b, _)| b);
-    if !allow.is_empty() || super::has_path_params(base) {
+    if !allow.is_empty() || has(base, b';') {
         return super::scrub_page_url(url, allow).map(Cow::Owned);
     }
     let fast = if base.starts_with('/') {
@@ -300,16 +384,17 @@ fn without_userinfo<'a>(url: &'a str, u: &AbsoluteUrl<'_>) -> Cow<'a, str> {
     }
 }
 
-/// `same_site_referrer`, borrowed when there is no user information to take out.
+/// `same_site_referrer`, borrowed when there is no user information or path parameter to
+/// take out.
 fn referrer<'a>(referrer: &'a str, site_host: Option<&str>) -> Option<Cow<'a, str>> {
+    let cut = referrer.find(['?', '#']).unwrap_or(referrer.len());
+    if has(&referrer[..cut], b';') {
+        return same_site_referrer(referrer, site_host).map(Cow::Owned);
+    }
     let fast = site_host.and_then(|site| {
         let u = parse_absolute(referrer)?;
         if !same_site(u.host, site) {
             return None;
-        }
-        let cut = referrer.find(['?', '#']).unwrap_or(referrer.len());
-        if super::has_path_params(&referrer[..cut]) {
-            return same_site_referrer(referrer, Some(site)).map(Cow::Owned);
         }
         let u = AbsoluteUrl {
             rest: u.rest.split(['?', '#']).next().unwrap_or(""),
@@ -325,11 +410,12 @@ fn referrer<'a>(referrer: &'a str, site_host: Option<&str>) -> Option<Cow<'a, st
 }
 
 /// Scrubs one set of parameters (the query, or one body line) onto the end of `out`, after
-/// checking it as strictly as [`super::raw_pairs`] (same errors). Kept pairs are copied as
-/// they came; only the values a rule reads are decoded, and only those it changes re-encoded.
+/// checking it as strictly as [`super::raw_pairs`] (same errors). Kept values are copied as
+/// they came when they are [`plain`]; only the values a rule reads are decoded, and only those
+/// it changes re-encoded. Names go out decoded, each once.
 fn scrub_params(
     set: &str,
-    site: &str,
+    shared: &Shared<'_>,
     ctx: &Context<'_>,
     now: SystemTime,
     tally: &mut Tally,
@@ -337,15 +423,7 @@ fn scrub_params(
 ) -> Result<(), ScrubError> {
     let set = set.strip_prefix('?').unwrap_or(set);
     let start = out.len();
-    // The page's own host tells same-site referrers from external ones: the `dl` that goes
-    // out, looked up when a `dr` needs it.
-    let mut site_url: Option<Option<Cow<'_, str>>> = None;
-    // Only the last pair of a name goes out: the analytics server cannot read a value tamis
-    // did not judge, whichever of several it would take.
-    let last = super::last_of_each(split(set, b'&').filter(|r| !r.is_empty()).map(|raw| {
-        let k = split_once(raw, b'=').map_or(raw, |(k, _)| k);
-        key(k).unwrap_or(Cow::Borrowed(k))
-    }));
+    let mut seen = Seen::default();
     let mut count = 0;
     for raw in split(set, b'&') {
         if raw.is_empty() {
@@ -360,60 +438,60 @@ fn scrub_params(
         let (raw_key, raw_value) = split_once(raw, b'=').unwrap_or((raw, ""));
         let key = key(raw_key)?;
         check(raw_value)?;
-        if !last.get(count - 1).copied().unwrap_or(true) {
+        // A clone of a borrowed name copies nothing; a decoded one is rare.
+        if !seen.first(key.clone()) {
             tally.add(Outcome::Dropped);
             continue;
         }
         let value = || decode(raw_value);
         match key.as_ref() {
             "cid" => {
-                let n = ctx.pseudonyms.pseudonym(ctx.route, site, &value(), now);
+                let n = ctx
+                    .pseudonyms
+                    .pseudonym(ctx.route, &shared.site, &value(), now);
                 tally.add(Outcome::Pseudonymised);
-                separate(out, start);
-                out.push_str(raw_key);
+                push_name(out, start, "cid");
                 // Digits and a dot: nothing to encode.
-                let _ = write!(out, "={n}.{}", ctx.pseudonyms.period_start(now));
+                let _ = write!(out, "{n}.{}", ctx.pseudonyms.period_start(now));
             }
-            "dl" => {
-                let v = value();
-                match page_url(&v, &ctx.settings.allow_url_params) {
-                    Some(url) => {
-                        tally.add(Outcome::Generalised);
-                        push_encoded(out, start, raw_key, &url);
-                    }
-                    None => tally.add(Outcome::Dropped),
-                }
-                if site_url.is_none() {
-                    site_url = Some(Some(v));
-                }
-            }
-            // A session's start second and a page load's id: linked within a period (as cid
-            // links a browser), re-derived so that nothing links two periods.
-            "sid" | "_p" => {
-                let v = value();
-                if v.is_empty() || v.len() > 18 || !v.bytes().all(|b| b.is_ascii_digit()) {
-                    tally.add(Outcome::Dropped);
-                    continue;
-                }
-                let parts = [key.as_ref(), ctx.route, site, v.as_ref()];
-                let derived = if key == "sid" {
-                    let within = ctx.pseudonyms.derive(&parts, now) % ctx.pseudonyms.period_secs();
-                    (ctx.pseudonyms.period_start(now) + within).to_string()
-                } else {
-                    derived_digits(ctx, &parts, v.len(), now)
-                };
+            // Kept across hits by the browser, they would link two periods' pseudonyms: derived
+            // from the visitor's id with the period's key instead (LINKAGE).
+            name @ ("sid" | "_p") => {
+                let n = ctx.pseudonyms.derived(
+                    ctx.route,
+                    &shared.site,
+                    name,
+                    &shared.cid,
+                    &value(),
+                    now,
+                );
                 tally.add(Outcome::Pseudonymised);
-                separate(out, start);
-                out.push_str(raw_key);
-                out.push('=');
-                out.push_str(&derived);
+                push_name(out, start, name);
+                let _ = write!(out, "{n}");
             }
+            "sct" => {
+                tally.add(Outcome::Generalised);
+                push_name(out, start, "sct");
+                out.push('1');
+            }
+            "dl" => match page_url(&value(), &ctx.settings.allow_url_params) {
+                Some(url) => {
+                    tally.add(Outcome::Generalised);
+                    push_encoded(out, start, "dl", &url);
+                }
+                None => tally.add(Outcome::Dropped),
+            },
             "dr" => {
-                let site_url = site_url.get_or_insert_with(|| last_value(set, "dl"));
-                match referrer(&value(), site_url.as_deref().and_then(host_of)) {
+                let mut hosts = shared.pages.iter().map(|p| p.as_deref().and_then(host_of));
+                let v = value();
+                let kept = referrer(&v, hosts.next().flatten()).filter(|r| {
+                    let host = host_of(r);
+                    hosts.all(|h| matches!((host, h), (Some(a), Some(b)) if same_site(a, b)))
+                });
+                match kept {
                     Some(r) => {
                         tally.add(Outcome::Generalised);
-                        push_encoded(out, start, raw_key, &r);
+                        push_encoded(out, start, "dr", &r);
                     }
                     None => tally.add(Outcome::Dropped),
                 }
@@ -421,7 +499,7 @@ fn scrub_params(
             "ul" => match primary_language(&value()) {
                 Some(lang) => {
                     tally.add(Outcome::Generalised);
-                    push_encoded(out, start, raw_key, &lang);
+                    push_encoded(out, start, "ul", &lang);
                 }
                 None => tally.add(Outcome::Dropped),
             },
@@ -430,14 +508,7 @@ fn scrub_params(
                     && ctx.settings.allow_event_params.iter().any(|a| a == name)) =>
             {
                 tally.add(Outcome::Kept);
-                if plain_pair(raw) {
-                    separate(out, start);
-                    out.push_str(raw);
-                } else {
-                    let mut name = String::new();
-                    name.extend(form_urlencoded::byte_serialize(key.as_bytes()));
-                    push_encoded(out, start, &name, &value());
-                }
+                push_kept(out, start, name, raw_value);
             }
             _ => tally.add(Outcome::Dropped),
         }
@@ -453,19 +524,44 @@ pub fn scrub(
     now: SystemTime,
     tally: &mut Tally,
 ) -> Result<(String, Vec<u8>), ScrubError> {
-    let site = last_value(query.strip_prefix('?').unwrap_or(query), "tid").unwrap_or_default();
-    let mut out_query = String::with_capacity(query.len());
-    scrub_params(query, &site, ctx, now, tally, &mut out_query)?;
+    let query = query.strip_prefix('?').unwrap_or(query);
     let body = std::str::from_utf8(body).map_err(|_| ScrubError::Body("not UTF-8".into()))?;
+    let lines: Vec<&str> = body
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let [site, cid, page] = shared_values(query);
+    let (site, cid) = (site.unwrap_or_default(), cid.unwrap_or_default());
+    // Each event's own values, or the query's.
+    let events: Vec<Shared<'_>> = lines
+        .iter()
+        .map(|line| {
+            let [l_site, l_cid, l_page] = shared_values(line);
+            Shared {
+                site: l_site.unwrap_or_else(|| site.clone()),
+                cid: l_cid.unwrap_or_else(|| cid.clone()),
+                pages: vec![l_page.or_else(|| page.clone())],
+            }
+        })
+        .collect();
+    let mut pages = vec![page];
+    pages.extend(events.iter().flat_map(|e| e.pages.iter().cloned()));
+    let query_shared = Shared { site, cid, pages };
+    let mut out_query = String::with_capacity(query.len());
+    scrub_params(query, &query_shared, ctx, now, tally, &mut out_query)?;
     let mut out_body = String::with_capacity(body.len());
-    for line in body.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)) {
-        if line.trim().is_empty() {
-            continue;
-        }
-        if !out_body.is_empty() {
+    for (line, event) in lines.iter().zip(&events) {
+        let end = out_body.len();
+        if end > 0 {
             out_body.push_str("\r\n");
         }
-        scrub_params(line, &site, ctx, now, tally, &mut out_body)?;
+        let line_start = out_body.len();
+        scrub_params(line, event, ctx, now, tally, &mut out_body)?;
+        // A line with nothing kept is no event: no blank line is left for it.
+        if out_body.len() == line_start {
+            out_body.truncate(end);
+        }
     }
     Ok((out_query, out_body.into_bytes()))
 }
@@ -559,108 +655,16 @@ mod tests {
         assert_eq!(get(&lines[1], "ep.transaction_id"), None);
         assert_eq!(get(&lines[1], "epn.value"), None);
         assert_eq!(get(&lines[1], "up.loyalty_tier"), None);
-        // cid, sid and _p.
+        // Session and page-load ids are derived, not passed on; the counters say nothing.
+        for (name, sent) in [("sid", "1732439000"), ("_p", "1732439101123")] {
+            let v = get(&q, name).unwrap();
+            assert!(v.parse::<u32>().is_ok() && v != sent, "{name}={v}");
+        }
+        assert_eq!(get(&q, "sct"), Some("1"));
+        assert_eq!((get(&q, "_s"), get(&q, "tfd")), (None, None));
         assert!(
-            tally.get(Outcome::Dropped) >= 15 && tally.get(Outcome::Pseudonymised) == 3,
+            tally.get(Outcome::Dropped) >= 17 && tally.get(Outcome::Pseudonymised) == 3,
             "{tally:?}"
-        );
-    }
-
-    #[test]
-    fn ga4_session_ids_do_not_link_two_rotation_periods() {
-        let settings = Settings::default();
-        let day = Duration::from_secs(86400);
-        let p = Pseudonymizer::new(day, None);
-        let ctx = Context {
-            settings: &settings,
-            pseudonyms: &p,
-            route: "ga",
-        };
-        // A session that began before midnight and goes on after it.
-        let query = "v=2&tid=G-1&cid=111.222&sid=1732439000&sct=7&_p=1732439012&_s=3&seg=1&_et=120";
-        let at = |secs| std::time::UNIX_EPOCH + Duration::from_secs(secs);
-        let run = |now| {
-            let (q, _) = scrub(query, b"", &ctx, now, &mut Tally::default()).unwrap();
-            parse_query(&q).unwrap()
-        };
-        let (evening, later, morning) = (
-            run(at(1732492000)),
-            run(at(1732492500)),
-            run(at(1732493000)),
-        );
-        for k in ["cid", "sid", "_p"] {
-            // Within a period: the same value for the same browser, session, page load.
-            assert_eq!(get(&evening, k), get(&later, k), "{k}");
-            // Across the rotation: nothing in common.
-            assert_ne!(get(&evening, k), get(&morning, k), "{k}");
-            assert_ne!(
-                get(&evening, k),
-                get(&parse_query(query).unwrap(), k),
-                "{k} as sent"
-            );
-        }
-        // The session id stays a second within the period; the page load id keeps its digits.
-        for (q, start) in [(&evening, 1732406400), (&morning, 1732492800)] {
-            let sid: u64 = get(q, "sid").unwrap().parse().unwrap();
-            assert!((start..start + 86400).contains(&sid), "{sid}");
-            assert_eq!(get(q, "_p").unwrap().len(), 10);
-            // Counters that run on across the rotation are dropped.
-            assert_eq!((get(q, "sct"), get(q, "_s")), (None, None));
-            assert_eq!((get(q, "seg"), get(q, "_et")), (Some("1"), Some("120")));
-        }
-        // A value that is no number is no session id.
-        let (q, _) = scrub(
-            "sid=abc&_p=1e9",
-            b"",
-            &ctx,
-            at(1732492000),
-            &mut Tally::default(),
-        )
-        .unwrap();
-        assert_eq!(q, "");
-    }
-
-    #[test]
-    fn a_repeated_name_goes_out_once_as_its_last_value() {
-        let settings = Settings::default();
-        let (q, body) = scrub_with(
-            &settings,
-            "tid=G-1&dl=https%3A%2F%2Fevil.example%2F&dl=https%3A%2F%2Fshop.example%2Fp\
-             &dr=https%3A%2F%2Fevil.example%2Fsearch%3Fq%3Dx&en=a&en=b",
-            b"en=c&en=page_view&ep.x=1",
-            &mut Tally::default(),
-        )
-        .unwrap();
-        let q = parse_query(&q).unwrap();
-        assert_eq!(
-            q.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
-            ["tid", "dl", "en"]
-        );
-        assert_eq!(get(&q, "dl"), Some("https://shop.example/p"));
-        assert_eq!(get(&q, "en"), Some("b"));
-        // The referrer is judged against the page that goes out: external, dropped.
-        assert_eq!(get(&q, "dr"), None);
-        assert_eq!(String::from_utf8(body).unwrap(), "en=page_view");
-    }
-
-    #[test]
-    fn kept_values_carry_no_raw_separator_or_control_character() {
-        let settings = Settings {
-            allow_event_params: vec!["ep.note".into()],
-            allow_url_params: vec![],
-        };
-        let (q, body) = scrub_with(
-            &settings,
-            "dt=a;b=c&en=x%0D%0Ay&ep.note=1",
-            b"dt=line\rbreak&en=a\x01b\r\nen=plain_%41&ep%2Enote=a b",
-            &mut Tally::default(),
-        )
-        .unwrap();
-        // Separators and controls go out percent-encoded, the rest as it came.
-        assert_eq!(q, "dt=a%3Bb%3Dc&en=x%0D%0Ay&ep.note=1");
-        assert_eq!(
-            String::from_utf8(body).unwrap(),
-            "dt=line%0Dbreak&en=a%01b\r\nen=plain_%41&ep.note=a+b"
         );
     }
 
@@ -710,6 +714,142 @@ mod tests {
             let body = String::from_utf8(body).unwrap();
             assert!(!body.contains("dr=") && !body.contains("alice"), "{body}");
         }
+    }
+
+    #[test]
+    fn ga4_session_ids_do_not_link_two_rotation_periods() {
+        let settings = Settings::default();
+        let p = Pseudonymizer::new(Duration::from_secs(86400), None);
+        let ctx = Context {
+            settings: &settings,
+            pseudonyms: &p,
+            route: "ga",
+        };
+        // A page left open across midnight (the rotation) keeps sending hits.
+        let hit = "v=2&tid=G-1&cid=1823456789.1732439000&sid=1732439000&sct=47&_p=1732439101123\
+                   &_s=12&tfd=3600000&seg=1&_et=40&en=user_engagement";
+        let at = |now: SystemTime, hit: &str| {
+            let (q, _) = scrub(hit, b"", &ctx, now, &mut Tally::default()).unwrap();
+            parse_query(&q).unwrap()
+        };
+        let day = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let (a, later) = (at(day, hit), at(day + Duration::from_secs(60), hit));
+        let next = at(day + Duration::from_secs(86400), hit);
+        // Within a period: one visitor, one session, one page load, as GA4 needs to stitch them.
+        for k in ["cid", "sid", "_p"] {
+            assert!(get(&a, k).is_some(), "{k}");
+            assert_eq!(get(&a, k), get(&later, k), "{k}");
+        }
+        // The visitor's own values never leave: not the session start, not the page load id.
+        assert_ne!(get(&a, "sid"), Some("1732439000"));
+        assert_ne!(get(&a, "_p"), Some("1732439101123"));
+        // Another session of the same visitor is another session.
+        let other = at(day, &hit.replace("sid=1732439000", "sid=1732442600"));
+        assert_ne!(get(&a, "sid"), get(&other, "sid"));
+        // Counters that run across sessions or across a page's life say nothing.
+        assert_eq!(get(&a, "sct"), Some("1"));
+        assert_eq!(get(&a, "_s"), None);
+        assert_eq!(get(&a, "tfd"), None);
+        // Across the rotation, the two hits share only what every such hit carries.
+        for (k, v) in &a {
+            if get(&next, k) == Some(v.as_str()) {
+                assert!(
+                    ["v", "tid", "sct", "seg", "_et", "en"].contains(&k.as_str()),
+                    "{k}={v} links two periods"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ga4_kept_values_cannot_carry_line_breaks_or_separators() {
+        let settings = Settings {
+            allow_event_params: vec!["ep.plan".into(), "ep.a+b".into()],
+            allow_url_params: vec![],
+        };
+        // A bare CR inside a line, and separators and controls a server could split on; a name
+        // that decodes to a `+`.
+        let body = b"en=page_view&dt=Hi\ruid=42&ep.plan=a;b c=d#e\x0bf&ep.a%2Bb=1\r\nen=x\r\x00y";
+        let (q, out) = scrub_with(&settings, "v=2&dt=a=b", body, &mut Tally::default()).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = out.split("\r\n").collect();
+        assert_eq!(lines.len(), 2, "{out:?}");
+        for part in lines.iter().chain([&q.as_str()]) {
+            assert!(
+                part.bytes()
+                    .all(|b| b.is_ascii_graphic() && !b";#".contains(&b)),
+                "{part:?}"
+            );
+            for pair in part.split('&') {
+                assert_eq!(pair.matches('=').count(), 1, "{pair:?} in {part:?}");
+            }
+        }
+        // Read back, each value is what was sent.
+        let first = parse_query(lines[0]).unwrap();
+        assert_eq!(get(&first, "dt"), Some("Hi\ruid=42"));
+        assert_eq!(get(&first, "ep.plan"), Some("a;b c=d#e\u{b}f"));
+        assert_eq!(get(&first, "ep.a+b"), Some("1"));
+        assert_eq!(get(&parse_query(lines[1]).unwrap(), "en"), Some("x\r\0y"));
+        assert_eq!(get(&parse_query(&q).unwrap(), "dt"), Some("a=b"));
+    }
+
+    #[test]
+    fn ga4_a_repeated_parameter_leaves_once() {
+        let settings = Settings::default();
+        let (q, body) = scrub_with(
+            &settings,
+            "v=2&dl=https%3A%2F%2Fshop.example%2Fa&en=x&d%6C=https%3A%2F%2Fevil.example%2F&en=y\
+             &dr=https%3A%2F%2Fshop.example%2Fr&dt=t&dt=u",
+            b"en=a&en=b&dl=https%3A%2F%2Fshop.example%2Fb&dl=https%3A%2F%2Fevil.example%2F",
+            &mut Tally::default(),
+        )
+        .unwrap();
+        let q = parse_query(&q).unwrap();
+        for name in ["dl", "en", "dt", "dr"] {
+            assert_eq!(
+                q.iter().filter(|(k, _)| k == name).count(),
+                1,
+                "{name}: {q:?}"
+            );
+        }
+        // The first one, whose host the referrer was judged against.
+        assert_eq!(get(&q, "dl"), Some("https://shop.example/a"));
+        assert_eq!(get(&q, "dr"), Some("https://shop.example/r"));
+        let line = parse_query(std::str::from_utf8(&body).unwrap()).unwrap();
+        assert_eq!(
+            line,
+            [
+                ("en".into(), "a".into()),
+                ("dl".into(), "https://shop.example/b".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn ga4_referrers_are_judged_against_the_page_each_event_reports() {
+        let settings = Settings::default();
+        let shop = "https%3A%2F%2Fshop.example%2F";
+        let evil = "https%3A%2F%2Fevil.example%2F";
+        // The query's referrer is on the query's page, but an event's own page is elsewhere:
+        // that event would carry an external referrer.
+        let (q, _) = scrub_with(
+            &settings,
+            &format!("v=2&dl={evil}&dr={evil}secret"),
+            format!("en=page_view&dl={shop}").as_bytes(),
+            &mut Tally::default(),
+        )
+        .unwrap();
+        assert_eq!(get(&parse_query(&q).unwrap(), "dr"), None, "{q}");
+        // An event without a page of its own reports the query's: its referrer is judged there.
+        let (_, body) = scrub_with(
+            &settings,
+            &format!("v=2&dl={shop}"),
+            format!("en=page_view&dr={shop}from").as_bytes(),
+            &mut Tally::default(),
+        )
+        .unwrap();
+        let line = parse_query(std::str::from_utf8(&body).unwrap()).unwrap();
+        assert_eq!(get(&line, "dr"), Some("https://shop.example/from"));
     }
 
     #[test]

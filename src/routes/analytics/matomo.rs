@@ -1,5 +1,7 @@
 //! Matomo `matomo.php` / `piwik.php`: GET, form POST, and bulk JSON (`{"requests": ["?…"]}`).
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use super::{
@@ -29,8 +31,6 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     ("ec_tx", Outcome::Kept, ""),
     ("ec_sh", Outcome::Kept, ""),
     ("ec_dt", Outcome::Kept, ""),
-    ("link", Outcome::Kept, "outlink"),
-    ("download", Outcome::Kept, ""),
     ("c_n", Outcome::Kept, "content name"),
     ("c_p", Outcome::Kept, "content piece"),
     ("c_t", Outcome::Kept, "content target"),
@@ -45,21 +45,21 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
         "performance timings",
     ),
     ("_id", Outcome::Pseudonymised, "keyed 16-hex, rotating"),
+    ("cid", Outcome::Pseudonymised, "keyed 16-hex, rotating"),
     (
         "pv_id",
         Outcome::Pseudonymised,
-        "page view id, re-derived from the period's key: a page view spanning a rotation links nothing",
+        "page view id: keyed hash of (_id, pv_id), rotating",
     ),
-    ("cid", Outcome::Pseudonymised, "keyed 16-hex, rotating"),
     (
-        "url",
+        "url, link, download",
         Outcome::Generalised,
-        "no fragment, no ;path parameters, no query but allow_url_params",
+        "page, outlink and download URLs: no path parameters, no fragment, no query but allow_url_params",
     ),
     (
         "urlref, _ref",
         Outcome::Generalised,
-        "same-site: origin and path; external: dropped",
+        "same-site: origin and path, no path parameters; external: dropped",
     ),
     (
         "ua",
@@ -90,8 +90,19 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
         Outcome::Dropped,
         "plugin flags",
     ),
-    ("*", Outcome::Dropped, "any other parameter"),
+    (
+        "*",
+        Outcome::Dropped,
+        "any other parameter, and every value of a name but the one PHP reads (the last)",
+    ),
 ];
+
+/// What links requests, within one rotation period and across periods (`tamis check` and the
+/// transparency page print it).
+pub const LINKAGE: &str = "within one rotation period, one browser's requests share one _id (or \
+cid) and one page view's requests one pv_id (each a keyed hash of the browser's own value with \
+that period's key); across periods nothing carries over: the key is new, so both change, and the \
+visit counters and timestamps (_idvc, _idn, _idts, _viewts, _refts) are dropped";
 
 const PERF: &[&str] = &["pf_net", "pf_srv", "pf_tfr", "pf_dm1", "pf_dm2", "pf_onl"];
 
@@ -102,99 +113,170 @@ fn kept(name: &str) -> bool {
             .any(|(n, o, _)| *o == Outcome::Kept && *n == name)
 }
 
-/// `{"1":["name","value"], …}`: only entries whose name is allowlisted and whose value is a
-/// scalar (string, number, boolean) survive, as exactly `[name, value]`: an object or array,
-/// or a third element, could carry anything under an allowed name. A repeated slot keeps its
-/// last entry, as PHP's `json_decode` does.
+/// `{"1":["name","value"], …}`: only entries that pair an allowlisted name with a scalar value
+/// survive (an object or array there could carry anything under an allowed name). A repeated
+/// index keeps its last entry, as PHP's `json_decode` reads it.
 fn custom_variables(json: &str, allow: &[String]) -> Option<String> {
-    let serde_json::Value::Object(map) = serde_json::from_str(json).ok()? else {
+    use serde_json::Value;
+    let Value::Object(map) = serde_json::from_str(json).ok()? else {
         return None;
     };
-    let kept: serde_json::Map<String, serde_json::Value> = map
+    let kept: serde_json::Map<String, Value> = map
         .into_iter()
-        .filter_map(|(slot, v)| {
-            let [name, value, ..] = v.as_array()?.as_slice() else {
-                return None;
-            };
-            let name = name.as_str().filter(|n| allow.iter().any(|a| a == n))?;
-            let scalar = value.is_string() || value.is_number() || value.is_boolean();
-            scalar.then(|| (slot, serde_json::json!([name, value])))
+        .filter(|(_, v)| match v.as_array().map(Vec::as_slice) {
+            Some([Value::String(name), value]) => {
+                allow.iter().any(|a| a == name) && !value.is_object() && !value.is_array()
+            }
+            _ => false,
         })
         .collect();
-    (!kept.is_empty()).then(|| serde_json::Value::Object(kept).to_string())
+    (!kept.is_empty()).then(|| Value::Object(kept).to_string())
 }
 
-/// Matomo's page view id (six letters and digits) re-derived from the period's key: stable for
-/// one page view within a period, unrelated across periods.
-fn page_view_id(ctx: &Context<'_>, site: &str, visitor: &str, id: &str, now: SystemTime) -> String {
-    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut n = ctx
-        .pseudonyms
-        .derive(&["pv_id", ctx.route, site, visitor, id], now);
-    (0..6)
-        .map(|_| {
-            let c = ALPHABET[(n % 62) as usize] as char;
-            n /= 62;
-            c
-        })
-        .collect()
+/// A parameter's value as PHP reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Php {
+    /// `name=value`.
+    Scalar(String),
+    /// `name[]=…` or `name[key]=…`: an array, which no rule keeps.
+    Array,
 }
 
-/// Scrubs one tracking request's parameters. A repeated name is judged by its last value, the
-/// one PHP's `$_GET` (and so Matomo) reads; the earlier ones are dropped.
-pub fn scrub_params(
-    params: Vec<(String, String)>,
+/// The name PHP files a decoded parameter name under, and whether brackets make its value an
+/// array (`a[]`, `a[k]`); `None` when PHP ignores the parameter (no name before a bracket).
+/// As `php_register_variable_ex` reads it: the name ends at a NUL, leading spaces are skipped,
+/// and spaces, dots and an unclosed `[` become `_` (`e.c`, `e c` and `e[c` are all `e_c`).
+fn php_name(raw: &str) -> Option<(Cow<'_, str>, bool)> {
+    let name = raw.split('\0').next().unwrap_or("").trim_start_matches(' ');
+    let (name, nested) = match name.find('[') {
+        Some(0) => return None,
+        Some(i) if name[i + 1..].contains(']') => (&name[..i], true),
+        _ => (name, false),
+    };
+    if name.is_empty() {
+        return None;
+    }
+    let name = if name.contains([' ', '.', '[']) {
+        Cow::Owned(name.replace([' ', '.', '['], "_"))
+    } else {
+        Cow::Borrowed(name)
+    };
+    Some((name, nested))
+}
+
+/// Parameters as PHP reads a query string or form body into `$_GET`/`$_POST` (and as
+/// `parse_str` reads Matomo's bulk requests): one entry per name, where the name first
+/// appeared, holding the value it last had. A bracketed name makes an array of whatever came
+/// before; a plain one after it makes a string again. Each pair PHP overwrites or ignores is
+/// counted as dropped: what leaves is what Matomo would have read, judged as Matomo reads it.
+fn php_read(pairs: Vec<(String, String)>, tally: &mut Tally) -> Vec<(String, Php)> {
+    let mut out: Vec<(String, Php)> = Vec::with_capacity(pairs.len());
+    let mut index: HashMap<String, usize> = HashMap::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        let Some((name, nested)) = php_name(&k) else {
+            tally.add(Outcome::Dropped);
+            continue;
+        };
+        let value = if nested { Php::Array } else { Php::Scalar(v) };
+        match index.get(name.as_ref()) {
+            Some(&i) => {
+                tally.add(Outcome::Dropped);
+                out[i].1 = value;
+            }
+            None => {
+                index.insert(name.clone().into_owned(), out.len());
+                out.push((name.into_owned(), value));
+            }
+        }
+    }
+    out
+}
+
+/// The scalar value PHP reads for `name` from the first of `sets` that has the name.
+fn php_scalar<'a>(sets: &[&'a [(String, Php)]], name: &str) -> Option<&'a str> {
+    let (_, value) = sets
+        .iter()
+        .find_map(|set| set.iter().find(|(n, _)| n == name))?;
+    match value {
+        Php::Scalar(v) => Some(v),
+        Php::Array => None,
+    }
+}
+
+/// What the rules of one request judge by, read as Matomo reads it: the site id (part of every
+/// pseudonym), the visitor's own id (which page view ids are derived with) and the page URL's
+/// host (which tells same-site referrers from external ones).
+struct Page {
+    site: String,
+    visitor: String,
+    host: Option<String>,
+}
+
+impl Page {
+    /// The page of a request made of `sets` (the first set that has a name wins, as in PHP's
+    /// `$_GET + $_POST`).
+    fn of(sets: &[&[(String, Php)]]) -> Page {
+        Page {
+            site: php_scalar(sets, "idsite").unwrap_or_default().to_owned(),
+            visitor: php_scalar(sets, "_id")
+                .or_else(|| php_scalar(sets, "cid"))
+                .unwrap_or_default()
+                .to_owned(),
+            host: php_scalar(sets, "url").and_then(host_of).map(str::to_owned),
+        }
+    }
+}
+
+/// `n` as six letters and digits, the shape of the page view ids Matomo's tracker makes.
+fn page_view_id(n: u32) -> String {
+    const DIGITS: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut n = u64::from(n);
+    let mut out = [0u8; 6];
+    for c in out.iter_mut().rev() {
+        *c = DIGITS[(n % 62) as usize];
+        n /= 62;
+    }
+    out.iter().map(|&b| char::from(b)).collect()
+}
+
+/// Scrubs one set of parameters as PHP read it, for the request's `page`.
+fn scrub_params(
+    params: Vec<(String, Php)>,
+    page: &Page,
     ctx: &Context<'_>,
     now: SystemTime,
     tally: &mut Tally,
 ) -> Vec<(String, String)> {
-    let last = super::last_of_each(params.iter().map(|(k, _)| k.as_str().into()));
-    let params: Vec<(String, String)> = params
-        .into_iter()
-        .zip(last)
-        .filter_map(|(p, last)| {
-            if !last {
-                tally.add(Outcome::Dropped);
-            }
-            last.then_some(p)
-        })
-        .collect();
-    let visitor = params
-        .iter()
-        .find(|(k, _)| k == "_id")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
-    let site = params
-        .iter()
-        .find(|(k, _)| k == "idsite")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
-    let site_host = params
-        .iter()
-        .find(|(k, _)| k == "url")
-        .and_then(|(_, v)| host_of(v).map(str::to_owned));
     let allow = &ctx.settings.allow_event_params;
     let mut out = Vec::with_capacity(params.len());
     for (k, v) in params {
+        let Php::Scalar(v) = v else {
+            tally.add(Outcome::Dropped);
+            continue;
+        };
         let (outcome, value) = match k.as_str() {
             "_id" | "cid" => {
-                let p = ctx.pseudonyms.pseudonym(ctx.route, &site, &v, now);
+                let p = ctx.pseudonyms.pseudonym(ctx.route, &page.site, &v, now);
                 (
                     Outcome::Pseudonymised,
                     Some(format!("{:016x}", u64::from(p))),
                 )
             }
-            "pv_id" => (
-                Outcome::Pseudonymised,
-                Some(page_view_id(ctx, &site, &visitor, &v, now)),
-            ),
-            "url" => (
+            // Kept by the page across requests, it would link two periods' pseudonyms: derived
+            // from the visitor's id with the period's key instead (LINKAGE).
+            "pv_id" => {
+                let n =
+                    ctx.pseudonyms
+                        .derived(ctx.route, &page.site, "pv_id", &page.visitor, &v, now);
+                (Outcome::Pseudonymised, Some(page_view_id(n)))
+            }
+            "url" | "link" | "download" => (
                 Outcome::Generalised,
                 scrub_page_url(&v, &ctx.settings.allow_url_params),
             ),
             "urlref" | "_ref" => (
                 Outcome::Generalised,
-                same_site_referrer(&v, site_host.as_deref()),
+                same_site_referrer(&v, page.host.as_deref()),
             ),
             "ua" => (Outcome::Generalised, Some(generalise_user_agent(&v))),
             "lang" => (Outcome::Generalised, primary_language(&v)),
@@ -219,19 +301,58 @@ pub fn scrub_params(
     out
 }
 
-/// Scrubs a query string (GET, or the query of a POST).
+/// Scrubs a query string (GET, or the query of a POST) on its own.
 pub fn scrub_query(
     query: &str,
     ctx: &Context<'_>,
     now: SystemTime,
     tally: &mut Tally,
 ) -> Result<String, ScrubError> {
-    Ok(to_query(&scrub_params(
-        parse_query(query)?,
-        ctx,
-        now,
-        tally,
-    )))
+    let params = php_read(parse_query(query)?, tally);
+    let page = Page::of(&[&params]);
+    Ok(to_query(&scrub_params(params, &page, ctx, now, tally)))
+}
+
+/// Scrubs a tracking request: its query, and its body if any. A form body is read as Matomo
+/// reads the request, `$_GET + $_POST`: a name the query has hides the body's (dropped), and
+/// the site and page every rule judges by come from that union. A bulk JSON body holds
+/// requests of its own (see [`scrub_body`]).
+pub fn scrub(
+    query: &str,
+    body: &[u8],
+    ctx: &Context<'_>,
+    now: SystemTime,
+    tally: &mut Tally,
+) -> Result<(String, Vec<u8>), ScrubError> {
+    let text = std::str::from_utf8(body).map_err(|_| ScrubError::Body("not UTF-8".into()))?;
+    if body.is_empty() || is_bulk(text) {
+        let q = scrub_query(query, ctx, now, tally)?;
+        let b = if body.is_empty() {
+            Vec::new()
+        } else {
+            scrub_body(body, ctx, now, tally)?
+        };
+        return Ok((q, b));
+    }
+    let get = php_read(parse_query(query)?, tally);
+    let mut post = php_read(parse_query(text.trim())?, tally);
+    // PHP's array union keeps the left side's entry for a name both sides have.
+    post.retain(|(name, _)| {
+        let hidden = get.iter().any(|(n, _)| n == name);
+        if hidden {
+            tally.add(Outcome::Dropped);
+        }
+        !hidden
+    });
+    let page = Page::of(&[&get, &post]);
+    let q = to_query(&scrub_params(get, &page, ctx, now, tally));
+    let b = to_query(&scrub_params(post, &page, ctx, now, tally));
+    Ok((q, b.into_bytes()))
+}
+
+/// Whether a POST body is bulk JSON rather than a form.
+fn is_bulk(text: &str) -> bool {
+    text.trim_start().starts_with('{')
 }
 
 /// Scrubs a POST body: bulk JSON (`{"requests": [...]}`, everything else in it dropped, the
@@ -243,7 +364,7 @@ pub fn scrub_body(
     tally: &mut Tally,
 ) -> Result<Vec<u8>, ScrubError> {
     let text = std::str::from_utf8(body).map_err(|_| ScrubError::Body("not UTF-8".into()))?;
-    if !text.trim_start().starts_with('{') {
+    if !is_bulk(text) {
         return Ok(scrub_query(text.trim(), ctx, now, tally)?.into_bytes());
     }
     let value: serde_json::Value =
@@ -348,94 +469,117 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_repeated_name_is_judged_by_its_last_value_as_php_reads_it() {
+    /// `query` scrubbed with `allow_event_params`, read back.
+    fn scrubbed(allow: &[&str], query: &str) -> Vec<(String, String)> {
         let settings = Settings {
-            allow_event_params: vec!["dimension1".into()],
+            allow_event_params: allow.iter().map(|s| s.to_string()).collect(),
             allow_url_params: vec![],
         };
         let p = Pseudonymizer::new(Duration::from_secs(86400), None);
         let mut t = Tally::default();
-        // PHP's $_GET keeps the last `url`: the referrer must be judged against that page, and
-        // only that page may go out.
-        let q = "idsite=1&url=https%3A%2F%2Fevil.example%2F&urlref=https%3A%2F%2Fevil.example%2Fsearch%3Fq%3Dx\
-                 &url=https%3A%2F%2Fshop.example%2Fp&dimension1=a&dimension1=b&_id=1&_id=2";
-        let out = parse_query(
-            &scrub_query(q, &ctx_with(&settings, &p), SystemTime::now(), &mut t).unwrap(),
+        parse_query(
+            &scrub_query(query, &ctx_with(&settings, &p), SystemTime::now(), &mut t).unwrap(),
         )
-        .unwrap();
-        let names: Vec<&str> = out.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(names, ["idsite", "url", "dimension1", "_id"]);
-        assert_eq!(get(&out, "url"), Some("https://shop.example/p"));
-        assert_eq!(get(&out, "dimension1"), Some("b"));
-        // The last `_id` is the one pseudonymised.
-        let mut t2 = Tally::default();
-        let alone = parse_query(
-            &scrub_query(
-                "idsite=1&_id=2",
-                &ctx_with(&settings, &p),
-                SystemTime::now(),
-                &mut t2,
-            )
-            .unwrap(),
-        )
-        .unwrap();
-        assert_eq!(get(&out, "_id"), get(&alone, "_id"));
+        .unwrap()
     }
 
     #[test]
-    fn a_custom_variable_keeps_only_a_scalar_value() {
-        let settings = Settings {
-            allow_event_params: vec!["Plan".into(), "Tier".into(), "Seats".into()],
-            allow_url_params: vec![],
-        };
-        let p = Pseudonymizer::new(Duration::from_secs(86400), None);
-        let cvar = r#"{"1":["Plan",{"email":"a@b.c"}],"2":["Tier",["a@b.c"]],"3":["Seats",3,"a@b.c"],"4":["Plan","pro"],"4":["Tier",null]}"#;
-        let q = format!(
-            "_cvar={}",
-            form_urlencoded::byte_serialize(cvar.as_bytes()).collect::<String>()
+    fn repeated_parameters_are_read_as_php_reads_them() {
+        let shop = "https%3A%2F%2Fshop.example%2F";
+        let evil = "https%3A%2F%2Fevil.example%2F";
+        // PHP keeps the last `url`: the referrer is judged against that page, not the first.
+        let out = scrubbed(
+            &[],
+            &format!("idsite=1&url={evil}&urlref={evil}secret&url={shop}a"),
         );
-        let out = parse_query(
-            &scrub_query(
-                &q,
-                &ctx_with(&settings, &p),
-                SystemTime::now(),
-                &mut Tally::default(),
-            )
-            .unwrap(),
-        )
-        .unwrap();
-        // Objects, arrays and nulls go; a third element goes; a repeated slot keeps its last.
-        assert_eq!(get(&out, "_cvar"), Some(r#"{"3":["Seats",3]}"#));
+        assert_eq!(
+            out,
+            [
+                ("idsite".to_owned(), "1".to_owned()),
+                ("url".to_owned(), "https://shop.example/a".to_owned())
+            ]
+        );
+        // One value per name leaves: the one PHP would read.
+        let out = scrubbed(
+            &["dimension2"],
+            "idsite=1&idsite=2&e_c=a&dimension2=x&e_c=b&dimension2=y",
+        );
+        assert_eq!(
+            out,
+            [
+                ("idsite".to_owned(), "2".to_owned()),
+                ("e_c".to_owned(), "b".to_owned()),
+                ("dimension2".to_owned(), "y".to_owned())
+            ]
+        );
+        // Brackets make an array of the name, whatever came before; a plain value after them
+        // makes it a string again.
+        for q in [
+            format!("url={shop}&url[]={evil}secret"),
+            format!("url={shop}&url%5B0%5D={evil}secret"),
+            format!("url={shop}&url[a][b]={evil}secret"),
+        ] {
+            assert_eq!(scrubbed(&[], &q), [], "{q}");
+        }
+        assert_eq!(
+            scrubbed(&["dimension2"], "dimension2[]=secret&dimension2=blue"),
+            [("dimension2".to_owned(), "blue".to_owned())]
+        );
+        assert_eq!(
+            scrubbed(&["dimension2"], "dimension2=blue&dimension2[x]=secret"),
+            []
+        );
+        // PHP's own spelling of a name: leading spaces go, dots and spaces become `_`, an
+        // unclosed bracket too, and the name ends at a NUL.
+        assert_eq!(
+            scrubbed(&[], "e_c=a&e.c=b&%20e_a=c&e[n=d&e_v%00x=5"),
+            [
+                ("e_c".to_owned(), "b".to_owned()),
+                ("e_a".to_owned(), "c".to_owned()),
+                ("e_n".to_owned(), "d".to_owned()),
+                ("e_v".to_owned(), "5".to_owned())
+            ]
+        );
     }
 
     #[test]
-    fn the_page_view_id_does_not_link_two_rotation_periods() {
+    fn page_view_ids_do_not_link_two_rotation_periods() {
         let settings = Settings::default();
         let p = Pseudonymizer::new(Duration::from_secs(86400), None);
-        let at = |secs| std::time::UNIX_EPOCH + Duration::from_secs(secs);
-        let run = |now| {
-            let q = scrub_query(
-                "idsite=1&_id=abc&pv_id=Ab3xYz",
-                &ctx_with(&settings, &p),
-                now,
-                &mut Tally::default(),
-            )
-            .unwrap();
-            get(&parse_query(&q).unwrap(), "pv_id").unwrap().to_owned()
-        };
-        let (a, b, c) = (
-            run(at(1732492000)),
-            run(at(1732492500)),
-            run(at(1732493000)),
+        let ctx = ctx_with(&settings, &p);
+        // A page left open across the rotation keeps sending pings with its page view id.
+        let q = "idsite=3&_id=4f2a9c81be03d7e6&pv_id=Ab3dE9&ping=1";
+        let at =
+            |now| parse_query(&scrub_query(q, &ctx, now, &mut Tally::default()).unwrap()).unwrap();
+        let day = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let (a, later) = (at(day), at(day + Duration::from_secs(60)));
+        let next = at(day + Duration::from_secs(86400));
+        let pv = get(&a, "pv_id").unwrap();
+        assert_eq!(
+            Some(pv),
+            get(&later, "pv_id"),
+            "one page view within a period"
         );
-        assert_eq!(a, b);
-        assert_ne!(a, c);
-        assert_ne!(a, "Ab3xYz");
         assert!(
-            a.len() == 6 && a.bytes().all(|b| b.is_ascii_alphanumeric()),
-            "{a}"
+            pv.len() == 6 && pv.bytes().all(|b| b.is_ascii_alphanumeric()),
+            "{pv}"
         );
+        assert_ne!(pv, "Ab3dE9");
+        assert_ne!(Some(pv), get(&next, "pv_id"));
+        assert_ne!(get(&a, "_id"), get(&next, "_id"));
+    }
+
+    #[test]
+    fn custom_variables_keep_only_scalar_values() {
+        let cvar = r#"{"1":["Plan",{"email":"a@b.c"}],"2":["Plan","pro","a@b.c"],"3":["Plan",["a@b.c"]],"4":["Plan",7],"5":[{"Plan":1},"x"]}"#;
+        let out = scrubbed(
+            &["Plan"],
+            &format!(
+                "_cvar={}",
+                form_urlencoded::byte_serialize(cvar.as_bytes()).collect::<String>()
+            ),
+        );
+        assert_eq!(get(&out, "_cvar"), Some(r#"{"4":["Plan",7]}"#));
     }
 
     #[test]

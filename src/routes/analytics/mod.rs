@@ -39,26 +39,13 @@ impl Protocol {
         }
     }
 
-    /// What lets the analytics server link one tracking request to another, within one
-    /// rotation period and across two (`tamis check` and the transparency page print it).
+    /// What links one visitor's requests within one rotation period, and across periods.
     pub fn linkage(self) -> &'static str {
         match self {
-            Protocol::Ga4 => {
-                "within one rotation period, cid links one browser's requests, sid one session's, \
-                 _p one page load's (each re-derived from the period's key); across periods \
-                 nothing does: the key changes, sct (session count) and _s (hit sequence) are \
-                 dropped, and a session or page load running over the change is split in two"
-            }
-            Protocol::Matomo => {
-                "within one rotation period, _id/cid link one browser's requests and pv_id one \
-                 page view's (re-derived from the period's key); across periods nothing does: the \
-                 key changes and the visit history (_idts, _idvc, _viewts…) is dropped"
-            }
-            Protocol::Plausible | Protocol::Umami => {
-                "the browser sends no identifier and tamis adds none: the server's own daily \
-                 visitor hash sees tamis's address and a generalised User-Agent, shared by every \
-                 visitor with the same browser version"
-            }
+            Protocol::Ga4 => ga4::LINKAGE,
+            Protocol::Matomo => matomo::LINKAGE,
+            Protocol::Plausible => plausible::LINKAGE,
+            Protocol::Umami => umami::LINKAGE,
         }
     }
 
@@ -387,20 +374,11 @@ fn is_page_path(base: &str) -> bool {
     base.starts_with('/') && !base[1..].starts_with(['/', '\\']) && no_whitespace(base)
 }
 
-/// Whether a path carries segment parameters (`;name=value`, also spelt `%3B`).
-pub fn has_path_params(path: &str) -> bool {
-    path.contains(';')
-        || path
-            .as_bytes()
-            .windows(3)
-            .any(|w| w.eq_ignore_ascii_case(b"%3b"))
-}
-
-/// A path without its segment parameters: in each segment, everything from a `;` (or `%3B`)
-/// on. Servlet containers and PHP carry session identifiers there (`/cart;jsessionid=…`,
-/// `;sid=…`): they identify the visitor as well as a cookie would.
+/// A path without its segments' parameters (`/cart;jsessionid=0A1B/pay;v=2` → `/cart/pay`):
+/// servlet containers put the session id there (`;jsessionid=`), other servers `;sid=`.
+/// Borrowed when there is none.
 pub fn without_path_params(path: &str) -> Cow<'_, str> {
-    if !has_path_params(path) {
+    if !path.contains(';') {
         return Cow::Borrowed(path);
     }
     let mut out = String::with_capacity(path.len());
@@ -408,21 +386,12 @@ pub fn without_path_params(path: &str) -> Cow<'_, str> {
         if i > 0 {
             out.push('/');
         }
-        let b = segment.as_bytes();
-        let cut = (0..b.len())
-            .find(|&j| {
-                b[j] == b';'
-                    || b[j..]
-                        .get(..3)
-                        .is_some_and(|w| w.eq_ignore_ascii_case(b"%3b"))
-            })
-            .unwrap_or(b.len());
-        out.push_str(&segment[..cut]);
+        out.push_str(segment.split(';').next().unwrap_or(""));
     }
     Cow::Owned(out)
 }
 
-/// A page URL without user information, fragment, path parameters, or query parameters other
+/// A page URL without user information, path parameters, fragment, or query parameters other
 /// than the allowed ones. `None` when it is neither an absolute http(s) URL (see
 /// [`parse_absolute`]) nor a path (then it is dropped).
 pub fn scrub_page_url(url: &str, allow: &[String]) -> Option<String> {
@@ -433,10 +402,12 @@ pub fn scrub_page_url(url: &str, allow: &[String]) -> Option<String> {
         None => (url, None),
     };
     let base = if base.starts_with('/') {
-        if !is_page_path(base) {
+        // Checked once the parameters are out: `/;x/host` would become `//host`.
+        let path = without_path_params(base);
+        if !is_page_path(&path) {
             return None;
         }
-        without_path_params(base).into_owned()
+        path.into_owned()
     } else {
         let abs = parse_absolute(base)?;
         abs.with_rest(&without_path_params(abs.rest))
@@ -476,8 +447,9 @@ pub fn same_site(host: &str, site: &str) -> bool {
 }
 
 /// A referrer from the same site becomes its origin and path (no user information, path
-/// parameters, query or fragment); any other is dropped. The referrer must be an absolute http(s) URL as a whole
-/// ([`parse_absolute`]) whose host is the site's: text around a same-site URL is no referrer.
+/// parameters, query or fragment); any other is dropped. The referrer must be an absolute
+/// http(s) URL as a whole ([`parse_absolute`]) whose host is the site's: text around a
+/// same-site URL is no referrer.
 pub fn same_site_referrer(referrer: &str, site_host: Option<&str>) -> Option<String> {
     let site = site_host?;
     let url = parse_absolute(referrer)?;
@@ -575,43 +547,40 @@ impl Pseudonymizer {
             mac.update(part.as_bytes());
             mac.update(&[0]);
         }
-        let out = mac.finalize().into_bytes();
-        u32::from_be_bytes([out[0], out[1], out[2], out[3]])
+        first_32_bits(mac)
     }
 
-    /// 64 bits of HMAC(key, parts…), for values re-derived from the period's key (a session or
-    /// page-load id): stable within a period, unrelated across periods, like the pseudonym.
-    pub fn derive(&self, parts: &[&str], now: SystemTime) -> u64 {
+    /// 32 bits of HMAC(key, kind, route, site, id, value): a value a visitor's browser keeps
+    /// across hits (a session start, a page-load id) replaced by one that is the same for the
+    /// same visitor `id` and value within a period, and says nothing across periods, routes,
+    /// sites or visitors. `kind` keeps each kind of value apart from the others.
+    pub fn derived(
+        &self,
+        route: &str,
+        site: &str,
+        kind: &str,
+        id: &str,
+        value: &str,
+        now: SystemTime,
+    ) -> u32 {
         let Some(mut mac) = self.keyed(now) else {
             return 0;
         };
-        for part in parts {
+        // 0xFF starts no UTF-8 text, so no pseudonym's input is a derived value's; each part is
+        // length-prefixed, so no two lists of parts hash alike.
+        mac.update(&[0xff]);
+        for part in [kind, route, site, id, value] {
+            mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part.as_bytes());
-            mac.update(&[0]);
         }
-        let out = mac.finalize().into_bytes();
-        u64::from_be_bytes([
-            out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7],
-        ])
-    }
-
-    /// The period's length in seconds.
-    pub fn period_secs(&self) -> u64 {
-        self.period.as_secs().max(1)
+        first_32_bits(mac)
     }
 }
 
-/// The index of the last pair with each key, for protocols whose server reads a repeated key
-/// as its last value (PHP's `$_GET`, and tamis for GA4: only one value of a name goes out, so
-/// the server can only read the one tamis judged). `keys` yields each pair's decoded key.
-pub fn last_of_each<'k>(keys: impl Iterator<Item = Cow<'k, str>>) -> Vec<bool> {
-    let keys: Vec<Cow<'k, str>> = keys.collect();
-    let mut seen: rustc_hash::FxHashSet<&str> = rustc_hash::FxHashSet::default();
-    let mut last = vec![false; keys.len()];
-    for (i, k) in keys.iter().enumerate().rev() {
-        last[i] = seen.insert(k.as_ref());
-    }
-    last
+/// The first 32 bits of a MAC's output.
+fn first_32_bits(mac: HmacSha256) -> u32 {
+    let out = mac.finalize().into_bytes();
+    u32::from_be_bytes([out[0], out[1], out[2], out[3]])
 }
 
 /// The names a table keeps as they are (`a, b` rows split), sorted for binary search.
@@ -674,9 +643,25 @@ pub fn respelt(v: &RawValue) -> Option<Box<RawValue>> {
     serde_json::value::to_raw_value(&value).ok()
 }
 
-/// Whether a raw JSON value is a string, number or boolean (not an object, array or null).
-pub fn scalar(v: &RawValue) -> bool {
-    !matches!(v.get().as_bytes().first(), Some(b'{' | b'[' | b'n') | None)
+/// A kept value, respelt, if it is a scalar (string, number, boolean or null). An object or an
+/// array is never kept: under one allowed name it could carry any number of fields (Umami
+/// flattens a nested object into keys of its own).
+pub fn scalar(v: &RawValue) -> Option<Box<RawValue>> {
+    if v.get().trim_start().starts_with(['{', '[']) {
+        return None;
+    }
+    respelt(v)
+}
+
+/// A field kept by name, if its value is a scalar ([`scalar`]); counted as kept or dropped.
+pub fn json_kept(v: &RawValue, tally: &mut Tally) -> Option<Box<RawValue>> {
+    let kept = scalar(v);
+    tally.add(if kept.is_some() {
+        Outcome::Kept
+    } else {
+        Outcome::Dropped
+    });
+    kept
 }
 
 /// A JSON page-URL field after the URL rule; counted as generalised, or dropped when the rule
@@ -768,9 +753,11 @@ pub fn read_object<'a>(
 }
 
 /// Reads a value of custom fields, keeping the allowlisted keys of an object (also of one sent
-/// as a JSON string, as some trackers do): each key is checked as it is read, a dropped value is
-/// only scanned, never built, and a kept one is respelt. Anything that is not an object gives
-/// `None`, as does an object with nothing kept.
+/// as a JSON string, as some trackers do) whose values are scalars: each key is checked as it
+/// is read, a dropped value is only scanned, never built, and a kept one is respelt. Anything
+/// that is not an object gives `None`, as does an object with nothing kept. A repeated key is
+/// judged by its last value, as the JSON servers read it (Plausible's Jason, Umami's
+/// `JSON.parse`).
 struct AllowedFields<'s> {
     allow: &'s [String],
     tally: &'s mut Tally,
@@ -825,19 +812,10 @@ impl<'de> serde::de::Visitor<'de> for AllowedFields<'_> {
                 return Ok(None);
             }
             if self.allow.iter().any(|a| *a == *k.0) {
-                let raw = map.next_value::<&'de RawValue>()?;
-                // Only a scalar is kept, respelt from its raw text (the same value, however it
-                // was written): an object or array could carry anything under an allowed name.
-                let value = scalar(raw).then(|| respelt(raw)).flatten();
-                self.tally.add(if value.is_some() {
-                    Outcome::Kept
-                } else {
-                    Outcome::Dropped
-                });
-                match value {
+                // Respelt from its raw text: the same value, however it was written.
+                match json_kept(map.next_value::<&'de RawValue>()?, self.tally) {
                     Some(v) => kept.insert(k, v),
-                    // A repeated key keeps its last value (as the analytics server's JSON
-                    // parser does), even one that cannot be kept.
+                    // A repeated key keeps its last value, even one that cannot be kept.
                     None => kept.remove(&*k.0),
                 };
             } else {
@@ -947,71 +925,41 @@ mod tests {
     }
 
     #[test]
-    fn page_urls_lose_path_parameters_in_every_protocol() {
-        let allow = ["utm_source".to_owned()];
-        for (url, out) in [
-            (
-                "https://shop.example/cart;jsessionid=ABC123/item;sid=9?utm_source=a&x=1#f",
-                "https://shop.example/cart/item?utm_source=a",
-            ),
-            ("/a;v=1/b%3Bsid=2/c", "/a/b/c"),
-            ("https://shop.example/;x", "https://shop.example/"),
-        ] {
-            assert_eq!(scrub_page_url(url, &allow).as_deref(), Some(out), "{url}");
+    fn page_urls_and_referrers_lose_path_parameters() {
+        for allow in [vec![], vec!["utm_source".to_owned()]] {
+            for (url, scrubbed) in [
+                (
+                    "https://shop.example/cart;jsessionid=0A1B2C/checkout;sid=42?x=1#f",
+                    Some("https://shop.example/cart/checkout"),
+                ),
+                ("/account;jsessionid=0A1B2C", Some("/account")),
+                ("/a;v=1;w=2/b;/c", Some("/a/b/c")),
+                (
+                    "https://shop.example/;jsessionid=1",
+                    Some("https://shop.example/"),
+                ),
+                (
+                    "https://shop.example/p;sid=1?utm_source=news",
+                    Some(if allow.is_empty() {
+                        "https://shop.example/p"
+                    } else {
+                        "https://shop.example/p?utm_source=news"
+                    }),
+                ),
+                // Taking a parameter out must not leave a scheme-relative URL.
+                ("/;x/evil.example/p", None),
+            ] {
+                assert_eq!(scrub_page_url(url, &allow).as_deref(), scrubbed, "{url}");
+            }
         }
         assert_eq!(
             same_site_referrer(
-                "https://shop.example/a;jsessionid=X/b?q",
+                "https://shop.example/a;jsessionid=1/b;x?q#f",
                 Some("shop.example")
             )
             .as_deref(),
             Some("https://shop.example/a/b")
         );
-        // Through each protocol's scrubber, with nothing allowed (GA4's borrowed fast path).
-        let settings = Settings::default();
-        let p = Pseudonymizer::new(Duration::from_secs(86400), None);
-        let ctx = Context {
-            settings: &settings,
-            pseudonyms: &p,
-            route: "r",
-        };
-        let now = SystemTime::now();
-        let page = "https%3A%2F%2Fshop.example%2Fcart%3Bjsessionid%3DABC123";
-        let (q, b) = ga4::scrub(
-            &format!("dl={page}&dr={page}"),
-            format!("dl={page}").as_bytes(),
-            &ctx,
-            now,
-            &mut Tally::default(),
-        )
-        .unwrap();
-        let q = matomo::scrub_query(
-            &format!("url={page}&urlref={page}"),
-            &ctx,
-            now,
-            &mut Tally::default(),
-        )
-        .unwrap()
-            + &q
-            + &String::from_utf8(b).unwrap();
-        let json = r#"{"n":"pageview","u":"https://shop.example/cart;jsessionid=ABC123","r":"https://shop.example/x;sid=1","d":"shop.example"}"#;
-        let plausible = plausible::scrub(json.as_bytes(), &ctx, &mut Tally::default()).unwrap();
-        let umami = umami::scrub(
-            br#"{"type":"event","payload":{"website":"w","hostname":"shop.example","url":"/cart;jsessionid=ABC123","referrer":"https://shop.example/x;sid=1"}}"#,
-            &ctx,
-            &mut Tally::default(),
-        )
-        .unwrap();
-        for out in [
-            q,
-            String::from_utf8(plausible).unwrap(),
-            String::from_utf8(umami).unwrap(),
-        ] {
-            assert!(out.contains("cart") || out.contains("%2Fx"), "{out}");
-            for gone in ["jsessionid", "ABC123", "sid=1", "%3B", ";"] {
-                assert!(!out.contains(gone), "{gone} in {out}");
-            }
-        }
     }
 
     #[test]

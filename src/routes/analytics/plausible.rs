@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde_json::value::RawValue;
 
 use super::{
-    host_of, json_page_url, json_referrer, raw_str, raw_string, read_object, respelt, Context,
-    Field, Key, Outcome, ScrubError, Tally,
+    field, host_of, json_kept, json_page_url, json_referrer, raw_object, raw_str, raw_string,
+    read_object, scalar, Context, Field, Key, Outcome, ScrubError, Tally,
 };
 
 /// The field table (`tamis check` prints it).
@@ -17,26 +17,55 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     ("h", Outcome::Kept, "hash-based routing flag"),
     ("i", Outcome::Kept, "interactive flag"),
     ("v", Outcome::Kept, "tracker version"),
-    ("$", Outcome::Kept, "revenue"),
+    ("$", Outcome::Kept, "revenue: its amount and currency only"),
     (
         "u",
         Outcome::Generalised,
-        "no fragment, no ;path parameters, no query but allow_url_params (e.g. utm_*)",
+        "no path parameters, no fragment, no query but allow_url_params (e.g. utm_*)",
     ),
     (
         "r",
         Outcome::Generalised,
-        "same-site: origin and path; external: dropped",
+        "same-site: origin and path, no path parameters; external: dropped",
     ),
     (
         "p, props, m, meta",
         Outcome::Dropped,
-        "keys not in allow_event_params",
+        "keys not in allow_event_params; objects and arrays under a kept key",
     ),
-    ("*", Outcome::Dropped, "any other field"),
+    (
+        "*",
+        Outcome::Dropped,
+        "any other field; an object or array where the table keeps a scalar",
+    ),
 ];
 
-const KEPT: &[&str] = &["n", "d", "h", "i", "v", "$"];
+/// What links events (`tamis check` and the transparency page print it).
+pub const LINKAGE: &str = "no identifier leaves: nothing links two events but what they say \
+(page, time), and Plausible's daily visitor hash sees no visitor address";
+
+/// Fields kept as they are, scalars only (`$` has its own rule, [`revenue`]).
+const KEPT: &[&str] = &["n", "d", "h", "i", "v"];
+
+/// The members of a revenue (`$`) object, scalars only.
+const REVENUE: &[&str] = &["amount", "currency"];
+
+/// A revenue object with only its amount and currency (scalars); `None` when nothing is left.
+fn revenue(v: &RawValue, tally: &mut Tally) -> Option<Box<RawValue>> {
+    let members = raw_object(v.get()).ok();
+    let kept: BTreeMap<&str, Box<RawValue>> = REVENUE
+        .iter()
+        .filter_map(|&name| Some((name, scalar(field(members.as_ref()?, name)?)?)))
+        .collect();
+    tally.add(if kept.is_empty() {
+        Outcome::Dropped
+    } else {
+        Outcome::Kept
+    });
+    (!kept.is_empty())
+        .then(|| serde_json::value::to_raw_value(&kept).ok())
+        .flatten()
+}
 
 /// The fields holding custom props, filtered against `allow_event_params`.
 const CUSTOM: &[&str] = &["p", "props", "m", "meta"];
@@ -62,10 +91,8 @@ pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8
         let kept = match (k.0.as_ref(), v) {
             // Filtered (and counted) as they were read.
             (_, Field::Allowed(fields)) => fields,
-            (name, Field::Raw(v)) if KEPT.contains(&name) => {
-                tally.add(Outcome::Kept);
-                respelt(v)
-            }
+            (name, Field::Raw(v)) if KEPT.contains(&name) => json_kept(v, tally),
+            ("$", Field::Raw(v)) => revenue(v, tally),
             ("u", Field::Raw(v)) => json_page_url(v, &ctx.settings.allow_url_params, tally),
             ("r", Field::Raw(v)) => {
                 json_referrer(v, site_host.as_deref(), tally).and_then(|r| raw_string(&r))
@@ -136,15 +163,43 @@ mod tests {
     }
 
     #[test]
-    fn a_kept_prop_keeps_only_a_scalar_value() {
-        let body = br#"{"n":"x","p":{"author":{"email":"a@b"},"plan":["a@b"],"seats":null},"m":{"plan":"pro","author":"Jo","author":{"x":1}}}"#;
-        let (out, t) = scrubbed(&["author", "plan", "seats"], &[], body);
+    fn kept_props_keep_only_scalar_values() {
+        let run = |body: &str| {
+            let out = scrubbed(&["author", "plan"], &[], body.as_bytes())
+                .0
+                .unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        // A kept key with an object or array value: the value is dropped, as if it were absent.
         assert_eq!(
-            String::from_utf8(out.unwrap()).unwrap(),
-            r#"{"m":{"plan":"pro"},"n":"x"}"#
+            run(r#"{"n":"x","p":{"author":{"email":"a@b.c"},"plan":"pro"}}"#),
+            r#"{"n":"x","p":{"plan":"pro"}}"#
         );
-        // n, m.plan, m.author "Jo"; the three in p and the last m.author.
-        assert_eq!((t.get(Outcome::Kept), t.get(Outcome::Dropped)), (3, 4));
+        assert_eq!(run(r#"{"n":"x","p":{"author":["a@b.c"]}}"#), r#"{"n":"x"}"#);
+        assert_eq!(
+            run(r#"{"n":"x","props":"{\"plan\":{\"e\":\"a@b.c\"}}"}"#),
+            r#"{"n":"x"}"#
+        );
+        // The last of a repeated key decides, nested or not.
+        assert_eq!(
+            run(r#"{"n":"x","p":{"plan":"pro","plan":{"e":"a@b.c"}}}"#),
+            r#"{"n":"x"}"#
+        );
+        assert_eq!(
+            run(r#"{"n":"x","p":{"plan":["a@b.c"],"plan":true,"author":null}}"#),
+            r#"{"n":"x","p":{"author":null,"plan":true}}"#
+        );
+        // The table's own fields are scalars too; revenue keeps its amount and currency only.
+        assert_eq!(
+            run(
+                r#"{"n":{"e":"a@b.c"},"d":["a@b.c"],"h":1,"$":{"amount":"9.5","currency":"EUR","email":"a@b.c"}}"#
+            ),
+            r#"{"$":{"amount":"9.5","currency":"EUR"},"h":1}"#
+        );
+        assert_eq!(
+            run(r#"{"n":"x","$":{"amount":{"e":"a@b.c"}}}"#),
+            r#"{"n":"x"}"#
+        );
     }
 
     #[test]

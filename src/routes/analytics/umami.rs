@@ -7,8 +7,8 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{
-    field, json_page_url, json_referrer, primary_language, raw_object, raw_str, raw_string,
-    read_object, respelt, Context, Field, Key, Outcome, ScrubError, Tally,
+    field, json_kept, json_page_url, json_referrer, primary_language, raw_object, raw_str,
+    raw_string, read_object, Context, Field, Key, Outcome, ScrubError, Tally,
 };
 
 /// The payload field table (`tamis check` prints it).
@@ -21,21 +21,25 @@ pub const RULES: &[(&str, Outcome, &str)] = &[
     (
         "url",
         Outcome::Generalised,
-        "no fragment, no ;path parameters, no query but allow_url_params",
+        "no path parameters, no fragment, no query but allow_url_params",
     ),
     (
         "referrer",
         Outcome::Generalised,
-        "same-site: origin and path; external: dropped",
+        "same-site: origin and path, no path parameters; external: dropped",
     ),
     ("language", Outcome::Generalised, "primary language only"),
     ("screen", Outcome::Dropped, "screen resolution"),
     ("id", Outcome::Dropped, "distinct id"),
-    ("data", Outcome::Dropped, "keys not in allow_event_params"),
+    (
+        "data",
+        Outcome::Dropped,
+        "keys not in allow_event_params; objects and arrays under a kept key",
+    ),
     (
         "*",
         Outcome::Dropped,
-        "any other field; only type \"event\" is forwarded",
+        "any other field; an object or array where the table keeps a scalar; only type \"event\" is forwarded",
     ),
 ];
 
@@ -43,6 +47,11 @@ const KEPT: &[&str] = &["website", "hostname", "title", "name", "tag"];
 
 /// The payload field holding custom data, filtered against `allow_event_params`.
 const CUSTOM: &[&str] = &["data"];
+
+/// What links events (`tamis check` and the transparency page print it).
+pub const LINKAGE: &str = "no identifier leaves (the distinct id is dropped, and the answer's \
+session ids and cache token never reach the browser to be sent back): nothing links two events \
+but what they say (page, time)";
 
 /// Answer fields that identify a session or visit: removed before the visitor sees the answer.
 pub const ANSWER_IDENTIFIERS: &[&str] = &["sessionId", "visitId", "cache"];
@@ -75,10 +84,7 @@ pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8
         let kept = match (k.0.as_ref(), v) {
             // Filtered (and counted) as they were read.
             (_, Field::Allowed(fields)) => fields,
-            (name, Field::Raw(v)) if KEPT.contains(&name) => {
-                tally.add(Outcome::Kept);
-                respelt(v)
-            }
+            (name, Field::Raw(v)) if KEPT.contains(&name) => json_kept(v, tally),
             ("url", Field::Raw(v)) => json_page_url(v, &ctx.settings.allow_url_params, tally),
             // Umami expects the field; an empty referrer means none.
             ("referrer", Field::Raw(v)) => {
@@ -130,59 +136,74 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    #[test]
-    fn the_fixture_is_scrubbed_field_by_field() {
+    /// Runs `f` with a scrub context allowing the `data` keys `allow`.
+    fn with_ctx<T>(allow: &[&str], f: impl FnOnce(&Context<'_>) -> T) -> T {
         let settings = Settings {
-            allow_event_params: vec!["plan".into()],
+            allow_event_params: allow.iter().map(|s| s.to_string()).collect(),
             allow_url_params: vec![],
         };
         let p = Pseudonymizer::new(Duration::from_secs(86400), None);
-        let ctx = Context {
+        f(&Context {
             settings: &settings,
             pseudonyms: &p,
             route: "umami",
-        };
-        let mut t = Tally::default();
-        let out = scrub(
-            include_bytes!("../../../tests/fixtures/umami-send.json"),
-            &ctx,
-            &mut t,
-        )
-        .unwrap();
-        let v: Value = serde_json::from_slice(&out).unwrap();
-        let p = &v["payload"];
-        assert_eq!(p["url"], "/reset");
-        assert_eq!(p["referrer"], "");
-        assert_eq!(p["language"], "fr");
-        assert_eq!(p["data"], serde_json::json!({"plan": "pro"}));
-        assert!(p.get("screen").is_none());
-        let text = String::from_utf8(out).unwrap();
-        for secret in ["s3cr3t", "2560", "alice", "mail.example"] {
-            assert!(!text.contains(secret), "{secret} in {text}");
-        }
-        let identify = br#"{"type":"identify","payload":{"website":"x","id":"alice"}}"#;
-        assert!(scrub(identify, &ctx, &mut t).is_err());
+        })
     }
 
     #[test]
-    fn a_kept_data_field_keeps_only_a_scalar_value() {
-        let settings = Settings {
-            allow_event_params: vec!["plan".into(), "seats".into(), "trial".into(), "who".into()],
-            allow_url_params: vec![],
+    fn the_fixture_is_scrubbed_field_by_field() {
+        with_ctx(&["plan"], |ctx| {
+            let mut t = Tally::default();
+            let out = scrub(
+                include_bytes!("../../../tests/fixtures/umami-send.json"),
+                ctx,
+                &mut t,
+            )
+            .unwrap();
+            let v: Value = serde_json::from_slice(&out).unwrap();
+            let p = &v["payload"];
+            assert_eq!(p["url"], "/reset");
+            assert_eq!(p["referrer"], "");
+            assert_eq!(p["language"], "fr");
+            assert_eq!(p["data"], serde_json::json!({"plan": "pro"}));
+            assert!(p.get("screen").is_none());
+            let text = String::from_utf8(out).unwrap();
+            for secret in ["s3cr3t", "2560", "alice", "mail.example"] {
+                assert!(!text.contains(secret), "{secret} in {text}");
+            }
+            let identify = br#"{"type":"identify","payload":{"website":"x","id":"alice"}}"#;
+            assert!(scrub(identify, ctx, &mut t).is_err());
+        });
+    }
+
+    #[test]
+    fn kept_data_keeps_only_scalar_values() {
+        let run = |payload: &str| {
+            let body = format!(r#"{{"type":"event","payload":{payload}}}"#);
+            let out = with_ctx(&["plan", "seats"], |ctx| {
+                scrub(body.as_bytes(), ctx, &mut Tally::default()).unwrap()
+            });
+            let v: Value = serde_json::from_slice(&out).unwrap();
+            v["payload"].clone()
         };
-        let p = Pseudonymizer::new(Duration::from_secs(86400), None);
-        let ctx = Context {
-            settings: &settings,
-            pseudonyms: &p,
-            route: "umami",
-        };
-        let body = br#"{"type":"event","payload":{"website":"w","url":"/a","data":{"plan":{"email":"a@b"},"seats":[1,"a@b"],"who":null,"trial":true,"plan":"pro"}}}"#;
-        let out: Value =
-            serde_json::from_slice(&scrub(body, &ctx, &mut Tally::default()).unwrap()).unwrap();
-        // The repeated `plan` keeps its last (scalar) value, as JSON.parse does.
+        // Umami flattens a nested object into `plan.email`: a kept key keeps a scalar only.
         assert_eq!(
-            out["payload"]["data"],
-            serde_json::json!({"plan": "pro", "trial": true})
+            run(r#"{"website":"w","data":{"plan":{"email":"a@b.c"},"seats":3}}"#),
+            serde_json::json!({"website": "w", "data": {"seats": 3}})
+        );
+        assert_eq!(
+            run(r#"{"website":"w","data":{"plan":["a@b.c"],"seats":{"x":1}}}"#),
+            serde_json::json!({"website": "w"})
+        );
+        // JSON.parse keeps the last of a repeated key.
+        assert_eq!(
+            run(r#"{"website":"w","data":{"plan":"pro","plan":{"e":"a@b.c"}}}"#),
+            serde_json::json!({"website": "w"})
+        );
+        // The table's own fields are scalars too.
+        assert_eq!(
+            run(r#"{"website":{"e":"a@b.c"},"title":["a@b.c"],"name":"signup"}"#),
+            serde_json::json!({"name": "signup"})
         );
     }
 
