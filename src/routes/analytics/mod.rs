@@ -478,8 +478,9 @@ pub struct Pseudonymizer {
     /// With a salt file (multi-replica setups), each period's key is derived from it, so
     /// replicas agree; without, it is random.
     secret: Option<Vec<u8>>,
-    /// The period index and the HMAC already keyed for it (cloned per pseudonym).
-    state: Mutex<(u64, Option<HmacSha256>)>,
+    /// The period index, the HMAC already keyed for it (cloned per pseudonym), and the
+    /// SipHash key derived from it for [`derived`](Self::derived) values.
+    state: Mutex<(u64, Option<HmacSha256>, [u8; 16])>,
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -490,7 +491,7 @@ impl Pseudonymizer {
         Pseudonymizer {
             period: period.max(Duration::from_secs(1)),
             secret,
-            state: Mutex::new((u64::MAX, None)),
+            state: Mutex::new((u64::MAX, None, [0; 16])),
         }
     }
 
@@ -505,6 +506,11 @@ impl Pseudonymizer {
 
     /// The HMAC keyed for the current period (keying costs two SHA-256 blocks: done once).
     fn keyed(&self, now: SystemTime) -> Option<HmacSha256> {
+        self.period_keys(now).map(|(mac, _)| mac)
+    }
+
+    /// The current period's HMAC and SipHash key, made when the period begins.
+    fn period_keys(&self, now: SystemTime) -> Option<(HmacSha256, [u8; 16])> {
         let index = self.period_index(now);
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.0 != index || state.1.is_none() {
@@ -532,9 +538,18 @@ impl Pseudonymizer {
                     k
                 }
             };
-            *state = (index, HmacSha256::new_from_slice(&key).ok());
+            let mac = HmacSha256::new_from_slice(&key).ok();
+            // The derived values' own key: HMAC of a label no pseudonym input can be (0xFF
+            // starts no UTF-8 text), so knowing one key says nothing of the other.
+            let mut sip = [0u8; 16];
+            if let Some(m) = &mac {
+                let mut m = m.clone();
+                m.update(b"\xfftamis-derived-values");
+                sip.copy_from_slice(&m.finalize().into_bytes()[..16]);
+            }
+            *state = (index, mac, sip);
         }
-        state.1.clone()
+        state.1.clone().map(|mac| (mac, state.2))
     }
 
     /// 32 bits of HMAC(key, route, site, id).
@@ -550,7 +565,7 @@ impl Pseudonymizer {
         first_32_bits(mac)
     }
 
-    /// 32 bits of HMAC(key, kind, route, site, id, value): a value a visitor's browser keeps
+    /// 32 bits of a keyed hash of (kind, route, site, id, value) under the period's key: a value a visitor's browser keeps
     /// across hits (a session start, a page-load id) replaced by one that is the same for the
     /// same visitor `id` and value within a period, and says nothing across periods, routes,
     /// sites or visitors. `kind` keeps each kind of value apart from the others.
@@ -563,17 +578,20 @@ impl Pseudonymizer {
         value: &str,
         now: SystemTime,
     ) -> u32 {
-        let Some(mut mac) = self.keyed(now) else {
+        // SipHash-2-4, a keyed PRF, under the period's own key: a derived value is as
+        // unpredictable and as unlinkable across periods as an HMAC, at a tenth of the cost
+        // (two of them per GA4 hit). Each part is length-prefixed, so no two lists of parts
+        // hash alike.
+        let Some((_, key)) = self.period_keys(now) else {
             return 0;
         };
-        // 0xFF starts no UTF-8 text, so no pseudonym's input is a derived value's; each part is
-        // length-prefixed, so no two lists of parts hash alike.
-        mac.update(&[0xff]);
+        use std::hash::Hasher as _;
+        let mut h = siphasher::sip::SipHasher24::new_with_key(&key);
         for part in [kind, route, site, id, value] {
-            mac.update(&(part.len() as u64).to_be_bytes());
-            mac.update(part.as_bytes());
+            h.write(&(part.len() as u64).to_be_bytes());
+            h.write(part.as_bytes());
         }
-        first_32_bits(mac)
+        (h.finish() >> 32) as u32
     }
 }
 
