@@ -89,6 +89,8 @@ fn analytics(c: &mut Criterion) {
         settings: &settings,
         pseudonyms: &p,
         route: "ga",
+        visitor: &tamis::routes::analytics::visitor::Visitor::NONE,
+        matomo_token: None,
     };
     let raw = fixture("ga4-collect-batch.http");
     let query = raw

@@ -97,6 +97,8 @@ pub struct Config {
     pub transparency: Option<TransparencyConfig>,
     /// Bounds on what clients may send and hold.
     pub limits: Limits,
+    /// The location database (`[geo] database`), read into memory at each load.
+    pub geo: Option<std::sync::Arc<crate::geo::Database>>,
     pub routes: Vec<RouteConfig>,
     /// What is allowed but probably not meant, with where it is (`tamis check` prints them,
     /// and `run` logs them at start and at each reload).
@@ -367,8 +369,16 @@ pub struct AnalyticsConfig {
     pub salt: Option<Vec<u8>>,
     /// Largest request body accepted (413 above).
     pub max_body: usize,
-    /// EU routes only: send the visitor's address, truncated, in X-Forwarded-For.
-    pub client_ip: ClientIpLog,
+    /// What goes in place of the visitor's address (only EU routes send one).
+    pub client_ip: crate::routes::analytics::visitor::ClientAddress,
+    /// Hash bits a synthetic address keeps (`client_ip = "pseudonym"`).
+    pub pseudonym_bits: u8,
+    /// How precise a location is released (`location`).
+    pub location: crate::geo::Precision,
+    /// Distinct visitors a cell needs this period before it is released.
+    pub min_visitors: usize,
+    /// Matomo's `token_auth`, read from `token_file` (never from a browser).
+    pub token: Option<String>,
 }
 
 impl fmt::Debug for AnalyticsConfig {
@@ -381,6 +391,11 @@ impl fmt::Debug for AnalyticsConfig {
             .field("salt", &self.salt.as_ref().map(|_| "<set>"))
             .field("max_body", &self.max_body)
             .field("client_ip", &self.client_ip)
+            .field("pseudonym_bits", &self.pseudonym_bits)
+            .field("location", &self.location)
+            .field("min_visitors", &self.min_visitors)
+            // Never print the token; a new one still makes a new route (its hash differs).
+            .field("token", &self.token.as_ref().map(|t| short_hash(t)))
             .finish()
     }
 }
@@ -479,7 +494,15 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
+    geo: RawGeo,
+    #[serde(default)]
     route: Vec<RawRoute>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGeo {
+    database: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -587,7 +610,11 @@ struct RawRoute {
     rotate: Option<Spanned<String>>,
     salt_file: Option<Spanned<String>>,
     max_body: Option<Spanned<usize>>,
-    client_ip: Option<Spanned<ClientIpLog>>,
+    client_ip: Option<Spanned<crate::routes::analytics::visitor::ClientAddress>>,
+    pseudonym_bits: Option<Spanned<u8>>,
+    location: Option<Spanned<crate::geo::Precision>>,
+    min_visitors: Option<Spanned<usize>>,
+    token_file: Option<Spanned<String>>,
     rate_limit: Option<Spanned<String>>,
     rate_burst: Option<Spanned<u32>>,
 }
@@ -648,6 +675,7 @@ impl Config {
             path,
             problems: Vec::new(),
             warnings: Vec::new(),
+            has_geo: false,
         };
         let config = v.config(raw);
         if v.problems.is_empty() {
@@ -697,6 +725,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// Identifies a config text in metrics, logs and the transparency page.
+/// A non-reversible tag of a secret, so that a changed secret changes a route's Debug form.
+fn short_hash(secret: &str) -> String {
+    text_hash(secret)[..4].to_owned()
+}
+
 fn text_hash(text: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(text.as_bytes());
@@ -710,6 +743,8 @@ struct Validator<'a> {
     problems: Vec<Problem>,
     /// What is allowed but probably not meant (`tamis check` and the start-up log show them).
     warnings: Vec<Problem>,
+    /// Whether `[geo] database` is set (routes' `location` needs it).
+    has_geo: bool,
 }
 
 impl Validator<'_> {
@@ -920,6 +955,16 @@ impl Validator<'_> {
                 ),
             );
         }
+        let geo = raw.geo.database.as_ref().and_then(|d| {
+            match crate::geo::Database::open(&self.file(d.get_ref())) {
+                Ok(db) => Some(std::sync::Arc::new(db)),
+                Err(e) => {
+                    self.problem(Some(d.span()), "geo.database", e.to_string());
+                    None
+                }
+            }
+        });
+        self.has_geo = raw.geo.database.is_some();
         let routes = self.routes(raw.route, &cache, &upstream.user_agent);
         Some(Config {
             source: self.path.to_owned(),
@@ -931,6 +976,7 @@ impl Validator<'_> {
             log,
             transparency,
             limits,
+            geo,
             routes,
             warnings: Vec::new(),
         })
@@ -1590,13 +1636,106 @@ impl Validator<'_> {
                             }
                         }
                     });
+                    use crate::geo::Precision;
+                    use crate::routes::analytics::visitor::{ClientAddress, DEFAULT_BITS};
+                    use crate::routes::analytics::Protocol;
                     let client_ip = r
                         .client_ip
                         .as_ref()
-                        .map_or(ClientIpLog::None, |c| *c.get_ref());
-                    if client_ip == ClientIpLog::Truncated && jurisdiction != Jurisdiction::Eu {
-                        let span = r.client_ip.as_ref().map(|c| c.span());
-                        self.problem(span, key("client_ip"), "a client address, even truncated, only goes to an EU upstream (jurisdiction = \"eu\")");
+                        .map_or(ClientAddress::None, |c| *c.get_ref());
+                    let ip_span = r.client_ip.as_ref().map(|c| c.span());
+                    if client_ip != ClientAddress::None && jurisdiction != Jurisdiction::Eu {
+                        self.problem(ip_span.clone(), key("client_ip"), "a client address, even truncated or pseudonymous, only goes to an EU upstream (jurisdiction = \"eu\")");
+                    }
+                    let pseudonym_bits = r
+                        .pseudonym_bits
+                        .as_ref()
+                        .map_or(DEFAULT_BITS, |b| *b.get_ref());
+                    if let Some(b) = &r.pseudonym_bits {
+                        if !(8..=32).contains(b.get_ref()) {
+                            self.problem(Some(b.span()), key("pseudonym_bits"), "between 8 and 32");
+                        } else if client_ip != ClientAddress::Pseudonym {
+                            self.problem(
+                                Some(b.span()),
+                                key("pseudonym_bits"),
+                                "is for client_ip = \"pseudonym\"",
+                            );
+                        }
+                    }
+                    let location = r
+                        .location
+                        .as_ref()
+                        .map_or(Precision::None, |l| *l.get_ref());
+                    let location_span = r.location.as_ref().map(|l| l.span());
+                    if location != Precision::None {
+                        if !self.has_geo {
+                            self.problem(location_span.clone(), key("location"), "needs a location database: set [geo] database = \"/path/to/GeoLite2-City.mmdb\" (or a DB-IP Lite file)");
+                        }
+                        match protocol {
+                            Protocol::Ga4 => self.problem(location_span.clone(), key("location"), "GA4's collect protocol has no location field (Google locates hits by the sending address, which is tamis's): use none"),
+                            Protocol::Plausible => self.problem(location_span.clone(), key("location"), "Plausible's event API has no location field (it locates by the address it receives): use none, or client_ip = \"truncated\" on an EU Plausible"),
+                            Protocol::Matomo | Protocol::Umami => {}
+                        }
+                    }
+                    let min_visitors = r.min_visitors.as_ref().map_or(10, |m| *m.get_ref());
+                    if let Some(m) = &r.min_visitors {
+                        if !(2..=100_000).contains(m.get_ref()) {
+                            self.problem(
+                                Some(m.span()),
+                                key("min_visitors"),
+                                "between 2 and 100000 (a cell of one visitor would identify them)",
+                            );
+                        } else if location == Precision::None {
+                            self.problem(
+                                Some(m.span()),
+                                key("min_visitors"),
+                                "is for location = \"country\" or \"region\"",
+                            );
+                        }
+                    }
+                    let token = r.token_file.as_ref().and_then(|f| {
+                        if protocol != Protocol::Matomo {
+                            self.problem(
+                                Some(f.span()),
+                                key("token_file"),
+                                "is for matomo routes (Matomo's token_auth)",
+                            );
+                            return None;
+                        }
+                        match std::fs::read_to_string(self.file(f.get_ref())) {
+                            Ok(t) => {
+                                let t = t.trim();
+                                if (1..=256).contains(&t.len())
+                                    && t.bytes().all(|b| b.is_ascii_alphanumeric())
+                                {
+                                    Some(t.to_owned())
+                                } else {
+                                    self.problem(
+                                        Some(f.span()),
+                                        key("token_file"),
+                                        "must hold one Matomo token_auth (letters and digits)",
+                                    );
+                                    None
+                                }
+                            }
+                            Err(e) => {
+                                self.problem(
+                                    Some(f.span()),
+                                    key("token_file"),
+                                    format!("cannot read {:?}: {e}", f.get_ref()),
+                                );
+                                None
+                            }
+                        }
+                    });
+                    // Matomo only accepts cip, country and region with a token_auth.
+                    if protocol == Protocol::Matomo && r.token_file.is_none() {
+                        if client_ip == ClientAddress::Pseudonym {
+                            self.problem(ip_span.clone(), key("client_ip"), "Matomo only accepts a visitor address (cip) with the operator's token_auth: set token_file");
+                        }
+                        if location != Precision::None {
+                            self.problem(location_span.clone(), key("location"), "Matomo only accepts country and region with the operator's token_auth: set token_file");
+                        }
                     }
                     let max_body = r.max_body.as_ref().map_or(64 * 1024, |m| *m.get_ref());
                     if max_body == 0 || max_body > 16 * 1024 * 1024 {
@@ -1617,6 +1756,10 @@ impl Validator<'_> {
                         salt,
                         max_body,
                         client_ip,
+                        pseudonym_bits,
+                        location,
+                        min_visitors,
+                        token,
                     })
                 }
                 None => {
@@ -1627,12 +1770,16 @@ impl Validator<'_> {
                         r.salt_file.is_some(),
                         r.max_body.is_some(),
                         r.client_ip.is_some(),
+                        r.pseudonym_bits.is_some(),
+                        r.location.is_some(),
+                        r.min_visitors.is_some(),
+                        r.token_file.is_some(),
                     ];
                     if analytics_only.iter().any(|b| *b) {
                         self.problem(
                             Some(r.name.span()),
                             key("kind"),
-                            "allow_event_params, allow_url_params, rotate, salt_file, max_body and client_ip are for analytics kinds (ga4, matomo, plausible, umami)",
+                            "allow_event_params, allow_url_params, rotate, salt_file, max_body, client_ip, pseudonym_bits, location, min_visitors and token_file are for analytics kinds (ga4, matomo, plausible, umami)",
                         );
                     }
                     None
@@ -2274,6 +2421,61 @@ referer = "https://site.example/"
         assert!(msg.contains("route \"cdn\".salt_file"), "{msg}");
         let msg = problems(&format!("{ga}max_body = 0\n"));
         assert!(msg.contains("route \"cdn\".max_body"), "{msg}");
+    }
+
+    #[test]
+    fn location_and_synthetic_addresses_are_checked_at_load() {
+        let kind = |k: &str| MINIMAL.replace("kind = \"static\"", &format!("kind = \"{k}\""));
+        let eu = "jurisdiction = \"eu\"\n";
+        // A location needs a database, and a protocol with a field for it.
+        let msg = problems(&format!("{}location = \"region\"\n", kind("umami")));
+        assert!(
+            msg.contains("route \"cdn\".location") && msg.contains("[geo] database"),
+            "{msg}"
+        );
+        for k in ["ga4", "plausible"] {
+            let msg = problems(&format!("{}location = \"country\"\n", kind(k)));
+            assert!(msg.contains("no location field"), "{k}: {msg}");
+        }
+        // A missing database file is named.
+        let msg = problems(&format!(
+            "{}location = \"country\"\n\n[geo]\ndatabase = \"/nonexistent/city.mmdb\"\n",
+            kind("umami")
+        ));
+        assert!(
+            msg.contains("geo.database") && msg.contains("/nonexistent/city.mmdb"),
+            "{msg}"
+        );
+        // A synthetic address, like a truncated one, only goes to an EU upstream.
+        let msg = problems(&format!("{}client_ip = \"pseudonym\"\n", kind("umami")));
+        assert!(msg.contains("only goes to an EU upstream"), "{msg}");
+        assert!(parse(&format!("{}{eu}client_ip = \"pseudonym\"\n", kind("umami"))).is_ok());
+        // Matomo takes cip only with the operator's token.
+        let msg = problems(&format!(
+            "{}{eu}client_ip = \"pseudonym\"\n",
+            kind("matomo")
+        ));
+        assert!(msg.contains("set token_file"), "{msg}");
+        let msg = problems(&format!("{}token_file = \"/etc/passwd\"\n", kind("umami")));
+        assert!(msg.contains("is for matomo routes"), "{msg}");
+        // A cell of one visitor would identify them; bits are bounded.
+        let msg = problems(&format!(
+            "{}min_visitors = 1\nlocation = \"country\"\n",
+            kind("umami")
+        ));
+        assert!(msg.contains("route \"cdn\".min_visitors"), "{msg}");
+        let msg = problems(&format!(
+            "{}{eu}client_ip = \"pseudonym\"\npseudonym_bits = 40\n",
+            kind("umami")
+        ));
+        assert!(msg.contains("between 8 and 32"), "{msg}");
+        // The log's client_ip knows no pseudonym.
+        assert!(parse(
+            &MINIMAL.replace("[[route]]", "[log]\nclient_ip = \"pseudonym\"\n\n[[route]]")
+        )
+        .is_err());
+        let msg = problems(&format!("{MINIMAL}location = \"country\"\n"));
+        assert!(msg.contains("analytics kinds"), "{msg}");
     }
 
     #[test]

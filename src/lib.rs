@@ -16,6 +16,7 @@ pub mod cache;
 pub mod client_addr;
 pub mod close;
 pub mod config;
+pub mod geo;
 pub mod idle;
 pub mod metrics;
 pub mod policy;

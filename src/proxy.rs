@@ -484,12 +484,23 @@ async fn serve_analytics(
         return a;
     }
     let mut headers = route.scrub(req.headers());
-    if rt.forward_truncated_ip {
-        if let Ok(v) = HeaderValue::from_str(&policy::truncate_ip(client).to_string()) {
-            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
-        }
-    }
-    let (parts, body) = req.into_parts();
+    let now = SystemTime::now();
+    // What the upstream may learn of the visitor besides the payload (address, location):
+    // worked out here from the real address, which goes no further.
+    let visitor = analytics::visitor::observe(
+        rt,
+        state.config.geo.as_deref(),
+        &route.config.name,
+        &site_of(&req),
+        client,
+        req.headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+        now,
+    );
+    analytics::visitor::add_headers(protocol, &visitor, &mut headers);
+    let (mut parts, body) = req.into_parts();
     let body = match body::read_limited(body, rt.max_body).await {
         Ok(b) => b,
         Err(e) => return body_refused(&e),
@@ -498,8 +509,13 @@ async fn serve_analytics(
         settings: &rt.settings,
         pseudonyms: &rt.pseudonyms,
         route: &route.config.name,
+        visitor: &visitor,
+        matomo_token: route
+            .config
+            .analytics
+            .as_ref()
+            .and_then(|a| a.token.as_deref()),
     };
-    let now = SystemTime::now();
     let mut tally = analytics::Tally::default();
     let query = parts.uri.query().unwrap_or("");
     let scrubbed: Result<(String, Bytes), analytics::ScrubError> = match protocol {
@@ -527,6 +543,15 @@ async fn serve_analytics(
         Ok(uri) => uri,
         Err(_) => return Answer::plain(StatusCode::BAD_REQUEST, "bad path\n"),
     };
+    // Matomo's token_auth never goes in a URL (logs keep URLs): a GET that must carry one is
+    // sent as the equivalent form POST, which Matomo reads the same way ($_GET + $_POST).
+    if protocol == Protocol::Matomo && parts.method == Method::GET && !body.is_empty() {
+        parts.method = Method::POST;
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+    }
     let up = UpstreamRequest::new(parts.method, uri, headers, body);
     if protocol != Protocol::Umami {
         return forward(state, route, up.into_request(), false)
@@ -573,6 +598,24 @@ async fn serve_analytics(
         cache_status: None,
     }
     .with(CacheResult::Bypass, bypass())
+}
+
+/// The site a request was made to (its host, lower-case, without a port): part of a visitor's
+/// pseudonymous key, so two sites behind one tamis never share one.
+fn site_of<B>(req: &Request<B>) -> String {
+    let host = req
+        .uri()
+        .host()
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or("");
+    let host = host
+        .parse::<http::uri::Authority>()
+        .map_or_else(|_| host.to_owned(), |a| a.host().to_owned());
+    host.to_ascii_lowercase()
 }
 
 /// The request tamis sends upstream.

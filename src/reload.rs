@@ -133,15 +133,18 @@ impl Live {
     }
 }
 
-/// Certificates, keys and salts live in their own files: the same config text may name new
-/// contents, so such a config is always rebuilt (a renewed certificate is picked up).
+/// Certificates, keys, salts, tokens and the location database live in their own files: the
+/// same config text may name new contents, so such a config is always rebuilt (a renewed
+/// certificate, a monthly GeoLite2 update are picked up).
 fn depends_on_files(config: &Config) -> bool {
     config.server.tls.is_some()
         || !config.upstream.extra_ca.is_empty()
-        || config
-            .routes
-            .iter()
-            .any(|r| r.analytics.as_ref().is_some_and(|a| a.salt.is_some()))
+        || config.geo.is_some()
+        || config.routes.iter().any(|r| {
+            r.analytics
+                .as_ref()
+                .is_some_and(|a| a.salt.is_some() || a.token.is_some())
+        })
 }
 
 /// Listeners, worker threads and the cache's bounds are fixed at start: refuse a reload that

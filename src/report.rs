@@ -115,7 +115,10 @@ pub struct AnalyticsDisclosure {
     pub pseudonyms: String,
     /// What links one visitor's requests within one rotation period, and across periods.
     pub linkage: &'static str,
-    pub client_address: &'static str,
+    /// What is sent in place of the visitor's address.
+    pub client_address: String,
+    /// What location is sent, computed by tamis.
+    pub location: String,
     /// Identifiers removed from the upstream's answer.
     pub answer_removed: Vec<&'static str>,
 }
@@ -375,11 +378,12 @@ fn disclose_analytics(
             }
         ),
         linkage: protocol.linkage(),
-        client_address: if a.client_ip == ClientIpLog::Truncated {
-            "sent truncated (IPv4 /24, IPv6 /48, an embedded IPv4 /24) in X-Forwarded-For (EU route)"
-        } else {
-            "never sent"
-        },
+        client_address: analytics::visitor::describe_address(
+            protocol,
+            a.client_ip,
+            a.pseudonym_bits,
+        ),
+        location: analytics::visitor::describe_location(protocol, a.location, a.min_visitors),
         answer_removed: if matches!(protocol, Protocol::Umami) {
             analytics::umami::ANSWER_IDENTIFIERS.to_vec()
         } else {
@@ -630,6 +634,7 @@ fn analytics_text(out: &mut String, a: &AnalyticsDisclosure) {
     let _ = writeln!(out, "    pseudonyms: {}", a.pseudonyms);
     let _ = writeln!(out, "    linkage: {}", a.linkage);
     let _ = writeln!(out, "    client address: {}", a.client_address);
+    let _ = writeln!(out, "    location: {}", a.location);
     if !a.answer_removed.is_empty() {
         let _ = writeln!(
             out,

@@ -232,12 +232,13 @@ fn route_html(o: &mut String, r: &RouteDisclosure) {
         let _ = writeln!(
             o,
             "<h3>Tracking requests</h3>\n<p>Only {} ({}) is forwarded; bodies up to {} bytes; never cached. \
-             Pseudonyms: {}. Your address: {}.</p>",
+             Pseudonyms: {}. Your address: {}. Your location: {}.</p>",
             esc(&a.endpoints.join(", ")),
             esc(a.methods),
             a.max_body,
             esc(&a.pseudonyms),
-            esc(a.client_address)
+            esc(&a.client_address),
+            esc(&a.location)
         );
         let _ = writeln!(o, "<p>What links your requests: {}.</p>", esc(a.linkage));
         groups_html(o, &a.parameters);

@@ -743,6 +743,8 @@ impl Analytics {
             settings: &self.settings,
             pseudonyms: &self.pseudonyms,
             route,
+            visitor: &tamis::routes::analytics::visitor::Visitor::NONE,
+            matomo_token: None,
         }
     }
 }
@@ -2270,7 +2272,21 @@ pub fn check_config(text: &str) {
         if let Some(a) = &r.analytics {
             assert!(!r.cache.enabled, "analytics route caches: {}", what());
             assert!((1..=16 * 1024 * 1024).contains(&a.max_body), "{}", what());
-            if a.client_ip == tamis::config::ClientIpLog::Truncated {
+            assert!((8..=32).contains(&a.pseudonym_bits), "{}", what());
+            assert!(a.min_visitors >= 2, "{}", what());
+            if a.location != tamis::geo::Precision::None {
+                assert!(
+                    matches!(
+                        a.protocol,
+                        tamis::routes::analytics::Protocol::Matomo
+                            | tamis::routes::analytics::Protocol::Umami
+                    ),
+                    "{}",
+                    what()
+                );
+            }
+            // Any address, even truncated or synthetic, goes only to an EU upstream.
+            if a.client_ip != tamis::routes::analytics::visitor::ClientAddress::None {
                 assert_eq!(
                     r.jurisdiction,
                     tamis::policy::Jurisdiction::Eu,

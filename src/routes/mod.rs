@@ -365,8 +365,15 @@ impl Router {
                     settings: a.settings.clone(),
                     pseudonyms: analytics::Pseudonymizer::new(a.rotate, a.salt.clone()),
                     max_body: a.max_body,
-                    forward_truncated_ip: a.client_ip == crate::config::ClientIpLog::Truncated
-                        && rc.jurisdiction == crate::policy::Jurisdiction::Eu,
+                    // Validated at load: only an EU route sends an address.
+                    address: if rc.jurisdiction == crate::policy::Jurisdiction::Eu {
+                        a.client_ip
+                    } else {
+                        analytics::visitor::ClientAddress::None
+                    },
+                    bits: a.pseudonym_bits,
+                    location: a.location,
+                    gate: crate::geo::Gate::new(a.min_visitors),
                 })
             });
             let analytics_runtime = match &kept {

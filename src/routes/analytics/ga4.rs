@@ -599,6 +599,8 @@ mod tests {
             settings,
             pseudonyms: &p,
             route: "ga",
+            visitor: &crate::routes::analytics::visitor::Visitor::NONE,
+            matomo_token: None,
         };
         scrub(query, body, &ctx, SystemTime::now(), tally)
     }
@@ -724,6 +726,8 @@ mod tests {
             settings: &settings,
             pseudonyms: &p,
             route: "ga",
+            visitor: &crate::routes::analytics::visitor::Visitor::NONE,
+            matomo_token: None,
         };
         // A page left open across midnight (the rotation) keeps sending hits.
         let hit = "v=2&tid=G-1&cid=1823456789.1732439000&sid=1732439000&sct=47&_p=1732439101123\

@@ -308,9 +308,32 @@ pub fn scrub_query(
     now: SystemTime,
     tally: &mut Tally,
 ) -> Result<String, ScrubError> {
+    Ok(to_query(&scrub_request(query, ctx, now, tally)?))
+}
+
+/// One tracking request's scrubbed parameters, with what tamis computed of the visitor
+/// (`cip`, `country`, `region`) when it has any parameter at all and the operator's token lets
+/// Matomo accept them.
+fn scrub_request(
+    query: &str,
+    ctx: &Context<'_>,
+    now: SystemTime,
+    tally: &mut Tally,
+) -> Result<Vec<(String, String)>, ScrubError> {
     let params = php_read(parse_query(query)?, tally);
     let page = Page::of(&[&params]);
-    Ok(to_query(&scrub_params(params, &page, ctx, now, tally)))
+    let mut out = scrub_params(params, &page, ctx, now, tally);
+    if !out.is_empty() && token(ctx).is_some() {
+        out.extend(super::visitor::matomo_params(ctx.visitor));
+    }
+    Ok(out)
+}
+
+/// The operator's token, when there is something of the visitor that needs it.
+fn token<'a>(ctx: &Context<'a>) -> Option<&'a str> {
+    let v = ctx.visitor;
+    let any = v.cip.is_some() || v.location.country.is_some();
+    ctx.matomo_token.filter(|_| any)
 }
 
 /// Scrubs a tracking request: its query, and its body if any. A form body is read as Matomo
@@ -325,14 +348,25 @@ pub fn scrub(
     tally: &mut Tally,
 ) -> Result<(String, Vec<u8>), ScrubError> {
     let text = std::str::from_utf8(body).map_err(|_| ScrubError::Body("not UTF-8".into()))?;
-    if body.is_empty() || is_bulk(text) {
-        let q = scrub_query(query, ctx, now, tally)?;
-        let b = if body.is_empty() {
-            Vec::new()
-        } else {
-            scrub_body(body, ctx, now, tally)?
+    if body.is_empty() {
+        let mut params = scrub_request(query, ctx, now, tally)?;
+        // The token never goes in a URL (access logs keep URLs): the request becomes the
+        // equivalent form body, which the caller sends as a POST.
+        if let (Some(t), false) = (token(ctx), params.is_empty()) {
+            params.push(("token_auth".to_owned(), t.to_owned()));
+            return Ok((String::new(), to_query(&params).into_bytes()));
+        }
+        return Ok((to_query(&params), Vec::new()));
+    }
+    if is_bulk(text) {
+        // The bulk body's requests carry what the visitor gets; the URL's own query does not
+        // (it has no request of its own).
+        let q = {
+            let params = php_read(parse_query(query)?, tally);
+            let page = Page::of(&[&params]);
+            to_query(&scrub_params(params, &page, ctx, now, tally))
         };
-        return Ok((q, b));
+        return Ok((q, scrub_body(body, ctx, now, tally)?));
     }
     let get = php_read(parse_query(query)?, tally);
     let mut post = php_read(parse_query(text.trim())?, tally);
@@ -346,8 +380,12 @@ pub fn scrub(
     });
     let page = Page::of(&[&get, &post]);
     let q = to_query(&scrub_params(get, &page, ctx, now, tally));
-    let b = to_query(&scrub_params(post, &page, ctx, now, tally));
-    Ok((q, b.into_bytes()))
+    let mut post = scrub_params(post, &page, ctx, now, tally);
+    if let Some(t) = token(ctx) {
+        post.extend(super::visitor::matomo_params(ctx.visitor));
+        post.push(("token_auth".to_owned(), t.to_owned()));
+    }
+    Ok((q, to_query(&post).into_bytes()))
 }
 
 /// Whether a POST body is bulk JSON rather than a form.
@@ -389,9 +427,14 @@ pub fn scrub_body(
     if value.as_object().is_some_and(|o| o.len() > 1) {
         tally.add(Outcome::Dropped);
     }
-    Ok(serde_json::json!({ "requests": out })
-        .to_string()
-        .into_bytes())
+    let mut bulk = serde_json::json!({ "requests": out });
+    if let (Some(t), Some(o)) = (token(ctx), bulk.as_object_mut()) {
+        o.insert(
+            "token_auth".to_owned(),
+            serde_json::Value::String(t.to_owned()),
+        );
+    }
+    Ok(bulk.to_string().into_bytes())
 }
 
 #[cfg(test)]
@@ -405,6 +448,8 @@ mod tests {
             settings,
             pseudonyms: p,
             route: "matomo",
+            visitor: &crate::routes::analytics::visitor::Visitor::NONE,
+            matomo_token: None,
         }
     }
 

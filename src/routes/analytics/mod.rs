@@ -9,6 +9,7 @@ pub mod ga4;
 pub mod matomo;
 pub mod plausible;
 pub mod umami;
+pub mod visitor;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -137,8 +138,14 @@ pub struct Runtime {
     pub settings: Settings,
     pub pseudonyms: Pseudonymizer,
     pub max_body: usize,
-    /// EU routes that asked for it: the visitor's address, truncated, in X-Forwarded-For.
-    pub forward_truncated_ip: bool,
+    /// What goes in place of the visitor's address (validated: only EU routes send one).
+    pub address: visitor::ClientAddress,
+    /// Hash bits a synthetic address keeps.
+    pub bits: u8,
+    /// How precise a location is released.
+    pub location: crate::geo::Precision,
+    /// The k-anonymity counts of this route's locations, this period.
+    pub gate: crate::geo::Gate,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -155,6 +162,12 @@ pub struct Context<'a> {
     pub pseudonyms: &'a Pseudonymizer,
     /// Route name: part of every pseudonym, so routes never share one.
     pub route: &'a str,
+    /// What this request may tell of its visitor (address, location): Matomo carries it in
+    /// parameters.
+    pub visitor: &'a visitor::Visitor,
+    /// The operator's Matomo `token_auth` (from `token_file`), which Matomo requires before it
+    /// accepts `cip`, `country` or `region`.
+    pub matomo_token: Option<&'a str>,
 }
 
 /// Parses a query string or form body strictly: bad percent-encoding and parameter floods are
@@ -563,6 +576,43 @@ impl Pseudonymizer {
             mac.update(&[0]);
         }
         first_32_bits(mac)
+    }
+
+    /// The current period's index (the k-anonymity counts start again when it changes).
+    pub fn period(&self, now: SystemTime) -> u64 {
+        self.period_index(now)
+    }
+
+    /// 64 bits of HMAC(key, route, site, address, generalised User-Agent): who a visitor is
+    /// for this route within this period, without the address. Computed in memory per request
+    /// and never stored; a new key each period makes it unrelated across periods.
+    pub fn visitor(
+        &self,
+        route: &str,
+        site: &str,
+        address: std::net::IpAddr,
+        user_agent: &str,
+        now: SystemTime,
+    ) -> u64 {
+        let Some(mut mac) = self.keyed(now) else {
+            return 0;
+        };
+        // 0xFE starts no UTF-8 text: no other pseudonym's input can be this one's.
+        mac.update(b"\xfetamis-visitor\0");
+        for part in [route, site] {
+            mac.update(part.as_bytes());
+            mac.update(&[0]);
+        }
+        match address {
+            std::net::IpAddr::V4(a) => mac.update(&a.octets()),
+            std::net::IpAddr::V6(a) => mac.update(&a.octets()),
+        }
+        mac.update(&[0]);
+        mac.update(user_agent.as_bytes());
+        let out = mac.finalize().into_bytes();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&out[..8]);
+        u64::from_be_bytes(first)
     }
 
     /// 32 bits of a keyed hash of (kind, route, site, id, value) under the period's key: a value a visitor's browser keeps

@@ -127,6 +127,8 @@ mod tests {
             settings: &settings,
             pseudonyms: &p,
             route: "plausible",
+            visitor: &crate::routes::analytics::visitor::Visitor::NONE,
+            matomo_token: None,
         };
         let mut t = Tally::default();
         (scrub(body, &ctx, &mut t), t)

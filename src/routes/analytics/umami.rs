@@ -147,6 +147,8 @@ mod tests {
             settings: &settings,
             pseudonyms: &p,
             route: "umami",
+            visitor: &crate::routes::analytics::visitor::Visitor::NONE,
+            matomo_token: None,
         })
     }
 

@@ -1,0 +1,525 @@
+//! Location and unique visitors without the address (issue 21): a small MaxMind-format database
+//! made here, many simulated visitors (their addresses given by a trusted proxy on loopback),
+//! and recording upstreams per protocol that show exactly what arrives.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use common::*;
+use http::Method;
+use http_body_util::Full;
+use maxminddb_writer::paths::IpAddrWithMask;
+use tamis::routes::analytics::parse_query;
+
+const UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.6778.85 Safari/537.36";
+
+/// Networks of the test database: (network, country, first subdivision).
+const PLACES: &[(&str, &str, Option<&str>)] = &[
+    ("198.51.100.0/24", "FR", Some("IDF")),
+    ("203.0.113.0/24", "FR", Some("BRE")),
+    ("192.0.2.0/24", "DE", Some("BE")),
+    ("100.64.0.0/16", "LU", None),
+];
+
+#[derive(serde::Serialize)]
+struct Record {
+    country: BTreeMap<&'static str, &'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    subdivisions: Vec<BTreeMap<&'static str, &'static str>>,
+}
+
+/// Writes a GeoIP2-City-shaped database of `places` to `dir/geo.mmdb`.
+fn mmdb(dir: &Path, places: &[(&str, &'static str, Option<&'static str>)]) -> PathBuf {
+    let mut db = maxminddb_writer::Database::default();
+    db.metadata.binary_format_major_version = 2;
+    db.metadata.database_type = "tamis-test-City".to_owned();
+    db.metadata.languages = vec!["en".to_owned()];
+    for (net, country, region) in places {
+        let record = Record {
+            country: BTreeMap::from([("iso_code", *country)]),
+            subdivisions: region
+                .map(|r| vec![BTreeMap::from([("iso_code", r)])])
+                .unwrap_or_default(),
+        };
+        let data = db.insert_value(record).unwrap();
+        db.insert_node(net.parse::<IpAddrWithMask>().unwrap(), data);
+    }
+    let path = dir.join("geo.mmdb");
+    let file = std::fs::File::create(&path).unwrap();
+    db.write_to(file).unwrap();
+    path
+}
+
+/// tamis behind a trusted proxy (the test client), with the database and `route` lines.
+async fn start(dir: &Path, routes: &str) -> Tamis {
+    let db = mmdb(dir, PLACES);
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndrain = \"0s\"\ntrusted_proxies = [\"127.0.0.1\"]\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\n[geo]\ndatabase = \"{}\"\n\n{routes}",
+        db.display()
+    );
+    Tamis::start(&config).await
+}
+
+fn analytics_route(name: &str, kind: &str, up: &Upstream, extra: &str) -> String {
+    format!(
+        "[[route]]\nname = \"{name}\"\nkind = \"{kind}\"\nprefix = \"/{name}/\"\nupstream = \"{}\"\njurisdiction = \"eu\"\n{extra}\n",
+        up.url("/")
+    )
+}
+
+/// One tracking request from the visitor at `client` (as the trusted proxy says).
+async fn track(
+    t: &Tamis,
+    method: Method,
+    path: &str,
+    client: &str,
+    ua: &str,
+    content_type: &str,
+    body: &str,
+) -> Answer {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "site.example")
+        .header("user-agent", ua)
+        .header("x-forwarded-for", client)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    send(t.http, req).await
+}
+
+fn umami_event() -> String {
+    std::fs::read_to_string(format!(
+        "{}/tests/fixtures/umami-send.json",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+/// Every textual form of an address's bytes that could betray it: dotted, each octet pair as
+/// hex (how IPv6 forms embed an IPv4), and the first three octets.
+fn forms_of(ipv4: &str) -> Vec<String> {
+    let o: Vec<u8> = ipv4.split('.').map(|p| p.parse().unwrap()).collect();
+    vec![
+        ipv4.to_owned(),
+        format!("{}.{}.{}.", o[0], o[1], o[2]),
+        format!("{:x}{:02x}:{:x}{:02x}", o[0], o[1], o[2], o[3]),
+        format!("{:02x}{:02x}:{:02x}{:02x}", o[0], o[1], o[2], o[3]),
+    ]
+}
+
+fn assert_no_address(seen: &Seen, client: &str) {
+    let mut all = seen.uri.clone();
+    for (k, v) in &seen.headers {
+        all.push_str(&format!("\n{k}: {}", String::from_utf8_lossy(v.as_bytes())));
+    }
+    all.push_str(&String::from_utf8_lossy(&seen.body));
+    for form in forms_of(client) {
+        assert!(
+            !all.contains(&form),
+            "{form} of {client} reached the upstream:\n{all}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_region_reaches_umami_only_once_enough_visitors_were_seen_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::http(|_| Reply::ok("{}").header("content-type", "application/json")).await;
+    let t = start(
+        dir.path(),
+        &analytics_route(
+            "u",
+            "umami",
+            &up,
+            "location = \"region\"\nmin_visitors = 10\nclient_ip = \"pseudonym\"",
+        ),
+    )
+    .await;
+    let body = umami_event();
+    // Nine visitors in Île-de-France: not enough for the region, nor for France.
+    for n in 1..=9 {
+        let client = format!("198.51.100.{n}");
+        let a = track(
+            &t,
+            Method::POST,
+            "/u/api/send",
+            &client,
+            UA,
+            "application/json",
+            &body,
+        )
+        .await;
+        assert_eq!(a.status, 200);
+        let seen = up.last();
+        assert_eq!(seen.header("cf-ipcountry"), None, "visitor {n}");
+        assert_eq!(seen.header("cf-region-code"), None, "visitor {n}");
+        assert_no_address(&seen, &client);
+    }
+    // The first visitor again is still one visitor: nothing yet.
+    track(
+        &t,
+        Method::POST,
+        "/u/api/send",
+        "198.51.100.1",
+        UA,
+        "application/json",
+        &body,
+    )
+    .await;
+    assert_eq!(up.last().header("cf-ipcountry"), None);
+    // The tenth: region and country, for them and for everyone after.
+    for n in 10..=40 {
+        let client = format!("198.51.100.{n}");
+        track(
+            &t,
+            Method::POST,
+            "/u/api/send",
+            &client,
+            UA,
+            "application/json",
+            &body,
+        )
+        .await;
+        let seen = up.last();
+        assert_eq!(seen.header("cf-ipcountry"), Some("FR"), "visitor {n}");
+        assert_eq!(seen.header("cf-region-code"), Some("IDF"), "visitor {n}");
+        assert_no_address(&seen, &client);
+    }
+    track(
+        &t,
+        Method::POST,
+        "/u/api/send",
+        "198.51.100.1",
+        UA,
+        "application/json",
+        &body,
+    )
+    .await;
+    assert_eq!(up.last().header("cf-region-code"), Some("IDF"));
+    // One visitor in Brittany: France is past the threshold, Brittany is not.
+    track(
+        &t,
+        Method::POST,
+        "/u/api/send",
+        "203.0.113.7",
+        UA,
+        "application/json",
+        &body,
+    )
+    .await;
+    let seen = up.last();
+    assert_eq!(seen.header("cf-ipcountry"), Some("FR"));
+    assert_eq!(seen.header("cf-region-code"), None);
+    assert_no_address(&seen, "203.0.113.7");
+    // Germany has one visitor: nothing at all.
+    track(
+        &t,
+        Method::POST,
+        "/u/api/send",
+        "192.0.2.9",
+        UA,
+        "application/json",
+        &body,
+    )
+    .await;
+    let seen = up.last();
+    assert_eq!(seen.header("cf-ipcountry"), None);
+    assert_eq!(seen.header("cf-region-code"), None);
+    // An address the database does not know: nothing either.
+    track(
+        &t,
+        Method::POST,
+        "/u/api/send",
+        "8.8.8.8",
+        UA,
+        "application/json",
+        &body,
+    )
+    .await;
+    assert_eq!(up.last().header("cf-ipcountry"), None);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_visitor_keeps_one_synthetic_address_per_period_and_gets_another_after_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::http(|_| Reply::ok("").status(202)).await;
+    let t = start(
+        dir.path(),
+        &analytics_route(
+            "p",
+            "plausible",
+            &up,
+            "client_ip = \"pseudonym\"\nrotate = \"2s\"",
+        ),
+    )
+    .await;
+    let event = r#"{"n":"pageview","u":"https://site.example/","d":"site.example"}"#;
+    let address = |seen: &Seen| -> std::net::Ipv6Addr {
+        seen.header("x-forwarded-for")
+            .expect("a synthetic address")
+            .parse()
+            .expect("one IPv6 address")
+    };
+    let doc: ipnet::Ipv6Net = "2001:db8::/32".parse().unwrap();
+    // Within a period: one address per visitor, another per visitor. A pair that straddles the
+    // rotation is tried again (the period is 2 s).
+    let mut pair = None;
+    for _ in 0..5 {
+        let mut seen = Vec::new();
+        for (client, ua) in [
+            ("198.51.100.20", UA),
+            ("198.51.100.20", UA),
+            ("198.51.100.21", UA),
+            (
+                "198.51.100.20",
+                "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+            ),
+        ] {
+            let a = track(
+                &t,
+                Method::POST,
+                "/p/api/event",
+                client,
+                ua,
+                "application/json",
+                event,
+            )
+            .await;
+            assert_eq!(a.status, 202);
+            let s = up.last();
+            assert_no_address(&s, client);
+            seen.push(address(&s));
+        }
+        if seen[0] == seen[1] {
+            pair = Some(seen);
+            break;
+        }
+    }
+    let seen = pair.expect("one address within a period");
+    for a in &seen {
+        assert!(doc.contains(a), "{a} is outside the documentation range");
+        // 20 bits of hash after the prefix, nothing after them.
+        assert_eq!(a.octets()[6] & 0x0f, 0, "{a}");
+        assert!(a.octets()[7..].iter().all(|b| *b == 0), "{a}");
+    }
+    assert_ne!(seen[0], seen[2], "two visitors, one address");
+    assert_ne!(seen[0], seen[3], "another browser is another visitor");
+    // After the rotation the same visitor has an address unrelated to the last one.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    track(
+        &t,
+        Method::POST,
+        "/p/api/event",
+        "198.51.100.20",
+        UA,
+        "application/json",
+        event,
+    )
+    .await;
+    assert_ne!(
+        address(&up.last()),
+        seen[0],
+        "the address survived the rotation"
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn many_visitors_collide_into_fewer_synthetic_addresses_only_by_chance() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::http(|_| Reply::ok("").status(202)).await;
+    // 8 bits: 256 addresses for 300 visitors, so collisions must show.
+    let t = start(
+        dir.path(),
+        &analytics_route(
+            "p",
+            "plausible",
+            &up,
+            "client_ip = \"pseudonym\"\npseudonym_bits = 8",
+        ),
+    )
+    .await;
+    let event = r#"{"n":"pageview","u":"https://site.example/","d":"site.example"}"#;
+    let mut distinct = HashSet::new();
+    for n in 0..300u32 {
+        let client = format!("100.64.{}.{}", n / 250, n % 250 + 1);
+        track(
+            &t,
+            Method::POST,
+            "/p/api/event",
+            &client,
+            UA,
+            "application/json",
+            event,
+        )
+        .await;
+        distinct.insert(up.last().header("x-forwarded-for").unwrap().to_owned());
+    }
+    // Expected 2^8 (1 - (1 - 2^-8)^300) ≈ 176 distinct; far from 300, far from a handful.
+    assert!(
+        (140..=210).contains(&distinct.len()),
+        "{} distinct addresses",
+        distinct.len()
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn matomo_gets_cip_country_and_region_with_the_operators_token_never_in_a_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("matomo-token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let up = Upstream::http(|_| Reply::ok("").status(204)).await;
+    let t = start(
+        dir.path(),
+        &analytics_route(
+            "m",
+            "matomo",
+            &up,
+            &format!(
+                "location = \"region\"\nmin_visitors = 2\nclient_ip = \"pseudonym\"\ntoken_file = \"{}\"",
+                token.display()
+            ),
+        ),
+    )
+    .await;
+    // The browser's own cip and token_auth are never taken.
+    let target = "/m/matomo.php?idsite=3&rec=1&url=https%3A%2F%2Fsite.example%2F&_id=4f2a9c81be03d7e6&cip=203.0.113.9&token_auth=browser&country=us";
+    for n in 1..=3 {
+        let client = format!("198.51.100.{n}");
+        let a = track(&t, Method::GET, target, &client, UA, "text/plain", "").await;
+        assert_eq!(a.status, 204);
+        let seen = up.last();
+        assert_no_address(&seen, &client);
+        // Sent as the equivalent form POST: the token stays out of every URL.
+        assert_eq!(seen.method, Method::POST);
+        assert!(!seen.uri.contains("token_auth"), "{}", seen.uri);
+        assert_eq!(
+            seen.header("content-type"),
+            Some("application/x-www-form-urlencoded")
+        );
+        let form = parse_query(std::str::from_utf8(&seen.body).unwrap()).unwrap();
+        let all = |k: &str| -> Vec<&str> {
+            form.iter()
+                .filter(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        assert_eq!(all("token_auth"), ["0123456789abcdef0123456789abcdef"]);
+        assert_eq!(all("idsite"), ["3"]);
+        let cip = all("cip");
+        assert_eq!(cip.len(), 1);
+        assert!(cip[0].starts_with("2001:db8:"), "{cip:?}");
+        assert_eq!(seen.header("x-forwarded-for"), None);
+        if n == 1 {
+            assert!(all("country").is_empty() && all("region").is_empty());
+        } else {
+            assert_eq!(all("country"), ["fr"]);
+            assert_eq!(all("region"), ["IDF"]);
+        }
+    }
+    // A bulk request: each request carries the visitor, the token goes once, in the body.
+    let bulk = r#"{"requests":["?idsite=3&rec=1&url=https%3A%2F%2Fsite.example%2Fa","?idsite=3&rec=1&url=https%3A%2F%2Fsite.example%2Fb"],"token_auth":"browser"}"#;
+    let a = track(
+        &t,
+        Method::POST,
+        "/m/matomo.php",
+        "198.51.100.1",
+        UA,
+        "application/json",
+        bulk,
+    )
+    .await;
+    assert_eq!(a.status, 204);
+    let seen = up.last();
+    let json: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(json["token_auth"], "0123456789abcdef0123456789abcdef");
+    for r in json["requests"].as_array().unwrap() {
+        let q = parse_query(r.as_str().unwrap()).unwrap();
+        assert!(q
+            .iter()
+            .any(|(k, v)| k == "cip" && v.starts_with("2001:db8:")));
+        assert!(q.iter().any(|(k, v)| k == "region" && v == "IDF"));
+    }
+    assert_no_address(&seen, "198.51.100.1");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn without_location_or_pseudonym_nothing_of_the_address_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::http(|_| Reply::ok("{}").header("content-type", "application/json")).await;
+    // The database is loaded, but this route asks for nothing.
+    let t = start(dir.path(), &analytics_route("u", "umami", &up, "")).await;
+    for n in 1..=12 {
+        let client = format!("198.51.100.{n}");
+        track(
+            &t,
+            Method::POST,
+            "/u/api/send",
+            &client,
+            UA,
+            "application/json",
+            &umami_event(),
+        )
+        .await;
+        let seen = up.last();
+        for h in ["cf-ipcountry", "cf-region-code", "x-forwarded-for"] {
+            assert_eq!(seen.header(h), None, "{h}");
+        }
+        assert_no_address(&seen, &client);
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_reads_the_database_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::http(|_| Reply::ok("{}").header("content-type", "application/json")).await;
+    let routes = analytics_route(
+        "u",
+        "umami",
+        &up,
+        "location = \"country\"\nmin_visitors = 2",
+    );
+    let t = start(dir.path(), &routes).await;
+    let body = umami_event();
+    for n in 1..=2 {
+        track(
+            &t,
+            Method::POST,
+            "/u/api/send",
+            &format!("198.51.100.{n}"),
+            UA,
+            "application/json",
+            &body,
+        )
+        .await;
+    }
+    assert_eq!(up.last().header("cf-ipcountry"), Some("FR"));
+    // The operator replaces the database (198.51.100.0/24 is now in Belgium) and reloads.
+    mmdb(dir.path(), &[("198.51.100.0/24", "BE", None)]);
+    let config = std::fs::read_to_string(&t.config_path).unwrap();
+    assert_eq!(t.reload(&config).await.status, 200);
+    for n in 1..=2 {
+        track(
+            &t,
+            Method::POST,
+            "/u/api/send",
+            &format!("198.51.100.{n}"),
+            UA,
+            "application/json",
+            &body,
+        )
+        .await;
+    }
+    assert_eq!(up.last().header("cf-ipcountry"), Some("BE"));
+    t.stop().await;
+}
