@@ -110,6 +110,7 @@ pub struct Metrics {
     evictions: IntCounterVec,
     served_bytes: IntCounterVec,
     analytics_params: IntCounterVec,
+    analytics_location: IntCounterVec,
     cache_max_bytes: IntGauge,
     config_reloads: IntCounterVec,
     config_info: IntGaugeVec,
@@ -138,6 +139,10 @@ pub struct RouteMetrics {
     pub bytes_from_upstream: IntCounter,
     /// Analytics parameters by outcome (kept, pseudonymised, generalised, dropped).
     analytics_params: [IntCounter; 4],
+    analytics_location: IntCounterVec,
+    /// `tamis_analytics_location_total{route, released}` (region, country, none), resolved on
+    /// first use: only routes with a `location` ever show the series.
+    location: [OnceLock<IntCounter>; 3],
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -220,6 +225,13 @@ impl Metrics {
             ),
             &["route", "result"],
         )?;
+        let analytics_location = IntCounterVec::new(
+            Opts::new(
+                "tamis_analytics_location_total",
+                "Tracking requests of routes with a location, by what the k-anonymity gate released (region, country, none).",
+            ),
+            &["route", "released"],
+        )?;
         let cache_max_bytes = IntGauge::new(
             "tamis_cache_max_bytes",
             "The cache's configured bound (cache.max_bytes).",
@@ -285,6 +297,7 @@ impl Metrics {
         registry.register(Box::new(config_info.clone()))?;
         registry.register(Box::new(config_loaded_at.clone()))?;
         registry.register(Box::new(analytics_params.clone()))?;
+        registry.register(Box::new(analytics_location.clone()))?;
         registry.register(Box::new(evictions.clone()))?;
         registry.register(Box::new(served_bytes.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -308,6 +321,7 @@ impl Metrics {
             evictions,
             served_bytes,
             analytics_params,
+            analytics_location,
             cache_max_bytes,
             config_reloads,
             config_info,
@@ -387,6 +401,8 @@ impl Metrics {
                 self.analytics_params
                     .with_label_values(&[route, o.as_str()])
             }),
+            analytics_location: self.analytics_location.clone(),
+            location: Default::default(),
         }
     }
 
@@ -458,6 +474,21 @@ impl RouteMetrics {
             .position(|r| *r == result)
             .unwrap_or(0);
         self.lookups[i].inc();
+    }
+
+    /// Counts what location one tracking request carried (routes with a `location` only).
+    pub fn location(&self, released: &crate::geo::Released) {
+        let (i, label) = match (released.region, released.country) {
+            (Some(_), _) => (0, "region"),
+            (None, Some(_)) => (1, "country"),
+            (None, None) => (2, "none"),
+        };
+        self.location[i]
+            .get_or_init(|| {
+                self.analytics_location
+                    .with_label_values(&[self.route.as_str(), label])
+            })
+            .inc();
     }
 
     /// Counts what scrubbing did to one tracking request.

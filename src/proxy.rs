@@ -539,6 +539,9 @@ async fn serve_analytics(
         }
     };
     rm.analytics(&tally);
+    if rt.location != crate::geo::Precision::None {
+        rm.location(&visitor.location);
+    }
     let uri = match route.upstream_uri(rest, (!query.is_empty()).then_some(query.as_str())) {
         Ok(uri) => uri,
         Err(_) => return Answer::plain(StatusCode::BAD_REQUEST, "bad path\n"),

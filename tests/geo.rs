@@ -243,6 +243,19 @@ async fn a_region_reaches_umami_only_once_enough_visitors_were_seen_in_it() {
     )
     .await;
     assert_eq!(up.last().header("cf-ipcountry"), None);
+    // What the gate released, for the operator tuning min_visitors.
+    let metrics = t.metrics().await;
+    for (released, n) in [("region", 32), ("country", 1), ("none", 12)] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("tamis_analytics_location_total")
+                    && l.contains(&format!("released=\"{released}\""))
+                    && l.contains("route=\"u\"")
+                    && l.ends_with(&format!(" {n}"))),
+            "{released} {n}:\n{metrics}"
+        );
+    }
     t.stop().await;
 }
 
@@ -521,5 +534,77 @@ async fn a_reload_reads_the_database_again() {
         .await;
     }
     assert_eq!(up.last().header("cf-ipcountry"), Some("BE"));
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn every_protocol_gets_the_synthetic_address_where_its_server_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("matomo-token");
+    std::fs::write(&token, "0123456789abcdef").unwrap();
+    let up = Upstream::http(|_| Reply::ok("{}").status(200)).await;
+    let pseudonym = "client_ip = \"pseudonym\"";
+    let routes = [
+        analytics_route("g", "ga4", &up, pseudonym),
+        analytics_route("p", "plausible", &up, pseudonym),
+        analytics_route("u", "umami", &up, pseudonym),
+        analytics_route(
+            "m",
+            "matomo",
+            &up,
+            &format!("{pseudonym}\ntoken_file = \"{}\"", token.display()),
+        ),
+    ]
+    .concat();
+    let t = start(dir.path(), &routes).await;
+    let cases = [
+        (
+            "/g/g/collect?v=2&tid=G-1&cid=1.2&en=page_view&dl=https%3A%2F%2Fsite.example%2F",
+            "text/plain",
+            String::new(),
+            "x-forwarded-for",
+        ),
+        (
+            "/p/api/event",
+            "application/json",
+            r#"{"n":"pageview","u":"https://site.example/","d":"site.example"}"#.to_owned(),
+            "x-forwarded-for",
+        ),
+        (
+            "/u/api/send",
+            "application/json",
+            umami_event(),
+            "x-forwarded-for",
+        ),
+        (
+            "/m/matomo.php?idsite=1&rec=1&url=https%3A%2F%2Fsite.example%2F",
+            "text/plain",
+            String::new(),
+            "cip",
+        ),
+    ];
+    for (path, content_type, body, field) in cases {
+        let method = if body.is_empty() {
+            Method::GET
+        } else {
+            Method::POST
+        };
+        let a = track(&t, method, path, "203.0.113.77", UA, content_type, &body).await;
+        assert_eq!(a.status, 200, "{path}");
+        let seen = up.last();
+        assert_no_address(&seen, "203.0.113.77");
+        let address = if field == "cip" {
+            let form = parse_query(std::str::from_utf8(&seen.body).unwrap()).unwrap();
+            assert_eq!(seen.header("x-forwarded-for"), None);
+            form.into_iter().find(|(k, _)| k == "cip").map(|(_, v)| v)
+        } else {
+            seen.header(field).map(str::to_owned)
+        };
+        let address: std::net::Ipv6Addr = address
+            .unwrap_or_else(|| panic!("{path}: no {field}"))
+            .parse()
+            .unwrap();
+        assert_eq!(address.segments()[..2], [0x2001, 0xdb8], "{path}");
+    }
     t.stop().await;
 }
