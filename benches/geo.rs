@@ -89,7 +89,15 @@ fn uniques_table(smoke: bool) {
             for i in 0..n {
                 // Distinct visitors: distinct addresses, one browser each.
                 let ip = IpAddr::V4(Ipv4Addr::from((11 << 24) | i));
-                let v = visitor::observe(&rt, None, "stats", "site.example", ip, UA, now);
+                let v = visitor::observe(
+                    &rt,
+                    None,
+                    "stats",
+                    || "site.example".to_owned(),
+                    ip,
+                    UA,
+                    now,
+                );
                 seen.insert(v.forwarded_for);
             }
             let under = 1.0 - seen.len() as f64 / f64::from(n);
@@ -112,7 +120,15 @@ fn timings(c: &mut Criterion, db: &Database) {
     // Open the visitor's cells first: the steady state of a busy site.
     for i in 0..20u32 {
         let other = IpAddr::V4(Ipv4Addr::new(11, 42, 7, i as u8));
-        visitor::observe(&both, Some(db), "stats", "site.example", other, UA, now);
+        visitor::observe(
+            &both,
+            Some(db),
+            "stats",
+            || "site.example".to_owned(),
+            other,
+            UA,
+            now,
+        );
     }
     c.bench_function(
         "added per tracking request: lookup + k-anonymity gate + synthetic address",
@@ -122,7 +138,7 @@ fn timings(c: &mut Criterion, db: &Database) {
                     &both,
                     Some(db),
                     "stats",
-                    "site.example",
+                    || "site.example".to_owned(),
                     black_box(ip),
                     UA,
                     now,
@@ -137,7 +153,7 @@ fn timings(c: &mut Criterion, db: &Database) {
                 &pseudonym,
                 None,
                 "stats",
-                "site.example",
+                || "site.example".to_owned(),
                 black_box(ip),
                 UA,
                 now,

@@ -491,7 +491,7 @@ async fn serve_analytics(
         rt,
         state.config.geo.as_deref(),
         &route.config.name,
-        &site_of(&req),
+        || site_of(&req),
         client,
         req.headers()
             .get(header::USER_AGENT)

@@ -87,14 +87,14 @@ impl Visitor {
 }
 
 /// Works out what one request may tell: looks the address up (in memory, never kept), counts
-/// the visitor's keyed hash in the gate, and derives the synthetic address. `site` is the host
-/// the browser asked (each site its own pseudonyms); `user_agent` the visitor's, generalised
-/// here.
+/// the visitor's keyed hash in the gate, and derives the synthetic address. `site` gives the
+/// host the browser asked (each site its own pseudonyms), only called when needed;
+/// `user_agent` is the visitor's, generalised here.
 pub fn observe(
     rt: &Runtime,
     geo: Option<&geo::Database>,
     route: &str,
-    site: &str,
+    site: impl FnOnce() -> String,
     client: IpAddr,
     user_agent: &str,
     now: SystemTime,
@@ -106,7 +106,7 @@ pub fn observe(
     }
     let hash = (locate || pseudonym).then(|| {
         let ua = super::generalise_user_agent(user_agent);
-        rt.pseudonyms.visitor(route, site, client, &ua, now)
+        rt.pseudonyms.visitor(route, &site(), client, &ua, now)
     });
     let address = match (rt.address, hash) {
         (ClientAddress::Truncated, _) => Some(crate::policy::truncate_ip(client)),
