@@ -1677,6 +1677,14 @@ impl Validator<'_> {
                             Protocol::Matomo | Protocol::Umami => {}
                         }
                     }
+                    // Umami reads CDN location headers only after the address it reads has
+                    // passed its local-address check: with no address at all it may skip them.
+                    if protocol == Protocol::Umami
+                        && location != Precision::None
+                        && client_ip != ClientAddress::Pseudonym
+                    {
+                        self.warning(location_span.clone(), key("location"), "Umami reads the location headers only beside a client address it does not take for a local one: pair location with client_ip = \"pseudonym\" (EU routes), or check that Umami records the countries");
+                    }
                     let min_visitors = r.min_visitors.as_ref().map_or(10, |m| *m.get_ref());
                     if let Some(m) = &r.min_visitors {
                         if !(2..=100_000).contains(m.get_ref()) {
@@ -2476,6 +2484,35 @@ referer = "https://site.example/"
         .is_err());
         let msg = problems(&format!("{MINIMAL}location = \"country\"\n"));
         assert!(msg.contains("analytics kinds"), "{msg}");
+        // Umami without an address beside its location headers: a warning, naming the key.
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("empty.mmdb");
+        let mut w = maxminddb_writer::Database::default();
+        w.metadata.binary_format_major_version = 2;
+        let fr = w
+            .insert_value(std::collections::BTreeMap::from([("country", "FR")]))
+            .unwrap();
+        w.insert_node(
+            "192.0.2.0/24"
+                .parse::<maxminddb_writer::paths::IpAddrWithMask>()
+                .unwrap(),
+            fr,
+        );
+        std::fs::write(&db, w.write_to(Vec::new()).unwrap()).unwrap();
+        let with_db = |extra: &str| {
+            format!(
+                "{}{eu}location = \"country\"\n{extra}\n[geo]\ndatabase = \"{}\"\n",
+                kind("umami"),
+                db.display()
+            )
+        };
+        let c = parse(&with_db("")).unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert_eq!(c.warnings[0].key, "route \"cdn\".location");
+        assert!(c.warnings[0].message.contains("client_ip = \"pseudonym\""));
+        let c = parse(&with_db("client_ip = \"pseudonym\"\n")).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert!(c.geo.is_some());
     }
 
     #[test]
