@@ -608,3 +608,53 @@ async fn every_protocol_gets_the_synthetic_address_where_its_server_reads_it() {
     }
     t.stop().await;
 }
+
+#[tokio::test]
+async fn an_ipv6_address_carrying_an_ipv4_is_located_as_that_ipv4_and_leaves_in_no_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::http(|_| Reply::ok("{}").header("content-type", "application/json")).await;
+    let t = start(
+        dir.path(),
+        &analytics_route(
+            "u",
+            "umami",
+            &up,
+            "location = \"region\"\nmin_visitors = 2\nclient_ip = \"pseudonym\"",
+        ),
+    )
+    .await;
+    // 203.0.113.7 (Brittany in the test database) behind 6to4, Teredo, NAT64 and the
+    // IPv4-compatible form: four addresses, so four visitors of one region.
+    for (i, client) in EMBEDDING_203_0_113_7.iter().enumerate() {
+        let a = track(
+            &t,
+            Method::POST,
+            "/u/api/send",
+            client,
+            UA,
+            "application/json",
+            &umami_event(),
+        )
+        .await;
+        assert_eq!(a.status, 200, "{client}");
+        let mut seen = up.last();
+        let region = if i == 0 { None } else { Some("BRE") };
+        assert_eq!(seen.header("cf-region-code"), region, "{client}");
+        // The synthetic address is checked on its own: its hash digits could spell anything.
+        let xff: std::net::Ipv6Addr = seen.header("x-forwarded-for").unwrap().parse().unwrap();
+        assert_eq!(xff.segments()[..2], [0x2001, 0xdb8], "{client}");
+        seen.headers.remove("x-forwarded-for");
+        let mut all = seen.uri.clone();
+        for (k, v) in &seen.headers {
+            all.push_str(&format!("\n{k}: {}", String::from_utf8_lossy(v.as_bytes())));
+        }
+        all.push_str(&String::from_utf8_lossy(&seen.body));
+        for form in EMBEDDED_203_0_113_7_FORMS.iter().chain([client]) {
+            assert!(
+                !all.contains(form),
+                "{form} of {client} reached the upstream:\n{all}"
+            );
+        }
+    }
+    t.stop().await;
+}
