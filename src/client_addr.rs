@@ -63,6 +63,21 @@ const EMBEDDED_IPV4: &[(Ipv6Addr, u8, Embedding)] = &[
     (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 32, Embedding::Last32Inverted),
 ];
 
+/// Who an address belongs to, as far as tamis can tell: IPv6 clients by /64 (one subscriber's
+/// usual allocation, whose privacy extensions rotate addresses inside it), except that one
+/// carrying an IPv4 (6to4, Teredo, NAT64, IPv4-mapped) is that IPv4: a Teredo server's or a
+/// NAT64 prefix's /64 holds every client behind it. Rate limits and the analytics visitor
+/// hash count by it.
+pub fn subscriber(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match embedded_ipv4(v6) {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
 /// The client's IPv4 address an IPv6 address carries (see `EMBEDDED_IPV4`), if any.
 pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let bits = ip.to_bits();

@@ -1687,11 +1687,11 @@ impl Validator<'_> {
                     }
                     let min_visitors = r.min_visitors.as_ref().map_or(10, |m| *m.get_ref());
                     if let Some(m) = &r.min_visitors {
-                        if !(2..=100_000).contains(m.get_ref()) {
+                        if !(2..=1000).contains(m.get_ref()) {
                             self.problem(
                                 Some(m.span()),
                                 key("min_visitors"),
-                                "between 2 and 100000 (a cell of one visitor would identify them)",
+                                "between 2 and 1000 (a cell of one visitor would identify them; the counts are held in memory)",
                             );
                         } else if location == Precision::None {
                             self.problem(

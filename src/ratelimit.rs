@@ -39,17 +39,12 @@ impl std::fmt::Debug for RateLimiter {
     }
 }
 
-/// The key for an address: IPv6 clients by /64 (one subscriber's usual allocation, so a client
-/// cannot dodge the limit by rotating addresses inside it), except that one carrying an IPv4
-/// (6to4, Teredo, NAT64, IPv4-mapped) is that IPv4: a Teredo server's or a NAT64 prefix's /64
-/// holds every client behind it.
+/// The key for an address: its subscriber ([`crate::client_addr::subscriber`]), so a client
+/// cannot dodge the limit by rotating addresses inside its IPv6 /64.
 fn key(ip: IpAddr) -> u128 {
-    match ip {
+    match crate::client_addr::subscriber(ip) {
         IpAddr::V4(v4) => u128::from(u32::from(v4)),
-        IpAddr::V6(v6) => match crate::client_addr::embedded_ipv4(v6) {
-            Some(v4) => u128::from(u32::from(v4)),
-            None => u128::from(v6) & !((1u128 << 64) - 1),
-        },
+        IpAddr::V6(v6) => u128::from(v6),
     }
 }
 

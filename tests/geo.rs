@@ -624,8 +624,26 @@ async fn an_ipv6_address_carrying_an_ipv4_is_located_as_that_ipv4_and_leaves_in_
     )
     .await;
     // 203.0.113.7 (Brittany in the test database) behind 6to4, Teredo, NAT64 and the
-    // IPv4-compatible form: four addresses, so four visitors of one region.
-    for (i, client) in EMBEDDING_203_0_113_7.iter().enumerate() {
+    // IPv4-compatible form: four addresses of one visitor (that IPv4), in Brittany. A second
+    // visitor there (203.0.113.8, between the rounds) opens the region.
+    let clients = EMBEDDING_203_0_113_7
+        .iter()
+        .chain(EMBEDDING_203_0_113_7.iter());
+    for (i, client) in clients.enumerate() {
+        if i == EMBEDDING_203_0_113_7.len() {
+            let a = track(
+                &t,
+                Method::POST,
+                "/u/api/send",
+                "203.0.113.8",
+                UA,
+                "application/json",
+                &umami_event(),
+            )
+            .await;
+            assert_eq!(a.status, 200);
+            assert_eq!(up.last().header("cf-region-code"), Some("BRE"));
+        }
         let a = track(
             &t,
             Method::POST,
@@ -638,7 +656,7 @@ async fn an_ipv6_address_carrying_an_ipv4_is_located_as_that_ipv4_and_leaves_in_
         .await;
         assert_eq!(a.status, 200, "{client}");
         let mut seen = up.last();
-        let region = if i == 0 { None } else { Some("BRE") };
+        let region = (i >= EMBEDDING_203_0_113_7.len()).then_some("BRE");
         assert_eq!(seen.header("cf-region-code"), region, "{client}");
         // The synthetic address is checked on its own: its hash digits could spell anything.
         let xff: std::net::Ipv6Addr = seen.header("x-forwarded-for").unwrap().parse().unwrap();
@@ -656,5 +674,73 @@ async fn an_ipv6_address_carrying_an_ipv4_is_located_as_that_ipv4_and_leaves_in_
             );
         }
     }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn addresses_rotating_inside_one_ipv6_64_are_one_visitor() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("v6.mmdb");
+    {
+        let mut w = maxminddb_writer::Database::default();
+        w.metadata.binary_format_major_version = 2;
+        w.metadata.ip_version = maxminddb_writer::metadata::IpVersion::V6;
+        let fr = w
+            .insert_value(Record {
+                country: BTreeMap::from([("iso_code", "FR")]),
+                subdivisions: vec![BTreeMap::from([("iso_code", "IDF")])],
+            })
+            .unwrap();
+        w.insert_node("2a01:e0a::/32".parse::<IpAddrWithMask>().unwrap(), fr);
+        std::fs::write(&db, w.write_to(Vec::new()).unwrap()).unwrap();
+    }
+    let up = Upstream::http(|_| Reply::ok("{}").header("content-type", "application/json")).await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndrain = \"0s\"\ntrusted_proxies = [\"127.0.0.1\"]\n\n\
+         [geo]\ndatabase = \"{}\"\n\n{}",
+        db.display(),
+        analytics_route(
+            "u",
+            "umami",
+            &up,
+            "location = \"region\"\nmin_visitors = 3\nclient_ip = \"pseudonym\""
+        )
+    );
+    let t = Tamis::start(&config).await;
+    // One subscriber's privacy-extension addresses: one visitor, one synthetic address, and
+    // never enough on their own to open the region.
+    let mut synthetic = HashSet::new();
+    for i in 1..=5 {
+        let client = format!("2a01:e0a:1:2:{i}::{i}");
+        track(
+            &t,
+            Method::POST,
+            "/u/api/send",
+            &client,
+            UA,
+            "application/json",
+            &umami_event(),
+        )
+        .await;
+        let seen = up.last();
+        assert_eq!(seen.header("cf-region-code"), None, "{client}");
+        synthetic.insert(seen.header("x-forwarded-for").unwrap().to_owned());
+        assert!(!format!("{:?}{}", seen.headers, seen.uri).contains("2a01:e0a"));
+    }
+    assert_eq!(synthetic.len(), 1, "{synthetic:?}");
+    // Two more subscribers: three visitors, the region opens.
+    for client in ["2a01:e0a:1:3::1", "2a01:e0a:1:4::1"] {
+        track(
+            &t,
+            Method::POST,
+            "/u/api/send",
+            client,
+            UA,
+            "application/json",
+            &umami_event(),
+        )
+        .await;
+    }
+    assert_eq!(up.last().header("cf-region-code"), Some("IDF"));
     t.stop().await;
 }

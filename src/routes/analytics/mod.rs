@@ -583,7 +583,7 @@ impl Pseudonymizer {
         self.period_index(now)
     }
 
-    /// 64 bits of HMAC(key, route, site, address, generalised User-Agent): who a visitor is
+    /// 64 bits of HMAC(key, route, site, subscriber, generalised User-Agent): who a visitor is
     /// for this route within this period, without the address. Computed in memory per request
     /// and never stored; a new key each period makes it unrelated across periods.
     pub fn visitor(
@@ -603,7 +603,9 @@ impl Pseudonymizer {
             mac.update(part.as_bytes());
             mac.update(&[0]);
         }
-        match address {
+        // By subscriber: an IPv6 visitor whose address rotates inside its /64 stays one
+        // visitor (one synthetic address, one count towards a region's threshold).
+        match crate::client_addr::subscriber(address) {
             std::net::IpAddr::V4(a) => mac.update(&a.octets()),
             std::net::IpAddr::V6(a) => mac.update(&a.octets()),
         }
