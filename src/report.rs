@@ -429,9 +429,26 @@ pub fn check_summary(config: &Config) -> String {
             )
         };
         let cache = r.cache.split([',', ':']).next().unwrap_or("");
+        // What an analytics route tells of the visitor besides the payload, when it tells any.
+        let mut visitor = String::new();
+        let analytics = config.routes.iter().find(|c| c.name == r.name);
+        if let Some(a) = analytics.and_then(|c| c.analytics.as_ref()) {
+            use crate::routes::analytics::visitor::ClientAddress;
+            if a.client_ip != ClientAddress::None {
+                let _ = write!(visitor, "; address {}", a.client_ip.as_str());
+            }
+            if a.location != crate::geo::Precision::None {
+                let _ = write!(
+                    visitor,
+                    "; location {} past {} visitors",
+                    a.location.as_str(),
+                    a.min_visitors
+                );
+            }
+        }
         let _ = writeln!(
             out,
-            "route {} ({}{part}): {} -> {} [{}; {sending}; cache {cache}]",
+            "route {} ({}{part}): {} -> {} [{}; {sending}; cache {cache}{visitor}]",
             r.name, r.kind, r.prefix, r.upstream, r.jurisdiction
         );
     }

@@ -553,6 +553,21 @@ fn check_quiet_prints_one_line_per_route_and_the_warnings() {
         full.lines().nth(1).unwrap().starts_with("warning:"),
         "{full}"
     );
+    // An analytics route that sends a synthetic address says so on its line.
+    let text = GOOD.to_owned()
+        + "\n[[route]]\nname = \"stats\"\nkind = \"plausible\"\nprefix = \"/p/\"\nupstream = \"https://plausible.example.eu/\"\njurisdiction = \"eu\"\nclient_ip = \"pseudonym\"\n";
+    let config = write(dir.path(), &text);
+    let out = Command::new(BIN)
+        .args(["check", "--quiet", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("route stats"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(line.ends_with("; address pseudonym]"), "{line}");
 }
 
 #[tokio::test]
