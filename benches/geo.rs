@@ -70,6 +70,15 @@ fn runtime(address: ClientAddress, location: Precision, bits: u8) -> Runtime {
     }
 }
 
+/// The route's own keyed state, as the real path passes it.
+fn keys<'a>(rt: &'a Runtime, geo: Option<&'a Database>) -> visitor::Keys<'a> {
+    visitor::Keys {
+        pseudonyms: &rt.pseudonyms,
+        gate: &rt.gate,
+        geo,
+    }
+}
+
 const UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
 
 /// For each audience and bit count: the distinct synthetic addresses of N distinct visitors
@@ -91,7 +100,7 @@ fn uniques_table(smoke: bool) {
                 let ip = IpAddr::V4(Ipv4Addr::from((11 << 24) | i));
                 let v = visitor::observe(
                     &rt,
-                    None,
+                    &keys(&rt, None),
                     "stats",
                     || "site.example".to_owned(),
                     ip,
@@ -122,7 +131,7 @@ fn timings(c: &mut Criterion, db: &Database) {
         let other = IpAddr::V4(Ipv4Addr::new(11, 42, 7, i as u8));
         visitor::observe(
             &both,
-            Some(db),
+            &keys(&both, Some(db)),
             "stats",
             || "site.example".to_owned(),
             other,
@@ -136,7 +145,7 @@ fn timings(c: &mut Criterion, db: &Database) {
             b.iter(|| {
                 visitor::observe(
                     &both,
-                    Some(db),
+                    &keys(&both, Some(db)),
                     "stats",
                     || "site.example".to_owned(),
                     black_box(ip),
@@ -151,7 +160,7 @@ fn timings(c: &mut Criterion, db: &Database) {
         b.iter(|| {
             visitor::observe(
                 &pseudonym,
-                None,
+                &keys(&pseudonym, None),
                 "stats",
                 || "site.example".to_owned(),
                 black_box(ip),

@@ -487,11 +487,16 @@ async fn serve_analytics(
     let now = SystemTime::now();
     // What the upstream may learn of the visitor besides the payload (address, location):
     // worked out here from the real address, which goes no further.
+    let keys = analytics::visitor::Keys {
+        pseudonyms: &rt.pseudonyms,
+        gate: &rt.gate,
+        geo: state.config.geo.as_deref(),
+    };
     let visitor = analytics::visitor::observe(
         rt,
-        state.config.geo.as_deref(),
+        &keys,
         &route.config.name,
-        || site_of(&req),
+        || site_of(req.uri(), req.headers()),
         client,
         req.headers()
             .get(header::USER_AGENT)
@@ -605,15 +610,10 @@ async fn serve_analytics(
 
 /// The site a request was made to (its host, lower-case, without a port): part of a visitor's
 /// pseudonymous key, so two sites behind one tamis never share one.
-fn site_of<B>(req: &Request<B>) -> String {
-    let host = req
-        .uri()
+fn site_of(uri: &Uri, headers: &HeaderMap) -> String {
+    let host = uri
         .host()
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or("");
     let host = host
         .parse::<http::uri::Authority>()

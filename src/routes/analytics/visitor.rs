@@ -86,19 +86,31 @@ impl Visitor {
     };
 }
 
+/// The keyed state a request's visitor is judged with: the live route's, or a probe's
+/// throwaway copy (so a probe never reads or moves the live pseudonym key or counts).
+pub struct Keys<'a> {
+    /// The pseudonym key of the period.
+    pub pseudonyms: &'a super::Pseudonymizer,
+    /// The location counts of the period.
+    pub gate: &'a geo::Gate,
+    /// The operator's location database, if any.
+    pub geo: Option<&'a geo::Database>,
+}
+
 /// Works out what one request may tell: looks the address up (in memory, never kept), counts
 /// the visitor's keyed hash in the gate, and derives the synthetic address. `site` gives the
 /// host the browser asked (each site its own pseudonyms), only called when needed;
 /// `user_agent` is the visitor's, generalised here.
 pub fn observe(
     rt: &Runtime,
-    geo: Option<&geo::Database>,
+    keys: &Keys<'_>,
     route: &str,
     site: impl FnOnce() -> String,
     client: IpAddr,
     user_agent: &str,
     now: SystemTime,
 ) -> Visitor {
+    let geo = keys.geo;
     let locate = rt.location != geo::Precision::None && geo.is_some();
     let pseudonym = rt.address == ClientAddress::Pseudonym;
     if !locate && rt.address == ClientAddress::None {
@@ -106,7 +118,7 @@ pub fn observe(
     }
     let hash = (locate || pseudonym).then(|| {
         let ua = super::generalise_user_agent(user_agent);
-        rt.pseudonyms.visitor(route, &site(), client, &ua, now)
+        keys.pseudonyms.visitor(route, &site(), client, &ua, now)
     });
     let address = match (rt.address, hash) {
         (ClientAddress::Truncated, _) => Some(crate::policy::truncate_ip(client)),
@@ -115,8 +127,8 @@ pub fn observe(
     };
     let location = match (geo.and_then(|g| g.locate(client)), hash) {
         (Some(place), Some(h)) if locate => {
-            rt.gate
-                .admit(rt.pseudonyms.period(now), h, place, rt.location)
+            keys.gate
+                .admit(keys.pseudonyms.period(now), h, place, rt.location)
         }
         _ => Released::default(),
     };
