@@ -391,7 +391,7 @@ fn is_page_path(base: &str) -> bool {
 /// servlet containers put the session id there (`;jsessionid=`), other servers `;sid=`.
 /// Borrowed when there is none.
 pub fn without_path_params(path: &str) -> Cow<'_, str> {
-    if !path.contains(';') {
+    if param_start(path).is_none() {
         return Cow::Borrowed(path);
     }
     let mut out = String::with_capacity(path.len());
@@ -399,9 +399,22 @@ pub fn without_path_params(path: &str) -> Cow<'_, str> {
         if i > 0 {
             out.push('/');
         }
-        out.push_str(segment.split(';').next().unwrap_or(""));
+        out.push_str(&segment[..param_start(segment).unwrap_or(segment.len())]);
     }
     Cow::Owned(out)
+}
+
+/// Where a path parameter starts in `text`: at a `;`, or at a percent-encoded one (`%3B`),
+/// since a server that decodes the path before it looks for parameters (or a log reader)
+/// sees the same session id either way.
+fn param_start(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    b.iter().enumerate().find_map(|(i, &c)| {
+        let encoded = c == b'%'
+            && b.get(i + 1) == Some(&b'3')
+            && b.get(i + 2).is_some_and(|c| c.eq_ignore_ascii_case(&b'b'));
+        (c == b';' || encoded).then_some(i)
+    })
 }
 
 /// A page URL without user information, path parameters, fragment, or query parameters other
@@ -1004,6 +1017,9 @@ mod tests {
                 ),
                 ("/account;jsessionid=0A1B2C", Some("/account")),
                 ("/a;v=1;w=2/b;/c", Some("/a/b/c")),
+                // Percent-encoded, in either case: a decoding server sees the same parameter.
+                ("/p/utm_s%3bce=n/q%3Bsid=1", Some("/p/utm_s/q")),
+                ("/p%3/q%3", Some("/p%3/q%3")),
                 (
                     "https://shop.example/;jsessionid=1",
                     Some("https://shop.example/"),
