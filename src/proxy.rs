@@ -306,6 +306,60 @@ const CLIENT_ONLY: &[HeaderName] = &[
     header::IF_UNMODIFIED_SINCE,
 ];
 
+/// Whether a route answers this method at all: GET and HEAD, anything on a pass-through route.
+fn route_method(route: &Route, method: &Method) -> Result<(), Refused> {
+    if is_safe(method) || route.config.pass_through {
+        return Ok(());
+    }
+    Err(Refused {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: "method not allowed\n",
+        allow: Some("GET, HEAD"),
+    })
+}
+
+fn is_safe(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
+}
+
+/// Whether this request on this route goes through the cache.
+fn caches(route: &Route, method: &Method) -> bool {
+    is_safe(method) && route.config.cache.enabled
+}
+
+/// What a static, tiles or fonts route sends upstream for a visitor's request (its method
+/// already allowed by [`route_method`]), on a cache miss: the route's header policy, minus the
+/// browser's own conditionals and ranges when the cache fills. The real path and the probe
+/// both build their request here. An unsafe method (pass-through routes only) takes the
+/// visitor's headers out of `visitor`, as nothing reads them afterwards; a safe one leaves them.
+pub(crate) fn route_request(
+    route: &Route,
+    method: &Method,
+    uri: Uri,
+    visitor: &mut HeaderMap,
+    body: Bytes,
+) -> UpstreamRequest {
+    if !is_safe(method) {
+        // Scrubbed in place: no copy of what a pass-through route keeps.
+        let headers = route.scrub_owned(std::mem::take(visitor));
+        return UpstreamRequest::new(method.clone(), uri, headers, body);
+    }
+    let mut headers = route.scrub(visitor);
+    if !caches(route, method) {
+        return UpstreamRequest::new(method.clone(), uri, headers, Bytes::new());
+    }
+    // The visitor's own conditionals and ranges are answered from the stored copy; the
+    // upstream is asked for the plain representation. Usually none is there (a browser's
+    // Range is the one the allowlist lets through): look before hashing each.
+    if headers.keys().any(|n| CLIENT_ONLY.contains(n)) {
+        for h in CLIENT_ONLY {
+            headers.remove(h);
+        }
+    }
+    // A HEAD miss fetches with GET, so the answer can be stored for both.
+    UpstreamRequest::new(Method::GET, uri, headers, Bytes::new())
+}
+
 #[allow(clippy::manual_async_fn)] // See the module note.
 fn serve_route<'a>(
     state: &'a Arc<State>,
@@ -315,17 +369,11 @@ fn serve_route<'a>(
 ) -> impl Future<Output = Answer> + 'a {
     async move {
         let method = req.method().clone();
-        let safe = method == Method::GET || method == Method::HEAD;
-        if !safe && !route.config.pass_through {
-            let mut a = Answer::plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-            a.response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return a;
+        if let Err(refused) = route_method(route, &method) {
+            return refused.answer();
         }
-
         let head_only = method == Method::HEAD;
-        let caching = safe && route.config.cache.enabled;
+        let caching = caches(route, &method);
         let uri = if caching {
             // 3. A fresh stored copy that varies on nothing answers at once: nothing goes
             //    upstream, so there is nothing to scrub or build.
@@ -340,118 +388,204 @@ fn serve_route<'a>(
         };
 
         // 4. Scrub: what goes upstream is built from the route's policy.
-        if !safe {
-            // Nothing reads the visitor's own headers after this: scrubbed in place.
-            let headers = route.scrub_owned(std::mem::take(req.headers_mut()));
-            return Box::pin(forward_unsafe(state, route, uri, headers, req)).await;
+        if !is_safe(&method) {
+            return Box::pin(forward_unsafe(state, route, uri, req)).await;
         }
-        let headers = route.scrub(req.headers());
-
+        let up = route_request(route, &method, uri, req.headers_mut(), Bytes::new());
         if !caching {
-            let up = UpstreamRequest::new(method, uri, headers, Bytes::new());
             return Box::pin(forward(state, route, up.into_request(), head_only))
                 .await
                 .with(CacheResult::Bypass, status_of("tamis; fwd=bypass"));
         }
+        // Boxed: a miss goes upstream anyway, and inline the lookup's future would be copied
+        // along with every request's, hits and forwards included.
+        Box::pin(serve_cached(state, route, up, req.headers(), head_only)).await
+    }
+}
 
-        // 5. Cache lookup. The visitor's own conditionals and ranges are answered here, from the
-        //    stored copy; the upstream is asked for the plain representation.
-        let client = req.headers();
-        let mut fill_headers = headers;
-        // Usually none is there (a browser's Range is the one the allowlist lets through): look
-        // before hashing each.
-        if fill_headers.keys().any(|n| CLIENT_ONLY.contains(n)) {
-            for h in CLIENT_ONLY {
-                fill_headers.remove(h);
+/// Step 5, the cache lookup for a request the fresh-copy shortcut did not answer. The
+/// visitor's own conditionals and ranges are answered here, from the stored copy; `up` (built
+/// by [`route_request`]) asks the upstream for the plain representation on a miss.
+async fn serve_cached(
+    state: &Arc<State>,
+    route: &Arc<Route>,
+    up: UpstreamRequest,
+    client: &HeaderMap,
+    head_only: bool,
+) -> Answer {
+    let fill_headers = &up.parts.headers;
+    let key = CacheKey::primary(route.cache_id, up.parts.uri.clone());
+    // The last fill this request waited on, if it waited.
+    let mut waited_on: Option<FillState> = None;
+    for _ in 0..3 {
+        let (stale, outcome) = match Box::pin(state.cache.lookup(&key, fill_headers)).await {
+            Lookup::Fresh(entry) => {
+                let (result, status) = if waited_on.is_some() {
+                    (CacheResult::Coalesced, "tamis; fwd=miss; collapsed")
+                } else {
+                    (CacheResult::Hit, "tamis; hit")
+                };
+                return cached(&entry, client, head_only).with(result, status_of(status));
             }
-        }
-        let key = CacheKey::primary(route.cache_id, uri);
-        // Built on a miss only. A HEAD miss fetches with GET, so the answer can be stored for both.
-        let upstream =
-            |headers| UpstreamRequest::new(Method::GET, key.uri.clone(), headers, Bytes::new());
-        // The last fill this request waited on, if it waited.
-        let mut waited_on: Option<FillState> = None;
-        for _ in 0..3 {
-            // Boxed: a miss goes upstream anyway, and inline this 2 KB future would be copied
-            // along with every request's, hits and forwards included.
-            let (stale, outcome) = match Box::pin(state.cache.lookup(&key, &fill_headers)).await {
-                Lookup::Fresh(entry) => {
-                    let (result, status) = if waited_on.is_some() {
-                        (CacheResult::Coalesced, "tamis; fwd=miss; collapsed")
-                    } else {
-                        (CacheResult::Hit, "tamis; hit")
-                    };
-                    return cached(&entry, client, head_only).with(result, status_of(status));
-                }
-                Lookup::StaleWhileRevalidate(entry, fill_key) => {
-                    spawn_refresh(
-                        state.clone(),
-                        route.clone(),
-                        fill_key,
-                        upstream(fill_headers),
-                        entry.clone(),
-                    );
-                    return cached(&entry, client, head_only).with(
-                        CacheResult::Stale,
-                        status_of("tamis; hit; detail=stale-while-revalidate"),
-                    );
-                }
-                Lookup::Lead { stale, guard } => {
-                    // The fill waited on may have settled just as the wait ran out (its leader
-                    // on another thread): a fill publishes its result before it gives up the
-                    // lead, so having the lead now means that result is readable.
-                    match waited_on.as_ref().and_then(Cache::settled) {
-                        Some(settled) => {
-                            drop(guard);
-                            (stale, Waited::Fill(settled))
-                        }
-                        None => {
-                            let up = upstream(fill_headers);
-                            return Box::pin(fill(
-                                state, route, &up, stale, guard, client, head_only,
-                            ))
+            Lookup::StaleWhileRevalidate(entry, fill_key) => {
+                spawn_refresh(
+                    state.clone(),
+                    route.clone(),
+                    fill_key,
+                    up.clone(),
+                    entry.clone(),
+                );
+                return cached(&entry, client, head_only).with(
+                    CacheResult::Stale,
+                    status_of("tamis; hit; detail=stale-while-revalidate"),
+                );
+            }
+            Lookup::Lead { stale, guard } => {
+                // The fill waited on may have settled just as the wait ran out (its leader
+                // on another thread): a fill publishes its result before it gives up the
+                // lead, so having the lead now means that result is readable.
+                match waited_on.as_ref().and_then(Cache::settled) {
+                    Some(settled) => {
+                        drop(guard);
+                        (stale, Waited::Fill(settled))
+                    }
+                    None => {
+                        return Box::pin(fill(state, route, &up, stale, guard, client, head_only))
                             .await;
-                        }
                     }
                 }
-                Lookup::Wait { stale, fill } => {
-                    waited_on = Some(fill.clone());
-                    (stale, Cache::wait(fill, state.upstream.timeout()).await)
-                }
-            };
-            match outcome {
-                Waited::Fill(Fill::Stored(entry)) if entry.matches(&fill_headers) => {
-                    return cached(&entry, client, head_only).with(
-                        CacheResult::Coalesced,
-                        status_of("tamis; fwd=miss; collapsed"),
-                    );
-                }
-                Waited::Fill(Fill::Stored(_)) | Waited::Fill(Fill::NotStored) => break,
-                Waited::Fill(Fill::Failed(status)) => {
-                    if let Some(stale) = stale.filter(|s| s.usable_on_error(Instant::now())) {
-                        return cached(&stale, client, head_only).with(
-                            CacheResult::Stale,
-                            status_of("tamis; hit; detail=stale-if-error"),
-                        );
-                    }
-                    return Answer::plain(status, "upstream unavailable\n").with(
-                        CacheResult::Coalesced,
-                        status_of("tamis; fwd=miss; collapsed"),
-                    );
-                }
-                Waited::Retry => continue,
             }
+            Lookup::Wait { stale, fill } => {
+                waited_on = Some(fill.clone());
+                (stale, Cache::wait(fill, state.upstream.timeout()).await)
+            }
+        };
+        match outcome {
+            Waited::Fill(Fill::Stored(entry)) if entry.matches(fill_headers) => {
+                return cached(&entry, client, head_only).with(
+                    CacheResult::Coalesced,
+                    status_of("tamis; fwd=miss; collapsed"),
+                );
+            }
+            Waited::Fill(Fill::Stored(_)) | Waited::Fill(Fill::NotStored) => break,
+            Waited::Fill(Fill::Failed(status)) => {
+                if let Some(stale) = stale.filter(|s| s.usable_on_error(Instant::now())) {
+                    return cached(&stale, client, head_only).with(
+                        CacheResult::Stale,
+                        status_of("tamis; hit; detail=stale-if-error"),
+                    );
+                }
+                return Answer::plain(status, "upstream unavailable\n").with(
+                    CacheResult::Coalesced,
+                    status_of("tamis; fwd=miss; collapsed"),
+                );
+            }
+            Waited::Retry => continue,
         }
-        // The answer cannot be shared (or the fill kept failing to settle): fetch on our own.
-        Box::pin(forward(
-            state,
-            route,
-            upstream(fill_headers).into_request(),
-            head_only,
-        ))
+    }
+    // The answer cannot be shared (or the fill kept failing to settle): fetch on our own.
+    Box::pin(forward(state, route, up.into_request(), head_only))
         .await
         .with(CacheResult::Uncacheable, status_of("tamis; fwd=miss"))
+}
+
+/// Whether an analytics route takes this request at all: one of its protocol's endpoints, with
+/// a method the protocol uses. Checked before the body is read.
+fn analytics_gate<'r>(
+    route: &'r Route,
+    protocol: Protocol,
+    rest: &str,
+    method: &Method,
+) -> Result<&'r Arc<analytics::Runtime>, Refused> {
+    let Some(rt) = route.analytics.as_ref() else {
+        return Err(Refused::new(StatusCode::NOT_FOUND, "not found\n"));
+    };
+    if !protocol.endpoints().contains(&rest) {
+        return Err(Refused::new(
+            StatusCode::NOT_FOUND,
+            "not a tracking endpoint\n",
+        ));
     }
+    if !protocol.allows(method) {
+        let allow = if protocol.allows(&Method::GET) {
+            "GET, POST"
+        } else {
+            "POST"
+        };
+        return Err(Refused {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: "method not allowed\n",
+            allow: Some(allow),
+        });
+    }
+    Ok(rt)
+}
+
+/// One visitor request as the analytics preparation reads it.
+pub(crate) struct Visit<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+    pub body: &'a Bytes,
+    /// Who sent it (tamis's own view: the peer, or what a trusted proxy said).
+    pub client: IpAddr,
+}
+
+/// What an analytics route sends upstream for a tracking request that passed
+/// [`analytics_gate`]: the route's header policy and what the route adds to it (the truncated
+/// address), then the protocol's scrub of query and body with `pseudonyms`, and the upstream
+/// URL. The real path calls it with the route's live key, the probe with a throwaway one, so
+/// anything added here reaches both. The tally says what the scrub did.
+pub(crate) fn prepare_analytics(
+    route: &Route,
+    rt: &analytics::Runtime,
+    protocol: Protocol,
+    rest: &str,
+    visit: &Visit<'_>,
+    pseudonyms: &analytics::Pseudonymizer,
+    now: SystemTime,
+) -> Result<(UpstreamRequest, analytics::Tally), Refused> {
+    let mut headers = route.scrub(visit.headers);
+    if rt.forward_truncated_ip {
+        if let Ok(v) = HeaderValue::from_str(&policy::truncate_ip(visit.client).to_string()) {
+            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+        }
+    }
+    let ctx = analytics::Context {
+        settings: &rt.settings,
+        pseudonyms,
+        route: &route.config.name,
+    };
+    let mut tally = analytics::Tally::default();
+    let query = visit.uri.query().unwrap_or("");
+    let body = visit.body;
+    let scrubbed: Result<(String, Bytes), analytics::ScrubError> = match protocol {
+        Protocol::Ga4 => analytics::ga4::scrub(query, body, &ctx, now, &mut tally)
+            .map(|(q, b)| (q, Bytes::from(b))),
+        Protocol::Matomo => analytics::matomo::scrub(query, body, &ctx, now, &mut tally)
+            .map(|(q, b)| (q, Bytes::from(b))),
+        // The JSON protocols carry everything in the body; a query would only add identifiers.
+        Protocol::Plausible => analytics::plausible::scrub(body, &ctx, &mut tally)
+            .map(|b| (String::new(), Bytes::from(b))),
+        Protocol::Umami => {
+            analytics::umami::scrub(body, &ctx, &mut tally).map(|b| (String::new(), Bytes::from(b)))
+        }
+    };
+    let (query, body) = match scrubbed {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(route = %route.config.name, error = %e, "tracking request refused");
+            return Err(Refused::new(
+                StatusCode::BAD_REQUEST,
+                "malformed tracking request\n",
+            ));
+        }
+    };
+    let uri = route
+        .upstream_uri(rest, (!query.is_empty()).then_some(query.as_str()))
+        .map_err(|_| Refused::new(StatusCode::BAD_REQUEST, "bad path\n"))?;
+    let up = UpstreamRequest::new(visit.method.clone(), uri, headers, body);
+    Ok((up, tally))
 }
 
 /// An analytics tracking request: only the protocol's endpoints, body capped, query and body
@@ -465,69 +599,29 @@ async fn serve_analytics(
     client: IpAddr,
 ) -> Answer {
     let bypass = || status_of("tamis; fwd=bypass");
-    let Some(rt) = route.analytics.as_ref() else {
-        return Answer::plain(StatusCode::NOT_FOUND, "not found\n");
+    let rt = match analytics_gate(route, protocol, rest, req.method()) {
+        Ok(rt) => rt,
+        Err(refused) => return refused.answer(),
     };
-    if !protocol.endpoints().contains(&rest) {
-        return Answer::plain(StatusCode::NOT_FOUND, "not a tracking endpoint\n");
-    }
-    if !protocol.allows(req.method()) {
-        let mut a = Answer::plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-        let allow = if protocol.allows(&Method::GET) {
-            "GET, POST"
-        } else {
-            "POST"
-        };
-        a.response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static(allow));
-        return a;
-    }
-    let mut headers = route.scrub(req.headers());
-    if rt.forward_truncated_ip {
-        if let Ok(v) = HeaderValue::from_str(&policy::truncate_ip(client).to_string()) {
-            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
-        }
-    }
     let (parts, body) = req.into_parts();
     let body = match body::read_limited(body, rt.max_body).await {
         Ok(b) => b,
         Err(e) => return body_refused(&e),
     };
-    let ctx = analytics::Context {
-        settings: &rt.settings,
-        pseudonyms: &rt.pseudonyms,
-        route: &route.config.name,
+    let visit = Visit {
+        method: &parts.method,
+        uri: &parts.uri,
+        headers: &parts.headers,
+        body: &body,
+        client,
     };
     let now = SystemTime::now();
-    let mut tally = analytics::Tally::default();
-    let query = parts.uri.query().unwrap_or("");
-    let scrubbed: Result<(String, Bytes), analytics::ScrubError> = match protocol {
-        Protocol::Ga4 => analytics::ga4::scrub(query, &body, &ctx, now, &mut tally)
-            .map(|(q, b)| (q, Bytes::from(b))),
-        Protocol::Matomo => analytics::matomo::scrub(query, &body, &ctx, now, &mut tally)
-            .map(|(q, b)| (q, Bytes::from(b))),
-        // The JSON protocols carry everything in the body; a query would only add identifiers.
-        Protocol::Plausible => analytics::plausible::scrub(&body, &ctx, &mut tally)
-            .map(|b| (String::new(), Bytes::from(b))),
-        Protocol::Umami => analytics::umami::scrub(&body, &ctx, &mut tally)
-            .map(|b| (String::new(), Bytes::from(b))),
+    let prepared = prepare_analytics(route, rt, protocol, rest, &visit, &rt.pseudonyms, now);
+    let (up, tally) = match prepared {
+        Ok(p) => p,
+        Err(refused) => return refused.answer().with(CacheResult::Bypass, bypass()),
     };
-    let rm = &state.route_metrics[route.index];
-    let (query, body) = match scrubbed {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(route = %route.config.name, error = %e, "tracking request refused");
-            return Answer::plain(StatusCode::BAD_REQUEST, "malformed tracking request\n")
-                .with(CacheResult::Bypass, bypass());
-        }
-    };
-    rm.analytics(&tally);
-    let uri = match route.upstream_uri(rest, (!query.is_empty()).then_some(query.as_str())) {
-        Ok(uri) => uri,
-        Err(_) => return Answer::plain(StatusCode::BAD_REQUEST, "bad path\n"),
-    };
-    let up = UpstreamRequest::new(parts.method, uri, headers, body);
+    state.route_metrics[route.index].analytics(&tally);
     if protocol != Protocol::Umami {
         return forward(state, route, up.into_request(), false)
             .await
@@ -576,10 +670,39 @@ async fn serve_analytics(
 }
 
 /// The request tamis sends upstream.
-#[derive(Clone)]
-struct UpstreamRequest {
-    parts: http::request::Parts,
-    body: Bytes,
+#[derive(Clone, Debug)]
+pub(crate) struct UpstreamRequest {
+    pub(crate) parts: http::request::Parts,
+    pub(crate) body: Bytes,
+}
+
+/// Why tamis answers a request itself and sends nothing upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Refused {
+    pub status: StatusCode,
+    pub message: &'static str,
+    /// The `Allow` header of a 405.
+    pub allow: Option<&'static str>,
+}
+
+impl Refused {
+    fn new(status: StatusCode, message: &'static str) -> Refused {
+        Refused {
+            status,
+            message,
+            allow: None,
+        }
+    }
+
+    fn answer(self) -> Answer {
+        let mut a = Answer::plain(self.status, self.message);
+        if let Some(allow) = self.allow {
+            a.response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        a
+    }
 }
 
 impl UpstreamRequest {
@@ -591,7 +714,7 @@ impl UpstreamRequest {
         UpstreamRequest { parts, body }
     }
 
-    fn to_request(&self) -> Request<Full<Bytes>> {
+    pub(crate) fn to_request(&self) -> Request<Full<Bytes>> {
         Request::from_parts(self.parts.clone(), Full::new(self.body.clone()))
     }
 
@@ -1203,20 +1326,18 @@ fn forward_unsafe<'a>(
     state: &'a State,
     route: &'a Route,
     uri: Uri,
-    headers: HeaderMap,
     req: Request<Incoming>,
 ) -> impl Future<Output = Answer> + 'a {
     async move {
-        // Only the method and the body are still needed: no copy of the whole head.
-        let method = req.method().clone();
-        let body =
-            match body::read_limited(req.into_body(), state.config.limits.max_body_bytes).await {
-                Ok(b) => b,
-                Err(e) => return body_refused(&e),
-            };
+        let (mut parts, body) = req.into_parts();
+        let body = match body::read_limited(body, state.config.limits.max_body_bytes).await {
+            Ok(b) => b,
+            Err(e) => return body_refused(&e),
+        };
         // Only a caching route can hold a copy to drop.
         let stored = route.config.cache.enabled.then(|| uri.clone());
-        let up = UpstreamRequest::new(method, uri, headers, body);
+        let up = route_request(route, &parts.method, uri, &mut parts.headers, body);
+        drop(parts);
         let answer = forward(state, route, up.into_request(), false).await;
         let status = answer.response.status();
         if let Some(uri) = stored.filter(|_| status.is_success() || status.is_redirection()) {
@@ -1437,11 +1558,9 @@ mod tests {
             ("handle", future_size(|(s, r, p)| handle(s, r, p)), 3 * 1024),
             (
                 "forward_unsafe",
-                future_size(
-                    |(s, r, u, h, q): (&'static State, &'static Route, _, _, _)| {
-                        forward_unsafe(s, r, u, h, q)
-                    },
-                ),
+                future_size(|(s, r, u, q): (&'static State, &'static Route, _, _)| {
+                    forward_unsafe(s, r, u, q)
+                }),
                 3 * 1024,
             ),
             (
