@@ -171,6 +171,8 @@ impl RateLimit {
 pub struct TransparencyConfig {
     /// The path on the public listeners (default `/.well-known/tamis`).
     pub path: String,
+    /// `POST <path>/probe` answers what tamis would send upstream for a request (default off).
+    pub probe: bool,
 }
 
 /// The transparency page's default path.
@@ -503,6 +505,7 @@ struct RawLimits {
 struct RawTransparency {
     enabled: Option<bool>,
     path: Option<Spanned<String>>,
+    probe: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -1048,8 +1051,16 @@ impl Validator<'_> {
 
     fn transparency(&mut self, raw: RawTransparency) -> Option<TransparencyConfig> {
         if raw.enabled == Some(false) {
+            if let Some(p) = raw.probe.filter(|p| *p.get_ref()) {
+                self.problem(
+                    Some(p.span()),
+                    "transparency.probe",
+                    "the probe is served under the transparency page, which transparency.enabled = false turns off",
+                );
+            }
             return None;
         }
+        let probe = raw.probe.is_some_and(|p| p.into_inner());
         let path = match raw.path {
             None => DEFAULT_TRANSPARENCY_PATH.to_owned(),
             Some(p) => {
@@ -1067,7 +1078,7 @@ impl Validator<'_> {
                 p.into_inner()
             }
         };
-        Some(TransparencyConfig { path })
+        Some(TransparencyConfig { path, probe })
     }
 
     fn server(&mut self, raw: RawServer) -> Option<ServerConfig> {

@@ -19,6 +19,7 @@ pub mod config;
 pub mod idle;
 pub mod metrics;
 pub mod policy;
+pub mod probe;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reach;

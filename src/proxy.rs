@@ -43,6 +43,8 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// The public page disclosing what each route does.
     pub transparency: Option<crate::transparency::Page>,
+    /// The public dry-run probe (`transparency.probe`).
+    pub probe: Option<crate::probe::Endpoint>,
     /// Indexed like the router's routes.
     route_metrics: Vec<RouteMetrics>,
 }
@@ -57,6 +59,13 @@ pub enum StateError {
 }
 
 impl State {
+    /// The paths tamis answers itself ahead of the routes (the transparency page, the probe).
+    pub fn own_paths(&self) -> Vec<&str> {
+        let page = self.transparency.as_ref().map(|p| p.path.as_str());
+        let probe = self.probe.as_ref().map(|p| p.path.as_str());
+        page.into_iter().chain(probe).collect()
+    }
+
     /// The metrics of the route at `index` in the router.
     pub fn route_metrics(&self, index: usize) -> Option<&RouteMetrics> {
         self.route_metrics.get(index)
@@ -102,8 +111,10 @@ impl State {
             .map(|r| metrics.route(&r.config.name))
             .collect();
         let transparency = crate::transparency::Page::new(&config, &router);
+        let probe = crate::probe::Endpoint::new(&config);
         Ok(State {
             transparency,
+            probe,
             config,
             router,
             cache,
@@ -246,7 +257,20 @@ fn serve<'a>(
             return Answer::plain(StatusCode::URI_TOO_LONG, "request target too long\n");
         }
 
-        // tamis's own public page, ahead of the routes: a route can never hide it.
+        // tamis's own public pages, ahead of the routes: a route can never hide them.
+        if let Some(probe) = &state.probe {
+            if req.uri().path() == probe.path {
+                let own = state.own_paths();
+                // Boxed: rare, and inline its future would widen every request's.
+                let answer = probe.answer(&state.config, &state.router, &own, req, client);
+                return Answer {
+                    response: Box::pin(answer).await,
+                    route: None,
+                    cache: None,
+                    cache_status: None,
+                };
+            }
+        }
         if let Some(page) = &state.transparency {
             if req.uri().path() == page.path {
                 return Answer {
@@ -293,6 +317,99 @@ fn serve<'a>(
         answer.route = Some(route.index);
         answer
     }
+}
+
+/// What [`serve`] would do with a visitor's request, up to the point of sending: the same checks
+/// in the same order and the same builders ([`route_request`], [`prepare_analytics`]), without
+/// the cache, the rate limits, the metrics or the upstream. An analytics route's pseudonyms
+/// come from a key drawn for this call alone, never the route's: they cannot be compared with
+/// live ones. The request target must be in origin form (`/path?query`).
+pub(crate) fn dry_run(
+    config: &Config,
+    router: &Router,
+    own_paths: &[&str],
+    visit: &Visit<'_>,
+    now: SystemTime,
+) -> DryRun {
+    let local = |refused: Refused| DryRun {
+        route: None,
+        result: Err(refused),
+    };
+    if *visit.method == Method::CONNECT {
+        return local(Refused::new(
+            StatusCode::BAD_REQUEST,
+            "CONNECT is not supported\n",
+        ));
+    }
+    let target_len = visit.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if target_len > config.limits.max_uri_bytes {
+        return local(Refused::new(
+            StatusCode::URI_TOO_LONG,
+            "request target too long\n",
+        ));
+    }
+    let path = visit.uri.path();
+    // tamis's own pages come before the routes (see `serve`): answered here, nothing sent.
+    if own_paths.contains(&path) {
+        return local(Refused::new(
+            StatusCode::OK,
+            "answered by tamis itself (its own page): nothing is sent upstream\n",
+        ));
+    }
+    let Some((route, rest)) = router.find(path) else {
+        return local(Refused::new(StatusCode::NOT_FOUND, "not found\n"));
+    };
+    let result = if let Role::Analytics(protocol) = route.role {
+        analytics_gate(route, protocol, rest, visit.method).and_then(|rt| {
+            if visit.body.len() > rt.max_body {
+                return Err(Refused::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large\n",
+                ));
+            }
+            let rotate = route.config.analytics.as_ref().map(|a| a.rotate);
+            let throwaway = analytics::Pseudonymizer::new(rotate.unwrap_or(DAY), None);
+            prepare_analytics(route, rt, protocol, rest, visit, &throwaway, now)
+                .map(|(up, tally)| (up, Some(tally)))
+        })
+    } else {
+        route
+            .upstream_uri(rest, visit.uri.query())
+            .map_err(|_| Refused::new(StatusCode::BAD_REQUEST, "bad path\n"))
+            .and_then(|uri| {
+                route_method(route, visit.method)?;
+                let safe = is_safe(visit.method);
+                if !safe && visit.body.len() > config.limits.max_body_bytes {
+                    return Err(Refused::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request body too large\n",
+                    ));
+                }
+                // A safe request's body is never read, so never sent.
+                let body = if safe {
+                    Bytes::new()
+                } else {
+                    visit.body.clone()
+                };
+                let mut headers = visit.headers.clone();
+                let up = route_request(route, visit.method, uri, &mut headers, body);
+                Ok((up, None))
+            })
+    };
+    DryRun {
+        route: Some(route.clone()),
+        result,
+    }
+}
+
+/// A fallback rotation for a throwaway key (analytics routes always configure one).
+const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+/// What [`dry_run`] found: the route (when one matched) and the request it would send with
+/// what its scrub did, or how tamis would answer instead.
+pub(crate) struct DryRun {
+    pub route: Option<Arc<Route>>,
+    pub result: Result<(UpstreamRequest, Option<analytics::Tally>), Refused>,
 }
 
 /// Headers that only make sense between the browser and tamis: a fill for the cache asks the
