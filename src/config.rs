@@ -1865,6 +1865,26 @@ upstream = "https://cdn.example/npm/"
     }
 
     #[test]
+    fn the_probe_is_off_by_default_and_lives_under_the_transparency_page() {
+        let base =
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"r\"\nkind = \"static\"\n\
+                    prefix = \"/r/\"\nupstream = \"https://r.example/\"\n";
+        let t = parse(base).unwrap().transparency.unwrap();
+        assert!(!t.probe);
+        let t = parse(&format!("{base}[transparency]\nprobe = true\n"))
+            .unwrap()
+            .transparency
+            .unwrap();
+        assert!(t.probe);
+        let e = problems(&format!(
+            "{base}[transparency]\nenabled = false\nprobe = true\n"
+        ));
+        assert!(e.contains("transparency.probe"), "{e}");
+        let e = problems(&format!("{base}[transparency]\nprobes = true\n"));
+        assert!(e.contains("did you mean `probe`"), "{e}");
+    }
+
+    #[test]
     fn minimal_config_gets_safe_defaults() {
         let c = parse(MINIMAL).unwrap();
         let r = &c.routes[0];
