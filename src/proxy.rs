@@ -274,7 +274,12 @@ fn serve<'a>(
         if let Some(page) = &state.transparency {
             if req.uri().path() == page.path {
                 return Answer {
-                    response: page.answer(req.method(), req.uri().query(), req.headers()),
+                    response: page.answer(
+                        req.method(),
+                        req.uri().query(),
+                        req.headers(),
+                        &state.metrics,
+                    ),
                     route: None,
                     cache: None,
                     cache_status: None,

@@ -389,6 +389,24 @@ async fn a_probe_shows_byte_for_byte_what_a_real_request_sends_for_every_route_k
         probed.push(p);
     }
     assert_eq!(up.count(), 0, "a probe reached the upstream");
+    // Nor did any live counter move (the transparency page reads them from the metrics).
+    let page = t.get("/.well-known/tamis?format=json").await;
+    let doc: serde_json::Value = serde_json::from_slice(&page.body).unwrap();
+    let routes = doc["counters"]["routes"].as_array().unwrap();
+    assert_eq!(routes.len(), 8);
+    for r in routes {
+        let p = &r["analytics_params"];
+        let zero = serde_json::json!(0);
+        for v in [
+            &r["requests"],
+            &r["forwarded"],
+            &p["kept"],
+            &p["pseudonymised"],
+            &p["dropped"],
+        ] {
+            assert_eq!(v, &zero, "a probe moved a live counter: {r:#}");
+        }
+    }
 
     for (c, p) in cases.iter().zip(&probed) {
         let before = up.count();
