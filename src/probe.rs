@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::body::{self, ProxyBody};
 use crate::config::{Config, RateLimit};
 use crate::policy::{self, Allowed, UserAgent, REQUEST_ALLOWLIST};
-use crate::proxy::{self, Refused, Visit};
+use crate::proxy::{self, DryRun, Visit};
 use crate::ratelimit::RateLimiter;
 use crate::routes::analytics::{self, Outcome, Protocol, Tally};
 use crate::routes::{Role, Route, Router};
@@ -295,68 +295,48 @@ pub fn run(config: &Config, router: &Router, own_paths: &[&str], req: &ProbeRequ
         body: &req.body,
         client: PROBE_CLIENT,
     };
-    let dry = proxy::dry_run(config, router, own_paths, &visit, SystemTime::now());
-    let route = dry.route.as_ref().map(|r| route_info(r));
-    match dry.result {
-        Err(Refused {
-            status, message, ..
-        }) => Report {
+    match proxy::dry_run(config, router, own_paths, &visit, SystemTime::now()) {
+        DryRun::Answered { route, refused } => Report {
             probe: NOTHING_SENT,
-            route,
+            route: route.as_deref().map(route_info),
             would_send: false,
-            status: Some(status.as_u16()),
-            message: Some(message.trim_end().to_owned()),
+            status: Some(refused.status.as_u16()),
+            message: Some(refused.message.trim_end().to_owned()),
             upstream: None,
             header_changes: Vec::new(),
             parameter_changes: Vec::new(),
             tally: None,
             notes: Vec::new(),
         },
-        Ok((up, tally)) => {
+        DryRun::Sent { route, up, tally } => {
             let wire = upstream::as_http1(&up.parts, &up.body);
             let mut notes = vec![
                 "headers as written on an HTTP/1.1 connection; over HTTP/2 the same fields go with :authority instead of Host",
                 "the visitor's address is 192.0.2.1 (a documentation address) in every probe",
+                "the route's per-client rate limit is not applied: a real request over it gets 429",
             ];
-            let Some(r) = dry.route.as_ref() else {
-                // dry_run only builds a request for a route.
-                return Report {
-                    probe: NOTHING_SENT,
-                    route,
-                    would_send: false,
-                    status: None,
-                    message: None,
-                    upstream: None,
-                    header_changes: Vec::new(),
-                    parameter_changes: Vec::new(),
-                    tally: None,
-                    notes,
-                };
-            };
-            let parameters = match r.role {
+            let parameter_changes = match route.role {
                 Role::Analytics(p) => {
                     notes.push("pseudonyms computed with a key drawn for this probe alone: they differ from live ones and from one probe to the next");
                     parameter_changes(p, &req.uri, &req.body)
                 }
                 _ => Vec::new(),
             };
-            if matches!(
-                r.role,
-                Role::Static | Role::FontCss | Role::FontFiles | Role::Tiles
-            ) && r.config.cache.enabled
+            if !matches!(route.role, Role::Analytics(_))
+                && route.config.cache.enabled
                 && matches!(req.method, Method::GET | Method::HEAD)
             {
                 notes.push("the request a cache miss sends; a fresh stored copy is answered without any upstream request");
             }
             Report {
                 probe: NOTHING_SENT,
-                route,
+                route: Some(route_info(&route)),
                 would_send: true,
                 status: None,
                 message: None,
-                header_changes: header_changes(r, &req.headers, &wire),
+                header_changes: header_changes(&route, &req.headers, &wire),
                 upstream: Some(view(&up.parts.uri, &wire)),
-                parameter_changes: parameters,
+                parameter_changes,
                 tally: tally.as_ref().map(TallyView::from),
                 notes,
             }

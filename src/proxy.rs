@@ -336,9 +336,9 @@ pub(crate) fn dry_run(
     visit: &Visit<'_>,
     now: SystemTime,
 ) -> DryRun {
-    let local = |refused: Refused| DryRun {
+    let local = |refused: Refused| DryRun::Answered {
         route: None,
-        result: Err(refused),
+        refused,
     };
     if *visit.method == Method::CONNECT {
         return local(Refused::new(
@@ -401,20 +401,36 @@ pub(crate) fn dry_run(
                 Ok((up, None))
             })
     };
-    DryRun {
-        route: Some(route.clone()),
-        result,
+    match result {
+        Ok((up, tally)) => DryRun::Sent {
+            route: route.clone(),
+            up: Box::new(up),
+            tally,
+        },
+        Err(refused) => DryRun::Answered {
+            route: Some(route.clone()),
+            refused,
+        },
     }
 }
 
 /// A fallback rotation for a throwaway key (analytics routes always configure one).
 const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
 
-/// What [`dry_run`] found: the route (when one matched) and the request it would send with
-/// what its scrub did, or how tamis would answer instead.
-pub(crate) struct DryRun {
-    pub route: Option<Arc<Route>>,
-    pub result: Result<(UpstreamRequest, Option<analytics::Tally>), Refused>,
+/// What [`dry_run`] found.
+pub(crate) enum DryRun {
+    /// The request the route would send, and what the analytics scrub did (analytics routes).
+    Sent {
+        route: Arc<Route>,
+        /// Boxed: three times the size of the other variant.
+        up: Box<UpstreamRequest>,
+        tally: Option<analytics::Tally>,
+    },
+    /// tamis would answer itself, sending nothing (the route, when one matched).
+    Answered {
+        route: Option<Arc<Route>>,
+        refused: Refused,
+    },
 }
 
 /// Headers that only make sense between the browser and tamis: a fill for the cache asks the

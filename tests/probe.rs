@@ -147,6 +147,14 @@ prefix = "/pl/"
 upstream = "{pl}"
 
 [[route]]
+name = "matomo-eu"
+kind = "matomo"
+prefix = "/mte/"
+upstream = "{mt}"
+jurisdiction = "eu"
+client_ip = "truncated"
+
+[[route]]
 name = "umami"
 kind = "umami"
 prefix = "/um/"
@@ -182,6 +190,8 @@ struct Case {
     /// Parameters holding pseudonyms (from the protocol's rule table): their values differ by
     /// key, so they are compared by shape, everything else byte for byte.
     pseudonyms: &'static [&'static str],
+    /// An EU route sending the truncated address: the probe's is always 192.0.2.0's.
+    truncated_address: bool,
 }
 
 const UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
@@ -212,6 +222,7 @@ fn cases() -> Vec<Case> {
             headers: browser(extra),
             body: body.to_owned(),
             pseudonyms: &[],
+            truncated_address: false,
         };
     vec![
         case("static, cached", "GET", "/cdn/lib@1/x.js?v=1".into(), &[], ""),
@@ -271,6 +282,17 @@ fn cases() -> Vec<Case> {
                 "/mt/matomo.php".into(),
                 &[("content-type", "application/json")],
                 &fixture("matomo-bulk.json"),
+            )
+        },
+        Case {
+            pseudonyms: &["_id", "cid", "pv_id"],
+            truncated_address: true,
+            ..case(
+                "Matomo GET, EU route sending the truncated address",
+                "GET",
+                format!("/mte{matomo_target}"),
+                &[],
+                "",
             )
         },
         case(
@@ -393,7 +415,7 @@ async fn a_probe_shows_byte_for_byte_what_a_real_request_sends_for_every_route_k
     let page = t.get("/.well-known/tamis?format=json").await;
     let doc: serde_json::Value = serde_json::from_slice(&page.body).unwrap();
     let routes = doc["counters"]["routes"].as_array().unwrap();
-    assert_eq!(routes.len(), 8);
+    assert_eq!(routes.len(), 9);
     for r in routes {
         let p = &r["analytics_params"];
         let zero = serde_json::json!(0);
@@ -419,8 +441,20 @@ async fn a_probe_shows_byte_for_byte_what_a_real_request_sends_for_every_route_k
             a.status,
             a.text()
         );
-        let sent = String::from_utf8(up.last()).unwrap();
-        let shown = p["upstream"]["http1"].as_str().unwrap();
+        let mut sent = String::from_utf8(up.last()).unwrap();
+        let mut shown = p["upstream"]["http1"].as_str().unwrap().to_owned();
+        if c.truncated_address {
+            // The probe's visitor is 192.0.2.1; the real one is this test, on loopback.
+            let (probe_xff, real_xff) = (
+                "x-forwarded-for: 192.0.2.0\r\n",
+                "x-forwarded-for: 127.0.0.0\r\n",
+            );
+            assert!(shown.contains(probe_xff), "{}: {shown}", c.name);
+            assert!(sent.contains(real_xff), "{}: {sent}", c.name);
+            shown = shown.replace(probe_xff, "x-forwarded-for: <truncated>\r\n");
+            sent = sent.replace(real_xff, "x-forwarded-for: <truncated>\r\n");
+        }
+        let shown = shown.as_str();
         if c.pseudonyms.is_empty() {
             assert_eq!(shown, sent, "{}", c.name);
         } else {
