@@ -467,11 +467,12 @@ fn header_changes(route: &Route, visitor: &HeaderMap, wire: &Http1Request) -> Ve
         });
     }
     for (name, _) in &wire.headers {
-        if visitor.contains_key(name)
-            || out
-                .iter()
-                .any(|c| c.field == name.as_str() && c.change == "added")
-        {
+        // Added: tamis's own value, whatever became of a visitor header of the same name (the
+        // visitor's Host or X-Forwarded-For is removed, and tamis sends its own).
+        let accounted = out
+            .iter()
+            .any(|c| c.field == name.as_str() && c.change != "removed");
+        if accounted {
             continue;
         }
         let rule = match name.as_str() {

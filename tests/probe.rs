@@ -450,6 +450,15 @@ async fn a_probe_shows_byte_for_byte_what_a_real_request_sends_for_every_route_k
                 "x-forwarded-for: 127.0.0.0\r\n",
             );
             assert!(shown.contains(probe_xff), "{}: {shown}", c.name);
+            // The visitor's own X-Forwarded-For removed, tamis's truncated one added.
+            let xff: Vec<&str> = p["header_changes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|h| h["field"] == "x-forwarded-for")
+                .map(|h| h["change"].as_str().unwrap())
+                .collect();
+            assert_eq!(xff, ["removed", "added"], "{}", c.name);
             assert!(sent.contains(real_xff), "{}: {sent}", c.name);
             shown = shown.replace(probe_xff, "x-forwarded-for: <truncated>\r\n");
             sent = sent.replace(real_xff, "x-forwarded-for: <truncated>\r\n");
