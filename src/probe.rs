@@ -480,6 +480,9 @@ fn header_changes(route: &Route, visitor: &HeaderMap, wire: &Http1Request) -> Ve
             "content-length" => "the length of the body tamis forwards",
             "user-agent" => "the route's User-Agent rule",
             "referer" => "the route's fixed Referer (the site's origin)",
+            "accept-encoding" if route.role == Role::FontCss => {
+                "identity: the stylesheet is rewritten, so it is asked for uncompressed"
+            }
             "accept-encoding" => "normalised: the codings tamis itself accepts",
             "x-forwarded-for" => {
                 "the visitor's address truncated (IPv4 /24, IPv6 /48): EU route with client_ip = \"truncated\""

@@ -586,6 +586,30 @@ async fn the_probe_is_off_by_default_post_only_and_refuses_bad_input() {
 }
 
 #[tokio::test]
+async fn each_probe_pseudonymises_with_a_key_of_its_own() {
+    let up = RawUpstream::start().await;
+    let t = Tamis::start(&config(&up, true)).await;
+    let path = "/ga/g/collect?v=2&tid=G-1&cid=123.456&en=page_view";
+    let cid = |p: serde_json::Value| {
+        let url = p["upstream"]["url"].as_str().unwrap().to_owned();
+        url.split("cid=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let first = cid(probe(&t, "GET", path, &[], "").await);
+    let second = cid(probe(&t, "GET", path, &[], "").await);
+    assert_ne!(first, "123.456", "the visitor's id left as it came");
+    // The same visitor id gets a different pseudonym in each probe (a 2^-32 chance of a
+    // collision): no probe can be matched with another, nor with live traffic.
+    assert_ne!(first, second);
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
 async fn probes_are_rate_limited_per_client() {
     let up = RawUpstream::start().await;
     let t = Tamis::start(&config(&up, true)).await;
