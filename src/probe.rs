@@ -318,7 +318,11 @@ pub fn run(config: &Config, router: &Router, own_paths: &[&str], req: &ProbeRequ
             let parameter_changes = match route.role {
                 Role::Analytics(p) => {
                     notes.push("pseudonyms computed with a key drawn for this probe alone: they differ from live ones and from one probe to the next");
-                    parameter_changes(p, &req.uri, &req.body)
+                    let allowed = route
+                        .analytics
+                        .as_ref()
+                        .map_or(&[][..], |rt| &rt.settings.allow_event_params[..]);
+                    parameter_changes(p, &req.uri, &req.body, allowed)
                 }
                 _ => Vec::new(),
             };
@@ -531,8 +535,14 @@ fn rule_for(
         .or_else(|| table.iter().find(|(n, _, _)| *n == "*"))
 }
 
-/// What the protocol's table says about each parameter the visitor sent (query, then body).
-fn parameter_changes(protocol: Protocol, uri: &Uri, body: &[u8]) -> Vec<Change> {
+/// What the protocol's table says about each parameter the visitor sent (query, then body); a
+/// custom field the route lists in `allow_event_params` is kept by that setting.
+fn parameter_changes(
+    protocol: Protocol,
+    uri: &Uri,
+    body: &[u8],
+    allow_event_params: &[String],
+) -> Vec<Change> {
     let mut names: Vec<(&'static str, String)> = Vec::new();
     let mut add = |place: &'static str, name: String| {
         if !names.iter().any(|(p, n)| *p == place && *n == name) {
@@ -584,7 +594,12 @@ fn parameter_changes(protocol: Protocol, uri: &Uri, body: &[u8]) -> Vec<Change> 
     names
         .into_iter()
         .map(|(place, name)| {
+            let listed = allow_event_params.contains(&name);
             let (change, rule) = match rule_for(protocol, &name) {
+                Some((_, Outcome::Dropped, _)) if listed => (
+                    Outcome::Kept.as_str(),
+                    "listed in the route's allow_event_params".to_owned(),
+                ),
                 Some((n, o, note)) => (
                     o.as_str(),
                     match (*n, note.is_empty()) {
@@ -814,18 +829,22 @@ mod tests {
 
     #[test]
     fn parameters_are_named_by_their_table_rule() {
-        let uri: Uri = "/g/collect?v=2&cid=1.2&ep.plan=x&zz=1".parse().unwrap();
-        let changes = parameter_changes(Protocol::Ga4, &uri, b"");
+        let uri: Uri = "/g/collect?v=2&cid=1.2&ep.plan=x&zz=1&ep.kept=y"
+            .parse()
+            .unwrap();
+        let changes = parameter_changes(Protocol::Ga4, &uri, b"", &["ep.kept".to_owned()]);
         let by = |f: &str| changes.iter().find(|c| c.field == f).unwrap();
         assert_eq!(by("query: v").change, "kept");
         assert_eq!(by("query: cid").change, "pseudonymised");
         assert!(by("query: ep.plan").rule.starts_with("ep.*"));
+        assert_eq!(by("query: ep.plan").change, "dropped");
         assert!(by("query: zz").rule.starts_with('*'));
+        assert_eq!(by("query: ep.kept").change, "kept");
         // An entry naming several parameters names each of them.
         let uri: Uri = "/matomo.php?url=https%3A%2F%2Fa.example%2F&pf_srv=3"
             .parse()
             .unwrap();
-        let changes = parameter_changes(Protocol::Matomo, &uri, b"");
+        let changes = parameter_changes(Protocol::Matomo, &uri, b"", &[]);
         assert_eq!(changes[0].change, "generalised");
         assert_eq!(changes[1].change, "kept");
     }
