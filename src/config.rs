@@ -173,6 +173,8 @@ impl RateLimit {
 pub struct TransparencyConfig {
     /// The path on the public listeners (default `/.well-known/tamis`).
     pub path: String,
+    /// `POST <path>/probe` answers what tamis would send upstream for a request (default off).
+    pub probe: bool,
 }
 
 /// The transparency page's default path.
@@ -526,6 +528,7 @@ struct RawLimits {
 struct RawTransparency {
     enabled: Option<bool>,
     path: Option<Spanned<String>>,
+    probe: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -1094,8 +1097,16 @@ impl Validator<'_> {
 
     fn transparency(&mut self, raw: RawTransparency) -> Option<TransparencyConfig> {
         if raw.enabled == Some(false) {
+            if let Some(p) = raw.probe.filter(|p| *p.get_ref()) {
+                self.problem(
+                    Some(p.span()),
+                    "transparency.probe",
+                    "the probe is served under the transparency page, which transparency.enabled = false turns off",
+                );
+            }
             return None;
         }
+        let probe = raw.probe.is_some_and(|p| p.into_inner());
         let path = match raw.path {
             None => DEFAULT_TRANSPARENCY_PATH.to_owned(),
             Some(p) => {
@@ -1113,7 +1124,7 @@ impl Validator<'_> {
                 p.into_inner()
             }
         };
-        Some(TransparencyConfig { path })
+        Some(TransparencyConfig { path, probe })
     }
 
     fn server(&mut self, raw: RawServer) -> Option<ServerConfig> {
@@ -2006,6 +2017,26 @@ upstream = "https://cdn.example/npm/"
             Ok(_) => panic!("config accepted"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn the_probe_is_off_by_default_and_lives_under_the_transparency_page() {
+        let base =
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"r\"\nkind = \"static\"\n\
+                    prefix = \"/r/\"\nupstream = \"https://r.example/\"\n";
+        let t = parse(base).unwrap().transparency.unwrap();
+        assert!(!t.probe);
+        let t = parse(&format!("{base}[transparency]\nprobe = true\n"))
+            .unwrap()
+            .transparency
+            .unwrap();
+        assert!(t.probe);
+        let e = problems(&format!(
+            "{base}[transparency]\nenabled = false\nprobe = true\n"
+        ));
+        assert!(e.contains("transparency.probe"), "{e}");
+        let e = problems(&format!("{base}[transparency]\nprobes = true\n"));
+        assert!(e.contains("did you mean `probe`"), "{e}");
     }
 
     #[test]

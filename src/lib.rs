@@ -20,6 +20,7 @@ pub mod geo;
 pub mod idle;
 pub mod metrics;
 pub mod policy;
+pub mod probe;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reach;

@@ -50,6 +50,13 @@ enum Command {
         #[arg(long)]
         site: Option<String>,
     },
+    /// Print, as JSON, the exact request tamis would send upstream for a request (a file in
+    /// JSON or raw HTTP/1.1, `-` for stdin), and which rule changed each field; sends nothing.
+    /// Exits 0 when it would be sent, 1 when tamis would answer it itself (4xx), 2 on bad input.
+    Probe {
+        /// The request: `{"method","path","headers":[[name,value],...],"body"}` or HTTP/1.1 text.
+        request_file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -85,6 +92,35 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Probe { request_file } => {
+            let config = match Config::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let input = if request_file.as_os_str() == "-" {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map(|_| buf)
+            } else {
+                std::fs::read(&request_file)
+            };
+            let input = match input {
+                Ok(i) => i,
+                Err(e) => {
+                    eprintln!("error: {}: {e}", request_file.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let (out, code) = tamis::probe::command(&config, &input);
+            if code == 2 {
+                eprint!("{out}");
+            } else {
+                print!("{out}");
+            }
+            ExitCode::from(code)
+        }
         Command::Run => {
             // The config says how to log; a config that does not load is told in text.
             let loaded = Config::load(&path);

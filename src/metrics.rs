@@ -122,6 +122,46 @@ pub struct Metrics {
     circuit_open: IntGaugeVec,
 }
 
+/// One route's counters since tamis started (they outlive reloads), as the transparency page
+/// publishes them next to the route's policy.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct RouteTotals {
+    pub route: String,
+    /// Requests answered, whatever the status (`tamis_requests_total`).
+    pub requests: u64,
+    /// Requests sent to the upstream that it answered (`tamis_upstream_requests_total`).
+    pub forwarded: u64,
+    /// Analytics parameters by what the scrub did (`tamis_analytics_params_total`).
+    pub analytics_params: ParamTotals,
+}
+
+/// [`RouteTotals::analytics_params`] by outcome.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ParamTotals {
+    pub kept: u64,
+    pub pseudonymised: u64,
+    pub generalised: u64,
+    pub dropped: u64,
+}
+
+/// The sum of a counter family's series for `route`, and the `result` label when asked.
+fn sum_for(vec: &IntCounterVec, route: &str, result: Option<&str>) -> u64 {
+    use prometheus::core::Collector;
+    let label = |m: &prometheus::proto::Metric, name: &str| {
+        m.get_label()
+            .iter()
+            .find(|l| l.name() == name)
+            .map(|l| l.value().to_owned())
+    };
+    vec.collect()
+        .iter()
+        .flat_map(|f| f.get_metric())
+        .filter(|m| label(m, "route").as_deref() == Some(route))
+        .filter(|m| result.is_none() || label(m, "result").as_deref() == result)
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
+}
+
 /// Handles resolved once per route, so the hot path does no label lookups for them.
 pub struct RouteMetrics {
     route: String,
@@ -380,6 +420,27 @@ impl Metrics {
             evictions.with_label_values(&[cause]);
         }
         std::sync::Arc::new(move |cause: &'static str| evictions.with_label_values(&[cause]).inc())
+    }
+
+    /// Each route's counters since start, read from the registry's own series.
+    pub fn route_totals(&self, routes: &[&str]) -> Vec<RouteTotals> {
+        routes
+            .iter()
+            .map(|&route| {
+                let p = |o: &str| sum_for(&self.analytics_params, route, Some(o));
+                RouteTotals {
+                    route: route.to_owned(),
+                    requests: sum_for(&self.requests, route, None),
+                    forwarded: sum_for(&self.upstream_requests, route, None),
+                    analytics_params: ParamTotals {
+                        kept: p("kept"),
+                        pseudonymised: p("pseudonymised"),
+                        generalised: p("generalised"),
+                        dropped: p("dropped"),
+                    },
+                }
+            })
+            .collect()
     }
 
     /// Resolves (and so exports, at zero) the per-route series.

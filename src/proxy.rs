@@ -43,6 +43,8 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// The public page disclosing what each route does.
     pub transparency: Option<crate::transparency::Page>,
+    /// The public dry-run probe (`transparency.probe`).
+    pub probe: Option<crate::probe::Endpoint>,
     /// Indexed like the router's routes.
     route_metrics: Vec<RouteMetrics>,
 }
@@ -57,6 +59,13 @@ pub enum StateError {
 }
 
 impl State {
+    /// The paths tamis answers itself ahead of the routes (the transparency page, the probe).
+    pub fn own_paths(&self) -> Vec<&str> {
+        let page = self.transparency.as_ref().map(|p| p.path.as_str());
+        let probe = self.probe.as_ref().map(|p| p.path.as_str());
+        page.into_iter().chain(probe).collect()
+    }
+
     /// The metrics of the route at `index` in the router.
     pub fn route_metrics(&self, index: usize) -> Option<&RouteMetrics> {
         self.route_metrics.get(index)
@@ -102,8 +111,10 @@ impl State {
             .map(|r| metrics.route(&r.config.name))
             .collect();
         let transparency = crate::transparency::Page::new(&config, &router);
+        let probe = crate::probe::Endpoint::new(&config);
         Ok(State {
             transparency,
+            probe,
             config,
             router,
             cache,
@@ -246,11 +257,29 @@ fn serve<'a>(
             return Answer::plain(StatusCode::URI_TOO_LONG, "request target too long\n");
         }
 
-        // tamis's own public page, ahead of the routes: a route can never hide it.
+        // tamis's own public pages, ahead of the routes: a route can never hide them.
+        if let Some(probe) = &state.probe {
+            if req.uri().path() == probe.path {
+                let own = state.own_paths();
+                // Boxed: rare, and inline its future would widen every request's.
+                let answer = probe.answer(&state.config, &state.router, &own, req, client);
+                return Answer {
+                    response: Box::pin(answer).await,
+                    route: None,
+                    cache: None,
+                    cache_status: None,
+                };
+            }
+        }
         if let Some(page) = &state.transparency {
             if req.uri().path() == page.path {
                 return Answer {
-                    response: page.answer(req.method(), req.uri().query(), req.headers()),
+                    response: page.answer(
+                        req.method(),
+                        req.uri().query(),
+                        req.headers(),
+                        &state.metrics,
+                    ),
                     route: None,
                     cache: None,
                     cache_status: None,
@@ -295,6 +324,124 @@ fn serve<'a>(
     }
 }
 
+/// What [`serve`] would do with a visitor's request, up to the point of sending: the same checks
+/// in the same order and the same builders ([`route_request`], [`prepare_analytics`]), without
+/// the cache, the rate limits, the metrics or the upstream. An analytics route's pseudonyms
+/// come from a key drawn for this call alone, never the route's: they cannot be compared with
+/// live ones. The request target must be in origin form (`/path?query`).
+pub(crate) fn dry_run(
+    config: &Config,
+    router: &Router,
+    own_paths: &[&str],
+    visit: &Visit<'_>,
+    now: SystemTime,
+) -> DryRun {
+    let local = |refused: Refused| DryRun::Answered {
+        route: None,
+        refused,
+    };
+    if *visit.method == Method::CONNECT {
+        return local(Refused::new(
+            StatusCode::BAD_REQUEST,
+            "CONNECT is not supported\n",
+        ));
+    }
+    let target_len = visit.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if target_len > config.limits.max_uri_bytes {
+        return local(Refused::new(
+            StatusCode::URI_TOO_LONG,
+            "request target too long\n",
+        ));
+    }
+    let path = visit.uri.path();
+    // tamis's own pages come before the routes (see `serve`): answered here, nothing sent.
+    if own_paths.contains(&path) {
+        return local(Refused::new(
+            StatusCode::OK,
+            "answered by tamis itself (its own page): nothing is sent upstream\n",
+        ));
+    }
+    let Some((route, rest)) = router.find(path) else {
+        return local(Refused::new(StatusCode::NOT_FOUND, "not found\n"));
+    };
+    let result = if let Role::Analytics(protocol) = route.role {
+        analytics_gate(route, protocol, rest, visit.method).and_then(|rt| {
+            if visit.body.len() > rt.max_body {
+                return Err(Refused::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large\n",
+                ));
+            }
+            let rotate = route.config.analytics.as_ref().map(|a| a.rotate);
+            let throwaway = analytics::Pseudonymizer::new(rotate.unwrap_or(DAY), None);
+            // The probe's visitor is counted in empty location counts of its own: the live
+            // ones would tell the prober how many visitors a region had, so a probe's answer
+            // never carries a location (one visitor never opens a cell).
+            let empty = crate::geo::Gate::new(2);
+            let keys = analytics::visitor::Keys {
+                pseudonyms: &throwaway,
+                gate: &empty,
+                geo: config.geo.as_deref(),
+            };
+            prepare_analytics(route, rt, protocol, rest, visit, &keys, now)
+                .map(|(up, tally, _)| (up, Some(tally)))
+        })
+    } else {
+        route
+            .upstream_uri(rest, visit.uri.query())
+            .map_err(|_| Refused::new(StatusCode::BAD_REQUEST, "bad path\n"))
+            .and_then(|uri| {
+                route_method(route, visit.method)?;
+                let safe = is_safe(visit.method);
+                if !safe && visit.body.len() > config.limits.max_body_bytes {
+                    return Err(Refused::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request body too large\n",
+                    ));
+                }
+                // A safe request's body is never read, so never sent.
+                let body = if safe {
+                    Bytes::new()
+                } else {
+                    visit.body.clone()
+                };
+                let mut headers = visit.headers.clone();
+                let up = route_request(route, visit.method, uri, &mut headers, body);
+                Ok((up, None))
+            })
+    };
+    match result {
+        Ok((up, tally)) => DryRun::Sent {
+            route: route.clone(),
+            up: Box::new(up),
+            tally,
+        },
+        Err(refused) => DryRun::Answered {
+            route: Some(route.clone()),
+            refused,
+        },
+    }
+}
+
+/// A fallback rotation for a throwaway key (analytics routes always configure one).
+const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+/// What [`dry_run`] found.
+pub(crate) enum DryRun {
+    /// The request the route would send, and what the analytics scrub did (analytics routes).
+    Sent {
+        route: Arc<Route>,
+        /// Boxed: three times the size of the other variant.
+        up: Box<UpstreamRequest>,
+        tally: Option<analytics::Tally>,
+    },
+    /// tamis would answer itself, sending nothing (the route, when one matched).
+    Answered {
+        route: Option<Arc<Route>>,
+        refused: Refused,
+    },
+}
+
 /// Headers that only make sense between the browser and tamis: a fill for the cache asks the
 /// upstream for the whole, unconditional representation.
 const CLIENT_ONLY: &[HeaderName] = &[
@@ -306,6 +453,60 @@ const CLIENT_ONLY: &[HeaderName] = &[
     header::IF_UNMODIFIED_SINCE,
 ];
 
+/// Whether a route answers this method at all: GET and HEAD, anything on a pass-through route.
+fn route_method(route: &Route, method: &Method) -> Result<(), Refused> {
+    if is_safe(method) || route.config.pass_through {
+        return Ok(());
+    }
+    Err(Refused {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: "method not allowed\n",
+        allow: Some("GET, HEAD"),
+    })
+}
+
+fn is_safe(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
+}
+
+/// Whether this request on this route goes through the cache.
+fn caches(route: &Route, method: &Method) -> bool {
+    is_safe(method) && route.config.cache.enabled
+}
+
+/// What a static, tiles or fonts route sends upstream for a visitor's request (its method
+/// already allowed by [`route_method`]), on a cache miss: the route's header policy, minus the
+/// browser's own conditionals and ranges when the cache fills. The real path and the probe
+/// both build their request here. An unsafe method (pass-through routes only) takes the
+/// visitor's headers out of `visitor`, as nothing reads them afterwards; a safe one leaves them.
+pub(crate) fn route_request(
+    route: &Route,
+    method: &Method,
+    uri: Uri,
+    visitor: &mut HeaderMap,
+    body: Bytes,
+) -> UpstreamRequest {
+    if !is_safe(method) {
+        // Scrubbed in place: no copy of what a pass-through route keeps.
+        let headers = route.scrub_owned(std::mem::take(visitor));
+        return UpstreamRequest::new(method.clone(), uri, headers, body);
+    }
+    let mut headers = route.scrub(visitor);
+    if !caches(route, method) {
+        return UpstreamRequest::new(method.clone(), uri, headers, Bytes::new());
+    }
+    // The visitor's own conditionals and ranges are answered from the stored copy; the
+    // upstream is asked for the plain representation. Usually none is there (a browser's
+    // Range is the one the allowlist lets through): look before hashing each.
+    if headers.keys().any(|n| CLIENT_ONLY.contains(n)) {
+        for h in CLIENT_ONLY {
+            headers.remove(h);
+        }
+    }
+    // A HEAD miss fetches with GET, so the answer can be stored for both.
+    UpstreamRequest::new(Method::GET, uri, headers, Bytes::new())
+}
+
 #[allow(clippy::manual_async_fn)] // See the module note.
 fn serve_route<'a>(
     state: &'a Arc<State>,
@@ -315,17 +516,11 @@ fn serve_route<'a>(
 ) -> impl Future<Output = Answer> + 'a {
     async move {
         let method = req.method().clone();
-        let safe = method == Method::GET || method == Method::HEAD;
-        if !safe && !route.config.pass_through {
-            let mut a = Answer::plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-            a.response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return a;
+        if let Err(refused) = route_method(route, &method) {
+            return refused.answer();
         }
-
         let head_only = method == Method::HEAD;
-        let caching = safe && route.config.cache.enabled;
+        let caching = caches(route, &method);
         let uri = if caching {
             // 3. A fresh stored copy that varies on nothing answers at once: nothing goes
             //    upstream, so there is nothing to scrub or build.
@@ -340,118 +535,232 @@ fn serve_route<'a>(
         };
 
         // 4. Scrub: what goes upstream is built from the route's policy.
-        if !safe {
-            // Nothing reads the visitor's own headers after this: scrubbed in place.
-            let headers = route.scrub_owned(std::mem::take(req.headers_mut()));
-            return Box::pin(forward_unsafe(state, route, uri, headers, req)).await;
+        if !is_safe(&method) {
+            return Box::pin(forward_unsafe(state, route, uri, req)).await;
         }
-        let headers = route.scrub(req.headers());
-
+        let up = route_request(route, &method, uri, req.headers_mut(), Bytes::new());
         if !caching {
-            let up = UpstreamRequest::new(method, uri, headers, Bytes::new());
             return Box::pin(forward(state, route, up.into_request(), head_only))
                 .await
                 .with(CacheResult::Bypass, status_of("tamis; fwd=bypass"));
         }
+        // Boxed: a miss goes upstream anyway, and inline the lookup's future would be copied
+        // along with every request's, hits and forwards included.
+        Box::pin(serve_cached(state, route, up, req.headers(), head_only)).await
+    }
+}
 
-        // 5. Cache lookup. The visitor's own conditionals and ranges are answered here, from the
-        //    stored copy; the upstream is asked for the plain representation.
-        let client = req.headers();
-        let mut fill_headers = headers;
-        // Usually none is there (a browser's Range is the one the allowlist lets through): look
-        // before hashing each.
-        if fill_headers.keys().any(|n| CLIENT_ONLY.contains(n)) {
-            for h in CLIENT_ONLY {
-                fill_headers.remove(h);
+/// Step 5, the cache lookup for a request the fresh-copy shortcut did not answer. The
+/// visitor's own conditionals and ranges are answered here, from the stored copy; `up` (built
+/// by [`route_request`]) asks the upstream for the plain representation on a miss.
+async fn serve_cached(
+    state: &Arc<State>,
+    route: &Arc<Route>,
+    up: UpstreamRequest,
+    client: &HeaderMap,
+    head_only: bool,
+) -> Answer {
+    let fill_headers = &up.parts.headers;
+    let key = CacheKey::primary(route.cache_id, up.parts.uri.clone());
+    // The last fill this request waited on, if it waited.
+    let mut waited_on: Option<FillState> = None;
+    for _ in 0..3 {
+        let (stale, outcome) = match Box::pin(state.cache.lookup(&key, fill_headers)).await {
+            Lookup::Fresh(entry) => {
+                let (result, status) = if waited_on.is_some() {
+                    (CacheResult::Coalesced, "tamis; fwd=miss; collapsed")
+                } else {
+                    (CacheResult::Hit, "tamis; hit")
+                };
+                return cached(&entry, client, head_only).with(result, status_of(status));
             }
-        }
-        let key = CacheKey::primary(route.cache_id, uri);
-        // Built on a miss only. A HEAD miss fetches with GET, so the answer can be stored for both.
-        let upstream =
-            |headers| UpstreamRequest::new(Method::GET, key.uri.clone(), headers, Bytes::new());
-        // The last fill this request waited on, if it waited.
-        let mut waited_on: Option<FillState> = None;
-        for _ in 0..3 {
-            // Boxed: a miss goes upstream anyway, and inline this 2 KB future would be copied
-            // along with every request's, hits and forwards included.
-            let (stale, outcome) = match Box::pin(state.cache.lookup(&key, &fill_headers)).await {
-                Lookup::Fresh(entry) => {
-                    let (result, status) = if waited_on.is_some() {
-                        (CacheResult::Coalesced, "tamis; fwd=miss; collapsed")
-                    } else {
-                        (CacheResult::Hit, "tamis; hit")
-                    };
-                    return cached(&entry, client, head_only).with(result, status_of(status));
-                }
-                Lookup::StaleWhileRevalidate(entry, fill_key) => {
-                    spawn_refresh(
-                        state.clone(),
-                        route.clone(),
-                        fill_key,
-                        upstream(fill_headers),
-                        entry.clone(),
-                    );
-                    return cached(&entry, client, head_only).with(
-                        CacheResult::Stale,
-                        status_of("tamis; hit; detail=stale-while-revalidate"),
-                    );
-                }
-                Lookup::Lead { stale, guard } => {
-                    // The fill waited on may have settled just as the wait ran out (its leader
-                    // on another thread): a fill publishes its result before it gives up the
-                    // lead, so having the lead now means that result is readable.
-                    match waited_on.as_ref().and_then(Cache::settled) {
-                        Some(settled) => {
-                            drop(guard);
-                            (stale, Waited::Fill(settled))
-                        }
-                        None => {
-                            let up = upstream(fill_headers);
-                            return Box::pin(fill(
-                                state, route, &up, stale, guard, client, head_only,
-                            ))
+            Lookup::StaleWhileRevalidate(entry, fill_key) => {
+                spawn_refresh(
+                    state.clone(),
+                    route.clone(),
+                    fill_key,
+                    up.clone(),
+                    entry.clone(),
+                );
+                return cached(&entry, client, head_only).with(
+                    CacheResult::Stale,
+                    status_of("tamis; hit; detail=stale-while-revalidate"),
+                );
+            }
+            Lookup::Lead { stale, guard } => {
+                // The fill waited on may have settled just as the wait ran out (its leader
+                // on another thread): a fill publishes its result before it gives up the
+                // lead, so having the lead now means that result is readable.
+                match waited_on.as_ref().and_then(Cache::settled) {
+                    Some(settled) => {
+                        drop(guard);
+                        (stale, Waited::Fill(settled))
+                    }
+                    None => {
+                        return Box::pin(fill(state, route, &up, stale, guard, client, head_only))
                             .await;
-                        }
                     }
                 }
-                Lookup::Wait { stale, fill } => {
-                    waited_on = Some(fill.clone());
-                    (stale, Cache::wait(fill, state.upstream.timeout()).await)
-                }
-            };
-            match outcome {
-                Waited::Fill(Fill::Stored(entry)) if entry.matches(&fill_headers) => {
-                    return cached(&entry, client, head_only).with(
-                        CacheResult::Coalesced,
-                        status_of("tamis; fwd=miss; collapsed"),
-                    );
-                }
-                Waited::Fill(Fill::Stored(_)) | Waited::Fill(Fill::NotStored) => break,
-                Waited::Fill(Fill::Failed(status)) => {
-                    if let Some(stale) = stale.filter(|s| s.usable_on_error(Instant::now())) {
-                        return cached(&stale, client, head_only).with(
-                            CacheResult::Stale,
-                            status_of("tamis; hit; detail=stale-if-error"),
-                        );
-                    }
-                    return Answer::plain(status, "upstream unavailable\n").with(
-                        CacheResult::Coalesced,
-                        status_of("tamis; fwd=miss; collapsed"),
-                    );
-                }
-                Waited::Retry => continue,
             }
+            Lookup::Wait { stale, fill } => {
+                waited_on = Some(fill.clone());
+                (stale, Cache::wait(fill, state.upstream.timeout()).await)
+            }
+        };
+        match outcome {
+            Waited::Fill(Fill::Stored(entry)) if entry.matches(fill_headers) => {
+                return cached(&entry, client, head_only).with(
+                    CacheResult::Coalesced,
+                    status_of("tamis; fwd=miss; collapsed"),
+                );
+            }
+            Waited::Fill(Fill::Stored(_)) | Waited::Fill(Fill::NotStored) => break,
+            Waited::Fill(Fill::Failed(status)) => {
+                if let Some(stale) = stale.filter(|s| s.usable_on_error(Instant::now())) {
+                    return cached(&stale, client, head_only).with(
+                        CacheResult::Stale,
+                        status_of("tamis; hit; detail=stale-if-error"),
+                    );
+                }
+                return Answer::plain(status, "upstream unavailable\n").with(
+                    CacheResult::Coalesced,
+                    status_of("tamis; fwd=miss; collapsed"),
+                );
+            }
+            Waited::Retry => continue,
         }
-        // The answer cannot be shared (or the fill kept failing to settle): fetch on our own.
-        Box::pin(forward(
-            state,
-            route,
-            upstream(fill_headers).into_request(),
-            head_only,
-        ))
+    }
+    // The answer cannot be shared (or the fill kept failing to settle): fetch on our own.
+    Box::pin(forward(state, route, up.into_request(), head_only))
         .await
         .with(CacheResult::Uncacheable, status_of("tamis; fwd=miss"))
+}
+
+/// Whether an analytics route takes this request at all: one of its protocol's endpoints, with
+/// a method the protocol uses. Checked before the body is read.
+fn analytics_gate<'r>(
+    route: &'r Route,
+    protocol: Protocol,
+    rest: &str,
+    method: &Method,
+) -> Result<&'r Arc<analytics::Runtime>, Refused> {
+    let Some(rt) = route.analytics.as_ref() else {
+        return Err(Refused::new(StatusCode::NOT_FOUND, "not found\n"));
+    };
+    if !protocol.endpoints().contains(&rest) {
+        return Err(Refused::new(
+            StatusCode::NOT_FOUND,
+            "not a tracking endpoint\n",
+        ));
     }
+    if !protocol.allows(method) {
+        let allow = if protocol.allows(&Method::GET) {
+            "GET, POST"
+        } else {
+            "POST"
+        };
+        return Err(Refused {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: "method not allowed\n",
+            allow: Some(allow),
+        });
+    }
+    Ok(rt)
+}
+
+/// One visitor request as the analytics preparation reads it.
+pub(crate) struct Visit<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+    pub body: &'a Bytes,
+    /// Who sent it (tamis's own view: the peer, or what a trusted proxy said).
+    pub client: IpAddr,
+}
+
+/// What an analytics route sends upstream for a tracking request that passed
+/// [`analytics_gate`]: the route's header policy and what the route adds to it (the truncated
+/// address, synthetic or truncated, and the location), then the protocol's scrub of query and
+/// body, and the upstream URL. The real path calls it with the route's live `keys`
+/// (pseudonym key, location counts), the probe with throwaway ones, so anything added here
+/// reaches both. The tally says what the scrub did.
+pub(crate) fn prepare_analytics(
+    route: &Route,
+    rt: &analytics::Runtime,
+    protocol: Protocol,
+    rest: &str,
+    visit: &Visit<'_>,
+    keys: &analytics::visitor::Keys<'_>,
+    now: SystemTime,
+) -> Result<(UpstreamRequest, analytics::Tally, crate::geo::Released), Refused> {
+    let mut headers = route.scrub(visit.headers);
+    // What the upstream may learn of the visitor besides the payload (address, location):
+    // worked out here from the real address, which goes no further.
+    let visitor = analytics::visitor::observe(
+        rt,
+        keys,
+        &route.config.name,
+        || site_of(visit.uri, visit.headers),
+        visit.client,
+        visit
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+        now,
+    );
+    analytics::visitor::add_headers(protocol, &visitor, &mut headers);
+    let ctx = analytics::Context {
+        settings: &rt.settings,
+        pseudonyms: keys.pseudonyms,
+        route: &route.config.name,
+        visitor: &visitor,
+        matomo_token: route
+            .config
+            .analytics
+            .as_ref()
+            .and_then(|a| a.token.as_deref()),
+    };
+    let mut tally = analytics::Tally::default();
+    let query = visit.uri.query().unwrap_or("");
+    let body = visit.body;
+    let scrubbed: Result<(String, Bytes), analytics::ScrubError> = match protocol {
+        Protocol::Ga4 => analytics::ga4::scrub(query, body, &ctx, now, &mut tally)
+            .map(|(q, b)| (q, Bytes::from(b))),
+        Protocol::Matomo => analytics::matomo::scrub(query, body, &ctx, now, &mut tally)
+            .map(|(q, b)| (q, Bytes::from(b))),
+        // The JSON protocols carry everything in the body; a query would only add identifiers.
+        Protocol::Plausible => analytics::plausible::scrub(body, &ctx, &mut tally)
+            .map(|b| (String::new(), Bytes::from(b))),
+        Protocol::Umami => {
+            analytics::umami::scrub(body, &ctx, &mut tally).map(|b| (String::new(), Bytes::from(b)))
+        }
+    };
+    let (query, body) = match scrubbed {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(route = %route.config.name, error = %e, "tracking request refused");
+            return Err(Refused::new(
+                StatusCode::BAD_REQUEST,
+                "malformed tracking request\n",
+            ));
+        }
+    };
+    let uri = route
+        .upstream_uri(rest, (!query.is_empty()).then_some(query.as_str()))
+        .map_err(|_| Refused::new(StatusCode::BAD_REQUEST, "bad path\n"))?;
+    let mut method = visit.method.clone();
+    // Matomo's token_auth never goes in a URL (logs keep URLs): a GET that must carry one is
+    // sent as the equivalent form POST, which Matomo reads the same way ($_GET + $_POST).
+    if protocol == Protocol::Matomo && method == Method::GET && !body.is_empty() {
+        method = Method::POST;
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+    }
+    let up = UpstreamRequest::new(method, uri, headers, body);
+    Ok((up, tally, visitor.location))
 }
 
 /// An analytics tracking request: only the protocol's endpoints, body capped, query and body
@@ -465,102 +774,38 @@ async fn serve_analytics(
     client: IpAddr,
 ) -> Answer {
     let bypass = || status_of("tamis; fwd=bypass");
-    let Some(rt) = route.analytics.as_ref() else {
-        return Answer::plain(StatusCode::NOT_FOUND, "not found\n");
+    let rt = match analytics_gate(route, protocol, rest, req.method()) {
+        Ok(rt) => rt,
+        Err(refused) => return refused.answer(),
     };
-    if !protocol.endpoints().contains(&rest) {
-        return Answer::plain(StatusCode::NOT_FOUND, "not a tracking endpoint\n");
-    }
-    if !protocol.allows(req.method()) {
-        let mut a = Answer::plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-        let allow = if protocol.allows(&Method::GET) {
-            "GET, POST"
-        } else {
-            "POST"
-        };
-        a.response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static(allow));
-        return a;
-    }
-    let mut headers = route.scrub(req.headers());
+    let (parts, body) = req.into_parts();
+    let body = match body::read_limited(body, rt.max_body).await {
+        Ok(b) => b,
+        Err(e) => return body_refused(&e),
+    };
+    let visit = Visit {
+        method: &parts.method,
+        uri: &parts.uri,
+        headers: &parts.headers,
+        body: &body,
+        client,
+    };
     let now = SystemTime::now();
-    // What the upstream may learn of the visitor besides the payload (address, location):
-    // worked out here from the real address, which goes no further.
     let keys = analytics::visitor::Keys {
         pseudonyms: &rt.pseudonyms,
         gate: &rt.gate,
         geo: state.config.geo.as_deref(),
     };
-    let visitor = analytics::visitor::observe(
-        rt,
-        &keys,
-        &route.config.name,
-        || site_of(req.uri(), req.headers()),
-        client,
-        req.headers()
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(""),
-        now,
-    );
-    analytics::visitor::add_headers(protocol, &visitor, &mut headers);
-    let (mut parts, body) = req.into_parts();
-    let body = match body::read_limited(body, rt.max_body).await {
-        Ok(b) => b,
-        Err(e) => return body_refused(&e),
-    };
-    let ctx = analytics::Context {
-        settings: &rt.settings,
-        pseudonyms: &rt.pseudonyms,
-        route: &route.config.name,
-        visitor: &visitor,
-        matomo_token: route
-            .config
-            .analytics
-            .as_ref()
-            .and_then(|a| a.token.as_deref()),
-    };
-    let mut tally = analytics::Tally::default();
-    let query = parts.uri.query().unwrap_or("");
-    let scrubbed: Result<(String, Bytes), analytics::ScrubError> = match protocol {
-        Protocol::Ga4 => analytics::ga4::scrub(query, &body, &ctx, now, &mut tally)
-            .map(|(q, b)| (q, Bytes::from(b))),
-        Protocol::Matomo => analytics::matomo::scrub(query, &body, &ctx, now, &mut tally)
-            .map(|(q, b)| (q, Bytes::from(b))),
-        // The JSON protocols carry everything in the body; a query would only add identifiers.
-        Protocol::Plausible => analytics::plausible::scrub(&body, &ctx, &mut tally)
-            .map(|b| (String::new(), Bytes::from(b))),
-        Protocol::Umami => analytics::umami::scrub(&body, &ctx, &mut tally)
-            .map(|b| (String::new(), Bytes::from(b))),
+    let prepared = prepare_analytics(route, rt, protocol, rest, &visit, &keys, now);
+    let (up, tally, location) = match prepared {
+        Ok(p) => p,
+        Err(refused) => return refused.answer().with(CacheResult::Bypass, bypass()),
     };
     let rm = &state.route_metrics[route.index];
-    let (query, body) = match scrubbed {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(route = %route.config.name, error = %e, "tracking request refused");
-            return Answer::plain(StatusCode::BAD_REQUEST, "malformed tracking request\n")
-                .with(CacheResult::Bypass, bypass());
-        }
-    };
     rm.analytics(&tally);
     if rt.location != crate::geo::Precision::None {
-        rm.location(&visitor.location);
+        rm.location(&location);
     }
-    let uri = match route.upstream_uri(rest, (!query.is_empty()).then_some(query.as_str())) {
-        Ok(uri) => uri,
-        Err(_) => return Answer::plain(StatusCode::BAD_REQUEST, "bad path\n"),
-    };
-    // Matomo's token_auth never goes in a URL (logs keep URLs): a GET that must carry one is
-    // sent as the equivalent form POST, which Matomo reads the same way ($_GET + $_POST).
-    if protocol == Protocol::Matomo && parts.method == Method::GET && !body.is_empty() {
-        parts.method = Method::POST;
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/x-www-form-urlencoded"),
-        );
-    }
-    let up = UpstreamRequest::new(parts.method, uri, headers, body);
     if protocol != Protocol::Umami {
         return forward(state, route, up.into_request(), false)
             .await
@@ -622,10 +867,39 @@ fn site_of(uri: &Uri, headers: &HeaderMap) -> String {
 }
 
 /// The request tamis sends upstream.
-#[derive(Clone)]
-struct UpstreamRequest {
-    parts: http::request::Parts,
-    body: Bytes,
+#[derive(Clone, Debug)]
+pub(crate) struct UpstreamRequest {
+    pub(crate) parts: http::request::Parts,
+    pub(crate) body: Bytes,
+}
+
+/// Why tamis answers a request itself and sends nothing upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Refused {
+    pub status: StatusCode,
+    pub message: &'static str,
+    /// The `Allow` header of a 405.
+    pub allow: Option<&'static str>,
+}
+
+impl Refused {
+    fn new(status: StatusCode, message: &'static str) -> Refused {
+        Refused {
+            status,
+            message,
+            allow: None,
+        }
+    }
+
+    fn answer(self) -> Answer {
+        let mut a = Answer::plain(self.status, self.message);
+        if let Some(allow) = self.allow {
+            a.response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        a
+    }
 }
 
 impl UpstreamRequest {
@@ -637,7 +911,7 @@ impl UpstreamRequest {
         UpstreamRequest { parts, body }
     }
 
-    fn to_request(&self) -> Request<Full<Bytes>> {
+    pub(crate) fn to_request(&self) -> Request<Full<Bytes>> {
         Request::from_parts(self.parts.clone(), Full::new(self.body.clone()))
     }
 
@@ -1249,20 +1523,18 @@ fn forward_unsafe<'a>(
     state: &'a State,
     route: &'a Route,
     uri: Uri,
-    headers: HeaderMap,
     req: Request<Incoming>,
 ) -> impl Future<Output = Answer> + 'a {
     async move {
-        // Only the method and the body are still needed: no copy of the whole head.
-        let method = req.method().clone();
-        let body =
-            match body::read_limited(req.into_body(), state.config.limits.max_body_bytes).await {
-                Ok(b) => b,
-                Err(e) => return body_refused(&e),
-            };
+        let (mut parts, body) = req.into_parts();
+        let body = match body::read_limited(body, state.config.limits.max_body_bytes).await {
+            Ok(b) => b,
+            Err(e) => return body_refused(&e),
+        };
         // Only a caching route can hold a copy to drop.
         let stored = route.config.cache.enabled.then(|| uri.clone());
-        let up = UpstreamRequest::new(method, uri, headers, body);
+        let up = route_request(route, &parts.method, uri, &mut parts.headers, body);
+        drop(parts);
         let answer = forward(state, route, up.into_request(), false).await;
         let status = answer.response.status();
         if let Some(uri) = stored.filter(|_| status.is_success() || status.is_redirection()) {
@@ -1483,11 +1755,9 @@ mod tests {
             ("handle", future_size(|(s, r, p)| handle(s, r, p)), 3 * 1024),
             (
                 "forward_unsafe",
-                future_size(
-                    |(s, r, u, h, q): (&'static State, &'static Route, _, _, _)| {
-                        forward_unsafe(s, r, u, h, q)
-                    },
-                ),
+                future_size(|(s, r, u, q): (&'static State, &'static Route, _, _)| {
+                    forward_unsafe(s, r, u, q)
+                }),
                 3 * 1024,
             ),
             (

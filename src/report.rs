@@ -529,7 +529,17 @@ pub fn check_report(config: &Config) -> String {
         "public   {}",
         config.transparency.as_ref().map_or(
             "no transparency page (transparency.enabled = false)".to_owned(),
-            |t| format!("{} discloses what follows (HTML, or JSON)", t.path)
+            |t| {
+                let probe = if t.probe {
+                    format!(
+                        "; POST {} answers what a request would send upstream, sending nothing",
+                        crate::probe::probe_path(&t.path)
+                    )
+                } else {
+                    "; dry-run probe off (transparency.probe)".to_owned()
+                };
+                format!("{} discloses what follows (HTML, or JSON){probe}", t.path)
+            }
         )
     );
     let _ = writeln!(

@@ -2,7 +2,9 @@
 //! visitor's requests, route by route, as HTML (or JSON for `Accept: application/json` or
 //! `?format=json`). Built from the same [`Disclosure`](crate::report) data `tamis check` prints,
 //! from the running config, once per (re)load. It names no secret: no keys, salts, file paths
-//! or listener addresses.
+//! or listener addresses. The JSON adds each route's counters since start, from the metrics, so
+//! the published policy and what actually happened can be compared; the page links to the
+//! dry-run probe when it is on (see [`crate::probe`]).
 
 use std::fmt::Write as _;
 
@@ -13,6 +15,7 @@ use serde::Serialize;
 
 use crate::body::{self, ProxyBody};
 use crate::config::Config;
+use crate::metrics::{Metrics, RouteTotals};
 use crate::report::{self, RouteDisclosure};
 use crate::routes::Router;
 
@@ -25,8 +28,27 @@ struct Document<'a> {
     config_hash: &'a str,
     /// What tamis's own log keeps.
     log: &'static str,
+    /// Where to check what leaves for a given request (`None`: the probe is off).
+    probe: Option<ProbeLink>,
     /// What every route does.
     routes: &'a [RouteDisclosure],
+}
+
+/// The dry-run probe, as the page announces it.
+#[derive(Serialize)]
+struct ProbeLink {
+    /// `POST` a request here.
+    path: String,
+    /// A request to try, on one of this site's routes.
+    example: String,
+}
+
+/// The counters the JSON adds at each request.
+#[derive(Serialize)]
+struct Counters<'a> {
+    /// What the numbers count.
+    note: &'static str,
+    routes: &'a [RouteTotals],
 }
 
 /// The rendered page, ready to serve.
@@ -34,9 +56,11 @@ struct Document<'a> {
 pub struct Page {
     pub path: String,
     html: Bytes,
-    json: Bytes,
+    /// The JSON document without its counters, which are read at each request.
+    json: serde_json::Map<String, serde_json::Value>,
     html_etag: HeaderValue,
-    json_etag: HeaderValue,
+    /// Route names, once each, in config order: the counters' rows.
+    names: Vec<String>,
 }
 
 impl Page {
@@ -44,30 +68,59 @@ impl Page {
     pub fn new(config: &Config, router: &Router) -> Option<Page> {
         let t = config.transparency.as_ref()?;
         let routes = report::disclose(router);
+        let probe = t.probe.then(|| ProbeLink {
+            path: crate::probe::probe_path(&t.path),
+            example: example_request(router),
+        });
         let doc = Document {
             service: "tamis",
             version: env!("CARGO_PKG_VERSION"),
             config_hash: &config.hash,
             log: report::log_line(config),
+            probe,
             routes: &routes,
         };
-        let json = Bytes::from(serde_json::to_vec_pretty(&doc).ok()?);
+        let serde_json::Value::Object(json) = serde_json::to_value(&doc).ok()? else {
+            return None;
+        };
         let html = Bytes::from(html(&doc));
+        let mut names: Vec<String> = Vec::new();
+        for r in router.routes() {
+            if !names.contains(&r.config.name) {
+                names.push(r.config.name.clone());
+            }
+        }
         Some(Page {
             path: t.path.clone(),
             html_etag: crate::cache::content_etag(&html),
-            json_etag: crate::cache::content_etag(&json),
             html,
             json,
+            names,
         })
     }
 
-    /// Answers a request for the page.
+    /// The JSON document with each route's counters as they are now.
+    fn json_now(&self, metrics: &Metrics) -> Bytes {
+        let names: Vec<&str> = self.names.iter().map(String::as_str).collect();
+        let totals = metrics.route_totals(&names);
+        let mut doc = self.json.clone();
+        let counters = Counters {
+            note: "since tamis started (reloads keep them): requests answered, requests forwarded upstream, analytics parameters by what the scrub did",
+            routes: &totals,
+        };
+        if let Ok(v) = serde_json::to_value(&counters) {
+            doc.insert("counters".to_owned(), v);
+        }
+        Bytes::from(serde_json::to_vec_pretty(&doc).unwrap_or_default())
+    }
+
+    /// Answers a request for the page; the JSON's counters come from `metrics`.
     pub fn answer(
         &self,
         method: &Method,
         query: Option<&str>,
         headers: &HeaderMap,
+        metrics: &Metrics,
     ) -> Response<ProxyBody> {
         if method != Method::GET && method != Method::HEAD {
             let mut r = crate::proxy::error_response(
@@ -85,9 +138,15 @@ impl Page {
                 .filter_map(|v| v.to_str().ok())
                 .any(|v| v.contains("application/json"));
         let (bytes, etag, content_type) = if json {
-            (&self.json, &self.json_etag, "application/json")
+            let bytes = self.json_now(metrics);
+            let etag = crate::cache::content_etag(&bytes);
+            (bytes, etag, "application/json")
         } else {
-            (&self.html, &self.html_etag, "text/html; charset=utf-8")
+            (
+                self.html.clone(),
+                self.html_etag.clone(),
+                "text/html; charset=utf-8",
+            )
         };
         let not_modified = headers
             .get(header::IF_NONE_MATCH)
@@ -105,7 +164,7 @@ impl Page {
         if !not_modified {
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         }
-        h.insert(header::ETAG, etag.clone());
+        h.insert(header::ETAG, etag);
         h.insert(
             header::CACHE_CONTROL,
             HeaderValue::from_static("public, max-age=300"),
@@ -166,11 +225,47 @@ fn html(doc: &Document<'_>) -> String {
         hash = esc(doc.config_hash),
         log = esc(doc.log),
     );
+    if let Some(p) = &doc.probe {
+        let _ = write!(
+            o,
+            "<h2>Check it yourself</h2>\n<p>Send this proxy a request as your browser would send it, \
+             and it answers with the exact request it would send to the provider, and which rule \
+             removed or changed each header and parameter. Nothing is sent: the probe never \
+             contacts a provider, and its pseudonyms come from a key used once. \
+             Per-route counters since start are in the <a href=\"?format=json\">JSON</a>.</p>\n\
+             <pre>curl -s -X POST --data-binary '{example}' https://THIS-SITE{path}</pre>\n\
+             <p>The request may also be raw HTTP/1.1 text. Operators can run the same check \
+             offline: <code>tamis probe --config tamis.toml request.json</code>.</p>\n",
+            example = esc(&p.example),
+            path = esc(&p.path),
+        );
+    }
     for r in doc.routes {
         route_html(&mut o, r);
     }
     o.push_str("</body>\n</html>\n");
     o
+}
+
+/// A probe request for the first route that is not a tracking endpoint (theirs are narrower):
+/// its prefix, a browser's User-Agent, a cookie and a referrer.
+fn example_request(router: &Router) -> String {
+    let routes = router.routes();
+    let path = routes
+        .iter()
+        .find(|r| !matches!(r.role, crate::routes::Role::Analytics(_)))
+        .or(routes.first())
+        .map_or("/".to_owned(), |r| format!("{}example", r.prefix));
+    serde_json::json!({
+        "method": "GET",
+        "path": path,
+        "headers": [
+            ["User-Agent", "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"],
+            ["Cookie", "session=1234"],
+            ["Referer", "https://this-site.example/account"],
+        ],
+    })
+    .to_string()
 }
 
 fn route_html(o: &mut String, r: &RouteDisclosure) {

@@ -744,3 +744,95 @@ async fn addresses_rotating_inside_one_ipv6_64_are_one_visitor() {
     assert_eq!(up.last().header("cf-region-code"), Some("IDF"));
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_probe_shows_a_synthetic_address_but_never_a_location_and_moves_no_live_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = mmdb(dir.path(), PLACES);
+    let up = Upstream::http(|_| Reply::ok("{}").header("content-type", "application/json")).await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndrain = \"0s\"\ntrusted_proxies = [\"127.0.0.1\"]\n\n\
+         [transparency]\nprobe = true\n\n[geo]\ndatabase = \"{}\"\n\n{}",
+        db.display(),
+        analytics_route(
+            "u",
+            "umami",
+            &up,
+            "location = \"region\"\nmin_visitors = 2\nclient_ip = \"pseudonym\""
+        )
+    );
+    let t = Tamis::start(&config).await;
+    let body = umami_event();
+    // Île-de-France is open to real requests.
+    for client in ["198.51.100.1", "198.51.100.2"] {
+        track(
+            &t,
+            Method::POST,
+            "/u/api/send",
+            client,
+            UA,
+            "application/json",
+            &body,
+        )
+        .await;
+    }
+    assert_eq!(up.last().header("cf-region-code"), Some("IDF"));
+    // One real visitor in Berlin (192.0.2.0/24, where the probe's own 192.0.2.1 is too).
+    track(
+        &t,
+        Method::POST,
+        "/u/api/send",
+        "192.0.2.9",
+        UA,
+        "application/json",
+        &body,
+    )
+    .await;
+    assert_eq!(up.last().header("cf-ipcountry"), None);
+    let sent = up.count();
+    for client in ["198.51.100.3", "192.0.2.10"] {
+        let input = serde_json::json!({
+            "method": "POST",
+            "path": "/u/api/send",
+            "headers": [["Host", "site.example"], ["User-Agent", UA],
+                        ["Content-Type", "application/json"], ["X-Forwarded-For", client]],
+            "body": body,
+        });
+        let req = http::Request::builder()
+            .method(Method::POST)
+            .uri("/.well-known/tamis/probe")
+            .header("host", "site.example")
+            .body(Full::new(Bytes::from(input.to_string())))
+            .unwrap();
+        let a = send(t.http, req).await;
+        assert_eq!(a.status, 200, "{}", a.text());
+        let p: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+        let wire = p["upstream"]["http1"]
+            .as_str()
+            .unwrap()
+            .to_ascii_lowercase();
+        assert!(wire.contains("\r\nx-forwarded-for: 2001:db8:"), "{wire}");
+        assert!(
+            !wire.contains("cf-ipcountry") && !wire.contains("cf-region-code"),
+            "{wire}"
+        );
+        assert!(
+            !wire.contains(client) && !wire.contains("192.0.2."),
+            "{wire}"
+        );
+    }
+    assert_eq!(up.count(), sent, "a probe reached the upstream");
+    // Had the probe (at 192.0.2.1) been counted live, Berlin would have two visitors now.
+    track(
+        &t,
+        Method::POST,
+        "/u/api/send",
+        "192.0.2.9",
+        UA,
+        "application/json",
+        &body,
+    )
+    .await;
+    assert_eq!(up.last().header("cf-ipcountry"), None);
+    t.stop().await;
+}

@@ -90,6 +90,31 @@ fn query() -> impl Strategy<Value = Option<String>> {
 proptest! {
     #![proptest_config(config(512))]
 
+    /// The probe's request reader (public input): any bytes, an HTTP/1.1 head or a JSON request
+    /// with any method and target, never panics, and a request it accepts names a path on the
+    /// site, never another host.
+    #[test]
+    fn probe_input_never_panics_and_names_only_paths(
+        raw in prop::collection::vec(any::<u8>(), 0..512),
+        target in "[ -~]{0,40}",
+        method in "[A-Za-z ]{0,8}",
+    ) {
+        let inputs = [
+            raw,
+            format!("{method} {target} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes(),
+            serde_json::json!({"method": method, "path": target}).to_string().into_bytes(),
+        ];
+        for input in inputs {
+            if let Ok(p) = tamis::probe::parse(&input) {
+                prop_assert!(p.uri.authority().is_none() && p.uri.path().starts_with('/'));
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
     /// Any path, on any route: the upstream URL starts with the route's base (scheme, authority,
     /// base path), names no other authority and has no `.`/`..` segment, raw or encoded.
     #[test]

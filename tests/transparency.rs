@@ -234,3 +234,63 @@ async fn the_page_follows_a_reload() {
     let page = t.get("/.well-known/tamis").await.text();
     assert!(page.contains("/maps/"), "{page}");
 }
+
+#[tokio::test]
+async fn the_json_counts_what_each_route_did_and_the_page_links_to_the_probe() {
+    let s = setup("[transparency]\nprobe = true\n").await;
+    let doc = |t: &Tamis| {
+        let t = t.http;
+        async move {
+            let a = get(t, "/.well-known/tamis?format=json", &[]).await;
+            serde_json::from_slice::<serde_json::Value>(&a.body).unwrap()
+        }
+    };
+    let counters = |d: &serde_json::Value, route: &str| {
+        d["counters"]["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["route"] == route)
+            .cloned()
+            .unwrap()
+    };
+    let before = doc(&s.t).await;
+    assert_eq!(counters(&before, "cdn")["requests"], 0);
+    assert_eq!(counters(&before, "cdn")["forwarded"], 0);
+    assert_eq!(s.t.get("/cdn/x.js").await.status, 200);
+    let a =
+        s.t.get("/a/g/collect?v=2&tid=G-1&cid=1.2&uid=bob&sr=1x1&en=page_view")
+            .await;
+    assert_eq!(a.status, 200);
+    let after = doc(&s.t).await;
+    let cdn = counters(&after, "cdn");
+    assert_eq!(
+        (&cdn["requests"], &cdn["forwarded"]),
+        (&1.into(), &1.into())
+    );
+    let ga = counters(&after, "ga");
+    assert_eq!(ga["forwarded"], 1);
+    // v, tid and en kept; cid pseudonymised; uid and sr dropped (the GA4 table).
+    let p = &ga["analytics_params"];
+    assert_eq!(p["pseudonymised"], 1, "{ga:#}");
+    assert_eq!(p["dropped"], 2, "{ga:#}");
+    assert!(p["kept"].as_u64().unwrap() >= 3, "{ga:#}");
+    // Nothing counted for a route nobody used.
+    assert_eq!(counters(&after, "map")["requests"], 0);
+
+    assert_eq!(after["probe"]["path"], "/.well-known/tamis/probe");
+    let html = s.t.get("/.well-known/tamis").await.text();
+    assert!(
+        html.contains("https://THIS-SITE/.well-known/tamis/probe"),
+        "{html}"
+    );
+    assert!(html.contains("/cdn/example"));
+    let off = setup("").await;
+    assert!(doc(&off.t).await["probe"].is_null());
+    assert!(!off
+        .t
+        .get("/.well-known/tamis")
+        .await
+        .text()
+        .contains("/probe"));
+}

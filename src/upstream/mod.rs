@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::HOST;
+use http::header::{HeaderName, CONTENT_LENGTH, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::Full;
@@ -225,6 +225,67 @@ fn for_h1(req: &mut Request<Full<Bytes>>, host: Option<&HeaderValue>) {
             .path_and_query
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         *req.uri_mut() = Uri::from(path);
+    }
+}
+
+/// A request as tamis writes it on an HTTP/1.1 connection to its upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Http1Request {
+    pub method: String,
+    /// The origin-form target (`/path?query`).
+    pub target: String,
+    /// In the order they are written, names in lower case as hyper writes them.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+}
+
+impl Http1Request {
+    /// The exact bytes: request line, headers, blank line, body.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256 + self.body.len());
+        out.extend_from_slice(self.method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in &self.headers {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// What [`Upstream::send`] puts on an HTTP/1.1 connection for this request (absolute URI):
+/// [`for_h1`]'s origin form and `Host`, then what hyper's encoder adds for a body held in
+/// memory (`Content-Length`, after the other headers, unless the request has one; none for an
+/// empty body). tamis sets no `Transfer-Encoding` (hop-by-hop, never forwarded) and keeps its
+/// connections alive (so hyper adds no `Connection`). The probe shows this; `tests/probe.rs`
+/// compares it with the bytes a raw upstream reads. Over HTTP/2 the same fields go as HPACK,
+/// with `:authority` instead of `Host`.
+pub fn as_http1(parts: &http::request::Parts, body: &Bytes) -> Http1Request {
+    let host = pool::Target::of(&parts.uri).and_then(|t| t.host_header());
+    let mut req = Request::new(Full::new(Bytes::new()));
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.headers_mut() = parts.headers.clone();
+    for_h1(&mut req, host.as_ref());
+    let headers = req.headers_mut();
+    if !body.is_empty() && !headers.contains_key(CONTENT_LENGTH) {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    Http1Request {
+        method: req.method().as_str().to_owned(),
+        target: req.uri().to_string(),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect(),
+        body: body.clone(),
     }
 }
 

@@ -57,6 +57,11 @@ impl Target<'_> {
         Some(Target { https, host, port })
     }
 
+    /// The `Host` header tamis sends this target over HTTP/1.1 (as [`Pool::host`] builds it).
+    pub(super) fn host_header(&self) -> Option<HeaderValue> {
+        HeaderValue::from_str(&self.key().authority()).ok()
+    }
+
     fn is(&self, key: &Key) -> bool {
         self.https == key.https
             && self.port == key.port
@@ -193,7 +198,7 @@ impl Pool {
             return (HostId(i), hosts[i].host_header.clone());
         }
         let key = target.key();
-        let host_header = HeaderValue::from_str(&key.authority()).ok();
+        let host_header = target.host_header();
         hosts.push(Host {
             key,
             seen: Vec::new(),
