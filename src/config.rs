@@ -805,6 +805,22 @@ impl Validator<'_> {
         }
     }
 
+    /// The bytes of a secret file the config names (a token, a salt), or a problem naming
+    /// `key` when it cannot be read; what the bytes must hold is the caller's to check.
+    fn secret_file(&mut self, f: &Spanned<String>, key: &str) -> Option<Vec<u8>> {
+        match std::fs::read(self.file(f.get_ref())) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                self.problem(
+                    Some(f.span()),
+                    key,
+                    format!("cannot read {:?}: {e}", f.get_ref()),
+                );
+                None
+            }
+        }
+    }
+
     fn socket_addr(&mut self, value: &Spanned<String>, key: &str) -> Option<SocketAddr> {
         match value.get_ref().parse::<SocketAddr>() {
             Ok(a) => Some(a),
@@ -892,8 +908,9 @@ impl Validator<'_> {
         let server = self.server(raw.server);
         let admin = raw.admin.and_then(|a| {
             let token = a.token_file.as_ref().and_then(|f| {
-                match std::fs::read_to_string(self.file(f.get_ref())) {
-                    Ok(t) if t.trim().len() >= 16 => Some(t.trim().as_bytes().to_vec()),
+                let bytes = self.secret_file(f, "admin.token_file")?;
+                match std::str::from_utf8(&bytes).map(str::trim) {
+                    Ok(t) if t.len() >= 16 => Some(t.as_bytes().to_vec()),
                     Ok(_) => {
                         self.problem(
                             Some(f.span()),
@@ -1627,25 +1644,16 @@ impl Validator<'_> {
             let analytics = match r.kind.analytics() {
                 Some(protocol) => {
                     let salt = r.salt_file.as_ref().and_then(|f| {
-                        match std::fs::read(self.file(f.get_ref())) {
-                            Ok(bytes) if bytes.len() >= 16 => Some(bytes),
-                            Ok(_) => {
-                                self.problem(
-                                    Some(f.span()),
-                                    key("salt_file"),
-                                    "must hold at least 16 bytes of secret",
-                                );
-                                None
-                            }
-                            Err(e) => {
-                                self.problem(
-                                    Some(f.span()),
-                                    key("salt_file"),
-                                    format!("cannot read {:?}: {e}", f.get_ref()),
-                                );
-                                None
-                            }
+                        let bytes = self.secret_file(f, &key("salt_file"))?;
+                        if bytes.len() < 16 {
+                            self.problem(
+                                Some(f.span()),
+                                key("salt_file"),
+                                "must hold at least 16 bytes of secret",
+                            );
+                            return None;
                         }
+                        Some(bytes)
                     });
                     use crate::geo::Precision;
                     use crate::routes::analytics::visitor::{ClientAddress, DEFAULT_BITS};
@@ -1721,30 +1729,20 @@ impl Validator<'_> {
                             );
                             return None;
                         }
-                        match std::fs::read_to_string(self.file(f.get_ref())) {
-                            Ok(t) => {
-                                let t = t.trim();
-                                if (1..=256).contains(&t.len())
-                                    && t.bytes().all(|b| b.is_ascii_alphanumeric())
-                                {
-                                    Some(t.to_owned())
-                                } else {
-                                    self.problem(
-                                        Some(f.span()),
-                                        key("token_file"),
-                                        "must hold one Matomo token_auth (letters and digits)",
-                                    );
-                                    None
-                                }
-                            }
-                            Err(e) => {
-                                self.problem(
-                                    Some(f.span()),
-                                    key("token_file"),
-                                    format!("cannot read {:?}: {e}", f.get_ref()),
-                                );
-                                None
-                            }
+                        let bytes = self.secret_file(f, &key("token_file"))?;
+                        let t = String::from_utf8_lossy(&bytes);
+                        let t = t.trim();
+                        if (1..=256).contains(&t.len())
+                            && t.bytes().all(|b| b.is_ascii_alphanumeric())
+                        {
+                            Some(t.to_owned())
+                        } else {
+                            self.problem(
+                                Some(f.span()),
+                                key("token_file"),
+                                "must hold one Matomo token_auth (letters and digits)",
+                            );
+                            None
                         }
                     });
                     // Matomo only accepts cip, country and region with a token_auth.
