@@ -320,13 +320,23 @@ fn scrub_request(
     now: SystemTime,
     tally: &mut Tally,
 ) -> Result<Vec<(String, String)>, ScrubError> {
-    let params = php_read(parse_query(query)?, tally);
-    let page = Page::of(&[&params]);
-    let mut out = scrub_params(params, &page, ctx, now, tally);
+    let mut out = scrub_alone(query, ctx, now, tally)?;
     if !out.is_empty() && token(ctx).is_some() {
         out.extend(super::visitor::matomo_params(ctx.visitor));
     }
     Ok(out)
+}
+
+/// A query's parameters scrubbed on their own, judged by the page they name.
+fn scrub_alone(
+    query: &str,
+    ctx: &Context<'_>,
+    now: SystemTime,
+    tally: &mut Tally,
+) -> Result<Vec<(String, String)>, ScrubError> {
+    let params = php_read(parse_query(query)?, tally);
+    let page = Page::of(&[&params]);
+    Ok(scrub_params(params, &page, ctx, now, tally))
 }
 
 /// The operator's token, when there is something of the visitor that needs it.
@@ -361,11 +371,7 @@ pub fn scrub(
     if is_bulk(text) {
         // The bulk body's requests carry what the visitor gets; the URL's own query does not
         // (it has no request of its own).
-        let q = {
-            let params = php_read(parse_query(query)?, tally);
-            let page = Page::of(&[&params]);
-            to_query(&scrub_params(params, &page, ctx, now, tally))
-        };
+        let q = to_query(&scrub_alone(query, ctx, now, tally)?);
         return Ok((q, scrub_body(body, ctx, now, tally)?));
     }
     let get = php_read(parse_query(query)?, tally);
