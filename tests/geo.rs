@@ -56,12 +56,17 @@ fn mmdb(dir: &Path, places: &[(&str, &'static str, Option<&'static str>)]) -> Pa
 /// tamis behind a trusted proxy (the test client), with the database and `route` lines.
 async fn start(dir: &Path, routes: &str) -> Tamis {
     let db = mmdb(dir, PLACES);
-    let config = format!(
+    Tamis::start(&config(&db, "[admin]\nlisten = \"127.0.0.1:0\"\n", routes)).await
+}
+
+/// A config behind a trusted proxy (the test client) with the database `db`, the sections
+/// `extra` and the `routes`.
+fn config(db: &Path, extra: &str, routes: &str) -> String {
+    format!(
         "[server]\nlisten = \"127.0.0.1:0\"\ndrain = \"0s\"\ntrusted_proxies = [\"127.0.0.1\"]\n\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n\n[geo]\ndatabase = \"{}\"\n\n{routes}",
+         {extra}\n[geo]\ndatabase = \"{}\"\n\n{routes}",
         db.display()
-    );
-    Tamis::start(&config).await
+    )
 }
 
 fn analytics_route(name: &str, kind: &str, up: &Upstream, extra: &str) -> String {
@@ -695,18 +700,13 @@ async fn addresses_rotating_inside_one_ipv6_64_are_one_visitor() {
         std::fs::write(&db, w.write_to(Vec::new()).unwrap()).unwrap();
     }
     let up = Upstream::http(|_| Reply::ok("{}").header("content-type", "application/json")).await;
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndrain = \"0s\"\ntrusted_proxies = [\"127.0.0.1\"]\n\n\
-         [geo]\ndatabase = \"{}\"\n\n{}",
-        db.display(),
-        analytics_route(
-            "u",
-            "umami",
-            &up,
-            "location = \"region\"\nmin_visitors = 3\nclient_ip = \"pseudonym\""
-        )
+    let routes = analytics_route(
+        "u",
+        "umami",
+        &up,
+        "location = \"region\"\nmin_visitors = 3\nclient_ip = \"pseudonym\"",
     );
-    let t = Tamis::start(&config).await;
+    let t = Tamis::start(&config(&db, "", &routes)).await;
     // One subscriber's privacy-extension addresses: one visitor, one synthetic address, and
     // never enough on their own to open the region.
     let mut synthetic = HashSet::new();
@@ -750,18 +750,13 @@ async fn a_probe_shows_a_synthetic_address_but_never_a_location_and_moves_no_liv
     let dir = tempfile::tempdir().unwrap();
     let db = mmdb(dir.path(), PLACES);
     let up = Upstream::http(|_| Reply::ok("{}").header("content-type", "application/json")).await;
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndrain = \"0s\"\ntrusted_proxies = [\"127.0.0.1\"]\n\n\
-         [transparency]\nprobe = true\n\n[geo]\ndatabase = \"{}\"\n\n{}",
-        db.display(),
-        analytics_route(
-            "u",
-            "umami",
-            &up,
-            "location = \"region\"\nmin_visitors = 2\nclient_ip = \"pseudonym\""
-        )
+    let routes = analytics_route(
+        "u",
+        "umami",
+        &up,
+        "location = \"region\"\nmin_visitors = 2\nclient_ip = \"pseudonym\"",
     );
-    let t = Tamis::start(&config).await;
+    let t = Tamis::start(&config(&db, "[transparency]\nprobe = true\n", &routes)).await;
     let body = umami_event();
     // Île-de-France is open to real requests.
     for client in ["198.51.100.1", "198.51.100.2"] {
