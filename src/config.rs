@@ -1687,6 +1687,15 @@ impl Validator<'_> {
                         .map_or(Precision::None, |l| *l.get_ref());
                     let location_span = r.location.as_ref().map(|l| l.span());
                     if location != Precision::None {
+                        // Computed from the address: like the address, it only goes to an
+                        // EU upstream, and a non-EU one gets nothing beyond its allowlist.
+                        if jurisdiction != Jurisdiction::Eu {
+                            self.problem(
+                                location_span.clone(),
+                                key("location"),
+                                "a location computed from the visitor's address only goes to an EU upstream (jurisdiction = \"eu\")",
+                            );
+                        }
                         if !self.has_geo {
                             self.problem(location_span.clone(), key("location"), "needs a location database: set [geo] database = \"/path/to/GeoLite2-City.mmdb\" (or a DB-IP Lite file)");
                         }
@@ -2474,6 +2483,15 @@ referer = "https://site.example/"
             let msg = problems(&format!("{}location = \"country\"\n", kind(k)));
             assert!(msg.contains("no location field"), "{k}: {msg}");
         }
+        // Computed from the address, a location only goes to an EU upstream.
+        let msg = problems(&format!(
+            "{}location = \"country\"\n\n[geo]\ndatabase = \"/nonexistent/city.mmdb\"\n",
+            kind("umami")
+        ));
+        assert!(
+            msg.contains("route \"cdn\".location") && msg.contains("only goes to an EU upstream"),
+            "{msg}"
+        );
         // A missing database file is named.
         let msg = problems(&format!(
             "{}location = \"country\"\n\n[geo]\ndatabase = \"/nonexistent/city.mmdb\"\n",

@@ -2275,6 +2275,12 @@ pub fn check_config(text: &str) {
             assert!((8..=32).contains(&a.pseudonym_bits), "{}", what());
             assert!(a.min_visitors >= 2, "{}", what());
             if a.location != tamis::geo::Precision::None {
+                assert_eq!(
+                    r.jurisdiction,
+                    tamis::policy::Jurisdiction::Eu,
+                    "{}",
+                    what()
+                );
                 assert!(
                     matches!(
                         a.protocol,
