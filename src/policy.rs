@@ -783,6 +783,53 @@ pub fn scrub_response(headers: &mut HeaderMap, kind: ResponseKind) {
     }
 }
 
+/// What an upstream's 304 may change in a stored answer: its validators and its freshness,
+/// nothing else. RFC 9111 §4.3.4 has a cache update a stored response's headers from a 304,
+/// and §3.2 lets a cache that stores what it made of a response (tamis's rewritten
+/// stylesheets, its own ETag) keep the headers that processing depends on. So how the body is
+/// read (Content-Type and its charset, Content-Encoding, Content-Language,
+/// Content-Disposition, X-Content-Type-Options), `Link`, CSP, CORS and everything else stay as
+/// the fill decided them, whatever a 304 says.
+pub const REFRESHED_BY_NOT_MODIFIED: &[(&str, &str)] = &[
+    ("cache-control", "the new lifetime"),
+    ("expires", "the new lifetime"),
+    ("date", "when the upstream answered"),
+    ("age", "how long caches upstream held it"),
+    (
+        "etag",
+        "the upstream's validator, for tamis's next revalidation",
+    ),
+    (
+        "last-modified",
+        "the upstream's validator, for tamis's next revalidation",
+    ),
+];
+
+/// A stored answer's headers refreshed by a 304's (already scrubbed) headers: each header
+/// [`REFRESHED_BY_NOT_MODIFIED`] names that the 304 carries replaces the stored one; every
+/// other header of the 304 is ignored.
+pub fn refresh(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
+    let mut out = stored.clone();
+    for (name, _) in REFRESHED_BY_NOT_MODIFIED {
+        let name = HeaderName::from_static(name);
+        if !not_modified.contains_key(&name) {
+            continue;
+        }
+        out.remove(&name);
+        for v in not_modified.get_all(&name) {
+            out.append(name.clone(), v.clone());
+        }
+    }
+    out
+}
+
+/// Removes what no answer may carry to the visitor, whatever made it: [`RESPONSE_STRIPPED`]
+/// and [`RESPONSE_STRIPPED_PREFIXES`] (state, reporting, third-party hints), and the headers a
+/// `Connection` header names. The last net under every answer, tamis's own included.
+pub fn withhold_everywhere(headers: &mut HeaderMap) {
+    remove_with_connection_listed(headers, |name| withheld(ResponseKind::PassThrough, name));
+}
+
 /// Replaces every value of `name` by what `f` makes of it (dropping it on `None`, and any value
 /// that is not text).
 fn rewrite_values(headers: &mut HeaderMap, name: HeaderName, f: fn(&str) -> Option<String>) {
@@ -890,6 +937,64 @@ pub fn is_relative_reference(target: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_304_refreshes_validators_and_freshness_only() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        let stored = h(&[
+            ("content-type", "text/plain"),
+            ("content-length", "12"),
+            ("cache-control", "max-age=1"),
+            ("etag", "\"v1\""),
+            ("link", "</a.css>; rel=preload; as=style"),
+            ("x-content-type-options", "nosniff"),
+        ]);
+        let not_modified = h(&[
+            ("content-type", "text/css"),
+            ("content-encoding", "gzip"),
+            ("content-language", "fr"),
+            ("content-disposition", "attachment"),
+            ("content-length", "0"),
+            ("x-content-type-options", "none"),
+            ("link", "</b.css>; rel=preload; as=style"),
+            ("cache-control", "max-age=60"),
+            ("cache-control", "public"),
+            ("etag", "\"v2\""),
+            ("date", "Mon, 07 Dec 2026 00:00:00 GMT"),
+        ]);
+        let out = refresh(&stored, &not_modified);
+        let values = |name: &str| -> Vec<&str> {
+            out.get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect()
+        };
+        assert_eq!(values("content-type"), ["text/plain"]);
+        assert_eq!(values("content-length"), ["12"]);
+        assert_eq!(values("x-content-type-options"), ["nosniff"]);
+        assert_eq!(values("link"), ["</a.css>; rel=preload; as=style"]);
+        for never in [
+            "content-encoding",
+            "content-language",
+            "content-disposition",
+        ] {
+            assert!(values(never).is_empty(), "{never}");
+        }
+        assert_eq!(values("cache-control"), ["max-age=60", "public"]);
+        assert_eq!(values("etag"), ["\"v2\""]);
+        assert_eq!(values("date"), ["Mon, 07 Dec 2026 00:00:00 GMT"]);
+        // Every name the table lists may be sent to the visitor of a cached kind at all.
+        for (name, _) in REFRESHED_BY_NOT_MODIFIED {
+            let name = HeaderName::from_static(name);
+            assert!(!withheld(ResponseKind::Tiles, &name), "{name}");
+        }
+    }
 
     fn visitor() -> HeaderMap {
         let mut h = HeaderMap::new();

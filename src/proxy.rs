@@ -21,17 +21,16 @@ use hyper::body::Incoming;
 
 use crate::access_log;
 use crate::body::{self, ProxyBody, Streamed};
-use crate::cache::conditional::{self, ClientAnswer};
 use crate::cache::{
     self, Cache, CacheKey, Entry, Fill, FillGuard, FillState, Lookup, NotStored, Waited,
 };
 use crate::config::Config;
 use crate::metrics::{CacheResult, Metrics, RouteMetrics, UpstreamFailure, NO_ROUTE};
-use crate::policy;
 use crate::routes::analytics::{self, Protocol};
-use crate::routes::confine::{self, Redirect};
 use crate::routes::{Role, Route, Router};
 use crate::upstream::{Upstream, UpstreamBody, UpstreamError};
+
+mod respond;
 
 /// Everything a request needs, built from a validated config. A reload builds a new one that
 /// shares the cache and the metrics with the one it replaces (see [`crate::reload`]).
@@ -209,11 +208,14 @@ pub fn handle(
         };
 
         let mut response = answer.response;
-        if state.config.cache.status_header {
-            if let Some(value) = answer.cache_status {
-                response.headers_mut().insert(CACHE_STATUS, value);
-            }
-        }
+        let pass_through = answer
+            .route
+            .and_then(|i| state.router.routes().get(i))
+            .is_some_and(|r| r.config.pass_through);
+        let cache_status = answer
+            .cache_status
+            .filter(|_| state.config.cache.status_header);
+        respond::response_filter(&mut response, pass_through, cache_status);
         if let (Some(path), Some(id)) = (path, id) {
             let line = access_log::Line {
                 id: &id,
@@ -230,9 +232,6 @@ pub fn handle(
         response
     }
 }
-
-/// RFC 9211 `Cache-Status`.
-const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 #[allow(clippy::manual_async_fn)] // See the module note.
 fn serve<'a>(
@@ -938,37 +937,29 @@ fn spawn_refresh(
     });
 }
 
-/// Scrubs an upstream response's headers and maps its `Location` back under the route; `None`
-/// when it redirects outside the route (never handed to the browser).
+/// Scrubs an upstream response's headers and maps its `Location` back under the route (see
+/// [`respond::upstream_response_filter`]); `None` when it redirects outside the route (never
+/// handed to the browser), which is counted and logged.
 fn scrub_response(
     state: &State,
     route: &Route,
     requested: &Uri,
-    mut headers: HeaderMap,
+    headers: HeaderMap,
 ) -> Option<HeaderMap> {
-    policy::scrub_response(&mut headers, route.response_kind());
-    route.adjust_response(&mut headers, requested);
-    if let Some(location) = headers.get(header::LOCATION) {
-        let mapped = location.to_str().ok().and_then(|loc| {
-            match confine::map_location(&route.upstream, &route.prefix, requested, loc) {
-                Redirect::FirstParty(p) => HeaderValue::from_str(&p).ok(),
-                Redirect::Outside => None,
-            }
-        });
-        match mapped {
-            Some(v) => {
-                headers.insert(header::LOCATION, v);
-            }
-            None => {
-                state
-                    .metrics
-                    .upstream_error(&state.route_metrics[route.index], UpstreamFailure::Redirect);
-                tracing::warn!(route = %route.config.name, "upstream redirected outside its route; answering 502");
-                return None;
-            }
+    match respond::upstream_response_filter(route, requested, headers) {
+        Ok(headers) => Some(headers),
+        Err(_) => {
+            redirected_outside(state, route);
+            None
         }
     }
-    Some(headers)
+}
+
+fn redirected_outside(state: &State, route: &Route) {
+    state
+        .metrics
+        .upstream_error(&state.route_metrics[route.index], UpstreamFailure::Redirect);
+    tracing::warn!(route = %route.config.name, "upstream redirected outside its route; answering 502");
 }
 
 /// The one fetch for a key: revalidates the stale copy if there is one, stores what may be
@@ -1067,7 +1058,8 @@ async fn fill(
         Ok(_) if content_length(&headers).is_some_and(|n| n > max) => Err(NotStored::TooLarge),
         d => d,
     };
-    let body = if route.rewrites(&headers) {
+    let rendition = respond::rendition(route, &headers);
+    let body = if rendition == cache::Rendition::Stylesheet {
         // Font CSS: always rewritten whole, stored or not; never served as the upstream sent it.
         match tokio::time::timeout_at(
             deadline,
@@ -1155,6 +1147,7 @@ async fn fill(
                 status,
                 headers,
                 body,
+                rendition,
                 cache::Lifetimes::default(),
                 Vec::new(),
                 std::time::Duration::ZERO,
@@ -1174,6 +1167,7 @@ async fn fill(
         status,
         headers,
         body,
+        rendition,
         storable.lifetimes,
         cache::vary_values(&storable.vary, &up.parts.headers),
         state.config.cache.keep,
@@ -1381,13 +1375,28 @@ async fn refreshed(
     client: &HeaderMap,
     head_only: bool,
 ) -> Answer {
-    // The upstream's view of the stored response: its own ETag, not the one tamis shows.
+    // What the visitor gets: the stored answer with only its validators and freshness taken
+    // from the 304, filtered as a fresh answer's headers are; how the body is read stays.
+    let headers = match respond::refreshed_head(route, &up.parts.uri, stale, not_modified) {
+        Ok(h) => h,
+        Err(unfit) => {
+            if unfit == respond::Unfit::Outside {
+                redirected_outside(state, route);
+            }
+            guard
+                .finish(Fill::Failed(StatusCode::BAD_GATEWAY), &[])
+                .await;
+            return Answer::plain(StatusCode::BAD_GATEWAY, "upstream redirected elsewhere\n");
+        }
+    };
+    // The upstream's view of the stored response, for the cache's decision alone: its own
+    // ETag, and every header of the 304 (the stored Cache-Control may be tamis's own browser
+    // lifetime; the 304 brings the real one).
     let mut merged = stale.headers.clone();
     match &stale.upstream_etag {
         Some(etag) => merged.insert(header::ETAG, etag.clone()),
         None => merged.remove(header::ETAG),
     };
-    // The stored Cache-Control may be tamis's own browser lifetime; the 304 brings the real one.
     for name in not_modified.keys() {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
@@ -1408,12 +1417,6 @@ async fn refreshed(
         &route.rules,
         |n| route.varyable(n),
     );
-    let Some(headers) = scrub_response(state, route, &up.parts.uri, merged) else {
-        guard
-            .finish(Fill::Failed(StatusCode::BAD_GATEWAY), &[])
-            .await;
-        return Answer::plain(StatusCode::BAD_GATEWAY, "upstream redirected elsewhere\n");
-    };
     let status_304 = "tamis; fwd=stale; fwd-status=304; stored";
     match decision {
         Ok(storable) => {
@@ -1421,6 +1424,7 @@ async fn refreshed(
                 stale.status,
                 headers,
                 stale.body.clone(),
+                stale.rendition,
                 storable.lifetimes,
                 cache::vary_values(&storable.vary, &up.parts.headers),
                 state.config.cache.keep,
@@ -1440,6 +1444,7 @@ async fn refreshed(
                 stale.status,
                 headers,
                 stale.body.clone(),
+                stale.rendition,
                 stale.lifetimes,
                 Vec::new(),
                 std::time::Duration::ZERO,
@@ -1633,84 +1638,10 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// Headers a 304 carries (RFC 9110 §15.4.5), besides `Age`.
-const NOT_MODIFIED_HEADERS: &[HeaderName] = &[
-    header::CACHE_CONTROL,
-    header::DATE,
-    header::ETAG,
-    header::EXPIRES,
-    header::LAST_MODIFIED,
-    header::VARY,
-];
-
-/// Answers from a stored entry: 200, or 304 / 206 / 416 for the visitor's own conditional and
-/// range requests (never forwarded). Clones of pre-built headers and a `Bytes` body.
+/// Answers from a stored entry (see [`respond::from_store`]).
 fn cached(entry: &Entry, client: &HeaderMap, head_only: bool) -> Answer {
-    let now = Instant::now();
-    let len = entry.body.len() as u64;
-    let decision = if entry.status == StatusCode::OK && !client.is_empty() {
-        conditional::evaluate(
-            client,
-            entry.headers.get(header::ETAG),
-            entry.headers.get(header::LAST_MODIFIED),
-            len,
-            !head_only,
-        )
-    } else {
-        ClientAnswer::Full
-    };
-    let (status, headers, body) = match decision {
-        ClientAnswer::Full => (
-            entry.status,
-            entry.headers.clone(),
-            if head_only {
-                Bytes::new()
-            } else {
-                entry.body.clone()
-            },
-        ),
-        ClientAnswer::NotModified => {
-            let mut h = HeaderMap::with_capacity(8);
-            for name in NOT_MODIFIED_HEADERS {
-                for v in entry.headers.get_all(name) {
-                    h.append(name.clone(), v.clone());
-                }
-            }
-            (StatusCode::NOT_MODIFIED, h, Bytes::new())
-        }
-        ClientAnswer::Partial(range) => {
-            let mut h = entry.headers.clone();
-            let content_range = format!("bytes {}-{}/{len}", range.start, range.end - 1);
-            if let Ok(v) = HeaderValue::from_str(&content_range) {
-                h.insert(header::CONTENT_RANGE, v);
-            }
-            h.insert(
-                header::CONTENT_LENGTH,
-                HeaderValue::from(range.end - range.start),
-            );
-            let (start, end) = (
-                usize::try_from(range.start).unwrap_or(0),
-                usize::try_from(range.end).unwrap_or(0),
-            );
-            (StatusCode::PARTIAL_CONTENT, h, entry.body.slice(start..end))
-        }
-        ClientAnswer::Unsatisfiable => {
-            let mut h = HeaderMap::with_capacity(4);
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
-                h.insert(header::CONTENT_RANGE, v);
-            }
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-            (StatusCode::RANGE_NOT_SATISFIABLE, h, Bytes::new())
-        }
-    };
-    let mut response = Response::new(body::full(body));
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
-    response
-        .headers_mut()
-        .insert(header::AGE, HeaderValue::from(entry.age(now)));
     Answer {
-        response,
+        response: respond::from_store(entry, client, head_only, Instant::now()),
         route: None,
         cache: None,
         cache_status: None,

@@ -191,6 +191,9 @@ pub struct Rules {
     pub max_ttl: Option<Duration>,
     /// Stale-if-error window when the response gives none.
     pub stale_if_error: Duration,
+    /// The visitor's Cookie and Authorization never reach this route's upstream, so none of
+    /// its answers can be personalised: one that sets a cookie is stored (without it).
+    pub cookie_free: bool,
 }
 
 /// The lifetimes of a response about to be stored.

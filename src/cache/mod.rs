@@ -147,6 +147,18 @@ pub fn vary_names(
     Ok(names)
 }
 
+/// How a body tamis holds is to be read. Kept with the body, so that every answer built from
+/// it (a hit, a 304 refresh, a stale or coalesced answer, HEAD, a range) says what the body
+/// is as the fill decided, whatever headers come later (a 304 once turned an unrewritten body
+/// into a stylesheet).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rendition {
+    /// The upstream's bytes, which no browser may read as a stylesheet.
+    AsSent,
+    /// A stylesheet tamis rewrote (first-party URLs only), typed as tamis's own CSS.
+    Stylesheet,
+}
+
 /// A stored response, ready to serve.
 #[derive(Debug)]
 pub struct Entry {
@@ -154,6 +166,8 @@ pub struct Entry {
     /// Scrubbed headers, as served (without `Age`).
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Whether the body was rewritten, and as what.
+    pub rendition: Rendition,
     /// The upstream's own validators, for revalidating with it.
     pub upstream_etag: Option<HeaderValue>,
     pub last_modified: Option<HeaderValue>,
@@ -180,10 +194,12 @@ impl Entry {
     /// Builds an entry from scrubbed headers, body and lifetimes. With `own_etag`, clients see
     /// an ETag derived from the bytes (the same for every visitor) instead of the upstream's,
     /// which could be a per-visitor identifier; on other statuses than 200, none.
+    #[allow(clippy::too_many_arguments)] // Each is a fact of its own about the stored answer.
     pub fn new(
         status: StatusCode,
         mut headers: HeaderMap,
         body: Bytes,
+        rendition: Rendition,
         lifetimes: Lifetimes,
         vary: VaryValues,
         keep: Duration,
@@ -211,6 +227,7 @@ impl Entry {
             status,
             headers,
             body,
+            rendition,
             upstream_etag,
             last_modified,
             vary,
@@ -312,7 +329,8 @@ pub enum NotStored {
     Forbidden,
     /// No freshness and nothing to revalidate with.
     NoFreshness,
-    /// The upstream tried to set a cookie: the answer was meant for one client.
+    /// The upstream tried to set a cookie on a route whose visitors' cookies reach it: the
+    /// answer may have been meant for one client.
     SetCookie,
     /// `Vary: *`, or a Vary on a header tamis does not forward.
     Vary,
@@ -363,7 +381,13 @@ pub fn storability(
     rules: &Rules,
     varyable: impl Fn(&HeaderName) -> bool,
 ) -> Result<Storable, NotStored> {
-    if upstream_headers.contains_key(header::SET_COOKIE) {
+    // Set-Cookie does not stop a shared cache from storing (RFC 9111 §3 lists what does; a
+    // server that minds says `no-cache="set-cookie"` or `private`, §5.2.2.4, §5.2.2.7). It
+    // is stripped from every answer anyway. Where the visitor's Cookie and Authorization never
+    // reach the upstream, no answer can be personalised, so it is stored; where they do
+    // (pass-through), a cookie-setting answer may be one visitor's, so, as nginx and Varnish
+    // do by default, it is not.
+    if !rules.cookie_free && upstream_headers.contains_key(header::SET_COOKIE) {
         return Err(NotStored::SetCookie);
     }
     // CDN-Cache-Control, when valid, speaks for tamis instead of Cache-Control and Expires.
@@ -932,6 +956,41 @@ mod tests {
     }
 
     #[test]
+    fn a_cookie_setting_answer_is_stored_where_no_visitor_cookie_reaches_the_upstream() {
+        let pairs = [("cache-control", "max-age=60"), ("set-cookie", "a=b")];
+        let cookie_free = Rules {
+            cookie_free: true,
+            ..Rules::default()
+        };
+        let decided = storability(
+            &get("https://cdn.example/a"),
+            StatusCode::OK,
+            &headers(&pairs),
+            SystemTime::now(),
+            &cookie_free,
+            only_accept,
+        );
+        assert_eq!(
+            decided.map(|s| s.lifetimes.fresh_for),
+            Ok(Duration::from_secs(60))
+        );
+        // The server's own word still counts: private is never stored by a shared cache.
+        let private = [
+            ("cache-control", "private, max-age=60"),
+            ("set-cookie", "a=b"),
+        ];
+        let decided = storability(
+            &get("https://cdn.example/a"),
+            StatusCode::OK,
+            &headers(&private),
+            SystemTime::now(),
+            &cookie_free,
+            only_accept,
+        );
+        assert_eq!(decided, Err(NotStored::Forbidden));
+    }
+
+    #[test]
     fn no_cache_with_a_validator_is_stored_for_revalidation() {
         let s = decide(200, &[("cache-control", "no-cache"), ("etag", "\"v1\"")]).unwrap();
         assert_eq!(s.lifetimes.fresh_for, Duration::ZERO);
@@ -990,6 +1049,7 @@ mod tests {
             StatusCode::OK,
             HeaderMap::new(),
             Bytes::from(vec![0u8; body]),
+            Rendition::AsSent,
             lifetimes(fresh),
             vary,
             Duration::ZERO,
@@ -1124,6 +1184,7 @@ mod tests {
             StatusCode::OK,
             hs,
             Bytes::new(),
+            Rendition::AsSent,
             lifetimes(Duration::from_millis(50)),
             vec![],
             MIN,

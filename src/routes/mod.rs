@@ -320,6 +320,9 @@ impl Router {
                 min_ttl: rc.cache.min_ttl,
                 max_ttl: rc.cache.max_ttl,
                 stale_if_error: rc.cache.stale_if_error,
+                // Only an EU pass-through route forwards the visitor's Cookie and Authorization.
+                cookie_free: !(rc.pass_through
+                    && rc.jurisdiction == crate::policy::Jurisdiction::Eu),
             };
             let permits = match &kept {
                 Some(r) => r.permits.clone(),

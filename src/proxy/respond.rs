@@ -1,0 +1,210 @@
+//! The response step: what a visitor's browser gets back is decided here, whatever produced the
+//! answer. An upstream's headers are filtered once, before they are stored or streamed
+//! ([`upstream_response_filter`]); a 304 refreshes a stored answer only as the policy allows
+//! ([`refreshed_head`]); answers made from a stored entry are built by [`from_store`]; and
+//! every answer (upstream, cache hit, refresh, stale, coalesced waiter, tamis's own pages and
+//! refusals) passes [`response_filter`] last, so a new path cannot skip the rules that hold for
+//! all of them.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode, Uri};
+
+use crate::body::{self, ProxyBody};
+use crate::cache::conditional::{self, ClientAnswer};
+use crate::cache::{Entry, Rendition};
+use crate::policy;
+use crate::routes::confine::{self, Redirect};
+use crate::routes::Route;
+
+/// An upstream answer tamis will not hand to the browser as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Unfit {
+    /// It redirects outside its route.
+    Outside,
+    /// Its headers would have the browser read the stored body as something it was not made
+    /// into (an unrewritten body as a stylesheet).
+    Inconsistent,
+}
+
+/// Filters an upstream answer's headers for the visitor (the route kind's allowlist, the
+/// `Link` and CSP filters, `nosniff` and the role's own headers) and maps its `Location` back
+/// under the route.
+pub(super) fn upstream_response_filter(
+    route: &Route,
+    requested: &Uri,
+    mut headers: HeaderMap,
+) -> Result<HeaderMap, Unfit> {
+    policy::scrub_response(&mut headers, route.response_kind());
+    route.adjust_response(&mut headers, requested);
+    if let Some(location) = headers.get(header::LOCATION) {
+        let mapped = location.to_str().ok().and_then(|loc| {
+            match confine::map_location(&route.upstream, &route.prefix, requested, loc) {
+                Redirect::FirstParty(p) => HeaderValue::from_str(&p).ok(),
+                Redirect::Outside => None,
+            }
+        });
+        match mapped {
+            Some(v) => {
+                headers.insert(header::LOCATION, v);
+            }
+            None => return Err(Unfit::Outside),
+        }
+    }
+    Ok(headers)
+}
+
+/// How a body with these filtered headers is held on this route: a stylesheet to rewrite, or
+/// the upstream's bytes.
+pub(super) fn rendition(route: &Route, headers: &HeaderMap) -> Rendition {
+    if route.rewrites(headers) {
+        Rendition::Stylesheet
+    } else {
+        Rendition::AsSent
+    }
+}
+
+/// Whether headers agree with how the body was made: a rewritten stylesheet is typed as
+/// tamis's CSS and has no content coding; a body kept as sent is never one a browser may
+/// apply as a stylesheet on a route that rewrites them.
+pub(super) fn consistent(route: &Route, rendition: Rendition, headers: &HeaderMap) -> bool {
+    match rendition {
+        Rendition::Stylesheet => {
+            headers.get(header::CONTENT_TYPE) == Some(&crate::routes::css::CSS_CONTENT_TYPE)
+                && headers.get_all(header::CONTENT_TYPE).iter().count() == 1
+                && !headers.contains_key(header::CONTENT_ENCODING)
+        }
+        Rendition::AsSent => !route.rewrites(headers),
+    }
+}
+
+/// The headers of a stored answer refreshed by the upstream's 304: the 304's headers pass the
+/// same filter as a fresh answer's, then only validators and freshness are taken from them
+/// ([`policy::REFRESHED_BY_NOT_MODIFIED`]); how the body is read stays as stored. The result
+/// carries the upstream's own ETag (the entry made from it shows tamis's again).
+pub(super) fn refreshed_head(
+    route: &Route,
+    requested: &Uri,
+    stored: &Entry,
+    not_modified: &HeaderMap,
+) -> Result<HeaderMap, Unfit> {
+    let fresh = upstream_response_filter(route, requested, not_modified.clone())?;
+    let mut base = stored.headers.clone();
+    match &stored.upstream_etag {
+        Some(etag) => base.insert(header::ETAG, etag.clone()),
+        None => base.remove(header::ETAG),
+    };
+    let merged = policy::refresh(&base, &fresh);
+    if !consistent(route, stored.rendition, &merged) {
+        return Err(Unfit::Inconsistent);
+    }
+    Ok(merged)
+}
+
+/// Headers a 304 carries (RFC 9110 §15.4.5), besides `Age`.
+const NOT_MODIFIED_HEADERS: &[HeaderName] = &[
+    header::CACHE_CONTROL,
+    header::DATE,
+    header::ETAG,
+    header::EXPIRES,
+    header::LAST_MODIFIED,
+    header::VARY,
+];
+
+/// Answers from a stored entry: 200, or 304 / 206 / 416 for the visitor's own conditional and
+/// range requests (never forwarded). Clones of pre-built headers and a `Bytes` body.
+pub(super) fn from_store(
+    entry: &Entry,
+    client: &HeaderMap,
+    head_only: bool,
+    now: std::time::Instant,
+) -> Response<ProxyBody> {
+    let len = entry.body.len() as u64;
+    let decision = if entry.status == StatusCode::OK && !client.is_empty() {
+        conditional::evaluate(
+            client,
+            entry.headers.get(header::ETAG),
+            entry.headers.get(header::LAST_MODIFIED),
+            len,
+            !head_only,
+        )
+    } else {
+        ClientAnswer::Full
+    };
+    let (status, headers, body) = match decision {
+        ClientAnswer::Full => (
+            entry.status,
+            entry.headers.clone(),
+            if head_only {
+                Bytes::new()
+            } else {
+                entry.body.clone()
+            },
+        ),
+        ClientAnswer::NotModified => {
+            let mut h = HeaderMap::with_capacity(8);
+            for name in NOT_MODIFIED_HEADERS {
+                for v in entry.headers.get_all(name) {
+                    h.append(name.clone(), v.clone());
+                }
+            }
+            (StatusCode::NOT_MODIFIED, h, Bytes::new())
+        }
+        ClientAnswer::Partial(range) => {
+            let mut h = entry.headers.clone();
+            let content_range = format!("bytes {}-{}/{len}", range.start, range.end - 1);
+            if let Ok(v) = HeaderValue::from_str(&content_range) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+            h.insert(
+                header::CONTENT_LENGTH,
+                HeaderValue::from(range.end - range.start),
+            );
+            let (start, end) = (
+                usize::try_from(range.start).unwrap_or(0),
+                usize::try_from(range.end).unwrap_or(0),
+            );
+            (StatusCode::PARTIAL_CONTENT, h, entry.body.slice(start..end))
+        }
+        ClientAnswer::Unsatisfiable => {
+            let mut h = HeaderMap::with_capacity(4);
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            (StatusCode::RANGE_NOT_SATISFIABLE, h, Bytes::new())
+        }
+    };
+    let mut response = Response::new(body::full(body));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+        .headers_mut()
+        .insert(header::AGE, HeaderValue::from(entry.age(now)));
+    response
+}
+
+/// RFC 9211 `Cache-Status`.
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// The last step of every answer, whatever its source: nothing that sets state in the browser,
+/// reports, or hints at a third party leaves (the table every route, pass-through included,
+/// withholds), every answer but a pass-through route's is `nosniff`, and `Cache-Status` is added
+/// when the operator wants it.
+pub(super) fn response_filter(
+    response: &mut Response<ProxyBody>,
+    pass_through: bool,
+    cache_status: Option<HeaderValue>,
+) {
+    let headers = response.headers_mut();
+    policy::withhold_everywhere(headers);
+    if !pass_through {
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+    }
+    if let Some(value) = cache_status {
+        headers.insert(CACHE_STATUS, value);
+    }
+}
