@@ -494,3 +494,99 @@ async fn a_real_browser_behind_hostile_upstreams_contacts_no_one_else() {
     }
     assert!(requests.contains(&format!("{origin}/cdn/ok.css").as_str()));
 }
+
+/// A stylesheet that turned hostile through a revalidation: stored typed `text/plain` (so kept
+/// as the upstream sent it, and never applied), it comes back from its upstream as a 304 that
+/// says `text/css`. A rewritten stylesheet's 304 says `text/plain` in turn. Chromium loads the
+/// page after both were refreshed: the first must still not apply, the second still must, and
+/// nothing may reach `evil.test`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stylesheet_turned_hostile_by_a_revalidation_contacts_no_one_else() {
+    if std::env::var_os("TAMIS_SKIP_BROWSER").is_some() {
+        eprintln!("TAMIS_SKIP_BROWSER set: browser proof skipped");
+        return;
+    }
+    let evil = Upstream::http(|_| Reply::ok("").status(204)).await;
+    let e = format!("//evil.test:{}", evil.addr.port());
+    let sheet = move |case: &str| {
+        format!(
+            "#ok-{case}{{background-image:url(/cdn/ok-{case}.png)}}\n\
+             #{case}{{background-image:url({e}/{case}.png)}}\n"
+        )
+    };
+    let png = file("tile.png");
+    let cdn = Upstream::http(move |s| {
+        let revalidating = s.header("if-none-match") == Some("\"v1\"");
+        let (case, first_type, then_type) = match s.uri.as_str() {
+            "/turned.css" => ("turned", "text/plain", "text/css"),
+            "/kept.css" => ("kept", "text/css", "text/plain"),
+            _ => return Reply::ok(png.clone()).header("content-type", "image/png"),
+        };
+        if revalidating {
+            return Reply::ok("")
+                .status(304)
+                .header("content-type", then_type)
+                .header("cache-control", "max-age=1")
+                .header("etag", "\"v1\"");
+        }
+        Reply::ok(sheet(case))
+            .header("content-type", first_type)
+            .header("cache-control", "max-age=1")
+            .header("etag", "\"v1\"")
+    })
+    .await;
+    let page = "<!doctype html><html><head><title>turned</title>\
+<link rel=\"stylesheet\" href=\"/cdn/turned.css\">\
+<link rel=\"stylesheet\" href=\"/cdn/kept.css\"></head><body>\
+<div id=\"turned\">a</div><div id=\"ok-turned\">a</div>\
+<div id=\"kept\">b</div><div id=\"ok-kept\">b</div></body></html>";
+    let site =
+        Upstream::http(move |_| Reply::ok(page).header("content-type", "text/html; charset=utf-8"))
+            .await;
+    let config = format!(
+        "{LISTEN}[cache]\nstatus_header = true\n\n{}{}",
+        route("site", "/turn/", &site.url("/"), ""),
+        route("cdn", "/cdn/", &cdn.url("/"), ""),
+    );
+    let t = Tamis::start(&config).await;
+    // Stored first, then stale: the browser's requests make tamis revalidate them.
+    for p in ["/cdn/turned.css", "/cdn/kept.css"] {
+        assert_eq!(t.get(p).await.status, 200);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let origin = format!("http://127.0.0.1:{}", t.http.port());
+    let report = run_script("hostile.mjs", vec![format!("{origin}/turn/page.html")]).await;
+    let requests: Vec<&str> = report["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    let revalidated = cdn
+        .seen()
+        .iter()
+        .filter(|s| s.header("if-none-match").is_some())
+        .count();
+    assert_eq!(revalidated, 2, "both stylesheets were revalidated");
+    let evil_seen: Vec<String> = evil.seen().iter().map(|s| s.uri.clone()).collect();
+    assert!(
+        evil_seen.is_empty(),
+        "evil.test was contacted: {evil_seen:?}"
+    );
+    for url in &requests {
+        assert!(
+            url.starts_with(&format!("{origin}/")) || *url == "about:invalid",
+            "the browser contacted {url}"
+        );
+    }
+    let ok_kept = format!("{origin}/cdn/ok-kept.png");
+    assert!(
+        requests.contains(&ok_kept.as_str()),
+        "the rewritten stylesheet still applies: {requests:?}"
+    );
+    let ok_turned = format!("{origin}/cdn/ok-turned.png");
+    assert!(
+        !requests.contains(&ok_turned.as_str()),
+        "a body stored as text/plain was applied as a stylesheet"
+    );
+}
