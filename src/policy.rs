@@ -807,17 +807,29 @@ pub const REFRESHED_BY_NOT_MODIFIED: &[(&str, &str)] = &[
 
 /// A stored answer's headers refreshed by a 304's (already scrubbed) headers: each header
 /// [`REFRESHED_BY_NOT_MODIFIED`] names that the 304 carries replaces the stored one; every
-/// other header of the 304 is ignored.
-pub fn refresh(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
+/// other header of the 304 is ignored. On a pass-through route (a plain reverse proxy to the
+/// operator's own EU upstream, whose bodies tamis never rewrites), every header the 304
+/// carries but Content-Length replaces the stored one, as RFC 9111 §3.2 has it.
+pub fn refresh(stored: &HeaderMap, not_modified: &HeaderMap, kind: ResponseKind) -> HeaderMap {
     let mut out = stored.clone();
-    for (name, _) in REFRESHED_BY_NOT_MODIFIED {
-        let name = HeaderName::from_static(name);
-        if !not_modified.contains_key(&name) {
-            continue;
-        }
-        out.remove(&name);
-        for v in not_modified.get_all(&name) {
+    let mut take = |name: &HeaderName| {
+        out.remove(name);
+        for v in not_modified.get_all(name) {
             out.append(name.clone(), v.clone());
+        }
+    };
+    if kind == ResponseKind::PassThrough {
+        for name in not_modified.keys() {
+            if name != header::CONTENT_LENGTH {
+                take(name);
+            }
+        }
+    } else {
+        for (name, _) in REFRESHED_BY_NOT_MODIFIED {
+            let name = HeaderName::from_static(name);
+            if not_modified.contains_key(&name) {
+                take(&name);
+            }
         }
     }
     out
@@ -968,7 +980,7 @@ mod tests {
             ("etag", "\"v2\""),
             ("date", "Mon, 07 Dec 2026 00:00:00 GMT"),
         ]);
-        let out = refresh(&stored, &not_modified);
+        let out = refresh(&stored, &not_modified, ResponseKind::Static);
         let values = |name: &str| -> Vec<&str> {
             out.get_all(name)
                 .iter()
@@ -989,6 +1001,10 @@ mod tests {
         assert_eq!(values("cache-control"), ["max-age=60", "public"]);
         assert_eq!(values("etag"), ["\"v2\""]);
         assert_eq!(values("date"), ["Mon, 07 Dec 2026 00:00:00 GMT"]);
+        // A pass-through route's 304 updates what it carries, as RFC 9111 §3.2 has it.
+        let plain = refresh(&stored, &not_modified, ResponseKind::PassThrough);
+        assert_eq!(plain.get("content-language").unwrap(), "fr");
+        assert_eq!(plain.get("content-length").unwrap(), "12");
         // Every name the table lists may be sent to the visitor of a cached kind at all.
         for (name, _) in REFRESHED_BY_NOT_MODIFIED {
             let name = HeaderName::from_static(name);

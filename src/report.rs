@@ -289,6 +289,25 @@ fn disclose_route(route: &Route) -> RouteDisclosure {
         "Location: mapped back under {}; a redirect anywhere else is answered 502",
         c.prefix
     ));
+    if c.cache.enabled && route.analytics.is_none() {
+        let refreshed: Vec<String> = crate::policy::REFRESHED_BY_NOT_MODIFIED
+            .iter()
+            .map(|(n, _)| display_name(n))
+            .collect();
+        response_notes.push(if kind == ResponseKind::PassThrough {
+            "answers from the cache (hit, stale, coalesced, HEAD, range) carry the stored headers; an upstream 304 updates those it carries but Content-Length (RFC 9111 §3.2), filtered as a fresh answer's".to_owned()
+        } else {
+            format!(
+            "answers from the cache (hit, stale, coalesced, HEAD, range) carry the stored headers, filtered as a fresh answer's; an upstream 304 changes only {}: how the body is read (Content-Type, Content-Encoding, …) and whether it was rewritten stay as stored",
+            refreshed.join(", ")
+        )
+        });
+        response_notes.push(if kind == ResponseKind::PassThrough {
+            "Set-Cookie: withheld; an answer that sets one is not stored (the visitor's cookies reach this upstream)".to_owned()
+        } else {
+            "Set-Cookie: withheld, and the answer stored all the same (no visitor cookie ever reaches this upstream)".to_owned()
+        });
+    }
     let analytics = match (&route.analytics, &c.analytics) {
         (Some(rt), Some(a)) => Some(disclose_analytics(rt.protocol, a)),
         _ => None,
@@ -709,5 +728,31 @@ mod tests {
         assert_eq!(display_name("sec-ch-"), "Sec-CH-");
         assert_eq!(display_name("dnt"), "DNT");
         assert_eq!(display_name("x-real-ip"), "X-Real-IP");
+    }
+
+    #[test]
+    fn check_states_what_a_304_may_change_and_what_set_cookie_does() {
+        let config = Config::parse(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\
+             [[route]]\nname = \"cdn\"\nkind = \"static\"\nprefix = \"/cdn/\"\n\
+             upstream = \"https://cdn.example/\"\n\
+             [[route]]\nname = \"app\"\nkind = \"static\"\nprefix = \"/app/\"\n\
+             upstream = \"https://app.example/\"\njurisdiction = \"eu\"\npass_through = true\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let text = check_report(&config);
+        let rule = "an upstream 304 changes only Cache-Control, Expires, Date, Age, ETag, \
+                    Last-Modified: how the body is read";
+        assert_eq!(text.matches(rule).count(), 1, "{text}");
+        assert!(text.contains("an upstream 304 updates those it carries but Content-Length"));
+        assert!(
+            text.contains("Set-Cookie: withheld, and the answer stored all the same"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Set-Cookie: withheld; an answer that sets one is not stored"),
+            "{text}"
+        );
     }
 }

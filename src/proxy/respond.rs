@@ -94,7 +94,7 @@ pub(super) fn refreshed_head(
         Some(etag) => base.insert(header::ETAG, etag.clone()),
         None => base.remove(header::ETAG),
     };
-    let merged = policy::refresh(&base, &fresh);
+    let merged = policy::refresh(&base, &fresh, route.response_kind());
     if !consistent(route, stored.rendition, &merged) {
         return Err(Unfit::Inconsistent);
     }
