@@ -1380,13 +1380,20 @@ async fn refreshed(
     let headers = match respond::refreshed_head(route, &up.parts.uri, stale, not_modified) {
         Ok(h) => h,
         Err(unfit) => {
-            if unfit == respond::Unfit::Outside {
-                redirected_outside(state, route);
-            }
+            let message = match unfit {
+                respond::Unfit::Outside => {
+                    redirected_outside(state, route);
+                    "upstream redirected elsewhere\n"
+                }
+                respond::Unfit::Inconsistent => {
+                    tracing::warn!(route = %route.config.name, "a 304 would change how the stored body is read; answering 502");
+                    "upstream answer inconsistent with the stored one\n"
+                }
+            };
             guard
                 .finish(Fill::Failed(StatusCode::BAD_GATEWAY), &[])
                 .await;
-            return Answer::plain(StatusCode::BAD_GATEWAY, "upstream redirected elsewhere\n");
+            return Answer::plain(StatusCode::BAD_GATEWAY, message);
         }
     };
     // The upstream's view of the stored response, for the cache's decision alone: its own

@@ -208,3 +208,54 @@ pub(super) fn response_filter(
         headers.insert(CACHE_STATUS, value);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::routes::Router;
+
+    fn typed(ct: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+        h
+    }
+
+    #[test]
+    fn a_stored_body_is_read_only_as_what_it_was_made_into() {
+        let config = Config::parse(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\
+             [[route]]\nname = \"cdn\"\nkind = \"static\"\nprefix = \"/cdn/\"\n\
+             upstream = \"https://cdn.example/\"\n\
+             [[route]]\nname = \"fonts\"\nkind = \"fonts\"\nprefix = \"/fonts/\"\n\
+             upstream = \"https://fonts.example/\"\n\
+             files_prefix = \"/fonts/files/\"\nfiles_upstream = \"https://files.example/\"\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let router = Router::new(&config);
+        let (cdn, _) = router.find("/cdn/a").unwrap();
+        let (fonts, _) = router.find("/fonts/css2").unwrap();
+        let css = || typed("text/css; charset=utf-8");
+        assert!(consistent(cdn, Rendition::AsSent, &typed("text/plain")));
+        assert!(!consistent(cdn, Rendition::AsSent, &typed("text/css")));
+        assert!(!consistent(cdn, Rendition::AsSent, &typed("Text/CSS")));
+        assert!(consistent(cdn, Rendition::Stylesheet, &css()));
+        assert!(!consistent(
+            cdn,
+            Rendition::Stylesheet,
+            &typed("text/plain")
+        ));
+        let mut coded = css();
+        coded.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        assert!(!consistent(cdn, Rendition::Stylesheet, &coded));
+        let mut two = css();
+        two.append(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(!consistent(cdn, Rendition::Stylesheet, &two));
+        // A fonts route's CSS side rewrites everything it serves, whatever its type.
+        assert!(!consistent(fonts, Rendition::AsSent, &typed("text/plain")));
+        assert!(consistent(fonts, Rendition::Stylesheet, &css()));
+        assert_eq!(rendition(cdn, &typed("text/css")), Rendition::Stylesheet);
+        assert_eq!(rendition(cdn, &typed("image/png")), Rendition::AsSent);
+    }
+}
