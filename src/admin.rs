@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use crate::body::{self, ProxyBody};
 use crate::proxy::{error_response, State};
 use crate::reload::Live;
+use crate::secret::Secret;
 
 /// The endpoints that change state, with the usage a wrong method is told. They answer POST
 /// only, so a GET or HEAD (a link, a prefetch, a crawler) never changes anything.
@@ -29,7 +30,7 @@ pub async fn handle(live: &Live, req: Request<Incoming>) -> Response<ProxyBody> 
             return method_not_allowed("POST", usage);
         }
         let state = live.load();
-        let token = state.config.admin.as_ref().and_then(|a| a.token.as_deref());
+        let token = state.config.admin.as_ref().and_then(|a| a.token.as_ref());
         if let Err(why) = not_from_another_site(&req, token.is_some()) {
             return forbidden(why);
         }
@@ -193,7 +194,7 @@ fn forbidden(why: CrossSite) -> Response<ProxyBody> {
 /// Whether a request may change things (reload, purge): always, unless `admin.token_file` is
 /// set; then only with `Authorization: Bearer <token>`. Reading (metrics, health) stays open
 /// for scrapers and probes.
-fn authorised<B>(token: Option<&[u8]>, req: &Request<B>) -> bool {
+fn authorised<B>(token: Option<&Secret>, req: &Request<B>) -> bool {
     let Some(token) = token else {
         return true;
     };
@@ -202,13 +203,8 @@ fn authorised<B>(token: Option<&[u8]>, req: &Request<B>) -> bool {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
         .unwrap_or(b"");
-    // Compare in constant time: the answer's timing must not reveal a prefix.
-    given.len() == token.len()
-        && given
-            .iter()
-            .zip(token.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    // In constant time: the answer's timing must not reveal a prefix.
+    token.matches(given)
 }
 
 fn unauthorised() -> Response<ProxyBody> {

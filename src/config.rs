@@ -14,8 +14,10 @@ use http::{HeaderName, HeaderValue, Uri};
 use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 use toml::Spanned;
+use zeroize::Zeroizing;
 
 use crate::policy::{self, Jurisdiction};
+use crate::secret::Secret;
 use crate::tls;
 
 /// Where `tamis` looks for its configuration when `--config` is not given, in order: the
@@ -224,15 +226,14 @@ pub struct TlsListen {
 pub struct AdminConfig {
     pub listen: SocketAddr,
     /// When set, `POST /reload` and `POST /cache/purge` need `Authorization: Bearer <token>`.
-    pub token: Option<Vec<u8>>,
+    pub token: Option<Secret>,
 }
 
 impl fmt::Debug for AdminConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never print the token.
         f.debug_struct("AdminConfig")
             .field("listen", &self.listen)
-            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("token", &self.token)
             .finish()
     }
 }
@@ -368,7 +369,7 @@ pub struct AnalyticsConfig {
     /// How often the pseudonym key changes.
     pub rotate: Duration,
     /// Shared secret for replicas that must agree on pseudonyms (read from `salt_file`).
-    pub salt: Option<Vec<u8>>,
+    pub salt: Option<Secret>,
     /// Largest request body accepted (413 above).
     pub max_body: usize,
     /// What goes in place of the visitor's address (only EU routes send one).
@@ -379,25 +380,26 @@ pub struct AnalyticsConfig {
     pub location: crate::geo::Precision,
     /// Distinct visitors a cell needs this period before it is released.
     pub min_visitors: usize,
-    /// Matomo's `token_auth`, read from `token_file` (never from a browser).
-    pub token: Option<String>,
+    /// Matomo's `token_auth`, read from `token_file` (never from a browser): letters and
+    /// digits, checked at load.
+    pub token: Option<Secret>,
 }
 
 impl fmt::Debug for AnalyticsConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never print the salt.
+        // The secrets print as what they are (Secret's Debug); the route's fingerprint adds
+        // the token's bytes itself (see Router::reloaded).
         f.debug_struct("AnalyticsConfig")
             .field("protocol", &self.protocol)
             .field("settings", &self.settings)
             .field("rotate", &self.rotate)
-            .field("salt", &self.salt.as_ref().map(|_| "<set>"))
+            .field("salt", &self.salt)
             .field("max_body", &self.max_body)
             .field("client_ip", &self.client_ip)
             .field("pseudonym_bits", &self.pseudonym_bits)
             .field("location", &self.location)
             .field("min_visitors", &self.min_visitors)
-            // Never print the token; a new one still makes a new route (its hash differs).
-            .field("token", &self.token.as_ref().map(|t| short_hash(t)))
+            .field("token", &self.token)
             .finish()
     }
 }
@@ -729,10 +731,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// Identifies a config text in metrics, logs and the transparency page.
 /// A non-reversible tag of a secret, so that a changed secret changes a route's Debug form.
-fn short_hash(secret: &str) -> String {
-    text_hash(secret)[..4].to_owned()
-}
-
 fn text_hash(text: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(text.as_bytes());
@@ -806,10 +804,11 @@ impl Validator<'_> {
     }
 
     /// The bytes of a secret file the config names (a token, a salt), or a problem naming
-    /// `key` when it cannot be read; what the bytes must hold is the caller's to check.
-    fn secret_file(&mut self, f: &Spanned<String>, key: &str) -> Option<Vec<u8>> {
+    /// `key` when it cannot be read; what the bytes must hold is the caller's to check, and
+    /// its messages never quote them. The buffer is wiped when dropped.
+    fn secret_file(&mut self, f: &Spanned<String>, key: &str) -> Option<Zeroizing<Vec<u8>>> {
         match std::fs::read(self.file(f.get_ref())) {
-            Ok(bytes) => Some(bytes),
+            Ok(bytes) => Some(Zeroizing::new(bytes)),
             Err(e) => {
                 self.problem(
                     Some(f.span()),
@@ -910,7 +909,7 @@ impl Validator<'_> {
             let token = a.token_file.as_ref().and_then(|f| {
                 let bytes = self.secret_file(f, "admin.token_file")?;
                 match std::str::from_utf8(&bytes).map(str::trim) {
-                    Ok(t) if t.len() >= 16 => Some(t.as_bytes().to_vec()),
+                    Ok(t) if t.len() >= 16 => Some(Secret::new("admin token", t)),
                     Ok(_) => {
                         self.problem(
                             Some(f.span()),
@@ -1653,7 +1652,7 @@ impl Validator<'_> {
                             );
                             return None;
                         }
-                        Some(bytes)
+                        Some(Secret::new("pseudonym salt", &bytes[..]))
                     });
                     use crate::geo::Precision;
                     use crate::routes::analytics::visitor::{ClientAddress, DEFAULT_BITS};
@@ -1744,7 +1743,7 @@ impl Validator<'_> {
                         if (1..=256).contains(&t.len())
                             && t.bytes().all(|b| b.is_ascii_alphanumeric())
                         {
-                            Some(t.to_owned())
+                            Some(Secret::new("operator token_auth", t))
                         } else {
                             self.problem(
                                 Some(f.span()),
@@ -2024,6 +2023,60 @@ upstream = "https://cdn.example/npm/"
             Ok(_) => panic!("config accepted"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn a_config_prints_its_secrets_by_name_and_its_errors_never_quote_a_secret_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        let (token, admin, salt) = (
+            "s3cr3tOperatorToken0123456789",
+            "s3cr3t-admin-token-0123456789",
+            "s3cr3t-pseudonym-salt-0123456789",
+        );
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             token_file = {:?}\n[[route]]\nname = \"m\"\nkind = \"matomo\"\nprefix = \"/m/\"\n\
+             upstream = \"https://matomo.example/\"\njurisdiction = \"eu\"\n\
+             client_ip = \"pseudonym\"\ntoken_file = {:?}\nsalt_file = {:?}\n",
+            file("admin", admin),
+            file("token", token),
+            file("salt", salt),
+        );
+        let c = parse(&text).unwrap();
+        let a = c.routes[0].analytics.as_ref().unwrap();
+        assert_eq!(a.token.as_ref().unwrap().expose(), token.as_bytes());
+        let shown = format!("{c:?} {c:#?}");
+        for secret in [token, admin, salt] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("<operator token_auth>"), "{shown}");
+        assert!(shown.contains("<admin token>"), "{shown}");
+        assert!(shown.contains("<pseudonym salt>"), "{shown}");
+        // Files that hold something else than they must: the messages say what is wrong,
+        // never what is there.
+        let bad = [
+            ("token", "s3cr3t-Operator-token!0123456789"),
+            ("admin", "s3cr3t-short"),
+            ("salt", "s3cr3t-salt"),
+        ];
+        for (name, content) in bad {
+            file(name, content);
+            let msg = problems(&text);
+            assert!(msg.contains("_file"), "{msg}");
+            assert!(!msg.contains(content) && !msg.contains("s3cr3t"), "{msg}");
+        }
+        std::fs::write(
+            dir.path().join("admin"),
+            b"s3cr3t-admin-token-\xff-0123456789",
+        )
+        .unwrap();
+        let msg = problems(&text);
+        assert!(!msg.contains("s3cr3t"), "{msg}");
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub mod reach;
 pub mod reload;
 pub mod report;
 pub mod routes;
+/// Operator secrets (admin token, salts, Matomo token_auth): a type whose Debug/Display redact.
+pub mod secret;
 pub mod server;
 pub mod status;
 pub mod tls;

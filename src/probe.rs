@@ -322,7 +322,12 @@ pub fn run(config: &Config, router: &Router, own_paths: &[&str], req: &ProbeRequ
                         .analytics
                         .as_ref()
                         .map_or(&[][..], |rt| &rt.settings.allow_event_params[..]);
-                    parameter_changes(p, &req.uri, &req.body, allowed)
+                    let mut changes = parameter_changes(p, &req.uri, &req.body, allowed);
+                    if let Some(added) = secret_added(&route, &wire) {
+                        notes.push("the operator's secrets are shown as placeholders such as <operator token_auth>: the real request has the secret in that place, and its Content-Length counts the secret instead");
+                        changes.push(added);
+                    }
+                    changes
                 }
                 _ => Vec::new(),
             };
@@ -500,6 +505,21 @@ fn header_changes(route: &Route, visitor: &HeaderMap, wire: &Http1Request) -> Ve
         });
     }
     out
+}
+
+/// The operator's Matomo token, when the request shown carries it: the dry run wrote its
+/// placeholder (never the token, see [`proxy::Secrets`]) where the real path writes the token.
+fn secret_added(route: &Route, wire: &Http1Request) -> Option<Change> {
+    let token = route.config.analytics.as_ref()?.token.as_ref()?;
+    let shown = token.placeholder();
+    let shown = shown.expose();
+    wire.body.windows(shown.len()).any(|w| w == shown).then(|| Change {
+        field: "body: token_auth".to_owned(),
+        change: "added",
+        rule: format!(
+            "{token}: the operator's token from token_file, which Matomo requires before it takes cip, country or region"
+        ),
+    })
 }
 
 /// The rule table of a protocol.

@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::metrics::{CacheResult, Metrics, RouteMetrics, UpstreamFailure, NO_ROUTE};
 use crate::routes::analytics::{self, Protocol};
 use crate::routes::{Role, Route, Router};
+use crate::secret::Secret;
 use crate::upstream::{Upstream, UpstreamBody, UpstreamError};
 
 mod respond;
@@ -382,7 +383,10 @@ pub(crate) fn dry_run(
                 gate: &empty,
                 geo: config.geo.as_deref(),
             };
-            prepare_analytics(route, rt, protocol, rest, visit, &keys, now)
+            // The operator's secrets stay out of the dry run altogether: it writes their
+            // placeholders where the real path writes them.
+            let secrets = Secrets::Placeholders;
+            prepare_analytics(route, rt, protocol, rest, visit, &keys, secrets, now)
                 .map(|(up, tally, _)| (up, Some(tally)))
         })
     } else {
@@ -682,7 +686,9 @@ pub(crate) struct Visit<'a> {
 /// address, synthetic or truncated, and the location), then the protocol's scrub of query and
 /// body, and the upstream URL. The real path calls it with the route's live `keys`
 /// (pseudonym key, location counts), the probe with throwaway ones, so anything added here
-/// reaches both. The tally says what the scrub did.
+/// reaches both; likewise the real path sends the operator's secrets, the probe their
+/// placeholders. The tally says what the scrub did.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn prepare_analytics(
     route: &Route,
     rt: &analytics::Runtime,
@@ -690,6 +696,7 @@ pub(crate) fn prepare_analytics(
     rest: &str,
     visit: &Visit<'_>,
     keys: &analytics::visitor::Keys<'_>,
+    secrets: Secrets,
     now: SystemTime,
 ) -> Result<(UpstreamRequest, analytics::Tally, crate::geo::Released), Refused> {
     let mut headers = route.scrub(visit.headers);
@@ -709,16 +716,24 @@ pub(crate) fn prepare_analytics(
         now,
     );
     analytics::visitor::add_headers(protocol, &visitor, &mut headers);
+    let token = route
+        .config
+        .analytics
+        .as_ref()
+        .and_then(|a| a.token.as_ref());
+    let placeholder = match secrets {
+        Secrets::Real => None,
+        Secrets::Placeholders => token.map(Secret::placeholder),
+    };
     let ctx = analytics::Context {
         settings: &rt.settings,
         pseudonyms: keys.pseudonyms,
         route: &route.config.name,
         visitor: &visitor,
-        matomo_token: route
-            .config
-            .analytics
-            .as_ref()
-            .and_then(|a| a.token.as_deref()),
+        matomo_token: match secrets {
+            Secrets::Real => token,
+            Secrets::Placeholders => placeholder.as_ref(),
+        },
     };
     let mut tally = analytics::Tally::default();
     let query = visit.uri.query().unwrap_or("");
@@ -762,6 +777,16 @@ pub(crate) fn prepare_analytics(
     Ok((up, tally, visitor.location))
 }
 
+/// Which operator secrets an upstream request is built with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Secrets {
+    /// The secrets themselves: the request is sent.
+    Real,
+    /// Their placeholders (`<operator token_auth>`): the request is shown (the probe), and the
+    /// secrets never enter it.
+    Placeholders,
+}
+
 /// An analytics tracking request: only the protocol's endpoints, body capped, query and body
 /// scrubbed per protocol, never cached; Umami's answer loses its session identifiers.
 async fn serve_analytics(
@@ -795,7 +820,7 @@ async fn serve_analytics(
         gate: &rt.gate,
         geo: state.config.geo.as_deref(),
     };
-    let prepared = prepare_analytics(route, rt, protocol, rest, &visit, &keys, now);
+    let prepared = prepare_analytics(route, rt, protocol, rest, &visit, &keys, Secrets::Real, now);
     let (up, tally, location) = match prepared {
         Ok(p) => p,
         Err(refused) => return refused.answer().with(CacheResult::Bypass, bypass()),

@@ -645,3 +645,204 @@ async fn on_sigterm_it_drains_first_healthz_503_while_requests_are_still_served(
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("draining"), "{log}");
 }
+
+/// The operator's secrets in the tests below, each distinctive enough that a leak is found.
+const MATOMO_TOKEN: &str = "s3cr3tOperatorToken0123456789";
+const ADMIN_TOKEN: &str = "s3cr3t-admin-token-0123456789";
+const SALT: &str = "s3cr3t-pseudonym-salt-0123456789";
+
+/// Writes the three secret files into `dir`; returns the config lines of an admin listener on
+/// `admin` needing the admin token, and of two EU Matomo routes sending a synthetic address
+/// (so every request they forward carries the Matomo token): `/m/` to `up`, `/down/` to a port
+/// where nothing listens.
+fn secret_config(dir: &Path, admin: u16, up: &str) -> String {
+    let file = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let (token, admin_token, salt) = (
+        file("matomo.token", &format!("{MATOMO_TOKEN}\n")),
+        file("admin.token", ADMIN_TOKEN),
+        file("salt", SALT),
+    );
+    let matomo = |name: &str, prefix: &str, upstream: &str| {
+        format!(
+            "[[route]]\nname = \"{name}\"\nkind = \"matomo\"\nprefix = \"{prefix}\"\n\
+             upstream = \"{upstream}\"\njurisdiction = \"eu\"\nclient_ip = \"pseudonym\"\n\
+             token_file = {token:?}\nsalt_file = {salt:?}\n\n"
+        )
+    };
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken_file = {admin_token:?}\n\n\
+         [transparency]\nprobe = true\n\n{}{}",
+        matomo("matomo", "/m/", up),
+        matomo(
+            "down",
+            "/down/",
+            &format!("http://127.0.0.1:{}/", free_port())
+        ),
+    )
+}
+
+/// Asserts that `text` holds none of the operator's secrets.
+fn assert_no_secret(text: &str, what: &str) {
+    for secret in [MATOMO_TOKEN, ADMIN_TOKEN, SALT] {
+        assert!(!text.contains(secret), "{what} holds {secret}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn no_log_line_or_answer_holds_an_operator_secret_even_at_debug_level() {
+    let up = Upstream::http(|_| Reply::ok("").header("cache-control", "no-store")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ndrain = \"0s\"\nshutdown_timeout = \"2s\"\n{}",
+        secret_config(dir.path(), admin_port, &up.url("/"))
+    );
+    let path = write(dir.path(), &text);
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(admin).await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "tamis did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut answers = Vec::new();
+    let track = "/matomo.php?idsite=1&rec=1&url=https%3A%2F%2Fsite.example%2Fa&_id=0123456789abcdef&token_auth=browser";
+    // Forwarded: the upstream gets the token (so it was loaded, and is there to leak).
+    let a = get(
+        addr,
+        &format!("/m{track}"),
+        &[("user-agent", "Mozilla/5.0 Firefox/133.0")],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let seen = up.last();
+    assert!(
+        String::from_utf8_lossy(&seen.body).contains(&format!("token_auth={MATOMO_TOKEN}")),
+        "{seen:?}"
+    );
+    answers.push(a);
+    // Bulk, malformed (logged at debug), and an upstream that cannot be reached (an error).
+    let bulk = r#"{"requests":["?idsite=1&rec=1&url=https%3A%2F%2Fsite.example%2Fb&_id=0123456789abcdef"]}"#;
+    let post = |path: &'static str, body: &'static str| {
+        let req = http::Request::post(path)
+            .header("host", "site.example")
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        send(addr, req)
+    };
+    answers.push(post("/m/matomo.php", bulk).await);
+    answers.push(post("/m/matomo.php", "{\"requests\": 3}").await);
+    assert_eq!(answers.last().unwrap().status, 400);
+    answers.push(get(addr, "/m/matomo.php?idsite=1&url=%zz", &[]).await);
+    assert_eq!(answers.last().unwrap().status, 400);
+    answers.push(get(addr, &format!("/down{track}"), &[]).await);
+    assert_eq!(answers.last().unwrap().status, 502);
+    answers.push(post("/.well-known/tamis/probe", "").await);
+    let probe = serde_json::json!({ "path": format!("/m{track}") }).to_string();
+    let req = http::Request::post("/.well-known/tamis/probe")
+        .header("host", "site.example")
+        .body(http_body_util::Full::new(bytes::Bytes::from(probe)))
+        .unwrap();
+    answers.push(send(addr, req).await);
+    for page in ["/.well-known/tamis", "/.well-known/tamis?format=json"] {
+        answers.push(get(addr, page, &[]).await);
+    }
+    for page in ["/status", "/status?format=json", "/metrics"] {
+        let a = get(admin, page, &[]).await;
+        assert_eq!(a.status, 200, "{page}");
+        answers.push(a);
+    }
+    // Reloads: refused without the token and with a wrong one, done with it, refused (and
+    // logged as an error) when a secret file holds something it must not.
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    for auth in ["Bearer s3cr3t-admin-token-0123456788", bearer.as_str()] {
+        answers.push(
+            request(
+                admin,
+                http::Method::POST,
+                "/reload",
+                &[("authorization", auth)],
+            )
+            .await,
+        );
+    }
+    assert_eq!(answers.last().unwrap().status, 200);
+    std::fs::write(
+        dir.path().join("matomo.token"),
+        format!("{MATOMO_TOKEN}-{SALT}"),
+    )
+    .unwrap();
+    let a = request(
+        admin,
+        http::Method::POST,
+        "/reload",
+        &[("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(a.status, 409, "{}", a.text());
+    answers.push(a);
+
+    let out = terminate(child).await;
+    let log = String::from_utf8_lossy(&out.stderr);
+    // Debug lines were written (the malformed request's), and the errors.
+    assert!(log.contains("tracking request refused"), "{log}");
+    assert!(log.contains("upstream request failed"), "{log}");
+    assert!(log.contains("config reload refused"), "{log}");
+    assert_no_secret(&log, "the log");
+    for a in &answers {
+        assert_no_secret(&a.text(), &format!("an answer ({})", a.status));
+    }
+}
+
+#[test]
+fn check_and_its_errors_name_the_secret_files_never_their_contents() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{}",
+        secret_config(dir.path(), 0, "https://matomo.example/")
+    );
+    let path = write(dir.path(), &text);
+    let (ok, out, err) = check(&path);
+    assert!(ok, "{err}");
+    assert!(out.contains("route matomo (matomo)"), "{out}");
+    assert_no_secret(&out, "tamis check");
+    assert_no_secret(&err, "tamis check's stderr");
+    // Files holding what they must not: the errors name the file and the rule.
+    std::fs::write(
+        dir.path().join("matomo.token"),
+        format!("{MATOMO_TOKEN}-{SALT}"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("admin.token"), "s3cr3t").unwrap();
+    let (ok, out, err) = check(&path);
+    assert!(!ok, "{out}");
+    assert!(err.contains("token_file"), "{err}");
+    assert_no_secret(&format!("{out}{err}"), "tamis check's refusal");
+    assert!(!err.contains("s3cr3t"), "{err}");
+    // The server refuses to start with the same words.
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("admin.token_file"), "{err}");
+    assert!(!err.contains("s3cr3t"), "{err}");
+}

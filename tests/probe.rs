@@ -675,3 +675,173 @@ fn the_command_prints_the_request_and_exits_by_outcome() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid JSON"));
 }
+
+/// An operator's Matomo token: letters and digits, as Matomo's are (the config checks).
+const TOKEN: &str = "s3cr3tOperatorToken0123456789";
+const PLACEHOLDER: &str = "<operator token_auth>";
+
+/// An EU Matomo route that sends a synthetic visitor address (cip), which Matomo only takes
+/// with the operator's token: every tracking request it forwards carries the token.
+fn token_config(up: &RawUpstream, token_file: &std::path::Path) -> String {
+    format!(
+        "{LISTEN}[transparency]\nprobe = true\n\n[[route]]\nname = \"matomo\"\nkind = \"matomo\"\n\
+         prefix = \"/mt/\"\nupstream = \"{}\"\njurisdiction = \"eu\"\nclient_ip = \"pseudonym\"\n\
+         token_file = {:?}\n",
+        up.url("/"),
+        token_file.display().to_string()
+    )
+}
+
+/// The request the upstream received with the token replaced by the placeholder, and its
+/// Content-Length counting the placeholder: what the probe must show, byte for byte.
+fn with_placeholder(sent: &str) -> String {
+    let (head, body) = sent.split_once("\r\n\r\n").unwrap();
+    let body = body.replace(TOKEN, PLACEHOLDER);
+    let head: Vec<String> = head
+        .split("\r\n")
+        .map(|l| match l.strip_prefix("content-length: ") {
+            Some(_) => format!("content-length: {}", body.len()),
+            None => l.to_owned(),
+        })
+        .collect();
+    format!("{}\r\n\r\n{body}", head.join("\r\n"))
+}
+
+#[tokio::test]
+async fn the_probe_shows_a_placeholder_for_the_matomo_token_where_the_real_request_has_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("matomo.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let up = RawUpstream::start().await;
+    let t = Tamis::start(&token_config(&up, &token_file)).await;
+    let get = fixture("matomo-track-get.txt");
+    let target = get.split_whitespace().nth(1).unwrap();
+    let form = target.split_once('?').unwrap().1;
+    // Name, method, path, Content-Type, body, and the token's place as the probe shows it.
+    let cases = [
+        (
+            "GET (sent as a form POST)",
+            "GET",
+            format!("/mt{target}"),
+            None,
+            String::new(),
+            "token_auth=<operator token_auth>",
+        ),
+        (
+            "form POST",
+            "POST",
+            "/mt/matomo.php".into(),
+            Some("application/x-www-form-urlencoded"),
+            form.to_owned(),
+            "token_auth=<operator token_auth>",
+        ),
+        (
+            "bulk POST",
+            "POST",
+            "/mt/matomo.php".into(),
+            Some("application/json"),
+            fixture("matomo-bulk.json"),
+            "\"token_auth\":\"<operator token_auth>\"",
+        ),
+    ];
+    for (name, method, path, content_type, body, shown_token) in cases {
+        let extra: Vec<_> = content_type
+            .map(|c| ("content-type", c))
+            .into_iter()
+            .collect();
+        let headers = browser(&extra);
+        let input = serde_json::json!({
+            "method": method, "path": path, "headers": headers, "body": body,
+        });
+        let a = probe_raw(&t, input.to_string()).await;
+        assert_eq!(a.status, 200, "{name}: {}", a.text());
+        // Nowhere in the answer: not in the body, the bytes, the changes or the notes.
+        let text = a.text();
+        assert!(
+            !text.contains(TOKEN),
+            "{name}: the probe shows the token: {text}"
+        );
+        let p: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+        let shown = p["upstream"]["http1"].as_str().unwrap();
+        assert!(shown.contains(shown_token), "{name}: {shown}");
+        let body_shown = p["upstream"]["body"].as_str().unwrap();
+        assert!(body_shown.contains(shown_token), "{name}: {body_shown}");
+        let added: Vec<&serde_json::Value> = p["parameter_changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["field"] == "body: token_auth" && c["change"] == "added")
+            .collect();
+        assert_eq!(added.len(), 1, "{name}: {:#}", p["parameter_changes"]);
+        assert!(
+            added[0]["rule"].as_str().unwrap().contains(PLACEHOLDER),
+            "{name}: {:#}",
+            added[0]
+        );
+
+        // The real request carries the token in that very place: with the placeholder put
+        // back (and the length it changes), the bytes are the probe's but for pseudonyms.
+        let before = up.count();
+        let a = real(&t, method, &path, &headers, &body).await;
+        assert_eq!(up.count(), before + 1, "{name}: {} {}", a.status, a.text());
+        let sent = String::from_utf8(up.last()).unwrap();
+        assert!(
+            sent.contains(TOKEN),
+            "{name}: the upstream got no token: {sent}"
+        );
+        assert!(!sent.contains(PLACEHOLDER), "{name}: {sent}");
+        let expected = with_placeholder(&sent);
+        let pseudonyms = ["_id", "cid", "pv_id", "cip"];
+        let (shown_masked, shown_values) = mask(shown, &pseudonyms);
+        let (expected_masked, _) = mask(&expected, &pseudonyms);
+        assert!(!shown_values.is_empty(), "{name}");
+        assert_eq!(shown_masked, expected_masked, "{name}");
+    }
+}
+
+#[test]
+fn the_probe_command_shows_a_placeholder_for_the_matomo_token() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("matomo.token"), TOKEN).unwrap();
+    let config = dir.path().join("tamis.toml");
+    // A relative token_file: read beside the config. Nothing listens upstream: the command
+    // never connects anywhere.
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[route]]\nname = \"matomo\"\nkind = \"matomo\"\n\
+         prefix = \"/mt/\"\nupstream = \"https://matomo.example/\"\njurisdiction = \"eu\"\n\
+         client_ip = \"pseudonym\"\ntoken_file = \"matomo.token\"\n",
+    )
+    .unwrap();
+    let get = fixture("matomo-track-get.txt");
+    let target = get.split_whitespace().nth(1).unwrap();
+    let request = dir.path().join("request");
+    std::fs::write(
+        &request,
+        format!("GET /mt{target} HTTP/1.1\r\nHost: site.example\r\nUser-Agent: {UA}\r\n\r\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tamis"))
+        .args(["probe", "--config"])
+        .arg(&config)
+        .arg(&request)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        !stdout.contains(TOKEN),
+        "the command shows the token: {stdout}"
+    );
+    assert!(!stderr.contains(TOKEN), "{stderr}");
+    let p: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let http1 = p["upstream"]["http1"].as_str().unwrap();
+    assert!(
+        http1.starts_with("POST /matomo.php HTTP/1.1\r\n")
+            && http1.ends_with("&token_auth=<operator token_auth>"),
+        "{http1}"
+    );
+}

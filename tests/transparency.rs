@@ -294,3 +294,68 @@ async fn the_json_counts_what_each_route_did_and_the_page_links_to_the_probe() {
         .text()
         .contains("/probe"));
 }
+
+#[tokio::test]
+async fn the_page_and_the_status_page_never_show_an_operator_secret() {
+    let up = Upstream::http(|_| Reply::ok("").header("cache-control", "no-store")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (token, admin_token, salt) = (
+        "s3cr3tOperatorToken0123456789",
+        "s3cr3t-admin-token-0123456789",
+        "s3cr3t-pseudonym-salt-0123456789",
+    );
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    // An EU Matomo route sending a synthetic address: it forwards the operator's token.
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndrain = \"0s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         token_file = {:?}\n\n[transparency]\nprobe = true\n\n\
+         [[route]]\nname = \"matomo\"\nkind = \"matomo\"\nprefix = \"/m/\"\nupstream = \"{}\"\n\
+         jurisdiction = \"eu\"\nclient_ip = \"pseudonym\"\ntoken_file = {:?}\nsalt_file = {:?}\n",
+        file("admin.token", admin_token),
+        up.url("/"),
+        file("matomo.token", token),
+        file("salt", salt),
+    );
+    let t = Tamis::start(&config).await;
+    let a = t
+        .get("/m/matomo.php?idsite=1&rec=1&url=https%3A%2F%2Fsite.example%2F&_id=0123456789abcdef")
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert!(
+        String::from_utf8_lossy(&up.last().body).contains(token),
+        "the upstream got no token"
+    );
+    let admin = t.admin.unwrap();
+    let auth = format!("Bearer {admin_token}");
+    let reloaded = request(
+        admin,
+        http::Method::POST,
+        "/reload",
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    let mut pages = vec![reloaded];
+    for page in ["/.well-known/tamis", "/.well-known/tamis?format=json"] {
+        pages.push(t.get(page).await);
+    }
+    for page in ["/status", "/status?format=json", "/metrics"] {
+        pages.push(get(admin, page, &[]).await);
+    }
+    for p in &pages {
+        assert_eq!(p.status, 200);
+        let text = p.text();
+        // Each page describes the route (the reload's answer names the new config's hash).
+        assert!(
+            text.contains("matomo") || text.contains("reloaded"),
+            "{text}"
+        );
+        for secret in [token, admin_token, salt] {
+            assert!(!text.contains(secret), "shows {secret}: {text}");
+        }
+    }
+}

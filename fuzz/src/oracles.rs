@@ -730,7 +730,10 @@ impl Default for Analytics {
             },
             pseudonyms: Pseudonymizer::new(
                 Duration::from_secs(86400),
-                Some(b"0123456789abcdef".to_vec()),
+                Some(tamis::secret::Secret::new(
+                    "pseudonym salt",
+                    "0123456789abcdef",
+                )),
             ),
             now: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
         }

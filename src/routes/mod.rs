@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use crate::cache;
 use crate::config::{Config, RouteConfig, RouteKind, UpstreamBase};
 use crate::policy::{RequestPolicy, ResponseKind};
+use crate::secret::Secret;
 
 pub use confine::Confinement;
 
@@ -288,9 +289,14 @@ impl Router {
             let fingerprint = |role: Role, prefix: &str| {
                 use std::hash::{Hash, Hasher};
                 let mut h = std::collections::hash_map::DefaultHasher::new();
-                // The route's own settings (its Debug form names every one, secrets elided),
-                // plus the global ones that reach its upstream requests or its lifetimes.
+                // The route's own settings (its Debug form names every one, secrets only by
+                // what they are), plus the global ones that reach its upstream requests or its
+                // lifetimes.
                 format!("{rc:?}").hash(&mut h);
+                // A new Matomo token changes what the route sends: a new route. Hashed here,
+                // in memory, rather than shown in any form (the id is never printed).
+                let token = rc.analytics.as_ref().and_then(|a| a.token.as_ref());
+                token.map(Secret::expose).hash(&mut h);
                 format!("{role:?}").hash(&mut h);
                 prefix.hash(&mut h);
                 config.upstream.user_agent.as_bytes().hash(&mut h);
@@ -526,6 +532,34 @@ mod tests {
             ga2.analytics.as_ref().unwrap(),
             ga3.analytics.as_ref().unwrap()
         ));
+    }
+
+    #[test]
+    fn a_new_matomo_token_makes_a_new_route_though_its_debug_form_is_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"m\"\nkind = \"matomo\"\n\
+             prefix = \"/m/\"\nupstream = \"https://matomo.example/\"\ntoken_file = {:?}\n",
+            token.display()
+        );
+        let load = |t: &str| {
+            std::fs::write(&token, t).unwrap();
+            Config::parse(&text, Path::new("t.toml")).unwrap()
+        };
+        let (one, same, other) = (
+            load("tokenOne0001"),
+            load("tokenOne0001"),
+            load("tokenTwo0002"),
+        );
+        assert_eq!(
+            format!("{:?}", one.routes[0]),
+            format!("{:?}", other.routes[0])
+        );
+        let first = Router::new(&one);
+        let id = |c: &Config| Router::reloaded(c, Some(&first)).routes()[0].cache_id;
+        assert_eq!(first.routes()[0].cache_id, id(&same));
+        assert_ne!(first.routes()[0].cache_id, id(&other));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use super::{
     generalise_user_agent, host_of, parse_query, primary_language, same_site_referrer,
     scrub_page_url, to_query, Context, Outcome, ScrubError, Tally,
 };
+use crate::secret::Secret;
 
 /// The parameter table (`tamis check` prints it).
 pub const RULES: &[(&str, Outcome, &str)] = &[
@@ -340,10 +341,27 @@ fn scrub_alone(
 }
 
 /// The operator's token, when there is something of the visitor that needs it.
-fn token<'a>(ctx: &Context<'a>) -> Option<&'a str> {
+fn token<'a>(ctx: &Context<'a>) -> Option<&'a Secret> {
     let v = ctx.visitor;
     let any = v.cip.is_some() || v.location.country.is_some();
     ctx.matomo_token.filter(|_| any)
+}
+
+/// The token as its value is written. A real one is letters and digits (checked at load),
+/// which form encoding leaves as they are; the probe's placeholder is written as it is, so the
+/// request it shows reads `token_auth=<operator token_auth>` where the token would be.
+fn token_text(t: &Secret) -> String {
+    if t.is_placeholder() {
+        String::from_utf8_lossy(t.expose()).into_owned()
+    } else {
+        form_urlencoded::byte_serialize(t.expose()).collect()
+    }
+}
+
+/// A form with the token added last.
+fn with_token(form: String, t: &Secret) -> String {
+    let sep = if form.is_empty() { "" } else { "&" };
+    format!("{form}{sep}token_auth={}", token_text(t))
 }
 
 /// Scrubs a tracking request: its query, and its body if any. A form body is read as Matomo
@@ -359,12 +377,11 @@ pub fn scrub(
 ) -> Result<(String, Vec<u8>), ScrubError> {
     let text = std::str::from_utf8(body).map_err(|_| ScrubError::Body("not UTF-8".into()))?;
     if body.is_empty() {
-        let mut params = scrub_request(query, ctx, now, tally)?;
+        let params = scrub_request(query, ctx, now, tally)?;
         // The token never goes in a URL (access logs keep URLs): the request becomes the
         // equivalent form body, which the caller sends as a POST.
         if let (Some(t), false) = (token(ctx), params.is_empty()) {
-            params.push(("token_auth".to_owned(), t.to_owned()));
-            return Ok((String::new(), to_query(&params).into_bytes()));
+            return Ok((String::new(), with_token(to_query(&params), t).into_bytes()));
         }
         return Ok((to_query(&params), Vec::new()));
     }
@@ -389,7 +406,7 @@ pub fn scrub(
     let mut post = scrub_params(post, &page, ctx, now, tally);
     if let Some(t) = token(ctx) {
         post.extend(super::visitor::matomo_params(ctx.visitor));
-        post.push(("token_auth".to_owned(), t.to_owned()));
+        return Ok((q, with_token(to_query(&post), t).into_bytes()));
     }
     Ok((q, to_query(&post).into_bytes()))
 }
@@ -437,7 +454,7 @@ pub fn scrub_body(
     if let (Some(t), Some(o)) = (token(ctx), bulk.as_object_mut()) {
         o.insert(
             "token_auth".to_owned(),
-            serde_json::Value::String(t.to_owned()),
+            serde_json::Value::String(token_text(t)),
         );
     }
     Ok(bulk.to_string().into_bytes())

@@ -20,6 +20,8 @@ use hmac::{Hmac, Mac};
 use serde_json::value::RawValue;
 use sha2::Sha256;
 
+use crate::secret::Secret;
+
 /// The analytics protocols tamis speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -166,8 +168,8 @@ pub struct Context<'a> {
     /// parameters.
     pub visitor: &'a visitor::Visitor,
     /// The operator's Matomo `token_auth` (from `token_file`), which Matomo requires before it
-    /// accepts `cip`, `country` or `region`.
-    pub matomo_token: Option<&'a str>,
+    /// accepts `cip`, `country` or `region`; in a probe, its placeholder.
+    pub matomo_token: Option<&'a Secret>,
 }
 
 /// Parses a query string or form body strictly: bad percent-encoding and parameter floods are
@@ -503,7 +505,7 @@ pub struct Pseudonymizer {
     period: Duration,
     /// With a salt file (multi-replica setups), each period's key is derived from it, so
     /// replicas agree; without, it is random.
-    secret: Option<Vec<u8>>,
+    secret: Option<Secret>,
     /// The period index, the HMAC already keyed for it (cloned per pseudonym), and the
     /// SipHash key derived from it for [`derived`](Self::derived) values.
     state: Mutex<(u64, Option<HmacSha256>, [u8; 16])>,
@@ -513,7 +515,7 @@ type HmacSha256 = Hmac<Sha256>;
 
 impl Pseudonymizer {
     /// A pseudonymizer rotating every `period` (aligned on the Unix epoch).
-    pub fn new(period: Duration, secret: Option<Vec<u8>>) -> Pseudonymizer {
+    pub fn new(period: Duration, secret: Option<Secret>) -> Pseudonymizer {
         Pseudonymizer {
             period: period.max(Duration::from_secs(1)),
             secret,
@@ -542,7 +544,7 @@ impl Pseudonymizer {
         if state.0 != index || state.1.is_none() {
             let key = match &self.secret {
                 Some(secret) => {
-                    let Ok(mut mac) = HmacSha256::new_from_slice(secret) else {
+                    let Ok(mut mac) = HmacSha256::new_from_slice(secret.expose()) else {
                         return None;
                     };
                     mac.update(b"tamis-pseudonym-period");
@@ -1236,8 +1238,14 @@ mod tests {
             "keys are random per process"
         );
         // With a shared salt, replicas agree (and still rotate).
-        let r1 = Pseudonymizer::new(Duration::from_secs(86400), Some(b"shared".to_vec()));
-        let r2 = Pseudonymizer::new(Duration::from_secs(86400), Some(b"shared".to_vec()));
+        let r1 = Pseudonymizer::new(
+            Duration::from_secs(86400),
+            Some(Secret::new("pseudonym salt", "shared")),
+        );
+        let r2 = Pseudonymizer::new(
+            Duration::from_secs(86400),
+            Some(Secret::new("pseudonym salt", "shared")),
+        );
         assert_eq!(
             r1.pseudonym("m", "3", "x", day),
             r2.pseudonym("m", "3", "x", day)
