@@ -240,13 +240,24 @@ fn disclose_route(route: &Route) -> RouteDisclosure {
         });
     }
     let kind = route.response_kind();
-    let response_allowed = kind
-        .allowlist()
-        .map(|(name, _, why)| HeaderRow {
-            header: display_name(name),
-            value: (*why).to_owned(),
-        })
-        .collect();
+    // A tracking endpoint's answer is tamis's own: no upstream header passes at all.
+    let tracking = matches!(route.role, Role::Analytics(_));
+    let response_allowed = if tracking {
+        analytics::answer::HEADERS
+            .iter()
+            .map(|(name, why)| HeaderRow {
+                header: display_name(name),
+                value: (*why).to_owned(),
+            })
+            .collect()
+    } else {
+        kind.allowlist()
+            .map(|(name, _, why)| HeaderRow {
+                header: display_name(name),
+                value: (*why).to_owned(),
+            })
+            .collect()
+    };
     let response_removed = grouped(
         RESPONSE_STRIPPED
             .iter()
@@ -269,6 +280,8 @@ fn disclose_route(route: &Route) -> RouteDisclosure {
             "X-Content-Type-Options: nosniff on every answer (no body is read as another type than it states)"
                 .to_owned(),
         );
+    }
+    if kind != ResponseKind::PassThrough && !tracking {
         response_notes.push(if route.role == Role::FontCss {
             "every answer is a stylesheet: rewritten (URLs mapped or blocked), UTF-8, or a 502".to_owned()
         } else {
@@ -285,10 +298,14 @@ fn disclose_route(route: &Route) -> RouteDisclosure {
         );
         response_notes.push("Content-Security-Policy: report-uri and report-to removed".to_owned());
     }
-    response_notes.push(format!(
-        "Location: mapped back under {}; a redirect anywhere else is answered 502",
-        c.prefix
-    ));
+    if tracking {
+        response_notes.push(analytics::answer::DISCLOSURE.to_owned());
+    } else {
+        response_notes.push(format!(
+            "Location: mapped back under {}; a redirect anywhere else is answered 502",
+            c.prefix
+        ));
+    }
     let analytics = match (&route.analytics, &c.analytics) {
         (Some(rt), Some(a)) => Some(disclose_analytics(rt.protocol, a)),
         _ => None,

@@ -5,6 +5,7 @@
 //! Each protocol module holds its parameter table (what is kept, pseudonymised, generalised or
 //! dropped) and pure functions over it; this module holds the rules they share.
 
+pub mod answer;
 pub mod ga4;
 pub mod matomo;
 pub mod plausible;
