@@ -3,7 +3,8 @@
 //!
 //! The address is looked up in memory in an operator-supplied MaxMind-format database
 //! (GeoLite2, DB-IP Lite), never logged or stored. A region is released only once enough
-//! distinct pseudonymous visitors were seen in it during the current rotation period (the
+//! distinct subscribers (a keyed hash of the IPv4 address or IPv6 /64, nothing a request says)
+//! were seen in it during the current rotation period (the
 //! regulator's "geographic mesh ensuring a minimum number of users per cell"); below that the
 //! country is released, and a country below the threshold gives nothing.
 
@@ -187,7 +188,7 @@ struct GateState {
 }
 
 enum Cell {
-    /// Fewer than `min_visitors` distinct visitors so far (their keyed hashes).
+    /// Fewer than `min_visitors` distinct subscribers so far (their keyed hashes).
     Counting(Vec<u64>),
     /// At least `min_visitors`: released for the rest of the period.
     Open,

@@ -700,6 +700,13 @@ pub(crate) fn prepare_analytics(
     now: SystemTime,
 ) -> Result<(UpstreamRequest, analytics::Tally, crate::geo::Released), Refused> {
     let mut headers = route.scrub(visit.headers);
+    // tamis reads some protocols' answers for a few typed fields: unencoded, or not at all.
+    if analytics::answer::wants_identity(protocol) {
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
     // What the upstream may learn of the visitor besides the payload (address, location):
     // worked out here from the real address, which goes no further.
     let visitor = analytics::visitor::observe(
@@ -788,7 +795,9 @@ pub(crate) enum Secrets {
 }
 
 /// An analytics tracking request: only the protocol's endpoints, body capped, query and body
-/// scrubbed per protocol, never cached; Umami's answer loses its session identifiers.
+/// scrubbed per protocol, never cached. The browser gets tamis's own answer
+/// ([`analytics::answer`]): the upstream's status (from a short list, else its class's
+/// fallback) and a fixed body or a few typed fields, never the upstream's bytes or headers.
 async fn serve_analytics(
     state: &State,
     route: &Route,
@@ -830,51 +839,66 @@ async fn serve_analytics(
     if rt.location != crate::geo::Precision::None {
         rm.location(&location);
     }
-    if protocol != Protocol::Umami {
-        return forward(state, route, up.into_request(), false)
-            .await
-            .with(CacheResult::Bypass, bypass());
-    }
-    // Umami answers with session identifiers: read the (small) answer and remove them.
-    let mut request = up.to_request();
+    let bulk = protocol == Protocol::Matomo
+        && std::str::from_utf8(&body).is_ok_and(analytics::matomo::is_bulk);
+    let success = analytics::answer::Success::of(protocol, bulk);
+    let mut request = up.into_request();
     let (resp, _permit) = match send(state, route, &mut request).await {
         Ok(r) => r,
         Err(e) => return upstream_failed(&e).with(CacheResult::Bypass, bypass()),
     };
     let (parts, incoming) = resp.into_parts();
-    let Some(mut headers) = scrub_response(state, route, &up.parts.uri, parts.headers) else {
-        return Answer::plain(StatusCode::BAD_GATEWAY, "upstream redirected elsewhere\n");
-    };
-    let answer = match tokio::time::timeout(
+    // Read (capped, within the timeout) even when unused, so the connection can be reused; an
+    // encoded answer is not decoded: unreadable, the minimal answer goes.
+    let read = tokio::time::timeout(
         state.upstream.timeout(),
-        body::read_limited(incoming, 64 * 1024),
+        body::read_limited(incoming, analytics::answer::MAX_ANSWER),
     )
-    .await
-    {
-        Ok(Ok(b)) => analytics::umami::scrub_answer(&b),
-        _ => {
-            return Answer::plain(StatusCode::BAD_GATEWAY, "upstream answer unreadable\n")
-                .with(CacheResult::Bypass, bypass())
-        }
+    .await;
+    let unencoded = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let read = match read {
+        Ok(Ok(b)) if unencoded && success.reads_body() => Some(b),
+        _ => None,
     };
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::CONTENT_ENCODING);
-    // The answer is tamis's own serialisation: typed as what it is, whatever the upstream said.
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(answer.len()));
-    let mut response = Response::new(body::full(Bytes::from(answer)));
-    *response.status_mut() = parts.status;
-    *response.headers_mut() = headers;
+    let own = analytics::answer::answer(success, parts.status, read.as_deref());
     Answer {
-        response,
+        response: analytics_response(own),
         route: None,
         cache: None,
         cache_status: None,
     }
     .with(CacheResult::Bypass, bypass())
+}
+
+/// The response for tamis's own answer to a tracking request: its status, type and body, and
+/// headers of tamis's own only (no upstream header passes: any could carry an echo).
+fn analytics_response(own: analytics::answer::Own) -> Response<ProxyBody> {
+    let analytics::answer::Own {
+        status,
+        content_type,
+        body: bytes,
+    } = own;
+    let length = bytes.len();
+    let mut response = Response::new(body::full(bytes));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    if let Some(ct) = content_type {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    }
+    // A 204 carries no Content-Length (RFC 9110 §8.6).
+    if status != StatusCode::NO_CONTENT {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    // Each hit is its own: a cached answer would keep an image hit from being sent again.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 /// The site a request was made to (its host, lower-case, without a port): part of a visitor's

@@ -240,13 +240,24 @@ fn disclose_route(route: &Route) -> RouteDisclosure {
         });
     }
     let kind = route.response_kind();
-    let response_allowed = kind
-        .allowlist()
-        .map(|(name, _, why)| HeaderRow {
-            header: display_name(name),
-            value: (*why).to_owned(),
-        })
-        .collect();
+    // A tracking endpoint's answer is tamis's own: no upstream header passes at all.
+    let tracking = matches!(route.role, Role::Analytics(_));
+    let response_allowed = if tracking {
+        analytics::answer::HEADERS
+            .iter()
+            .map(|(name, why)| HeaderRow {
+                header: display_name(name),
+                value: (*why).to_owned(),
+            })
+            .collect()
+    } else {
+        kind.allowlist()
+            .map(|(name, _, why)| HeaderRow {
+                header: display_name(name),
+                value: (*why).to_owned(),
+            })
+            .collect()
+    };
     let response_removed = grouped(
         RESPONSE_STRIPPED
             .iter()
@@ -269,6 +280,8 @@ fn disclose_route(route: &Route) -> RouteDisclosure {
             "X-Content-Type-Options: nosniff on every answer (no body is read as another type than it states)"
                 .to_owned(),
         );
+    }
+    if kind != ResponseKind::PassThrough && !tracking {
         response_notes.push(if route.role == Role::FontCss {
             "every answer is a stylesheet: rewritten (URLs mapped or blocked), UTF-8, or a 502".to_owned()
         } else {
@@ -285,28 +298,32 @@ fn disclose_route(route: &Route) -> RouteDisclosure {
         );
         response_notes.push("Content-Security-Policy: report-uri and report-to removed".to_owned());
     }
-    response_notes.push(format!(
-        "Location: mapped back under {}; a redirect anywhere else is answered 502",
-        c.prefix
-    ));
-    if c.cache.enabled && route.analytics.is_none() {
-        let refreshed: Vec<String> = crate::policy::REFRESHED_BY_NOT_MODIFIED
-            .iter()
-            .map(|(n, _)| display_name(n))
-            .collect();
-        response_notes.push(if kind == ResponseKind::PassThrough {
-            "answers from the cache (hit, stale, coalesced, HEAD, range) carry the stored headers; an upstream 304 updates those it carries but Content-Length (RFC 9111 §3.2), filtered as a fresh answer's".to_owned()
-        } else {
-            format!(
-            "answers from the cache (hit, stale, coalesced, HEAD, range) carry the stored headers, filtered as a fresh answer's; an upstream 304 changes only {}: how the body is read (Content-Type, Content-Encoding, …) and whether it was rewritten stay as stored",
-            refreshed.join(", ")
-        )
-        });
-        response_notes.push(if kind == ResponseKind::PassThrough {
-            "Set-Cookie: withheld; an answer that sets one is not stored (the visitor's cookies reach this upstream)".to_owned()
-        } else {
-            "Set-Cookie: withheld, and the answer stored all the same (no visitor cookie ever reaches this upstream)".to_owned()
-        });
+    if tracking {
+        response_notes.push(analytics::answer::DISCLOSURE.to_owned());
+    } else {
+        response_notes.push(format!(
+            "Location: mapped back under {}; a redirect anywhere else is answered 502",
+            c.prefix
+        ));
+        if c.cache.enabled && route.analytics.is_none() {
+            let refreshed: Vec<String> = crate::policy::REFRESHED_BY_NOT_MODIFIED
+                .iter()
+                .map(|(n, _)| display_name(n))
+                .collect();
+            response_notes.push(if kind == ResponseKind::PassThrough {
+                "answers from the cache (hit, stale, coalesced, HEAD, range) carry the stored headers; an upstream 304 updates those it carries but Content-Length (RFC 9111 §3.2), filtered as a fresh answer's".to_owned()
+            } else {
+                format!(
+                "answers from the cache (hit, stale, coalesced, HEAD, range) carry the stored headers, filtered as a fresh answer's; an upstream 304 changes only {}: how the body is read (Content-Type, Content-Encoding, …) and whether it was rewritten stay as stored",
+                refreshed.join(", ")
+            )
+            });
+            response_notes.push(if kind == ResponseKind::PassThrough {
+                "Set-Cookie: withheld; an answer that sets one is not stored (the visitor's cookies reach this upstream)".to_owned()
+            } else {
+                "Set-Cookie: withheld, and the answer stored all the same (no visitor cookie ever reaches this upstream)".to_owned()
+            });
+        }
     }
     let analytics = match (&route.analytics, &c.analytics) {
         (Some(rt), Some(a)) => Some(disclose_analytics(rt.protocol, a)),

@@ -831,3 +831,146 @@ async fn a_probe_shows_a_synthetic_address_but_never_a_location_and_moves_no_liv
     assert_eq!(up.last().header("cf-ipcountry"), None);
     t.stop().await;
 }
+
+/// What one person can vary at will from one request to the next: the Host they send, their
+/// User-Agent (browser and version), content negotiation, and the page and its parameters.
+fn disguise(i: usize) -> (Vec<(&'static str, String)>, String) {
+    const UAS: &[&str] = &[
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.6778.85 Safari/537.36",
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+        "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+        "Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Firefox/115.0",
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15",
+        "Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36 Edg/131.0.2903.70",
+        "curl/8.5.0",
+    ];
+    const LANGUAGES: &[&str] = &["fr-FR,fr;q=0.9", "en-US", "de", "br-FR", "*"];
+    let host = format!("site-{i}.example");
+    let headers = vec![
+        ("host", host.clone()),
+        ("user-agent", UAS[i % UAS.len()].to_owned()),
+        (
+            "accept",
+            ["*/*", "application/json", "text/html"][i % 3].to_owned(),
+        ),
+        (
+            "accept-encoding",
+            ["gzip", "br", "identity", "zstd"][i % 4].to_owned(),
+        ),
+        ("accept-language", LANGUAGES[i % LANGUAGES.len()].to_owned()),
+    ];
+    let body = serde_json::json!({
+        "type": "event",
+        "payload": {
+            "website": "6d2c5b3e-7b4a-4f1e-9a0d-2f7c8e1b5a90",
+            "hostname": host,
+            "language": LANGUAGES[i % LANGUAGES.len()],
+            "url": format!("/page/{i}?utm_source=n{i}"),
+        }
+    });
+    (headers, body.to_string())
+}
+
+/// One Umami event from `client` (as the trusted proxy says) in disguise `i`; the location
+/// headers the upstream received.
+async fn disguised(
+    t: &Tamis,
+    up: &Upstream,
+    client: &str,
+    i: usize,
+) -> (Option<String>, Option<String>) {
+    let (headers, body) = disguise(i);
+    let mut req = http::Request::builder()
+        .method(Method::POST)
+        .uri(format!("/u/api/send?v={i}"))
+        .header("x-forwarded-for", client)
+        .header("content-type", "application/json");
+    for (k, v) in &headers {
+        req = req.header(*k, v);
+    }
+    let a = send(t.http, req.body(Full::new(Bytes::from(body))).unwrap()).await;
+    assert_eq!(a.status, 200, "{client} {i}");
+    let seen = up.last();
+    (
+        seen.header("cf-ipcountry").map(str::to_owned),
+        seen.header("cf-region-code").map(str::to_owned),
+    )
+}
+
+#[tokio::test]
+async fn one_subscriber_varying_every_request_field_never_opens_a_cell_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::http(|_| Reply::ok("{}").header("content-type", "application/json")).await;
+    let t = start(
+        dir.path(),
+        &analytics_route(
+            "u",
+            "umami",
+            &up,
+            "location = \"region\"\nmin_visitors = 3\nclient_ip = \"pseudonym\"",
+        ),
+    )
+    .await;
+    // 198.51.100.50 (Île-de-France in the test database) as itself, behind 6to4 (any
+    // interface id) and behind NAT64: one subscriber.
+    let one = [
+        "198.51.100.50".to_owned(),
+        "2002:c633:6432::1".to_owned(),
+        "2002:c633:6432:7::42".to_owned(),
+        "64:ff9b::c633:6432".to_owned(),
+    ];
+    for i in 0..40 {
+        let client = &one[i % one.len()];
+        let released = disguised(&t, &up, client, i).await;
+        assert_eq!(
+            released,
+            (None, None),
+            "{client} in disguise {i} opened a cell"
+        );
+    }
+    // Two other subscribers: three people, and the cell opens (the test can tell).
+    disguised(&t, &up, "198.51.100.51", 0).await;
+    let third = disguised(&t, &up, "198.51.100.52", 0).await;
+    assert_eq!(third, (Some("FR".into()), Some("IDF".into())));
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn one_ipv6_64_varying_its_interface_id_and_every_request_field_never_opens_a_cell_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("v6.mmdb");
+    {
+        let mut w = maxminddb_writer::Database::default();
+        w.metadata.binary_format_major_version = 2;
+        w.metadata.ip_version = maxminddb_writer::metadata::IpVersion::V6;
+        let fr = w
+            .insert_value(Record {
+                country: BTreeMap::from([("iso_code", "FR")]),
+                subdivisions: vec![BTreeMap::from([("iso_code", "IDF")])],
+            })
+            .unwrap();
+        w.insert_node("2a01:e0a::/32".parse::<IpAddrWithMask>().unwrap(), fr);
+        std::fs::write(&db, w.write_to(Vec::new()).unwrap()).unwrap();
+    }
+    let up = Upstream::http(|_| Reply::ok("{}").header("content-type", "application/json")).await;
+    let routes = analytics_route(
+        "u",
+        "umami",
+        &up,
+        "location = \"country\"\nmin_visitors = 2\nclient_ip = \"pseudonym\"",
+    );
+    let t = Tamis::start(&config(&db, "", &routes)).await;
+    for i in 0..30 {
+        let client = format!("2a01:e0a:1:2:{:x}:{:x}::{:x}", i * 7919, i, i + 1);
+        let released = disguised(&t, &up, &client, i).await;
+        assert_eq!(
+            released,
+            (None, None),
+            "{client} in disguise {i} opened a cell"
+        );
+    }
+    // A second /64: two subscribers, and France opens.
+    let second = disguised(&t, &up, "2a01:e0a:1:3::1", 0).await;
+    assert_eq!(second.0.as_deref(), Some("FR"));
+    t.stop().await;
+}

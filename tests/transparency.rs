@@ -359,3 +359,35 @@ async fn the_page_and_the_status_page_never_show_an_operator_secret() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_page_says_a_tracking_answer_is_tamiss_own_and_passes_no_upstream_header() {
+    let s = setup("").await;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&s.t.get("/.well-known/tamis?format=json").await.body).unwrap();
+    let routes = doc["routes"].as_array().unwrap();
+    let headers = |r: &serde_json::Value| -> Vec<String> {
+        r["response_allowed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["header"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let notes = |r: &serde_json::Value| r["response_notes"].to_string();
+    let ga = &routes[1];
+    assert_eq!(
+        headers(ga),
+        ["Content-Type", "Content-Length", "Cache-Control"]
+    );
+    assert!(
+        notes(ga).contains("never the upstream's bytes or headers"),
+        "{}",
+        notes(ga)
+    );
+    assert!(!notes(ga).contains("mapped back under"), "{}", notes(ga));
+    // Other routes keep their allowlist and their redirect rule.
+    let cdn = &routes[0];
+    assert!(headers(cdn).contains(&"Location".to_owned()));
+    assert!(notes(cdn).contains("mapped back under"));
+}

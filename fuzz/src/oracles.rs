@@ -1516,6 +1516,13 @@ pub fn check_umami_answer(body: &[u8]) -> Vec<u8> {
     for k in umami::ANSWER_IDENTIFIERS {
         assert!(!o.contains_key(*k), "{k} handed to the visitor: {v}");
     }
+    // Only the tracker's flags, each a boolean: nothing else the upstream wrote passes.
+    for (k, val) in o {
+        assert!(
+            umami::ANSWER_KEPT.contains(&k.as_str()) && val.is_boolean(),
+            "{k} handed to the visitor: {v}"
+        );
+    }
     out
 }
 

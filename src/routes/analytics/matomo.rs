@@ -412,8 +412,48 @@ pub fn scrub(
 }
 
 /// Whether a POST body is bulk JSON rather than a form.
-fn is_bulk(text: &str) -> bool {
+pub fn is_bulk(text: &str) -> bool {
     text.trim_start().starts_with('{')
+}
+
+/// The bulk answer's fields the browser gets, and their types: `status` only as `success` or
+/// `error`; `tracked`, `invalid` and each of `invalid_indices` only as integers no larger than
+/// a bulk request's count of requests (so no value can carry more than that number).
+pub const ANSWER_KEPT: &[&str] = &["status", "tracked", "invalid", "invalid_indices"];
+
+/// The browser's answer to a bulk request: the counts Matomo returns (see [`ANSWER_KEPT`]),
+/// typed and serialised again by tamis; anything else the upstream wrote (a message, an echo
+/// of the request with its `token_auth` and `cip`) never passes. `None` (unreadable) or
+/// anything unparseable becomes `{}`.
+pub fn bulk_answer(body: Option<&[u8]>) -> Vec<u8> {
+    use serde_json::Value;
+    let count = |v: &Value| {
+        v.as_u64()
+            .filter(|&n| n <= super::MAX_PARAMS as u64)
+            .map(Value::from)
+    };
+    let mut out = serde_json::Map::new();
+    if let Some(Ok(Value::Object(o))) = body.map(serde_json::from_slice::<Value>) {
+        for (k, v) in &o {
+            let kept = match k.as_str() {
+                "status" => v
+                    .as_str()
+                    .filter(|s| ["success", "error"].contains(s))
+                    .map(Value::from),
+                "tracked" | "invalid" => count(v),
+                "invalid_indices" => v
+                    .as_array()
+                    .filter(|a| a.len() <= super::MAX_PARAMS)
+                    .and_then(|a| a.iter().map(count).collect::<Option<Vec<_>>>())
+                    .map(Value::Array),
+                _ => None,
+            };
+            if let Some(v) = kept {
+                out.insert(k.clone(), v);
+            }
+        }
+    }
+    Value::Object(out).to_string().into_bytes()
 }
 
 /// Scrubs a POST body: bulk JSON (`{"requests": [...]}`, everything else in it dropped, the
@@ -696,5 +736,24 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn bulk_answers_keep_only_typed_bounded_counts() {
+        let a = |s: &str| String::from_utf8(bulk_answer(Some(s.as_bytes()))).unwrap();
+        assert_eq!(
+            a(r#"{"status":"success","tracked":2,"invalid":1,"invalid_indices":[1]}"#),
+            r#"{"invalid":1,"invalid_indices":[1],"status":"success","tracked":2}"#
+        );
+        // A token or an address echoed in any field, or a number too large for a count.
+        assert_eq!(
+            a(
+                r#"{"status":"token_auth=0123","tracked":"2001:db8::1","invalid":123456789012,
+                 "invalid_indices":[0,"alice"],"message":"cip=2001:db8::1","token_auth":"0123"}"#
+            ),
+            "{}"
+        );
+        assert_eq!(a("<html>token_auth=0123</html>"), "{}");
+        assert_eq!(String::from_utf8(bulk_answer(None)).unwrap(), "{}");
     }
 }

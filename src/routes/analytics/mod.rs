@@ -5,6 +5,7 @@
 //! Each protocol module holds its parameter table (what is kept, pseudonymised, generalised or
 //! dropped) and pure functions over it; this module holds the rules they share.
 
+pub mod answer;
 pub mod ga4;
 pub mod matomo;
 pub mod plausible;
@@ -580,17 +581,30 @@ impl Pseudonymizer {
         state.1.clone().map(|mac| (mac, state.2))
     }
 
+    /// The HMAC of `parts`, fed one after the other, under the period's key: the shape every
+    /// pseudonym shares (each caller writes its own separators and domain label).
+    fn mac(&self, now: SystemTime, parts: &[&[u8]]) -> Option<[u8; 32]> {
+        // HMAC accepts keys of any length, so a keyed state always exists.
+        let mut mac = self.keyed(now)?;
+        for part in parts {
+            mac.update(part);
+        }
+        Some(mac.finalize().into_bytes().into())
+    }
+
     /// 32 bits of HMAC(key, route, site, id).
     pub fn pseudonym(&self, route: &str, site: &str, id: &str, now: SystemTime) -> u32 {
-        // HMAC accepts keys of any length, so a keyed state always exists.
-        let Some(mut mac) = self.keyed(now) else {
-            return 0;
-        };
-        for part in [route, site, id] {
-            mac.update(part.as_bytes());
-            mac.update(&[0]);
-        }
-        first_32_bits(mac)
+        let parts: [&[u8]; 6] = [
+            route.as_bytes(),
+            &[0],
+            site.as_bytes(),
+            &[0],
+            id.as_bytes(),
+            &[0],
+        ];
+        self.mac(now, &parts).map_or(0, |out| {
+            u32::from_be_bytes([out[0], out[1], out[2], out[3]])
+        })
     }
 
     /// The current period's index (the k-anonymity counts start again when it changes).
@@ -599,8 +613,9 @@ impl Pseudonymizer {
     }
 
     /// 64 bits of HMAC(key, route, site, subscriber, generalised User-Agent): who a visitor is
-    /// for this route within this period, without the address. Computed in memory per request
-    /// and never stored; a new key each period makes it unrelated across periods.
+    /// for this route within this period, without the address, for the synthetic address.
+    /// Computed in memory per request and never stored; a new key each period makes it
+    /// unrelated across periods.
     pub fn visitor(
         &self,
         route: &str,
@@ -609,27 +624,38 @@ impl Pseudonymizer {
         user_agent: &str,
         now: SystemTime,
     ) -> u64 {
-        let Some(mut mac) = self.keyed(now) else {
-            return 0;
-        };
-        // 0xFE starts no UTF-8 text: no other pseudonym's input can be this one's.
-        mac.update(b"\xfetamis-visitor\0");
-        for part in [route, site] {
-            mac.update(part.as_bytes());
-            mac.update(&[0]);
-        }
         // By subscriber: an IPv6 visitor whose address rotates inside its /64 stays one
-        // visitor (one synthetic address, one count towards a region's threshold).
-        match crate::client_addr::subscriber(address) {
-            std::net::IpAddr::V4(a) => mac.update(&a.octets()),
-            std::net::IpAddr::V6(a) => mac.update(&a.octets()),
-        }
-        mac.update(&[0]);
-        mac.update(user_agent.as_bytes());
-        let out = mac.finalize().into_bytes();
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&out[..8]);
-        u64::from_be_bytes(first)
+        // visitor (one synthetic address).
+        let subscriber = subscriber_octets(address);
+        // 0xFE starts no UTF-8 text: no other pseudonym's input can be this one's.
+        let parts: [&[u8]; 8] = [
+            b"\xfetamis-visitor\0",
+            route.as_bytes(),
+            &[0],
+            site.as_bytes(),
+            &[0],
+            subscriber.as_slice(),
+            &[0],
+            user_agent.as_bytes(),
+        ];
+        self.mac(now, &parts).map_or(0, first_64_bits)
+    }
+
+    /// 64 bits of HMAC(key, route, subscriber): what the k-anonymity gate counts. Only what
+    /// one person cannot vary cheaply goes in (their IPv4, their IPv6 /64, the IPv4 an IPv6
+    /// address carries): a Host, a User-Agent or any other request field they choose would
+    /// let one person count as many and open a location cell alone.
+    pub fn subscriber(&self, route: &str, address: std::net::IpAddr, now: SystemTime) -> u64 {
+        let subscriber = subscriber_octets(address);
+        // 0xFD starts no UTF-8 text, and differs from the visitor hash's label: the two
+        // hashes of one visitor are unrelated.
+        let parts: [&[u8]; 4] = [
+            b"\xfdtamis-subscriber\0",
+            route.as_bytes(),
+            &[0],
+            subscriber.as_slice(),
+        ];
+        self.mac(now, &parts).map_or(0, first_64_bits)
     }
 
     /// 32 bits of a keyed hash of (kind, route, site, id, value) under the period's key: a value a visitor's browser keeps
@@ -662,10 +688,35 @@ impl Pseudonymizer {
     }
 }
 
-/// The first 32 bits of a MAC's output.
-fn first_32_bits(mac: HmacSha256) -> u32 {
-    let out = mac.finalize().into_bytes();
-    u32::from_be_bytes([out[0], out[1], out[2], out[3]])
+/// The first 64 bits of a MAC's output.
+fn first_64_bits(out: [u8; 32]) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&out[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// The octets of the subscriber an address belongs to (see [`crate::client_addr::subscriber`]):
+/// 4 for an IPv4 (or one an IPv6 address carries), 16 for an IPv6 /64.
+fn subscriber_octets(address: std::net::IpAddr) -> Subscriber {
+    match crate::client_addr::subscriber(address) {
+        std::net::IpAddr::V4(a) => Subscriber::V4(a.octets()),
+        std::net::IpAddr::V6(a) => Subscriber::V6(a.octets()),
+    }
+}
+
+/// A subscriber's octets, kept on the stack.
+enum Subscriber {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+impl Subscriber {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Subscriber::V4(o) => o,
+            Subscriber::V6(o) => o,
+        }
+    }
 }
 
 /// The names a table keeps as they are (`a, b` rows split), sorted for binary search.
@@ -1254,5 +1305,43 @@ mod tests {
             r1.pseudonym("m", "3", "x", day),
             r1.pseudonym("m", "3", "x", next)
         );
+    }
+
+    #[test]
+    fn the_gate_key_is_the_subscriber_alone() {
+        let p = Pseudonymizer::new(Duration::from_secs(86400), None);
+        let day = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let one = p.subscriber("u", ip("2a01:e0a:1:2::1"), day);
+        assert_eq!(
+            one,
+            p.subscriber("u", ip("2a01:e0a:1:2:dead:beef:0:7"), day)
+        );
+        assert_ne!(
+            one,
+            p.subscriber("u", ip("2a01:e0a:1:3::1"), day),
+            "another /64"
+        );
+        let v4 = p.subscriber("u", ip("198.51.100.50"), day);
+        for embedding in [
+            "2002:c633:6432::1",
+            "64:ff9b::c633:6432",
+            "::ffff:198.51.100.50",
+        ] {
+            assert_eq!(v4, p.subscriber("u", ip(embedding), day), "{embedding}");
+        }
+        assert_ne!(
+            v4,
+            p.subscriber("m", ip("198.51.100.50"), day),
+            "routes never share"
+        );
+        let next = day + Duration::from_secs(86400);
+        assert_ne!(
+            v4,
+            p.subscriber("u", ip("198.51.100.50"), next),
+            "a new period, a new key"
+        );
+        // Unrelated to the synthetic address's hash of the same visitor.
+        assert_ne!(v4, p.visitor("u", "", ip("198.51.100.50"), "", day));
     }
 }

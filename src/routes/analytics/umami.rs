@@ -117,17 +117,23 @@ pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8
     .map_err(|e| ScrubError::Body(e.to_string()))
 }
 
-/// Removes session identifiers from Umami's answer; anything unparseable becomes `{}`.
+/// The answer fields the browser gets, each only as a boolean: the tracker reads `disabled`
+/// (it stops sending when true) and nothing else tamis passes.
+pub const ANSWER_KEPT: &[&str] = &["disabled"];
+
+/// The browser's answer to a tracked event: only [`ANSWER_KEPT`], typed and serialised again
+/// by tamis; the session ids, the cache token and anything the upstream echoes never pass.
+/// Anything unparseable becomes `{}`.
 pub fn scrub_answer(body: &[u8]) -> Vec<u8> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(mut o)) => {
-            for k in ANSWER_IDENTIFIERS {
-                o.remove(*k);
+    let mut out = serde_json::Map::new();
+    if let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(body) {
+        for k in ANSWER_KEPT {
+            if let Some(b) = o.get(*k).and_then(Value::as_bool) {
+                out.insert((*k).to_owned(), Value::Bool(b));
             }
-            Value::Object(o).to_string().into_bytes()
         }
-        _ => b"{}".to_vec(),
     }
+    Value::Object(out).to_string().into_bytes()
 }
 
 #[cfg(test)]
@@ -214,7 +220,17 @@ mod tests {
         let a = scrub_answer(
             br#"{"cache":"eyJhbGciOi.x.y","sessionId":"s-1","visitId":"v-1","ok":true}"#,
         );
-        assert_eq!(a, br#"{"ok":true}"#);
+        assert_eq!(a, b"{}");
         assert_eq!(scrub_answer(b"garbage"), b"{}");
+    }
+
+    #[test]
+    fn answers_keep_only_the_disabled_flag_as_a_boolean() {
+        assert_eq!(
+            scrub_answer(br#"{"disabled":true,"sessionId":"s-1","echo":"alice"}"#),
+            br#"{"disabled":true}"#
+        );
+        assert_eq!(scrub_answer(br#"{"disabled":"alice@mail.example"}"#), b"{}");
+        assert_eq!(scrub_answer(br#"["alice"]"#), b"{}");
     }
 }

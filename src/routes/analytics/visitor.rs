@@ -98,8 +98,8 @@ pub struct Keys<'a> {
 }
 
 /// Works out what one request may tell: looks the address up (in memory, never kept), counts
-/// the visitor's keyed hash in the gate, and derives the synthetic address. `site` gives the
-/// host the browser asked (each site its own pseudonyms), only called when needed;
+/// the visitor's subscriber in the gate, and derives the synthetic address. `site` gives the
+/// host the browser asked (each site its own synthetic addresses), only called when needed;
 /// `user_agent` is the visitor's, generalised here.
 pub fn observe(
     rt: &Runtime,
@@ -112,23 +112,25 @@ pub fn observe(
 ) -> Visitor {
     let geo = keys.geo;
     let locate = rt.location != geo::Precision::None && geo.is_some();
-    let pseudonym = rt.address == ClientAddress::Pseudonym;
     if !locate && rt.address == ClientAddress::None {
         return Visitor::NONE;
     }
-    let hash = (locate || pseudonym).then(|| {
-        let ua = super::generalise_user_agent(user_agent);
-        keys.pseudonyms.visitor(route, &site(), client, &ua, now)
-    });
-    let address = match (rt.address, hash) {
-        (ClientAddress::Truncated, _) => Some(crate::policy::truncate_ip(client)),
-        (ClientAddress::Pseudonym, Some(h)) => Some(IpAddr::V6(synthetic_address(h, rt.bits))),
-        _ => None,
+    let address = match rt.address {
+        ClientAddress::None => None,
+        ClientAddress::Truncated => Some(crate::policy::truncate_ip(client)),
+        ClientAddress::Pseudonym => {
+            let ua = super::generalise_user_agent(user_agent);
+            let hash = keys.pseudonyms.visitor(route, &site(), client, &ua, now);
+            Some(IpAddr::V6(synthetic_address(hash, rt.bits)))
+        }
     };
-    let location = match (geo.and_then(|g| g.locate(client)), hash) {
-        (Some(place), Some(h)) if locate => {
+    // The gate counts subscribers, never anything the request itself says (Host, User-Agent):
+    // one person varying those must stay one person in a cell.
+    let location = match geo.and_then(|g| g.locate(client)) {
+        Some(place) if locate => {
+            let who = keys.pseudonyms.subscriber(route, client, now);
             keys.gate
-                .admit(keys.pseudonyms.period(now), h, place, rt.location)
+                .admit(keys.pseudonyms.period(now), who, place, rt.location)
         }
         _ => Released::default(),
     };
@@ -213,11 +215,12 @@ pub fn describe_location(protocol: Protocol, precision: geo::Precision, min: usi
         geo::Precision::None => "never sent".to_owned(),
         geo::Precision::Country => format!(
             "the country, computed by tamis from the address in memory, only once {min} distinct \
-             visitors were seen in it this period, in the {how}"
+             subscribers (IPv4 address, IPv6 /64) were seen in it this period, in the {how}"
         ),
         geo::Precision::Region => format!(
             "the region, computed by tamis from the address in memory, only once {min} distinct \
-             visitors were seen in it this period (else the country under the same rule, else \
+             subscribers (IPv4 address, IPv6 /64) were seen in it this period (else the country \
+             under the same rule, else \
              nothing), in the {how}"
         ),
     }
@@ -277,5 +280,98 @@ mod tests {
         // A truncated address goes in X-Forwarded-For, never in cip.
         v.forwarded_for = v.cip.take();
         assert_eq!(matomo_params(&v).len(), 2);
+    }
+
+    /// A route locating by region, with a gate of `min` and a synthetic address, and a
+    /// database placing 198.51.100.0/24 in Île-de-France.
+    fn located(min: usize) -> (Runtime, geo::Database, tempfile::TempDir) {
+        #[derive(serde::Serialize)]
+        struct Record {
+            country: std::collections::BTreeMap<&'static str, &'static str>,
+            subdivisions: Vec<std::collections::BTreeMap<&'static str, &'static str>>,
+        }
+        let mut w = maxminddb_writer::Database::default();
+        w.metadata.binary_format_major_version = 2;
+        let data = w
+            .insert_value(Record {
+                country: [("iso_code", "FR")].into(),
+                subdivisions: vec![[("iso_code", "IDF")].into()],
+            })
+            .unwrap();
+        w.insert_node(
+            "198.51.100.0/24"
+                .parse::<maxminddb_writer::paths::IpAddrWithMask>()
+                .unwrap(),
+            data,
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("geo.mmdb");
+        std::fs::write(&path, w.write_to(Vec::new()).unwrap()).unwrap();
+        let rt = Runtime {
+            protocol: Protocol::Umami,
+            settings: super::super::Settings::default(),
+            pseudonyms: super::super::Pseudonymizer::new(
+                std::time::Duration::from_secs(86400),
+                None,
+            ),
+            max_body: 1024,
+            address: ClientAddress::Pseudonym,
+            bits: DEFAULT_BITS,
+            location: geo::Precision::Region,
+            gate: geo::Gate::new(min),
+        };
+        (rt, geo::Database::open(&path).unwrap(), dir)
+    }
+
+    #[test]
+    fn the_gate_counts_a_subscriber_once_whatever_site_or_browser_it_names() {
+        let (rt, db, _dir) = located(2);
+        let keys = Keys {
+            pseudonyms: &rt.pseudonyms,
+            gate: &rt.gate,
+            geo: Some(&db),
+        };
+        let now = SystemTime::now();
+        let uas = [
+            "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+            "Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Firefox/115.0",
+            "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+            "curl/8.5.0",
+        ];
+        let mut synthetic = std::collections::HashSet::new();
+        for (i, ua) in uas.iter().enumerate() {
+            for site in ["a.example", "b.example", "c.example"] {
+                // 198.51.100.7 itself, and behind 6to4.
+                for client in ["198.51.100.7", "2002:c633:6407::1"] {
+                    let v = observe(
+                        &rt,
+                        &keys,
+                        "u",
+                        || site.to_owned(),
+                        client.parse().unwrap(),
+                        ua,
+                        now,
+                    );
+                    assert_eq!(v.location, Released::default(), "{site} {ua} {client} {i}");
+                    synthetic.extend(v.forwarded_for);
+                }
+            }
+        }
+        // The synthetic address still tells browsers and sites apart (its richer hash).
+        assert_eq!(synthetic.len(), uas.len() * 3, "{synthetic:?}");
+        // A second subscriber makes two: the cell opens.
+        let v = observe(
+            &rt,
+            &keys,
+            "u",
+            || "a.example".into(),
+            "198.51.100.8".parse().unwrap(),
+            uas[0],
+            now,
+        );
+        assert_eq!(
+            v.location.region.map(|c| c.as_str().to_owned()).as_deref(),
+            Some("IDF")
+        );
     }
 }
