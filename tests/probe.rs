@@ -695,8 +695,14 @@ fn token_config(up: &RawUpstream, token_file: &std::path::Path) -> String {
 /// The request the upstream received with the token replaced by the placeholder, and its
 /// Content-Length counting the placeholder: what the probe must show, byte for byte.
 fn with_placeholder(sent: &str) -> String {
-    let (head, body) = sent.split_once("\r\n\r\n").unwrap();
-    let body = body.replace(TOKEN, PLACEHOLDER);
+    relength(&sent.replace(TOKEN, PLACEHOLDER))
+}
+
+/// An HTTP/1.1 request with its Content-Length set to its body's length. A synthetic address
+/// is written in fewer characters when its hash has leading zero nibbles, so once pseudonyms
+/// are masked, the probe's length and the real one are compared as the masked bodies' lengths.
+fn relength(request: &str) -> String {
+    let (head, body) = request.split_once("\r\n\r\n").unwrap();
     let head: Vec<String> = head
         .split("\r\n")
         .map(|l| match l.strip_prefix("content-length: ") {
@@ -792,10 +798,19 @@ async fn the_probe_shows_a_placeholder_for_the_matomo_token_where_the_real_reque
         assert!(!sent.contains(PLACEHOLDER), "{name}: {sent}");
         let expected = with_placeholder(&sent);
         let pseudonyms = ["_id", "cid", "pv_id", "cip"];
+        assert_eq!(
+            relength(shown),
+            shown,
+            "{name}: the probe's length is its body's"
+        );
         let (shown_masked, shown_values) = mask(shown, &pseudonyms);
         let (expected_masked, _) = mask(&expected, &pseudonyms);
         assert!(!shown_values.is_empty(), "{name}");
-        assert_eq!(shown_masked, expected_masked, "{name}");
+        assert_eq!(
+            relength(&shown_masked),
+            relength(&expected_masked),
+            "{name}"
+        );
     }
 }
 
