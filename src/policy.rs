@@ -516,7 +516,8 @@ pub enum ResponseKind {
     Tiles,
     /// A mirrored library, script or page (`kind = "static"`).
     Static,
-    /// A tracking endpoint's answer.
+    /// A tracking endpoint's answer: none of the upstream's headers pass (the browser gets
+    /// tamis's own answer, `routes::analytics::answer`).
     Analytics,
     /// An EU pass-through route: a plain reverse proxy to the operator's own upstream. Every
     /// end-to-end header passes except those in [`RESPONSE_STRIPPED`] (and [`RESPONSE_STRIPPED_PREFIXES`]).
@@ -556,12 +557,9 @@ impl Kinds {
     const FONT_FILES: Kinds = Kinds(1 << ResponseKind::FontFiles as u8);
     const TILES: Kinds = Kinds(1 << ResponseKind::Tiles as u8);
     const STATIC: Kinds = Kinds(1 << ResponseKind::Static as u8);
-    const ANALYTICS: Kinds = Kinds(1 << ResponseKind::Analytics as u8);
     /// What the cache serves: fonts, tiles, mirrored files.
     const RESOURCES: Kinds =
         Kinds(Kinds::FONT_CSS.0 | Kinds::FONT_FILES.0 | Kinds::TILES.0 | Kinds::STATIC.0);
-    /// Every scrubbed kind.
-    const ALL: Kinds = Kinds(Kinds::RESOURCES.0 | Kinds::ANALYTICS.0);
 }
 
 /// The response headers that may reach the visitor, by kind of answer, and why; everything
@@ -572,24 +570,32 @@ impl Kinds {
 pub const RESPONSE_ALLOWLIST: &[(&str, Kinds, &str)] = &[
     (
         "content-type",
-        Kinds::ALL,
+        Kinds::RESOURCES,
         "what the body is (a stylesheet's is tamis's own)",
     ),
-    ("content-length", Kinds::ALL, "the body's length"),
-    ("content-encoding", Kinds::ALL, "how the body is compressed"),
+    ("content-length", Kinds::RESOURCES, "the body's length"),
+    (
+        "content-encoding",
+        Kinds::RESOURCES,
+        "how the body is compressed",
+    ),
     (
         "cache-control",
-        Kinds::ALL,
+        Kinds::RESOURCES,
         "how long the browser may keep it",
     ),
-    ("expires", Kinds::ALL, "how long the browser may keep it"),
-    ("date", Kinds::ALL, "when it was made"),
+    (
+        "expires",
+        Kinds::RESOURCES,
+        "how long the browser may keep it",
+    ),
+    ("date", Kinds::RESOURCES, "when it was made"),
     (
         "location",
-        Kinds::ALL,
+        Kinds::RESOURCES,
         "mapped back under the route, or the answer is a 502",
     ),
-    ("retry-after", Kinds::ALL, "when to ask again"),
+    ("retry-after", Kinds::RESOURCES, "when to ask again"),
     ("age", Kinds::RESOURCES, "how long caches held it"),
     ("vary", Kinds::RESOURCES, "what it depends on"),
     (
@@ -1269,10 +1275,8 @@ mod tests {
                 "{kind:?}"
             );
         }
-        assert_eq!(
-            names(ResponseKind::Analytics),
-            ["cache-control", "content-type"]
-        );
+        // A tracking endpoint's answer is tamis's own: none of the upstream's headers pass.
+        assert!(names(ResponseKind::Analytics).is_empty());
         assert_eq!(
             names(ResponseKind::Static),
             [
@@ -1323,7 +1327,12 @@ mod tests {
             let mut h = h.clone();
             scrub_response(&mut h, kind);
             let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-            assert_eq!(names, ["content-type"], "{kind:?}");
+            // A tracking endpoint's answer keeps none of the upstream's headers.
+            let kept: &[&str] = match kind {
+                ResponseKind::Analytics => &[],
+                _ => &["content-type"],
+            };
+            assert_eq!(names, kept, "{kind:?}");
         }
     }
 
