@@ -841,11 +841,13 @@ pub fn refresh(stored: &HeaderMap, not_modified: &HeaderMap, kind: ResponseKind)
     out
 }
 
-/// Removes what no answer may carry to the visitor, whatever made it: [`RESPONSE_STRIPPED`]
-/// and [`RESPONSE_STRIPPED_PREFIXES`] (state, reporting, third-party hints), and the headers a
-/// `Connection` header names. The last net under every answer, tamis's own included.
-pub fn withhold_everywhere(headers: &mut HeaderMap) {
-    remove_with_connection_listed(headers, |name| withheld(ResponseKind::PassThrough, name));
+/// The headers no answer may carry to the visitor, whatever made it ([`RESPONSE_STRIPPED`] and
+/// [`RESPONSE_STRIPPED_PREFIXES`]: state, reporting, third-party hints) that `headers` holds.
+pub fn withheld_names(headers: &HeaderMap) -> Vec<&HeaderName> {
+    headers
+        .keys()
+        .filter(|name| withheld(ResponseKind::PassThrough, name))
+        .collect()
 }
 
 /// Replaces every value of `name` by what `f` makes of it (dropping it on `None`, and any value
@@ -955,6 +957,29 @@ pub fn is_relative_reference(target: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn withheld_names_finds_state_reporting_and_hint_headers_only() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("content-type", "text/css"),
+            ("set-cookie", "a=b"),
+            ("nel", "{}"),
+            ("attribution-reporting-register-source", "{}"),
+            ("x-content-type-options", "nosniff"),
+        ] {
+            h.append(k, HeaderValue::from_static(v));
+        }
+        let names: Vec<&str> = withheld_names(&h).iter().map(|n| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["set-cookie", "nel", "attribution-reporting-register-source"]
+        );
+        h.remove("set-cookie");
+        h.remove("nel");
+        h.remove("attribution-reporting-register-source");
+        assert!(withheld_names(&h).is_empty());
+    }
 
     #[test]
     fn a_304_refreshes_validators_and_freshness_only() {

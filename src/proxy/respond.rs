@@ -187,17 +187,25 @@ pub(super) fn from_store(
 /// RFC 9211 `Cache-Status`.
 const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
-/// The last step of every answer, whatever its source: nothing that sets state in the browser,
-/// reports, or hints at a third party leaves (the table every route, pass-through included,
-/// withholds), every answer but a pass-through route's is `nosniff`, and `Cache-Status` is added
-/// when the operator wants it.
+/// The last step of every answer, whatever its source: every answer but a pass-through
+/// route's is `nosniff`, and `Cache-Status` is added when the operator wants it.
+///
+/// No header that sets state in the browser, reports or hints at a third party can be here:
+/// an upstream's headers reach an answer only through [`upstream_response_filter`] (fresh and
+/// stored answers, and a 304's refresh), and tamis's own answers are built with none. Checking
+/// that again on every hit cost 8 % of its instructions, so debug builds (the test suite, the
+/// fuzzers) assert it here instead: a new path that skips the filter fails the tests.
 pub(super) fn response_filter(
     response: &mut Response<ProxyBody>,
     pass_through: bool,
     cache_status: Option<HeaderValue>,
 ) {
     let headers = response.headers_mut();
-    policy::withhold_everywhere(headers);
+    debug_assert!(
+        policy::withheld_names(headers).is_empty(),
+        "an answer carries {:?}",
+        policy::withheld_names(headers)
+    );
     if !pass_through {
         headers.insert(
             header::X_CONTENT_TYPE_OPTIONS,
