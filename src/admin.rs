@@ -7,10 +7,11 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::body::error_response;
 use crate::body::{self, ProxyBody};
-use crate::proxy::{error_response, State};
 use crate::reload::Live;
 use crate::secret::Secret;
+use crate::state::State;
 
 /// The endpoints that change state, with the usage a wrong method is told. They answer POST
 /// only, so a GET or HEAD (a link, a prefetch, a crawler) never changes anything.

@@ -7,8 +7,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{Either, Full};
+use http_body_util::{BodyExt, Either, Full};
 use prometheus::IntCounter;
 use tokio::time::{Instant, Sleep};
 
@@ -196,4 +198,60 @@ where
         Some(only) => only,
         None => Bytes::from(more),
     })
+}
+pub(crate) enum Buffered {
+    Complete(Bytes),
+    /// Over the limit: what was read so far, and the rest still to stream.
+    TooLarge(Vec<Bytes>, UpstreamBody),
+}
+
+/// Reads a body into memory unless it grows past `max`.
+pub(crate) async fn buffer(mut body: UpstreamBody, max: u64) -> Result<Buffered, hyper::Error> {
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        total += data.len() as u64;
+        chunks.push(data);
+        if total > max {
+            return Ok(Buffered::TooLarge(chunks, body));
+        }
+    }
+    // Always one exact-size allocation: a chunk can be a slice of a larger read buffer, and
+    // keeping it would pin that whole buffer in the cache for the entry's lifetime.
+    let mut all = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    for c in &chunks {
+        all.extend_from_slice(c);
+    }
+    Ok(Buffered::Complete(Bytes::from(all)))
+}
+
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// A short plain-text answer that no cache keeps.
+pub fn error_response(status: StatusCode, message: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(full(Bytes::from_static(message.as_bytes())));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Like every answer: never read as anything but the text it is (a quirks-mode page would
+    // apply any same-origin body as a stylesheet otherwise).
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
 }

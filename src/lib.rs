@@ -16,6 +16,7 @@ pub mod cache;
 pub mod client_addr;
 pub mod close;
 pub mod config;
+pub mod egress;
 pub mod geo;
 pub mod idle;
 pub mod metrics;
@@ -30,6 +31,7 @@ pub mod routes;
 /// Operator secrets (admin token, salts, Matomo token_auth): a type whose Debug/Display redact.
 pub mod secret;
 pub mod server;
+pub mod state;
 pub mod status;
 pub mod tls;
 pub mod transparency;

@@ -2,7 +2,7 @@
 //! request, and check that against the published policy. `POST /.well-known/tamis/probe` (when
 //! `transparency.probe = true`) and `tamis probe --config PATH REQUEST_FILE` share this engine.
 //!
-//! The request runs through [`crate::proxy::dry_run`], the real path's own checks and builders
+//! The request runs through [`crate::egress::dry_run`], the real path's own checks and builders
 //! (routing, confinement, header policy, analytics scrub), up to the point of sending. Nothing
 //! is sent, the cache is not read, no live counter moves, and analytics pseudonyms come from a
 //! key drawn for that one probe, so they can never be matched with live ones. The visitor's
@@ -19,10 +19,11 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
+use crate::body::error_response;
 use crate::body::{self, ProxyBody};
 use crate::config::{Config, RateLimit};
+use crate::egress::{self, DryRun, Visit};
 use crate::policy::{self, Allowed, UserAgent, REQUEST_ALLOWLIST};
-use crate::proxy::{self, DryRun, Visit};
 use crate::ratelimit::RateLimiter;
 use crate::routes::analytics::{self, Outcome, Protocol, Tally};
 use crate::routes::{Role, Route, Router};
@@ -295,7 +296,7 @@ pub fn run(config: &Config, router: &Router, own_paths: &[&str], req: &ProbeRequ
         body: &req.body,
         client: PROBE_CLIENT,
     };
-    match proxy::dry_run(config, router, own_paths, &visit, SystemTime::now()) {
+    match egress::dry_run(config, router, own_paths, &visit, SystemTime::now()) {
         DryRun::Answered { route, refused } => Report {
             probe: NOTHING_SENT,
             route: route.as_deref().map(route_info),
@@ -508,7 +509,7 @@ fn header_changes(route: &Route, visitor: &HeaderMap, wire: &Http1Request) -> Ve
 }
 
 /// The operator's Matomo token, when the request shown carries it: the dry run wrote its
-/// placeholder (never the token, see [`proxy::Secrets`]) where the real path writes the token.
+/// placeholder (never the token, see [`egress::Secrets`]) where the real path writes the token.
 fn secret_added(route: &Route, wire: &Http1Request) -> Option<Change> {
     let token = route.config.analytics.as_ref()?.token.as_ref()?;
     let shown = token.placeholder();
@@ -672,14 +673,13 @@ impl Endpoint {
         client: IpAddr,
     ) -> Response<ProxyBody> {
         if req.method() != Method::POST {
-            let mut r =
-                proxy::error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            let mut r = error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             r.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("POST"));
             return r;
         }
         if let Err(wait) = self.limiter.check(client) {
-            let mut r = proxy::error_response(StatusCode::TOO_MANY_REQUESTS, "too many probes\n");
+            let mut r = error_response(StatusCode::TOO_MANY_REQUESTS, "too many probes\n");
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
@@ -688,13 +688,10 @@ impl Endpoint {
         let input = match body::read_limited(req.into_body(), MAX_INPUT_BYTES).await {
             Ok(b) => b,
             Err(body::ReadError::TooLarge(_)) => {
-                return proxy::error_response(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "probe request too large\n",
-                )
+                return error_response(StatusCode::PAYLOAD_TOO_LARGE, "probe request too large\n")
             }
             Err(body::ReadError::Failed(_)) => {
-                return proxy::error_response(StatusCode::BAD_REQUEST, "probe body unreadable\n")
+                return error_response(StatusCode::BAD_REQUEST, "probe body unreadable\n")
             }
         };
         let probe = match parse(&input) {
@@ -713,7 +710,7 @@ impl Endpoint {
                 no_store(h);
                 r
             }
-            Err(_) => proxy::error_response(StatusCode::INTERNAL_SERVER_ERROR, "probe failed\n"),
+            Err(_) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "probe failed\n"),
         }
     }
 }

@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::Mutex;
 
 use crate::config::{Config, ConfigError};
-use crate::proxy::{State, StateError};
+use crate::state::{State, StateError};
 
 /// Why a reload was refused; the running config stays in place.
 #[derive(Debug, thiserror::Error)]

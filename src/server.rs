@@ -24,8 +24,9 @@ use crate::body::ProxyBody;
 use crate::close;
 use crate::config::{Config, Limits};
 use crate::idle;
-use crate::proxy::{self, State, StateError};
+use crate::proxy;
 use crate::reload::Live;
+use crate::state::{State, StateError};
 use crate::workers::Workers;
 
 /// Time a client has to finish the TLS handshake.
@@ -328,7 +329,7 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 
 /// Answers without touching the routes: too many requests in flight already.
 fn overloaded() -> Response<ProxyBody> {
-    let mut r = proxy::error_response(
+    let mut r = crate::body::error_response(
         http::StatusCode::SERVICE_UNAVAILABLE,
         "overloaded, try again shortly\n",
     );

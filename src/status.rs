@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::metrics::CacheResult;
-use crate::proxy::State;
+use crate::state::State;
 use crate::transparency::esc;
 
 /// The page's content.

@@ -123,10 +123,8 @@ impl Page {
         metrics: &Metrics,
     ) -> Response<ProxyBody> {
         if method != Method::GET && method != Method::HEAD {
-            let mut r = crate::proxy::error_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed\n",
-            );
+            let mut r =
+                crate::body::error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             r.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return r;

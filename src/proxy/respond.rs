@@ -11,11 +11,18 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode, Uri};
 
 use crate::body::{self, ProxyBody};
+use crate::body::{buffer, error_response, Buffered, Streamed};
 use crate::cache::conditional::{self, ClientAnswer};
+use crate::cache::{self, NotStored};
 use crate::cache::{Entry, Rendition};
+use crate::egress::Refused;
+use crate::metrics::{CacheResult, UpstreamFailure};
 use crate::policy;
 use crate::routes::confine::{self, Redirect};
 use crate::routes::Route;
+use crate::state::State;
+use crate::upstream::UpstreamBody;
+use std::time::Instant;
 
 /// An upstream answer tamis will not hand to the browser as it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,6 +222,155 @@ pub(super) fn response_filter(
     if let Some(value) = cache_status {
         headers.insert(CACHE_STATUS, value);
     }
+}
+
+/// How a request was answered, for metrics, the log and `Cache-Status`.
+pub(super) struct Answer {
+    pub(super) response: Response<ProxyBody>,
+    pub(super) route: Option<usize>,
+    pub(super) cache: Option<CacheResult>,
+    pub(super) cache_status: Option<HeaderValue>,
+}
+
+impl Answer {
+    pub(super) fn plain(status: StatusCode, message: &'static str) -> Answer {
+        Answer {
+            response: error_response(status, message),
+            route: None,
+            cache: None,
+            cache_status: None,
+        }
+    }
+
+    pub(super) fn with(mut self, result: CacheResult, cache_status: HeaderValue) -> Answer {
+        self.cache = Some(result);
+        self.cache_status = Some(cache_status);
+        self
+    }
+}
+
+/// A static `Cache-Status` value.
+pub(super) fn status_of(s: &'static str) -> HeaderValue {
+    HeaderValue::from_static(s)
+}
+
+/// A `Cache-Status` for a forwarded request that was not stored.
+pub(super) fn status_not_stored(why: NotStored) -> HeaderValue {
+    HeaderValue::from_str(&format!("tamis; fwd=miss; detail={}", why.as_str()))
+        .unwrap_or(HeaderValue::from_static("tamis; fwd=miss"))
+}
+
+/// Scrubs an upstream response's headers and maps its `Location` back under the route (see
+/// [`respond::upstream_response_filter`]); `None` when it redirects outside the route (never
+/// handed to the browser), which is counted and logged.
+pub(super) fn scrub_response(
+    state: &State,
+    route: &Route,
+    requested: &Uri,
+    headers: HeaderMap,
+) -> Option<HeaderMap> {
+    match upstream_response_filter(route, requested, headers) {
+        Ok(headers) => Some(headers),
+        Err(_) => {
+            redirected_outside(state, route);
+            None
+        }
+    }
+}
+
+pub(super) fn redirected_outside(state: &State, route: &Route) {
+    state
+        .metrics
+        .upstream_error(&state.route_metrics[route.index], UpstreamFailure::Redirect);
+    tracing::warn!(route = %route.config.name, "upstream redirected outside its route; answering 502");
+}
+
+/// Reads a stylesheet that must be rewritten and rewrites it (see [`Route::rewrite`]); `None`
+/// when it cannot be (too large, an unknown coding or charset, a partial answer, upstream
+/// failure): the caller answers 502, never the body as it came.
+pub(super) async fn rewritten(
+    route: &Route,
+    status: StatusCode,
+    headers: &mut HeaderMap,
+    body: UpstreamBody,
+    max: u64,
+) -> Option<Bytes> {
+    let Ok(Buffered::Complete(raw)) = buffer(body, max).await else {
+        return None;
+    };
+    route.rewrite(status, headers, &raw, max)
+}
+
+/// Browsers get a lifetime even when the upstream gave tamis none it could pass on (heuristic,
+/// negative caching, min_ttl): `max-age` counts from the response's birth, as `Age` does.
+pub(super) fn sane_browser_lifetime(headers: &mut HeaderMap, lifetimes: &cache::Lifetimes) {
+    if headers.contains_key(header::CACHE_CONTROL) || headers.contains_key(header::EXPIRES) {
+        return;
+    }
+    let lifetime = (lifetimes.fresh_for + lifetimes.age).as_secs();
+    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={lifetime}")) {
+        headers.insert(header::CACHE_CONTROL, v);
+    }
+}
+
+/// Streams an answer tamis does not keep. Its upstream's ETag stays behind: tamis answers a
+/// browser's conditionals only from its own copies, never forwards them, so an ETag here could
+/// only serve as an identifier the browser stores (served ETags are tamis's own, from the
+/// bytes).
+pub(super) fn streamed(
+    state: &State,
+    route: &Route,
+    status: StatusCode,
+    mut headers: HeaderMap,
+    prefix: Vec<Bytes>,
+    rest: Option<UpstreamBody>,
+    head_only: bool,
+) -> Answer {
+    if !route.config.pass_through {
+        headers.remove(header::ETAG);
+    }
+    let rm = &state.route_metrics[route.index];
+    let idle = state.upstream.timeout();
+    let body = if head_only {
+        body::empty()
+    } else {
+        ProxyBody::Right(Streamed::new(
+            prefix,
+            rest,
+            idle,
+            rm.bytes_from_upstream.clone(),
+        ))
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    Answer {
+        response,
+        route: None,
+        cache: None,
+        cache_status: None,
+    }
+}
+
+/// Answers from a stored entry (see [`respond::from_store`]).
+pub(super) fn cached(entry: &Entry, client: &HeaderMap, head_only: bool) -> Answer {
+    Answer {
+        response: from_store(entry, client, head_only, Instant::now()),
+        route: None,
+        cache: None,
+        cache_status: None,
+    }
+}
+
+/// tamis's own answer for a request it refuses (the `Allow` header of a 405 included).
+pub(super) fn refused(r: Refused) -> Answer {
+    let mut a = Answer::plain(r.status, r.message);
+    if let Some(allow) = r.allow {
+        a.response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    a
 }
 
 #[cfg(test)]

@@ -1,0 +1,422 @@
+//! What leaves, decided without I/O: the checks every visitor request passes before anything
+//! is sent, in the order they are made ([`request_filter`], [`route_filter`]), and the upstream
+//! request built from the route's policy ([`route_request`], [`prepare_analytics`]). The live
+//! path ([`crate::proxy`]) and the dry-run probe ([`dry_run`]) both call these, so what the
+//! probe shows is what the live path does.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, StatusCode, Uri};
+use http_body_util::Full;
+
+use crate::config::Config;
+use crate::routes::analytics::{self, Protocol};
+use crate::routes::{Role, Route, Router};
+use crate::secret::Secret;
+
+/// What [`serve`] would do with a visitor's request, up to the point of sending: the same checks
+/// in the same order and the same builders ([`route_request`], [`prepare_analytics`]), without
+/// the cache, the rate limits, the metrics or the upstream. An analytics route's pseudonyms
+/// come from a key drawn for this call alone, never the route's: they cannot be compared with
+/// live ones. The request target must be in origin form (`/path?query`).
+pub(crate) fn dry_run(
+    config: &Config,
+    router: &Router,
+    own_paths: &[&str],
+    visit: &Visit<'_>,
+    now: SystemTime,
+) -> DryRun {
+    let local = |refused: Refused| DryRun::Answered {
+        route: None,
+        refused,
+    };
+    if *visit.method == Method::CONNECT {
+        return local(Refused::new(
+            StatusCode::BAD_REQUEST,
+            "CONNECT is not supported\n",
+        ));
+    }
+    let target_len = visit.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if target_len > config.limits.max_uri_bytes {
+        return local(Refused::new(
+            StatusCode::URI_TOO_LONG,
+            "request target too long\n",
+        ));
+    }
+    let path = visit.uri.path();
+    // tamis's own pages come before the routes (see `serve`): answered here, nothing sent.
+    if own_paths.contains(&path) {
+        return local(Refused::new(
+            StatusCode::OK,
+            "answered by tamis itself (its own page): nothing is sent upstream\n",
+        ));
+    }
+    let Some((route, rest)) = router.find(path) else {
+        return local(Refused::new(StatusCode::NOT_FOUND, "not found\n"));
+    };
+    let result = if let Role::Analytics(protocol) = route.role {
+        analytics_gate(route, protocol, rest, visit.method).and_then(|rt| {
+            if visit.body.len() > rt.max_body {
+                return Err(Refused::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large\n",
+                ));
+            }
+            let rotate = route.config.analytics.as_ref().map(|a| a.rotate);
+            let throwaway = analytics::Pseudonymizer::new(rotate.unwrap_or(DAY), None);
+            // The probe's visitor is counted in empty location counts of its own: the live
+            // ones would tell the prober how many visitors a region had, so a probe's answer
+            // never carries a location (one visitor never opens a cell).
+            let empty = crate::geo::Gate::new(2);
+            let keys = analytics::visitor::Keys {
+                pseudonyms: &throwaway,
+                gate: &empty,
+                geo: config.geo.as_deref(),
+            };
+            // The operator's secrets stay out of the dry run altogether: it writes their
+            // placeholders where the real path writes them.
+            let secrets = Secrets::Placeholders;
+            prepare_analytics(route, rt, protocol, rest, visit, &keys, secrets, now)
+                .map(|(up, tally, _)| (up, Some(tally)))
+        })
+    } else {
+        route
+            .upstream_uri(rest, visit.uri.query())
+            .map_err(|_| Refused::new(StatusCode::BAD_REQUEST, "bad path\n"))
+            .and_then(|uri| {
+                route_method(route, visit.method)?;
+                let safe = is_safe(visit.method);
+                if !safe && visit.body.len() > config.limits.max_body_bytes {
+                    return Err(Refused::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request body too large\n",
+                    ));
+                }
+                // A safe request's body is never read, so never sent.
+                let body = if safe {
+                    Bytes::new()
+                } else {
+                    visit.body.clone()
+                };
+                let mut headers = visit.headers.clone();
+                let up = route_request(route, visit.method, uri, &mut headers, body);
+                Ok((up, None))
+            })
+    };
+    match result {
+        Ok((up, tally)) => DryRun::Sent {
+            route: route.clone(),
+            up: Box::new(up),
+            tally,
+        },
+        Err(refused) => DryRun::Answered {
+            route: Some(route.clone()),
+            refused,
+        },
+    }
+}
+
+/// A fallback rotation for a throwaway key (analytics routes always configure one).
+pub(crate) const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+/// What [`dry_run`] found.
+pub(crate) enum DryRun {
+    /// The request the route would send, and what the analytics scrub did (analytics routes).
+    Sent {
+        route: Arc<Route>,
+        /// Boxed: three times the size of the other variant.
+        up: Box<UpstreamRequest>,
+        tally: Option<analytics::Tally>,
+    },
+    /// tamis would answer itself, sending nothing (the route, when one matched).
+    Answered {
+        route: Option<Arc<Route>>,
+        refused: Refused,
+    },
+}
+
+/// Headers that only make sense between the browser and tamis: a fill for the cache asks the
+/// upstream for the whole, unconditional representation.
+pub(crate) const CLIENT_ONLY: &[HeaderName] = &[
+    header::RANGE,
+    header::IF_RANGE,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+];
+
+/// Whether a route answers this method at all: GET and HEAD, anything on a pass-through route.
+pub(crate) fn route_method(route: &Route, method: &Method) -> Result<(), Refused> {
+    if is_safe(method) || route.config.pass_through {
+        return Ok(());
+    }
+    Err(Refused {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: "method not allowed\n",
+        allow: Some("GET, HEAD"),
+    })
+}
+
+pub(crate) fn is_safe(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
+}
+
+/// Whether this request on this route goes through the cache.
+pub(crate) fn caches(route: &Route, method: &Method) -> bool {
+    is_safe(method) && route.config.cache.enabled
+}
+
+/// What a static, tiles or fonts route sends upstream for a visitor's request (its method
+/// already allowed by [`route_method`]), on a cache miss: the route's header policy, minus the
+/// browser's own conditionals and ranges when the cache fills. The real path and the probe
+/// both build their request here. An unsafe method (pass-through routes only) takes the
+/// visitor's headers out of `visitor`, as nothing reads them afterwards; a safe one leaves them.
+pub(crate) fn route_request(
+    route: &Route,
+    method: &Method,
+    uri: Uri,
+    visitor: &mut HeaderMap,
+    body: Bytes,
+) -> UpstreamRequest {
+    if !is_safe(method) {
+        // Scrubbed in place: no copy of what a pass-through route keeps.
+        let headers = route.scrub_owned(std::mem::take(visitor));
+        return UpstreamRequest::new(method.clone(), uri, headers, body);
+    }
+    let mut headers = route.scrub(visitor);
+    if !caches(route, method) {
+        return UpstreamRequest::new(method.clone(), uri, headers, Bytes::new());
+    }
+    // The visitor's own conditionals and ranges are answered from the stored copy; the
+    // upstream is asked for the plain representation. Usually none is there (a browser's
+    // Range is the one the allowlist lets through): look before hashing each.
+    if headers.keys().any(|n| CLIENT_ONLY.contains(n)) {
+        for h in CLIENT_ONLY {
+            headers.remove(h);
+        }
+    }
+    // A HEAD miss fetches with GET, so the answer can be stored for both.
+    UpstreamRequest::new(Method::GET, uri, headers, Bytes::new())
+}
+
+/// Whether an analytics route takes this request at all: one of its protocol's endpoints, with
+/// a method the protocol uses. Checked before the body is read.
+pub(crate) fn analytics_gate<'r>(
+    route: &'r Route,
+    protocol: Protocol,
+    rest: &str,
+    method: &Method,
+) -> Result<&'r Arc<analytics::Runtime>, Refused> {
+    let Some(rt) = route.analytics.as_ref() else {
+        return Err(Refused::new(StatusCode::NOT_FOUND, "not found\n"));
+    };
+    if !protocol.endpoints().contains(&rest) {
+        return Err(Refused::new(
+            StatusCode::NOT_FOUND,
+            "not a tracking endpoint\n",
+        ));
+    }
+    if !protocol.allows(method) {
+        let allow = if protocol.allows(&Method::GET) {
+            "GET, POST"
+        } else {
+            "POST"
+        };
+        return Err(Refused {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: "method not allowed\n",
+            allow: Some(allow),
+        });
+    }
+    Ok(rt)
+}
+
+/// One visitor request as the analytics preparation reads it.
+pub(crate) struct Visit<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+    pub body: &'a Bytes,
+    /// Who sent it (tamis's own view: the peer, or what a trusted proxy said).
+    pub client: IpAddr,
+}
+
+/// What an analytics route sends upstream for a tracking request that passed
+/// [`analytics_gate`]: the route's header policy and what the route adds to it (the truncated
+/// address, synthetic or truncated, and the location), then the protocol's scrub of query and
+/// body, and the upstream URL. The real path calls it with the route's live `keys`
+/// (pseudonym key, location counts), the probe with throwaway ones, so anything added here
+/// reaches both; likewise the real path sends the operator's secrets, the probe their
+/// placeholders. The tally says what the scrub did.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn prepare_analytics(
+    route: &Route,
+    rt: &analytics::Runtime,
+    protocol: Protocol,
+    rest: &str,
+    visit: &Visit<'_>,
+    keys: &analytics::visitor::Keys<'_>,
+    secrets: Secrets,
+    now: SystemTime,
+) -> Result<(UpstreamRequest, analytics::Tally, crate::geo::Released), Refused> {
+    let mut headers = route.scrub(visit.headers);
+    // tamis reads some protocols' answers for a few typed fields: unencoded, or not at all.
+    if analytics::answer::wants_identity(protocol) {
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
+    // What the upstream may learn of the visitor besides the payload (address, location):
+    // worked out here from the real address, which goes no further.
+    let visitor = analytics::visitor::observe(
+        rt,
+        keys,
+        &route.config.name,
+        || site_of(visit.uri, visit.headers),
+        visit.client,
+        visit
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+        now,
+    );
+    analytics::visitor::add_headers(protocol, &visitor, &mut headers);
+    let token = route
+        .config
+        .analytics
+        .as_ref()
+        .and_then(|a| a.token.as_ref());
+    let placeholder = match secrets {
+        Secrets::Real => None,
+        Secrets::Placeholders => token.map(Secret::placeholder),
+    };
+    let ctx = analytics::Context {
+        settings: &rt.settings,
+        pseudonyms: keys.pseudonyms,
+        route: &route.config.name,
+        visitor: &visitor,
+        matomo_token: match secrets {
+            Secrets::Real => token,
+            Secrets::Placeholders => placeholder.as_ref(),
+        },
+    };
+    let mut tally = analytics::Tally::default();
+    let query = visit.uri.query().unwrap_or("");
+    let body = visit.body;
+    let scrubbed: Result<(String, Bytes), analytics::ScrubError> = match protocol {
+        Protocol::Ga4 => analytics::ga4::scrub(query, body, &ctx, now, &mut tally)
+            .map(|(q, b)| (q, Bytes::from(b))),
+        Protocol::Matomo => analytics::matomo::scrub(query, body, &ctx, now, &mut tally)
+            .map(|(q, b)| (q, Bytes::from(b))),
+        // The JSON protocols carry everything in the body; a query would only add identifiers.
+        Protocol::Plausible => analytics::plausible::scrub(body, &ctx, &mut tally)
+            .map(|b| (String::new(), Bytes::from(b))),
+        Protocol::Umami => {
+            analytics::umami::scrub(body, &ctx, &mut tally).map(|b| (String::new(), Bytes::from(b)))
+        }
+    };
+    let (query, body) = match scrubbed {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(route = %route.config.name, error = %e, "tracking request refused");
+            return Err(Refused::new(
+                StatusCode::BAD_REQUEST,
+                "malformed tracking request\n",
+            ));
+        }
+    };
+    let uri = route
+        .upstream_uri(rest, (!query.is_empty()).then_some(query.as_str()))
+        .map_err(|_| Refused::new(StatusCode::BAD_REQUEST, "bad path\n"))?;
+    let mut method = visit.method.clone();
+    // Matomo's token_auth never goes in a URL (logs keep URLs): a GET that must carry one is
+    // sent as the equivalent form POST, which Matomo reads the same way ($_GET + $_POST).
+    if protocol == Protocol::Matomo && method == Method::GET && !body.is_empty() {
+        method = Method::POST;
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+    }
+    let up = UpstreamRequest::new(method, uri, headers, body);
+    Ok((up, tally, visitor.location))
+}
+
+/// Which operator secrets an upstream request is built with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Secrets {
+    /// The secrets themselves: the request is sent.
+    Real,
+    /// Their placeholders (`<operator token_auth>`): the request is shown (the probe), and the
+    /// secrets never enter it.
+    Placeholders,
+}
+
+/// The site a request was made to (its host, lower-case, without a port): part of a visitor's
+/// pseudonymous key, so two sites behind one tamis never share one.
+pub(crate) fn site_of(uri: &Uri, headers: &HeaderMap) -> String {
+    let host = uri
+        .host()
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or("");
+    let host = host
+        .parse::<http::uri::Authority>()
+        .map_or_else(|_| host.to_owned(), |a| a.host().to_owned());
+    host.to_ascii_lowercase()
+}
+
+/// The request tamis sends upstream.
+#[derive(Clone, Debug)]
+pub(crate) struct UpstreamRequest {
+    pub(crate) parts: http::request::Parts,
+    pub(crate) body: Bytes,
+}
+
+/// Why tamis answers a request itself and sends nothing upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Refused {
+    pub status: StatusCode,
+    pub message: &'static str,
+    /// The `Allow` header of a 405.
+    pub allow: Option<&'static str>,
+}
+
+impl Refused {
+    pub(crate) fn new(status: StatusCode, message: &'static str) -> Refused {
+        Refused {
+            status,
+            message,
+            allow: None,
+        }
+    }
+}
+
+impl UpstreamRequest {
+    pub(crate) fn new(
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> UpstreamRequest {
+        let mut parts = Request::new(()).into_parts().0;
+        parts.method = method;
+        parts.uri = uri;
+        parts.headers = headers;
+        UpstreamRequest { parts, body }
+    }
+
+    pub(crate) fn to_request(&self) -> Request<Full<Bytes>> {
+        Request::from_parts(self.parts.clone(), Full::new(self.body.clone()))
+    }
+
+    pub(crate) fn into_request(self) -> Request<Full<Bytes>> {
+        Request::from_parts(self.parts, Full::new(self.body))
+    }
+}

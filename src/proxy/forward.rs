@@ -1,0 +1,245 @@
+//! The upstream phase: the send (circuit breaker, permits, retries, metrics), a forward that
+//! bypasses the cache and streams the answer back, and unsafe methods on pass-through routes.
+
+use std::future::Future;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use crate::body::{self};
+use crate::metrics::CacheResult;
+use crate::routes::Route;
+use crate::state::State;
+use crate::upstream::{UpstreamBody, UpstreamError};
+
+use super::respond::{rewritten, scrub_response, status_of, streamed, Answer};
+use crate::egress::route_request;
+
+/// Sends `request` (taken out) upstream through the route's circuit breaker and within its cap
+/// on concurrent upstream requests (waiting for a turn counts against the upstream timeout).
+/// A GET or HEAD whose connection failed before any answer is tried again, at most
+/// `upstream.retries` times. Records the upstream metrics and logs a failure.
+pub(super) async fn send(
+    state: &State,
+    route: &Route,
+    request: &mut Request<Full<Bytes>>,
+) -> Result<
+    (
+        Response<UpstreamBody>,
+        Option<tokio::sync::OwnedSemaphorePermit>,
+    ),
+    UpstreamError,
+> {
+    let sent = Instant::now();
+    let result = 'send: {
+        if let Err(open) = route.breaker.admit(sent) {
+            break 'send Err(UpstreamError::CircuitOpen(open.0));
+        }
+        let permit = match &route.permits {
+            None => None,
+            Some(sem) => {
+                // Boxed: only routes with a cap wait here; inline, the wait would widen every
+                // request's future.
+                let turn =
+                    tokio::time::timeout(state.upstream.timeout(), sem.clone().acquire_owned());
+                match Box::pin(turn).await {
+                    Ok(Ok(p)) => Some(p),
+                    _ => break 'send Err(UpstreamError::Timeout(state.upstream.timeout())),
+                }
+            }
+        };
+        let idempotent = matches!(*request.method(), Method::GET | Method::HEAD);
+        let retries = if idempotent {
+            state.config.upstream.retries
+        } else {
+            0
+        };
+        let mut attempt = 0;
+        let result = loop {
+            // A copy only while another attempt may follow; the last one sends the original.
+            // Boxed for the same reason: most requests are never retried.
+            let mut copy = (attempt < retries).then(|| Box::new(clone_request(request)));
+            let this = match copy.as_mut() {
+                Some(c) => c,
+                None => &mut *request,
+            };
+            match state.upstream.send(this).await {
+                Err(e) if e.retryable() && attempt < retries => {
+                    attempt += 1;
+                    tracing::debug!(route = %route.config.name, error = %e, attempt, "retrying upstream request");
+                    tokio::time::sleep(std::time::Duration::from_millis(25 * u64::from(attempt)))
+                        .await;
+                }
+                other => break other,
+            }
+        };
+        let ok = result.as_ref().is_ok_and(|r| !r.status().is_server_error());
+        if route.breaker.record(ok, Instant::now()) {
+            let (failures, cooldown) = route.breaker.settings();
+            tracing::warn!(
+                route = %route.config.name,
+                failures,
+                ?cooldown,
+                "upstream failing: circuit open, answering from the cache or 503 without asking it"
+            );
+        }
+        result.map(|r| (r, permit))
+    };
+    let rm = &state.route_metrics[route.index];
+    match &result {
+        Ok((resp, _)) => {
+            let took = sent.elapsed().as_secs_f64();
+            state.metrics.upstream_response(rm, resp.status(), took);
+        }
+        Err(e) => {
+            state.metrics.upstream_error(rm, e.failure());
+            log_failure(route, e);
+        }
+    }
+    result
+}
+
+pub(super) fn log_failure(route: &Route, e: &UpstreamError) {
+    // An open circuit was logged once when it opened.
+    if matches!(e, UpstreamError::CircuitOpen(_)) {
+        tracing::debug!(route = %route.config.name, error = %e, "upstream not asked");
+    } else {
+        tracing::warn!(route = %route.config.name, error = %e, "upstream request failed");
+    }
+}
+
+/// A copy of a request whose body is already in memory (for a retry).
+pub(super) fn clone_request(r: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut out = Request::new(r.body().clone());
+    *out.method_mut() = r.method().clone();
+    *out.uri_mut() = r.uri().clone();
+    *out.version_mut() = r.version();
+    *out.headers_mut() = r.headers().clone();
+    out
+}
+
+/// A failed upstream exchange as the visitor sees it: 502, 503 (with `Retry-After` when the
+/// circuit is open) or 504.
+pub(super) fn upstream_failed(e: &UpstreamError) -> Answer {
+    let message = match e.status() {
+        StatusCode::GATEWAY_TIMEOUT => "upstream timed out\n",
+        _ => "upstream unavailable\n",
+    };
+    retry_after(Answer::plain(e.status(), message), e)
+}
+
+/// Adds `Retry-After` to an error answer for an open circuit (a stale copy served instead
+/// keeps its own headers).
+pub(super) fn retry_after(mut a: Answer, e: &UpstreamError) -> Answer {
+    if let Some(d) = e.retry_after() {
+        if a.response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            a.response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(d.as_secs().max(1)));
+        }
+    }
+    a
+}
+
+/// Forwards without the cache and streams the answer back.
+#[allow(clippy::manual_async_fn)] // See the module note.
+pub(super) fn forward<'a>(
+    state: &'a State,
+    route: &'a Route,
+    mut request: Request<Full<Bytes>>,
+    head_only: bool,
+) -> impl Future<Output = Answer> + 'a {
+    async move {
+        let requested = request.uri().clone();
+        let (resp, _permit) = match send(state, route, &mut request).await {
+            Ok(resp) => resp,
+            Err(e) => return upstream_failed(&e),
+        };
+        let (parts, incoming) = resp.into_parts();
+        let Some(mut headers) = scrub_response(state, route, &requested, parts.headers) else {
+            return Answer::plain(StatusCode::BAD_GATEWAY, "upstream redirected elsewhere\n");
+        };
+        if route.rewrites(&headers) {
+            let max = state.cache.max_object_bytes();
+            return match tokio::time::timeout(
+                state.upstream.timeout(),
+                Box::pin(rewritten(route, parts.status, &mut headers, incoming, max)),
+            )
+            .await
+            {
+                Ok(Some(body)) => {
+                    let mut response = Response::new(if head_only {
+                        body::empty()
+                    } else {
+                        body::full(body)
+                    });
+                    *response.status_mut() = parts.status;
+                    *response.headers_mut() = headers;
+                    Answer {
+                        response,
+                        route: None,
+                        cache: None,
+                        cache_status: None,
+                    }
+                }
+                _ => Answer::plain(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream stylesheet could not be rewritten\n",
+                ),
+            };
+        }
+        streamed(
+            state,
+            route,
+            parts.status,
+            headers,
+            Vec::new(),
+            Some(incoming),
+            head_only,
+        )
+    }
+}
+
+/// Pass-through routes only: forwards an unsafe method with its body, then drops what the
+/// cache holds for that URL when it succeeded (RFC 9111 §4.4).
+#[allow(clippy::manual_async_fn)] // See the module note.
+pub(super) fn forward_unsafe<'a>(
+    state: &'a State,
+    route: &'a Route,
+    uri: Uri,
+    req: Request<Incoming>,
+) -> impl Future<Output = Answer> + 'a {
+    async move {
+        let (mut parts, body) = req.into_parts();
+        let body = match body::read_limited(body, state.config.limits.max_body_bytes).await {
+            Ok(b) => b,
+            Err(e) => return body_refused(&e),
+        };
+        // Only a caching route can hold a copy to drop.
+        let stored = route.config.cache.enabled.then(|| uri.clone());
+        let up = route_request(route, &parts.method, uri, &mut parts.headers, body);
+        drop(parts);
+        let answer = forward(state, route, up.into_request(), false).await;
+        let status = answer.response.status();
+        if let Some(uri) = stored.filter(|_| status.is_success() || status.is_redirection()) {
+            Box::pin(state.cache.invalidate(route.cache_id, &uri)).await;
+        }
+        answer.with(CacheResult::Bypass, status_of("tamis; fwd=bypass"))
+    }
+}
+
+/// 413 for a visitor's body over the limit, 400 for one that broke off.
+pub(super) fn body_refused(e: &body::ReadError) -> Answer {
+    match e {
+        body::ReadError::TooLarge(_) => {
+            Answer::plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
+        }
+        body::ReadError::Failed(_) => {
+            Answer::plain(StatusCode::BAD_REQUEST, "request body unreadable\n")
+        }
+    }
+}

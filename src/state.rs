@@ -1,0 +1,103 @@
+//! The running state: everything a request needs, built from a checked config (routes, the
+//! cache, the upstream client, metrics, tamis's own public pages). A reload builds the next one
+//! from the last (see [`crate::reload`]).
+
+use std::sync::Arc;
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::routes::Router;
+use crate::upstream::Upstream;
+
+/// Everything a request needs, built from a validated config. A reload builds a new one that
+/// shares the cache and the metrics with the one it replaces (see [`crate::reload`]).
+pub struct State {
+    pub config: Config,
+    pub router: Router,
+    pub cache: Arc<Cache>,
+    pub upstream: Upstream,
+    pub metrics: Arc<Metrics>,
+    /// The public page disclosing what each route does.
+    pub transparency: Option<crate::transparency::Page>,
+    /// The public dry-run probe (`transparency.probe`).
+    pub probe: Option<crate::probe::Endpoint>,
+    /// Indexed like the router's routes.
+    pub(crate) route_metrics: Vec<RouteMetrics>,
+}
+
+/// Something in the config that could not be turned into a running state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+impl State {
+    /// The paths tamis answers itself ahead of the routes (the transparency page, the probe).
+    pub fn own_paths(&self) -> Vec<&str> {
+        let page = self.transparency.as_ref().map(|p| p.path.as_str());
+        let probe = self.probe.as_ref().map(|p| p.path.as_str());
+        page.into_iter().chain(probe).collect()
+    }
+
+    /// The metrics of the route at `index` in the router.
+    pub fn route_metrics(&self, index: usize) -> Option<&RouteMetrics> {
+        self.route_metrics.get(index)
+    }
+
+    /// Builds routes, cache, upstream client and metrics.
+    pub fn new(config: Config) -> Result<State, StateError> {
+        let metrics = Arc::new(Metrics::new()?);
+        let cache = Arc::new(Cache::new(
+            config.cache.max_bytes,
+            config.cache.max_object_bytes,
+            metrics.eviction_hook(),
+        ));
+        let state = State::build(config, None, cache, metrics)?;
+        state
+            .metrics
+            .config_loaded(&state.config.hash, state.cache.max_bytes());
+        Ok(state)
+    }
+
+    /// The state for a reloaded `config`: same cache and metrics, routes rebuilt (an unchanged
+    /// route keeps its cache entries, upstream permits and pseudonym key).
+    pub fn next(&self, config: Config) -> Result<State, StateError> {
+        State::build(
+            config,
+            Some(&self.router),
+            self.cache.clone(),
+            self.metrics.clone(),
+        )
+    }
+
+    pub(crate) fn build(
+        config: Config,
+        previous: Option<&Router>,
+        cache: Arc<Cache>,
+        metrics: Arc<Metrics>,
+    ) -> Result<State, StateError> {
+        let router = Router::reloaded(&config, previous);
+        let upstream = Upstream::new(&config.upstream)?;
+        let route_metrics = router
+            .routes()
+            .iter()
+            .map(|r| metrics.route(&r.config.name))
+            .collect();
+        let transparency = crate::transparency::Page::new(&config, &router);
+        let probe = crate::probe::Endpoint::new(&config);
+        Ok(State {
+            transparency,
+            probe,
+            config,
+            router,
+            cache,
+            upstream,
+            metrics,
+            route_metrics,
+        })
+    }
+}
