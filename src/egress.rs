@@ -1,7 +1,7 @@
 //! What leaves, decided without I/O: the checks every visitor request passes before anything
-//! is sent, in the order they are made ([`request_filter`], [`route_filter`]), and the upstream
-//! request built from the route's policy ([`route_request`], [`prepare_analytics`]). The live
-//! path ([`crate::proxy`]) and the dry-run probe ([`dry_run`]) both call these, so what the
+//! is sent, in the order they are made (`request_filter`, `route_filter`), and the upstream
+//! request built from the route's policy (`route_request`, `prepare_analytics`). The live
+//! path (`crate::proxy`) and the dry-run probe (`dry_run`) both call these, so what the
 //! probe shows is what the live path does.
 
 use std::net::IpAddr;
@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, StatusCode, Uri};
+use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
 use http_body_util::Full;
 
 use crate::config::Config;
@@ -18,9 +18,87 @@ use crate::routes::analytics::{self, Protocol};
 use crate::routes::{Role, Route, Router};
 use crate::secret::Secret;
 
-/// What [`serve`] would do with a visitor's request, up to the point of sending: the same checks
-/// in the same order and the same builders ([`route_request`], [`prepare_analytics`]), without
-/// the cache, the rate limits, the metrics or the upstream. An analytics route's pseudonyms
+/// Where [`request_filter`] sends a request.
+pub(crate) enum Admitted<'r, 'p> {
+    /// One of tamis's own public pages (the transparency page, the probe): tamis answers it.
+    OwnPage,
+    /// A route's request, and the path after the route's prefix.
+    Route(&'r Arc<Route>, &'p str),
+}
+
+/// The first checks of every request, live or probed, in this order: no CONNECT and no
+/// absolute-form target on HTTP/1 (tamis never proxies to a host the client names, 400), the
+/// target's length (414, RFC 9110 §15.5.15), tamis's own pages ahead of the routes (a route can
+/// never hide them), then the route by longest prefix (404).
+pub(crate) fn request_filter<'r, 'p>(
+    config: &Config,
+    router: &'r Router,
+    is_own_page: impl Fn(&str) -> bool,
+    method: &Method,
+    uri: &'p Uri,
+    version: Version,
+) -> Result<Admitted<'r, 'p>, Refused> {
+    if method == Method::CONNECT {
+        return Err(Refused::new(
+            StatusCode::BAD_REQUEST,
+            "CONNECT is not supported\n",
+        ));
+    }
+    if version < Version::HTTP_2 && uri.authority().is_some() {
+        return Err(Refused::new(
+            StatusCode::BAD_REQUEST,
+            "absolute-form request targets are not accepted\n",
+        ));
+    }
+    let target_len = uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if target_len > config.limits.max_uri_bytes {
+        return Err(Refused::new(
+            StatusCode::URI_TOO_LONG,
+            "request target too long\n",
+        ));
+    }
+    let path = uri.path();
+    if is_own_page(path) {
+        return Ok(Admitted::OwnPage);
+    }
+    match router.find(path) {
+        Some((route, rest)) => Ok(Admitted::Route(route, rest)),
+        None => Err(Refused::new(StatusCode::NOT_FOUND, "not found\n")),
+    }
+}
+
+/// What a route takes, from [`route_filter`].
+pub(crate) enum Accepted<'r> {
+    /// A mirror's request (static, fonts, tiles) and the upstream URL it maps to.
+    Mirror(Uri),
+    /// A tracking request to one of the protocol's endpoints, and the route's analytics state.
+    Tracking(Protocol, &'r Arc<analytics::Runtime>),
+}
+
+/// Whether the route takes this request, checked before any body is read, in the order the
+/// live path has always answered: a mirror's path confined under its upstream base (400)
+/// before its method (405); a tracking route's endpoint (404) before its method (405).
+pub(crate) fn route_filter<'r>(
+    route: &'r Route,
+    rest: &str,
+    method: &Method,
+    query: Option<&str>,
+) -> Result<Accepted<'r>, Refused> {
+    if let Role::Analytics(protocol) = route.role {
+        return analytics_gate(route, protocol, rest, method)
+            .map(|rt| Accepted::Tracking(protocol, rt));
+    }
+    let uri = route.upstream_uri(rest, query).map_err(|why| {
+        tracing::debug!(route = %route.config.name, %why, "path refused");
+        Refused::new(StatusCode::BAD_REQUEST, "bad path\n")
+    })?;
+    route_method(route, method)?;
+    Ok(Accepted::Mirror(uri))
+}
+
+/// What the live path would do with a visitor's request, up to the point of sending: the same
+/// filters ([`request_filter`], [`route_filter`]) and the same builders ([`route_request`],
+/// [`prepare_analytics`]), without the cache, the rate limits, the metrics or the upstream. An analytics route's pseudonyms
 /// come from a key drawn for this call alone, never the route's: they cannot be compared with
 /// live ones. The request target must be in origin form (`/path?query`).
 pub(crate) fn dry_run(
@@ -30,36 +108,37 @@ pub(crate) fn dry_run(
     visit: &Visit<'_>,
     now: SystemTime,
 ) -> DryRun {
-    let local = |refused: Refused| DryRun::Answered {
-        route: None,
-        refused,
+    let is_own_page = |path: &str| own_paths.contains(&path);
+    let admitted = request_filter(
+        config,
+        router,
+        is_own_page,
+        visit.method,
+        visit.uri,
+        Version::HTTP_11,
+    );
+    let (route, rest) = match admitted {
+        Ok(Admitted::Route(route, rest)) => (route, rest),
+        // tamis's own pages come before the routes: answered there, nothing sent.
+        Ok(Admitted::OwnPage) => {
+            return DryRun::Answered {
+                route: None,
+                refused: Refused::new(
+                    StatusCode::OK,
+                    "answered by tamis itself (its own page): nothing is sent upstream\n",
+                ),
+            }
+        }
+        Err(refused) => {
+            return DryRun::Answered {
+                route: None,
+                refused,
+            }
+        }
     };
-    if *visit.method == Method::CONNECT {
-        return local(Refused::new(
-            StatusCode::BAD_REQUEST,
-            "CONNECT is not supported\n",
-        ));
-    }
-    let target_len = visit.uri.path_and_query().map_or(0, |p| p.as_str().len());
-    if target_len > config.limits.max_uri_bytes {
-        return local(Refused::new(
-            StatusCode::URI_TOO_LONG,
-            "request target too long\n",
-        ));
-    }
-    let path = visit.uri.path();
-    // tamis's own pages come before the routes (see `serve`): answered here, nothing sent.
-    if own_paths.contains(&path) {
-        return local(Refused::new(
-            StatusCode::OK,
-            "answered by tamis itself (its own page): nothing is sent upstream\n",
-        ));
-    }
-    let Some((route, rest)) = router.find(path) else {
-        return local(Refused::new(StatusCode::NOT_FOUND, "not found\n"));
-    };
-    let result = if let Role::Analytics(protocol) = route.role {
-        analytics_gate(route, protocol, rest, visit.method).and_then(|rt| {
+    let accepted = route_filter(route, rest, visit.method, visit.uri.query());
+    let result = accepted.and_then(|accepted| match accepted {
+        Accepted::Tracking(protocol, rt) => {
             if visit.body.len() > rt.max_body {
                 return Err(Refused::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -82,31 +161,26 @@ pub(crate) fn dry_run(
             let secrets = Secrets::Placeholders;
             prepare_analytics(route, rt, protocol, rest, visit, &keys, secrets, now)
                 .map(|(up, tally, _)| (up, Some(tally)))
-        })
-    } else {
-        route
-            .upstream_uri(rest, visit.uri.query())
-            .map_err(|_| Refused::new(StatusCode::BAD_REQUEST, "bad path\n"))
-            .and_then(|uri| {
-                route_method(route, visit.method)?;
-                let safe = is_safe(visit.method);
-                if !safe && visit.body.len() > config.limits.max_body_bytes {
-                    return Err(Refused::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "request body too large\n",
-                    ));
-                }
-                // A safe request's body is never read, so never sent.
-                let body = if safe {
-                    Bytes::new()
-                } else {
-                    visit.body.clone()
-                };
-                let mut headers = visit.headers.clone();
-                let up = route_request(route, visit.method, uri, &mut headers, body);
-                Ok((up, None))
-            })
-    };
+        }
+        Accepted::Mirror(uri) => {
+            let safe = is_safe(visit.method);
+            if !safe && visit.body.len() > config.limits.max_body_bytes {
+                return Err(Refused::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large\n",
+                ));
+            }
+            // A safe request's body is never read, so never sent.
+            let body = if safe {
+                Bytes::new()
+            } else {
+                visit.body.clone()
+            };
+            let mut headers = visit.headers.clone();
+            let up = route_request(route, visit.method, uri, &mut headers, body);
+            Ok((up, None))
+        }
+    });
     match result {
         Ok((up, tally)) => DryRun::Sent {
             route: route.clone(),
@@ -151,7 +225,7 @@ pub(crate) const CLIENT_ONLY: &[HeaderName] = &[
 ];
 
 /// Whether a route answers this method at all: GET and HEAD, anything on a pass-through route.
-pub(crate) fn route_method(route: &Route, method: &Method) -> Result<(), Refused> {
+fn route_method(route: &Route, method: &Method) -> Result<(), Refused> {
     if is_safe(method) || route.config.pass_through {
         return Ok(());
     }
@@ -206,7 +280,7 @@ pub(crate) fn route_request(
 
 /// Whether an analytics route takes this request at all: one of its protocol's endpoints, with
 /// a method the protocol uses. Checked before the body is read.
-pub(crate) fn analytics_gate<'r>(
+fn analytics_gate<'r>(
     route: &'r Route,
     protocol: Protocol,
     rest: &str,
@@ -418,5 +492,71 @@ impl UpstreamRequest {
 
     pub(crate) fn into_request(self) -> Request<Full<Bytes>> {
         Request::from_parts(self.parts, Full::new(self.body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[limits]\nmax_uri_bytes = 64\n\
+             [[route]]\nname = \"cdn\"\nkind = \"static\"\nprefix = \"/cdn/\"\n\
+             upstream = \"https://cdn.example/npm/\"\n\
+             [[route]]\nname = \"ga\"\nkind = \"ga4\"\nprefix = \"/a/\"\n\
+             upstream = \"https://region1.google-analytics.com/\"\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap()
+    }
+
+    /// The status `request_filter` then `route_filter` give a request, as the live path and
+    /// the probe both see it (0: taken).
+    fn judged(config: &Config, router: &Router, method: Method, target: &str, v: Version) -> u16 {
+        let uri: Uri = target.parse().unwrap();
+        let own = |p: &str| p == "/.well-known/tamis";
+        match request_filter(config, router, own, &method, &uri, v) {
+            Err(r) => r.status.as_u16(),
+            Ok(Admitted::OwnPage) => 1,
+            Ok(Admitted::Route(route, rest)) => {
+                match route_filter(route, rest, &method, uri.query()) {
+                    Err(r) => r.status.as_u16(),
+                    Ok(_) => 0,
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn requests_are_refused_in_the_same_order_live_and_probed() {
+        let config = config();
+        let router = Router::new(&config);
+        let h1 = Version::HTTP_11;
+        let long = format!("/cdn/{}", "a".repeat(80));
+        let cases: &[(Method, &str, Version, u16)] = &[
+            (Method::CONNECT, "/cdn/x", h1, 400),
+            (Method::GET, "http://evil.example/cdn/x", h1, 400),
+            // HTTP/2 always carries an authority: only HTTP/1's absolute form is refused.
+            (Method::GET, "http://site.example/cdn/x", Version::HTTP_2, 0),
+            (Method::GET, &long, h1, 414),
+            (Method::GET, "/.well-known/tamis", h1, 1),
+            (Method::GET, "/nowhere", h1, 404),
+            (Method::GET, "/cdn/x.js", h1, 0),
+            // A mirror's bad path (400) comes before its method (405).
+            (Method::POST, "/cdn/../x", h1, 400),
+            (Method::POST, "/cdn/x.js", h1, 405),
+            // A tracking route's endpoint (404) comes before its method (405).
+            (Method::PUT, "/a/other", h1, 404),
+            (Method::PUT, "/a/g/collect", h1, 405),
+            (Method::POST, "/a/g/collect", h1, 0),
+        ];
+        for (method, target, v, status) in cases {
+            assert_eq!(
+                judged(&config, &router, method.clone(), target, *v),
+                *status,
+                "{method} {target}"
+            );
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! request, and check that against the published policy. `POST /.well-known/tamis/probe` (when
 //! `transparency.probe = true`) and `tamis probe --config PATH REQUEST_FILE` share this engine.
 //!
-//! The request runs through [`crate::egress::dry_run`], the real path's own checks and builders
+//! The request runs through `crate::egress::dry_run`, the real path's own checks and builders
 //! (routing, confinement, header policy, analytics scrub), up to the point of sending. Nothing
 //! is sent, the cache is not read, no live counter moves, and analytics pseudonyms come from a
 //! key drawn for that one probe, so they can never be matched with live ones. The visitor's

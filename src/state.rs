@@ -43,6 +43,12 @@ impl State {
         page.into_iter().chain(probe).collect()
     }
 
+    /// Whether `path` is one of tamis's own public pages (answered ahead of the routes).
+    pub fn is_own_page(&self, path: &str) -> bool {
+        self.transparency.as_ref().is_some_and(|p| p.path == path)
+            || self.probe.as_ref().is_some_and(|p| p.path == path)
+    }
+
     /// The metrics of the route at `index` in the router.
     pub fn route_metrics(&self, index: usize) -> Option<&RouteMetrics> {
         self.route_metrics.get(index)

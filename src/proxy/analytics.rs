@@ -17,7 +17,7 @@ use crate::state::State;
 
 use super::forward::{body_refused, send, upstream_failed};
 use super::respond::{self, status_of, Answer};
-use crate::egress::{analytics_gate, prepare_analytics};
+use crate::egress::prepare_analytics;
 
 /// An analytics tracking request: only the protocol's endpoints, body capped, query and body
 /// scrubbed per protocol, never cached. The browser gets tamis's own answer
@@ -27,15 +27,12 @@ pub(super) async fn serve_analytics(
     state: &State,
     route: &Route,
     protocol: Protocol,
+    rt: &analytics::Runtime,
     rest: &str,
     req: Request<Incoming>,
     client: IpAddr,
 ) -> Answer {
     let bypass = || status_of("tamis; fwd=bypass");
-    let rt = match analytics_gate(route, protocol, rest, req.method()) {
-        Ok(rt) => rt,
-        Err(refused) => return respond::refused(refused),
-    };
     let (parts, body) = req.into_parts();
     let body = match body::read_limited(body, rt.max_body).await {
         Ok(b) => b,

@@ -1,5 +1,22 @@
-//! The request flow, top to bottom: route → scrub request → cache lookup → upstream → scrub
-//! response → store → respond.
+//! One visitor request, phase by phase (pingora's names), top to bottom in `handle`,
+//! `serve` and `serve_route`; each phase is a function in the module named here:
+//!
+//! | # | phase | where |
+//! | --- | --- | --- |
+//! | 1 | request_filter: CONNECT, absolute-form, target length, own pages, the route | `crate::egress::request_filter` |
+//! | 2 | rate_limit (live only) | `rate_limit` here |
+//! | 3 | route_filter: a mirror's path (400) before its method (405); a tracking endpoint (404) before its method (405) | `crate::egress::route_filter` |
+//! | 4 | cache_hit: a fresh entry that varies on nothing | `serve_route` here, [`crate::cache::Cache::fresh`] |
+//! | 5 | upstream_request_filter: what the route sends | `crate::egress::route_request`, `crate::egress::prepare_analytics` |
+//! | 6 | cache_lookup: fresh, stale-while-revalidate, lead or wait | `cached::serve_cached` |
+//! | 7 | send: breaker, permits, retries | `forward::send` |
+//! | 8 | upstream_response_filter: the allowlist, Link, CSP, nosniff, Location | `respond::upstream_response_filter` |
+//! | 9 | store: storability, rewrite or buffer, the entry; a 304's refresh | `cached::fill`, `cached::refreshed` |
+//! | 10 | response_filter: every answer, whatever its source | `respond::response_filter` |
+//! | 11 | logging: metrics and the access line | `logging` here |
+//!
+//! The dry-run probe runs phases 1, 3 and 5 through the same functions
+//! (`crate::egress::dry_run`).
 //!
 //! The functions on the hot path taking a request by value return `impl Future` built from an
 //! `async move` block instead of being `async fn`s: an `async fn` keeps each by-value argument
@@ -14,15 +31,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
 use crate::access_log;
 use crate::body::ProxyBody;
 use crate::cache::CacheKey;
 use crate::metrics::{CacheResult, NO_ROUTE};
-use crate::routes::{Role, Route};
+use crate::routes::Route;
 
 mod analytics;
 mod cached;
@@ -31,7 +47,7 @@ mod respond;
 
 pub use crate::state::{State, StateError};
 
-use crate::egress::{caches, is_safe, route_method, route_request};
+use crate::egress::{self, caches, is_safe, route_request, Accepted, Admitted};
 use analytics::serve_analytics;
 use cached::serve_cached;
 use forward::forward_unsafe;
@@ -55,58 +71,79 @@ pub fn handle(
         let id = path
             .as_ref()
             .map(|_| access_log::RequestId::new(peer, req.headers(), proxies));
-        let answer = serve(&state, req, client).await;
-        let elapsed = start.elapsed();
-        let status = answer.response.status();
-
-        let route_name = match answer.route {
-            Some(i) => {
-                let rm = &state.route_metrics[i];
-                rm.observe(elapsed.as_secs_f64());
-                if let Some(result) = answer.cache {
-                    rm.lookup(result);
-                    // Streamed bodies count themselves as they flow; in-memory ones are counted here.
-                    if let http_body_util::Either::Left(full) = answer.response.body() {
-                        let n = http_body::Body::size_hint(full).exact().unwrap_or(0);
-                        if result.from_cache() {
-                            rm.bytes_from_cache.inc_by(n);
-                        } else {
-                            rm.bytes_from_upstream.inc_by(n);
-                        }
-                    }
-                }
-                rm.request(status);
-                state.router.routes()[i].config.name.as_str()
-            }
-            None => {
-                state.metrics.request(NO_ROUTE, status);
-                NO_ROUTE
-            }
-        };
-
-        let mut response = answer.response;
+        let mut answer = serve(&state, req, client).await;
+        // 10. response_filter: the last step of every answer, whatever produced it.
         let pass_through = answer
             .route
             .and_then(|i| state.router.routes().get(i))
             .is_some_and(|r| r.config.pass_through);
         let cache_status = answer
             .cache_status
+            .take()
             .filter(|_| state.config.cache.status_header);
-        respond::response_filter(&mut response, pass_through, cache_status);
-        if let (Some(path), Some(id)) = (path, id) {
-            let line = access_log::Line {
-                id: &id,
-                client,
-                route: route_name,
-                method: &method,
-                path: &path,
-                status,
-                cache: answer.cache.map_or("-", CacheResult::as_str),
-                elapsed,
-            };
-            access_log::write(state.config.log.client_ip, &line);
+        respond::response_filter(&mut answer.response, pass_through, cache_status);
+        // 11. logging: metrics and the access line.
+        let request = Logged {
+            method: &method,
+            path,
+            id,
+            client,
+            elapsed: start.elapsed(),
+        };
+        logging(&state, &answer, request);
+        answer.response
+    }
+}
+
+/// What the access line says of the request.
+struct Logged<'a> {
+    method: &'a Method,
+    /// Only when the access log is on.
+    path: Option<String>,
+    id: Option<access_log::RequestId>,
+    client: IpAddr,
+    elapsed: std::time::Duration,
+}
+
+/// The last phase: the route's metrics (or the no-route ones) and the access line.
+fn logging(state: &State, answer: &Answer, request: Logged<'_>) {
+    let status = answer.response.status();
+    let route_name = match answer.route {
+        Some(i) => {
+            let rm = &state.route_metrics[i];
+            rm.observe(request.elapsed.as_secs_f64());
+            if let Some(result) = answer.cache {
+                rm.lookup(result);
+                // Streamed bodies count themselves as they flow; in-memory ones are counted here.
+                if let http_body_util::Either::Left(full) = answer.response.body() {
+                    let n = http_body::Body::size_hint(full).exact().unwrap_or(0);
+                    if result.from_cache() {
+                        rm.bytes_from_cache.inc_by(n);
+                    } else {
+                        rm.bytes_from_upstream.inc_by(n);
+                    }
+                }
+            }
+            rm.request(status);
+            state.router.routes()[i].config.name.as_str()
         }
-        response
+        None => {
+            state.metrics.request(NO_ROUTE, status);
+            NO_ROUTE
+        }
+    };
+    if let (Some(path), Some(id)) = (request.path, request.id) {
+        let line = access_log::Line {
+            id: &id,
+            client: request.client,
+            route: route_name,
+            method: request.method,
+            path: &path,
+            status,
+            cache: answer.cache.map_or("-", CacheResult::as_str),
+            elapsed: request.elapsed,
+        };
+        access_log::write(state.config.log.client_ip, &line);
     }
 }
 
@@ -117,86 +154,78 @@ fn serve<'a>(
     client: IpAddr,
 ) -> impl Future<Output = Answer> + 'a {
     async move {
-        // 1. Only origin-form requests for our own paths: no proxying to a host the client names.
-        if req.method() == Method::CONNECT {
-            return Answer::plain(StatusCode::BAD_REQUEST, "CONNECT is not supported\n");
-        }
-        if req.version() < Version::HTTP_2 && req.uri().authority().is_some() {
-            return Answer::plain(
-                StatusCode::BAD_REQUEST,
-                "absolute-form request targets are not accepted\n",
-            );
-        }
-
-        let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-        if target_len > state.config.limits.max_uri_bytes {
-            return Answer::plain(StatusCode::URI_TOO_LONG, "request target too long\n");
-        }
-
-        // tamis's own public pages, ahead of the routes: a route can never hide them.
-        if let Some(probe) = &state.probe {
-            if req.uri().path() == probe.path {
-                let own = state.own_paths();
-                // Boxed: rare, and inline its future would widen every request's.
-                let answer = probe.answer(&state.config, &state.router, &own, req, client);
-                return Answer {
-                    response: Box::pin(answer).await,
-                    route: None,
-                    cache: None,
-                    cache_status: None,
-                };
-            }
-        }
-        if let Some(page) = &state.transparency {
-            if req.uri().path() == page.path {
-                return Answer {
-                    response: page.answer(
-                        req.method(),
-                        req.uri().query(),
-                        req.headers(),
-                        &state.metrics,
-                    ),
-                    route: None,
-                    cache: None,
-                    cache_status: None,
-                };
-            }
-        }
-
-        // 2. Route, and the upstream URL (confined under the route's base).
-        let Some((route, rest)) = state.router.find(req.uri().path()) else {
-            return Answer::plain(StatusCode::NOT_FOUND, "not found\n");
+        // 1. request_filter: the checks every request passes, the probe's included.
+        let admitted = egress::request_filter(
+            &state.config,
+            &state.router,
+            |path| state.is_own_page(path),
+            req.method(),
+            req.uri(),
+            req.version(),
+        );
+        let (route, rest) = match admitted {
+            Ok(Admitted::Route(route, rest)) => (route, rest),
+            Ok(Admitted::OwnPage) => return Box::pin(own_page(state, req, client)).await,
+            Err(refused) => return respond::refused(refused),
         };
         let route = route.clone();
-        // Per-client rate (in memory only): a scraper cannot bulk-download through us.
-        if let Some(limiter) = &route.rate {
-            if let Err(wait) = limiter.check(client) {
-                let mut a = Answer::plain(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
-                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                a.response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-                a.route = Some(route.index);
-                return a;
-            }
+        // 2. rate_limit (live requests only).
+        if let Err(wait) = rate_limit(&route, client) {
+            let mut too_many = respond::too_many_requests(wait);
+            too_many.route = Some(route.index);
+            return too_many;
         }
-        if let Role::Analytics(protocol) = route.role {
-            let rest = rest.to_owned();
-            let mut answer =
-                Box::pin(serve_analytics(state, &route, protocol, &rest, req, client)).await;
-            answer.route = Some(route.index);
-            return answer;
-        }
-        let uri = route.upstream_uri(rest, req.uri().query());
-        let mut answer = match uri {
-            Ok(uri) => serve_route(state, &route, uri, req).await,
-            Err(why) => {
-                tracing::debug!(route = %route.config.name, %why, "path refused");
-                Answer::plain(StatusCode::BAD_REQUEST, "bad path\n")
+        // 3. route_filter: what the route takes, before any body is read.
+        let accepted = egress::route_filter(&route, rest, req.method(), req.uri().query());
+        let mut answer = match accepted {
+            Ok(Accepted::Tracking(protocol, rt)) => {
+                let rest = rest.to_owned();
+                Box::pin(serve_analytics(
+                    state, &route, protocol, rt, &rest, req, client,
+                ))
+                .await
             }
+            Ok(Accepted::Mirror(uri)) => serve_route(state, &route, uri, req).await,
+            Err(refused) => respond::refused(refused),
         };
         answer.route = Some(route.index);
         answer
+    }
+}
+
+/// Per-client rate (in memory only): a scraper cannot bulk-download through tamis. How long
+/// to wait when over it.
+fn rate_limit(route: &Route, client: IpAddr) -> Result<(), std::time::Duration> {
+    match &route.rate {
+        Some(limiter) => limiter.check(client),
+        None => Ok(()),
+    }
+}
+
+/// tamis's own public pages, ahead of the routes: the dry-run probe and the transparency page.
+async fn own_page(state: &Arc<State>, req: Request<Incoming>, client: IpAddr) -> Answer {
+    let response = match &state.probe {
+        Some(probe) if req.uri().path() == probe.path => {
+            let own = state.own_paths();
+            probe
+                .answer(&state.config, &state.router, &own, req, client)
+                .await
+        }
+        _ => match &state.transparency {
+            Some(page) => page.answer(
+                req.method(),
+                req.uri().query(),
+                req.headers(),
+                &state.metrics,
+            ),
+            None => return Answer::plain(StatusCode::NOT_FOUND, "not found\n"),
+        },
+    };
+    Answer {
+        response,
+        route: None,
+        cache: None,
+        cache_status: None,
     }
 }
 
@@ -208,15 +237,13 @@ fn serve_route<'a>(
     mut req: Request<Incoming>,
 ) -> impl Future<Output = Answer> + 'a {
     async move {
+        // route_filter has allowed the method.
         let method = req.method().clone();
-        if let Err(refused) = route_method(route, &method) {
-            return respond::refused(refused);
-        }
         let head_only = method == Method::HEAD;
         let caching = caches(route, &method);
         let uri = if caching {
-            // 3. A fresh stored copy that varies on nothing answers at once: nothing goes
-            //    upstream, so there is nothing to scrub or build.
+            // 4. cache_hit: a fresh stored copy that varies on nothing answers at once:
+            //    nothing goes upstream, so there is nothing to scrub or build.
             let key = CacheKey::primary(route.cache_id, uri);
             if let Some(entry) = state.cache.fresh(&key).await {
                 return cached(&entry, req.headers(), head_only)
@@ -227,7 +254,7 @@ fn serve_route<'a>(
             uri
         };
 
-        // 4. Scrub: what goes upstream is built from the route's policy.
+        // 5. upstream_request_filter: what goes upstream is built from the route's policy.
         if !is_safe(&method) {
             return Box::pin(forward_unsafe(state, route, uri, req)).await;
         }
@@ -237,6 +264,7 @@ fn serve_route<'a>(
                 .await
                 .with(CacheResult::Bypass, status_of("tamis; fwd=bypass"));
         }
+        // 6. cache_lookup, then on a miss 7. send, 8. upstream_response_filter and 9. store.
         // Boxed: a miss goes upstream anyway, and inline the lookup's future would be copied
         // along with every request's, hits and forwards included.
         Box::pin(serve_cached(state, route, up, req.headers(), head_only)).await

@@ -362,6 +362,16 @@ pub(super) fn cached(entry: &Entry, client: &HeaderMap, head_only: bool) -> Answ
     }
 }
 
+/// tamis's own 429, with the seconds to wait in `Retry-After` (at least one).
+pub(super) fn too_many_requests(wait: std::time::Duration) -> Answer {
+    let mut a = Answer::plain(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    a.response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    a
+}
+
 /// tamis's own answer for a request it refuses (the `Allow` header of a 405 included).
 pub(super) fn refused(r: Refused) -> Answer {
     let mut a = Answer::plain(r.status, r.message);
