@@ -10,10 +10,11 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
+use http::{HeaderMap, Method, Request, Uri, Version};
 use http_body_util::Full;
 
 use crate::config::Config;
+use crate::refusal::Refusal;
 use crate::routes::analytics::{self, Protocol};
 use crate::routes::{Role, Route, Router};
 use crate::secret::Secret;
@@ -37,25 +38,16 @@ pub(crate) fn request_filter<'r, 'p>(
     method: &Method,
     uri: &'p Uri,
     version: Version,
-) -> Result<Admitted<'r, 'p>, Refused> {
+) -> Result<Admitted<'r, 'p>, Refusal> {
     if method == Method::CONNECT {
-        return Err(Refused::new(
-            StatusCode::BAD_REQUEST,
-            "CONNECT is not supported\n",
-        ));
+        return Err(Refusal::Connect);
     }
     if version < Version::HTTP_2 && uri.authority().is_some() {
-        return Err(Refused::new(
-            StatusCode::BAD_REQUEST,
-            "absolute-form request targets are not accepted\n",
-        ));
+        return Err(Refusal::AbsoluteForm);
     }
     let target_len = uri.path_and_query().map_or(0, |p| p.as_str().len());
     if target_len > config.limits.max_uri_bytes {
-        return Err(Refused::new(
-            StatusCode::URI_TOO_LONG,
-            "request target too long\n",
-        ));
+        return Err(Refusal::UriTooLong);
     }
     let path = uri.path();
     if is_own_page(path) {
@@ -63,7 +55,7 @@ pub(crate) fn request_filter<'r, 'p>(
     }
     match router.find(path) {
         Some((route, rest)) => Ok(Admitted::Route(route, rest)),
-        None => Err(Refused::new(StatusCode::NOT_FOUND, "not found\n")),
+        None => Err(Refusal::NotFound),
     }
 }
 
@@ -83,14 +75,14 @@ pub(crate) fn route_filter<'r>(
     rest: &str,
     method: &Method,
     query: Option<&str>,
-) -> Result<Accepted<'r>, Refused> {
+) -> Result<Accepted<'r>, Refusal> {
     if let Role::Analytics(protocol) = route.role {
         return analytics_gate(route, protocol, rest, method)
             .map(|rt| Accepted::Tracking(protocol, rt));
     }
     let uri = route.upstream_uri(rest, query).map_err(|why| {
         tracing::debug!(route = %route.config.name, %why, "path refused");
-        Refused::new(StatusCode::BAD_REQUEST, "bad path\n")
+        Refusal::BadPath
     })?;
     route_method(route, method)?;
     Ok(Accepted::Mirror(uri))
@@ -123,10 +115,7 @@ pub(crate) fn dry_run(
         Ok(Admitted::OwnPage) => {
             return DryRun::Answered {
                 route: None,
-                refused: Refused::new(
-                    StatusCode::OK,
-                    "answered by tamis itself (its own page): nothing is sent upstream\n",
-                ),
+                refused: Refusal::OwnPage,
             }
         }
         Err(refused) => {
@@ -140,10 +129,7 @@ pub(crate) fn dry_run(
     let result = accepted.and_then(|accepted| match accepted {
         Accepted::Tracking(protocol, rt) => {
             if visit.body.len() > rt.max_body {
-                return Err(Refused::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request body too large\n",
-                ));
+                return Err(Refusal::BodyTooLarge);
             }
             let rotate = route.config.analytics.as_ref().map(|a| a.rotate);
             let throwaway = analytics::Pseudonymizer::new(rotate.unwrap_or(DAY), None);
@@ -165,10 +151,7 @@ pub(crate) fn dry_run(
         Accepted::Mirror(uri) => {
             let safe = is_safe(visit.method);
             if !safe && visit.body.len() > config.limits.max_body_bytes {
-                return Err(Refused::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request body too large\n",
-                ));
+                return Err(Refusal::BodyTooLarge);
             }
             // A safe request's body is never read, so never sent.
             let body = if safe {
@@ -209,7 +192,7 @@ pub(crate) enum DryRun {
     /// tamis would answer itself, sending nothing (the route, when one matched).
     Answered {
         route: Option<Arc<Route>>,
-        refused: Refused,
+        refused: Refusal,
     },
 }
 
@@ -225,15 +208,11 @@ pub(crate) const CLIENT_ONLY: &[HeaderName] = &[
 ];
 
 /// Whether a route answers this method at all: GET and HEAD, anything on a pass-through route.
-fn route_method(route: &Route, method: &Method) -> Result<(), Refused> {
+fn route_method(route: &Route, method: &Method) -> Result<(), Refusal> {
     if is_safe(method) || route.config.pass_through {
         return Ok(());
     }
-    Err(Refused {
-        status: StatusCode::METHOD_NOT_ALLOWED,
-        message: "method not allowed\n",
-        allow: Some("GET, HEAD"),
-    })
+    Err(Refusal::MethodNotAllowed("GET, HEAD"))
 }
 
 pub(crate) fn is_safe(method: &Method) -> bool {
@@ -285,15 +264,12 @@ fn analytics_gate<'r>(
     protocol: Protocol,
     rest: &str,
     method: &Method,
-) -> Result<&'r Arc<analytics::Runtime>, Refused> {
+) -> Result<&'r Arc<analytics::Runtime>, Refusal> {
     let Some(rt) = route.analytics.as_ref() else {
-        return Err(Refused::new(StatusCode::NOT_FOUND, "not found\n"));
+        return Err(Refusal::NotFound);
     };
     if !protocol.endpoints().contains(&rest) {
-        return Err(Refused::new(
-            StatusCode::NOT_FOUND,
-            "not a tracking endpoint\n",
-        ));
+        return Err(Refusal::NotTrackingEndpoint);
     }
     if !protocol.allows(method) {
         let allow = if protocol.allows(&Method::GET) {
@@ -301,11 +277,7 @@ fn analytics_gate<'r>(
         } else {
             "POST"
         };
-        return Err(Refused {
-            status: StatusCode::METHOD_NOT_ALLOWED,
-            message: "method not allowed\n",
-            allow: Some(allow),
-        });
+        return Err(Refusal::MethodNotAllowed(allow));
     }
     Ok(rt)
 }
@@ -337,7 +309,7 @@ pub(crate) fn prepare_analytics(
     keys: &analytics::visitor::Keys<'_>,
     secrets: Secrets,
     now: SystemTime,
-) -> Result<(UpstreamRequest, analytics::Tally, crate::geo::Released), Refused> {
+) -> Result<(UpstreamRequest, analytics::Tally, crate::geo::Released), Refusal> {
     let mut headers = route.scrub(visit.headers);
     // tamis reads some protocols' answers for a few typed fields: unencoded, or not at all.
     if analytics::answer::wants_identity(protocol) {
@@ -400,15 +372,12 @@ pub(crate) fn prepare_analytics(
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(route = %route.config.name, error = %e, "tracking request refused");
-            return Err(Refused::new(
-                StatusCode::BAD_REQUEST,
-                "malformed tracking request\n",
-            ));
+            return Err(Refusal::MalformedTracking);
         }
     };
     let uri = route
         .upstream_uri(rest, (!query.is_empty()).then_some(query.as_str()))
-        .map_err(|_| Refused::new(StatusCode::BAD_REQUEST, "bad path\n"))?;
+        .map_err(|_| Refusal::BadPath)?;
     let mut method = visit.method.clone();
     // Matomo's token_auth never goes in a URL (logs keep URLs): a GET that must carry one is
     // sent as the equivalent form POST, which Matomo reads the same way ($_GET + $_POST).
@@ -451,25 +420,6 @@ pub(crate) fn site_of(uri: &Uri, headers: &HeaderMap) -> String {
 pub(crate) struct UpstreamRequest {
     pub(crate) parts: http::request::Parts,
     pub(crate) body: Bytes,
-}
-
-/// Why tamis answers a request itself and sends nothing upstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Refused {
-    pub status: StatusCode,
-    pub message: &'static str,
-    /// The `Allow` header of a 405.
-    pub allow: Option<&'static str>,
-}
-
-impl Refused {
-    pub(crate) fn new(status: StatusCode, message: &'static str) -> Refused {
-        Refused {
-            status,
-            message,
-            allow: None,
-        }
-    }
 }
 
 impl UpstreamRequest {
@@ -517,11 +467,11 @@ mod tests {
         let uri: Uri = target.parse().unwrap();
         let own = |p: &str| p == "/.well-known/tamis";
         match request_filter(config, router, own, &method, &uri, v) {
-            Err(r) => r.status.as_u16(),
+            Err(r) => r.status().as_u16(),
             Ok(Admitted::OwnPage) => 1,
             Ok(Admitted::Route(route, rest)) => {
                 match route_filter(route, rest, &method, uri.query()) {
-                    Err(r) => r.status.as_u16(),
+                    Err(r) => r.status().as_u16(),
                     Ok(_) => 0,
                 }
             }

@@ -25,6 +25,7 @@ pub mod probe;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reach;
+pub mod refusal;
 pub mod reload;
 pub mod report;
 pub mod routes;

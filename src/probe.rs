@@ -19,12 +19,12 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
-use crate::body::error_response;
 use crate::body::{self, ProxyBody};
 use crate::config::{Config, RateLimit};
 use crate::egress::{self, DryRun, Visit};
 use crate::policy::{self, Allowed, UserAgent, REQUEST_ALLOWLIST};
 use crate::ratelimit::RateLimiter;
+use crate::refusal::Refusal;
 use crate::routes::analytics::{self, Outcome, Protocol, Tally};
 use crate::routes::{Role, Route, Router};
 use crate::upstream::{self, Http1Request};
@@ -301,8 +301,8 @@ pub fn run(config: &Config, router: &Router, own_paths: &[&str], req: &ProbeRequ
             probe: NOTHING_SENT,
             route: route.as_deref().map(route_info),
             would_send: false,
-            status: Some(refused.status.as_u16()),
-            message: Some(refused.message.trim_end().to_owned()),
+            status: Some(refused.status().as_u16()),
+            message: Some(refused.message().trim_end().to_owned()),
             upstream: None,
             header_changes: Vec::new(),
             parameter_changes: Vec::new(),
@@ -673,13 +673,10 @@ impl Endpoint {
         client: IpAddr,
     ) -> Response<ProxyBody> {
         if req.method() != Method::POST {
-            let mut r = error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST"));
-            return r;
+            return Refusal::MethodNotAllowed("POST").response();
         }
         if let Err(wait) = self.limiter.check(client) {
-            let mut r = error_response(StatusCode::TOO_MANY_REQUESTS, "too many probes\n");
+            let mut r = Refusal::TooManyProbes.response();
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
@@ -687,12 +684,8 @@ impl Endpoint {
         }
         let input = match body::read_limited(req.into_body(), MAX_INPUT_BYTES).await {
             Ok(b) => b,
-            Err(body::ReadError::TooLarge(_)) => {
-                return error_response(StatusCode::PAYLOAD_TOO_LARGE, "probe request too large\n")
-            }
-            Err(body::ReadError::Failed(_)) => {
-                return error_response(StatusCode::BAD_REQUEST, "probe body unreadable\n")
-            }
+            Err(body::ReadError::TooLarge(_)) => return Refusal::ProbeTooLarge.response(),
+            Err(body::ReadError::Failed(_)) => return Refusal::ProbeUnreadable.response(),
         };
         let probe = match parse(&input) {
             Ok(p) => p,
@@ -710,7 +703,7 @@ impl Endpoint {
                 no_store(h);
                 r
             }
-            Err(_) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "probe failed\n"),
+            Err(_) => Refusal::ProbeFailed.response(),
         }
     }
 }

@@ -329,10 +329,7 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 
 /// Answers without touching the routes: too many requests in flight already.
 fn overloaded() -> Response<ProxyBody> {
-    let mut r = crate::body::error_response(
-        http::StatusCode::SERVICE_UNAVAILABLE,
-        "overloaded, try again shortly\n",
-    );
+    let mut r = crate::refusal::Refusal::Overloaded.response();
     r.headers_mut().insert(
         http::header::RETRY_AFTER,
         http::HeaderValue::from_static("1"),

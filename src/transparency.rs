@@ -123,11 +123,7 @@ impl Page {
         metrics: &Metrics,
     ) -> Response<ProxyBody> {
         if method != Method::GET && method != Method::HEAD {
-            let mut r =
-                crate::body::error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return r;
+            return crate::refusal::Refusal::MethodNotAllowed("GET, HEAD").response();
         }
         let json = query.is_some_and(|q| q.split('&').any(|p| p == "format=json"))
             || headers

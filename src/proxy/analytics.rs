@@ -16,7 +16,7 @@ use crate::routes::Route;
 use crate::state::State;
 
 use super::forward::{body_refused, send, upstream_failed};
-use super::respond::{self, status_of, Answer};
+use super::respond::{status_of, Answer};
 use crate::egress::prepare_analytics;
 
 /// An analytics tracking request: only the protocol's endpoints, body capped, query and body
@@ -54,7 +54,7 @@ pub(super) async fn serve_analytics(
     let prepared = prepare_analytics(route, rt, protocol, rest, &visit, &keys, Secrets::Real, now);
     let (up, tally, location) = match prepared {
         Ok(p) => p,
-        Err(refused) => return respond::refused(refused).with(CacheResult::Bypass, bypass()),
+        Err(refused) => return Answer::own(refused).with(CacheResult::Bypass, bypass()),
     };
     let rm = &state.route_metrics[route.index];
     rm.analytics(&tally);

@@ -14,6 +14,7 @@ use crate::cache::{
 };
 use crate::egress::UpstreamRequest;
 use crate::metrics::{CacheResult, UpstreamFailure};
+use crate::refusal::Refusal;
 use crate::routes::Route;
 use crate::state::State;
 
@@ -95,7 +96,7 @@ pub(super) async fn serve_cached(
                         status_of("tamis; hit; detail=stale-if-error"),
                     );
                 }
-                return Answer::plain(status, "upstream unavailable\n").with(
+                return Answer::own(Refusal::UpstreamUnavailable(status)).with(
                     CacheResult::Coalesced,
                     status_of("tamis; fwd=miss; collapsed"),
                 );
@@ -162,12 +163,14 @@ pub(super) async fn fill(
     let (resp, _permit) = match send(state, route, &mut request).await {
         Ok(resp) => resp,
         Err(e) => {
-            let message = if e.status() == StatusCode::GATEWAY_TIMEOUT {
-                "upstream timed out\n"
-            } else {
-                "upstream unavailable\n"
-            };
-            let a = fill_failed(guard, e.status(), message, &stale, client, head_only).await;
+            let a = fill_failed(
+                guard,
+                Refusal::upstream(e.status()),
+                &stale,
+                client,
+                head_only,
+            )
+            .await;
             return retry_after(a, &e);
         }
     };
@@ -216,7 +219,7 @@ pub(super) async fn fill(
         guard
             .finish(Fill::Failed(StatusCode::BAD_GATEWAY), &[])
             .await;
-        return Answer::plain(StatusCode::BAD_GATEWAY, "upstream redirected elsewhere\n");
+        return Answer::own(Refusal::RedirectedElsewhere);
     };
     let max = state.cache.max_object_bytes();
     let decision = match decision {
@@ -238,10 +241,7 @@ pub(super) async fn fill(
                 guard
                     .finish(Fill::Failed(StatusCode::BAD_GATEWAY), &[])
                     .await;
-                return Answer::plain(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream stylesheet could not be rewritten\n",
-                );
+                return Answer::own(Refusal::StylesheetRefused);
             }
         }
     } else {
@@ -278,8 +278,7 @@ pub(super) async fn fill(
                 tracing::warn!(route = %route.config.name, error = %e, "upstream body failed");
                 return fill_failed(
                     guard,
-                    StatusCode::BAD_GATEWAY,
-                    "upstream body failed\n",
+                    Refusal::UpstreamBodyFailed,
                     &stale,
                     client,
                     head_only,
@@ -289,15 +288,8 @@ pub(super) async fn fill(
             Err(_) => {
                 state.metrics.upstream_error(rm, UpstreamFailure::Timeout);
                 tracing::warn!(route = %route.config.name, "upstream body timed out");
-                return fill_failed(
-                    guard,
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream timed out\n",
-                    &stale,
-                    client,
-                    head_only,
-                )
-                .await;
+                return fill_failed(guard, Refusal::UpstreamTimedOut, &stale, client, head_only)
+                    .await;
             }
         }
     };
@@ -354,21 +346,18 @@ pub(super) async fn fill(
 /// when stale-if-error allows, else answers the failure.
 pub(super) async fn fill_failed(
     guard: FillGuard<'_>,
-    status: StatusCode,
-    message: &'static str,
+    failure: Refusal,
     stale: &Option<Arc<Entry>>,
     client: &HeaderMap,
     head_only: bool,
 ) -> Answer {
-    guard.finish(Fill::Failed(status), &[]).await;
+    guard.finish(Fill::Failed(failure.status()), &[]).await;
     match stale.clone().filter(|s| s.usable_on_error(Instant::now())) {
         Some(s) => cached(&s, client, head_only).with(
             CacheResult::Stale,
             status_of("tamis; fwd=stale; detail=stale-if-error"),
         ),
-        None => {
-            Answer::plain(status, message).with(CacheResult::Miss, status_of("tamis; fwd=miss"))
-        }
+        None => Answer::own(failure).with(CacheResult::Miss, status_of("tamis; fwd=miss")),
     }
 }
 
@@ -391,20 +380,20 @@ pub(super) async fn refreshed(
     let headers = match respond::refreshed_head(route, &up.parts.uri, stale, not_modified) {
         Ok(h) => h,
         Err(unfit) => {
-            let message = match unfit {
+            let refusal = match unfit {
                 respond::Unfit::Outside => {
                     redirected_outside(state, route);
-                    "upstream redirected elsewhere\n"
+                    Refusal::RedirectedElsewhere
                 }
                 respond::Unfit::Inconsistent => {
                     tracing::warn!(route = %route.config.name, "a 304 would change how the stored body is read; answering 502");
-                    "upstream answer inconsistent with the stored one\n"
+                    Refusal::InconsistentRefresh
                 }
             };
             guard
                 .finish(Fill::Failed(StatusCode::BAD_GATEWAY), &[])
                 .await;
-            return Answer::plain(StatusCode::BAD_GATEWAY, message);
+            return Answer::own(refusal);
         }
     };
     // The upstream's view of the stored response, for the cache's decision alone: its own

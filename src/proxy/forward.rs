@@ -18,6 +18,7 @@ use crate::upstream::{UpstreamBody, UpstreamError};
 
 use super::respond::{rewritten, scrub_response, status_of, streamed, Answer};
 use crate::egress::route_request;
+use crate::refusal::Refusal;
 
 /// Sends `request` (taken out) upstream through the route's circuit breaker and within its cap
 /// on concurrent upstream requests (waiting for a turn counts against the upstream timeout).
@@ -125,11 +126,7 @@ pub(super) fn clone_request(r: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
 /// A failed upstream exchange as the visitor sees it: 502, 503 (with `Retry-After` when the
 /// circuit is open) or 504.
 pub(super) fn upstream_failed(e: &UpstreamError) -> Answer {
-    let message = match e.status() {
-        StatusCode::GATEWAY_TIMEOUT => "upstream timed out\n",
-        _ => "upstream unavailable\n",
-    };
-    retry_after(Answer::plain(e.status(), message), e)
+    retry_after(Answer::own(Refusal::upstream(e.status())), e)
 }
 
 /// Adds `Retry-After` to an error answer for an open circuit (a stale copy served instead
@@ -161,7 +158,7 @@ pub(super) fn forward<'a>(
         };
         let (parts, incoming) = resp.into_parts();
         let Some(mut headers) = scrub_response(state, route, &requested, parts.headers) else {
-            return Answer::plain(StatusCode::BAD_GATEWAY, "upstream redirected elsewhere\n");
+            return Answer::own(Refusal::RedirectedElsewhere);
         };
         if route.rewrites(&headers) {
             let max = state.cache.max_object_bytes();
@@ -186,10 +183,7 @@ pub(super) fn forward<'a>(
                         cache_status: None,
                     }
                 }
-                _ => Answer::plain(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream stylesheet could not be rewritten\n",
-                ),
+                _ => Answer::own(Refusal::StylesheetRefused),
             };
         }
         streamed(
@@ -235,11 +229,7 @@ pub(super) fn forward_unsafe<'a>(
 /// 413 for a visitor's body over the limit, 400 for one that broke off.
 pub(super) fn body_refused(e: &body::ReadError) -> Answer {
     match e {
-        body::ReadError::TooLarge(_) => {
-            Answer::plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
-        }
-        body::ReadError::Failed(_) => {
-            Answer::plain(StatusCode::BAD_REQUEST, "request body unreadable\n")
-        }
+        body::ReadError::TooLarge(_) => Answer::own(Refusal::BodyTooLarge),
+        body::ReadError::Failed(_) => Answer::own(Refusal::BodyUnreadable),
     }
 }

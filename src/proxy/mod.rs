@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, Uri};
 use hyper::body::Incoming;
 
 use crate::access_log;
@@ -48,6 +48,7 @@ mod respond;
 pub use crate::state::{State, StateError};
 
 use crate::egress::{self, caches, is_safe, route_request, Accepted, Admitted};
+use crate::refusal::Refusal;
 use analytics::serve_analytics;
 use cached::serve_cached;
 use forward::forward_unsafe;
@@ -166,7 +167,7 @@ fn serve<'a>(
         let (route, rest) = match admitted {
             Ok(Admitted::Route(route, rest)) => (route, rest),
             Ok(Admitted::OwnPage) => return Box::pin(own_page(state, req, client)).await,
-            Err(refused) => return respond::refused(refused),
+            Err(refused) => return Answer::own(refused),
         };
         let route = route.clone();
         // 2. rate_limit (live requests only).
@@ -186,7 +187,7 @@ fn serve<'a>(
                 .await
             }
             Ok(Accepted::Mirror(uri)) => serve_route(state, &route, uri, req).await,
-            Err(refused) => respond::refused(refused),
+            Err(refused) => Answer::own(refused),
         };
         answer.route = Some(route.index);
         answer
@@ -218,7 +219,7 @@ async fn own_page(state: &Arc<State>, req: Request<Incoming>, client: IpAddr) ->
                 req.headers(),
                 &state.metrics,
             ),
-            None => return Answer::plain(StatusCode::NOT_FOUND, "not found\n"),
+            None => return Answer::own(Refusal::NotFound),
         },
     };
     Answer {

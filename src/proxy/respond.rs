@@ -11,13 +11,13 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode, Uri};
 
 use crate::body::{self, ProxyBody};
-use crate::body::{buffer, error_response, Buffered, Streamed};
+use crate::body::{buffer, Buffered, Streamed};
 use crate::cache::conditional::{self, ClientAnswer};
 use crate::cache::{self, NotStored};
 use crate::cache::{Entry, Rendition};
-use crate::egress::Refused;
 use crate::metrics::{CacheResult, UpstreamFailure};
 use crate::policy;
+use crate::refusal::Refusal;
 use crate::routes::confine::{self, Redirect};
 use crate::routes::Route;
 use crate::state::State;
@@ -233,9 +233,10 @@ pub(super) struct Answer {
 }
 
 impl Answer {
-    pub(super) fn plain(status: StatusCode, message: &'static str) -> Answer {
+    /// tamis's own answer (see [`Refusal`]).
+    pub(super) fn own(refusal: Refusal) -> Answer {
         Answer {
-            response: error_response(status, message),
+            response: refusal.response(),
             route: None,
             cache: None,
             cache_status: None,
@@ -364,22 +365,11 @@ pub(super) fn cached(entry: &Entry, client: &HeaderMap, head_only: bool) -> Answ
 
 /// tamis's own 429, with the seconds to wait in `Retry-After` (at least one).
 pub(super) fn too_many_requests(wait: std::time::Duration) -> Answer {
-    let mut a = Answer::plain(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
+    let mut a = Answer::own(Refusal::TooManyRequests);
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     a.response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-    a
-}
-
-/// tamis's own answer for a request it refuses (the `Allow` header of a 405 included).
-pub(super) fn refused(r: Refused) -> Answer {
-    let mut a = Answer::plain(r.status, r.message);
-    if let Some(allow) = r.allow {
-        a.response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static(allow));
-    }
     a
 }
 
