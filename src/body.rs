@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Either, Full};
 use prometheus::IntCounter;
 use tokio::time::{Instant, Sleep};
 
-use crate::idle::Open;
+use crate::conn::idle::Open;
 use crate::upstream::UpstreamBody;
 
 /// What tamis answers with.

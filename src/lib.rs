@@ -7,18 +7,15 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The git revision the binary was built from (see `build.rs`), or "unknown".
 pub const REVISION: &str = env!("TAMIS_REVISION");
 
-pub mod access_log;
 pub mod admin;
 pub mod audit;
 pub mod body;
-pub mod breaker;
 pub mod cache;
 pub mod client_addr;
-pub mod close;
 pub mod config;
+pub mod conn;
 pub mod egress;
 pub mod geo;
-pub mod idle;
 pub mod metrics;
 pub mod policy;
 pub mod probe;
@@ -33,8 +30,6 @@ pub mod routes;
 pub mod secret;
 pub mod server;
 pub mod state;
-pub mod status;
 pub mod tls;
 pub mod transparency;
 pub mod upstream;
-pub mod workers;

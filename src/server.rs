@@ -21,13 +21,13 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admin;
 use crate::body::ProxyBody;
-use crate::close;
 use crate::config::{Config, Limits};
-use crate::idle;
+use crate::conn::close;
+use crate::conn::idle;
+use crate::conn::workers::Workers;
 use crate::proxy;
 use crate::reload::Live;
 use crate::state::{State, StateError};
-use crate::workers::Workers;
 
 /// Time a client has to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

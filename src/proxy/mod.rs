@@ -34,12 +34,12 @@ use bytes::Bytes;
 use http::{Method, Request, Response, Uri};
 use hyper::body::Incoming;
 
-use crate::access_log;
 use crate::body::ProxyBody;
 use crate::cache::CacheKey;
 use crate::metrics::{CacheResult, NO_ROUTE};
 use crate::routes::Route;
 
+pub mod access_log;
 mod analytics;
 mod cached;
 mod forward;

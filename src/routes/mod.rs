@@ -67,7 +67,7 @@ pub struct Route {
     /// Per-client request rate (shared by the parts of one route).
     pub rate: Option<Arc<crate::ratelimit::RateLimiter>>,
     /// Stops asking a failing upstream for a while (shared by the parts of one route).
-    pub breaker: Arc<crate::breaker::Breaker>,
+    pub breaker: Arc<crate::upstream::breaker::Breaker>,
     /// How third-party URLs in a stylesheet this route serves map to first-party ones: its own
     /// bases first, then every other mirror's.
     pub css_map: css::UrlMap,
@@ -348,7 +348,7 @@ impl Router {
             );
             let breaker = match &kept {
                 Some(r) if r.breaker.settings() == breaker_settings => r.breaker.clone(),
-                _ => Arc::new(crate::breaker::Breaker::new(
+                _ => Arc::new(crate::upstream::breaker::Breaker::new(
                     config.upstream.breaker_failures,
                     config.upstream.breaker_cooldown,
                 )),

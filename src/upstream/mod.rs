@@ -7,6 +7,7 @@
 //! request, and a request a pooled connection could not take (the upstream had closed it) is
 //! handed back by hyper and sent on another one, never lost.
 
+pub mod breaker;
 mod connect;
 mod pool;
 

@@ -120,7 +120,7 @@ impl H1 {
     pub(super) fn here(sender: http1::SendRequest<Full<Bytes>>) -> H1 {
         H1 {
             sender,
-            home: crate::workers::current(),
+            home: crate::conn::workers::current(),
         }
     }
 
@@ -227,7 +227,7 @@ impl Pool {
             host.h2 = None;
         }
         let now = Instant::now();
-        let here = crate::workers::current();
+        let here = crate::conn::workers::current();
         let usable = |(c, since): &(H1, Instant)| c.usable(*since, now, self.idle_timeout);
         let i = match host
             .idle

@@ -1,5 +1,5 @@
 //! How a visitor connection ends: by itself, or closed gracefully once it has been idle too
-//! long ([`crate::idle`]) or the server is shutting down. Graceful means what hyper's
+//! long ([`crate::conn::idle`]) or the server is shutting down. Graceful means what hyper's
 //! `graceful_shutdown` does: HTTP/2 gets a GOAWAY (the client learns which streams were
 //! processed and retries the rest elsewhere) and the open streams finish; HTTP/1.1 closes after
 //! the exchange in progress. Dropping the connection instead would cut a request racing the
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::idle;
+use crate::conn::idle;
 
 /// Why a connection is being closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,6 +7,8 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+pub mod status;
+
 use crate::body::error_response;
 use crate::body::{self, ProxyBody};
 use crate::reload::Live;
@@ -49,7 +51,7 @@ pub async fn handle(live: &Live, req: Request<Incoming>) -> Response<ProxyBody> 
     let state = &*live.load();
     match req.uri().path() {
         "/status" => {
-            let status = crate::status::status(state, live.draining()).await;
+            let status = crate::admin::status::status(state, live.draining()).await;
             if req.uri().query() == Some("format=json") {
                 text(
                     StatusCode::OK,
@@ -60,7 +62,7 @@ pub async fn handle(live: &Live, req: Request<Incoming>) -> Response<ProxyBody> 
                 text(
                     StatusCode::OK,
                     "text/html; charset=utf-8",
-                    Bytes::from(crate::status::html(&status)),
+                    Bytes::from(crate::admin::status::html(&status)),
                 )
             }
         }
