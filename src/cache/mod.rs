@@ -8,9 +8,9 @@
 
 pub mod conditional;
 pub mod freshness;
+mod key;
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -25,127 +25,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 pub use freshness::{Lifetimes, Rules};
+pub use key::{vary_names, vary_values, CacheKey, VaryRefused, VaryValues};
 
-/// Identifies one stored object. Built only from what tamis sends upstream (route, upstream
-/// URL, and the values of the headers the response varies on, normalised Accept-Encoding
-/// included), never from headers it strips.
-#[derive(Clone, Debug)]
-pub struct CacheKey {
-    /// The route's [`cache_id`](crate::routes::Route::cache_id).
-    pub route: u64,
-    pub uri: Uri,
-    /// 0 for the primary key; otherwise a hash of the request's values for the Vary'd headers.
-    pub variant: u64,
-}
-
-impl CacheKey {
-    /// The key before any `Vary` is known.
-    pub fn primary(route: u64, uri: Uri) -> CacheKey {
-        CacheKey {
-            route,
-            uri,
-            variant: 0,
-        }
-    }
-
-    fn with_variant(&self, variant: u64) -> CacheKey {
-        CacheKey {
-            variant,
-            ..self.clone()
-        }
-    }
-
-    /// The URI's parts as they were sent: equality and hashing both use these exact bytes.
-    fn uri_parts(&self) -> (Option<&str>, Option<&str>, &str) {
-        (
-            self.uri.scheme_str(),
-            self.uri.authority().map(|a| a.as_str()),
-            self.uri.path_and_query().map_or("", |p| p.as_str()),
-        )
-    }
-}
-
-// By hand rather than derived: `Uri`'s own `Hash` feeds the hasher one byte per call (it
-// lowercases the authority as it goes), which made hashing the key the costliest step of a
-// cache hit. The hasher stays the cache's SipHash: the URL is the visitor's to choose, so the
-// table must resist chosen collisions. Equality is exact, so it agrees with the hash.
-impl PartialEq for CacheKey {
-    fn eq(&self, other: &CacheKey) -> bool {
-        self.route == other.route
-            && self.variant == other.variant
-            && self.uri_parts() == other.uri_parts()
-    }
-}
-
-impl Eq for CacheKey {}
-
-impl Hash for CacheKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.route.hash(state);
-        self.variant.hash(state);
-        self.uri_parts().hash(state);
-    }
-}
-
-/// The values a request has for the headers a response varies on.
-pub type VaryValues = Vec<(HeaderName, Option<HeaderValue>)>;
-
-/// Reads `names` from the (scrubbed) request headers.
-pub fn vary_values(names: &[HeaderName], request: &HeaderMap) -> VaryValues {
-    names
-        .iter()
-        .map(|n| (n.clone(), request.get(n).cloned()))
-        .collect()
-}
-
-fn variant_hash(values: &VaryValues) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for (name, value) in values {
-        name.hash(&mut h);
-        value.as_ref().map(|v| v.as_bytes()).hash(&mut h);
-    }
-    // 0 is the primary key.
-    h.finish().max(1)
-}
-
-/// A `Vary` the cache cannot honour: `*`, or a header tamis does not forward.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VaryRefused;
-
-/// The request headers a stored response answers for: those its `Vary` lists, plus
-/// Accept-Encoding when its body is encoded (an unencoded body suits every client). Refused for
-/// `Vary: *` or a header `varyable` refuses (one tamis strips).
-pub fn vary_names(
-    headers: &HeaderMap,
-    varyable: impl Fn(&HeaderName) -> bool,
-) -> Result<Vec<HeaderName>, VaryRefused> {
-    let mut names = Vec::new();
-    let encoded = headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if encoded {
-        names.push(header::ACCEPT_ENCODING);
-    }
-    for v in headers.get_all(header::VARY) {
-        let v = v.to_str().map_err(|_| VaryRefused)?;
-        for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            if name == "*" {
-                return Err(VaryRefused);
-            }
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| VaryRefused)?;
-            if names.contains(&name) {
-                continue;
-            }
-            // Accept-Encoding is always forwarded, normalised: a safe dimension.
-            if name != header::ACCEPT_ENCODING && !varyable(&name) {
-                return Err(VaryRefused);
-            }
-            names.push(name);
-        }
-    }
-    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-    Ok(names)
-}
+use key::variant_hash;
 
 /// How a body tamis holds is to be read. Kept with the body, so that every answer built from
 /// it (a hit, a 304 refresh, a stale or coalesced answer, HEAD, a range) says what the body
