@@ -125,3 +125,52 @@ pub fn vary_names(
     names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     Ok(names)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::hash_map::DefaultHasher;
+
+    use super::*;
+
+    fn hash(k: &CacheKey) -> u64 {
+        let mut h = DefaultHasher::new();
+        k.hash(&mut h);
+        h.finish()
+    }
+
+    #[test]
+    fn keys_differ_by_route_uri_and_variant_and_equal_keys_hash_alike() {
+        let a = CacheKey::primary(1, "https://cdn.example/a?x=1".parse().unwrap());
+        assert_eq!(a, a.clone());
+        assert_eq!(hash(&a), hash(&a.clone()));
+        assert_ne!(a, CacheKey::primary(2, a.uri.clone()));
+        assert_ne!(
+            a,
+            CacheKey::primary(1, "https://cdn.example/a?x=2".parse().unwrap())
+        );
+        let varied = a.with_variant(variant_hash(&vec![]));
+        assert_ne!(varied.variant, 0, "0 is the primary key");
+        assert_ne!(a, varied);
+        assert_eq!(varied.with_variant(0), a);
+    }
+
+    #[test]
+    fn vary_names_are_sorted_once_each_and_refused_for_star_or_a_stripped_header() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::VARY,
+            HeaderValue::from_static("Accept, accept-encoding"),
+        );
+        h.append(header::VARY, HeaderValue::from_static("accept"));
+        let only_accept = |n: &HeaderName| n == header::ACCEPT;
+        assert_eq!(
+            vary_names(&h, only_accept),
+            Ok(vec![header::ACCEPT, header::ACCEPT_ENCODING])
+        );
+        h.append(header::VARY, HeaderValue::from_static("*"));
+        assert_eq!(vary_names(&h, only_accept), Err(VaryRefused));
+        let mut h = HeaderMap::new();
+        h.append(header::VARY, HeaderValue::from_static("cookie"));
+        assert_eq!(vary_names(&h, only_accept), Err(VaryRefused));
+    }
+}
