@@ -3,8 +3,8 @@
 //! by pure functions; `tamis check` prints the same tables.
 //!
 //! `request` says what leaves, `response` what comes back, `address` how a visitor's address
-//! is cut down; `link` and `csp` filter two response headers' values. Every public name is
-//! re-exported here, so `policy::X` is the one path to each.
+//! is cut down; `link` and `csp` filter two response headers' values. The public names of the
+//! first three are re-exported here: `policy::X` is the one path to each.
 
 use serde::Deserialize;
 
