@@ -1,0 +1,199 @@
+//! A stored answer, ready to serve: scrubbed headers and body, how the body is read, how
+//! stale it is, and tamis's own ETag.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use sha2::{Digest, Sha256};
+
+use super::freshness::Lifetimes;
+use super::key::VaryValues;
+
+/// How a body tamis holds is to be read. Kept with the body, so that every answer built from
+/// it (a hit, a 304 refresh, a stale or coalesced answer, HEAD, a range) says what the body
+/// is as the fill decided, whatever headers come later (a 304 once turned an unrewritten body
+/// into a stylesheet).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rendition {
+    /// The upstream's bytes, which no browser may read as a stylesheet.
+    AsSent,
+    /// A stylesheet tamis rewrote (first-party URLs only), typed as tamis's own CSS.
+    Stylesheet,
+}
+
+/// A stored response, ready to serve.
+#[derive(Debug)]
+pub struct Entry {
+    pub status: StatusCode,
+    /// Scrubbed headers, as served (without `Age`).
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// Whether the body was rewritten, and as what.
+    pub rendition: Rendition,
+    /// The upstream's own validators, for revalidating with it.
+    pub upstream_etag: Option<HeaderValue>,
+    pub last_modified: Option<HeaderValue>,
+    /// The request values this variant answers (empty when the response has no Vary).
+    pub vary: VaryValues,
+    stored_at: Instant,
+    pub lifetimes: Lifetimes,
+    /// How long past its stale windows it is kept, so it can still be revalidated.
+    keep: Duration,
+    weight: u32,
+}
+
+/// Where an entry stands at a given moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Staleness {
+    Fresh,
+    /// Stale, but within stale-while-revalidate.
+    WhileRevalidate,
+    /// Stale: revalidate (or refetch) before use.
+    Stale,
+}
+
+impl Entry {
+    /// Builds an entry from scrubbed headers, body and lifetimes. With `own_etag`, clients see
+    /// an ETag derived from the bytes (the same for every visitor) instead of the upstream's,
+    /// which could be a per-visitor identifier; on other statuses than 200, none.
+    #[allow(clippy::too_many_arguments)] // Each is a fact of its own about the stored answer.
+    pub fn new(
+        status: StatusCode,
+        mut headers: HeaderMap,
+        body: Bytes,
+        rendition: Rendition,
+        lifetimes: Lifetimes,
+        vary: VaryValues,
+        keep: Duration,
+        own_etag: bool,
+    ) -> Entry {
+        let upstream_etag = headers.get(header::ETAG).cloned();
+        let last_modified = headers.get(header::LAST_MODIFIED).cloned();
+        if own_etag && status == StatusCode::OK {
+            headers.insert(header::ETAG, content_etag(&body));
+        } else if own_etag {
+            headers.remove(header::ETAG);
+        }
+        headers.remove(header::TRANSFER_ENCODING);
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        // Header values parsed by hyper are slices of its connection read buffer: stored as
+        // they are, each entry would pin a whole buffer. Stored entries own their bytes.
+        let headers = owned(headers);
+        let header_bytes: usize = headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum();
+        // Fixed overhead per entry (key, struct, moka bookkeeping), roughly.
+        let weight = body.len() + header_bytes + 256;
+        Entry {
+            status,
+            headers,
+            body,
+            rendition,
+            upstream_etag,
+            last_modified,
+            vary,
+            stored_at: Instant::now(),
+            lifetimes,
+            keep,
+            weight: u32::try_from(weight).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Fresh, stale within stale-while-revalidate, or stale.
+    pub fn staleness(&self, now: Instant) -> Staleness {
+        let resident = now.saturating_duration_since(self.stored_at);
+        if resident < self.lifetimes.fresh_for {
+            Staleness::Fresh
+        } else if resident - self.lifetimes.fresh_for <= self.lifetimes.stale_while_revalidate
+            && !self.lifetimes.stale_while_revalidate.is_zero()
+        {
+            Staleness::WhileRevalidate
+        } else {
+            Staleness::Stale
+        }
+    }
+
+    /// Whether it may stand in for a failed upstream (stale-if-error).
+    pub fn usable_on_error(&self, now: Instant) -> bool {
+        let resident = now.saturating_duration_since(self.stored_at);
+        !self.lifetimes.must_revalidate
+            && resident.saturating_sub(self.lifetimes.fresh_for) <= self.lifetimes.stale_if_error
+            && !self.lifetimes.stale_if_error.is_zero()
+    }
+
+    /// Whether tamis can ask the upstream "has it changed?" instead of refetching.
+    pub fn can_revalidate(&self) -> bool {
+        self.upstream_etag.is_some() || self.last_modified.is_some()
+    }
+
+    /// The `Age` to send, in seconds.
+    pub fn age(&self, now: Instant) -> u64 {
+        (self.lifetimes.age + now.saturating_duration_since(self.stored_at)).as_secs()
+    }
+
+    /// Bytes it counts for against `max_bytes`.
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    /// Whether this variant answers a request with these (scrubbed) headers.
+    pub fn matches(&self, request: &HeaderMap) -> bool {
+        self.vary
+            .iter()
+            .all(|(name, value)| request.get(name) == value.as_ref())
+    }
+
+    /// How long the store keeps it.
+    pub(super) fn time_to_keep(&self) -> Duration {
+        let l = &self.lifetimes;
+        let mut extra = l.stale_while_revalidate.max(l.stale_if_error);
+        if self.can_revalidate() {
+            extra = extra.max(self.keep);
+        }
+        l.fresh_for + extra
+    }
+}
+
+/// A copy of `headers` whose values own their bytes.
+fn owned(headers: HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    let mut last = None;
+    for (name, value) in headers {
+        if let Some(n) = name {
+            last = Some(n);
+        }
+        if let Some(n) = &last {
+            let copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or(value);
+            out.append(n.clone(), copy);
+        }
+    }
+    out
+}
+
+/// A strong validator derived from the bytes: identical for every visitor, so it can never
+/// serve as a per-visitor identifier.
+pub fn content_etag(body: &[u8]) -> HeaderValue {
+    let digest = Sha256::digest(body);
+    let mut s = String::with_capacity(36);
+    s.push_str("\"t-");
+    for b in &digest[..12] {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s.push('"');
+    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("\"t\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_etag_is_derived_from_the_bytes() {
+        let a = content_etag(b"hello");
+        assert_eq!(a, content_etag(b"hello"));
+        assert_ne!(a, content_etag(b"hello!"));
+        assert!(a.to_str().unwrap().starts_with("\"t-"));
+    }
+}
