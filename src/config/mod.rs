@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::{HeaderValue, Uri};
-use serde::Deserialize;
 use toml::Spanned;
 use zeroize::Zeroizing;
 
@@ -18,6 +17,7 @@ use crate::secret::Secret;
 use crate::tls;
 
 mod model;
+mod raw;
 
 pub use model::{
     parse_upstream, AdminConfig, AnalyticsConfig, CacheConfig, ClientIpLog, Config, FontFiles,
@@ -25,6 +25,8 @@ pub use model::{
     ServerConfig, TilesConfig, TlsListen, TransparencyConfig, UpstreamBase, UpstreamConfig,
     DEFAULT_TRANSPARENCY_PATH,
 };
+pub use raw::DEFAULT_USER_AGENT;
+use raw::*;
 
 /// Where `tamis` looks for its configuration when `--config` is not given, in order: the
 /// repository's (or a working directory's) own, then the system one the Debian package installs.
@@ -43,9 +45,6 @@ pub fn config_path(given: Option<&Path>, exists: impl Fn(&Path) -> bool) -> Path
         .unwrap_or(Path::new(DEFAULT_CONFIG_PATHS[1]))
         .to_owned()
 }
-
-/// User-Agent sent to upstreams when the config names none.
-pub const DEFAULT_USER_AGENT: &str = concat!("tamis/", env!("CARGO_PKG_VERSION"));
 
 /// A configuration that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -78,175 +77,8 @@ impl fmt::Display for Problems<'_> {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// The schema as written in TOML. `deny_unknown_fields` everywhere: a typo is an error, never a
-// silently ignored setting.
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    server: RawServer,
-    admin: Option<RawAdmin>,
-    #[serde(default)]
-    cache: RawCache,
-    #[serde(default)]
-    upstream: RawUpstream,
-    #[serde(default)]
-    log: RawLog,
-    #[serde(default)]
-    transparency: RawTransparency,
-    #[serde(default)]
-    limits: RawLimits,
-    #[serde(default)]
-    geo: RawGeo,
-    #[serde(default)]
-    route: Vec<RawRoute>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawGeo {
-    database: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    max_connections: Option<Spanned<usize>>,
-    max_requests_in_flight: Option<Spanned<usize>>,
-    max_header_bytes: Option<Spanned<usize>>,
-    max_headers: Option<Spanned<usize>>,
-    max_uri_bytes: Option<Spanned<usize>>,
-    max_body_bytes: Option<Spanned<usize>>,
-    header_read_timeout: Option<Spanned<String>>,
-    idle_timeout: Option<Spanned<String>>,
-    h2_max_concurrent_streams: Option<Spanned<u32>>,
-    h2_max_pending_reset_streams: Option<Spanned<usize>>,
-    h2_max_local_error_reset_streams: Option<Spanned<usize>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawTransparency {
-    enabled: Option<bool>,
-    path: Option<Spanned<String>>,
-    probe: Option<Spanned<bool>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    listen: Option<Spanned<String>>,
-    tls_listen: Option<Spanned<String>>,
-    tls_cert: Option<Spanned<String>>,
-    tls_key: Option<Spanned<String>>,
-    shutdown_timeout: Option<Spanned<String>>,
-    drain: Option<Spanned<String>>,
-    trusted_proxies: Option<Vec<Spanned<String>>>,
-    workers: Option<Spanned<usize>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAdmin {
-    listen: Spanned<String>,
-    token_file: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawCache {
-    max_bytes: Option<Spanned<u64>>,
-    max_object_bytes: Option<Spanned<u64>>,
-    status_header: Option<bool>,
-    heuristic_max: Option<Spanned<String>>,
-    negative_ttl: Option<Spanned<String>>,
-    keep: Option<Spanned<String>>,
-    hit_for_miss: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawUpstream {
-    user_agent: Option<Spanned<String>>,
-    extra_ca_file: Option<Spanned<String>>,
-    connect_timeout: Option<Spanned<String>>,
-    timeout: Option<Spanned<String>>,
-    retries: Option<Spanned<u32>>,
-    keepalive: Option<Spanned<u32>>,
-    keepalive_timeout: Option<Spanned<String>>,
-    breaker_failures: Option<Spanned<u32>>,
-    breaker_cooldown: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawLog {
-    access: Option<bool>,
-    client_ip: Option<ClientIpLog>,
-    format: Option<LogFormat>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    name: Spanned<String>,
-    kind: RouteKind,
-    prefix: Spanned<String>,
-    upstream: Spanned<String>,
-    jurisdiction: Option<Jurisdiction>,
-    user_agent: Option<Spanned<String>>,
-    forward_headers: Option<Spanned<Vec<String>>>,
-    forward_query: Option<bool>,
-    cache: Option<bool>,
-    min_ttl: Option<Spanned<String>>,
-    max_ttl: Option<Spanned<String>>,
-    stale_if_error: Option<Spanned<String>>,
-    negative_ttl: Option<Spanned<String>>,
-    pass_through: Option<Spanned<bool>>,
-    files_prefix: Option<Spanned<String>>,
-    files_upstream: Option<Spanned<String>>,
-    subdomains: Option<Vec<String>>,
-    max_zoom: Option<Spanned<u8>>,
-    referer: Option<Spanned<String>>,
-    max_upstream_connections: Option<Spanned<usize>>,
-    allow_event_params: Option<Vec<String>>,
-    allow_url_params: Option<Vec<String>>,
-    rotate: Option<Spanned<String>>,
-    salt_file: Option<Spanned<String>>,
-    max_body: Option<Spanned<usize>>,
-    client_ip: Option<Spanned<crate::routes::analytics::visitor::ClientAddress>>,
-    pseudonym_bits: Option<Spanned<u8>>,
-    location: Option<Spanned<crate::geo::Precision>>,
-    min_visitors: Option<Spanned<usize>>,
-    token_file: Option<Spanned<String>>,
-    rate_limit: Option<Spanned<String>>,
-    rate_burst: Option<Spanned<u32>>,
-}
-
-const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
-const DEFAULT_MAX_OBJECT_BYTES: u64 = 8 * 1024 * 1024;
-/// Idle connections kept per upstream host, like nginx's `keepalive` in an upstream block.
-const DEFAULT_KEEPALIVE: usize = 64;
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Long enough for a load balancer checking `/healthz` every second or two to notice.
-const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
 /// More worker threads than this is a typo, not a machine.
 const MAX_WORKERS: usize = 1024;
-const DEFAULT_HEURISTIC_MAX: Duration = Duration::from_secs(3600);
-const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(10);
-const DEFAULT_KEEP: Duration = Duration::from_secs(3600);
-/// Varnish's builtin figure for its hit-for-miss objects.
-const DEFAULT_HIT_FOR_MISS: Duration = Duration::from_secs(120);
-
-/// One worker per core this process may run on (its CPU affinity and cgroup quota).
-fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 /// Highest `max_upstream_connections`. The router makes a semaphore of that many permits, and
 /// tokio's `Semaphore::new` panics above `Semaphore::MAX_PERMITS` (2^61 - 1); far below that,
 /// a cap of more than a million concurrent requests to one upstream is no cap: a larger value
