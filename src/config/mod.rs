@@ -6,6 +6,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+mod analytics;
 mod model;
 mod raw;
 mod route;

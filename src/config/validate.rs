@@ -24,6 +24,9 @@ use super::raw::{
 use crate::secret::Secret;
 use crate::tls;
 
+/// A key's name in messages, e.g. `route "cdn".upstream`.
+pub(super) type Key<'k> = &'k dyn Fn(&str) -> String;
+
 /// More worker threads than this is a typo, not a machine.
 pub(super) const MAX_WORKERS: usize = 1024;
 
