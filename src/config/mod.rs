@@ -2,6 +2,11 @@
 //!
 //! Loading either yields a complete, checked [`Config`] (certificates and CA files read and
 //! parsed) or an error naming every bad key, so tamis never starts half-configured.
+//!
+//! The pipeline, one file per step: the text → `raw.rs` (serde: `deny_unknown_fields`, values
+//! `Spanned`) → the validator (`validate.rs`: its core and the global sections; `route.rs` and
+//! `analytics.rs`: each `[[route]]`), run in order by `Validator::config` here → the typed
+//! [`Config`] of `model.rs`. Every problem is collected with its line, none stops the walk.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -28,7 +28,7 @@ use crate::tls;
 pub(super) type Key<'k> = &'k dyn Fn(&str) -> String;
 
 /// More worker threads than this is a typo, not a machine.
-pub(super) const MAX_WORKERS: usize = 1024;
+const MAX_WORKERS: usize = 1024;
 
 /// Walks the raw config, collecting every problem instead of stopping at the first.
 pub(super) struct Validator<'a> {
@@ -85,7 +85,7 @@ impl Validator<'_> {
     }
 
     /// Resolves a file named in the config relative to the config's own folder.
-    pub(super) fn file(&self, value: &str) -> PathBuf {
+    fn file(&self, value: &str) -> PathBuf {
         let p = Path::new(value);
         if p.is_absolute() {
             return p.to_owned();
@@ -117,7 +117,7 @@ impl Validator<'_> {
         }
     }
 
-    pub(super) fn socket_addr(&mut self, value: &Spanned<String>, key: &str) -> Option<SocketAddr> {
+    fn socket_addr(&mut self, value: &Spanned<String>, key: &str) -> Option<SocketAddr> {
         match value.get_ref().parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
