@@ -14,9 +14,9 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{black_box, Criterion};
 use maxminddb_writer::paths::IpAddrWithMask;
-use tamis::geo::{Database, Gate, Precision};
-use tamis::routes::analytics::visitor::{self, ClientAddress};
-use tamis::routes::analytics::{Protocol, Pseudonymizer, Runtime, Settings};
+use tamis::analytics::geo::{Database, Gate, Precision};
+use tamis::analytics::visitor::{self, ClientAddress};
+use tamis::analytics::{Protocol, Pseudonymizer, Runtime, Settings};
 
 #[derive(serde::Serialize)]
 struct Record {

@@ -9,13 +9,12 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue};
+use tamis::analytics::{ga4, matomo, plausible, umami, Context, Pseudonymizer, Settings, Tally};
 use tamis::cache::CacheKey;
 use tamis::config::{parse_upstream, Config};
+use tamis::mirrors::tiles;
 use tamis::policy::{self, Jurisdiction, RequestPolicy};
-use tamis::routes::analytics::{
-    ga4, matomo, plausible, umami, Context, Pseudonymizer, Settings, Tally,
-};
-use tamis::routes::{css, tiles, Router};
+use tamis::routes::{css, Router};
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(
@@ -89,7 +88,7 @@ fn analytics(c: &mut Criterion) {
         settings: &settings,
         pseudonyms: &p,
         route: "ga",
-        visitor: &tamis::routes::analytics::visitor::Visitor::NONE,
+        visitor: &tamis::analytics::visitor::Visitor::NONE,
         matomo_token: None,
     };
     let raw = fixture("ga4-collect-batch.http");

@@ -1,7 +1,7 @@
 //! What leaves, decided without I/O: the checks every visitor request passes before anything
 //! is sent, in the order they are made (`request_filter`, `route_filter`), and the upstream
 //! request built from the route's policy (`route_request`, `prepare_analytics`). The live
-//! path (`crate::proxy`) and the dry-run probe (`dry_run`) both call these, so what the
+//! path (the proxy module) and the dry-run probe (`dry_run`) both call these, so what the
 //! probe shows is what the live path does.
 
 use std::net::IpAddr;
@@ -13,9 +13,9 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Uri, Version};
 use http_body_util::Full;
 
+use crate::analytics::{self, Protocol};
 use crate::config::Config;
 use crate::refusal::Refusal;
-use crate::routes::analytics::{self, Protocol};
 use crate::routes::{Role, Route, Router};
 use crate::secret::Secret;
 
@@ -136,7 +136,7 @@ pub(crate) fn dry_run(
             // The probe's visitor is counted in empty location counts of its own: the live
             // ones would tell the prober how many visitors a region had, so a probe's answer
             // never carries a location (one visitor never opens a cell).
-            let empty = crate::geo::Gate::new(2);
+            let empty = crate::analytics::geo::Gate::new(2);
             let keys = analytics::visitor::Keys {
                 pseudonyms: &throwaway,
                 gate: &empty,
@@ -309,7 +309,14 @@ pub(crate) fn prepare_analytics(
     keys: &analytics::visitor::Keys<'_>,
     secrets: Secrets,
     now: SystemTime,
-) -> Result<(UpstreamRequest, analytics::Tally, crate::geo::Released), Refusal> {
+) -> Result<
+    (
+        UpstreamRequest,
+        analytics::Tally,
+        crate::analytics::geo::Released,
+    ),
+    Refusal,
+> {
     let mut headers = route.scrub(visit.headers);
     // tamis reads some protocols' answers for a few typed fields: unencoded, or not at all.
     if analytics::answer::wants_identity(protocol) {

@@ -73,9 +73,9 @@ fn main() -> ExitCode {
                 print!(
                     "{}",
                     if quiet {
-                        tamis::report::check_summary(&config)
+                        tamis::transparency::check_summary(&config)
                     } else {
-                        tamis::report::check_report(&config)
+                        tamis::transparency::check_report(&config)
                     }
                 );
                 ExitCode::SUCCESS
@@ -113,7 +113,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let (out, code) = tamis::probe::command(&config, &input);
+            let (out, code) = tamis::transparency::probe::command(&config, &input);
             if code == 2 {
                 eprint!("{out}");
             } else {

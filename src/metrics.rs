@@ -458,7 +458,7 @@ impl Metrics {
             lookups,
             bytes_from_cache: self.served_bytes.with_label_values(&[route, "cache"]),
             bytes_from_upstream: self.served_bytes.with_label_values(&[route, "upstream"]),
-            analytics_params: crate::routes::analytics::Outcome::ALL.map(|o| {
+            analytics_params: crate::analytics::Outcome::ALL.map(|o| {
                 self.analytics_params
                     .with_label_values(&[route, o.as_str()])
             }),
@@ -538,7 +538,7 @@ impl RouteMetrics {
     }
 
     /// Counts what location one tracking request carried (routes with a `location` only).
-    pub fn location(&self, released: &crate::geo::Released) {
+    pub fn location(&self, released: &crate::analytics::geo::Released) {
         let (i, label) = match (released.region, released.country) {
             (Some(_), _) => (0, "region"),
             (None, Some(_)) => (1, "country"),
@@ -553,8 +553,8 @@ impl RouteMetrics {
     }
 
     /// Counts what scrubbing did to one tracking request.
-    pub fn analytics(&self, tally: &crate::routes::analytics::Tally) {
-        for (i, o) in crate::routes::analytics::Outcome::ALL.iter().enumerate() {
+    pub fn analytics(&self, tally: &crate::analytics::Tally) {
+        for (i, o) in crate::analytics::Outcome::ALL.iter().enumerate() {
             self.analytics_params[i].inc_by(tally.get(*o));
         }
     }

@@ -1,6 +1,6 @@
 //! The running state: everything a request needs, built from a checked config (routes, the
 //! cache, the upstream client, metrics, tamis's own public pages). A reload builds the next one
-//! from the last (see [`crate::reload`]).
+//! from the last (see the reload module).
 
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use crate::routes::Router;
 use crate::upstream::Upstream;
 
 /// Everything a request needs, built from a validated config. A reload builds a new one that
-/// shares the cache and the metrics with the one it replaces (see [`crate::reload`]).
+/// shares the cache and the metrics with the one it replaces (see the reload module).
 pub struct State {
     pub config: Config,
     pub router: Router,
@@ -19,9 +19,9 @@ pub struct State {
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
     /// The public page disclosing what each route does.
-    pub transparency: Option<crate::transparency::Page>,
+    pub transparency: Option<crate::transparency::page::Page>,
     /// The public dry-run probe (`transparency.probe`).
-    pub probe: Option<crate::probe::Endpoint>,
+    pub probe: Option<crate::transparency::probe::Endpoint>,
     /// Indexed like the router's routes.
     pub(crate) route_metrics: Vec<RouteMetrics>,
 }
@@ -30,7 +30,7 @@ pub struct State {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::config::tls::TlsError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -93,8 +93,8 @@ impl State {
             .iter()
             .map(|r| metrics.route(&r.config.name))
             .collect();
-        let transparency = crate::transparency::Page::new(&config, &router);
-        let probe = crate::probe::Endpoint::new(&config);
+        let transparency = crate::transparency::page::Page::new(&config, &router);
+        let probe = crate::transparency::probe::Endpoint::new(&config);
         Ok(State {
             transparency,
             probe,

@@ -124,7 +124,7 @@ fn cases() -> Vec<Case> {
             path: "/g/g/collect?v=2&tid=G-1&cid=1.2&en=page_view&uid=dropped-by-tamis&dl=https%3A%2F%2Fsite.example%2F%3Fq%3Ddropped-by-tamis",
             content_type: "text/plain",
             body: "",
-            pixel_or_text: Some(tamis::routes::analytics::answer::PIXEL),
+            pixel_or_text: Some(tamis::analytics::answer::PIXEL),
         },
         Case {
             name: "matomo",
@@ -132,7 +132,7 @@ fn cases() -> Vec<Case> {
             path: "/m/matomo.php?idsite=3&rec=1&url=https%3A%2F%2Fsite.example%2F&uid=dropped-by-tamis&cip=203.0.113.9&token_auth=dropped-by-tamis",
             content_type: "text/plain",
             body: "",
-            pixel_or_text: Some(tamis::routes::analytics::answer::PIXEL),
+            pixel_or_text: Some(tamis::analytics::answer::PIXEL),
         },
         Case {
             name: "matomo bulk",

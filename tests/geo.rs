@@ -12,7 +12,7 @@ use common::*;
 use http::Method;
 use http_body_util::Full;
 use maxminddb_writer::paths::IpAddrWithMask;
-use tamis::routes::analytics::parse_query;
+use tamis::analytics::parse_query;
 
 const UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.6778.85 Safari/537.36";
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use tamis::routes::fonts::CSS_USER_AGENT;
+use tamis::mirrors::fonts::CSS_USER_AGENT;
 
 const FIXTURE: &str = include_str!("fixtures/google-fonts-css2-roboto.css");
 

@@ -564,7 +564,11 @@ async fn the_probe_is_off_by_default_post_only_and_refuses_bad_input() {
         assert!(a.text().contains(says), "{input}: {}", a.text());
         assert_eq!(a.header("cache-control"), Some("no-store"));
     }
-    let a = probe_raw(&t, "x".repeat(tamis::probe::MAX_INPUT_BYTES + 1)).await;
+    let a = probe_raw(
+        &t,
+        "x".repeat(tamis::transparency::probe::MAX_INPUT_BYTES + 1),
+    )
+    .await;
     assert_eq!(a.status, 413);
     // Raw HTTP/1.1 is read as well as JSON.
     let a = probe_raw(
@@ -617,7 +621,7 @@ async fn each_probe_pseudonymises_with_a_key_of_its_own() {
 async fn probes_are_rate_limited_per_client() {
     let up = RawUpstream::start().await;
     let t = Tamis::start(&config(&up, true)).await;
-    let burst = tamis::probe::PROBE_RATE.burst as usize;
+    let burst = tamis::transparency::probe::PROBE_RATE.burst as usize;
     let mut statuses = Vec::new();
     for _ in 0..=burst {
         statuses.push(probe_raw(&t, r#"{"path":"/nowhere"}"#.into()).await.status);

@@ -105,7 +105,7 @@ proptest! {
             serde_json::json!({"method": method, "path": target}).to_string().into_bytes(),
         ];
         for input in inputs {
-            if let Ok(p) = tamis::probe::parse(&input) {
+            if let Ok(p) = tamis::transparency::probe::parse(&input) {
                 prop_assert!(p.uri.authority().is_none() && p.uri.path().starts_with('/'));
             }
         }
@@ -744,11 +744,11 @@ proptest! {
         let x = (side as i64 + x_off).max(0) as u64;
         let y = (side as f64 * y_frac) as u64;
         let rest = format!("{zero}{z}/{x}/{y}{}.{ext}", if retina { "@2x" } else { "" });
-        let parsed = tamis::routes::tiles::parse(&rest, max_zoom);
+        let parsed = tamis::mirrors::tiles::parse(&rest, max_zoom);
         check_tile(&rest, max_zoom, &parsed);
         let valid = reference_tile(&rest).is_some_and(|(z, x, y, _, ext)| {
             z <= u32::from(max_zoom.min(30)) && x < 1 << z && y < 1 << z
-                && tamis::routes::tiles::EXTENSIONS.contains(&ext.as_str())
+                && tamis::mirrors::tiles::EXTENSIONS.contains(&ext.as_str())
         });
         prop_assert_eq!(parsed.is_ok(), valid, "{} (max_zoom {})", rest, max_zoom);
     }

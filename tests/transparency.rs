@@ -151,7 +151,7 @@ async fn the_page_and_tamis_check_say_the_same() {
     let doc: serde_json::Value =
         serde_json::from_slice(&s.t.get("/.well-known/tamis?format=json").await.body).unwrap();
     let config = tamis::config::Config::load(&s.t.config_path).unwrap();
-    let check = tamis::report::check_report(&config);
+    let check = tamis::transparency::check_report(&config);
     for r in doc["routes"].as_array().unwrap() {
         if r["kind"] == "ga4" {
             let linkage = r["analytics"]["linkage"].as_str().unwrap();

@@ -8,7 +8,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use tamis::routes::{tiles, Role, Router};
+use tamis::mirrors::tiles;
+use tamis::routes::{Role, Router};
 use tamis_fuzz::oracles::{check_route_uri, check_tile, test_router};
 
 fn router() -> &'static Router {

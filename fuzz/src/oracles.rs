@@ -12,13 +12,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Uri;
 use serde_json::{Map, Value};
-use tamis::config::{Config, UpstreamBase};
-use tamis::policy::{RequestPolicy, UserAgent, REQUEST_ALLOWLIST, REQUEST_REMOVED};
-use tamis::routes::analytics::{
+use tamis::analytics::{
     self, ga4, matomo, plausible, umami, Context, Pseudonymizer, Settings, Tally,
 };
+use tamis::config::{Config, UpstreamBase};
+use tamis::mirrors::{fonts, tiles};
+use tamis::policy::{RequestPolicy, UserAgent, REQUEST_ALLOWLIST, REQUEST_REMOVED};
 use tamis::routes::confine::{self, Redirect};
-use tamis::routes::{css, fonts, tiles, PathError, Role, Route, Router};
+use tamis::routes::{css, PathError, Role, Route, Router};
 
 // ---------------------------------------------------------------------------------------------
 // Secrets
@@ -746,7 +747,7 @@ impl Analytics {
             settings: &self.settings,
             pseudonyms: &self.pseudonyms,
             route,
-            visitor: &tamis::routes::analytics::visitor::Visitor::NONE,
+            visitor: &tamis::analytics::visitor::Visitor::NONE,
             matomo_token: None,
         }
     }
@@ -2284,7 +2285,7 @@ pub fn check_config(text: &str) {
             assert!((1..=16 * 1024 * 1024).contains(&a.max_body), "{}", what());
             assert!((8..=32).contains(&a.pseudonym_bits), "{}", what());
             assert!(a.min_visitors >= 2, "{}", what());
-            if a.location != tamis::geo::Precision::None {
+            if a.location != tamis::analytics::geo::Precision::None {
                 assert_eq!(
                     r.jurisdiction,
                     tamis::policy::Jurisdiction::Eu,
@@ -2294,15 +2295,14 @@ pub fn check_config(text: &str) {
                 assert!(
                     matches!(
                         a.protocol,
-                        tamis::routes::analytics::Protocol::Matomo
-                            | tamis::routes::analytics::Protocol::Umami
+                        tamis::analytics::Protocol::Matomo | tamis::analytics::Protocol::Umami
                     ),
                     "{}",
                     what()
                 );
             }
             // Any address, even truncated or synthetic, goes only to an EU upstream.
-            if a.client_ip != tamis::routes::analytics::visitor::ClientAddress::None {
+            if a.client_ip != tamis::analytics::visitor::ClientAddress::None {
                 assert_eq!(
                     r.jurisdiction,
                     tamis::policy::Jurisdiction::Eu,
@@ -2336,8 +2336,8 @@ pub fn check_config(text: &str) {
             check_route_uri(route, rest, Some("a=1"));
         }
     }
-    let _ = tamis::report::check_report(&c);
-    let _ = tamis::transparency::Page::new(&c, &router);
+    let _ = tamis::transparency::check_report(&c);
+    let _ = tamis::transparency::page::Page::new(&c, &router);
 }
 
 // ---------------------------------------------------------------------------------------------

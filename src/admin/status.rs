@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::metrics::CacheResult;
 use crate::state::State;
-use crate::transparency::esc;
+use crate::transparency::page::esc;
 
 /// The page's content.
 #[derive(Debug, Serialize)]

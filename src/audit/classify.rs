@@ -3,8 +3,9 @@
 
 use super::url::{authority_of, host_of, normal_host, path_of};
 use super::{Coverage, Finding, Found, Load};
-use crate::routes::analytics::Protocol;
-use crate::routes::{css, fonts, tiles, Role, Route, Router};
+use crate::analytics::Protocol;
+use crate::mirrors::{fonts, tiles};
+use crate::routes::{css, Role, Route, Router};
 
 /// Keeps the third-party URLs (host other than `site_host`; all of them without a site),
 /// merges repeats, and matches each against the routes.

@@ -7,7 +7,8 @@ use super::classify::{coverage, is_ga_host, strip_subdomain};
 use super::url::{authority_of, host_of, path_of};
 use super::{Coverage, Finding, Load, Suggestion};
 use crate::config::Config;
-use crate::routes::{tiles, Router};
+use crate::mirrors::tiles;
+use crate::routes::Router;
 
 /// A route to suggest, before its name and prefix are made unique.
 struct Plan {

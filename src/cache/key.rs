@@ -10,7 +10,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Uri};
 /// included), never from headers it strips.
 #[derive(Clone, Debug)]
 pub struct CacheKey {
-    /// The route's [`cache_id`](crate::routes::Route::cache_id).
+    /// The route's `cache_id` (a fingerprint of everything that shapes what it stores).
     pub route: u64,
     pub uri: Uri,
     /// 0 for the primary key; otherwise a hash of the request's values for the Vary'd headers.

@@ -6,10 +6,10 @@ use std::time::Duration;
 use super::model::AnalyticsConfig;
 use super::raw::RawRoute;
 use super::validate::{Key, Validator};
-use crate::geo::Precision;
+use crate::analytics::geo::Precision;
+use crate::analytics::visitor::{ClientAddress, DEFAULT_BITS};
+use crate::analytics::Protocol;
 use crate::policy::Jurisdiction;
-use crate::routes::analytics::visitor::{ClientAddress, DEFAULT_BITS};
-use crate::routes::analytics::Protocol;
 use crate::secret::Secret;
 
 impl Validator<'_> {
@@ -110,7 +110,7 @@ impl Validator<'_> {
         }
         AnalyticsConfig {
             protocol,
-            settings: crate::routes::analytics::Settings {
+            settings: crate::analytics::Settings {
                 allow_event_params: r.allow_event_params.clone().unwrap_or_default(),
                 allow_url_params: r.allow_url_params.clone().unwrap_or_default(),
             },

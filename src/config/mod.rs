@@ -15,6 +15,7 @@ mod analytics;
 mod model;
 mod raw;
 mod route;
+pub mod tls;
 mod validate;
 
 pub use model::{

@@ -43,7 +43,7 @@ pub struct Config {
     /// Bounds on what clients may send and hold.
     pub limits: Limits,
     /// The location database (`[geo] database`), read into memory at each load.
-    pub geo: Option<std::sync::Arc<crate::geo::Database>>,
+    pub geo: Option<std::sync::Arc<crate::analytics::geo::Database>>,
     pub routes: Vec<RouteConfig>,
     /// What is allowed but probably not meant, with where it is (`tamis check` prints them,
     /// and `run` logs them at start and at each reload).
@@ -292,8 +292,8 @@ impl RouteKind {
     }
 
     /// The analytics protocol this kind speaks, if any.
-    pub fn analytics(self) -> Option<crate::routes::analytics::Protocol> {
-        use crate::routes::analytics::Protocol;
+    pub fn analytics(self) -> Option<crate::analytics::Protocol> {
+        use crate::analytics::Protocol;
         match self {
             RouteKind::Ga4 => Some(Protocol::Ga4),
             RouteKind::Matomo => Some(Protocol::Matomo),
@@ -307,8 +307,8 @@ impl RouteKind {
 /// An analytics route's settings.
 #[derive(Clone)]
 pub struct AnalyticsConfig {
-    pub protocol: crate::routes::analytics::Protocol,
-    pub settings: crate::routes::analytics::Settings,
+    pub protocol: crate::analytics::Protocol,
+    pub settings: crate::analytics::Settings,
     /// How often the pseudonym key changes.
     pub rotate: Duration,
     /// Shared secret for replicas that must agree on pseudonyms (read from `salt_file`).
@@ -316,11 +316,11 @@ pub struct AnalyticsConfig {
     /// Largest request body accepted (413 above).
     pub max_body: usize,
     /// What goes in place of the visitor's address (only EU routes send one).
-    pub client_ip: crate::routes::analytics::visitor::ClientAddress,
+    pub client_ip: crate::analytics::visitor::ClientAddress,
     /// Hash bits a synthetic address keeps (`client_ip = "pseudonym"`).
     pub pseudonym_bits: u8,
     /// How precise a location is released (`location`).
-    pub location: crate::geo::Precision,
+    pub location: crate::analytics::geo::Precision,
     /// Distinct visitors a cell needs this period before it is released.
     pub min_visitors: usize,
     /// Matomo's `token_auth`, read from `token_file` (never from a browser): letters and
@@ -357,7 +357,7 @@ pub struct FontFiles {
 /// A tiles route's template and limits.
 #[derive(Clone, Debug)]
 pub struct TilesConfig {
-    pub template: crate::routes::tiles::Template,
+    pub template: crate::mirrors::tiles::Template,
     pub max_zoom: u8,
 }
 

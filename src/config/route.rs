@@ -159,18 +159,18 @@ impl Validator<'_> {
         let mut tiles = None;
         let upstream = match r.kind {
             RouteKind::Tiles => {
-                match crate::routes::tiles::Template::new(
+                match crate::mirrors::tiles::Template::new(
                     r.upstream.get_ref(),
                     r.subdomains.clone().unwrap_or_default(),
                 ) {
                     Ok(t) => {
                         let max_zoom = r.max_zoom.as_ref().map_or(19, |z| *z.get_ref());
-                        if max_zoom > crate::routes::tiles::ZOOM_LIMIT {
+                        if max_zoom > crate::mirrors::tiles::ZOOM_LIMIT {
                             let span = r.max_zoom.as_ref().map(|z| z.span());
                             self.problem(
                                 span,
                                 key("max_zoom"),
-                                format!("at most {}", crate::routes::tiles::ZOOM_LIMIT),
+                                format!("at most {}", crate::mirrors::tiles::ZOOM_LIMIT),
                             );
                         }
                         // The route's base is the template's own scheme and authority:
@@ -430,9 +430,9 @@ impl Validator<'_> {
         global_ua: &HeaderValue,
     ) {
         if let Some(t) = tiles {
-            if crate::routes::tiles::is_osm_host(&t.template.sample_host()) {
+            if crate::mirrors::tiles::is_osm_host(&t.template.sample_host()) {
                 let ua = user_agent.unwrap_or(global_ua);
-                if !crate::routes::tiles::has_contact(ua.to_str().unwrap_or("")) {
+                if !crate::mirrors::tiles::has_contact(ua.to_str().unwrap_or("")) {
                     self.problem(
                         Some(r.upstream.span()),
                         key("user_agent"),

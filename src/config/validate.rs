@@ -21,8 +21,8 @@ use super::raw::{
     DEFAULT_MAX_OBJECT_BYTES, DEFAULT_NEGATIVE_TTL, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TIMEOUT,
     DEFAULT_USER_AGENT,
 };
+use crate::config::tls;
 use crate::secret::Secret;
-use crate::tls;
 
 /// A key's name in messages, e.g. `route "cdn".upstream`.
 pub(super) type Key<'k> = &'k dyn Fn(&str) -> String;
@@ -582,9 +582,9 @@ impl Validator<'_> {
 
     /// `[geo] database`, read into memory; also notes whether one is set (routes' `location`
     /// needs it).
-    pub(super) fn geo(&mut self, raw: &RawGeo) -> Option<Arc<crate::geo::Database>> {
+    pub(super) fn geo(&mut self, raw: &RawGeo) -> Option<Arc<crate::analytics::geo::Database>> {
         let geo = raw.database.as_ref().and_then(|d| {
-            match crate::geo::Database::open(&self.file(d.get_ref())) {
+            match crate::analytics::geo::Database::open(&self.file(d.get_ref())) {
                 Ok(db) => Some(std::sync::Arc::new(db)),
                 Err(e) => {
                     self.problem(Some(d.span()), "geo.database", e.to_string());

@@ -8,7 +8,7 @@
 pub fn truncate_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let ip = match ip {
-        IpAddr::V6(v6) => crate::client_addr::embedded_ipv4(v6).map_or(ip, IpAddr::V4),
+        IpAddr::V6(v6) => crate::policy::client_addr::embedded_ipv4(v6).map_or(ip, IpAddr::V4),
         v4 => v4,
     };
     match ip {

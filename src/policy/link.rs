@@ -5,7 +5,7 @@
 //! as written: it is parsed, judged, and written anew in one plain form that every parser reads
 //! the same way. Anything that does not parse cleanly is dropped.
 
-use crate::reach::{reach, Reach};
+use crate::policy::reach::{reach, Reach};
 
 /// The entries of one `Link` value a browser would follow only on the site, written anew;
 /// `None` if none is left.

@@ -9,8 +9,10 @@
 use serde::Deserialize;
 
 mod address;
+pub mod client_addr;
 pub mod csp;
 pub mod link;
+pub mod reach;
 mod request;
 mod response;
 

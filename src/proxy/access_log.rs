@@ -40,7 +40,7 @@ impl RequestId {
                         .iter()
                         .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(b))
             })
-            .filter(|_| crate::client_addr::is_trusted(peer.ip(), proxies));
+            .filter(|_| crate::policy::client_addr::is_trusted(peer.ip(), proxies));
         match from_proxy {
             Some(v) => RequestId::Proxy(v.clone()),
             None => RequestId::Own(next_own()),

@@ -8,10 +8,10 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::analytics::{self, Protocol};
 use crate::body::{self, ProxyBody};
 use crate::egress::{Secrets, Visit};
 use crate::metrics::CacheResult;
-use crate::routes::analytics::{self, Protocol};
 use crate::routes::Route;
 use crate::state::State;
 
@@ -58,7 +58,7 @@ pub(super) async fn serve_analytics(
     };
     let rm = &state.route_metrics[route.index];
     rm.analytics(&tally);
-    if rt.location != crate::geo::Precision::None {
+    if rt.location != crate::analytics::geo::Precision::None {
         rm.location(&location);
     }
     let bulk = protocol == Protocol::Matomo

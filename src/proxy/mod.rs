@@ -68,7 +68,7 @@ pub fn handle(
         let path = state.config.log.access.then(|| req.uri().path().to_owned());
         // Who the client is, for tamis's own use (rate limits, truncated addresses): never sent on.
         let proxies = &state.config.server.trusted_proxies;
-        let client = crate::client_addr::resolve(peer, req.headers(), proxies);
+        let client = crate::policy::client_addr::resolve(peer, req.headers(), proxies);
         let id = path
             .as_ref()
             .map(|_| access_log::RequestId::new(peer, req.headers(), proxies));

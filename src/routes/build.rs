@@ -99,7 +99,7 @@ impl Router {
                 Some(r) => r.rate.clone(),
                 None => rc
                     .rate_limit
-                    .map(|l| Arc::new(crate::ratelimit::RateLimiter::new(l))),
+                    .map(|l| Arc::new(crate::routes::ratelimit::RateLimiter::new(l))),
             };
             let breaker_settings = (
                 config.upstream.breaker_failures,
@@ -141,7 +141,7 @@ impl Router {
                     },
                     bits: a.pseudonym_bits,
                     location: a.location,
-                    gate: crate::geo::Gate::new(a.min_visitors),
+                    gate: crate::analytics::geo::Gate::new(a.min_visitors),
                 })
             });
             let analytics_runtime = match &kept {

@@ -13,7 +13,7 @@ use encoding_rs::{Encoding, UTF_16BE, UTF_16LE, UTF_8};
 use http::header::{self, HeaderMap, HeaderValue};
 
 use crate::config::UpstreamBase;
-use crate::reach::{reach, Reach};
+use crate::policy::reach::{reach, Reach};
 use crate::routes::confine;
 
 /// The Content-Type of every stylesheet tamis serves: the charset is stated, so no `@charset`

@@ -2,11 +2,12 @@
 //! each kind adds to the common flow (font CSS rewriting, tile parsing, fixed headers).
 //! The table itself is built from a checked config, and kept across reloads, in `build`.
 
-pub mod analytics;
 pub mod confine;
 pub mod css;
-pub mod fonts;
-pub mod tiles;
+pub mod ratelimit;
+
+use crate::analytics;
+use crate::mirrors::{fonts, tiles};
 
 mod build;
 
@@ -67,7 +68,7 @@ pub struct Route {
     /// Bounds concurrent upstream requests (shared by the parts of one route).
     pub permits: Option<Arc<Semaphore>>,
     /// Per-client request rate (shared by the parts of one route).
-    pub rate: Option<Arc<crate::ratelimit::RateLimiter>>,
+    pub rate: Option<Arc<crate::routes::ratelimit::RateLimiter>>,
     /// Stops asking a failing upstream for a while (shared by the parts of one route).
     pub breaker: Arc<crate::upstream::breaker::Breaker>,
     /// How third-party URLs in a stylesheet this route serves map to first-party ones: its own

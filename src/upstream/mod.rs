@@ -20,9 +20,9 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::Full;
 
+use crate::config::tls;
 use crate::config::UpstreamConfig;
 use crate::metrics::UpstreamFailure;
-use crate::tls;
 
 use connect::Connector;
 pub use pool::PooledBody;

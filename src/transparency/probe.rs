@@ -19,13 +19,13 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
+use crate::analytics::{self, Outcome, Protocol, Tally};
 use crate::body::{self, ProxyBody};
 use crate::config::{Config, RateLimit};
 use crate::egress::{self, DryRun, Visit};
 use crate::policy::{self, Allowed, UserAgent, REQUEST_ALLOWLIST};
-use crate::ratelimit::RateLimiter;
 use crate::refusal::Refusal;
-use crate::routes::analytics::{self, Outcome, Protocol, Tally};
+use crate::routes::ratelimit::RateLimiter;
 use crate::routes::{Role, Route, Router};
 use crate::upstream::{self, Http1Request};
 

@@ -4,15 +4,17 @@
 //! [`crate::transparency`]).
 
 mod check;
+pub mod page;
+pub mod probe;
 
 use serde::Serialize;
 
+use crate::analytics::{self, Protocol};
 use crate::config::{ClientIpLog, Config, RouteCache};
 use crate::policy::{
     Allowed, Jurisdiction, Removed, ResponseKind, UserAgent, REQUEST_ALLOWLIST, REQUEST_REMOVED,
     REQUEST_REMOVED_PREFIXES, RESPONSE_STRIPPED, RESPONSE_STRIPPED_PREFIXES,
 };
-use crate::routes::analytics::{self, Protocol};
 use crate::routes::{Role, Route, Router};
 
 pub use check::{check_report, check_summary};

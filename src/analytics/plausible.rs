@@ -127,7 +127,7 @@ mod tests {
             settings: &settings,
             pseudonyms: &p,
             route: "plausible",
-            visitor: &crate::routes::analytics::visitor::Visitor::NONE,
+            visitor: &crate::analytics::visitor::Visitor::NONE,
             matomo_token: None,
         };
         let mut t = Tally::default();
@@ -137,10 +137,7 @@ mod tests {
     #[test]
     fn the_fixture_is_scrubbed_field_by_field() {
         let run = |body: &[u8]| scrubbed(&["author"], &["utm_source"], body).0;
-        let out = run(include_bytes!(
-            "../../../tests/fixtures/plausible-event.json"
-        ))
-        .unwrap();
+        let out = run(include_bytes!("../../tests/fixtures/plausible-event.json")).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["n"], "pageview");
         assert_eq!(v["d"], "blog.example");

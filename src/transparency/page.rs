@@ -1,10 +1,10 @@
 //! The public transparency page (`GET /.well-known/tamis`): what this proxy does with a
 //! visitor's requests, route by route, as HTML (or JSON for `Accept: application/json` or
-//! `?format=json`). Built from the same [`Disclosure`](crate::report) data `tamis check` prints,
+//! `?format=json`). Built from the same [`Disclosure`](crate::transparency) data `tamis check` prints,
 //! from the running config, once per (re)load. It names no secret: no keys, salts, file paths
 //! or listener addresses. The JSON adds each route's counters since start, from the metrics, so
 //! the published policy and what actually happened can be compared; the page links to the
-//! dry-run probe when it is on (see [`crate::probe`]).
+//! dry-run probe when it is on (see [`crate::transparency::probe`]).
 
 use std::fmt::Write as _;
 
@@ -16,8 +16,8 @@ use serde::Serialize;
 use crate::body::{self, ProxyBody};
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteTotals};
-use crate::report::{self, RouteDisclosure};
 use crate::routes::Router;
+use crate::transparency::{self as report, RouteDisclosure};
 
 /// The published document.
 #[derive(Serialize)]
@@ -69,7 +69,7 @@ impl Page {
         let t = config.transparency.as_ref()?;
         let routes = report::disclose(router);
         let probe = t.probe.then(|| ProbeLink {
-            path: crate::probe::probe_path(&t.path),
+            path: crate::transparency::probe::probe_path(&t.path),
             example: example_request(router),
         });
         let doc = Document {

@@ -205,10 +205,10 @@ fn first_64_bits(out: [u8; 32]) -> u64 {
     u64::from_be_bytes(first)
 }
 
-/// The octets of the subscriber an address belongs to (see [`crate::client_addr::subscriber`]):
+/// The octets of the subscriber an address belongs to (see [`crate::policy::client_addr::subscriber`]):
 /// 4 for an IPv4 (or one an IPv6 address carries), 16 for an IPv6 /64.
 fn subscriber_octets(address: std::net::IpAddr) -> Subscriber {
-    match crate::client_addr::subscriber(address) {
+    match crate::policy::client_addr::subscriber(address) {
         std::net::IpAddr::V4(a) => Subscriber::V4(a.octets()),
         std::net::IpAddr::V6(a) => Subscriber::V6(a.octets()),
     }

@@ -9,6 +9,7 @@
 
 pub mod answer;
 pub mod ga4;
+pub mod geo;
 pub mod matomo;
 pub mod plausible;
 pub mod umami;
@@ -158,9 +159,9 @@ pub struct Runtime {
     /// Hash bits a synthetic address keeps.
     pub bits: u8,
     /// How precise a location is released.
-    pub location: crate::geo::Precision,
+    pub location: crate::analytics::geo::Precision,
     /// The k-anonymity counts of this route's locations, this period.
-    pub gate: crate::geo::Gate,
+    pub gate: crate::analytics::geo::Gate,
 }
 
 impl std::fmt::Debug for Runtime {

@@ -48,11 +48,11 @@ pub fn check_summary(config: &Config) -> String {
         let mut visitor = String::new();
         let analytics = config.routes.iter().find(|c| c.name == r.name);
         if let Some(a) = analytics.and_then(|c| c.analytics.as_ref()) {
-            use crate::routes::analytics::visitor::ClientAddress;
+            use crate::analytics::visitor::ClientAddress;
             if a.client_ip != ClientAddress::None {
                 let _ = write!(visitor, "; address {}", a.client_ip.as_str());
             }
-            if a.location != crate::geo::Precision::None {
+            if a.location != crate::analytics::geo::Precision::None {
                 let _ = write!(
                     visitor,
                     "; location {} past {} visitors",
@@ -148,7 +148,7 @@ pub fn check_report(config: &Config) -> String {
                 let probe = if t.probe {
                     format!(
                         "; POST {} answers what a request would send upstream, sending nothing",
-                        crate::probe::probe_path(&t.path)
+                        crate::transparency::probe::probe_path(&t.path)
                     )
                 } else {
                     "; dry-run probe off (transparency.probe)".to_owned()

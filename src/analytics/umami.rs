@@ -153,7 +153,7 @@ mod tests {
             settings: &settings,
             pseudonyms: &p,
             route: "umami",
-            visitor: &crate::routes::analytics::visitor::Visitor::NONE,
+            visitor: &crate::analytics::visitor::Visitor::NONE,
             matomo_token: None,
         })
     }
@@ -163,7 +163,7 @@ mod tests {
         with_ctx(&["plan"], |ctx| {
             let mut t = Tally::default();
             let out = scrub(
-                include_bytes!("../../../tests/fixtures/umami-send.json"),
+                include_bytes!("../../tests/fixtures/umami-send.json"),
                 ctx,
                 &mut t,
             )

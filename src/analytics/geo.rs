@@ -154,7 +154,7 @@ impl Database {
     pub fn locate(&self, ip: IpAddr) -> Option<Place> {
         // An address carrying an IPv4 (mapped, 6to4, Teredo, NAT64) is where that IPv4 is.
         let ip = match ip {
-            IpAddr::V6(v6) => crate::client_addr::embedded_ipv4(v6).map_or(ip, IpAddr::V4),
+            IpAddr::V6(v6) => crate::policy::client_addr::embedded_ipv4(v6).map_or(ip, IpAddr::V4),
             v4 => v4,
         };
         let found = self.reader.lookup(ip).ok()?;

@@ -573,7 +573,7 @@ mod tests {
     use std::time::Duration;
 
     fn fixture() -> (String, String) {
-        let raw = include_str!("../../../tests/fixtures/ga4-collect-batch.http");
+        let raw = include_str!("../../tests/fixtures/ga4-collect-batch.http");
         let first = raw.lines().next().unwrap();
         let target = first.split_whitespace().nth(1).unwrap();
         let query = target.split_once('?').unwrap().1.to_owned();
@@ -599,7 +599,7 @@ mod tests {
             settings,
             pseudonyms: &p,
             route: "ga",
-            visitor: &crate::routes::analytics::visitor::Visitor::NONE,
+            visitor: &crate::analytics::visitor::Visitor::NONE,
             matomo_token: None,
         };
         scrub(query, body, &ctx, SystemTime::now(), tally)
@@ -726,7 +726,7 @@ mod tests {
             settings: &settings,
             pseudonyms: &p,
             route: "ga",
-            visitor: &crate::routes::analytics::visitor::Visitor::NONE,
+            visitor: &crate::analytics::visitor::Visitor::NONE,
             matomo_token: None,
         };
         // A page left open across midnight (the rotation) keeps sending hits.

@@ -511,7 +511,7 @@ mod tests {
             settings,
             pseudonyms: p,
             route: "matomo",
-            visitor: &crate::routes::analytics::visitor::Visitor::NONE,
+            visitor: &crate::analytics::visitor::Visitor::NONE,
             matomo_token: None,
         }
     }
@@ -522,7 +522,7 @@ mod tests {
 
     #[test]
     fn the_get_fixture_is_scrubbed_parameter_by_parameter() {
-        let raw = include_str!("../../../tests/fixtures/matomo-track-get.txt");
+        let raw = include_str!("../../tests/fixtures/matomo-track-get.txt");
         let query = raw
             .split_whitespace()
             .nth(1)
@@ -692,7 +692,7 @@ mod tests {
 
     #[test]
     fn bulk_json_loses_token_auth_and_every_request_is_scrubbed() {
-        let raw = include_str!("../../../tests/fixtures/matomo-bulk.json");
+        let raw = include_str!("../../tests/fixtures/matomo-bulk.json");
         let settings = Settings::default();
         let p = Pseudonymizer::new(Duration::from_secs(86400), None);
         let mut t = Tally::default();

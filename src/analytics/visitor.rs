@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use super::{Protocol, Runtime};
-use crate::geo::{self, Released};
+use crate::analytics::geo::{self, Released};
 
 /// What an analytics route sends in place of the visitor's address (`client_ip`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -264,8 +264,8 @@ mod tests {
             forwarded_for: None,
             cip: Some("2001:db8:1::".parse().unwrap()),
             location: Released {
-                country: crate::geo::Code::new("FR"),
-                region: crate::geo::Code::new("IDF"),
+                country: crate::analytics::geo::Code::new("FR"),
+                region: crate::analytics::geo::Code::new("IDF"),
             },
         };
         let p = matomo_params(&v);

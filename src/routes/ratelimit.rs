@@ -39,10 +39,10 @@ impl std::fmt::Debug for RateLimiter {
     }
 }
 
-/// The key for an address: its subscriber ([`crate::client_addr::subscriber`]), so a client
+/// The key for an address: its subscriber ([`crate::policy::client_addr::subscriber`]), so a client
 /// cannot dodge the limit by rotating addresses inside its IPv6 /64.
 fn key(ip: IpAddr) -> u128 {
-    match crate::client_addr::subscriber(ip) {
+    match crate::policy::client_addr::subscriber(ip) {
         IpAddr::V4(v4) => u128::from(u32::from(v4)),
         IpAddr::V6(v6) => u128::from(v6),
     }
