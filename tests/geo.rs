@@ -685,20 +685,7 @@ async fn an_ipv6_address_carrying_an_ipv4_is_located_as_that_ipv4_and_leaves_in_
 #[tokio::test]
 async fn addresses_rotating_inside_one_ipv6_64_are_one_visitor() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("v6.mmdb");
-    {
-        let mut w = maxminddb_writer::Database::default();
-        w.metadata.binary_format_major_version = 2;
-        w.metadata.ip_version = maxminddb_writer::metadata::IpVersion::V6;
-        let fr = w
-            .insert_value(Record {
-                country: BTreeMap::from([("iso_code", "FR")]),
-                subdivisions: vec![BTreeMap::from([("iso_code", "IDF")])],
-            })
-            .unwrap();
-        w.insert_node("2a01:e0a::/32".parse::<IpAddrWithMask>().unwrap(), fr);
-        std::fs::write(&db, w.write_to(Vec::new()).unwrap()).unwrap();
-    }
+    let db = ipv6_ile_de_france(dir.path());
     let up = Upstream::http(|_| Reply::ok("{}").header("content-type", "application/json")).await;
     let routes = analytics_route(
         "u",
@@ -938,20 +925,7 @@ async fn one_subscriber_varying_every_request_field_never_opens_a_cell_alone() {
 #[tokio::test]
 async fn one_ipv6_64_varying_its_interface_id_and_every_request_field_never_opens_a_cell_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("v6.mmdb");
-    {
-        let mut w = maxminddb_writer::Database::default();
-        w.metadata.binary_format_major_version = 2;
-        w.metadata.ip_version = maxminddb_writer::metadata::IpVersion::V6;
-        let fr = w
-            .insert_value(Record {
-                country: BTreeMap::from([("iso_code", "FR")]),
-                subdivisions: vec![BTreeMap::from([("iso_code", "IDF")])],
-            })
-            .unwrap();
-        w.insert_node("2a01:e0a::/32".parse::<IpAddrWithMask>().unwrap(), fr);
-        std::fs::write(&db, w.write_to(Vec::new()).unwrap()).unwrap();
-    }
+    let db = ipv6_ile_de_france(dir.path());
     let up = Upstream::http(|_| Reply::ok("{}").header("content-type", "application/json")).await;
     let routes = analytics_route(
         "u",
@@ -973,4 +947,21 @@ async fn one_ipv6_64_varying_its_interface_id_and_every_request_field_never_open
     let second = disguised(&t, &up, "2a01:e0a:1:3::1", 0).await;
     assert_eq!(second.0.as_deref(), Some("FR"));
     t.stop().await;
+}
+
+/// A database placing all of 2a01:e0a::/32 (one ISP's IPv6 block) in France, Île-de-France.
+fn ipv6_ile_de_france(dir: &std::path::Path) -> std::path::PathBuf {
+    let db = dir.join("v6.mmdb");
+    let mut w = maxminddb_writer::Database::default();
+    w.metadata.binary_format_major_version = 2;
+    w.metadata.ip_version = maxminddb_writer::metadata::IpVersion::V6;
+    let fr = w
+        .insert_value(Record {
+            country: BTreeMap::from([("iso_code", "FR")]),
+            subdivisions: vec![BTreeMap::from([("iso_code", "IDF")])],
+        })
+        .unwrap();
+    w.insert_node("2a01:e0a::/32".parse::<IpAddrWithMask>().unwrap(), fr);
+    std::fs::write(&db, w.write_to(Vec::new()).unwrap()).unwrap();
+    db
 }
