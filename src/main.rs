@@ -39,6 +39,11 @@ enum Command {
         /// One line per route instead of the full report.
         #[arg(short, long)]
         quiet: bool,
+        /// Instead of the report, print the TLS terminator's snippet that sends every prefix
+        /// of this config (and the transparency page) to tamis: deploy/nginx/tamis.conf and
+        /// deploy/caddy/Caddyfile are this output for config/tamis.toml.
+        #[arg(long, value_name = "FRONT_END")]
+        emit: Option<Emit>,
     },
     /// List the third-party resources an HTML page loads and whether a route covers each;
     /// exits 1 if any is not covered (for a site's CI).
@@ -59,6 +64,13 @@ enum Command {
     },
 }
 
+/// The front ends `check --emit` writes a snippet for.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Emit {
+    Nginx,
+    Caddy,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = config_path(cli.config.as_deref(), Path::exists);
@@ -68,7 +80,24 @@ fn main() -> ExitCode {
         eprintln!("tamis: no --config given, reading {}", path.display());
     }
     match command {
-        Command::Check { quiet } => match Config::load(&path) {
+        Command::Check { quiet, emit } => match Config::load(&path) {
+            Ok(config) if emit.is_some() => {
+                use tamis::transparency::frontend::{emit as snippet, FrontEnd};
+                let front = match emit {
+                    Some(Emit::Caddy) => FrontEnd::Caddy,
+                    _ => FrontEnd::Nginx,
+                };
+                match snippet(&config, front) {
+                    Ok(text) => {
+                        print!("{text}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::from(2)
+                    }
+                }
+            }
             Ok(config) => {
                 print!(
                     "{}",
@@ -180,6 +209,7 @@ fn run(path: &Path, config: Config) -> anyhow::Result<()> {
     runtime.block_on(async {
         let server = Server::bind(config).await?;
         tokio::spawn(reload_on_sighup(server.live())?);
+        tokio::spawn(ignore_sigusr1()?);
         server.run(shutdown_signal()).await;
         Ok(())
     })
@@ -210,7 +240,42 @@ fn reload_on_sighup(
     Ok(std::future::pending::<()>())
 }
 
-/// Resolves on SIGINT or SIGTERM.
+/// SIGUSR1 is nginx's "reopen the log files"; tamis logs to stderr (the journal, the
+/// container's log), so there is nothing to reopen: it is logged and ignored, never fatal (its
+/// default action would kill the process). Installed before the server runs, as for SIGHUP.
+#[cfg(unix)]
+fn ignore_sigusr1() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot listen for SIGUSR1")?;
+    Ok(async move {
+        while usr1.recv().await.is_some() {
+            tracing::info!(
+                "SIGUSR1 received: tamis logs to stderr, there is no log file to reopen; ignored"
+            );
+        }
+    })
+}
+
+#[cfg(not(unix))]
+fn ignore_sigusr1() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(std::future::pending::<()>())
+}
+
+/// Waits for one unix signal; if it cannot be listened for, logs it and never resolves.
+#[cfg(unix)]
+async fn unix_signal(kind: tokio::signal::unix::SignalKind, name: &str) {
+    match tokio::signal::unix::signal(kind) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for {name}");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Resolves on SIGINT, SIGTERM or SIGQUIT (nginx's graceful stop: the same drain here).
 async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
@@ -219,21 +284,14 @@ async fn shutdown_signal() {
         }
     };
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
+    let term = unix_signal(tokio::signal::unix::SignalKind::terminate(), "SIGTERM");
+    #[cfg(unix)]
+    let quit = unix_signal(tokio::signal::unix::SignalKind::quit(), "SIGQUIT");
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
+    let (term, quit) = (std::future::pending::<()>(), std::future::pending::<()>());
     tokio::select! {
         _ = ctrl_c => tracing::info!("SIGINT received"),
         _ = term => tracing::info!("SIGTERM received"),
+        _ = quit => tracing::info!("SIGQUIT received"),
     }
 }

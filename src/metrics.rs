@@ -82,6 +82,17 @@ pub enum UpstreamFailure {
 }
 
 impl UpstreamFailure {
+    /// Every failure, for pre-registering label values.
+    pub const ALL: [UpstreamFailure; 7] = [
+        UpstreamFailure::Connect,
+        UpstreamFailure::Tls,
+        UpstreamFailure::Timeout,
+        UpstreamFailure::Protocol,
+        UpstreamFailure::Body,
+        UpstreamFailure::Redirect,
+        UpstreamFailure::CircuitOpen,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -120,6 +131,17 @@ pub struct Metrics {
     /// The public listeners' count of requests being answered, read at scrape time.
     in_flight_source: OnceLock<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
     circuit_open: IntGaugeVec,
+    /// Cache lookups per route part (a fonts route's CSS and files apart, which the `route`
+    /// label merges), for `/status`; kept across reloads like the registry's series.
+    part_lookups: std::sync::Mutex<std::collections::HashMap<(String, String), PartLookups>>,
+}
+
+/// One route part's cache lookups by result (in [`CacheResult::ALL`]'s order).
+type PartLookups = std::sync::Arc<[std::sync::atomic::AtomicU64; 7]>;
+
+/// `(a, b, c)`: label values for a HELP text.
+fn listed<const N: usize>(values: [&str; N]) -> String {
+    format!("({})", values.join(", "))
 }
 
 /// One route's counters since tamis started (they outlive reloads), as the transparency page
@@ -166,6 +188,7 @@ fn sum_for(vec: &IntCounterVec, route: &str, result: Option<&str>) -> u64 {
 pub struct RouteMetrics {
     route: String,
     requests: IntCounterVec,
+    cache_lookups: IntCounterVec,
     /// `tamis_requests_total{route, status}` by status code (100..=599), resolved on first use.
     by_status: Box<[OnceLock<IntCounter>]>,
     upstream_requests: IntCounterVec,
@@ -173,7 +196,12 @@ pub struct RouteMetrics {
     upstream_by_status: Box<[OnceLock<IntCounter>]>,
     duration: Histogram,
     upstream_duration: Histogram,
-    lookups: [IntCounter; 7],
+    /// `tamis_cache_lookups_total{route, result}` in [`CacheResult::ALL`]'s order: all resolved
+    /// (exported at zero) for a route that uses the cache, only `bypass` for one that never does
+    /// (so a hit ratio has no 0/0 series for it); any other resolved on first use.
+    lookups: [OnceLock<IntCounter>; 7],
+    /// This part's own lookups (see [`Metrics::part_lookups`]).
+    part_lookups: PartLookups,
     /// Body bytes sent to visitors: from the cache, from the upstream.
     pub bytes_from_cache: IntCounter,
     pub bytes_from_upstream: IntCounter,
@@ -214,7 +242,10 @@ impl Metrics {
         let cache_lookups = IntCounterVec::new(
             Opts::new(
                 "tamis_cache_lookups_total",
-                "Cache lookups by route and result (hit, miss, coalesced, bypass).",
+                format!(
+                    "Cache lookups by route and result {}.",
+                    listed(CacheResult::ALL.map(CacheResult::as_str))
+                ),
             ),
             &["route", "result"],
         )?;
@@ -233,7 +264,10 @@ impl Metrics {
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "tamis_upstream_errors_total",
-                "Upstream exchanges that failed, by route and kind of failure.",
+                format!(
+                    "Upstream exchanges that failed, by route and result: the kind of failure {}.",
+                    listed(UpstreamFailure::ALL.map(UpstreamFailure::as_str))
+                ),
             ),
             &["route", "result"],
         )?;
@@ -247,21 +281,21 @@ impl Metrics {
         let evictions = IntCounterVec::new(
             Opts::new(
                 "tamis_cache_evictions_total",
-                "Objects that left the cache, by cause (size, expired, purged).",
+                "Objects that left the cache, by result: the cause (size, expired, purged).",
             ),
             &["result"],
         )?;
         let served_bytes = IntCounterVec::new(
             Opts::new(
                 "tamis_served_bytes_total",
-                "Body bytes sent to visitors, by route and source (cache, upstream).",
+                "Body bytes sent to visitors, by route and result: where from (cache, upstream).",
             ),
             &["route", "result"],
         )?;
         let analytics_params = IntCounterVec::new(
             Opts::new(
                 "tamis_analytics_params_total",
-                "Analytics parameters seen, by route and what the scrubber did (kept, pseudonymised, generalised, dropped).",
+                "Analytics parameters seen, by route and result: what the scrubber did (kept, pseudonymised, generalised, dropped).",
             ),
             &["route", "result"],
         )?;
@@ -370,6 +404,7 @@ impl Metrics {
             in_flight,
             in_flight_source: OnceLock::new(),
             circuit_open,
+            part_lookups: Default::default(),
         })
     }
 
@@ -443,19 +478,37 @@ impl Metrics {
             .collect()
     }
 
-    /// Resolves (and so exports, at zero) the per-route series.
-    pub fn route(&self, route: &str) -> RouteMetrics {
-        let lookups =
-            CacheResult::ALL.map(|r| self.cache_lookups.with_label_values(&[route, r.as_str()]));
+    /// Resolves (and so exports, at zero) the per-route series of one route part (`part`: its
+    /// prefix); `caches`: whether the route ever asks the cache.
+    pub fn route(&self, route: &str, part: &str, caches: bool) -> RouteMetrics {
+        let lookups = CacheResult::ALL.map(|r| {
+            let slot = OnceLock::new();
+            if caches || r == CacheResult::Bypass {
+                let _ = slot.set(self.cache_lookups.with_label_values(&[route, r.as_str()]));
+            }
+            slot
+        });
+        for f in UpstreamFailure::ALL {
+            self.upstream_errors.with_label_values(&[route, f.as_str()]);
+        }
+        let part_lookups = self
+            .part_lookups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((route.to_owned(), part.to_owned()))
+            .or_default()
+            .clone();
         RouteMetrics {
             route: route.to_owned(),
             requests: self.requests.clone(),
+            cache_lookups: self.cache_lookups.clone(),
             by_status: (100..600).map(|_| OnceLock::new()).collect(),
             upstream_requests: self.upstream_requests.clone(),
             upstream_by_status: (100..600).map(|_| OnceLock::new()).collect(),
             duration: self.duration.with_label_values(&[route]),
             upstream_duration: self.upstream_duration.with_label_values(&[route]),
             lookups,
+            part_lookups,
             bytes_from_cache: self.served_bytes.with_label_values(&[route, "cache"]),
             bytes_from_upstream: self.served_bytes.with_label_values(&[route, "upstream"]),
             analytics_params: crate::analytics::Outcome::ALL.map(|o| {
@@ -518,23 +571,22 @@ impl RouteMetrics {
         inc_by_status(&self.by_status, &self.requests, &self.route, status);
     }
 
-    /// Counts one cache lookup.
-    /// How many lookups had `result` so far.
+    /// How many of this part's lookups had `result` so far (a fonts route's CSS and files
+    /// apart).
     pub fn lookups(&self, result: CacheResult) -> u64 {
-        let i = CacheResult::ALL
-            .iter()
-            .position(|r| *r == result)
-            .unwrap_or(0);
-        self.lookups[i].get()
+        self.part_lookups[result_index(result)].load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Counts one cache lookup.
     pub fn lookup(&self, result: CacheResult) {
-        let i = CacheResult::ALL
-            .iter()
-            .position(|r| *r == result)
-            .unwrap_or(0);
-        self.lookups[i].inc();
+        let i = result_index(result);
+        self.lookups[i]
+            .get_or_init(|| {
+                self.cache_lookups
+                    .with_label_values(&[self.route.as_str(), result.as_str()])
+            })
+            .inc();
+        self.part_lookups[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Counts what location one tracking request carried (routes with a `location` only).
@@ -565,6 +617,14 @@ impl RouteMetrics {
     }
 }
 
+/// `result`'s position in [`CacheResult::ALL`].
+fn result_index(result: CacheResult) -> usize {
+    CacheResult::ALL
+        .iter()
+        .position(|r| *r == result)
+        .unwrap_or(0)
+}
+
 /// A `{route, status}` counter from its slot, resolved on first use: a label lookup (a hash and
 /// a lock) only the first time a route sees a status.
 fn inc_by_status(
@@ -587,7 +647,7 @@ mod tests {
     #[test]
     fn renders_prefixed_metrics_with_only_allowed_labels() {
         let m = Metrics::new().unwrap();
-        let r = m.route("cdn");
+        let r = m.route("cdn", "/cdn/", true);
         r.lookup(CacheResult::Hit);
         m.request("cdn", http::StatusCode::OK);
         m.upstream_error(&r, UpstreamFailure::Timeout);

@@ -91,7 +91,7 @@ impl State {
         let route_metrics = router
             .routes()
             .iter()
-            .map(|r| metrics.route(&r.config.name))
+            .map(|r| metrics.route(&r.config.name, &r.prefix, r.uses_cache()))
             .collect();
         let transparency = crate::transparency::page::Page::new(&config, &router);
         let probe = crate::transparency::probe::Endpoint::new(&config);

@@ -484,3 +484,85 @@ async fn url_mode_refuses_other_hosts_errors_and_huge_pages() {
     assert_eq!(code, 2);
     assert!(err.contains("cannot fetch"), "{err}");
 }
+
+/// A video player is never "covered", even by a route mirroring its host: the player would
+/// load its scripts, thumbnails and the video from the provider. It needs a click-to-load
+/// facade, and no route is suggested for it. A Gravatar image is its own case: a suggested
+/// route that forwards the size and default, and a note that its path still publishes a hash
+/// of the commenter's e-mail address.
+#[test]
+fn video_players_need_a_facade_and_gravatar_is_its_own_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tamis.toml");
+    let mirror_youtube = "\n[[route]]\nname = \"youtube\"\nkind = \"static\"\nprefix = \"/yt/\"\n\
+                          upstream = \"https://www.youtube.com/\"\n";
+    std::fs::write(
+        &config,
+        format!(
+            "{}{mirror_youtube}",
+            std::fs::read_to_string(shipped()).unwrap()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = audit(&[&page_arg("embeds.html")], &config);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        !out.contains("\ncovered ("),
+        "nothing here is covered: {out}"
+    );
+    for (url, player) in [
+        ("https://www.youtube.com/iframe_api", "YouTube"),
+        ("https://www.youtube.com/embed/dQw4w9WgXcQ", "YouTube"),
+        (
+            "https://www.youtube-nocookie.com/embed/aqz-KE-bpKQ?rel=0",
+            "YouTube",
+        ),
+        (
+            "https://player.vimeo.com/video/76979871?h=8272103f6e",
+            "Vimeo",
+        ),
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("  {url} (")))
+            .unwrap_or_else(|| panic!("{url}: {out}"));
+        assert!(
+            line.contains(&format!("-> a {player} player: no route can cover it"))
+                && line.contains("click-to-load facade"),
+            "{line}"
+        );
+    }
+    let blocks = suggested_blocks(&out);
+    assert!(
+        !blocks.contains("youtube") && !blocks.contains("vimeo"),
+        "{blocks}"
+    );
+    assert!(blocks.contains("name = \"gravatar\""), "{blocks}");
+    assert!(
+        blocks.contains("upstream = \"https://secure.gravatar.com/avatar/\"")
+            && blocks.contains("forward_query = true")
+            && blocks.contains("hash of the commenter's e-mail address"),
+        "{blocks}"
+    );
+    assert!(
+        out.ends_with("\n5 third-party resources: 0 covered, 5 not covered\n"),
+        "{out}"
+    );
+
+    // With the suggested route, the avatar is covered (with the note); the players are not.
+    let combined = dir.path().join("with-gravatar.toml");
+    std::fs::write(
+        &combined,
+        format!("{}\n{blocks}", std::fs::read_to_string(&config).unwrap()),
+    )
+    .unwrap();
+    let (code, out, _) = audit(&[&page_arg("embeds.html")], &combined);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(
+        "  https://secure.gravatar.com/avatar/5658ffccee7f0ebfda2b226238b1eb6e?s=96&d=mm&r=g -> /avatars/5658ffccee7f0ebfda2b226238b1eb6e?s=96&d=mm&r=g (route gravatar; <img src>); a Gravatar URL is a hash of the commenter's e-mail address"
+    ), "{out}");
+    assert!(
+        out.ends_with("\n5 third-party resources: 1 covered, 4 not covered\n"),
+        "{out}"
+    );
+}

@@ -1077,6 +1077,68 @@ async fn purging_a_route_by_name_alone_empties_every_part_of_it() {
 }
 
 #[tokio::test]
+async fn the_status_page_shows_each_part_of_a_fonts_route_with_its_own_numbers() {
+    let files = Upstream::http(|_| {
+        Reply::ok("font")
+            .header("content-type", "font/woff2")
+            .header("cache-control", "max-age=600")
+    })
+    .await;
+    let files_url = files.url("/");
+    let css = Upstream::http(move |_| {
+        Reply::ok(format!("a{{src:url({files_url}f.woff2)}}"))
+            .header("content-type", "text/css")
+            .header("cache-control", "max-age=600")
+    })
+    .await;
+    let t = Tamis::start(&format!(
+        "{LISTEN}[[route]]\nname = \"fonts\"\nkind = \"fonts\"\nprefix = \"/fonts/\"\nupstream = \"{}\"\n\
+         files_prefix = \"/fonts/files/\"\nfiles_upstream = \"{}\"\n",
+        css.url("/"),
+        files.url("/"),
+    ))
+    .await;
+    // The CSS: one miss, three hits; the font file: one miss.
+    for _ in 0..4 {
+        assert_eq!(t.get("/fonts/css?family=A").await.status, 200);
+    }
+    assert_eq!(t.get("/fonts/files/f.woff2").await.status, 200);
+    let json = get(t.admin.unwrap(), "/status?format=json", &[]).await;
+    let s: serde_json::Value = serde_json::from_slice(&json.body).unwrap();
+    let part = |prefix: &str| {
+        s["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["prefix"] == prefix)
+            .unwrap_or_else(|| panic!("{prefix}: {s}"))
+            .clone()
+    };
+    let (c, f) = (part("/fonts/"), part("/fonts/files/"));
+    assert_eq!(
+        (c["name"].as_str(), c["part"].as_str()),
+        (Some("fonts"), Some("css"))
+    );
+    assert_eq!(
+        (f["name"].as_str(), f["part"].as_str()),
+        (Some("fonts"), Some("files"))
+    );
+    assert_eq!(
+        (c["lookups"].as_u64(), c["hit_ratio"].as_f64()),
+        (Some(4), Some(0.75))
+    );
+    assert_eq!(
+        (f["lookups"].as_u64(), f["hit_ratio"].as_f64()),
+        (Some(1), Some(0.0))
+    );
+    let page = get(t.admin.unwrap(), "/status", &[]).await.text();
+    assert!(
+        page.contains("fonts (css)") && page.contains("fonts (files)"),
+        "{page}"
+    );
+}
+
+#[tokio::test]
 async fn the_status_page_shows_the_build_the_cache_and_each_routes_hit_ratio_and_breaker() {
     let (_up, t) = one_route(
         |_| Reply::ok("x").header("cache-control", "max-age=600"),

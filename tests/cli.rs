@@ -1,5 +1,5 @@
-//! The `tamis` binary: `check`, refusal of bad configs, refusal to start half-bound, and a
-//! graceful stop on SIGTERM with a request in flight.
+//! The `tamis` binary: `check`, refusal of bad configs, refusal to start half-bound, a
+//! graceful stop on SIGTERM (and SIGQUIT) with a request in flight, and SIGUSR1 left harmless.
 
 mod common;
 
@@ -168,6 +168,107 @@ fn bad_configs_are_refused_naming_the_key() {
     let (ok, _, err) = check(&dir.path().join("absent.toml"));
     assert!(!ok);
     assert!(err.contains("absent.toml"), "{err}");
+}
+
+/// `tamis check --emit nginx|caddy` for the shipped config is, byte for byte, the shipped
+/// snippet (deploy/check.sh runs those through `nginx -t`, `caddy validate` and real traffic).
+#[test]
+fn check_emit_writes_the_shipped_front_end_snippets_for_the_shipped_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (front, file) in [
+        ("nginx", "deploy/nginx/tamis.conf"),
+        ("caddy", "deploy/caddy/Caddyfile"),
+    ] {
+        let out = Command::new(BIN)
+            .current_dir(root)
+            .args(["check", "--emit", front, "--config", "config/tamis.toml"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let emitted = String::from_utf8(out.stdout).unwrap();
+        let shipped = std::fs::read_to_string(root.join(file)).unwrap();
+        if emitted != shipped {
+            let first = emitted
+                .lines()
+                .zip(shipped.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or(emitted.lines().count().min(shipped.lines().count()));
+            panic!(
+                "{file} is not what `tamis check --emit {front} --config config/tamis.toml` \
+                 writes (first difference at line {}); write it again with that command",
+                first + 1
+            );
+        }
+    }
+}
+
+/// A route added to the config gets its location (so it cannot fall through to the site); the
+/// analytics route keeps its tracking URLs out of nginx's log; no listener, no snippet.
+#[test]
+fn check_emit_follows_the_routes_of_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{GOOD}\n[[route]]\nname = \"stats\"\nkind = \"matomo\"\nprefix = \"/m/\"\n\
+         upstream = \"https://stats.example.org/\"\n"
+    );
+    let path = write(dir.path(), &text);
+    let emit = |front: &str, path: &Path| {
+        Command::new(BIN)
+            .args(["check", "--emit", front, "--config"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let out = emit("nginx", &path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nginx = String::from_utf8(out.stdout).unwrap();
+    let locations: Vec<&str> = nginx
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("location "))
+        .collect();
+    assert_eq!(
+        locations,
+        [
+            "^~ /cdn/ {",
+            "^~ /eu/ {",
+            "^~ /m/ {",
+            "= /.well-known/tamis {",
+            "= /.well-known/tamis/probe {"
+        ],
+        "{nginx}"
+    );
+    let m = &nginx[nginx.find("location ^~ /m/").unwrap()..];
+    let m = &m[..m.find('}').unwrap()];
+    assert!(
+        m.contains("access_log off;") && m.contains("client_max_body_size 64k;"),
+        "{m}"
+    );
+    assert!(nginx.contains("proxy_pass http://127.0.0.1:0;"), "{nginx}");
+    let out = emit("caddy", &path);
+    let caddy = String::from_utf8(out.stdout).unwrap();
+    for h in ["/cdn/*", "/eu/*", "/m/*", "/.well-known/tamis"] {
+        assert!(
+            caddy.contains(&format!("\thandle {h} {{\n\t\timport tamis\n")),
+            "{h}: {caddy}"
+        );
+    }
+
+    let tls_only = write(
+        dir.path(),
+        &GOOD.replace("listen = \"127.0.0.1:0\"\n", "workers = 1\n"),
+    );
+    let out = emit("nginx", &tls_only);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server.listen"));
+    assert_eq!(emit("apache", &path).status.code(), Some(2));
 }
 
 fn free_port() -> u16 {
@@ -644,6 +745,49 @@ async fn on_sigterm_it_drains_first_healthz_503_while_requests_are_still_served(
     assert!(signalled.elapsed() >= Duration::from_millis(1500));
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("draining"), "{log}");
+}
+
+/// Signals as nginx users send them: SIGUSR1 ("reopen the logs") must never kill tamis, and
+/// SIGQUIT (nginx's graceful stop) drains and exits 0 exactly as SIGTERM does.
+#[tokio::test]
+async fn sigusr1_is_harmless_and_sigquit_drains_like_sigterm() {
+    let up = Upstream::http(|_| Reply::ok("still here").header("cache-control", "no-store")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ndrain = \"1s\"\n\
+         [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n{}",
+        route("cdn", "/cdn/", &up.url("/"), "")
+    );
+    let (mut child, addr) = run(&write(dir.path(), &text), port).await;
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let signal = |name: &str, pid: u32| {
+        assert!(Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+    };
+    signal("USR1", child.id());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(child.try_wait().unwrap().is_none(), "SIGUSR1 killed tamis");
+    assert_eq!(get(admin, "/healthz", &[]).await.status, 200);
+    assert_eq!(get(addr, "/cdn/x", &[]).await.status, 200);
+
+    signal("QUIT", child.id());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let health = get(admin, "/healthz", &[]).await;
+    assert_eq!((health.status, health.text().as_str()), (503, "draining\n"));
+    assert_eq!(get(addr, "/cdn/x", &[]).await.status, 200);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success(), "exit: {:?}", out.status);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("SIGUSR1 received"), "{log}");
+    assert!(log.contains("SIGQUIT received"), "{log}");
+    assert!(log.contains("all connections closed"), "{log}");
 }
 
 /// The operator's secrets in the tests below, each distinctive enough that a leak is found.

@@ -204,3 +204,135 @@ async fn operations_metrics_show_the_process_the_build_and_what_is_happening_now
     assert!(value("process_start_time_seconds", None) > 1.7e9);
     assert_eq!(pending.await.unwrap().status, 200);
 }
+
+/// Every HELP text names the labels its series carry (and, for `result`, every value seen);
+/// an analytics route and a `cache = false` route export no cache-result series but `bypass`
+/// (so the shipped hit-ratio rule has no 0/0 for them); `tamis_upstream_errors_total` has its
+/// series from the start; docs/operations.md lists every metric family once.
+#[tokio::test]
+async fn help_texts_name_their_labels_and_the_docs_list_every_metric_once() {
+    let up = Upstream::http(|_| Reply::ok("x").header("cache-control", "max-age=60")).await;
+    let t = Tamis::start(&format!(
+        "{LISTEN}{}{}[[route]]\nname = \"ga\"\nkind = \"ga4\"\nprefix = \"/a/\"\nupstream = \"{}\"\n",
+        route("cdn", "/cdn/", &up.url("/"), ""),
+        route("direct", "/direct/", &up.url("/"), "cache = false"),
+        up.url("/")
+    ))
+    .await;
+    // Before any request: one series per failure kind, per route, at zero.
+    let text = t.metrics().await;
+    for route in ["cdn", "direct", "ga"] {
+        for result in [
+            "connect",
+            "tls",
+            "timeout",
+            "protocol",
+            "body",
+            "redirect_outside",
+            "circuit_open",
+        ] {
+            let line =
+                format!("tamis_upstream_errors_total{{result=\"{result}\",route=\"{route}\"}} 0");
+            assert!(text.contains(&line), "{line}\n{text}");
+        }
+    }
+    t.get("/cdn/a").await;
+    t.get("/cdn/a").await;
+    t.get("/direct/a").await;
+    t.get("/a/g/collect?v=2&tid=G-1&cid=1.2&en=page_view").await;
+    let text = t.metrics().await;
+
+    let mut help: std::collections::HashMap<&str, &str> = Default::default();
+    let mut histograms: Vec<&str> = Vec::new();
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("# HELP ") {
+            let (name, h) = rest.split_once(' ').unwrap();
+            help.insert(name, h);
+        } else if let Some(rest) = l.strip_prefix("# TYPE ") {
+            if rest.ends_with(" histogram") {
+                histograms.push(rest.split(' ').next().unwrap());
+            }
+        }
+    }
+    let family = |sample: &str| -> String {
+        let name = sample.split(['{', ' ']).next().unwrap();
+        for suffix in ["_bucket", "_sum", "_count"] {
+            if let Some(base) = name.strip_suffix(suffix) {
+                if histograms.contains(&base) {
+                    return base.to_owned();
+                }
+            }
+        }
+        name.to_owned()
+    };
+    let mut families: Vec<String> = Vec::new();
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let f = family(l);
+        let h = help
+            .get(f.as_str())
+            .unwrap_or_else(|| panic!("no HELP for {f}"));
+        if let Some(labels) = l.split_once('{').map(|(_, r)| r.split('}').next().unwrap()) {
+            for pair in labels.split(',') {
+                let (key, value) = pair.split_once('=').unwrap();
+                if key == "le" {
+                    continue;
+                }
+                assert!(
+                    h.contains(key),
+                    "{f}: HELP {h:?} does not name its label {key}"
+                );
+                if key == "result" || key == "released" {
+                    let value = value.trim_matches('"');
+                    assert!(
+                        h.contains(value),
+                        "{f}: HELP {h:?} does not list the {key} value {value:?}"
+                    );
+                }
+            }
+        }
+        if !families.contains(&f) {
+            families.push(f);
+        }
+    }
+
+    // Only the route that uses the cache has cache-result series other than bypass.
+    for l in text
+        .lines()
+        .filter(|l| l.starts_with("tamis_cache_lookups_total{"))
+    {
+        if !l.contains("route=\"cdn\"") {
+            assert!(l.contains("result=\"bypass\""), "{l}");
+        }
+    }
+    for route in ["direct", "ga"] {
+        let line = format!("tamis_cache_lookups_total{{result=\"bypass\",route=\"{route}\"}} 1");
+        assert!(text.contains(&line), "{line}\n{text}");
+    }
+    assert!(text.contains("tamis_cache_lookups_total{result=\"revalidated\",route=\"cdn\"} 0"));
+
+    // docs/operations.md: each family in the first cell of one table row, exactly once.
+    let docs = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md"),
+    )
+    .unwrap();
+    let mut documented: Vec<String> = Vec::new();
+    for row in docs.lines().filter(|l| l.starts_with("| `")) {
+        let cell = row.split('|').nth(1).unwrap();
+        for name in cell.split('`').skip(1).step_by(2) {
+            if name.starts_with("tamis_") || name.starts_with("process_") {
+                documented.push(name.to_owned());
+            }
+        }
+    }
+    for f in &families {
+        let n = documented.iter().filter(|d| *d == f).count();
+        assert_eq!(n, 1, "{f} is listed {n} times in docs/operations.md");
+    }
+    for d in &documented {
+        // The location counter appears once a route with a `location` counts a request.
+        assert!(
+            families.contains(d) || d == "tamis_analytics_location_total",
+            "docs/operations.md lists {d}, which /metrics does not export"
+        );
+    }
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # deploy/debian/check.sh: builds the Debian package, installs it with `dpkg -i` on this machine
 # (root; CI's throwaway machine), and checks what it installed: files, modes, the conffile, the
-# `tamis` user, the enabled unit; `tamis check` on the installed config (found by the default
+# deploy examples the docs name (/usr/share/doc/tamis/examples/), the `tamis` user, the enabled unit; `tamis check` on the installed config (found by the default
 # path); the installed binary, run as the tamis user, serving a loopback origin and stopping
 # cleanly on SIGTERM. Purges the package at the end (the user stays, as Debian leaves them).
 #
@@ -44,6 +44,17 @@ done
 dpkg-deb --info "$deb" conffiles | grep -qx /etc/tamis/tamis.toml || fail "no conffile"
 ok "package holds the binary, the config (a conffile), the unit, the copyright"
 
+# The deploy examples deploy/README.md says the package installs, each identical to the repo's.
+examples=(README.md nginx/tamis.conf caddy/Caddyfile prometheus/prometheus.yml
+  prometheus/tamis.rules.yml prometheus/tamis.rules.test.yml grafana/tamis.json)
+for f in "${examples[@]}"; do
+  grep -q " ./usr/share/doc/tamis/examples/$f\$" <<<"$contents" || fail "examples/$f not in the package"
+done
+grep -q '/usr/share/doc/tamis/examples/' deploy/README.md || fail "deploy/README.md does not name the examples' path"
+grep -q '/usr/lib/systemd/system/tamis.service' deploy/README.md ||
+  fail "deploy/README.md does not name the unit's installed path"
+ok "package holds the deploy examples the docs name (${#examples[@]} files under /usr/share/doc/tamis/examples/)"
+
 dpkg -i "$deb" >/dev/null
 getent passwd tamis >/dev/null || fail "no tamis user"
 [ "$(stat -c '%U:%G %a' /etc/tamis/tamis.toml)" = "root:tamis 640" ] ||
@@ -53,6 +64,12 @@ version=$(/usr/bin/tamis --version)
 [[ $version == "tamis $(grep -m1 '^version' Cargo.toml | cut -d'"' -f2) (revision "* ]] ||
   fail "tamis --version: $version"
 ok "installed: $version, user tamis, config root:tamis 0640, unit enabled"
+for f in "${examples[@]}"; do
+  src=deploy/$f
+  cmp -s "$src" "/usr/share/doc/tamis/examples/$f" || fail "/usr/share/doc/tamis/examples/$f differs from $src"
+done
+[ -f /usr/lib/systemd/system/tamis.service ] || fail "no /usr/lib/systemd/system/tamis.service"
+ok "installed examples are the repo's deploy files; the unit is /usr/lib/systemd/system/tamis.service"
 
 # `tamis check` with no --config, from a directory without config/: the installed one.
 report=$(cd / && /usr/bin/tamis check 2>"$TMP/check.err") || fail "tamis check: $(cat "$TMP/check.err")"

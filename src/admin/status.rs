@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::metrics::CacheResult;
+use crate::routes::Role;
 use crate::state::State;
 use crate::transparency::page::esc;
 
@@ -24,16 +25,20 @@ pub struct Status {
     pub routes: Vec<RouteStatus>,
 }
 
-/// One route part.
+/// One route part: a fonts route has two (its CSS and its font files), each with its own
+/// numbers.
 #[derive(Debug, Serialize)]
 pub struct RouteStatus {
     pub name: String,
     pub kind: &'static str,
+    /// Which part of a fonts route (`css`, `files`); absent for a route of one part.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub part: Option<&'static str>,
     pub prefix: String,
     pub upstream_host: String,
     pub jurisdiction: &'static str,
-    /// Lookups the cache answered (hit, stale, coalesced, revalidated) among those it was asked
-    /// (bypasses left out, as in the shipped recording rule); `None` before any.
+    /// This part's lookups the cache answered (hit, stale, coalesced, revalidated) among those
+    /// it was asked (bypasses left out, as in the shipped recording rule); `None` before any.
     pub hit_ratio: Option<f64>,
     pub lookups: u64,
     pub circuit_open: bool,
@@ -59,6 +64,11 @@ pub async fn status(state: &State, draining: bool) -> Status {
             RouteStatus {
                 name: r.config.name.clone(),
                 kind: r.config.kind.as_str(),
+                part: match r.role {
+                    Role::FontCss => Some("css"),
+                    Role::FontFiles => Some("files"),
+                    _ => None,
+                },
                 prefix: r.prefix.clone(),
                 upstream_host: r.upstream.authority.to_string(),
                 jurisdiction: r.config.jurisdiction.as_str(),
@@ -120,7 +130,8 @@ pub fn html(s: &Status) -> String {
             "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td>\
              <td>{}</td><td>{}</td></tr>",
             esc(&r.name),
-            r.kind,
+            r.part
+                .map_or(r.kind.to_owned(), |p| format!("{} ({p})", r.kind)),
             esc(&r.prefix),
             esc(&r.upstream_host),
             r.jurisdiction,

@@ -45,6 +45,11 @@ pub fn classify(found: &[Found], site_host: Option<&str>, router: &Router) -> Ve
 }
 
 pub(super) fn coverage(url: &str, load: Load, site: Option<&str>, router: &Router) -> Coverage {
+    if let Some(player) = host_of(url).and_then(video_player) {
+        if load != Load::Hint {
+            return Coverage::Facade { player };
+        }
+    }
     if load == Load::Hint {
         let host = host_of(url).unwrap_or("");
         let serving = router
@@ -96,7 +101,50 @@ pub(super) fn coverage(url: &str, load: Load, site: Option<&str>, router: &Route
             best = Some((rank, covered));
         }
     }
-    best.map_or(Coverage::NotCovered, |(_, c)| c)
+    match best {
+        Some((
+            _,
+            Coverage::Covered {
+                route,
+                first_party,
+                note,
+            },
+        )) if host_of(url).is_some_and(is_gravatar) => Coverage::Covered {
+            route,
+            first_party,
+            note: Some(note.map_or(GRAVATAR_NOTE.to_owned(), |n| {
+                format!("{n}; {GRAVATAR_NOTE}")
+            })),
+        },
+        Some((_, c)) => c,
+        None => Coverage::NotCovered,
+    }
+}
+
+/// What a mirror of Gravatar leaves: the visitor is hidden, the commenter is not.
+pub(super) const GRAVATAR_NOTE: &str = "a Gravatar URL is a hash of the commenter's e-mail \
+     address, which the page still publishes (and which a lookup of known addresses reverses): \
+     avatars stored on the site, or generated ones, publish none";
+
+/// The video player a host serves, if it is one: its embeds, player scripts and API load the
+/// video, thumbnails and further scripts from the provider, which no route can mirror.
+pub(super) fn video_player(host: &str) -> Option<&'static str> {
+    let under = |domain: &str| host == domain || host.ends_with(&format!(".{domain}"));
+    if ["youtube.com", "youtube-nocookie.com", "youtu.be"]
+        .iter()
+        .any(|d| under(d))
+    {
+        Some("YouTube")
+    } else if under("vimeo.com") {
+        Some("Vimeo")
+    } else {
+        None
+    }
+}
+
+/// Gravatar's hosts (`gravatar.com`, `secure.gravatar.com`, `0.gravatar.com`…).
+pub(super) fn is_gravatar(host: &str) -> bool {
+    host == "gravatar.com" || host.ends_with(".gravatar.com")
 }
 
 /// The first-party URL `route` serves `url` at, and what else to change, if it serves it.

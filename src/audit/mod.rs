@@ -87,6 +87,10 @@ pub enum Coverage {
     },
     /// A connection hint: remove it; `serving` names a route that mirrors its host, if any.
     Hint { serving: Option<String> },
+    /// A video player (`YouTube`, `Vimeo`): no route can cover it, even one mirroring its host,
+    /// as the player then loads its scripts, thumbnails and the video from the provider; the
+    /// page needs a click-to-load facade.
+    Facade { player: &'static str },
     /// No route serves it.
     NotCovered,
 }

@@ -60,6 +60,15 @@ pub fn render(
                 Coverage::Hint { serving: None } => {
                     out.push_str("remove this connection hint (the browser connects to the host even if nothing is fetched)");
                 }
+                Coverage::Facade { player } => {
+                    let _ = write!(
+                        out,
+                        "a {player} player: no route can cover it (mirrored, the player still \
+                         loads its scripts, thumbnails and the video from {player}); show a \
+                         click-to-load facade instead: a thumbnail stored on the site and a \
+                         button that loads the player only when the visitor asks for it"
+                    );
+                }
                 _ => {
                     let s = suggestions.iter().find_map(|s| {
                         s.serves

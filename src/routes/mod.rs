@@ -79,6 +79,11 @@ pub struct Route {
 }
 
 impl Route {
+    /// Whether this route ever asks the cache (analytics and `cache = false` routes never do).
+    pub fn uses_cache(&self) -> bool {
+        self.config.cache.enabled && self.analytics.is_none()
+    }
+
     /// The upstream URL for the visitor's path after the prefix; never leaves the route's base.
     pub fn upstream_uri(&self, rest: &str, query: Option<&str>) -> Result<Uri, PathError> {
         match self.role {

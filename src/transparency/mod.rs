@@ -4,6 +4,7 @@
 //! [`crate::transparency`]).
 
 mod check;
+pub mod frontend;
 pub mod page;
 pub mod probe;
 
