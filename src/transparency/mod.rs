@@ -6,6 +6,7 @@
 mod check;
 pub mod page;
 pub mod probe;
+pub mod service_user;
 
 use serde::Serialize;
 
@@ -69,6 +70,9 @@ pub struct RouteDisclosure {
     pub upstream_host: String,
     pub jurisdiction: &'static str,
     pub jurisdiction_note: &'static str,
+    /// Why an EU route's upstream, though listed among well-known non-EU hosts, is under EU law
+    /// (the operator's `eu_reason`).
+    pub eu_reason: Option<String>,
     /// Role-specific handling (tile bounds, CSS rewriting, font files).
     pub handling: Vec<String>,
     pub query: &'static str,
@@ -351,6 +355,7 @@ fn disclose_route(route: &Route) -> RouteDisclosure {
                 "under EU law; allowlist plus the visitor's User-Agent and any forward_headers"
             }
         },
+        eu_reason: c.eu_reason.clone(),
         handling,
         query: match route.role {
             Role::Analytics(_) => "scrubbed parameter by parameter (see parameters)",
