@@ -611,6 +611,24 @@ upstream = "https://cdn.example/npm/"
         }
         let real = OSM.replace("site.example", "shop.fr");
         assert!(parse(&real).unwrap().warnings.is_empty());
+        // Another route's own Referer is told of a site that is not the operator's.
+        let c = parse(&format!(
+            "{MINIMAL}referer = \"https://www.example.com/\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(
+            c.warnings[0].message.contains("not yours"),
+            "{:?}",
+            c.warnings
+        );
+        // The global User-Agent reaches every non-EU upstream, but only an OSM route's policy
+        // forbids the placeholder: other routes are not warned about it once each.
+        let c = parse(&format!(
+            "[upstream]\nuser_agent = \"t (+https://site.example/)\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         // The shipped config itself loads, with those warnings.
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tamis.toml");
         let c = Config::load(&shipped).unwrap();

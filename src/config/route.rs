@@ -427,7 +427,8 @@ impl Validator<'_> {
         forward_headers
     }
 
-    /// OpenStreetMap's tile usage policy: a User-Agent with a contact, and a Referer.
+    /// OpenStreetMap's tile usage policy: a User-Agent with a contact, and a Referer; and the
+    /// shipped placeholders on any route.
     fn tile_usage_policy(
         &mut self,
         r: &RawRoute,
@@ -436,25 +437,26 @@ impl Validator<'_> {
         user_agent: Option<&HeaderValue>,
         global_ua: &HeaderValue,
     ) {
-        if let Some(t) = tiles {
-            let osm = crate::mirrors::tiles::is_osm_host(&t.template.sample_host());
-            self.placeholders(r, key, osm, user_agent, global_ua);
-            if osm {
-                let ua = user_agent.unwrap_or(global_ua);
-                if !crate::mirrors::tiles::has_contact(ua.to_str().unwrap_or("")) {
-                    self.problem(
-                        Some(r.upstream.span()),
-                        key("user_agent"),
-                        "OpenStreetMap's tile usage policy requires a User-Agent with a contact (a URL or an e-mail): set user_agent here or in [upstream]",
-                    );
-                }
-                if r.referer.is_none() {
-                    self.problem(
-                        Some(r.upstream.span()),
-                        key("referer"),
-                        "OpenStreetMap's tile usage policy requires a Referer: set referer = \"https://your-site.example/\" (the site's origin, never the visitor's page)",
-                    );
-                }
+        // Any route's own User-Agent or Referer may still hold the shipped placeholder; an OSM
+        // route's (the global User-Agent included) is against the tile usage policy.
+        let osm =
+            tiles.is_some_and(|t| crate::mirrors::tiles::is_osm_host(&t.template.sample_host()));
+        self.placeholders(r, key, osm, user_agent, global_ua);
+        if osm {
+            let ua = user_agent.unwrap_or(global_ua);
+            if !crate::mirrors::tiles::has_contact(ua.to_str().unwrap_or("")) {
+                self.problem(
+                    Some(r.upstream.span()),
+                    key("user_agent"),
+                    "OpenStreetMap's tile usage policy requires a User-Agent with a contact (a URL or an e-mail): set user_agent here or in [upstream]",
+                );
+            }
+            if r.referer.is_none() {
+                self.problem(
+                    Some(r.upstream.span()),
+                    key("referer"),
+                    "OpenStreetMap's tile usage policy requires a Referer: set referer = \"https://your-site.example/\" (the site's origin, never the visitor's page)",
+                );
             }
         }
     }
