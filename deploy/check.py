@@ -344,15 +344,17 @@ def systemd_smoke(tamis):
 # ---------------------------------------------------------------- configs
 
 
-def configmap_toml(salt):
+def configmap_toml(salt, token):
     import yaml
 
     cm = yaml.safe_load((DEPLOY / "kubernetes" / "configmap.yaml").read_text())
     text = cm["data"]["tamis.toml"]
-    want = 'salt_file = "/etc/tamis-secrets/pseudonym.salt"'
-    if want not in text:
-        fail(f"configmap.yaml: expected {want} (the Secret mounted by deployment.yaml)")
-    return text.replace(want, f'salt_file = "{salt}"')
+    for want, path in [('salt_file = "/etc/tamis-secrets/pseudonym.salt"', salt),
+                       ('token_file = "/etc/tamis-admin/token"', token)]:
+        if want not in text:
+            fail(f"configmap.yaml: expected {want} (the Secret mounted by deployment.yaml)")
+        text = text.replace(want, f'{want.split(" = ")[0]} = "{path}"')
+    return text
 
 
 def configs(tamis):
@@ -361,8 +363,11 @@ def configs(tamis):
         salt = tmp / "pseudonym.salt"
         salt.write_bytes(os.urandom(32))
         salt.chmod(0o600)
+        token = tmp / "admin.token"
+        token.write_text(os.urandom(18).hex())
+        token.chmod(0o600)
         cm = tmp / "configmap-tamis.toml"
-        cm.write_text(configmap_toml(salt))
+        cm.write_text(configmap_toml(salt, token))
         for name, path in [("deploy/container/tamis.toml", DEPLOY / "container" / "tamis.toml"),
                            ("the ConfigMap's tamis.toml", cm)]:
             r = subprocess.run([str(tamis), "check", "--config", str(path)],

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tamis::config::{config_path, Config, LogFormat};
+use tamis::config::{config_path, default_config_note, Config, LogFormat};
 use tamis::server::Server;
+use tamis::transparency::service_user::{self, Account};
 
 /// `tamis --version`: the version and the git revision it was built from.
 const VERSION_LINE: &str = concat!(
@@ -44,6 +45,10 @@ enum Command {
         /// deploy/caddy/Caddyfile are this output for config/tamis.toml.
         #[arg(long, value_name = "FRONT_END")]
         emit: Option<Emit>,
+        /// Also say which files the config names that USER could not read (run as root on
+        /// /etc/tamis/tamis.toml, the packaged service's user `tamis` is checked unasked).
+        #[arg(long, value_name = "USER")]
+        service_user: Option<String>,
     },
     /// List the third-party resources an HTML page loads and whether a route covers each;
     /// exits 1 if any is not covered (for a site's CI).
@@ -77,10 +82,14 @@ fn main() -> ExitCode {
     let command = cli.command.unwrap_or(Command::Run);
     if cli.config.is_none() && !matches!(command, Command::Run) {
         // `check` names the file in its first line; the others say it here. (`run` logs it.)
-        eprintln!("tamis: no --config given, reading {}", path.display());
+        eprintln!("tamis: {}", default_config_note(&path, Path::exists));
     }
     match command {
-        Command::Check { quiet, emit } => match Config::load(&path) {
+        Command::Check {
+            quiet,
+            emit,
+            service_user,
+        } => match Config::load(&path) {
             Ok(config) if emit.is_some() => {
                 use tamis::transparency::frontend::{emit as snippet, FrontEnd};
                 let front = match emit {
@@ -98,7 +107,10 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Ok(config) => {
+            Ok(mut config) => {
+                config
+                    .warnings
+                    .extend(service_user_findings(&config, service_user.as_deref()));
                 print!(
                     "{}",
                     if quiet {
@@ -166,6 +178,33 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `check` as the service sees it: the files `user` (given, or the packaged service's when root
+/// checks the packaged config) could not read, as warnings.
+fn service_user_findings(config: &Config, user: Option<&str>) -> Vec<tamis::config::Problem> {
+    let packaged = || {
+        let canonical = |p: &Path| std::fs::canonicalize(p).ok();
+        let system = canonical(Path::new(service_user::SERVICE_CONFIG));
+        system.is_some() && canonical(&config.source) == system
+    };
+    let name = match user {
+        Some(name) => name,
+        None if service_user::running_as_root() && packaged() => service_user::SERVICE_USER,
+        None => return Vec::new(),
+    };
+    match Account::lookup(name) {
+        Some(who) => service_user::findings(config, &who, name == service_user::SERVICE_USER),
+        // Asked for: say it could not be done. Unasked (no package installed): nothing to say.
+        None if user.is_some() => vec![tamis::config::Problem {
+            at: config.source.display().to_string(),
+            key: "--service-user".to_owned(),
+            message: format!(
+                "no user {name:?} in /etc/passwd: which files it may read is not checked"
+            ),
+        }],
+        None => Vec::new(),
     }
 }
 

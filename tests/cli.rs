@@ -139,6 +139,107 @@ fn the_shipped_config_is_valid() {
     let (ok, out, err) = check(&config);
     assert!(ok, "{err}");
     assert!(out.contains("route jsdelivr"), "{out}");
+    // Valid, so the README's run command works; but its placeholders are flagged, since the
+    // tile server's policy forbids them (issue 31, item 3).
+    let warnings: Vec<&str> = out.lines().filter(|l| l.starts_with("warning:")).collect();
+    for key in ["route \"osm\".user_agent", "route \"osm\".referer"] {
+        assert!(
+            warnings.iter().any(|w| w.contains(key)
+                && w.contains("site.example")
+                && w.contains("placeholder")),
+            "{key}: {out}"
+        );
+    }
+}
+
+#[test]
+fn check_prints_why_a_listed_non_eu_host_is_eu() {
+    let dir = tempfile::tempdir().unwrap();
+    let eu_google = format!(
+        "{GOOD}\n[[route]]\nname = \"gf\"\nkind = \"static\"\nprefix = \"/gf/\"\n\
+         upstream = \"https://fonts.googleapis.com/\"\njurisdiction = \"eu\"\n"
+    );
+    let (ok, _, err) = check(&write(dir.path(), &eu_google));
+    assert!(!ok, "accepted");
+    assert!(
+        err.contains("route \"gf\".jurisdiction") && err.contains("Google LLC"),
+        "{err}"
+    );
+    let config = write(
+        dir.path(),
+        &format!("{eu_google}eu_reason = \"EU-only endpoint, contract 2026-17\"\n"),
+    );
+    let (ok, out, err) = check(&config);
+    assert!(ok, "{err}");
+    let gf = &out[out.find("route gf").unwrap()..];
+    assert!(
+        gf.contains("eu reason      EU-only endpoint, contract 2026-17"),
+        "{gf}"
+    );
+    let quiet = Command::new(BIN)
+        .args(["check", "--quiet", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let quiet = String::from_utf8_lossy(&quiet.stdout);
+    assert!(
+        quiet.contains("[eu (\"EU-only endpoint, contract 2026-17\");"),
+        "{quiet}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn check_says_which_files_the_service_user_could_not_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // The folder open to all, as /etc/tamis is: only the files' own modes decide.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let salt = dir.path().join("pseudonym.salt");
+    std::fs::write(&salt, "0123456789abcdef0123456789abcdef").unwrap();
+    std::fs::set_permissions(&salt, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = write(
+        dir.path(),
+        &format!(
+            "{GOOD}\n[[route]]\nname = \"ga\"\nkind = \"ga4\"\nprefix = \"/a/\"\n\
+             upstream = \"https://region1.google-analytics.com/\"\nsalt_file = \"pseudonym.salt\"\n"
+        ),
+    );
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let check_as = |user: &str| {
+        let out = Command::new(BIN)
+            .args(["check", "--quiet", "--service-user", user, "-c"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // root (or whoever runs the tests) reads the salt; `nobody` could not.
+    let out = check_as("nobody");
+    let warnings: Vec<&str> = out.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{out}");
+    assert!(
+        warnings[0].contains("route \"ga\".salt_file")
+            && warnings[0].contains(&salt.display().to_string())
+            && warnings[0].contains("not readable by the service's user nobody")
+            && warnings[0].contains("mode 0600"),
+        "{out}"
+    );
+    std::fs::set_permissions(&salt, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = check_as("nobody");
+    assert!(!out.contains("warning:"), "{out}");
+    // A folder it cannot enter is named.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = check_as("nobody");
+    assert!(
+        out.contains("nobody cannot enter") && out.contains("config: "),
+        "{out}"
+    );
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A user that does not exist: said, not guessed.
+    let out = check_as("no-such-user-31");
+    assert!(out.contains("no user \"no-such-user-31\""), "{out}");
 }
 
 #[test]

@@ -77,6 +77,28 @@ grep -q '^/etc/tamis/tamis.toml: valid' <<<"$report" || fail "check read another
 grep -q 'reading /etc/tamis/tamis.toml' "$TMP/check.err" || fail "check did not say which file"
 ok "tamis check on the installed config: ${report%%$'\n'*}"
 
+# `check` is what the service sees (issue 31): root reads a salt made root-only, the tamis user
+# could not, and root's `tamis check` on the installed config says so, unasked; then the service
+# itself, as tamis, refuses that config, as check predicted; readable by group tamis, no warning.
+cp -p /etc/tamis/tamis.toml "$TMP/installed.toml"
+head -c 32 /dev/urandom >/etc/tamis/check.salt
+chmod 0600 /etc/tamis/check.salt
+printf '\n[[route]]\nname = "stats"\nkind = "umami"\nprefix = "/stats/"\nupstream = "https://umami.example.eu/"\nsalt_file = "check.salt"\n' \
+  >>/etc/tamis/tamis.toml
+report=$(cd / && /usr/bin/tamis check 2>/dev/null) || fail "tamis check with a root-only salt: refused"
+grep -q "route \"stats\".salt_file: /etc/tamis/check.salt: not readable by the service's user tamis" \
+  <<<"$report" || fail "check did not say the salt is unreadable by tamis: $(grep -m3 warning <<<"$report")"
+if setpriv --reuid=tamis --regid=tamis --init-groups /usr/bin/tamis check -c /etc/tamis/tamis.toml \
+  >/dev/null 2>"$TMP/as-tamis.err"; then
+  fail "as tamis, a root-only salt was read"
+fi
+grep -q 'salt_file' "$TMP/as-tamis.err" || fail "as tamis: $(cat "$TMP/as-tamis.err")"
+chgrp tamis /etc/tamis/check.salt && chmod 0640 /etc/tamis/check.salt
+report=$(cd / && /usr/bin/tamis check 2>/dev/null) || fail "tamis check with a group-readable salt"
+! grep -q 'not readable' <<<"$report" || fail "a salt tamis can read was reported: $report"
+cp -p "$TMP/installed.toml" /etc/tamis/tamis.toml && rm /etc/tamis/check.salt
+ok "tamis check as root names a file the tamis user could not read; as tamis, the load fails alike"
+
 # The installed binary, as the tamis user, in front of a loopback origin.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 mkdir "$TMP/www" && echo "from the origin" >"$TMP/www/hello.txt"

@@ -14,7 +14,7 @@ use super::{
 };
 
 /// Custom-field prefixes: kept only when their full name is in `allow_event_params`.
-const CUSTOM: &[&str] = &["ep.", "epn.", "up.", "upn."];
+pub const CUSTOM: &[&str] = &["ep.", "epn.", "up.", "upn."];
 
 /// The parameter table (`*` entries describe families; `tamis check` prints it).
 pub const RULES: &[(&str, Outcome, &str)] = &[

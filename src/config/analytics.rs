@@ -22,6 +22,7 @@ impl Validator<'_> {
         jurisdiction: Jurisdiction,
     ) -> AnalyticsConfig {
         let salt = self.salt_file(r, key);
+        self.allow_list_names(r, key, protocol);
         let client_ip = r
             .client_ip
             .as_ref()
@@ -103,7 +104,8 @@ impl Validator<'_> {
                 self.problem(location_span.clone(), key("location"), "Matomo only accepts country and region with the operator's token_auth: set token_file");
             }
         }
-        let max_body = r.max_body.as_ref().map_or(64 * 1024, |m| *m.get_ref());
+        let max_body = self.size(r.max_body.as_ref(), &key("max_body"), 64 * 1024);
+        let max_body = usize::try_from(max_body).unwrap_or(usize::MAX);
         if max_body == 0 || max_body > 16 * 1024 * 1024 {
             let span = r.max_body.as_ref().map(|m| m.span());
             self.problem(span, key("max_body"), "between 1 byte and 16 MiB");
@@ -111,8 +113,16 @@ impl Validator<'_> {
         AnalyticsConfig {
             protocol,
             settings: crate::analytics::Settings {
-                allow_event_params: r.allow_event_params.clone().unwrap_or_default(),
-                allow_url_params: r.allow_url_params.clone().unwrap_or_default(),
+                allow_event_params: r
+                    .allow_event_params
+                    .as_ref()
+                    .map(|l| l.get_ref().clone())
+                    .unwrap_or_default(),
+                allow_url_params: r
+                    .allow_url_params
+                    .as_ref()
+                    .map(|l| l.get_ref().clone())
+                    .unwrap_or_default(),
             },
             rotate: self.duration(
                 r.rotate.as_ref(),

@@ -12,12 +12,15 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 mod analytics;
+mod mistakes;
 mod model;
 mod raw;
 mod route;
+mod size;
 pub mod tls;
 mod validate;
 
+pub use mistakes::{event_param_hint, placeholder_in, referer_origin};
 pub use model::{
     parse_upstream, AdminConfig, AnalyticsConfig, CacheConfig, ClientIpLog, Config, FontFiles,
     Limits, LogConfig, LogFormat, Problem, RateLimit, RouteCache, RouteConfig, RouteKind,
@@ -27,6 +30,7 @@ pub use model::{
 use raw::RawConfig;
 pub use raw::DEFAULT_USER_AGENT;
 pub use route::MAX_UPSTREAM_CONNECTIONS;
+pub use size::parse_size;
 use validate::Validator;
 
 /// Where `tamis` looks for its configuration when `--config` is not given, in order: the
@@ -45,6 +49,22 @@ pub fn config_path(given: Option<&Path>, exists: impl Fn(&Path) -> bool) -> Path
         .find(|p| exists(p))
         .unwrap_or(Path::new(DEFAULT_CONFIG_PATHS[1]))
         .to_owned()
+}
+
+/// What to tell of the file read when no `--config` was given: its name, and, when both
+/// [`DEFAULT_CONFIG_PATHS`] exist (a source checkout on a machine with the package), that the
+/// other one is there too and which one the packaged service reads.
+pub fn default_config_note(read: &Path, exists: impl Fn(&Path) -> bool) -> String {
+    let mut note = format!("no --config given, reading {}", read.display());
+    let system = Path::new(DEFAULT_CONFIG_PATHS[1]);
+    if read != system && exists(system) {
+        note.push_str(&format!(
+            "; {} exists too, and is the one the packaged service reads: check it with -c {}",
+            system.display(),
+            system.display()
+        ));
+    }
+    note
 }
 
 /// A configuration that could not be loaded.
@@ -106,12 +126,15 @@ impl Config {
             problems: Vec::new(),
             warnings: Vec::new(),
             has_geo: false,
+            own_pages: Vec::new(),
+            files: Vec::new(),
         };
         let config = v.config(raw);
         if v.problems.is_empty() {
             config
                 .map(|c| Config {
                     warnings: v.warnings,
+                    files: v.files,
                     ..c
                 })
                 .ok_or_else(|| ConfigError::Invalid(Vec::new()))
@@ -176,6 +199,15 @@ impl Validator<'_> {
             format: raw.log.format.unwrap_or_default(),
         };
         let transparency = self.transparency(raw.transparency);
+        // The pages tamis answers ahead of the routes (`State::own_paths`): the transparency
+        // page, and its probe when on (`transparency::probe::probe_path`).
+        self.own_pages = transparency
+            .iter()
+            .flat_map(|t| {
+                let probe = format!("{}/probe", t.path.trim_end_matches('/'));
+                std::iter::once(t.path.clone()).chain(t.probe.then_some(probe))
+            })
+            .collect();
         let idle_span = raw.limits.idle_timeout.as_ref().map(|v| v.span());
         let limits = self.limits(raw.limits);
         // An idle connection is closed without waiting for its requests: none may wait on an
@@ -206,6 +238,7 @@ impl Validator<'_> {
             geo,
             routes,
             warnings: Vec::new(),
+            files: Vec::new(),
         })
     }
 }
@@ -235,6 +268,27 @@ mod tests {
         assert_eq!(
             config_path(None, |_| false),
             Path::new("/etc/tamis/tamis.toml")
+        );
+    }
+
+    #[test]
+    fn without_config_both_files_present_are_named() {
+        let local = Path::new("config/tamis.toml");
+        assert_eq!(
+            default_config_note(local, |p| p == local),
+            "no --config given, reading config/tamis.toml"
+        );
+        let both = default_config_note(local, |_| true);
+        assert!(
+            both.starts_with(
+                "no --config given, reading config/tamis.toml; /etc/tamis/tamis.toml exists too"
+            ) && both.ends_with("check it with -c /etc/tamis/tamis.toml"),
+            "{both}"
+        );
+        let system = Path::new("/etc/tamis/tamis.toml");
+        assert_eq!(
+            default_config_note(system, |_| true),
+            "no --config given, reading /etc/tamis/tamis.toml"
         );
     }
 
@@ -347,6 +401,39 @@ upstream = "https://cdn.example/npm/"
     }
 
     #[test]
+    fn sizes_are_written_with_a_unit_or_as_plain_bytes() {
+        let c = parse(&format!(
+            "[cache]\nmax_bytes = \"20 GiB\"\nmax_object_bytes = \"8 MiB\"\n\
+             [limits]\nmax_header_bytes = \"32 KiB\"\nmax_body_bytes = 2048\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.cache.max_bytes, 20 << 30);
+        assert_eq!(c.cache.max_object_bytes, 8 << 20);
+        assert_eq!(c.limits.max_header_bytes, 32 << 10);
+        assert_eq!(c.limits.max_body_bytes, 2048);
+        let ga = MINIMAL.replace("kind = \"static\"", "kind = \"ga4\"");
+        let c = parse(&format!("{ga}max_body = \"128 KiB\"\n")).unwrap();
+        assert_eq!(c.routes[0].analytics.as_ref().unwrap().max_body, 128 << 10);
+        // A bad size names its key and line, and says what to write; bounds still apply.
+        let msg = problems(&format!("[cache]\nmax_bytes = \"256m\"\n{MINIMAL}"));
+        assert!(
+            msg.contains("line 2: cache.max_bytes") && msg.contains("\"256 MiB\""),
+            "{msg}"
+        );
+        let msg = problems(&format!("[cache]\nmax_bytes = -1\n{MINIMAL}"));
+        assert!(msg.contains("cache.max_bytes"), "{msg}");
+        let msg = problems(&format!(
+            "[limits]\nmax_header_bytes = \"1 KiB\"\n{MINIMAL}"
+        ));
+        assert!(
+            msg.contains("limits.max_header_bytes") && msg.contains("at least 8192"),
+            "{msg}"
+        );
+        let msg = problems(&format!("{ga}max_body = \"1 GiB\"\n"));
+        assert!(msg.contains("route \"cdn\".max_body"), "{msg}");
+    }
+
+    #[test]
     fn hit_for_miss_can_be_shortened_or_turned_off() {
         for (value, want) in [("\"30s\"", 30), ("\"0s\"", 0)] {
             let c = parse(&format!("[cache]\nhit_for_miss = {value}\n{MINIMAL}")).unwrap();
@@ -415,6 +502,225 @@ upstream = "https://cdn.example/npm/"
             );
             assert!(parse(&text).is_ok(), "{admin}");
         }
+    }
+
+    #[test]
+    fn eu_on_a_well_known_non_eu_host_needs_its_reason() {
+        // Issue 31, item 1: accepted before, and the visitor's User-Agent went to Google.
+        for (upstream, host) in [
+            ("https://fonts.googleapis.com/", "fonts.googleapis.com"),
+            (
+                "https://www.google-analytics.com/",
+                "www.google-analytics.com",
+            ),
+            (
+                "https://cdnjs.cloudflare.com/ajax/libs/",
+                "cdnjs.cloudflare.com",
+            ),
+        ] {
+            let text = format!(
+                "{}jurisdiction = \"eu\"\n",
+                MINIMAL.replace("https://cdn.example/npm/", upstream)
+            );
+            let msg = problems(&text);
+            assert!(
+                msg.contains("route \"cdn\".jurisdiction")
+                    && msg.contains(host)
+                    && msg.contains("(United States)")
+                    && msg.contains("eu_reason"),
+                "{upstream}: {msg}"
+            );
+            // Stated, it is accepted, and the reason kept for check and the page.
+            let c = parse(&format!(
+                "{text}eu_reason = \"EU-only endpoint under our DPA of 2026-01\"\n"
+            ))
+            .unwrap();
+            assert_eq!(
+                c.routes[0].eu_reason.as_deref(),
+                Some("EU-only endpoint under our DPA of 2026-01")
+            );
+        }
+        // A fonts route's files host counts too.
+        let msg = problems(&format!(
+            "{}jurisdiction = \"eu\"\n",
+            FONTS.replace("https://fonts.googleapis.com/", "https://fonts.bunny.net/")
+        ));
+        assert!(msg.contains("files_upstream fonts.gstatic.com"), "{msg}");
+        // Hosts the table does not list, and non-EU routes, are left alone.
+        assert!(parse(&format!("{MINIMAL}jurisdiction = \"eu\"\n")).is_ok());
+        assert!(parse(
+            &MINIMAL.replace("https://cdn.example/npm/", "https://fonts.googleapis.com/")
+        )
+        .is_ok());
+        // eu_reason only with eu, and never empty.
+        let msg = problems(&format!("{MINIMAL}eu_reason = \"x\"\n"));
+        assert!(msg.contains("route \"cdn\".eu_reason"), "{msg}");
+        let msg = problems(&format!(
+            "{MINIMAL}jurisdiction = \"eu\"\neu_reason = \" \"\n"
+        ));
+        assert!(
+            msg.contains("route \"cdn\".eu_reason") && msg.contains("empty"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn an_admin_listener_off_loopback_needs_a_token() {
+        // Issue 31, item 2: anyone on the network could purge and reload.
+        for listen in ["0.0.0.0:9180", "[::]:9180", "192.0.2.7:9180"] {
+            let text = format!("[admin]\nlisten = \"{listen}\"\n{MINIMAL}");
+            let msg = problems(&text);
+            assert!(
+                msg.contains("line 2: admin.listen") && msg.contains("token_file"),
+                "{listen}: {msg}"
+            );
+        }
+        for listen in ["127.0.0.1:9180", "[::1]:9180", "127.0.0.2:9180"] {
+            assert!(parse(&format!("[admin]\nlisten = \"{listen}\"\n{MINIMAL}")).is_ok());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("admin.token");
+        std::fs::write(&token, "0123456789abcdef0123").unwrap();
+        let c = parse(&format!(
+            "[admin]\nlisten = \"0.0.0.0:9180\"\ntoken_file = {:?}\n{MINIMAL}",
+            token.display().to_string()
+        ))
+        .unwrap();
+        assert!(c.admin.unwrap().token.is_some());
+    }
+
+    #[test]
+    fn the_shipped_placeholders_are_flagged_but_run() {
+        // Issue 31, item 3: the shipped config's site.example went to OpenStreetMap unflagged.
+        let c = parse(OSM).unwrap();
+        let keys: Vec<&str> = c.warnings.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["route \"osm\".user_agent", "route \"osm\".referer"],
+            "{:?}",
+            c.warnings
+        );
+        for w in &c.warnings {
+            assert!(
+                w.message.contains("site.example")
+                    && w.message.contains("placeholder")
+                    && w.message
+                        .contains("OpenStreetMap's tile usage policy forbids"),
+                "{w:?}"
+            );
+        }
+        let real = OSM.replace("site.example", "shop.fr");
+        assert!(parse(&real).unwrap().warnings.is_empty());
+        // Another route's own Referer is told of a site that is not the operator's.
+        let c = parse(&format!(
+            "{MINIMAL}referer = \"https://www.example.com/\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(
+            c.warnings[0].message.contains("not yours"),
+            "{:?}",
+            c.warnings
+        );
+        // The global User-Agent reaches every non-EU upstream, but only an OSM route's policy
+        // forbids the placeholder: other routes are not warned about it once each.
+        let c = parse(&format!(
+            "[upstream]\nuser_agent = \"t (+https://site.example/)\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        // The shipped config itself loads, with those warnings.
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tamis.toml");
+        let c = Config::load(&shipped).unwrap();
+        assert!(
+            c.warnings.iter().any(|w| w.key == "route \"osm\".referer"),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
+    fn a_ga4_allow_list_name_ga4_never_sends_is_warned_about() {
+        // Issue 31, item 4: `page_type` (no `ep.`) kept nothing, silently.
+        let ga = MINIMAL.replace("kind = \"static\"", "kind = \"ga4\"");
+        let c = parse(&format!(
+            "{ga}allow_event_params = [\"ep.plan\", \"page_type\"]\nallow_url_params = [\"utm_source=\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert_eq!(c.warnings[0].key, "route \"cdn\".allow_event_params");
+        assert!(c.warnings[0]
+            .message
+            .contains("did you mean \"ep.page_type\"?"));
+        assert!(c.warnings[0].at.ends_with("line 10"), "{:?}", c.warnings[0]);
+        assert_eq!(c.warnings[1].key, "route \"cdn\".allow_url_params");
+        assert!(c.warnings[1]
+            .message
+            .contains("did you mean \"utm_source\"?"));
+        let c = parse(&format!(
+            "{ga}allow_event_params = [\"ep.plan\", \"epn.value\"]\n"
+        ))
+        .unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        // Plausible's props are named freely.
+        let p = MINIMAL.replace("kind = \"static\"", "kind = \"plausible\"");
+        assert!(parse(&format!("{p}allow_event_params = [\"author\"]\n"))
+            .unwrap()
+            .warnings
+            .is_empty());
+    }
+
+    #[test]
+    fn a_referer_is_an_origin_max_zoom_fits_the_grid_and_own_pages_stay_tamis() {
+        // Issue 31, item 5. A page as Referer was sent as written.
+        let msg = problems(&OSM.replace(
+            "\"https://site.example/\"",
+            "\"https://shop.fr/maps/?id=3\"",
+        ));
+        assert!(
+            msg.contains("route \"osm\".referer")
+                && msg.contains("did you mean \"https://shop.fr/\"?"),
+            "{msg}"
+        );
+        let c = parse(&OSM.replace("\"https://site.example/\"", "\"https://shop.fr\"")).unwrap();
+        assert_eq!(c.routes[0].referer.as_ref().unwrap(), "https://shop.fr/");
+        // OpenStreetMap's standard layer stops at 19; other grids keep the general bound.
+        let msg = problems(&format!("{OSM}max_zoom = 20\n"));
+        assert!(
+            msg.contains("route \"osm\".max_zoom") && msg.contains("stop at zoom 19"),
+            "{msg}"
+        );
+        assert!(parse(&format!("{OSM}max_zoom = 18\n")).is_ok());
+        let other = OSM.replace("tile.openstreetmap.org", "tiles.example");
+        assert!(parse(&format!("{other}max_zoom = 22\n")).is_ok());
+        // A prefix covering the transparency page (or its probe) would never get it.
+        for (prefix, extra) in [
+            ("/.well-known/", ""),
+            ("/.well-known/tamis/", ""),
+            ("/pub/", "[transparency]\npath = \"/pub/tamis\"\n"),
+            ("/t/", "[transparency]\npath = \"/t\"\nprobe = true\n"),
+        ] {
+            let text = format!(
+                "{extra}{}",
+                MINIMAL.replace("\"/cdn/\"", &format!("{prefix:?}"))
+            );
+            let msg = problems(&text);
+            assert!(
+                msg.contains("route \"cdn\".prefix") && msg.contains("answers itself"),
+                "{prefix}: {msg}"
+            );
+        }
+        let fonts = FONTS.replace("\"/fonts/files/\"", "\"/.well-known/\"");
+        let msg = problems(&fonts);
+        assert!(msg.contains("route \"google-fonts\".files_prefix"), "{msg}");
+        // The catch-all, a page turned off, or a probe left off, shadow nothing.
+        assert!(parse(&MINIMAL.replace("\"/cdn/\"", "\"/\"")).is_ok());
+        let off = format!(
+            "[transparency]\nenabled = false\n{}",
+            MINIMAL.replace("\"/cdn/\"", "\"/.well-known/\"")
+        );
+        assert!(parse(&off).is_ok());
+        assert!(parse(&MINIMAL.replace("\"/cdn/\"", "\"/.well-known/tamis/probe/\"")).is_ok());
     }
 
     #[test]

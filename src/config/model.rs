@@ -48,6 +48,9 @@ pub struct Config {
     /// What is allowed but probably not meant, with where it is (`tamis check` prints them,
     /// and `run` logs them at start and at each reload).
     pub warnings: Vec<Problem>,
+    /// Every file the config names (secrets, certificates, CA, location database), by the key
+    /// naming it, resolved: `tamis check` says which of them the service's user cannot read.
+    pub files: Vec<(String, std::path::PathBuf)>,
 }
 
 /// Bounds on clients: sizes, counts, time. Defaults are safe for a public listener.
@@ -370,6 +373,9 @@ pub struct RouteConfig {
     pub prefix: String,
     pub upstream: UpstreamBase,
     pub jurisdiction: Jurisdiction,
+    /// `eu_reason`: why an EU route's upstream is under EU law although the table of non-EU
+    /// hosts lists it (`tamis check` and the transparency page print it).
+    pub eu_reason: Option<String>,
     /// Per-route User-Agent, replacing the global one (and, on an EU route, the visitor's).
     pub user_agent: Option<HeaderValue>,
     /// Extra visitor headers forwarded as they are (EU routes only).

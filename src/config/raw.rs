@@ -7,6 +7,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::model::{ClientIpLog, LogFormat, RouteKind};
+use super::size::RawSize;
 use crate::policy::Jurisdiction;
 
 // The schema as written in TOML. `deny_unknown_fields` everywhere: a typo is an error, never a
@@ -44,10 +45,10 @@ pub(super) struct RawGeo {
 pub(super) struct RawLimits {
     pub(super) max_connections: Option<Spanned<usize>>,
     pub(super) max_requests_in_flight: Option<Spanned<usize>>,
-    pub(super) max_header_bytes: Option<Spanned<usize>>,
+    pub(super) max_header_bytes: Option<Spanned<RawSize>>,
     pub(super) max_headers: Option<Spanned<usize>>,
-    pub(super) max_uri_bytes: Option<Spanned<usize>>,
-    pub(super) max_body_bytes: Option<Spanned<usize>>,
+    pub(super) max_uri_bytes: Option<Spanned<RawSize>>,
+    pub(super) max_body_bytes: Option<Spanned<RawSize>>,
     pub(super) header_read_timeout: Option<Spanned<String>>,
     pub(super) idle_timeout: Option<Spanned<String>>,
     pub(super) h2_max_concurrent_streams: Option<Spanned<u32>>,
@@ -86,8 +87,8 @@ pub(super) struct RawAdmin {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCache {
-    pub(super) max_bytes: Option<Spanned<u64>>,
-    pub(super) max_object_bytes: Option<Spanned<u64>>,
+    pub(super) max_bytes: Option<Spanned<RawSize>>,
+    pub(super) max_object_bytes: Option<Spanned<RawSize>>,
     pub(super) status_header: Option<bool>,
     pub(super) heuristic_max: Option<Spanned<String>>,
     pub(super) negative_ttl: Option<Spanned<String>>,
@@ -125,6 +126,7 @@ pub(super) struct RawRoute {
     pub(super) prefix: Spanned<String>,
     pub(super) upstream: Spanned<String>,
     pub(super) jurisdiction: Option<Jurisdiction>,
+    pub(super) eu_reason: Option<Spanned<String>>,
     pub(super) user_agent: Option<Spanned<String>>,
     pub(super) forward_headers: Option<Spanned<Vec<String>>>,
     pub(super) forward_query: Option<bool>,
@@ -140,11 +142,11 @@ pub(super) struct RawRoute {
     pub(super) max_zoom: Option<Spanned<u8>>,
     pub(super) referer: Option<Spanned<String>>,
     pub(super) max_upstream_connections: Option<Spanned<usize>>,
-    pub(super) allow_event_params: Option<Vec<String>>,
-    pub(super) allow_url_params: Option<Vec<String>>,
+    pub(super) allow_event_params: Option<Spanned<Vec<String>>>,
+    pub(super) allow_url_params: Option<Spanned<Vec<String>>>,
     pub(super) rotate: Option<Spanned<String>>,
     pub(super) salt_file: Option<Spanned<String>>,
-    pub(super) max_body: Option<Spanned<usize>>,
+    pub(super) max_body: Option<Spanned<RawSize>>,
     pub(super) client_ip: Option<Spanned<crate::analytics::visitor::ClientAddress>>,
     pub(super) pseudonym_bits: Option<Spanned<u8>>,
     pub(super) location: Option<Spanned<crate::analytics::geo::Precision>>,

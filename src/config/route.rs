@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Uri};
+use http::{HeaderName, HeaderValue};
 
 use super::model::{
     parse_upstream, AnalyticsConfig, CacheConfig, FontFiles, RateLimit, RouteCache, RouteConfig,
@@ -55,6 +55,7 @@ impl Validator<'_> {
             let max_upstream_connections = self.max_upstream_connections(&r, &key);
             let rate_limit = self.rate_limit(&r, &key);
             let jurisdiction = self.jurisdiction(&r, &key);
+            let eu_reason = self.eu_claim(&r, &key, jurisdiction);
             let user_agent = r
                 .user_agent
                 .as_ref()
@@ -92,6 +93,7 @@ impl Validator<'_> {
                 prefix,
                 upstream,
                 jurisdiction,
+                eu_reason,
                 user_agent,
                 forward_headers,
                 forward_query: r.forward_query.unwrap_or(true),
@@ -144,6 +146,8 @@ impl Validator<'_> {
                 key("prefix"),
                 format!("{prefix:?} is already the prefix of another route ({line})"),
             );
+        } else {
+            self.shadows_own_page(&r.prefix, &key("prefix"));
         }
         prefixes.push((prefix.clone(), r.prefix.span()));
         prefix
@@ -173,6 +177,7 @@ impl Validator<'_> {
                                 format!("at most {}", crate::mirrors::tiles::ZOOM_LIMIT),
                             );
                         }
+                        self.grid_zoom(r, key, &t.sample_host(), max_zoom);
                         // The route's base is the template's own scheme and authority:
                         // where its tiles go.
                         let base = format!("{}://{}/", t.scheme(), t.sample_host());
@@ -237,6 +242,8 @@ impl Validator<'_> {
                         format!("{:?} is already a prefix ({line})", fp.get_ref()),
                     );
                     ok = false;
+                } else {
+                    self.shadows_own_page(fp, &key("files_prefix"));
                 }
                 prefixes.push((fp.get_ref().clone(), fp.span()));
                 let up = match parse_upstream(fu.get_ref()) {
@@ -290,17 +297,17 @@ impl Validator<'_> {
         }
     }
 
-    /// `referer`: an http(s) URL, the site's origin.
+    /// `referer`: the site's origin, sent as `scheme://host[:port]/` (a page is refused).
     fn referer(&mut self, r: &RawRoute, key: Key) -> Option<HeaderValue> {
-        r.referer.as_ref().and_then(|v| match v.get_ref().parse::<Uri>() {
-            Ok(u) if matches!(u.scheme_str(), Some("http") | Some("https")) && u.authority().is_some() => {
-                HeaderValue::from_str(v.get_ref()).ok()
-            }
-            _ => {
-                self.problem(Some(v.span()), key("referer"), format!("{:?} is not an http(s) URL (use the site's origin, e.g. \"https://site.example/\")", v.get_ref()));
-                None
-            }
-        })
+        r.referer
+            .as_ref()
+            .and_then(|v| match super::mistakes::referer_origin(v.get_ref()) {
+                Ok(origin) => HeaderValue::from_str(&origin).ok(),
+                Err(msg) => {
+                    self.problem(Some(v.span()), key("referer"), msg);
+                    None
+                }
+            })
     }
 
     /// `max_upstream_connections`, bounded by [`MAX_UPSTREAM_CONNECTIONS`].
@@ -420,7 +427,8 @@ impl Validator<'_> {
         forward_headers
     }
 
-    /// OpenStreetMap's tile usage policy: a User-Agent with a contact, and a Referer.
+    /// OpenStreetMap's tile usage policy: a User-Agent with a contact, and a Referer; and the
+    /// shipped placeholders on any route.
     fn tile_usage_policy(
         &mut self,
         r: &RawRoute,
@@ -429,23 +437,26 @@ impl Validator<'_> {
         user_agent: Option<&HeaderValue>,
         global_ua: &HeaderValue,
     ) {
-        if let Some(t) = tiles {
-            if crate::mirrors::tiles::is_osm_host(&t.template.sample_host()) {
-                let ua = user_agent.unwrap_or(global_ua);
-                if !crate::mirrors::tiles::has_contact(ua.to_str().unwrap_or("")) {
-                    self.problem(
-                        Some(r.upstream.span()),
-                        key("user_agent"),
-                        "OpenStreetMap's tile usage policy requires a User-Agent with a contact (a URL or an e-mail): set user_agent here or in [upstream]",
-                    );
-                }
-                if r.referer.is_none() {
-                    self.problem(
-                        Some(r.upstream.span()),
-                        key("referer"),
-                        "OpenStreetMap's tile usage policy requires a Referer: set referer = \"https://your-site.example/\" (the site's origin, never the visitor's page)",
-                    );
-                }
+        // Any route's own User-Agent or Referer may still hold the shipped placeholder; an OSM
+        // route's (the global User-Agent included) is against the tile usage policy.
+        let osm =
+            tiles.is_some_and(|t| crate::mirrors::tiles::is_osm_host(&t.template.sample_host()));
+        self.placeholders(r, key, osm, user_agent, global_ua);
+        if osm {
+            let ua = user_agent.unwrap_or(global_ua);
+            if !crate::mirrors::tiles::has_contact(ua.to_str().unwrap_or("")) {
+                self.problem(
+                    Some(r.upstream.span()),
+                    key("user_agent"),
+                    "OpenStreetMap's tile usage policy requires a User-Agent with a contact (a URL or an e-mail): set user_agent here or in [upstream]",
+                );
+            }
+            if r.referer.is_none() {
+                self.problem(
+                    Some(r.upstream.span()),
+                    key("referer"),
+                    "OpenStreetMap's tile usage policy requires a Referer: set referer = \"https://your-site.example/\" (the site's origin, never the visitor's page)",
+                );
             }
         }
     }

@@ -39,6 +39,10 @@ pub(super) struct Validator<'a> {
     pub(super) warnings: Vec<Problem>,
     /// Whether `[geo] database` is set (routes' `location` needs it).
     pub(super) has_geo: bool,
+    /// The paths tamis answers itself on the public listeners (no route may cover them).
+    pub(super) own_pages: Vec<String>,
+    /// Every file the config names, by the key naming it (`Config::files`).
+    pub(super) files: Vec<(String, PathBuf)>,
 }
 
 impl Validator<'_> {
@@ -84,6 +88,13 @@ impl Validator<'_> {
         });
     }
 
+    /// [`Self::file`], noted under `key` among the files the config makes tamis read.
+    fn named_file(&mut self, value: &str, key: &str) -> PathBuf {
+        let path = self.file(value);
+        self.files.push((key.to_owned(), path.clone()));
+        path
+    }
+
     /// Resolves a file named in the config relative to the config's own folder.
     fn file(&self, value: &str) -> PathBuf {
         let p = Path::new(value);
@@ -104,7 +115,7 @@ impl Validator<'_> {
         f: &Spanned<String>,
         key: &str,
     ) -> Option<Zeroizing<Vec<u8>>> {
-        match std::fs::read(self.file(f.get_ref())) {
+        match std::fs::read(self.named_file(f.get_ref(), key)) {
             Ok(bytes) => Some(Zeroizing::new(bytes)),
             Err(e) => {
                 self.problem(
@@ -201,6 +212,11 @@ impl Validator<'_> {
     }
     pub(super) fn limits(&mut self, raw: RawLimits) -> Limits {
         let d = Limits::default();
+        // Sizes may carry a unit ("16 KiB"); then they are bounded like the counts.
+        let max_header_bytes =
+            self.size_usize(raw.max_header_bytes.as_ref(), "limits.max_header_bytes");
+        let max_uri_bytes = self.size_usize(raw.max_uri_bytes.as_ref(), "limits.max_uri_bytes");
+        let max_body_bytes = self.size_usize(raw.max_body_bytes.as_ref(), "limits.max_body_bytes");
         let mut count = |v: &Option<Spanned<usize>>, key: &str, default: usize, min: usize| match v
         {
             None => default,
@@ -224,20 +240,15 @@ impl Validator<'_> {
         );
         // hyper's HTTP/1.1 read buffer cannot be smaller than 8 KiB.
         let max_header_bytes = count(
-            &raw.max_header_bytes,
+            &max_header_bytes,
             "limits.max_header_bytes",
             d.max_header_bytes,
             8192,
         );
         let max_headers = count(&raw.max_headers, "limits.max_headers", d.max_headers, 8);
-        let max_uri_bytes = count(
-            &raw.max_uri_bytes,
-            "limits.max_uri_bytes",
-            d.max_uri_bytes,
-            64,
-        );
+        let max_uri_bytes = count(&max_uri_bytes, "limits.max_uri_bytes", d.max_uri_bytes, 64);
         let max_body_bytes = count(
-            &raw.max_body_bytes,
+            &max_body_bytes,
             "limits.max_body_bytes",
             d.max_body_bytes,
             0,
@@ -356,8 +367,8 @@ impl Validator<'_> {
             (None, None, None) => None,
             (Some(l), Some(cert), Some(key)) => {
                 let listen = self.socket_addr(l, "server.tls_listen");
-                let cert_path = self.file(cert.get_ref());
-                let key_path = self.file(key.get_ref());
+                let cert_path = self.named_file(cert.get_ref(), "server.tls_cert");
+                let key_path = self.named_file(key.get_ref(), "server.tls_key");
                 let loaded = match tls::server_config(&cert_path, &key_path) {
                     Ok(c) => Some(c),
                     Err(e) => {
@@ -427,14 +438,12 @@ impl Validator<'_> {
     }
 
     pub(super) fn cache(&mut self, raw: RawCache) -> CacheConfig {
-        let max_bytes = raw
-            .max_bytes
-            .as_ref()
-            .map_or(DEFAULT_MAX_BYTES, |v| *v.get_ref());
-        let max_object_bytes = raw
-            .max_object_bytes
-            .as_ref()
-            .map_or(DEFAULT_MAX_OBJECT_BYTES, |v| *v.get_ref());
+        let max_bytes = self.size(raw.max_bytes.as_ref(), "cache.max_bytes", DEFAULT_MAX_BYTES);
+        let max_object_bytes = self.size(
+            raw.max_object_bytes.as_ref(),
+            "cache.max_object_bytes",
+            DEFAULT_MAX_OBJECT_BYTES,
+        );
         if max_object_bytes > max_bytes {
             let span = raw.max_object_bytes.as_ref().map(|v| v.span());
             self.problem(
@@ -479,7 +488,9 @@ impl Validator<'_> {
             .unwrap_or(HeaderValue::from_static(DEFAULT_USER_AGENT));
         let extra_ca = match &raw.extra_ca_file {
             None => Vec::new(),
-            Some(file) => match tls::ca_certificates(&self.file(file.get_ref())) {
+            Some(file) => match tls::ca_certificates(
+                &self.named_file(file.get_ref(), "upstream.extra_ca_file"),
+            ) {
                 Ok(certs) => certs,
                 Err(e) => {
                     self.problem(Some(file.span()), "upstream.extra_ca_file", e.to_string());
@@ -576,6 +587,7 @@ impl Validator<'_> {
                     );
                 }
             }
+            self.exposed_admin(listen, span, token.is_some());
             AdminConfig { listen, token }
         })
     }
@@ -584,7 +596,9 @@ impl Validator<'_> {
     /// needs it).
     pub(super) fn geo(&mut self, raw: &RawGeo) -> Option<Arc<crate::analytics::geo::Database>> {
         let geo = raw.database.as_ref().and_then(|d| {
-            match crate::analytics::geo::Database::open(&self.file(d.get_ref())) {
+            match crate::analytics::geo::Database::open(
+                &self.named_file(d.get_ref(), "geo.database"),
+            ) {
                 Ok(db) => Some(std::sync::Arc::new(db)),
                 Err(e) => {
                     self.problem(Some(d.span()), "geo.database", e.to_string());

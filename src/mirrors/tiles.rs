@@ -338,6 +338,27 @@ pub fn is_osm_host(host: &str) -> bool {
         .any(|d| host == *d || host.ends_with(&format!(".{d}")))
 }
 
+/// Tile servers whose grid is known to stop at a zoom level, with the source: a route's
+/// `max_zoom` deeper than that sends requests that can only fail.
+const GRIDS: &[(&str, u8, &str)] = &[
+    // wiki.openstreetmap.org/wiki/Zoom_levels and the OSMF's tile layer: zoom 0 to 19.
+    (
+        "tile.openstreetmap.org",
+        19,
+        "the OpenStreetMap Foundation's standard layer",
+    ),
+];
+
+/// The deepest zoom a known tile server serves, and where that is stated.
+pub fn grid_max_zoom(host: &str) -> Option<(u8, &'static str)> {
+    let host = host.to_ascii_lowercase();
+    let host = host.split(':').next().unwrap_or("");
+    GRIDS
+        .iter()
+        .find(|(h, _, _)| host == *h || host.ends_with(&format!(".{h}")))
+        .map(|&(_, z, source)| (z, source))
+}
+
 /// Whether a User-Agent carries a way to reach its operator: a URL or an e-mail address.
 pub fn has_contact(user_agent: &str) -> bool {
     user_agent.contains("http://")

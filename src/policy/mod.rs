@@ -3,7 +3,8 @@
 //! by pure functions; `tamis check` prints the same tables.
 //!
 //! `request` says what leaves, `response` what comes back, `address` how a visitor's address
-//! is cut down; `link` and `csp` filter two response headers' values. The public names of the
+//! is cut down; `link` and `csp` filter two response headers' values; `jurisdiction` lists
+//! well-known hosts run from outside the EU. The public names of the
 //! first three are re-exported here: `policy::X` is the one path to each.
 
 use serde::Deserialize;
@@ -11,6 +12,7 @@ use serde::Deserialize;
 mod address;
 pub mod client_addr;
 pub mod csp;
+pub mod jurisdiction;
 pub mod link;
 pub mod reach;
 mod request;

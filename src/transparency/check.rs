@@ -61,10 +61,14 @@ pub fn check_summary(config: &Config) -> String {
                 );
             }
         }
+        let jurisdiction = match &r.eu_reason {
+            Some(why) => format!("{} ({why:?})", r.jurisdiction),
+            None => r.jurisdiction.to_owned(),
+        };
         let _ = writeln!(
             out,
-            "route {} ({}{part}): {} -> {} [{}; {sending}; cache {cache}{visitor}]",
-            r.name, r.kind, r.prefix, r.upstream, r.jurisdiction
+            "route {} ({}{part}): {} -> {} [{jurisdiction}; {sending}; cache {cache}{visitor}]",
+            r.name, r.kind, r.prefix, r.upstream
         );
     }
     out
@@ -194,6 +198,9 @@ fn route_text(out: &mut String, r: &RouteDisclosure) {
         "  jurisdiction   {}: {}",
         r.jurisdiction, r.jurisdiction_note
     );
+    if let Some(why) = &r.eu_reason {
+        let _ = writeln!(out, "  eu reason      {why} (the operator's eu_reason)");
+    }
     let _ = writeln!(out, "  query string   {}", r.query);
     let _ = writeln!(out, "  cache          {}", r.cache);
     if let Some(rate) = &r.rate_limit {

@@ -7,6 +7,7 @@ mod check;
 pub mod frontend;
 pub mod page;
 pub mod probe;
+pub mod service_user;
 
 use serde::Serialize;
 
@@ -70,6 +71,9 @@ pub struct RouteDisclosure {
     pub upstream_host: String,
     pub jurisdiction: &'static str,
     pub jurisdiction_note: &'static str,
+    /// Why an EU route's upstream, though listed among well-known non-EU hosts, is under EU law
+    /// (the operator's `eu_reason`).
+    pub eu_reason: Option<String>,
     /// Role-specific handling (tile bounds, CSS rewriting, font files).
     pub handling: Vec<String>,
     pub query: &'static str,
@@ -352,6 +356,7 @@ fn disclose_route(route: &Route) -> RouteDisclosure {
                 "under EU law; allowlist plus the visitor's User-Agent and any forward_headers"
             }
         },
+        eu_reason: c.eu_reason.clone(),
         handling,
         query: match route.role {
             Role::Analytics(_) => "scrubbed parameter by parameter (see parameters)",

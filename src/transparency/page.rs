@@ -279,6 +279,13 @@ fn route_html(o: &mut String, r: &RouteDisclosure) {
         jur = esc(r.jurisdiction),
         jur_note = esc(r.jurisdiction_note),
     );
+    if let Some(why) = &r.eu_reason {
+        let _ = writeln!(
+            o,
+            "<li>Why this provider is under EU law, in the operator's words: {}</li>",
+            esc(why)
+        );
+    }
     for h in &r.handling {
         let _ = writeln!(
             o,
@@ -392,6 +399,25 @@ fn groups_html(o: &mut String, groups: &[report::Group]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_page_prints_the_operators_eu_reason() {
+        let text =
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"f\"\nkind = \"static\"\n\
+                    prefix = \"/f/\"\nupstream = \"https://fonts.googleapis.com/\"\n\
+                    jurisdiction = \"eu\"\neu_reason = \"EU-only <endpoint>, DPA of 2026\"\n";
+        let config = Config::parse(text, std::path::Path::new("t.toml")).unwrap();
+        let page = Page::new(&config, &Router::new(&config)).unwrap();
+        let html = String::from_utf8_lossy(&page.html).into_owned();
+        assert!(
+            html.contains("in the operator's words: EU-only &lt;endpoint&gt;, DPA of 2026"),
+            "{html}"
+        );
+        assert_eq!(
+            page.json["routes"][0]["eu_reason"],
+            "EU-only <endpoint>, DPA of 2026"
+        );
+    }
 
     #[test]
     fn escapes_markup() {
