@@ -12,12 +12,15 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 mod analytics;
+mod cluster;
 mod model;
 mod raw;
 mod route;
 pub mod tls;
 mod validate;
 
+pub use crate::store::{PersistencePolicy, StoreConfig};
+pub use cluster::ClusterConfig;
 pub use model::{
     parse_upstream, AdminConfig, AnalyticsConfig, CacheConfig, ClientIpLog, Config, FontFiles,
     Limits, LogConfig, LogFormat, Problem, RateLimit, RouteCache, RouteConfig, RouteKind,
@@ -193,6 +196,7 @@ impl Validator<'_> {
         }
         let geo = self.geo(&raw.geo);
         let routes = self.routes(raw.route, &cache, &upstream.user_agent);
+        let cluster = self.cluster(raw.cluster, &routes);
         Some(Config {
             source: self.path.to_owned(),
             hash: text_hash(self.text),
@@ -204,6 +208,7 @@ impl Validator<'_> {
             transparency,
             limits,
             geo,
+            cluster,
             routes,
             warnings: Vec::new(),
         })
