@@ -634,3 +634,44 @@ async fn purge_and_reload_on_one_replica_reach_every_replica_and_one_down_is_nam
         t.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_a_routes_pseudonym_key_unless_its_recipient_changes_and_says_so() {
+    let up = Upstream::http(recording()).await;
+    let other = Upstream::http(recording()).await;
+    let route = |up: &Upstream, extra: &str| {
+        format!(
+            "{LISTEN}[[route]]\nname = \"ga\"\nkind = \"ga4\"\nprefix = \"/ga/\"\nupstream = \"{}\"\n{extra}\n",
+            up.url("/")
+        )
+    };
+    let t = Tamis::start(&route(&up, "")).await;
+    let hit = format!("/ga/g/collect?v=2&tid=G-1&cid={CID}&en=page_view");
+    let cid = |seen: common::Seen| {
+        let q = seen.uri.split_once('?').unwrap().1.to_owned();
+        parse_query(&q)
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| k == "cid")
+            .unwrap()
+            .1
+    };
+    assert!(t.get(&hit).await.status < 300);
+    let before = cid(up.last());
+    // A new allow-list: the route changed, its key did not.
+    let a = t
+        .reload(&route(&up, "allow_event_params = [\"ep.plan\"]"))
+        .await;
+    let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(v["pseudonym_keys"]["ga"], "kept", "{v}");
+    assert!(t.get(&hit).await.status < 300);
+    assert_eq!(cid(up.last()), before, "the visitor keeps their pseudonym");
+    // A new recipient: a new key, said so.
+    let a = t.reload(&route(&other, "")).await;
+    let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    let said = v["pseudonym_keys"]["ga"].as_str().unwrap();
+    assert!(said.starts_with("reset: upstream host changed"), "{v}");
+    assert!(t.get(&hit).await.status < 300);
+    assert_ne!(cid(other.last()), before);
+    t.stop().await;
+}
