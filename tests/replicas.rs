@@ -383,6 +383,12 @@ async fn one_visitor_is_one_visitor_on_every_replica_and_the_gate_counts_them_al
     );
     let text = status.text();
     assert!(!text.contains("password"), "{text}");
+    // The transparency page says how the key is shared.
+    let page = ts[0].get("/.well-known/tamis?format=json").await.text();
+    assert!(
+        page.contains("shared by the replicas through a key store"),
+        "{page}"
+    );
     for t in ts {
         t.stop().await;
     }
