@@ -144,7 +144,7 @@ $(cat "$TMP/valkey/log")"
 ask SET elsewhere x | grep -q NOPERM || fail "users.acl: tamis may write outside tamis:*"
 ask FLUSHALL | grep -q NOPERM || fail "users.acl: tamis may run FLUSHALL"
 redis-cli -p "$port" PING 2>&1 | grep -q NOAUTH || fail "users.acl: the default user is not off"
-printf '[server]\nlisten = "127.0.0.1:0"\n[cluster]\nstore = "redis://tamis@127.0.0.1:%s"\nstore_password_file = "%s"\n' \
+printf '[server]\nlisten = "127.0.0.1:0"\n[cluster]\nstore = "redis://tamis@127.0.0.1:%s"\nstore_password_file = "%s"\n[[route]]\nname = "ga"\nkind = "ga4"\nprefix = "/a/"\nupstream = "https://region1.google-analytics.com/"\n' \
   "$port" "$TMP/valkey/password" >"$TMP/valkey/tamis.toml"
 out=$("$TAMIS" check --quiet --config "$TMP/valkey/tamis.toml" 2>&1) || fail "tamis check against the shipped valkey: $out"
 grep -q 'persistence off' <<<"$out" || fail "tamis check did not find persistence off: $out"

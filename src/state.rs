@@ -111,7 +111,12 @@ impl State {
     /// One pass of the key keeper: each analytics route taking its key from the store has
     /// the current period's (and near its end, the next period's) key at hand.
     pub async fn keep_keys(&self) {
-        if self.store.is_some() {
+        if let Some(store) = &self.store {
+            // Routes with a salt_file take no key from the store but share their location
+            // counts through it: someone must notice when it answers again.
+            if store.is_up() != Some(true) {
+                let _ = store.ping().await;
+            }
             crate::analytics::shared::keep_keys(
                 &self.analytics_runtimes(),
                 std::time::SystemTime::now(),

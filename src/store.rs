@@ -321,6 +321,16 @@ impl Store {
         }
     }
 
+    /// Connects if needed and asks `PING`: whether the store answers in time (the key keeper,
+    /// while the store is down or not yet asked).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let conn = self.connect().await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("PING");
+        let (_,): (String,) = self.run(conn, &pipe).await?;
+        Ok(())
+    }
+
     /// Proposes `proposal` as the value of `name` unless one is there already (set-if-absent,
     /// expiring after `ttl`), and returns the value there: the first proposal wins, every
     /// replica reads the same. For the key keeper.
