@@ -61,12 +61,12 @@ fn runtime(address: ClientAddress, location: Precision, bits: u8) -> Runtime {
     Runtime {
         protocol: Protocol::Umami,
         settings: Settings::default(),
-        pseudonyms: Pseudonymizer::new(Duration::from_secs(86400), None),
+        pseudonyms: std::sync::Arc::new(Pseudonymizer::new(Duration::from_secs(86400), None)),
         max_body: 65536,
         address,
         bits,
         location,
-        gate: Gate::new(10),
+        gate: std::sync::Arc::new(Gate::new(10)),
     }
 }
 

@@ -5,7 +5,7 @@
 #   bash deploy/check.sh
 #
 # Installs what is missing (Debian: prometheus (promtool), nginx-light, caddy, systemd, openssl,
-# strace; PyPI: kubernetes-validate, the prometheus-operator CRD models, PyYAML) and builds the
+# strace, redis-server; PyPI: kubernetes-validate, the prometheus-operator CRD models, PyYAML) and builds the
 # tamis binary (`cargo build --locked --bin tamis`: a no-op after `cargo test`). Stops at the first
 # failure with a FAIL line; ends with "deploy/check.sh: all N checks passed".
 set -euo pipefail
@@ -34,6 +34,7 @@ command -v caddy >/dev/null || apt_missing+=(caddy)
 command -v systemd-analyze >/dev/null || apt_missing+=(systemd)
 command -v openssl >/dev/null || apt_missing+=(openssl)
 command -v strace >/dev/null || apt_missing+=(strace)
+command -v redis-server >/dev/null || apt_missing+=(redis-server)
 if ((${#apt_missing[@]})); then
   echo "installing (Debian): ${apt_missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -116,6 +117,41 @@ done
 
 step "kubernetes: ServiceMonitor and PrometheusRule (CRDs) against the operator's models"
 python3 "$DEPLOY/check.py" kubernetes
+
+# ---- Valkey (the shared key store) --------------------------------------------------------
+step "valkey: deploy/valkey/valkey.conf + users.acl.example in the real server (Debian's redis-server), tamis check against it"
+mkdir "$TMP/valkey"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+password=check-password-$RANDOM$RANDOM
+hash=$(printf '%s' "$password" | sha256sum | cut -d' ' -f1)
+sed "s/#0\{64\}/#$hash/" "$DEPLOY/valkey/users.acl.example" >"$TMP/valkey/users.acl"
+printf '%s' "$password" >"$TMP/valkey/password"
+# The shipped file as it is, but plain TCP on a loopback port (no certificate here) and the
+# ACL file above: every other line (no persistence, diskless replication, noeviction) applies.
+redis-server "$DEPLOY/valkey/valkey.conf" --port "$port" --tls-port 0 --bind 127.0.0.1 \
+  --dir "$TMP/valkey" --aclfile "$TMP/valkey/users.acl" >"$TMP/valkey/log" 2>&1 &
+valkey_pid=$!
+ask() { REDISCLI_AUTH=$password redis-cli -p "$port" --user tamis "$@" 2>&1; }
+for _ in $(seq 50); do
+  [[ $(ask PING) == PONG ]] && break
+  sleep 0.1
+done
+[[ $(ask PING) == PONG ]] || fail "valkey did not start with the shipped config:
+$(cat "$TMP/valkey/log")"
+[[ $(ask CONFIG GET appendonly | tail -1) == no ]] || fail "valkey.conf: appendonly is not no"
+[[ -z $(ask CONFIG GET save | tail -1) ]] || fail "valkey.conf: save is not empty"
+[[ $(ask CONFIG GET repl-diskless-sync | tail -1) == yes ]] || fail "valkey.conf: replication is not diskless"
+ask SET elsewhere x | grep -q NOPERM || fail "users.acl: tamis may write outside tamis:*"
+ask FLUSHALL | grep -q NOPERM || fail "users.acl: tamis may run FLUSHALL"
+redis-cli -p "$port" PING 2>&1 | grep -q NOAUTH || fail "users.acl: the default user is not off"
+printf '[server]\nlisten = "127.0.0.1:0"\n[cluster]\nstore = "redis://tamis@127.0.0.1:%s"\nstore_password_file = "%s"\n[[route]]\nname = "ga"\nkind = "ga4"\nprefix = "/a/"\nupstream = "https://region1.google-analytics.com/"\n' \
+  "$port" "$TMP/valkey/password" >"$TMP/valkey/tamis.toml"
+out=$("$TAMIS" check --quiet --config "$TMP/valkey/tamis.toml" 2>&1) || fail "tamis check against the shipped valkey: $out"
+grep -q 'persistence off' <<<"$out" || fail "tamis check did not find persistence off: $out"
+if grep -qF "$password" <<<"$out"; then fail "tamis check printed the store password"; fi
+kill "$valkey_pid"
+wait "$valkey_pid" 2>/dev/null || true
+echo "ok: the shipped Valkey config loads: no persistence, diskless replication; tamis confined to tamis:*; tamis check: persistence off"
 
 # ---- nginx, Caddy ------------------------------------------------------------------------
 step "front ends: nginx -t, caddy validate, and both for real in front of a recording stub"

@@ -22,6 +22,7 @@
 //! | `config` | config file → raw TOML → checked `Config` (every problem with its line), TLS material |
 //! | `mirrors` | fonts (the CSS API, font types) and tiles (z/x/y, templates) |
 //! | `analytics` | GA4, Matomo, Plausible, Umami: scrubbers, pseudonyms, what the upstream learns, what the browser gets back, location with k-anonymity |
+//! | `store` | the shared key store (Valkey/Redis without persistence): each period's pseudonym key and the location counts, agreed between replicas |
 //! | `cache` | the RFC 9111 store: keys, entries, storability, coalescing, freshness, conditionals |
 //! | `conn` | one connection's life: worker threads, idleness, graceful close |
 //! | `policy` | the privacy rules as tables and pure functions: request and response headers, the client's address, what a URL makes the browser reach |
@@ -69,6 +70,8 @@ pub mod secret;
 pub mod server;
 /// The running state built from a checked config.
 pub mod state;
+/// The shared key store: pseudonym keys and location counts agreed between replicas.
+pub mod store;
 /// The disclosure, `tamis check`, the public page and the dry-run probe.
 pub mod transparency;
 /// tamis's own upstream client.

@@ -119,7 +119,19 @@ fn main() -> ExitCode {
                         tamis::transparency::check_report(&config)
                     }
                 );
-                ExitCode::SUCCESS
+                // The key store is asked whether it persists, as start-up asks it.
+                let store = config.cluster.as_ref().and_then(|c| c.store.as_ref());
+                match store.map(tamis::store::check).transpose() {
+                    Ok(Some(line)) => {
+                        println!("{line}");
+                        ExitCode::SUCCESS
+                    }
+                    Ok(None) => ExitCode::SUCCESS,
+                    Err(why) => {
+                        eprintln!("error: {why}");
+                        ExitCode::from(2)
+                    }
+                }
             }
             Err(e) => {
                 eprintln!("error: {e}");

@@ -408,6 +408,14 @@ impl Metrics {
         })
     }
 
+    /// Adds collectors of another module's (the key store's) to the registry.
+    pub fn register(
+        &self,
+        collector: Box<dyn prometheus::core::Collector>,
+    ) -> Result<(), prometheus::Error> {
+        self.registry.register(collector)
+    }
+
     /// Where `tamis_requests_in_flight` is read from (the server's own count, set once).
     pub fn count_in_flight(&self, source: std::sync::Arc<std::sync::atomic::AtomicUsize>) {
         let _ = self.in_flight_source.set(source);

@@ -36,6 +36,8 @@ pub struct Reloaded {
     pub unchanged: bool,
     /// Cache entries dropped because their route was removed or changed.
     pub dropped: usize,
+    /// What the reload did to each analytics route's pseudonym key.
+    pub keys: Vec<(String, crate::routes::KeyFate)>,
 }
 
 /// The running state, swappable.
@@ -45,6 +47,9 @@ pub struct Live {
     reloading: Mutex<()>,
     /// Set on SIGTERM for `server.drain`: `/healthz` answers 503 while requests are served.
     draining: std::sync::atomic::AtomicBool,
+    /// This server's instance id: random, made at start, telling replicas apart (an admin
+    /// action relayed to every peer must not be done twice by the one that relays it).
+    instance: String,
 }
 
 impl Live {
@@ -54,7 +59,24 @@ impl Live {
             current: ArcSwap::from_pointee(state),
             reloading: Mutex::new(()),
             draining: std::sync::atomic::AtomicBool::new(false),
+            instance: {
+                let mut k = [0u8; 8];
+                // Without OS randomness, the process id and a count still tell servers apart.
+                if getrandom::fill(&mut k).is_err() {
+                    static MADE: std::sync::atomic::AtomicU32 =
+                        std::sync::atomic::AtomicU32::new(0);
+                    let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    k[..4].copy_from_slice(&std::process::id().to_be_bytes());
+                    k[4..].copy_from_slice(&n.to_be_bytes());
+                }
+                k.iter().map(|b| format!("{b:02x}")).collect()
+            },
         }
+    }
+
+    /// This server's instance id (random, made at start).
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// The state to answer a request with.
@@ -94,12 +116,15 @@ impl Live {
                 hash: config.hash,
                 unchanged: true,
                 dropped: 0,
+                keys: Vec::new(),
             });
         }
         let next = match old.next(config) {
             Ok(s) => Arc::new(s),
             Err(e) => return Err(self.refused(e.into())),
         };
+        // A route with a new key takes it from the store before its first request.
+        next.keep_keys().await;
         self.current.store(next.clone());
         let live: Vec<u64> = next.router.routes().iter().map(|r| r.cache_id).collect();
         let dropped = next.cache.retain_routes(&live).await;
@@ -115,10 +140,21 @@ impl Live {
         for w in &next.config.warnings {
             tracing::warn!(at = %w.at, key = %w.key, "{}", w.message);
         }
+        for (route, fate) in &next.router.key_fates {
+            match fate {
+                crate::routes::KeyFate::Kept => {
+                    tracing::info!(route = %route, "pseudonym key kept for the rest of the period")
+                }
+                crate::routes::KeyFate::New(why) => {
+                    tracing::warn!(route = %route, why = %why, "pseudonym key reset: visitors get new pseudonyms from now on")
+                }
+            }
+        }
         Ok(Reloaded {
             hash: next.config.hash.clone(),
             unchanged: false,
             dropped,
+            keys: next.router.key_fates.clone(),
         })
     }
 
@@ -130,6 +166,25 @@ impl Live {
             "config reload refused, still running the previous config: {e}"
         );
         e
+    }
+}
+
+/// The key keeper: every tick (shorter for short periods), the running state's analytics routes
+/// get their current and next pseudonym keys from the store. Ends with the server.
+pub async fn keep_keys(live: std::sync::Weak<Live>) {
+    loop {
+        let Some(state) = live.upgrade().map(|l| l.load()) else {
+            return;
+        };
+        let shortest = state
+            .analytics_runtimes()
+            .iter()
+            .map(|(_, rt)| rt.pseudonyms.period_secs())
+            .min()
+            .unwrap_or(86400);
+        state.keep_keys().await;
+        drop(state);
+        tokio::time::sleep(crate::analytics::shared::tick(shortest)).await;
     }
 }
 
@@ -180,6 +235,16 @@ fn fixed_settings(old: &Config, new: &Config) -> Result<(), ReloadError> {
     }
     if old.log.format != new.log.format {
         note("log.format");
+    }
+    // One connection to one store per process.
+    let store = |c: &Config| {
+        c.cluster
+            .as_ref()
+            .and_then(|c| c.store.as_ref())
+            .map(|s| format!("{s:?}"))
+    };
+    if store(old) != store(new) {
+        note("cluster.store");
     }
     if changed.is_empty() {
         Ok(())

@@ -50,6 +50,9 @@ pub enum ServerError {
     },
     #[error(transparent)]
     State(#[from] StateError),
+    /// The key store writes to disk and `cluster.store_persistence` says to refuse.
+    #[error("{0}")]
+    PersistentStore(String),
 }
 
 /// Which service a listener runs.
@@ -129,6 +132,18 @@ impl Server {
         });
         let workers = config.server.workers;
         let live = Arc::new(Live::new(State::new(config)?));
+        // The key store: refused if it keeps keys on disk, then each route's key fetched
+        // before the first request, then kept fresh in the background.
+        if let Some(store) = live.load().store.clone() {
+            let found = store.persistence().await;
+            match crate::store::judge(store.url(), store.persistence_policy(), &found) {
+                Err(why) => return Err(ServerError::PersistentStore(why)),
+                Ok((line, true)) => tracing::warn!("{line}"),
+                Ok((line, false)) => tracing::info!("{line}"),
+            }
+            live.load().keep_keys().await;
+            tokio::spawn(crate::reload::keep_keys(Arc::downgrade(&live)));
+        }
         live.load().metrics.count_in_flight(load.in_flight.clone());
         let workers =
             Workers::start(workers).map_err(|cause| ServerError::Workers { workers, cause })?;

@@ -24,6 +24,8 @@ pub struct State {
     pub probe: Option<crate::transparency::probe::Endpoint>,
     /// Indexed like the router's routes.
     pub(crate) route_metrics: Vec<RouteMetrics>,
+    /// The shared key store (`[cluster] store`), one per process, kept across reloads.
+    pub store: Option<Arc<crate::store::Store>>,
 }
 
 /// Something in the config that could not be turned into a running state.
@@ -33,6 +35,8 @@ pub enum StateError {
     Tls(#[from] crate::config::tls::TlsError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 impl State {
@@ -62,7 +66,17 @@ impl State {
             config.cache.max_object_bytes,
             metrics.eviction_hook(),
         ));
-        let state = State::build(config, None, cache, metrics)?;
+        let store = match config.cluster.as_ref().and_then(|c| c.store.as_ref()) {
+            Some(s) => {
+                let store = Arc::new(crate::store::Store::new(s)?);
+                for c in store.metrics.collectors() {
+                    metrics.register(c)?;
+                }
+                Some(store)
+            }
+            None => None,
+        };
+        let state = State::build(config, None, cache, metrics, store)?;
         state
             .metrics
             .config_loaded(&state.config.hash, state.cache.max_bytes());
@@ -77,7 +91,38 @@ impl State {
             Some(&self.router),
             self.cache.clone(),
             self.metrics.clone(),
+            self.store.clone(),
         )
+    }
+
+    /// Every analytics route's name and runtime (for the key keeper).
+    pub fn analytics_runtimes(&self) -> Vec<(String, Arc<crate::analytics::Runtime>)> {
+        let mut out: Vec<(String, Arc<crate::analytics::Runtime>)> = Vec::new();
+        for r in self.router.routes() {
+            if let Some(rt) = &r.analytics {
+                if !out.iter().any(|(_, o)| Arc::ptr_eq(o, rt)) {
+                    out.push((r.config.name.clone(), rt.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// One pass of the key keeper: each analytics route taking its key from the store has
+    /// the current period's (and near its end, the next period's) key at hand.
+    pub async fn keep_keys(&self) {
+        if let Some(store) = &self.store {
+            // Routes with a salt_file take no key from the store but share their location
+            // counts through it: someone must notice when it answers again.
+            if store.is_up() != Some(true) {
+                let _ = store.ping().await;
+            }
+            crate::analytics::shared::keep_keys(
+                &self.analytics_runtimes(),
+                std::time::SystemTime::now(),
+            )
+            .await;
+        }
     }
 
     pub(crate) fn build(
@@ -85,8 +130,9 @@ impl State {
         previous: Option<&Router>,
         cache: Arc<Cache>,
         metrics: Arc<Metrics>,
+        store: Option<Arc<crate::store::Store>>,
     ) -> Result<State, StateError> {
-        let router = Router::reloaded(&config, previous);
+        let router = Router::with_store(&config, previous, store.as_ref());
         let upstream = Upstream::new(&config.upstream)?;
         let route_metrics = router
             .routes()
@@ -104,6 +150,7 @@ impl State {
             upstream,
             metrics,
             route_metrics,
+            store,
         })
     }
 }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What the test suite needs beyond the Rust toolchain, on Debian or Ubuntu: Chromium and the
 # npm packages of tests/browser (tests/browser.rs drives the real browser through
-# playwright-core; Node.js from Debian if there is none), and Prometheus (tests/prometheus.rs
-# scrapes tamis with the real server). Does nothing when everything is there; installs with
+# playwright-core; Node.js from Debian if there is none), Prometheus (tests/prometheus.rs
+# scrapes tamis with the real server), and Redis (tests/replicas.rs shares pseudonym keys
+# between replicas through the real server; Valkey speaks the same protocol). Does nothing when everything is there; installs with
 # apt-get as root, or through sudo.
 #
 #   bash tests/setup.sh && cargo test --locked --lib --bins --tests     # README's command
@@ -14,6 +15,7 @@ command -v chromium >/dev/null || missing+=(chromium)
 command -v prometheus >/dev/null || missing+=(prometheus)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
+command -v redis-server >/dev/null || missing+=(redis-server)
 if ((${#missing[@]})); then
   sudo=()
   [ "$(id -u)" = 0 ] || sudo=(sudo)

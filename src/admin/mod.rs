@@ -5,8 +5,10 @@
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+pub mod fanout;
 pub mod status;
 
 use crate::body::error_response;
@@ -40,10 +42,60 @@ pub async fn handle(live: &Live, req: Request<Incoming>) -> Response<ProxyBody> 
         if !authorised(token, &req) {
             return unauthorised();
         }
-        return match *path {
+        let relayed = req.headers().get(fanout::HEADER).cloned();
+        if relayed
+            .as_ref()
+            .is_some_and(|v| v.as_bytes() == live.instance().as_bytes())
+        {
+            // Our own relay, reaching us through the peer list: done already.
+            return with_instance(
+                live,
+                text(
+                    StatusCode::OK,
+                    "application/json",
+                    Bytes::from_static(b"{\"this\":true}\n"),
+                ),
+            );
+        }
+        let local = match *path {
             "/reload" => reload(live).await,
             _ => purge(&state, req.uri().query().unwrap_or("")).await,
         };
+        let peers = state
+            .config
+            .cluster
+            .as_ref()
+            .map(|c| c.peers.clone())
+            .unwrap_or_default();
+        // A relayed request is not relayed again; without peers there is no one to tell.
+        if relayed.is_some() || peers.is_empty() {
+            return with_instance(live, local);
+        }
+        let status = local.status();
+        let body = match local.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => Bytes::new(),
+        };
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map_or(*path, |p| p.as_str())
+            .to_owned();
+        let replies = fanout::relay(live.instance(), &peers, &path_and_query, token).await;
+        let (status, answer) = fanout::combine((status, body), replies);
+        for (replica, reply) in answer["replicas"].as_object().into_iter().flatten() {
+            if reply.get("error").is_some() {
+                tracing::warn!(replica = %replica, error = %reply["error"], action = %path, "admin action not relayed to a replica");
+            }
+        }
+        return with_instance(
+            live,
+            text(
+                status,
+                "application/json",
+                Bytes::from(answer.to_string() + "\n"),
+            ),
+        );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return method_not_allowed("GET, HEAD", "method not allowed\n");
@@ -51,7 +103,8 @@ pub async fn handle(live: &Live, req: Request<Incoming>) -> Response<ProxyBody> 
     let state = &*live.load();
     match req.uri().path() {
         "/status" => {
-            let status = crate::admin::status::status(state, live.draining()).await;
+            let status =
+                crate::admin::status::status(state, live.draining(), live.instance()).await;
             if req.uri().query() == Some("format=json") {
                 text(
                     StatusCode::OK,
@@ -66,15 +119,21 @@ pub async fn handle(live: &Live, req: Request<Incoming>) -> Response<ProxyBody> 
                 )
             }
         }
-        "/healthz" if live.draining() => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain; charset=utf-8",
-            Bytes::from_static(b"draining\n"),
+        "/healthz" if live.draining() => with_instance(
+            live,
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                Bytes::from_static(b"draining\n"),
+            ),
         ),
-        "/healthz" => text(
-            StatusCode::OK,
-            "text/plain; charset=utf-8",
-            Bytes::from_static(b"ok\n"),
+        "/healthz" => with_instance(
+            live,
+            text(
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                Bytes::from_static(b"ok\n"),
+            ),
         ),
         "/metrics" => {
             let (bytes, entries) = state.cache.size().await;
@@ -100,6 +159,15 @@ pub async fn handle(live: &Live, req: Request<Incoming>) -> Response<ProxyBody> 
         }
         _ => error_response(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// Marks an admin answer with this replica's instance id, so a relay reaching its own sender
+/// knows it.
+fn with_instance(live: &Live, mut r: Response<ProxyBody>) -> Response<ProxyBody> {
+    if let Ok(v) = HeaderValue::from_str(live.instance()) {
+        r.headers_mut().insert(fanout::INSTANCE_HEADER, v);
+    }
+    r
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<ProxyBody> {
@@ -228,6 +296,13 @@ async fn reload(live: &Live) -> Response<ProxyBody> {
                     "reloaded": !r.unchanged,
                     "hash": r.hash,
                     "cache_entries_dropped": r.dropped,
+                    "pseudonym_keys": r.keys.iter().map(|(route, fate)| {
+                        let said = match fate {
+                            crate::routes::KeyFate::Kept => "kept".to_owned(),
+                            crate::routes::KeyFate::New(why) => format!("reset: {why}"),
+                        };
+                        (route.clone(), serde_json::Value::String(said))
+                    }).collect::<serde_json::Map<_, _>>(),
                 })
                 .to_string()
                     + "\n",

@@ -23,6 +23,29 @@ pub struct Status {
     pub cache_max_bytes: u64,
     pub cache_objects: u64,
     pub routes: Vec<RouteStatus>,
+    /// The shared key store, when one is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreStatus>,
+    /// The replicas `[cluster] peers` names, and which answered.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<crate::admin::fanout::Peer>,
+}
+
+/// The key store as this replica sees it (never its password).
+#[derive(Debug, Serialize)]
+pub struct StoreStatus {
+    pub url: String,
+    /// Whether its last call answered in time (`None`: not asked yet).
+    pub up: Option<bool>,
+    /// Each analytics route's current key: where it came from.
+    pub keys: Vec<KeyStatus>,
+}
+
+/// One analytics route's current pseudonym key.
+#[derive(Debug, Serialize)]
+pub struct KeyStatus {
+    pub route: String,
+    pub source: &'static str,
 }
 
 /// One route part: a fonts route has two (its CSS and its font files), each with its own
@@ -45,7 +68,7 @@ pub struct RouteStatus {
 }
 
 /// Reads the running state.
-pub async fn status(state: &State, draining: bool) -> Status {
+pub async fn status(state: &State, draining: bool, instance: &str) -> Status {
     let (cache_bytes, cache_objects) = state.cache.size().await;
     let routes = state
         .router
@@ -78,7 +101,25 @@ pub async fn status(state: &State, draining: bool) -> Status {
             }
         })
         .collect();
+    let store = state.store.as_ref().map(|s| StoreStatus {
+        url: s.url().to_owned(),
+        up: s.is_up(),
+        keys: state
+            .analytics_runtimes()
+            .iter()
+            .map(|(route, rt)| KeyStatus {
+                route: route.clone(),
+                source: rt.pseudonyms.source().as_str(),
+            })
+            .collect(),
+    });
+    let replicas = match state.config.cluster.as_ref() {
+        Some(c) if !c.peers.is_empty() => crate::admin::fanout::reach(instance, &c.peers).await,
+        _ => Vec::new(),
+    };
     Status {
+        store,
+        replicas,
         version: crate::VERSION,
         revision: crate::REVISION,
         config: state.config.source.display().to_string(),
@@ -145,6 +186,46 @@ pub fn html(s: &Status) -> String {
             }
         );
     }
-    o.push_str("</table>\n<p>Metrics: <a href=\"/metrics\">/metrics</a>.</p>\n</body></html>\n");
+    o.push_str("</table>\n");
+    if let Some(st) = &s.store {
+        let _ = writeln!(
+            o,
+            "<h2>Key store</h2>\n<p><code>{}</code>: {}.</p>\n<ul>",
+            esc(&st.url),
+            match st.up {
+                Some(true) => "reachable",
+                Some(false) => "<span class=\"bad\">unreachable: local keys and counts</span>",
+                None => "not asked yet",
+            }
+        );
+        for k in &st.keys {
+            let _ = writeln!(o, "<li>{}: {}</li>", esc(&k.route), esc(k.source));
+        }
+        o.push_str("</ul>\n");
+    }
+    if !s.replicas.is_empty() {
+        o.push_str("<h2>Replicas</h2>\n<ul>\n");
+        for p in &s.replicas {
+            let _ = writeln!(
+                o,
+                "<li><code>{}</code>: {}{}</li>",
+                esc(&p.address),
+                if p.reached {
+                    "reached"
+                } else {
+                    "<span class=\"bad\">not reached</span>"
+                },
+                if p.this {
+                    " (this replica)".to_owned()
+                } else {
+                    p.error
+                        .as_deref()
+                        .map_or(String::new(), |e| format!(" ({})", esc(e)))
+                }
+            );
+        }
+        o.push_str("</ul>\n");
+    }
+    o.push_str("<p>Metrics: <a href=\"/metrics\">/metrics</a>.</p>\n</body></html>\n");
     o
 }

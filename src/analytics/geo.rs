@@ -258,6 +258,47 @@ impl Gate {
         }
     }
 
+    /// How many distinct visitors open a cell.
+    pub fn min_visitors(&self) -> usize {
+        self.min_visitors
+    }
+
+    /// The cells `place` falls in at `precision` that are not open yet in `period`: those the
+    /// shared counts may still open (an open cell stays open, so it is never asked again).
+    pub fn closed_cells(
+        &self,
+        period: u64,
+        place: Place,
+        precision: Precision,
+    ) -> Vec<(Code, Option<Code>)> {
+        let mut cells = Vec::with_capacity(2);
+        if precision == Precision::None {
+            return cells;
+        }
+        cells.push((place.country, None));
+        if let (Precision::Region, Some(region)) = (precision, place.region) {
+            cells.push((place.country, Some(region)));
+        }
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.period == period {
+            cells.retain(|c| !matches!(state.cells.get(c), Some(Cell::Open)));
+        }
+        cells
+    }
+
+    /// Opens `cell` for the rest of `period`: the shared counts (every replica's distinct
+    /// visitors) reached `min_visitors`.
+    pub fn open(&self, period: u64, cell: (Code, Option<Code>)) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.period != period {
+            state.period = period;
+            state.cells.clear();
+        }
+        if state.cells.len() < MAX_CELLS || state.cells.contains_key(&cell) {
+            state.cells.insert(cell, Cell::Open);
+        }
+    }
+
     /// How many cells are counted this period (for tests and the status page).
     pub fn cells(&self) -> usize {
         self.state
@@ -368,5 +409,21 @@ mod tests {
             }
         }
         assert_eq!(gate.cells(), MAX_CELLS);
+    }
+
+    #[test]
+    fn a_cell_the_shared_counts_opened_is_released_and_never_asked_again() {
+        let gate = Gate::new(5);
+        let p = place("FR", Some("IDF"));
+        assert_eq!(gate.closed_cells(3, p, Precision::Region).len(), 2);
+        assert_eq!(gate.closed_cells(3, p, Precision::Country).len(), 1);
+        gate.open(3, (p.country, None));
+        gate.open(3, (p.country, p.region));
+        assert!(gate.closed_cells(3, p, Precision::Region).is_empty());
+        // One visitor of this replica gets what every replica's visitors opened.
+        let r = gate.admit(3, 1, p, Precision::Region);
+        assert_eq!(r.region.unwrap().as_str(), "IDF");
+        // A new period forgets.
+        assert_eq!(gate.closed_cells(4, p, Precision::Region).len(), 2);
     }
 }

@@ -12,6 +12,7 @@ pub mod ga4;
 pub mod geo;
 pub mod matomo;
 pub mod plausible;
+pub mod shared;
 pub mod umami;
 pub mod visitor;
 
@@ -27,7 +28,7 @@ pub use json::{
     field, json_kept, json_page_url, json_referrer, raw_object, raw_str, raw_string, read_object,
     respelt, scalar, Field, Key, RawObject,
 };
-pub use pseudonym::Pseudonymizer;
+pub use pseudonym::{KeySource, Pseudonymizer};
 pub use query::{parse_query, push_pair, push_raw, raw_pairs, to_query, Pair};
 pub use url::{
     host_of, parse_absolute, primary_language, same_site, same_site_referrer, scrub_page_url,
@@ -152,7 +153,9 @@ pub struct Settings {
 pub struct Runtime {
     pub protocol: Protocol,
     pub settings: Settings,
-    pub pseudonyms: Pseudonymizer,
+    /// Shared with the runtime this one replaces when a reload leaves what the key protects
+    /// unchanged (see `routes::build`).
+    pub pseudonyms: std::sync::Arc<Pseudonymizer>,
     pub max_body: usize,
     /// What goes in place of the visitor's address (validated: only EU routes send one).
     pub address: visitor::ClientAddress,
@@ -161,7 +164,7 @@ pub struct Runtime {
     /// How precise a location is released.
     pub location: crate::analytics::geo::Precision,
     /// The k-anonymity counts of this route's locations, this period.
-    pub gate: crate::analytics::geo::Gate,
+    pub gate: std::sync::Arc<crate::analytics::geo::Gate>,
 }
 
 impl std::fmt::Debug for Runtime {

@@ -1,13 +1,69 @@
 //! Keyed pseudonyms under a key that lives in memory only and rotates every period (HMAC-SHA-256,
 //! and SipHash for derived values).
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::secret::Secret;
+use crate::store::Store;
+
+/// Where the current period's key came from (`/status` shows it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    /// No period begun yet.
+    None,
+    /// Drawn at random by this process: no other replica has it.
+    Random,
+    /// Derived from `salt_file`: every replica with the file has it.
+    Salt,
+    /// Agreed through the key store: every replica reaching it has it.
+    Store,
+    /// Drawn at random because the store's key was not at hand when the period began.
+    Local,
+}
+
+impl KeySource {
+    /// What `/status` says.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeySource::None => "none yet",
+            KeySource::Random => "random, this replica only",
+            KeySource::Salt => "derived from salt_file",
+            KeySource::Store => "shared through the store",
+            KeySource::Local => "local: the store's key was not at hand when the period began",
+        }
+    }
+
+    fn from_u8(v: u8) -> KeySource {
+        match v {
+            1 => KeySource::Random,
+            2 => KeySource::Salt,
+            3 => KeySource::Store,
+            4 => KeySource::Local,
+            _ => KeySource::None,
+        }
+    }
+}
+
+/// Random key bytes from the OS.
+pub fn random_key() -> [u8; 32] {
+    let mut k = [0u8; 32];
+    if getrandom::fill(&mut k).is_err() {
+        // No OS randomness (never seen on Linux): fall back on the clock and the process id;
+        // the key is still never written anywhere and still rotates.
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        k[..16].copy_from_slice(&t.to_le_bytes());
+        k[16..20].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    k
+}
 
 /// Keyed pseudonyms with a key that lives in memory only and changes every period: the same
 /// visitor keeps one pseudonym within a period and cannot be linked across periods, routes or
@@ -20,6 +76,14 @@ pub struct Pseudonymizer {
     /// The period index, the HMAC already keyed for it (cloned per pseudonym), and the
     /// SipHash key derived from it for [`derived`](Self::derived) values.
     state: Mutex<(u64, Option<HmacSha256>, [u8; 16])>,
+    /// The key store, when replicas share keys and location counts through one.
+    store: Option<Arc<Store>>,
+    /// Keys the key keeper fetched from the store, by period index (at most a few).
+    fetched: Mutex<Vec<(u64, zeroize::Zeroizing<[u8; 32]>)>>,
+    /// The current period's key, as the store needs it to re-assert it (store mode only).
+    in_use: Mutex<Option<(u64, zeroize::Zeroizing<[u8; 32]>)>>,
+    /// Where the current period's key came from ([`KeySource`] as a number).
+    source: AtomicU8,
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -31,7 +95,93 @@ impl Pseudonymizer {
             period: period.max(Duration::from_secs(1)),
             secret,
             state: Mutex::new((u64::MAX, None, [0; 16])),
+            store: None,
+            fetched: Mutex::new(Vec::new()),
+            in_use: Mutex::new(None),
+            source: AtomicU8::new(0),
         }
+    }
+
+    /// A pseudonymizer whose keys come from `store` (unless a salt derives them), fetched
+    /// ahead by the key keeper ([`crate::analytics::shared`]).
+    pub fn with_store(mut self, store: Option<Arc<Store>>) -> Pseudonymizer {
+        self.store = store;
+        self
+    }
+
+    /// The key store, if any (the gate shares its counts through it, salt or not).
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
+    }
+
+    /// The store when this pseudonymizer's keys come from it (no salt).
+    pub fn key_store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref().filter(|_| self.secret.is_none())
+    }
+
+    /// The rotation period in seconds.
+    pub fn period_secs(&self) -> u64 {
+        self.period.as_secs().max(1)
+    }
+
+    /// Where the current period's key came from.
+    pub fn source(&self) -> KeySource {
+        KeySource::from_u8(self.source.load(Ordering::Relaxed))
+    }
+
+    /// Hands over the store's key for period `index` (the key keeper): used when that period
+    /// begins, never to replace a key already in use.
+    pub fn offer(&self, index: u64, key: [u8; 32]) {
+        let mut fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
+        fetched.retain(|(i, _)| *i + 1 >= index && *i != index);
+        fetched.push((index, zeroize::Zeroizing::new(key)));
+    }
+
+    /// Whether the store's key for period `index` is at hand.
+    pub fn has_fetched(&self, index: u64) -> bool {
+        let fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
+        fetched.iter().any(|(i, _)| *i == index)
+    }
+
+    /// The key in use for period `index` and where it came from, if that period has begun
+    /// (store mode only: the keeper re-asserts it after a store restart).
+    pub fn in_use(&self, index: u64) -> Option<([u8; 32], KeySource)> {
+        let in_use = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
+        in_use
+            .as_ref()
+            .filter(|(i, _)| *i == index)
+            .map(|(_, k)| (**k, self.source()))
+    }
+
+    /// The key for a period beginning now, and where it came from.
+    fn period_key(&self, index: u64) -> Option<([u8; 32], KeySource)> {
+        if let Some(secret) = &self.secret {
+            let mut mac = HmacSha256::new_from_slice(secret.expose()).ok()?;
+            mac.update(b"tamis-pseudonym-period");
+            mac.update(&index.to_be_bytes());
+            return Some((mac.finalize().into_bytes().into(), KeySource::Salt));
+        }
+        let Some(store) = &self.store else {
+            return Some((random_key(), KeySource::Random));
+        };
+        let fetched = {
+            let fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
+            fetched.iter().find(|(i, _)| *i == index).map(|(_, k)| **k)
+        };
+        let (key, source) = match fetched {
+            Some(k) => (k, KeySource::Store),
+            None => {
+                store.fell_back("key");
+                tracing::warn!(
+                    store = %store.url(),
+                    "a pseudonym period began without the store's key: this replica uses a key of its own until the next period"
+                );
+                (random_key(), KeySource::Local)
+            }
+        };
+        *self.in_use.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((index, zeroize::Zeroizing::new(key)));
+        Some((key, source))
     }
 
     fn period_index(&self, now: SystemTime) -> u64 {
@@ -53,31 +203,10 @@ impl Pseudonymizer {
         let index = self.period_index(now);
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.0 != index || state.1.is_none() {
-            let key = match &self.secret {
-                Some(secret) => {
-                    let Ok(mut mac) = HmacSha256::new_from_slice(secret.expose()) else {
-                        return None;
-                    };
-                    mac.update(b"tamis-pseudonym-period");
-                    mac.update(&index.to_be_bytes());
-                    mac.finalize().into_bytes().into()
-                }
-                None => {
-                    let mut k = [0u8; 32];
-                    if getrandom::fill(&mut k).is_err() {
-                        // No OS randomness (never seen on Linux): fall back on the clock and the
-                        // process id; the key is still never written anywhere and still rotates.
-                        let t = SystemTime::now()
-                            .duration_since(UNIX_EPOCH)
-                            .unwrap_or_default()
-                            .as_nanos();
-                        k[..16].copy_from_slice(&t.to_le_bytes());
-                        k[16..20].copy_from_slice(&std::process::id().to_le_bytes());
-                    }
-                    k
-                }
-            };
-            let mac = HmacSha256::new_from_slice(&key).ok();
+            let (key, source) = self.period_key(index)?;
+            let key = zeroize::Zeroizing::new(key);
+            self.source.store(source as u8, Ordering::Relaxed);
+            let mac = HmacSha256::new_from_slice(&key[..]).ok();
             // The derived values' own key: HMAC of a label no pseudonym input can be (0xFF
             // starts no UTF-8 text), so knowing one key says nothing of the other.
             let mut sip = [0u8; 16];

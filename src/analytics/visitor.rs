@@ -310,15 +310,15 @@ mod tests {
         let rt = Runtime {
             protocol: Protocol::Umami,
             settings: super::super::Settings::default(),
-            pseudonyms: super::super::Pseudonymizer::new(
+            pseudonyms: std::sync::Arc::new(super::super::Pseudonymizer::new(
                 std::time::Duration::from_secs(86400),
                 None,
-            ),
+            )),
             max_body: 1024,
             address: ClientAddress::Pseudonym,
             bits: DEFAULT_BITS,
             location: geo::Precision::Region,
-            gate: geo::Gate::new(min),
+            gate: std::sync::Arc::new(geo::Gate::new(min)),
         };
         (rt, geo::Database::open(&path).unwrap(), dir)
     }

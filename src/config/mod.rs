@@ -12,6 +12,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 mod analytics;
+mod cluster;
 mod mistakes;
 mod model;
 mod raw;
@@ -20,6 +21,8 @@ mod size;
 pub mod tls;
 mod validate;
 
+pub use crate::store::{PersistencePolicy, StoreConfig};
+pub use cluster::ClusterConfig;
 pub use mistakes::{event_param_hint, placeholder_in, referer_origin};
 pub use model::{
     parse_upstream, AdminConfig, AnalyticsConfig, CacheConfig, ClientIpLog, Config, FontFiles,
@@ -225,6 +228,7 @@ impl Validator<'_> {
         }
         let geo = self.geo(&raw.geo);
         let routes = self.routes(raw.route, &cache, &upstream.user_agent);
+        let cluster = self.cluster(raw.cluster, &routes);
         Some(Config {
             source: self.path.to_owned(),
             hash: text_hash(self.text),
@@ -236,6 +240,7 @@ impl Validator<'_> {
             transparency,
             limits,
             geo,
+            cluster,
             routes,
             warnings: Vec::new(),
             files: Vec::new(),

@@ -44,6 +44,8 @@ pub struct Config {
     pub limits: Limits,
     /// The location database (`[geo] database`), read into memory at each load.
     pub geo: Option<std::sync::Arc<crate::analytics::geo::Database>>,
+    /// Several replicas as one (`[cluster]`): peers for admin actions, the shared key store.
+    pub cluster: Option<super::ClusterConfig>,
     pub routes: Vec<RouteConfig>,
     /// What is allowed but probably not meant, with where it is (`tamis check` prints them,
     /// and `run` logs them at start and at each reload).

@@ -30,6 +30,7 @@ pub(super) struct RawConfig {
     pub(super) limits: RawLimits,
     #[serde(default)]
     pub(super) geo: RawGeo,
+    pub(super) cluster: Option<super::cluster::RawCluster>,
     #[serde(default)]
     pub(super) route: Vec<RawRoute>,
 }

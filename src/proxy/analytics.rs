@@ -46,6 +46,11 @@ pub(super) async fn serve_analytics(
         client,
     };
     let now = SystemTime::now();
+    // Replicas sharing a key store: the shared counts may open this visitor's location cell
+    // (bounded by the store's timeout; nothing asked once the cell is open).
+    if let Some(geo) = state.config.geo.as_deref() {
+        analytics::shared::count_location(rt, &route.config.name, geo, client, now).await;
+    }
     let keys = analytics::visitor::Keys {
         pseudonyms: &rt.pseudonyms,
         gate: &rt.gate,

@@ -42,7 +42,20 @@ impl Router {
     /// previous one's upstream permits and analytics pseudonym key (so visitors' pseudonyms
     /// do not change at a reload).
     pub fn reloaded(config: &Config, previous: Option<&Router>) -> Router {
+        Router::with_store(config, previous, None)
+    }
+
+    /// [`reloaded`](Self::reloaded), the analytics routes' keys and location counts shared
+    /// through `store` when there is one. An analytics route that changed keeps its pseudonym
+    /// key (and its location counts) unless what the key protects changed; `key_fates` says
+    /// which way each went.
+    pub fn with_store(
+        config: &Config,
+        previous: Option<&Router>,
+        store: Option<&Arc<crate::store::Store>>,
+    ) -> Router {
         let mut routes: Vec<Arc<Route>> = Vec::new();
+        let mut key_fates = Vec::new();
         let mirrors = mirror_bases(config);
         for rc in &config.routes {
             let fingerprint = |role: Role, prefix: &str| {
@@ -127,11 +140,53 @@ impl Router {
                 }
                 p
             };
+            // A changed analytics route: the key (and the counts made under it) of the route of
+            // that name before, when what the key protects is the same.
+            let earlier = previous.and_then(|p| {
+                p.routes.iter().find(|r| {
+                    r.config.name == rc.name && r.analytics.is_some() && r.role != Role::FontFiles
+                })
+            });
+            let inherited = match (&rc.analytics, earlier) {
+                (Some(a), Some(before)) if kept.is_none() => match key_change(rc, a, before) {
+                    None => {
+                        key_fates.push((rc.name.clone(), KeyFate::Kept));
+                        before.analytics.as_ref().map(|rt| {
+                            let gate = (before.config.analytics.as_ref().map(|b| b.min_visitors)
+                                == Some(a.min_visitors))
+                            .then(|| rt.gate.clone());
+                            (rt.pseudonyms.clone(), gate)
+                        })
+                    }
+                    Some(why) => {
+                        key_fates.push((rc.name.clone(), KeyFate::New(why)));
+                        None
+                    }
+                },
+                (Some(_), None) if previous.is_some() => {
+                    key_fates.push((rc.name.clone(), KeyFate::New("a new route".into())));
+                    None
+                }
+                (Some(_), Some(_)) => {
+                    key_fates.push((rc.name.clone(), KeyFate::Kept));
+                    None
+                }
+                _ => None,
+            };
+            let (inherited_key, inherited_gate) = match inherited {
+                Some((k, g)) => (Some(k), g),
+                None => (None, None),
+            };
             let fresh_runtime = rc.analytics.as_ref().map(|a| {
                 Arc::new(analytics::Runtime {
                     protocol: a.protocol,
                     settings: a.settings.clone(),
-                    pseudonyms: analytics::Pseudonymizer::new(a.rotate, a.salt.clone()),
+                    pseudonyms: inherited_key.clone().unwrap_or_else(|| {
+                        Arc::new(
+                            analytics::Pseudonymizer::new(a.rotate, a.salt.clone())
+                                .with_store(store.cloned()),
+                        )
+                    }),
                     max_body: a.max_body,
                     // Validated at load: only an EU route sends an address.
                     address: if rc.jurisdiction == crate::policy::Jurisdiction::Eu {
@@ -141,7 +196,9 @@ impl Router {
                     },
                     bits: a.pseudonym_bits,
                     location: a.location,
-                    gate: crate::analytics::geo::Gate::new(a.min_visitors),
+                    gate: inherited_gate.clone().unwrap_or_else(|| {
+                        Arc::new(crate::analytics::geo::Gate::new(a.min_visitors))
+                    }),
                 })
             });
             let analytics_runtime = match &kept {
@@ -217,14 +274,100 @@ impl Router {
         }
         let mut by_length: Vec<usize> = (0..routes.len()).collect();
         by_length.sort_by_key(|&i| std::cmp::Reverse(routes[i].prefix.len()));
-        Router { routes, by_length }
+        Router {
+            routes,
+            by_length,
+            key_fates,
+        }
     }
+}
+
+/// What a reload did to an analytics route's pseudonym key (the reload's answer and log say).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyFate {
+    /// The same key for the rest of the period: visitors keep their pseudonyms.
+    Kept,
+    /// A new key, and why.
+    New(String),
+}
+
+/// Why a changed analytics route needs a new key, if it does: the key protects the link
+/// between one visitor's hits within a period, for one recipient. A new recipient (upstream
+/// host, protocol), a new period length or a new salt breaks what the old key promised;
+/// anything else (allow-lists, body size, location, the address's form) does not.
+fn key_change(
+    rc: &RouteConfig,
+    a: &crate::config::AnalyticsConfig,
+    before: &Route,
+) -> Option<String> {
+    let Some(b) = before.config.analytics.as_ref() else {
+        return Some("the route was not an analytics route".into());
+    };
+    if b.protocol != a.protocol {
+        return Some("kind changed".into());
+    }
+    if before.config.upstream.authority != rc.upstream.authority {
+        return Some("upstream host changed (a new recipient)".into());
+    }
+    if b.rotate != a.rotate {
+        return Some("rotate changed".into());
+    }
+    let salt = |s: &Option<Secret>| s.as_ref().map(|s| s.expose().to_vec());
+    if salt(&b.salt) != salt(&a.salt) {
+        return Some("salt_file changed".into());
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn a_changed_analytics_route_keeps_its_key_unless_what_the_key_protects_changed() {
+        let text = |host: &str, extra: &str| {
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n\
+                 [[route]]\nname = \"ga\"\nkind = \"ga4\"\nprefix = \"/a/\"\n\
+                 upstream = \"https://{host}/\"\n{extra}\n"
+            )
+        };
+        let parse = |t: String| Config::parse(&t, Path::new("t.toml")).unwrap();
+        let first = Router::new(&parse(text("region1.google-analytics.com", "")));
+        assert!(first.key_fates.is_empty(), "nothing to say at start");
+        let key = |r: &Router| r.routes()[0].analytics.as_ref().unwrap().pseudonyms.clone();
+        // An allow-list changes what is forwarded, not whom the key hides from: kept.
+        let second = Router::reloaded(
+            &parse(text(
+                "region1.google-analytics.com",
+                "allow_event_params = [\"ep.plan\"]",
+            )),
+            Some(&first),
+        );
+        assert_ne!(first.routes()[0].cache_id, second.routes()[0].cache_id);
+        assert!(Arc::ptr_eq(&key(&first), &key(&second)));
+        assert_eq!(second.key_fates, [("ga".to_owned(), KeyFate::Kept)]);
+        // A new recipient, a new period length: a new key, and why.
+        for (host, extra, why) in [
+            (
+                "www.google-analytics.com",
+                "allow_event_params = [\"ep.plan\"]",
+                "upstream host",
+            ),
+            ("region1.google-analytics.com", "rotate = \"1h\"", "rotate"),
+        ] {
+            let third = Router::reloaded(&parse(text(host, extra)), Some(&second));
+            assert!(!Arc::ptr_eq(&key(&second), &key(&third)), "{why}");
+            match &third.key_fates[..] {
+                [(name, KeyFate::New(said))] => {
+                    assert_eq!(name, "ga");
+                    assert!(said.contains(why), "{said}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn a_reload_keeps_what_an_unchanged_route_owns_and_renews_a_changed_one() {

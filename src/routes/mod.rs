@@ -10,6 +10,7 @@ use crate::analytics;
 use crate::mirrors::{fonts, tiles};
 
 mod build;
+pub use build::KeyFate;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -254,6 +255,8 @@ pub struct Router {
     routes: Vec<Arc<Route>>,
     /// Indexes into `routes`, longest prefix first.
     by_length: Vec<usize>,
+    /// What this build did to each analytics route's pseudonym key (empty at start).
+    pub key_fates: Vec<(String, build::KeyFate)>,
 }
 
 impl Router {

@@ -335,7 +335,11 @@ fn disclose_route(route: &Route) -> RouteDisclosure {
         }
     }
     let analytics = match (&route.analytics, &c.analytics) {
-        (Some(rt), Some(a)) => Some(disclose_analytics(rt.protocol, a)),
+        (Some(rt), Some(a)) => Some(disclose_analytics(
+            rt.protocol,
+            a,
+            rt.pseudonyms.key_store().is_some(),
+        )),
         _ => None,
     };
     RouteDisclosure {
@@ -390,6 +394,7 @@ fn disclose_route(route: &Route) -> RouteDisclosure {
 fn disclose_analytics(
     protocol: Protocol,
     a: &crate::config::AnalyticsConfig,
+    shared: bool,
 ) -> AnalyticsDisclosure {
     let rules = match protocol {
         Protocol::Ga4 => analytics::ga4::RULES,
@@ -419,6 +424,10 @@ fn disclose_analytics(
             humantime::format_duration(a.rotate),
             if a.salt.is_some() {
                 " (derived from salt_file: replicas agree)"
+            } else if shared {
+                " (one random key per period, shared by the replicas through a key store that \
+                 writes nothing to disk and forgets it when the period ends; location counts \
+                 likewise)"
             } else {
                 ""
             }
