@@ -14,7 +14,7 @@ use crate::body::{self, ProxyBody};
 use crate::body::{buffer, Buffered, Streamed};
 use crate::cache::conditional::{self, ClientAnswer};
 use crate::cache::{self, NotStored};
-use crate::cache::{Entry, Rendition};
+use crate::cache::{Entry, Rendition, CACHE_STATUS};
 use crate::metrics::{CacheResult, UpstreamFailure};
 use crate::policy;
 use crate::refusal::Refusal;
@@ -139,9 +139,10 @@ pub(super) fn from_store(
         ClientAnswer::Full
     };
     let (status, headers, body) = match decision {
+        // The prepared head: `Age` below and the response step's headers replace placeholders.
         ClientAnswer::Full => (
             entry.status,
-            entry.headers.clone(),
+            entry.head.clone(),
             if head_only {
                 Bytes::new()
             } else {
@@ -191,11 +192,10 @@ pub(super) fn from_store(
     response
 }
 
-/// RFC 9211 `Cache-Status`.
-const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// The last step of every answer, whatever its source: every answer but a pass-through
-/// route's is `nosniff`, and `Cache-Status` is added when the operator wants it.
+/// route's is `nosniff`, and `Cache-Status` is set when the operator wants it (and removed
+/// otherwise: an answer from the store carries a placeholder for it).
 ///
 /// No header that sets state in the browser, reports or hints at a third party can be here:
 /// an upstream's headers reach an answer only through [`upstream_response_filter`] (fresh and
@@ -219,8 +219,14 @@ pub(super) fn response_filter(
             HeaderValue::from_static("nosniff"),
         );
     }
-    if let Some(value) = cache_status {
-        headers.insert(CACHE_STATUS, value);
+    match cache_status {
+        Some(value) => {
+            headers.insert(CACHE_STATUS, value);
+        }
+        // A stored entry's head holds a placeholder (see `Entry::head`): never sent as it is.
+        None => {
+            headers.remove(CACHE_STATUS);
+        }
     }
 }
 
