@@ -41,7 +41,12 @@ impl CacheKey {
             variant: self.variant,
             scheme: self.uri.scheme_str().unwrap_or(""),
             authority: self.uri.authority().map_or("", |a| a.as_str()),
-            target: [self.uri.path_and_query().map_or("", |p| p.as_str()), "", "", ""],
+            target: [
+                self.uri.path_and_query().map_or("", |p| p.as_str()),
+                "",
+                "",
+                "",
+            ],
         }
     }
 }
@@ -270,7 +275,12 @@ mod tests {
             parts(7, ["/npm/", "a/b.jsv=1", "", ""]),
             parts(7, ["/npm", "/a/b.js", "?", "v=1x"]),
             KeyParts::primary(7, "http", "cdn.example", ["/npm/", "a/b.js", "?", "v=1"]),
-            KeyParts::primary(7, "https", "cdn.example:8443", ["/npm/", "a/b.js", "?", "v=1"]),
+            KeyParts::primary(
+                7,
+                "https",
+                "cdn.example:8443",
+                ["/npm/", "a/b.js", "?", "v=1"],
+            ),
         ] {
             assert!(!moka::Equivalent::equivalent(&other, &k), "{other:?}");
         }

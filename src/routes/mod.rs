@@ -111,7 +111,11 @@ impl Route {
     /// URL is the base followed by the path (`None` for tiles, built from a template, and for
     /// analytics, never cached). Confinement is not checked: what it would refuse was never
     /// stored, so its key finds nothing, and the request goes on to be refused.
-    pub fn key_parts<'a>(&'a self, rest: &'a str, query: Option<&'a str>) -> Option<cache::KeyParts<'a>> {
+    pub fn key_parts<'a>(
+        &'a self,
+        rest: &'a str,
+        query: Option<&'a str>,
+    ) -> Option<cache::KeyParts<'a>> {
         if !self.keyed_by_parts() {
             return None;
         }
@@ -205,7 +209,7 @@ impl Route {
     }
 
     /// What tamis adds to an answer once the policy has scrubbed it.
-    pub fn adjust_response(&self, headers: &mut HeaderMap, requested: &Uri) {
+    pub fn adjust_response(&self, headers: &mut HeaderMap, requested_path: &str) {
         if self.config.pass_through {
             return;
         }
@@ -229,7 +233,7 @@ impl Route {
                     || v.starts_with(b"text/plain")
             });
             if generic {
-                if let Some(ct) = fonts::font_content_type(requested.path()) {
+                if let Some(ct) = fonts::font_content_type(requested_path) {
                     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
                 }
             }
