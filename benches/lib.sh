@@ -1,14 +1,17 @@
 # Shared by the bench scripts (sourced from the repository root): the binaries under test, and
 # a scratch directory whose processes are stopped when the script exits.
 
-# Sets TAMIS_BIN (built with `cargo build --release` unless given) and HYPER_BIN, "hyper
-# alone" (benches/bare.rs): hyper answering from memory or forwarding, nothing else.
+# Sets TAMIS_BIN (built with `cargo build --release` unless given) and HYPER_BIN (unless
+# given), "hyper alone" (benches/bare.rs): hyper answering from memory or forwarding, nothing
+# else.
 bench_binaries() {
   if [ -z "${TAMIS_BIN:-}" ]; then
     cargo build --release --quiet --bin tamis
     TAMIS_BIN=target/release/tamis
   fi
   TAMIS_BIN=$(realpath "$TAMIS_BIN")
+  # HYPER_BIN given: that build of benches/bare.rs (no cargo run, e.g. while the tree is edited).
+  [ -n "${HYPER_BIN:-}" ] && return
   HYPER_BIN=$(cargo bench --quiet --bench bare --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json, sys
 for line in sys.stdin:

@@ -17,8 +17,10 @@ use tokio::time::{Instant, Sleep};
 use crate::conn::idle::Open;
 use crate::upstream::UpstreamBody;
 
-/// What tamis answers with.
-pub type ProxyBody = Either<Full<Bytes>, Streamed>;
+/// What tamis answers with. A streamed body is boxed: inline it would make every response
+/// (cached hits included) several times the size of a complete body's, and a response is
+/// moved whole from one step to the next (as is every future that holds one).
+pub type ProxyBody = Either<Full<Bytes>, Box<Streamed>>;
 
 /// A complete body held in memory.
 pub fn full(bytes: Bytes) -> ProxyBody {

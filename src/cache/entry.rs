@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use sha2::{Digest, Sha256};
 
 use super::freshness::Lifetimes;
@@ -28,6 +28,13 @@ pub struct Entry {
     pub status: StatusCode,
     /// Scrubbed headers, as served (without `Age`).
     pub headers: HeaderMap,
+    /// What a whole answer from this entry carries, ready to clone: `headers`, then the
+    /// headers every answer ends with, as placeholders that each answer made from it replaces
+    /// (or removes): `Age` (the answer from the store sets it), `X-Content-Type-Options`
+    /// unless pass-through and `Cache-Status` (the response step sets or removes them). A hit
+    /// then only replaces values in a copy of the right size, instead of adding names to one
+    /// that must grow (a reallocation and a copy of every header).
+    pub head: HeaderMap,
     pub body: Bytes,
     /// Whether the body was rewritten, and as what.
     pub rendition: Rendition,
@@ -54,9 +61,10 @@ pub enum Staleness {
 }
 
 impl Entry {
-    /// Builds an entry from scrubbed headers, body and lifetimes. With `own_etag`, clients see
-    /// an ETag derived from the bytes (the same for every visitor) instead of the upstream's,
-    /// which could be a per-visitor identifier; on other statuses than 200, none.
+    /// Builds an entry from scrubbed headers, body and lifetimes. With `own_head` (any route
+    /// but a pass-through one), clients see an ETag derived from the bytes (the same for every
+    /// visitor) instead of the upstream's, which could be a per-visitor identifier (on other
+    /// statuses than 200, none), and `nosniff`.
     #[allow(clippy::too_many_arguments)] // Each is a fact of its own about the stored answer.
     pub fn new(
         status: StatusCode,
@@ -66,13 +74,13 @@ impl Entry {
         lifetimes: Lifetimes,
         vary: VaryValues,
         keep: Duration,
-        own_etag: bool,
+        own_head: bool,
     ) -> Entry {
         let upstream_etag = headers.get(header::ETAG).cloned();
         let last_modified = headers.get(header::LAST_MODIFIED).cloned();
-        if own_etag && status == StatusCode::OK {
+        if own_head && status == StatusCode::OK {
             headers.insert(header::ETAG, content_etag(&body));
-        } else if own_etag {
+        } else if own_head {
             headers.remove(header::ETAG);
         }
         headers.remove(header::TRANSFER_ENCODING);
@@ -80,8 +88,21 @@ impl Entry {
         // Header values parsed by hyper are slices of its connection read buffer: stored as
         // they are, each entry would pin a whole buffer. Stored entries own their bytes.
         let headers = owned(headers);
+        let mut head = HeaderMap::with_capacity(headers.len() + 3);
+        for (name, value) in &headers {
+            head.append(name.clone(), value.clone());
+        }
+        head.insert(header::AGE, HeaderValue::from_static("0"));
+        if own_head {
+            head.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+        }
+        head.insert(CACHE_STATUS, HeaderValue::from_static("tamis"));
         let header_bytes: usize = headers
             .iter()
+            .chain(head.iter())
             .map(|(k, v)| k.as_str().len() + v.len() + 32)
             .sum();
         // Fixed overhead per entry (key, struct, moka bookkeeping), roughly.
@@ -89,6 +110,7 @@ impl Entry {
         Entry {
             status,
             headers,
+            head,
             body,
             rendition,
             upstream_etag,
@@ -155,6 +177,9 @@ impl Entry {
         l.fresh_for + extra
     }
 }
+
+/// `Cache-Status` (RFC 9211).
+pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// A copy of `headers` whose values own their bytes.
 fn owned(headers: HeaderMap) -> HeaderMap {

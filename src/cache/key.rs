@@ -34,25 +34,129 @@ impl CacheKey {
         }
     }
 
-    /// The URI's parts as they were sent: equality and hashing both use these exact bytes.
-    fn uri_parts(&self) -> (Option<&str>, Option<&str>, &str) {
-        (
-            self.uri.scheme_str(),
-            self.uri.authority().map(|a| a.as_str()),
-            self.uri.path_and_query().map_or("", |p| p.as_str()),
-        )
+    /// The key's parts, for equality and hashing (see [`KeyParts`]).
+    pub fn parts(&self) -> KeyParts<'_> {
+        KeyParts {
+            route: self.route,
+            variant: self.variant,
+            scheme: self.uri.scheme_str().unwrap_or(""),
+            authority: self.uri.authority().map_or("", |a| a.as_str()),
+            target: [
+                self.uri.path_and_query().map_or("", |p| p.as_str()),
+                "",
+                "",
+                "",
+            ],
+        }
     }
 }
 
+/// A primary key's parts, borrowed: what the fresh-copy shortcut looks the store up with, so
+/// that a hit builds no upstream URL (no allocation, no URI parsing). The upstream target is
+/// given in pieces (base path, the visitor's path after the prefix, `?`, the query) and
+/// compares and hashes as their concatenation, exactly as the [`CacheKey`] of the URL they
+/// would make. Only the pieces of an accepted request could ever have been stored: a visitor's
+/// path that confinement would refuse makes no stored key, so it finds nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyParts<'a> {
+    pub route: u64,
+    pub variant: u64,
+    pub scheme: &'a str,
+    pub authority: &'a str,
+    pub target: [&'a str; 4],
+}
+
+impl KeyParts<'_> {
+    /// The parts of the primary key for the upstream URL `scheme://authority` + the target
+    /// pieces concatenated.
+    pub fn primary<'a>(
+        route: u64,
+        scheme: &'a str,
+        authority: &'a str,
+        target: [&'a str; 4],
+    ) -> KeyParts<'a> {
+        KeyParts {
+            route,
+            variant: 0,
+            scheme,
+            authority,
+            target,
+        }
+    }
+}
+
+/// Whether two lists of pieces spell the same string, without joining them.
+fn same_concatenation(a: &[&str; 4], b: &[&str; 4]) -> bool {
+    let len = |p: &[&str; 4]| p.iter().map(|s| s.len()).sum::<usize>();
+    if len(a) != len(b) {
+        return false;
+    }
+    // The common case: one side is a whole target (a stored key).
+    if a[1..].iter().all(|s| s.is_empty()) {
+        return starts_with_pieces(a[0], b);
+    }
+    if b[1..].iter().all(|s| s.is_empty()) {
+        return starts_with_pieces(b[0], a);
+    }
+    a.iter()
+        .flat_map(|s| s.bytes())
+        .eq(b.iter().flat_map(|s| s.bytes()))
+}
+
+/// Whether `whole` is `pieces` concatenated (their lengths already add up to its length).
+fn starts_with_pieces(whole: &str, pieces: &[&str; 4]) -> bool {
+    let mut rest = whole.as_bytes();
+    for p in pieces {
+        match rest.strip_prefix(p.as_bytes()) {
+            Some(r) => rest = r,
+            None => return false,
+        }
+    }
+    true
+}
+
 // By hand rather than derived: `Uri`'s own `Hash` feeds the hasher one byte per call (it
-// lowercases the authority as it goes), which made hashing the key the costliest step of a
-// cache hit. The hasher stays the cache's SipHash: the URL is the visitor's to choose, so the
-// table must resist chosen collisions. Equality is exact, so it agrees with the hash.
-impl PartialEq for CacheKey {
-    fn eq(&self, other: &CacheKey) -> bool {
+// lowercases the authority as it goes). The store's hasher stays SipHash-1-3 with a random
+// key (std's `RandomState`, moka's default): the URL is the visitor's to choose, so the
+// table must resist chosen collisions, and SipHash is a keyed PRF made for that, where
+// foldhash and aHash claim only a weaker resistance. It also hashes a byte stream the same
+// however the stream is split into writes, which lets the borrowed parts hash their pieces
+// one by one as the whole target. Scheme and authority are compared but not hashed: a
+// route's `cache_id` already fixes its upstream's, and fewer bytes hash faster. Equality is
+// exact, so it agrees with the hash.
+impl PartialEq for KeyParts<'_> {
+    fn eq(&self, other: &Self) -> bool {
         self.route == other.route
             && self.variant == other.variant
-            && self.uri_parts() == other.uri_parts()
+            && self.scheme == other.scheme
+            && self.authority == other.authority
+            && same_concatenation(&self.target, &other.target)
+    }
+}
+
+impl Eq for KeyParts<'_> {}
+
+impl Hash for KeyParts<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.route);
+        state.write_u64(self.variant);
+        for piece in self.target {
+            state.write(piece.as_bytes());
+        }
+        state.write_u8(0xff);
+    }
+}
+
+/// The store finds a [`CacheKey`] by its borrowed parts.
+impl moka::Equivalent<CacheKey> for KeyParts<'_> {
+    fn equivalent(&self, key: &CacheKey) -> bool {
+        *self == key.parts()
+    }
+}
+
+impl PartialEq for CacheKey {
+    fn eq(&self, other: &CacheKey) -> bool {
+        self.parts() == other.parts()
     }
 }
 
@@ -60,9 +164,7 @@ impl Eq for CacheKey {}
 
 impl Hash for CacheKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.route.hash(state);
-        self.variant.hash(state);
-        self.uri_parts().hash(state);
+        self.parts().hash(state)
     }
 }
 
@@ -152,6 +254,40 @@ mod tests {
         assert_ne!(varied.variant, 0, "0 is the primary key");
         assert_ne!(a, varied);
         assert_eq!(varied.with_variant(0), a);
+    }
+
+    /// Parts in pieces hash as their concatenation does with a byte-stream hasher (SipHash,
+    /// the store's), and equal a key only when they spell its URL exactly.
+    #[test]
+    fn key_parts_in_pieces_are_the_key_of_the_url_they_spell() {
+        let k = CacheKey::primary(7, "https://cdn.example/npm/a/b.js?v=1".parse().unwrap());
+        let parts = |route, target| KeyParts::primary(route, "https", "cdn.example", target);
+        let same = parts(7, ["/npm/", "a/b.js", "?", "v=1"]);
+        assert_eq!(same, k.parts());
+        assert!(moka::Equivalent::equivalent(&same, &k));
+        let state = std::collections::hash_map::RandomState::new();
+        use std::hash::BuildHasher;
+        assert_eq!(state.hash_one(same), state.hash_one(&k));
+        for other in [
+            parts(8, ["/npm/", "a/b.js", "?", "v=1"]),
+            parts(7, ["/npm/", "a/b.js", "?", "v=2"]),
+            parts(7, ["/npm/", "a/b.js", "", ""]),
+            parts(7, ["/npm/", "a/b.jsv=1", "", ""]),
+            parts(7, ["/npm", "/a/b.js", "?", "v=1x"]),
+            KeyParts::primary(7, "http", "cdn.example", ["/npm/", "a/b.js", "?", "v=1"]),
+            KeyParts::primary(
+                7,
+                "https",
+                "cdn.example:8443",
+                ["/npm/", "a/b.js", "?", "v=1"],
+            ),
+        ] {
+            assert!(!moka::Equivalent::equivalent(&other, &k), "{other:?}");
+        }
+        // Split anywhere, the same string is the same key.
+        assert_eq!(parts(7, ["/npm", "/a/b.js?", "", "v=1"]), same);
+        // A variant key is another key.
+        assert!(!moka::Equivalent::equivalent(&same, &k.with_variant(3)));
     }
 
     #[test]

@@ -28,10 +28,10 @@ use moka::notification::RemovalCause;
 use moka::Expiry;
 use tokio::sync::watch;
 
-pub use entry::{content_etag, Entry, Rendition, Staleness};
+pub use entry::{content_etag, Entry, Rendition, Staleness, CACHE_STATUS};
 pub use fill::{Fill, FillGuard, FillState, Lookup, Waited};
 pub use freshness::{Lifetimes, Rules};
-pub use key::{vary_names, vary_values, CacheKey, VaryRefused, VaryValues};
+pub use key::{vary_names, vary_values, CacheKey, KeyParts, VaryRefused, VaryValues};
 pub use storable::{storability, NotStored, Storable};
 
 use key::variant_hash;
@@ -144,7 +144,12 @@ impl Cache {
     /// The stored copy for `primary` if it is fresh and varies on nothing: the common hit,
     /// answered before any request header is scrubbed.
     pub async fn fresh(&self, primary: &CacheKey) -> Option<Arc<Entry>> {
-        match self.store.get(primary).await {
+        self.fresh_at(primary.parts()).await
+    }
+
+    /// [`fresh`](Self::fresh), looked up by the key's borrowed parts: nothing is built.
+    pub async fn fresh_at(&self, primary: KeyParts<'_>) -> Option<Arc<Entry>> {
+        match self.store.get(&primary).await {
             Some(Slot::Object(e)) if e.staleness(Instant::now()) == Staleness::Fresh => Some(e),
             _ => None,
         }

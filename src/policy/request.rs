@@ -432,11 +432,29 @@ pub fn generalise_user_agent(ua: &str) -> String {
             format!("Mozilla/5.0 AppleWebKit/605.1.15 (KHTML, like Gecko) Version/{v}.0 Safari/605.1.15")
         }),
     ];
+    // The markers' searchers, built once: `str::find` builds one per call, which cost more
+    // than the searches themselves on every tracking request.
+    static FINDERS: std::sync::OnceLock<Vec<memchr::memmem::Finder<'static>>> =
+        std::sync::OnceLock::new();
+    let finders = FINDERS.get_or_init(|| {
+        [
+            "Edg/", "OPR/", "Firefox/", "Chrome/", "CriOS/", "Version/", "Safari/",
+        ]
+        .iter()
+        .map(|m| memchr::memmem::Finder::new(m.as_bytes()))
+        .collect()
+    });
+    let find = |marker: &str| {
+        finders
+            .iter()
+            .find(|f| f.needle() == marker.as_bytes())
+            .and_then(|f| f.find(ua.as_bytes()))
+    };
     for (marker, family, render) in families {
-        if *family == "Safari" && !ua.contains("Safari/") {
+        if *family == "Safari" && find("Safari/").is_none() {
             continue;
         }
-        if let Some(pos) = ua.find(marker) {
+        if let Some(pos) = find(marker) {
             let major: String = ua[pos + marker.len()..]
                 .chars()
                 .take_while(char::is_ascii_digit)

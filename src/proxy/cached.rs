@@ -215,7 +215,7 @@ pub(super) async fn fill(
         |n| route.varyable(n),
     );
     // 5. Scrub the response before anything else looks at it.
-    let Some(mut headers) = scrub_response(state, route, &up.parts.uri, parts.headers) else {
+    let Some(mut headers) = scrub_response(state, route, up.parts.uri.path(), parts.headers) else {
         guard
             .finish(Fill::Failed(StatusCode::BAD_GATEWAY), &[])
             .await;
@@ -377,7 +377,7 @@ pub(super) async fn refreshed(
 ) -> Answer {
     // What the visitor gets: the stored answer with only its validators and freshness taken
     // from the 304, filtered as a fresh answer's headers are; how the body is read stays.
-    let headers = match respond::refreshed_head(route, &up.parts.uri, stale, not_modified) {
+    let headers = match respond::refreshed_head(route, up.parts.uri.path(), stale, not_modified) {
         Ok(h) => h,
         Err(unfit) => {
             let refusal = match unfit {

@@ -151,13 +151,20 @@ pub(super) fn forward<'a>(
     head_only: bool,
 ) -> impl Future<Output = Answer> + 'a {
     async move {
-        let requested = request.uri().clone();
+        // Only its path is read afterwards (for Location and a font's type): a shared copy
+        // of the path and query rather than of the whole URI.
+        let requested = request.uri().path_and_query().cloned();
         let (resp, _permit) = match send(state, route, &mut request).await {
             Ok(resp) => resp,
             Err(e) => return upstream_failed(&e),
         };
         let (parts, incoming) = resp.into_parts();
-        let Some(mut headers) = scrub_response(state, route, &requested, parts.headers) else {
+        let Some(mut headers) = scrub_response(
+            state,
+            route,
+            requested.as_ref().map_or("", |p| p.path()),
+            parts.headers,
+        ) else {
             return Answer::own(Refusal::RedirectedElsewhere);
         };
         if route.rewrites(&headers) {

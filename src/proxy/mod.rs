@@ -6,7 +6,7 @@
 //! | 1 | request_filter: CONNECT, absolute-form, target length, own pages, the route | `crate::egress::request_filter` |
 //! | 2 | rate_limit (live only) | `rate_limit` here |
 //! | 3 | route_filter: a mirror's path (400) before its method (405); a tracking endpoint (404) before its method (405) | `crate::egress::route_filter` |
-//! | 4 | cache_hit: a fresh entry that varies on nothing | `serve_route` here, [`crate::cache::Cache::fresh`] |
+//! | 4 | cache_hit: a fresh entry that varies on nothing (for a mirror whose URL is base + path, looked up by the key's parts ahead of 3: what 3 refuses was never stored) | `serve` and `serve_route` here, [`crate::cache::Cache::fresh_at`] |
 //! | 5 | upstream_request_filter: what the route sends | `crate::egress::route_request`, `crate::egress::prepare_analytics` |
 //! | 6 | cache_lookup: fresh, stale-while-revalidate, lead or wait | `cached::serve_cached` |
 //! | 7 | send: breaker, permits, retries | `forward::send` |
@@ -176,6 +176,21 @@ fn serve<'a>(
             too_many.route = Some(route.index);
             return too_many;
         }
+        // 4. cache_hit, for a mirror whose upstream URL is its base and the visitor's path:
+        //    looked up by the key's parts, before route_filter builds that URL. What
+        //    route_filter would refuse (a path confinement refuses, an unsafe method) was
+        //    never stored under a key these parts can match, so it finds nothing here.
+        let method = req.method();
+        if caches(&route, method) {
+            if let Some(parts) = route.key_parts(rest, req.uri().query()) {
+                if let Some(entry) = state.cache.fresh_at(parts).await {
+                    let mut hit = cached(&entry, req.headers(), method == Method::HEAD)
+                        .with(CacheResult::Hit, status_of("tamis; hit"));
+                    hit.route = Some(route.index);
+                    return hit;
+                }
+            }
+        }
         // 3. route_filter: what the route takes, before any body is read.
         let accepted = egress::route_filter(&route, rest, req.method(), req.uri().query());
         let mut answer = match accepted {
@@ -242,7 +257,8 @@ fn serve_route<'a>(
         let method = req.method().clone();
         let head_only = method == Method::HEAD;
         let caching = caches(route, &method);
-        let uri = if caching {
+        // Routes with key parts were looked up in `serve` already.
+        let uri = if caching && !route.keyed_by_parts() {
             // 4. cache_hit: a fresh stored copy that varies on nothing answers at once:
             //    nothing goes upstream, so there is nothing to scrub or build.
             let key = CacheKey::primary(route.cache_id, uri);

@@ -8,13 +8,13 @@
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Response, StatusCode, Uri};
+use http::{Response, StatusCode};
 
 use crate::body::{self, ProxyBody};
 use crate::body::{buffer, Buffered, Streamed};
 use crate::cache::conditional::{self, ClientAnswer};
 use crate::cache::{self, NotStored};
-use crate::cache::{Entry, Rendition};
+use crate::cache::{Entry, Rendition, CACHE_STATUS};
 use crate::metrics::{CacheResult, UpstreamFailure};
 use crate::policy;
 use crate::refusal::Refusal;
@@ -39,14 +39,14 @@ pub(super) enum Unfit {
 /// under the route.
 pub(super) fn upstream_response_filter(
     route: &Route,
-    requested: &Uri,
+    requested_path: &str,
     mut headers: HeaderMap,
 ) -> Result<HeaderMap, Unfit> {
     policy::scrub_response(&mut headers, route.response_kind());
-    route.adjust_response(&mut headers, requested);
+    route.adjust_response(&mut headers, requested_path);
     if let Some(location) = headers.get(header::LOCATION) {
         let mapped = location.to_str().ok().and_then(|loc| {
-            match confine::map_location(&route.upstream, &route.prefix, requested, loc) {
+            match confine::map_location_at(&route.upstream, &route.prefix, requested_path, loc) {
                 Redirect::FirstParty(p) => HeaderValue::from_str(&p).ok(),
                 Redirect::Outside => None,
             }
@@ -91,11 +91,11 @@ pub(super) fn consistent(route: &Route, rendition: Rendition, headers: &HeaderMa
 /// carries the upstream's own ETag (the entry made from it shows tamis's again).
 pub(super) fn refreshed_head(
     route: &Route,
-    requested: &Uri,
+    requested_path: &str,
     stored: &Entry,
     not_modified: &HeaderMap,
 ) -> Result<HeaderMap, Unfit> {
-    let fresh = upstream_response_filter(route, requested, not_modified.clone())?;
+    let fresh = upstream_response_filter(route, requested_path, not_modified.clone())?;
     let mut base = stored.headers.clone();
     match &stored.upstream_etag {
         Some(etag) => base.insert(header::ETAG, etag.clone()),
@@ -127,7 +127,13 @@ pub(super) fn from_store(
     now: std::time::Instant,
 ) -> Response<ProxyBody> {
     let len = entry.body.len() as u64;
-    let decision = if entry.status == StatusCode::OK && !client.is_empty() {
+    // One pass over the visitor's few headers instead of a hashed lookup for each of these.
+    let asks = |client: &HeaderMap| {
+        client.keys().any(|n| {
+            n == header::IF_NONE_MATCH || n == header::IF_MODIFIED_SINCE || n == header::RANGE
+        })
+    };
+    let decision = if entry.status == StatusCode::OK && asks(client) {
         conditional::evaluate(
             client,
             entry.headers.get(header::ETAG),
@@ -139,9 +145,10 @@ pub(super) fn from_store(
         ClientAnswer::Full
     };
     let (status, headers, body) = match decision {
+        // The prepared head: `Age` below and the response step's headers replace placeholders.
         ClientAnswer::Full => (
             entry.status,
-            entry.headers.clone(),
+            entry.head.clone(),
             if head_only {
                 Bytes::new()
             } else {
@@ -191,11 +198,9 @@ pub(super) fn from_store(
     response
 }
 
-/// RFC 9211 `Cache-Status`.
-const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
-
 /// The last step of every answer, whatever its source: every answer but a pass-through
-/// route's is `nosniff`, and `Cache-Status` is added when the operator wants it.
+/// route's is `nosniff`, and `Cache-Status` is set when the operator wants it (and removed
+/// otherwise: an answer from the store carries a placeholder for it).
 ///
 /// No header that sets state in the browser, reports or hints at a third party can be here:
 /// an upstream's headers reach an answer only through [`upstream_response_filter`] (fresh and
@@ -219,8 +224,14 @@ pub(super) fn response_filter(
             HeaderValue::from_static("nosniff"),
         );
     }
-    if let Some(value) = cache_status {
-        headers.insert(CACHE_STATUS, value);
+    match cache_status {
+        Some(value) => {
+            headers.insert(CACHE_STATUS, value);
+        }
+        // A stored entry's head holds a placeholder (see `Entry::head`): never sent as it is.
+        None => {
+            headers.remove(CACHE_STATUS);
+        }
     }
 }
 
@@ -267,10 +278,10 @@ pub(super) fn status_not_stored(why: NotStored) -> HeaderValue {
 pub(super) fn scrub_response(
     state: &State,
     route: &Route,
-    requested: &Uri,
+    requested_path: &str,
     headers: HeaderMap,
 ) -> Option<HeaderMap> {
-    match upstream_response_filter(route, requested, headers) {
+    match upstream_response_filter(route, requested_path, headers) {
         Ok(headers) => Some(headers),
         Err(_) => {
             redirected_outside(state, route);
@@ -335,12 +346,12 @@ pub(super) fn streamed(
     let body = if head_only {
         body::empty()
     } else {
-        ProxyBody::Right(Streamed::new(
+        ProxyBody::Right(Box::new(Streamed::new(
             prefix,
             rest,
             idle,
             rm.bytes_from_upstream.clone(),
-        ))
+        )))
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;

@@ -137,6 +137,16 @@ pub fn map_location(
     requested: &Uri,
     location: &str,
 ) -> Redirect {
+    map_location_at(base, prefix, requested.path(), location)
+}
+
+/// [`map_location`], given only the path that was requested upstream.
+pub fn map_location_at(
+    base: &UpstreamBase,
+    prefix: &str,
+    requested_path: &str,
+    location: &str,
+) -> Redirect {
     let loc = location.trim();
     if loc.contains('\\') || loc.bytes().any(|b| b < 0x20 || b == 0x7f) {
         return Redirect::Outside;
@@ -161,7 +171,7 @@ pub fn map_location(
         loc.to_owned()
     } else {
         // Relative reference: resolve against the requested path's directory.
-        let req_path = requested.path();
+        let req_path = requested_path;
         let dir = &req_path[..req_path.rfind('/').map_or(0, |i| i + 1)];
         if loc.starts_with('?') {
             format!("{req_path}{loc}")

@@ -111,6 +111,41 @@ impl Route {
         }
     }
 
+    /// The cache's primary key for the visitor's path after the prefix, in parts that borrow
+    /// from the route and the request (see [`cache::KeyParts`]): exactly the key of the URL
+    /// [`upstream_uri`](Self::upstream_uri) builds, without building it. Only for roles whose
+    /// URL is the base followed by the path (`None` for tiles, built from a template, and for
+    /// analytics, never cached). Confinement is not checked: what it would refuse was never
+    /// stored, so its key finds nothing, and the request goes on to be refused.
+    pub fn key_parts<'a>(
+        &'a self,
+        rest: &'a str,
+        query: Option<&'a str>,
+    ) -> Option<cache::KeyParts<'a>> {
+        if !self.keyed_by_parts() {
+            return None;
+        }
+        let query = match self.role {
+            Role::Static | Role::FontCss if self.config.forward_query => query,
+            _ => None,
+        };
+        let (mark, query) = match query {
+            Some(q) => ("?", q),
+            None => ("", ""),
+        };
+        Some(cache::KeyParts::primary(
+            self.cache_id,
+            self.upstream.scheme.as_str(),
+            self.upstream.authority.as_str(),
+            [&self.upstream.path, rest, mark, query],
+        ))
+    }
+
+    /// Whether [`key_parts`](Self::key_parts) gives this route's cache keys.
+    pub fn keyed_by_parts(&self) -> bool {
+        matches!(self.role, Role::Static | Role::FontCss | Role::FontFiles)
+    }
+
     /// The request headers sent upstream: the route's policy, plus what the role needs.
     pub fn scrub(&self, visitor: &HeaderMap) -> HeaderMap {
         self.for_role(self.policy.scrub(visitor))
@@ -180,7 +215,7 @@ impl Route {
     }
 
     /// What tamis adds to an answer once the policy has scrubbed it.
-    pub fn adjust_response(&self, headers: &mut HeaderMap, requested: &Uri) {
+    pub fn adjust_response(&self, headers: &mut HeaderMap, requested_path: &str) {
         if self.config.pass_through {
             return;
         }
@@ -204,7 +239,7 @@ impl Route {
                     || v.starts_with(b"text/plain")
             });
             if generic {
-                if let Some(ct) = fonts::font_content_type(requested.path()) {
+                if let Some(ct) = fonts::font_content_type(requested_path) {
                     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
                 }
             }
