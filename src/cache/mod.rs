@@ -11,6 +11,7 @@
 //! eviction). Their public names are re-exported here: `cache::X` is the one path to each.
 
 pub mod conditional;
+pub mod disk;
 mod entry;
 mod fill;
 pub mod freshness;
