@@ -3,3 +3,8 @@
 //! rebuilt from the files at start, so the cache survives restarts.
 
 pub mod record;
+
+mod loader;
+mod tier;
+
+pub use tier::{write_error_class, DiskHook, DiskHooks, DiskSettings, DiskStats, DiskTier};

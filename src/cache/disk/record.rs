@@ -57,7 +57,7 @@ pub enum RecordError {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Kept {
     /// A stored answer; its body follows the head.
-    Object(Object),
+    Object(Box<Object>),
     /// The headers the objects under this primary key vary on.
     Vary(Vec<HeaderName>),
 }
@@ -260,7 +260,7 @@ pub fn decode_head(bytes: &[u8]) -> Result<(Record, Lengths), RecordError> {
                     .map_err(|_| RecordError::Field("header value"))?;
                 headers.append(name, value);
             }
-            Kept::Object(Object {
+            Kept::Object(Box::new(Object {
                 status,
                 headers,
                 stylesheet: flags & FLAG_STYLESHEET != 0,
@@ -276,7 +276,7 @@ pub fn decode_head(bytes: &[u8]) -> Result<(Record, Lengths), RecordError> {
                     must_revalidate: flags & FLAG_MUST_REVALIDATE != 0,
                 },
                 keep_for_revalidation,
-            })
+            }))
         }
         1 => {
             if lengths.body != 0 {
@@ -444,7 +444,7 @@ mod tests {
             },
             stored: UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789),
             keep: Duration::from_secs(86_400),
-            kept: Kept::Object(Object {
+            kept: Kept::Object(Box::new(Object {
                 status: StatusCode::OK,
                 headers,
                 stylesheet: false,
@@ -466,7 +466,7 @@ mod tests {
                     must_revalidate: true,
                 },
                 keep_for_revalidation: Duration::from_secs(600),
-            }),
+            })),
         }
     }
 
