@@ -455,7 +455,11 @@ impl DiskTier {
 /// `full`, `denied` or `other`: the label of a write failure.
 pub fn write_error_class(e: &io::Error) -> &'static str {
     match e.kind() {
-        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => "full",
+        // A size limit (RLIMIT_FSIZE, a file system's largest file) refuses bytes as a full
+        // disk does.
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded | io::ErrorKind::FileTooLarge => {
+            "full"
+        }
         io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => "denied",
         _ => "other",
     }
@@ -543,6 +547,7 @@ mod tests {
         assert_eq!(write_error_class(&full), "full");
         let denied = io::Error::from(io::ErrorKind::PermissionDenied);
         assert_eq!(write_error_class(&denied), "denied");
+        assert_eq!(write_error_class(&io::Error::from_raw_os_error(27)), "full"); // EFBIG
         let rofs = io::Error::from_raw_os_error(30); // EROFS
         assert_eq!(write_error_class(&rofs), "denied");
         assert_eq!(
