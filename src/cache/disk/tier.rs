@@ -65,7 +65,7 @@ pub(super) struct Indexed {
 }
 
 /// The disk tier's figures for `/metrics` and `/status`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DiskStats {
     pub dir: String,
     pub bytes: u64,
