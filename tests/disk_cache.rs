@@ -316,7 +316,13 @@ async fn corrupted_and_truncated_files_are_never_served_and_are_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_busy_fill_leaves_only_whole_objects() {
-    let body = |uri: &str| -> String { uri.repeat(20_000 / uri.len() + 1) };
+    // What this can and cannot catch: Linux finishes a write(2) to a regular file before a
+    // SIGKILL takes effect, so a torn file needs the kill to land between the writer's system
+    // calls; with the file written in place instead of tmp/ + rename, 12 runs of this test did
+    // not catch it. Torn and damaged files are caught for certain by the corrupted/truncated
+    // test; this one checks the whole path end to end: nothing served after the kill differs
+    // from the upstream's bytes, and tmp/ is cleared.
+    let body = |uri: &str| -> String { uri.repeat(512 * 1024 / uri.len() + 1) };
     let up = Upstream::http(move |s| {
         Reply::ok(body(&s.uri))
             .header("cache-control", "public, max-age=3600")
@@ -333,12 +339,12 @@ async fn kill_9_during_a_busy_fill_leaves_only_whole_objects() {
     let addr = bin.http;
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..16 {
+    for _ in 0..8 {
         let next = next.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= 400 {
+                if i >= 120 {
                     return;
                 }
                 get(addr, &format!("/t/{i}"), &[]).await;
@@ -347,7 +353,7 @@ async fn kill_9_during_a_busy_fill_leaves_only_whole_objects() {
     }
     // Killed in the middle of it: some objects written, some being written, some queued.
     wait_metric(bin.admin, "objects on disk", |m| {
-        metric(m, "tamis_cache_disk_entries", &[]) >= 50.0
+        metric(m, "tamis_cache_disk_entries", &[]) >= 20.0
     })
     .await;
     bin.kill();
@@ -355,12 +361,16 @@ async fn kill_9_during_a_busy_fill_leaves_only_whole_objects() {
         let _ = t.await; // requests cut by the kill fail; that is the point
     }
     let on_disk = objects(&disk).len();
-    assert!(on_disk >= 50, "{on_disk}");
+    assert!(on_disk >= 20, "{on_disk}");
 
     let bin = Bin::start(&file, http, admin).await;
     bin.loaded().await;
     let mut from_disk = 0;
-    for i in 0..400 {
+    assert!(
+        files(&disk.join("tmp")).is_empty(),
+        "what the kill left half-written in tmp/ is removed at start"
+    );
+    for i in 0..120 {
         let path = format!("/t/{i}");
         let a = get(bin.http, &path, &[]).await;
         assert_eq!(a.status, 200, "{path}");
@@ -373,7 +383,7 @@ async fn kill_9_during_a_busy_fill_leaves_only_whole_objects() {
         }
     }
     assert!(
-        from_disk >= 50,
+        from_disk >= 20,
         "served from disk: {from_disk} of {on_disk}"
     );
     let m = metrics_of(bin.admin).await;
