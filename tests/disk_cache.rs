@@ -318,7 +318,7 @@ async fn corrupted_and_truncated_files_are_never_served_and_are_removed() {
 async fn kill_9_during_a_busy_fill_leaves_only_whole_objects() {
     // What this can and cannot catch: Linux finishes a write(2) to a regular file before a
     // SIGKILL takes effect, so a torn file needs the kill to land between the writer's system
-    // calls; with the file written in place instead of tmp/ + rename, 12 runs of this test did
+    // calls; with the file written in place instead of tmp/ + rename, 8 runs of this test did
     // not catch it. Torn and damaged files are caught for certain by the corrupted/truncated
     // test; this one checks the whole path end to end: nothing served after the kill differs
     // from the upstream's bytes, and tmp/ is cleared.
