@@ -201,7 +201,28 @@ async fn a_restart_serves_from_disk_with_the_age_counting_on() {
         1.0
     );
     assert_eq!(metric(&m, "tamis_cache_disk_loaded_objects", &[]), 1.0);
+    // /status says where, how much and how many.
+    let status = get(bin.admin, "/status?format=json", &[]).await;
+    let v: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+    assert_eq!(v["disk"]["entries"], 1, "{v}");
+    assert_eq!(v["disk"]["dir"], disk.display().to_string());
+    assert_eq!(v["disk"]["loading"], false);
+    let html = get(bin.admin, "/status", &[]).await.text();
+    assert!(html.contains("Disk: <code>"), "{html}");
     bin.kill();
+
+    // `tamis check` says what is kept on disk, and for how long at most.
+    let out = Command::new(env!("CARGO_BIN_EXE_tamis"))
+        .args(["--config", &file.display().to_string(), "check"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    let line = out.lines().find(|l| l.starts_with("disk ")).unwrap_or("");
+    assert!(
+        line.contains(&disk.display().to_string()) && line.contains("kept there: t"),
+        "{out}"
+    );
+    assert!(out.contains("also kept on disk"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
