@@ -336,6 +336,36 @@ async fn corrupted_and_truncated_files_are_never_served_and_are_removed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_changed_while_tamis_was_down_loses_its_files_at_start() {
+    let up = Upstream::http(|s| cached_reply(s, 3600, 1)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("cache");
+    let (http, admin) = (free_port(), free_port());
+    let file = dir.path().join("tamis.toml");
+    std::fs::write(&file, config(&listen_on(http, admin), &disk, "", &up, "")).unwrap();
+    let bin = Bin::start(&file, http, admin).await;
+    assert_eq!(get(bin.http, "/t/1", &[]).await.status, 200);
+    wait_metric(bin.admin, "one object on disk", |m| {
+        metric(m, "tamis_cache_disk_entries", &[]) == 1.0
+    })
+    .await;
+    bin.kill();
+    assert_eq!(objects(&disk).len(), 1);
+
+    // Another max_ttl: another fingerprint, so the old file can never be served.
+    let changed = config(&listen_on(http, admin), &disk, "", &up, "max_ttl = \"1h\"");
+    std::fs::write(&file, changed).unwrap();
+    let bin = Bin::start(&file, http, admin).await;
+    let m = bin.loaded().await;
+    assert_eq!(metric(&m, "tamis_cache_disk_entries", &[]), 0.0);
+    assert_eq!(metric(&m, "tamis_cache_disk_bytes", &[]), 0.0);
+    assert!(objects(&disk).is_empty(), "the old route's file is removed");
+    let a = get(bin.http, "/t/1", &[]).await;
+    assert_eq!(a.header("cache-status"), Some("tamis; fwd=miss; stored"));
+    bin.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_busy_fill_leaves_only_whole_objects() {
     // What this can and cannot catch: Linux finishes a write(2) to a regular file before a
     // SIGKILL takes effect, so a torn file needs the kill to land between the writer's system

@@ -157,9 +157,15 @@ impl Cache {
         self.disk.as_ref()
     }
 
-    /// Which route parts (by `cache_id`) keep their objects on disk too.
+    /// Which route parts (by `cache_id`) keep their objects on disk too. The disk tier drops at
+    /// once what it holds of any other (after a reload, the routes it changed or dropped; at
+    /// start, once loaded, what it found of routes changed while tamis was down).
     pub fn set_disk_routes(&self, ids: Vec<u64>) {
-        *self.disk_routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(ids);
+        let ids: Arc<[u64]> = Arc::from(ids);
+        *self.disk_routes.write().unwrap_or_else(|p| p.into_inner()) = ids.clone();
+        if let Some(disk) = &self.disk {
+            disk.set_live(ids);
+        }
     }
 
     /// The disk tier, if this route uses it.

@@ -102,6 +102,9 @@ pub struct DiskTier {
     hooks: DiskHooks,
     /// The last write failure's class, logged once per change (not once per write).
     write_state: Mutex<Option<&'static str>>,
+    /// The route parts (`cache_id`s) that use the tier, once the running state says so: what
+    /// the loader finds of any other route (changed or dropped while tamis was down) goes.
+    live: Mutex<Option<Arc<[u64]>>>,
 }
 
 impl DiskTier {
@@ -185,6 +188,7 @@ impl DiskTier {
             loaded: AtomicU64::new(0),
             hooks,
             write_state: Mutex::new(None),
+            live: Mutex::new(None),
         });
         let writer = Arc::downgrade(&tier);
         std::thread::Builder::new()
@@ -336,6 +340,17 @@ impl DiskTier {
                 _ => moka::ops::compute::Op::Nop,
             });
         self.index.run_pending_tasks();
+    }
+
+    /// Which route parts use the tier now; returns the object keys of other routes removed.
+    pub fn set_live(&self, routes: Arc<[u64]>) -> Vec<CacheKey> {
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Some(routes.clone());
+        self.remove_where(|k| !routes.contains(&k.route))
+    }
+
+    /// The route parts that use the tier, if the running state has said.
+    pub(super) fn live(&self) -> Option<Arc<[u64]>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Removes `key` (an unsafe method succeeded on its URL).
