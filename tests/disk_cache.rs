@@ -252,6 +252,8 @@ async fn what_expired_while_tamis_was_down_is_revalidated_not_served_fresh() {
     })
     .await;
     bin.kill();
+    let before = objects(&disk);
+    assert_eq!(before.len(), 1);
     tokio::time::sleep(Duration::from_millis(2100)).await;
 
     let bin = Bin::start(&file, http, admin).await;
@@ -265,6 +267,13 @@ async fn what_expired_while_tamis_was_down_is_revalidated_not_served_fresh() {
     );
     assert_eq!(up.count(), 2, "asked once more, conditionally");
     assert_eq!(up.last().header("if-none-match"), Some("\"v1\""));
+    // The refreshed copy is written again, under a name of its own; the old file goes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while objects(&disk) == before || objects(&disk).len() != 1 {
+        assert!(Instant::now() < deadline, "{:?}", objects(&disk));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!before[0].exists());
     bin.kill();
 }
 
@@ -283,8 +292,9 @@ async fn corrupted_and_truncated_files_are_never_served_and_are_removed() {
     let bin = Bin::start(&file, http, admin).await;
     let first_a = get(bin.http, "/t/a", &[]).await;
     let first_b = get(bin.http, "/t/b", &[]).await;
-    wait_metric(bin.admin, "two objects on disk", |m| {
-        metric(m, "tamis_cache_disk_entries", &[]) == 2.0
+    let first_c = get(bin.http, "/t/c", &[]).await;
+    wait_metric(bin.admin, "three objects on disk", |m| {
+        metric(m, "tamis_cache_disk_entries", &[]) == 3.0
     })
     .await;
     bin.kill();
@@ -311,16 +321,23 @@ async fn corrupted_and_truncated_files_are_never_served_and_are_removed() {
 
     let bin = Bin::start(&file, http, admin).await;
     bin.loaded().await;
+    // c vanishes once indexed (removed by hand): a miss, not a failed request.
+    let c = holding("v2 /c");
+    std::fs::remove_file(&c).unwrap();
+    let again_c = get(bin.http, "/t/c", &[]).await;
+    assert_eq!(again_c.status, 200);
+    assert_eq!(again_c.text(), "v3 /c");
+    assert_ne!(again_c.body, first_c.body);
     let again_a = get(bin.http, "/t/a", &[]).await;
     let again_b = get(bin.http, "/t/b", &[]).await;
-    assert_eq!(again_a.text(), "v2 /a", "a was fetched again");
-    assert_eq!(again_b.text(), "v3 /b", "b was fetched again");
+    assert_eq!(again_a.text(), "v4 /a", "a was fetched again");
+    assert_eq!(again_b.text(), "v5 /b", "b was fetched again");
     assert_ne!(again_a.body, first_a.body);
     assert_ne!(again_b.body, first_b.body);
     for x in [&again_a, &again_b] {
         assert_eq!(x.header("cache-status"), Some("tamis; fwd=miss; stored"));
     }
-    assert_eq!(up.count(), 4);
+    assert_eq!(up.count(), 6);
     assert!(!a.exists(), "the corrupted file is removed");
     assert!(!b.exists(), "the truncated file is removed");
     let m = metrics_of(bin.admin).await;
@@ -330,7 +347,8 @@ async fn corrupted_and_truncated_files_are_never_served_and_are_removed() {
             "tamis_cache_disk_evictions_total",
             &["result=\"corrupt\""]
         ),
-        2.0
+        3.0,
+        "corrupted, truncated, vanished"
     );
     bin.kill();
 }
