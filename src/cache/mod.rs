@@ -812,6 +812,10 @@ mod disk_tests {
             ));
             guard.finish(Fill::Stored(e), &names).await;
             settled(&c, 1).await;
+            // The Vary list is written after the variant: wait for it too.
+            while c.disk().unwrap().vary_of(&key).is_none() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             c.disk().unwrap().close();
         }
         // A new process, as far as the store knows: memory empty, the index rebuilt.
