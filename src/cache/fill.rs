@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::{HeaderName, StatusCode};
 use tokio::sync::watch;
 
+use super::disk::may_write_variants;
 use super::entry::Entry;
 use super::key::{variant_hash, CacheKey};
 use super::storable::NotStored;
@@ -91,9 +92,15 @@ impl FillGuard<'_> {
                     _ => entry.time_to_keep(),
                 };
                 let variant = primary.with_variant(variant_hash(&entry.vary));
-                if let Some(disk) = disk {
-                    disk.store(&variant, entry);
-                    disk.store_vary(&primary, vary, keep);
+                match disk {
+                    Some(disk) if may_write_variants(vary) => {
+                        disk.store(&variant, entry);
+                        disk.store_vary(&primary, vary, keep);
+                    }
+                    // Varied on a value the visitor wrote: memory only, and an older copy on
+                    // disk must not answer in its place once memory lets it go.
+                    Some(disk) => disk.invalidate(&primary),
+                    None => {}
                 }
                 self.cache
                     .store

@@ -785,11 +785,11 @@ mod disk_tests {
     async fn variants_resolve_on_disk_after_a_restart_as_in_memory() {
         let dir = tempfile::tempdir().unwrap();
         let key = CacheKey::primary(0, "https://cdn.example/v".parse().unwrap());
-        let names = [header::ACCEPT];
+        let names = [header::ACCEPT_ENCODING];
         let mut webp = HeaderMap::new();
-        webp.insert(header::ACCEPT, HeaderValue::from_static("image/webp"));
+        webp.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("br"));
         let mut png = HeaderMap::new();
-        png.insert(header::ACCEPT, HeaderValue::from_static("image/png"));
+        png.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
         {
             let c = cache(dir.path());
             settled(&c, 0).await;
@@ -823,7 +823,7 @@ mod disk_tests {
         settled(&c, 1).await;
         assert!(
             matches!(c.lookup(&key, &png).await, Lookup::Lead { .. }),
-            "another Accept is another variant, on disk as in memory"
+            "another coding is another variant, on disk as in memory"
         );
         let Lookup::FreshFromDisk(e) = c.lookup(&key, &webp).await else {
             panic!("expected the variant from disk")
@@ -836,5 +836,77 @@ mod disk_tests {
         // Purged from both tiers, counted once.
         assert_eq!(c.purge(0, "/v", false).await, 1);
         assert_eq!(c.disk().unwrap().stats().entries, 0);
+    }
+
+    #[tokio::test]
+    async fn an_answer_varying_on_a_visitors_value_stays_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = CacheKey::primary(0, "https://cdn.example/a".parse().unwrap());
+        let c = cache(dir.path());
+        settled(&c, 0).await;
+        let fresh = Lifetimes {
+            fresh_for: Duration::from_secs(60),
+            ..Lifetimes::default()
+        };
+        let stored = |body: &'static [u8], vary: VaryValues| {
+            Arc::new(Entry::new(
+                StatusCode::OK,
+                HeaderMap::new(),
+                Bytes::from_static(body),
+                Rendition::AsSent,
+                fresh,
+                vary,
+                Duration::ZERO,
+                true,
+            ))
+        };
+        // A first answer without Vary goes to disk.
+        let h = HeaderMap::new();
+        let Lookup::Lead { guard, .. } = c.lookup(&key, &h).await else {
+            panic!()
+        };
+        guard
+            .finish(Fill::Stored(stored(b"old", vec![])), &[])
+            .await;
+        settled(&c, 1).await;
+        // Its next version varies on the browser's Accept: the value a visitor wrote is not
+        // written, and the older copy leaves the disk (it must not answer instead).
+        let names = [header::ACCEPT];
+        let mut webp = HeaderMap::new();
+        webp.insert(header::ACCEPT, HeaderValue::from_static("image/webp,*/*"));
+        let Some(guard) = c.try_lead(&key) else {
+            panic!()
+        };
+        guard
+            .finish(
+                Fill::Stored(stored(b"new", vary_values(&names, &webp))),
+                &names,
+            )
+            .await;
+        settled(&c, 0).await;
+        assert!(c.disk().unwrap().vary_of(&key).is_none());
+        assert!(matches!(c.lookup(&key, &webp).await, Lookup::Fresh(_)));
+        for f in walk(dir.path()) {
+            let bytes = std::fs::read(&f).unwrap();
+            assert!(
+                !bytes.windows(10).any(|w| w == b"image/webp"),
+                "{} holds the visitor's Accept",
+                f.display()
+            );
+        }
+    }
+
+    /// Every file under `dir`.
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
     }
 }
