@@ -14,8 +14,9 @@ use std::time::SystemTime;
 
 use moka::ops::compute::Op;
 
+use super::super::key::CacheKey;
 use super::record::{self, Kept, PREFIX_LEN};
-use super::tier::{key_name, DiskTier, Indexed};
+use super::tier::{key_name, leaf_dir, DiskTier, Indexed};
 
 /// One file found: its path, the key hash and generation in its name, its length.
 struct Found {
@@ -34,12 +35,20 @@ pub(super) fn load(tier: Weak<DiskTier>) {
     // Counted before they are indexed: the bound then holds while the index fills.
     let total: u64 = files.iter().map(|f| f.len).sum();
     t.used.fetch_add(total, Ordering::Relaxed);
+    t.listed.store(true, Ordering::Relaxed);
     drop(t);
     for (n, f) in files.into_iter().enumerate() {
         let Some(t) = tier.upgrade() else {
             return;
         };
-        index_one(&t, f);
+        let early = t
+            .early
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&f.path);
+        if !early {
+            index_one(&t, f);
+        }
         t.loaded.fetch_add(1, Ordering::Relaxed);
         if n % 256 == 255 {
             t.index.run_pending_tasks();
@@ -97,7 +106,7 @@ fn index_one(t: &DiskTier, f: Found) {
     // this process wrote meanwhile: the newest generation stays.
     let generation = f.generation;
     let result = t.index.entry(rec.key).and_compute_with(|held| match held {
-        Some(e) if e.value().generation > generation => Op::Nop,
+        Some(e) if e.value().generation >= generation => Op::Nop,
         _ => Op::Put(slot),
     });
     use moka::ops::compute::CompResult;
@@ -107,6 +116,8 @@ fn index_one(t: &DiskTier, f: Found) {
                 t.objects.fetch_add(1, Ordering::Relaxed);
             }
         }
+        // This very file, indexed already: nothing to undo.
+        CompResult::Unchanged(e) if e.value().generation == generation => {}
         _ => {
             // An older version: its bytes go, without an eviction to count.
             if fs::remove_file(&f.path).is_ok() {
@@ -152,10 +163,46 @@ fn read_head(path: &Path) -> io::Result<Vec<u8>> {
 
 /// Every file named as tamis names them (`ab/cd/<32 hex>.<16 hex>`) that an earlier process
 /// wrote.
+/// While loading, for a lookup the loader has not reached: the newest file an earlier process
+/// left for `key`, indexed now (verified as the loader verifies it); the loader then skips it.
+pub(super) fn index_early(t: &DiskTier, key: &CacheKey) -> Option<Arc<Indexed>> {
+    let name = key_name(key);
+    let leaf = leaf_dir(&t.dir, &name);
+    let newest = fs::read_dir(&leaf)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let (hash, generation) = e.file_name().to_str().and_then(parse_name)?;
+            (hash == name && generation < t.first_generation).then_some((generation, e))
+        })
+        .max_by_key(|(generation, _)| *generation)?;
+    let (generation, e) = newest;
+    let len = e.metadata().ok().filter(|m| m.is_file())?.len();
+    let path = e.path();
+    {
+        let mut early = t.early.lock().unwrap_or_else(|p| p.into_inner());
+        if !early.insert(path.clone()) {
+            // Another lookup has just indexed it.
+            drop(early);
+            return t.index.get(key);
+        }
+    }
+    index_one(
+        t,
+        Found {
+            path,
+            key_hash: name,
+            generation,
+            len,
+        },
+    );
+    t.index.get(key)
+}
+
 fn walk(dir: &Path, first_generation: u64) -> Vec<Found> {
     let mut out = Vec::new();
-    for a in subdirs(dir) {
-        for b in subdirs(&a) {
+    for a in subdirs(dir, 1) {
+        for b in subdirs(&a, 2) {
             let Ok(entries) = fs::read_dir(&b) else {
                 continue;
             };
@@ -185,7 +232,7 @@ fn walk(dir: &Path, first_generation: u64) -> Vec<Found> {
 }
 
 /// The two-hex-digit directories under `dir`.
-fn subdirs(dir: &Path) -> Vec<PathBuf> {
+fn subdirs(dir: &Path, len: usize) -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -193,7 +240,7 @@ fn subdirs(dir: &Path) -> Vec<PathBuf> {
         .flatten()
         .filter(|e| {
             e.file_name().to_str().is_some_and(|n| {
-                n.len() == 2
+                n.len() == len
                     && n.bytes()
                         .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
             })
@@ -218,7 +265,102 @@ fn parse_name(name: &str) -> Option<(String, u64)> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use http::{HeaderMap, StatusCode};
+
+    use super::super::super::freshness::Lifetimes;
+    use super::super::record::{Object, Record};
+    use super::super::tier::{file_path, DiskHooks, DiskSettings};
     use super::*;
+
+    /// A record an earlier process wrote for `key`, fresh for an hour.
+    fn earlier(key: &CacheKey, body: &[u8]) -> Vec<u8> {
+        let record = Record {
+            key: key.clone(),
+            stored: SystemTime::now(),
+            keep: Duration::from_secs(3600),
+            kept: Kept::Object(Box::new(Object {
+                status: StatusCode::OK,
+                headers: HeaderMap::new(),
+                stylesheet: false,
+                own_head: true,
+                upstream_etag: None,
+                last_modified: None,
+                vary: vec![],
+                lifetimes: Lifetimes {
+                    fresh_for: Duration::from_secs(3600),
+                    ..Lifetimes::default()
+                },
+                keep_for_revalidation: Duration::ZERO,
+            })),
+        };
+        record::encode(&record, body)
+    }
+
+    #[tokio::test]
+    async fn a_lookup_finds_a_file_the_loader_has_not_reached() {
+        let dir = tempfile::tempdir().unwrap();
+        let hooks = DiskHooks {
+            evicted: Arc::new(|_| {}),
+            write_failed: Arc::new(|_| {}),
+        };
+        let settings = DiskSettings {
+            dir: dir.path().to_owned(),
+            max_bytes: 1 << 20,
+            max_object_bytes: 1 << 16,
+        };
+        let t = DiskTier::open(&settings, hooks).unwrap();
+        while t.loading.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Files of an earlier process, listed but not indexed yet: the loader is mid-way.
+        let key = CacheKey::primary(3, "https://tile.example/1/2/3.png".parse().unwrap());
+        let older = file_path(dir.path(), &key, 1);
+        let newest = file_path(dir.path(), &key, 2);
+        fs::create_dir_all(older.parent().unwrap()).unwrap();
+        fs::write(&older, earlier(&key, b"old tile")).unwrap();
+        fs::write(&newest, earlier(&key, b"new tile")).unwrap();
+        let len = fs::metadata(&newest).unwrap().len();
+        t.listed.store(true, Ordering::Relaxed);
+        t.loading.store(true, Ordering::Relaxed);
+
+        let e = t.read(&key).await.expect("found by its name");
+        assert_eq!(&e.body[..], b"new tile", "the newest version");
+        assert_eq!(t.stats().entries, 1);
+        // The loader reaching the same file later leaves it (and the count) alone.
+        assert!(t.early.lock().unwrap().contains(&newest));
+        index_one(
+            &t,
+            Found {
+                path: newest.clone(),
+                key_hash: key_name(&key),
+                generation: 2,
+                len,
+            },
+        );
+        assert!(newest.exists());
+        assert_eq!(t.stats().entries, 1);
+        // An older version it reaches goes.
+        let old_len = fs::metadata(&older).unwrap().len();
+        index_one(
+            &t,
+            Found {
+                path: older.clone(),
+                key_hash: key_name(&key),
+                generation: 1,
+                len: old_len,
+            },
+        );
+        assert!(!older.exists());
+        // Once loaded, nothing is looked up by name: a file put there by hand is not served.
+        t.loading.store(false, Ordering::Relaxed);
+        let other = CacheKey::primary(3, "https://tile.example/4/5/6.png".parse().unwrap());
+        let path = file_path(dir.path(), &other, 1);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, earlier(&other, b"x")).unwrap();
+        assert!(t.read(&other).await.is_none());
+    }
 
     #[test]
     fn only_tamis_names_are_taken() {

@@ -12,6 +12,7 @@
 //! the one write in progress always fits once moka has applied its evictions (which the
 //! writer runs after each insert).
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -81,8 +82,15 @@ pub(super) struct Job {
     pub(super) body: Bytes,
 }
 
-/// How many writes may wait: past that, a write is dropped rather than a visitor delayed.
-const QUEUE: usize = 1024;
+/// How many writes may wait, and how many body bytes: past either, a write is dropped rather
+/// than a visitor delayed (a burst of misses after a restart once overflowed 1 024 writes).
+/// Bodies are shared with the memory tier, so the bytes bound only counts when memory has
+/// already let them go.
+const QUEUE: usize = 16_384;
+const QUEUE_BYTES: u64 = 256 << 20;
+
+/// Files up to this size are read on the worker that asks (see [`DiskTier::read`]).
+const INLINE_READ: u64 = 256 << 10;
 
 /// The disk tier.
 pub struct DiskTier {
@@ -99,6 +107,13 @@ pub struct DiskTier {
     pub(super) first_generation: u64,
     pub(super) loading: AtomicBool,
     pub(super) loaded: AtomicU64,
+    /// Set once the loader has listed (and counted) every file: from then on, a lookup may
+    /// index a file of its own key before the loader reaches it.
+    pub(super) listed: AtomicBool,
+    /// Files a lookup indexed ahead of the loader, which it must skip.
+    pub(super) early: Mutex<HashSet<PathBuf>>,
+    /// Body bytes waiting in the writer's queue.
+    queued: AtomicU64,
     hooks: DiskHooks,
     /// The last write failure's class, logged once per change (not once per write).
     write_state: Mutex<Option<&'static str>>,
@@ -186,6 +201,9 @@ impl DiskTier {
             first_generation,
             loading: AtomicBool::new(true),
             loaded: AtomicU64::new(0),
+            listed: AtomicBool::new(false),
+            early: Mutex::new(HashSet::new()),
+            queued: AtomicU64::new(0),
             hooks,
             write_state: Mutex::new(None),
             live: Mutex::new(None),
@@ -270,20 +288,41 @@ impl DiskTier {
     }
 
     fn enqueue(&self, job: Job) {
+        let len = job.body.len() as u64;
+        let queued = self.queued.fetch_add(len, Ordering::Relaxed);
         let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = queue.as_ref() {
-            match tx.try_send(job) {
-                Ok(()) => {}
-                // The disk is behind: this object stays in memory only.
-                Err(TrySendError::Full(_)) => (self.hooks.write_failed)("other"),
-                Err(TrySendError::Disconnected(_)) => {}
+        let sent = match queue.as_ref() {
+            // The disk is behind: this object stays in memory only.
+            Some(_) if queued.saturating_add(len) > QUEUE_BYTES => {
+                (self.hooks.write_failed)("other");
+                false
             }
+            Some(tx) => match tx.try_send(job) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    (self.hooks.write_failed)("other");
+                    false
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            },
+            None => false,
+        };
+        if !sent {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
         }
     }
 
     /// What the index holds for `key`, if anything.
     pub(super) fn indexed(&self, key: &CacheKey) -> Option<Arc<Indexed>> {
-        self.index.get(key)
+        match self.index.get(key) {
+            Some(slot) => Some(slot),
+            // Right after a start, the file may be there but not indexed yet: nginx finds a
+            // file by its key's name whether or not its loader has passed; so does tamis.
+            None if self.loading.load(Ordering::Relaxed) && self.listed.load(Ordering::Relaxed) => {
+                super::loader::index_early(self, key)
+            }
+            None => None,
+        }
     }
 
     /// The Vary list indexed for a primary key, if that is what it holds.
@@ -302,14 +341,24 @@ impl DiskTier {
         let slot = self.indexed(key)?;
         slot.vary.is_none().then_some(())?;
         let path = file_path(&self.dir, key, slot.generation);
-        let bytes = match tokio::task::spawn_blocking(move || fs::read(path)).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
+        // A small file is read in place, as nginx's workers read theirs: handing each tile to
+        // the blocking pool cost two thread switches per hit (2.8 x nginx's CPU per disk hit,
+        // benches/RESULTS.md); a large one still goes to the pool so a worker never blocks long.
+        let read = if slot.bytes <= INLINE_READ {
+            fs::read(path)
+        } else {
+            match tokio::task::spawn_blocking(move || fs::read(path)).await {
+                Ok(r) => r,
+                Err(_) => return None,
+            }
+        };
+        let bytes = match read {
+            Ok(b) => b,
+            Err(e) => {
                 tracing::warn!(error = %e, "a disk cache file could not be read; removed from the index");
                 self.drop_bad(key, &slot);
                 return None;
             }
-            Err(_) => return None,
         };
         let bytes = Bytes::from(bytes);
         match record::decode(&bytes) {
@@ -384,6 +433,8 @@ impl DiskTier {
     /// Writes one record: reserve, write to tmp, rename into place, index. Runs on the writer
     /// thread only, so at most one file is being written at a time.
     fn write(&self, job: Job) {
+        self.queued
+            .fetch_sub(job.body.len() as u64, Ordering::Relaxed);
         let head = record::encode_head(&job.record, job.body.len() as u64);
         let trailer = record::trailer(&head, &job.body);
         let len = (head.len() + job.body.len() + trailer.len()) as u64;
@@ -525,12 +576,16 @@ pub(super) fn key_name(key: &CacheKey) -> String {
     d[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `dir/ab/cd/<key hash>.<generation>`: two levels, as nginx's `levels=1:2` spreads files.
+/// `dir/a/bc/<key hash>.<generation>`: nginx's `levels=1:2`, 4 096 directories at most (two
+/// levels of 256 made one directory, a 4 KiB block, per object or so: 38 MiB for 10 000 tiles).
 pub(super) fn file_path(dir: &Path, key: &CacheKey, generation: u64) -> PathBuf {
     let name = key_name(key);
-    dir.join(&name[..2])
-        .join(&name[2..4])
-        .join(format!("{name}.{generation:016x}"))
+    leaf_dir(dir, &name).join(format!("{name}.{generation:016x}"))
+}
+
+/// The directory the files of the key named `name` go in.
+pub(super) fn leaf_dir(dir: &Path, name: &str) -> PathBuf {
+    dir.join(&name[..1]).join(&name[1..3])
 }
 
 #[cfg(test)]
@@ -547,7 +602,7 @@ mod tests {
         let name = key_name(&k);
         assert_eq!(
             s,
-            format!("/c/{}/{}/{name}.0000000000000001", &name[..2], &name[2..4])
+            format!("/c/{}/{}/{name}.0000000000000001", &name[..1], &name[1..3])
         );
         assert_ne!(
             key_name(&k),
