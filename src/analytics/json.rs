@@ -107,64 +107,377 @@ pub fn json_referrer(v: &RawValue, site_host: Option<&str>, tally: &mut Tally) -
 /// A field of an object read by [`read_object`].
 pub enum Field<'a> {
     /// The raw text of the value, parsed only when a rule reads it.
-    Raw(&'a RawValue),
+    Raw(Raw<'a>),
     /// Custom fields, already filtered against the allowlist (`None`: nothing kept).
     Allowed(Option<Box<RawValue>>),
+}
+
+/// The raw text of one JSON value [`read_object`] has checked, turned into a [`RawValue`]
+/// only for the fields a rule reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Raw<'a>(&'a str);
+
+impl<'a> Raw<'a> {
+    /// The value (`None` cannot happen for text `read_object` accepted).
+    pub fn value(self) -> Option<&'a RawValue> {
+        serde_json::from_str(self.0).ok()
+    }
 }
 
 /// `text` as a JSON object, in one pass: the values of the `custom` keys (custom fields, often
 /// most of the bytes) are filtered against `allow` as they are read, as [`AllowedFields`] does;
 /// every other value is kept raw. A repeated key keeps its last value, as a parse into a map
 /// would.
+///
+/// Read by [`Scan`], which accepts exactly what serde_json accepts here (the same grammar,
+/// control characters and escapes) without its per-token machinery: the custom fields are
+/// mostly skipped, and skipping them through serde cost a third of a Plausible event's
+/// instructions. Keys with escapes and string-wrapped custom fields are still decoded by
+/// serde_json.
 pub fn read_object<'a>(
     text: &'a str,
     custom: &[&str],
     allow: &[String],
     tally: &mut Tally,
 ) -> Result<BTreeMap<Key<'a>, Field<'a>>, ScrubError> {
-    struct Object<'s> {
-        custom: &'s [&'s str],
-        allow: &'s [String],
-        tally: &'s mut Tally,
-    }
-    impl<'de> serde::de::Visitor<'de> for Object<'_> {
-        type Value = BTreeMap<Key<'de>, Field<'de>>;
+    let mut scan = Scan { text, i: 0 };
+    scan.object(custom, allow, tally)
+        .map_err(|()| ScrubError::Body(format!("invalid JSON object near byte {}", scan.i)))
+}
 
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a JSON object")
+/// The index of the first `"`, `\\` or control character in `b` from `from`. Eight bytes at a
+/// time (serde_json's own test, Mycroft's zero-byte trick): a flag can be wrong only above a
+/// right one, so the lowest flag is the answer. Strings are short: this stays inline rather
+/// than calling a vectorised search per string.
+fn special(b: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = u64::MAX / 255;
+    let mut i = from;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut eight = [0u8; 8];
+        eight.copy_from_slice(chunk);
+        let v = u64::from_le_bytes(eight);
+        let ctrl = v.wrapping_sub(ONES * 0x20) & !v;
+        let q = v ^ (ONES * u64::from(b'"'));
+        let quote = q.wrapping_sub(ONES) & !q;
+        let s = v ^ (ONES * u64::from(b'\\'));
+        let slash = s.wrapping_sub(ONES) & !s;
+        let found = (ctrl | quote | slash) & (ONES << 7);
+        if found != 0 {
+            return Some(i + (found.trailing_zeros() / 8) as usize);
         }
+        i += 8;
+    }
+    b.get(i..)?
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+        .map(|p| i + p)
+}
 
-        fn visit_map<M: serde::de::MapAccess<'de>>(
-            self,
-            mut map: M,
-        ) -> Result<Self::Value, M::Error> {
-            let mut out = BTreeMap::new();
-            while let Some(k) = map.next_key::<Key<'de>>()? {
-                let v = if self.custom.contains(&k.0.as_ref()) {
-                    Field::Allowed(map.next_value_seed(AllowedFields::new(self.allow, self.tally))?)
+/// A JSON reader over text already known to be UTF-8: it checks and skips values with the
+/// rules serde_json's `ignore_value` applies (no depth limit: nested containers are counted on
+/// a heap stack, never by recursion).
+struct Scan<'a> {
+    text: &'a str,
+    i: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
+    /// Skips whitespace; the next byte, if any.
+    fn ws(&mut self) -> Option<u8> {
+        let b = self.bytes();
+        while let Some(&c) = b.get(self.i) {
+            if !matches!(c, b' ' | b'\n' | b'\t' | b'\r') {
+                return Some(c);
+            }
+            self.i += 1;
+        }
+        None
+    }
+
+    /// After whitespace, `c` (consumed), or an error.
+    fn expect(&mut self, c: u8) -> Result<(), ()> {
+        if self.ws() != Some(c) {
+            return Err(());
+        }
+        self.i += 1;
+        Ok(())
+    }
+
+    /// A string whose opening quote is at `self.i`: skipped; whether it holds an escape.
+    fn string(&mut self) -> Result<bool, ()> {
+        let b = self.bytes();
+        self.i += 1;
+        let mut escaped = false;
+        loop {
+            self.i = special(b, self.i).ok_or(())?;
+            match b[self.i] {
+                b'"' => {
+                    self.i += 1;
+                    return Ok(escaped);
+                }
+                b'\\' => {}
+                // No control character may stand unescaped in a string.
+                _ => return Err(()),
+            }
+            escaped = true;
+            match b.get(self.i + 1).ok_or(())? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 2,
+                b'u' => {
+                    let hex = b.get(self.i + 2..self.i + 6).ok_or(())?;
+                    if !hex.iter().all(u8::is_ascii_hexdigit) {
+                        return Err(());
+                    }
+                    self.i += 6;
+                }
+                _ => return Err(()),
+            }
+        }
+    }
+
+    /// An object key at `self.i` (after whitespace), decoded, and the colon after it.
+    fn key(&mut self) -> Result<Key<'a>, ()> {
+        if self.ws() != Some(b'"') {
+            return Err(());
+        }
+        let start = self.i;
+        let escaped = self.string()?;
+        let quoted = &self.text[start..self.i];
+        let key = if escaped {
+            // Rare: serde_json decodes it (and refuses a lone surrogate, as before).
+            serde_json::from_str::<Key<'a>>(quoted).map_err(|_| ())?
+        } else {
+            Key(Cow::Borrowed(&quoted[1..quoted.len() - 1]))
+        };
+        self.expect(b':')?;
+        Ok(key)
+    }
+
+    /// A key inside a skipped value: checked as any string is, never decoded (serde_json's
+    /// `ignore_value` lets a lone surrogate escape pass there).
+    fn skip_key(&mut self) -> Result<(), ()> {
+        if self.ws() != Some(b'"') {
+            return Err(());
+        }
+        self.string()?;
+        self.expect(b':')
+    }
+
+    /// `true`, `false` or `null`, its first byte at `self.i`.
+    fn ident(&mut self, word: &[u8]) -> Result<(), ()> {
+        if self.bytes().get(self.i..self.i + word.len()) != Some(word) {
+            return Err(());
+        }
+        self.i += word.len();
+        Ok(())
+    }
+
+    /// A number at `self.i`: JSON's grammar (one leading zero, digits after a point and an
+    /// exponent).
+    fn number(&mut self) -> Result<(), ()> {
+        let b = self.bytes();
+        let digits = |i: &mut usize| {
+            let start = *i;
+            while b.get(*i).is_some_and(u8::is_ascii_digit) {
+                *i += 1;
+            }
+            *i > start
+        };
+        if b.get(self.i) == Some(&b'-') {
+            self.i += 1;
+        }
+        match b.get(self.i) {
+            Some(b'0') => {
+                self.i += 1;
+                if b.get(self.i).is_some_and(u8::is_ascii_digit) {
+                    return Err(());
+                }
+            }
+            Some(b'1'..=b'9') => {
+                digits(&mut self.i);
+            }
+            _ => return Err(()),
+        }
+        if b.get(self.i) == Some(&b'.') {
+            self.i += 1;
+            if !digits(&mut self.i) {
+                return Err(());
+            }
+        }
+        if matches!(b.get(self.i), Some(b'e' | b'E')) {
+            self.i += 1;
+            if matches!(b.get(self.i), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            if !digits(&mut self.i) {
+                return Err(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Skips one value (after whitespace); its raw text.
+    fn value(&mut self) -> Result<&'a str, ()> {
+        self.ws();
+        let start = self.i;
+        // The open containers, innermost last.
+        let mut open: Vec<u8> = Vec::new();
+        loop {
+            match self.ws().ok_or(())? {
+                b'n' => self.ident(b"null")?,
+                b't' => self.ident(b"true")?,
+                b'f' => self.ident(b"false")?,
+                b'-' | b'0'..=b'9' => self.number()?,
+                b'"' => {
+                    self.string()?;
+                }
+                c @ (b'[' | b'{') => {
+                    self.i += 1;
+                    let close = if c == b'[' { b']' } else { b'}' };
+                    if self.ws() == Some(close) {
+                        self.i += 1;
+                    } else {
+                        open.push(c);
+                        if c == b'{' {
+                            self.skip_key()?;
+                        }
+                        continue;
+                    }
+                }
+                _ => return Err(()),
+            }
+            // A value is complete: close what it completes, or go on after a comma.
+            loop {
+                let Some(&c) = open.last() else {
+                    return Ok(&self.text[start..self.i]);
+                };
+                match self.ws() {
+                    Some(b',') => {
+                        self.i += 1;
+                        if c == b'{' {
+                            self.skip_key()?;
+                        }
+                        break;
+                    }
+                    Some(b']') if c == b'[' => {
+                        self.i += 1;
+                        open.pop();
+                    }
+                    Some(b'}') if c == b'{' => {
+                        self.i += 1;
+                        open.pop();
+                    }
+                    _ => return Err(()),
+                }
+            }
+        }
+    }
+
+    /// The whole text as one object (see [`read_object`]).
+    fn object(
+        &mut self,
+        custom: &[&str],
+        allow: &[String],
+        tally: &mut Tally,
+    ) -> Result<BTreeMap<Key<'a>, Field<'a>>, ()> {
+        let mut out = BTreeMap::new();
+        self.expect(b'{')?;
+        if self.ws() == Some(b'}') {
+            self.i += 1;
+        } else {
+            loop {
+                let k = self.key()?;
+                let v = if custom.contains(&k.0.as_ref()) {
+                    Field::Allowed(self.allowed(allow, tally)?)
                 } else {
-                    Field::Raw(map.next_value()?)
+                    Field::Raw(Raw(self.value()?))
                 };
                 out.insert(k, v);
+                match self.ws() {
+                    Some(b',') => self.i += 1,
+                    Some(b'}') => {
+                        self.i += 1;
+                        break;
+                    }
+                    _ => return Err(()),
+                }
             }
-            Ok(out)
         }
+        if self.ws().is_some() {
+            return Err(());
+        }
+        Ok(out)
     }
-    let body = |e: serde_json::Error| ScrubError::Body(e.to_string());
-    let mut de = serde_json::Deserializer::from_str(text);
-    // `deserialize_map`: anything but an object is refused (numbers included, which
-    // `arbitrary_precision` would otherwise hand a visitor as a map).
-    let object = serde::Deserializer::deserialize_map(
-        &mut de,
-        Object {
-            custom,
-            allow,
-            tally,
-        },
-    )
-    .map_err(body)?;
-    de.end().map_err(body)?;
-    Ok(object)
+
+    /// A value of custom fields, read as [`AllowedFields`] reads it: an object's allowlisted
+    /// scalar members, respelt; one sent as a JSON string is decoded and read by
+    /// [`AllowedFields`] itself; anything else holds nothing.
+    fn allowed(
+        &mut self,
+        allow: &[String],
+        tally: &mut Tally,
+    ) -> Result<Option<Box<RawValue>>, ()> {
+        match self.ws().ok_or(())? {
+            b'{' => {}
+            b'"' => {
+                let raw = self.value()?;
+                // Decoded as serde_json would (a lone surrogate refuses the body).
+                let s: Key<'_> = serde_json::from_str(raw).map_err(|_| ())?;
+                return Ok(AllowedFields {
+                    allow,
+                    tally,
+                    unwrapped: true,
+                }
+                .read(&s.0));
+            }
+            _ => {
+                self.value()?;
+                return Ok(None);
+            }
+        }
+        self.i += 1;
+        let mut kept: BTreeMap<Key<'a>, Box<RawValue>> = BTreeMap::new();
+        if self.ws() == Some(b'}') {
+            self.i += 1;
+            return Ok(None);
+        }
+        let mut first = true;
+        loop {
+            let k = self.key()?;
+            if std::mem::take(&mut first) && k.0 == NUMBER_TOKEN {
+                // What serde_json hands a visitor for a number: read as one, nothing kept,
+                // and nothing may follow it.
+                self.value()?;
+                self.expect(b'}')?;
+                return Ok(None);
+            }
+            let raw = self.value()?;
+            if allow.iter().any(|a| *a == *k.0) {
+                match Raw(raw).value().and_then(|v| json_kept(v, tally)) {
+                    Some(v) => kept.insert(k, v),
+                    // A repeated key keeps its last value, even one that cannot be kept.
+                    None => kept.remove(&*k.0),
+                };
+            } else {
+                tally.add(Outcome::Dropped);
+            }
+            match self.ws() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    break;
+                }
+                _ => return Err(()),
+            }
+        }
+        if kept.is_empty() {
+            return Ok(None);
+        }
+        Ok(serde_json::value::to_raw_value(&kept).ok())
+    }
 }
 
 /// Reads a value of custom fields, keeping the allowlisted keys of an object (also of one sent
@@ -182,6 +495,7 @@ struct AllowedFields<'s> {
 
 impl<'s> AllowedFields<'s> {
     /// Filters against `allow`, counting each field in `tally`.
+    #[cfg(test)]
     fn new(allow: &'s [String], tally: &'s mut Tally) -> AllowedFields<'s> {
         AllowedFields {
             allow,
@@ -285,6 +599,194 @@ impl<'de> serde::de::Visitor<'de> for AllowedFields<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn special_finds_the_first_quote_backslash_or_control_character() {
+        for len in 0..24 {
+            for at in 0..len {
+                for c in [b'"', b'\\', 0x00, 0x1f, b'\n'] {
+                    // Bytes at and above 0x20 (non-ASCII ones included) are never special.
+                    let mut b: Vec<u8> = (0..len)
+                        .map(|i| [b'a', 0x20, 0x7f, 0x80, 0xff][i % 5])
+                        .collect();
+                    b[at] = c;
+                    if at + 1 < len {
+                        b[at + 1] = 0x01;
+                    }
+                    assert_eq!(special(&b, 0), Some(at), "{b:?}");
+                    assert_eq!(special(&b, at + 1), (at + 1 < len).then_some(at + 1));
+                }
+            }
+            let plain: Vec<u8> = (0..len)
+                .map(|i| [b'a', 0x20, 0x7f, 0x80, 0xff][i % 5])
+                .collect();
+            assert_eq!(special(&plain, 0), None);
+            assert_eq!(special(&plain, len + 1), None);
+        }
+    }
+
+    /// A field as the old reader gave it: raw, or custom fields read (`Err`).
+    type SerdeField<'a> = Result<&'a RawValue, Option<Box<RawValue>>>;
+
+    /// The serde_json reader `read_object` replaced (its visitor, as it was): the reference
+    /// the scanner must agree with.
+    fn read_object_serde<'a>(
+        text: &'a str,
+        custom: &[&str],
+        allow: &[String],
+        tally: &mut Tally,
+    ) -> Result<BTreeMap<Key<'a>, SerdeField<'a>>, ScrubError> {
+        struct Object<'s> {
+            custom: &'s [&'s str],
+            allow: &'s [String],
+            tally: &'s mut Tally,
+        }
+        impl<'de> serde::de::Visitor<'de> for Object<'_> {
+            type Value = BTreeMap<Key<'de>, SerdeField<'de>>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut out = BTreeMap::new();
+                while let Some(k) = map.next_key::<Key<'de>>()? {
+                    let v = if self.custom.contains(&k.0.as_ref()) {
+                        Err(map.next_value_seed(AllowedFields::new(self.allow, self.tally))?)
+                    } else {
+                        Ok(map.next_value()?)
+                    };
+                    out.insert(k, v);
+                }
+                Ok(out)
+            }
+        }
+        let body = |e: serde_json::Error| ScrubError::Body(e.to_string());
+        let mut de = serde_json::Deserializer::from_str(text);
+        let object = serde::Deserializer::deserialize_map(
+            &mut de,
+            Object {
+                custom,
+                allow,
+                tally,
+            },
+        )
+        .map_err(body)?;
+        de.end().map_err(body)?;
+        Ok(object)
+    }
+
+    /// A reading as comparable text: each key with its raw value or its kept custom fields.
+    type Reading = Option<(Vec<(String, Result<String, Option<String>>)>, [u64; 4])>;
+
+    fn counts(t: &Tally) -> [u64; 4] {
+        Outcome::ALL.map(|o| t.get(o))
+    }
+
+    fn by_scan(text: &str, custom: &[&str], allow: &[String]) -> Reading {
+        let mut t = Tally::default();
+        let m = read_object(text, custom, allow, &mut t).ok()?;
+        let fields = m
+            .into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Field::Raw(r) => Ok(r.value().expect("checked").get().to_owned()),
+                    Field::Allowed(a) => Err(a.map(|a| a.get().to_owned())),
+                };
+                (k.0.into_owned(), v)
+            })
+            .collect();
+        Some((fields, counts(&t)))
+    }
+
+    fn by_serde(text: &str, custom: &[&str], allow: &[String]) -> Reading {
+        let mut t = Tally::default();
+        let m = read_object_serde(text, custom, allow, &mut t).ok()?;
+        let fields = m
+            .into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Ok(r) => Ok(r.get().to_owned()),
+                    Err(a) => Err(a.map(|a| a.get().to_owned())),
+                };
+                (k.0.into_owned(), v)
+            })
+            .collect();
+        Some((fields, counts(&t)))
+    }
+
+    /// The scanner reads every fixture, hostile input and mutation of them exactly as the
+    /// serde_json visitor did: the same fields, raw texts, kept props and counts, and the same
+    /// refusals.
+    #[test]
+    fn the_scanner_reads_objects_as_serde_json_did() {
+        let custom = ["p", "props", "m", "meta", "data"];
+        let allow = ["author".to_owned(), "plan".to_owned()];
+        let umami: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/umami-send.json")).unwrap();
+        let umami_payload = umami["payload"].to_string();
+        let mut seeds: Vec<String> = vec![
+            include_str!("../../tests/fixtures/plausible-event.json").to_owned(),
+            include_str!("../../../shared/fixtures/plausible-event.json").to_owned(),
+            umami_payload,
+            r#"{"n":"x","p":{"plan":"a","plan":"b"},"p":{"plan":"c"},"n":"y"}"#.to_owned(),
+            r#"{"n":"x","props":"{\"author\":\"Jo\",\"email\":\"a@b\"}","m":7.5e-3}"#.to_owned(),
+            r#"{"n":"x","p":{"plan":["a"],"plan":true,"author":null,"x":{"y":[1,{"z":[]}]}}}"#
+                .to_owned(),
+            r#"{"a\u00e9\n":"\ud83d\ude00\/","h":9909999999999999999999999920,"w":-0.5E+10}"#
+                .to_owned(),
+            r#"{"p":{"$serde_json::private::Number":1}}"#.to_owned(),
+            r#"{"p":{"$serde_json::private::Number":1,"plan":2}}"#.to_owned(),
+            r#"{"p":{"plan":1,"$serde_json::private::Number":"x"}}"#.to_owned(),
+            r#"{"\ud800":1}"#.to_owned(),
+            r#"{"n":"x","p":{"\ud800":1}}"#.to_owned(),
+            r#"{"n":"x","p":"\ud800"}"#.to_owned(),
+            r#"{"n":"x","p":"{\"plan\":\"\ud800\"}"}"#.to_owned(),
+            " { } ".to_owned(),
+            "{\"n\":\"tab\there\"}".to_owned(),
+            format!("{{\"p\":{}1{}}}", "[".repeat(5000), "]".repeat(5000)),
+            format!("{{\"d\":{}1{}}}", "{\"a\":".repeat(3000), "}".repeat(3000)),
+            format!("{{\"p\":{{\"plan\":{}}}}}", "9".repeat(400)),
+        ];
+        // Every truncation and every one-byte change to a few JSON-significant bytes.
+        let short: Vec<String> = seeds.iter().filter(|s| s.len() < 600).cloned().collect();
+        let swaps = [
+            "{", "}", "[", "]", "\"", "\\", ",", ":", "0", "-", "e", ".", "n", "t", "u", "\u{1}",
+            " ", "a", "",
+        ];
+        for seed in &short {
+            for (i, _) in seed.char_indices() {
+                seeds.push(seed[..i].to_owned());
+                for swap in swaps {
+                    let mut c = seed.clone();
+                    let end = i + seed[i..].chars().next().map_or(0, char::len_utf8);
+                    c.replace_range(i..end, swap);
+                    seeds.push(c.clone());
+                    let mut ins = seed.clone();
+                    ins.insert_str(i, swap);
+                    seeds.push(ins);
+                }
+            }
+        }
+        let mut accepted = 0;
+        for text in &seeds {
+            let (a, b) = (
+                by_scan(text, &custom, &allow),
+                by_serde(text, &custom, &allow),
+            );
+            assert_eq!(a, b, "{text:?}");
+            accepted += usize::from(a.is_some());
+        }
+        // Both outcomes were exercised.
+        assert!(
+            accepted > 1000 && accepted < seeds.len() - 1000,
+            "{accepted} of {}",
+            seeds.len()
+        );
+    }
 
     #[test]
     fn json_url_fields_are_counted_by_what_happened() {

@@ -78,7 +78,7 @@ pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8
     let allow = &ctx.settings.allow_event_params;
     let event = read_object(text, CUSTOM, allow, tally)?;
     let raw = |name: &str| match event.get(name) {
-        Some(Field::Raw(v)) => Some(*v),
+        Some(Field::Raw(v)) => v.value(),
         _ => None,
     };
     let site_host = raw("d").and_then(raw_str).map(Cow::into_owned).or_else(|| {
@@ -91,12 +91,17 @@ pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8
         let kept = match (k.0.as_ref(), v) {
             // Filtered (and counted) as they were read.
             (_, Field::Allowed(fields)) => fields,
-            (name, Field::Raw(v)) if KEPT.contains(&name) => json_kept(v, tally),
-            ("$", Field::Raw(v)) => revenue(v, tally),
-            ("u", Field::Raw(v)) => json_page_url(v, &ctx.settings.allow_url_params, tally),
-            ("r", Field::Raw(v)) => {
-                json_referrer(v, site_host.as_deref(), tally).and_then(|r| raw_string(&r))
+            (name, Field::Raw(v)) if KEPT.contains(&name) => {
+                v.value().and_then(|v| json_kept(v, tally))
             }
+            ("$", Field::Raw(v)) => v.value().and_then(|v| revenue(v, tally)),
+            ("u", Field::Raw(v)) => v
+                .value()
+                .and_then(|v| json_page_url(v, &ctx.settings.allow_url_params, tally)),
+            ("r", Field::Raw(v)) => v
+                .value()
+                .and_then(|v| json_referrer(v, site_host.as_deref(), tally))
+                .and_then(|r| raw_string(&r)),
             _ => {
                 tally.add(Outcome::Dropped);
                 None

@@ -76,7 +76,7 @@ pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8
         return Err(ScrubError::Body("no \"payload\" object".into()));
     };
     let site_host = match payload.get("hostname") {
-        Some(Field::Raw(v)) => raw_str(v),
+        Some(Field::Raw(v)) => v.value().and_then(raw_str),
         _ => None,
     };
     let mut out: BTreeMap<Key<'_>, Box<RawValue>> = BTreeMap::new();
@@ -84,15 +84,20 @@ pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8
         let kept = match (k.0.as_ref(), v) {
             // Filtered (and counted) as they were read.
             (_, Field::Allowed(fields)) => fields,
-            (name, Field::Raw(v)) if KEPT.contains(&name) => json_kept(v, tally),
-            ("url", Field::Raw(v)) => json_page_url(v, &ctx.settings.allow_url_params, tally),
-            // Umami expects the field; an empty referrer means none.
-            ("referrer", Field::Raw(v)) => {
-                raw_string(&json_referrer(v, site_host.as_deref(), tally).unwrap_or_default())
+            (name, Field::Raw(v)) if KEPT.contains(&name) => {
+                v.value().and_then(|v| json_kept(v, tally))
             }
+            ("url", Field::Raw(v)) => v
+                .value()
+                .and_then(|v| json_page_url(v, &ctx.settings.allow_url_params, tally)),
+            // Umami expects the field; an empty referrer means none.
+            ("referrer", Field::Raw(v)) => v.value().and_then(|v| {
+                raw_string(&json_referrer(v, site_host.as_deref(), tally).unwrap_or_default())
+            }),
             ("language", Field::Raw(v)) => {
                 tally.add(Outcome::Generalised);
-                raw_str(v)
+                v.value()
+                    .and_then(raw_str)
                     .and_then(|l| primary_language(&l))
                     .and_then(|l| raw_string(&l))
             }
