@@ -26,9 +26,97 @@ impl std::borrow::Borrow<str> for Key<'_> {
     }
 }
 
+/// The text of one JSON value that has been checked (by [`read_object`] or serde_json): the
+/// rules read it without parsing it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Raw<'a>(&'a str);
+
+impl<'a> From<&'a RawValue> for Raw<'a> {
+    fn from(v: &'a RawValue) -> Raw<'a> {
+        Raw(v.get())
+    }
+}
+
+impl<'a> Raw<'a> {
+    /// The checked text.
+    pub fn text(self) -> &'a str {
+        self.0
+    }
+
+    /// The value as serde_json reads it (`None` cannot happen for checked text).
+    #[cfg(test)]
+    fn value(self) -> Option<&'a RawValue> {
+        serde_json::from_str(self.0).ok()
+    }
+
+    /// What the string holds, if this is a string whose text needs no decoding (no escape):
+    /// also exactly how serde_json spells that string.
+    fn plain_str(self) -> Option<&'a str> {
+        let inner = self.0.strip_prefix('"')?.strip_suffix('"')?;
+        special(inner.as_bytes(), 0).is_none().then_some(inner)
+    }
+}
+
+/// JSON text for a scrubbed body, spelt as serde_json spells the value: borrowed from the
+/// visitor's checked text when it already is, written by tamis otherwise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Json<'a>(Cow<'a, str>);
+
+impl Json<'_> {
+    /// The JSON text.
+    pub fn text(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Writes an object of JSON values as serde_json writes a map: `{"key":value,…}` in the order
+/// given, keys escaped as JSON strings.
+pub fn write_object<'k, 'v: 'k>(
+    out: &mut Vec<u8>,
+    fields: impl IntoIterator<Item = (&'k str, &'k Json<'v>)>,
+) {
+    out.push(b'{');
+    for (i, (k, v)) in fields.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, k);
+        out.push(b':');
+        out.extend_from_slice(v.text().as_bytes());
+    }
+    out.push(b'}');
+}
+
+/// `s` as a JSON string, escaped as serde_json escapes it.
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    if special(s.as_bytes(), 0).is_none() {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing into a Vec cannot fail; a failure would leave the string out, never a
+        // half-escaped one.
+        let mut escaped = Vec::new();
+        if serde_json::to_writer(&mut escaped, s).is_ok() {
+            out.extend_from_slice(&escaped);
+        }
+    }
+}
+
+/// An object of JSON values as JSON text ([`write_object`]).
+pub fn object_json<'k, 'v: 'k>(
+    fields: impl IntoIterator<Item = (&'k str, &'k Json<'v>)>,
+) -> Json<'static> {
+    let mut out = Vec::new();
+    write_object(&mut out, fields);
+    // Only valid UTF-8 was written: the keys and the values are `str`.
+    Json(Cow::Owned(String::from_utf8(out).unwrap_or_default()))
+}
+
 /// The raw value of `name` in `object`.
-pub fn field<'a>(object: &RawObject<'a>, name: &str) -> Option<&'a RawValue> {
-    object.get(name).copied()
+pub fn field<'a>(object: &RawObject<'a>, name: &str) -> Option<Raw<'a>> {
+    object.get(name).map(|v| Raw::from(*v))
 }
 
 /// `text` as a JSON object, or why not.
@@ -37,39 +125,59 @@ pub fn raw_object(text: &str) -> Result<RawObject<'_>, ScrubError> {
 }
 
 /// A raw value that is a JSON string, decoded (borrowed unless escaped).
-pub fn raw_str(v: &RawValue) -> Option<Cow<'_, str>> {
-    let s: Key<'_> = serde_json::from_str(v.get()).ok()?;
+pub fn raw_str(v: Raw<'_>) -> Option<Cow<'_, str>> {
+    if let Some(s) = v.plain_str() {
+        return Some(Cow::Borrowed(s));
+    }
+    let s: Key<'_> = serde_json::from_str(v.0).ok()?;
     Some(s.0)
 }
 
-/// A string as a raw JSON value, for the scrubbed output.
-pub fn raw_string(s: &str) -> Option<Box<RawValue>> {
-    serde_json::value::to_raw_value(s).ok()
+/// A string as a JSON value, for the scrubbed output.
+pub fn raw_string(s: &str) -> Option<Json<'static>> {
+    let mut out = Vec::with_capacity(s.len() + 2);
+    write_str(&mut out, s);
+    String::from_utf8(out).ok().map(|s| Json(Cow::Owned(s)))
 }
 
 /// A kept value, re-serialised rather than passed on as the visitor spelt it, so the bytes
 /// sent upstream depend on the value alone, never on its escapes, exponents or spacing.
-pub fn respelt(v: &RawValue) -> Option<Box<RawValue>> {
-    // Most kept values are strings: decoded and encoded again without building a `Value`.
-    if v.get().starts_with('"') {
-        return raw_str(v).and_then(|s| raw_string(&s));
+pub fn respelt(v: Raw<'_>) -> Option<Json<'_>> {
+    let b = v.0.as_bytes();
+    match b.first()? {
+        // A string without escapes, `true`, `false`, `null` and a number without an exponent
+        // are spelt as serde_json (`arbitrary_precision`) would spell them: passed on as they
+        // are, with no copy.
+        b'"' => {
+            if v.plain_str().is_some() {
+                return Some(Json(Cow::Borrowed(v.0)));
+            }
+            return raw_str(v).and_then(|s| raw_string(&s));
+        }
+        b't' | b'f' | b'n' => return Some(Json(Cow::Borrowed(v.0))),
+        b'-' | b'0'..=b'9' if !b.iter().any(|&c| c == b'e' || c == b'E') => {
+            return Some(Json(Cow::Borrowed(v.0)))
+        }
+        _ => {}
     }
-    let value: serde_json::Value = serde_json::from_str(v.get()).ok()?;
-    serde_json::value::to_raw_value(&value).ok()
+    let value: serde_json::Value = serde_json::from_str(v.0).ok()?;
+    serde_json::to_string(&value)
+        .ok()
+        .map(|s| Json(Cow::Owned(s)))
 }
 
 /// A kept value, respelt, if it is a scalar (string, number, boolean or null). An object or an
 /// array is never kept: under one allowed name it could carry any number of fields (Umami
 /// flattens a nested object into keys of its own).
-pub fn scalar(v: &RawValue) -> Option<Box<RawValue>> {
-    if v.get().trim_start().starts_with(['{', '[']) {
+pub fn scalar(v: Raw<'_>) -> Option<Json<'_>> {
+    if v.0.trim_start().starts_with(['{', '[']) {
         return None;
     }
     respelt(v)
 }
 
 /// A field kept by name, if its value is a scalar ([`scalar`]); counted as kept or dropped.
-pub fn json_kept(v: &RawValue, tally: &mut Tally) -> Option<Box<RawValue>> {
+pub fn json_kept<'a>(v: Raw<'a>, tally: &mut Tally) -> Option<Json<'a>> {
     let kept = scalar(v);
     tally.add(if kept.is_some() {
         Outcome::Kept
@@ -81,7 +189,7 @@ pub fn json_kept(v: &RawValue, tally: &mut Tally) -> Option<Box<RawValue>> {
 
 /// A JSON page-URL field after the URL rule; counted as generalised, or dropped when the rule
 /// leaves nothing.
-pub fn json_page_url(v: &RawValue, allow: &[String], tally: &mut Tally) -> Option<Box<RawValue>> {
+pub fn json_page_url(v: Raw<'_>, allow: &[String], tally: &mut Tally) -> Option<Json<'static>> {
     let url = raw_str(v)
         .and_then(|u| scrub_page_url(&u, allow))
         .and_then(|u| raw_string(&u));
@@ -94,7 +202,7 @@ pub fn json_page_url(v: &RawValue, allow: &[String], tally: &mut Tally) -> Optio
 }
 
 /// A JSON referrer field after the same-site rule; counted as generalised or dropped.
-pub fn json_referrer(v: &RawValue, site_host: Option<&str>, tally: &mut Tally) -> Option<String> {
+pub fn json_referrer(v: Raw<'_>, site_host: Option<&str>, tally: &mut Tally) -> Option<String> {
     let r = raw_str(v).and_then(|r| same_site_referrer(&r, site_host));
     tally.add(if r.is_some() {
         Outcome::Generalised
@@ -109,19 +217,7 @@ pub enum Field<'a> {
     /// The raw text of the value, parsed only when a rule reads it.
     Raw(Raw<'a>),
     /// Custom fields, already filtered against the allowlist (`None`: nothing kept).
-    Allowed(Option<Box<RawValue>>),
-}
-
-/// The raw text of one JSON value [`read_object`] has checked, turned into a [`RawValue`]
-/// only for the fields a rule reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Raw<'a>(&'a str);
-
-impl<'a> Raw<'a> {
-    /// The value (`None` cannot happen for text `read_object` accepted).
-    pub fn value(self) -> Option<&'a RawValue> {
-        serde_json::from_str(self.0).ok()
-    }
+    Allowed(Option<Json<'static>>),
 }
 
 /// `text` as a JSON object, in one pass: the values of the `custom` keys (custom fields, often
@@ -419,7 +515,7 @@ impl<'a> Scan<'a> {
         &mut self,
         allow: &[String],
         tally: &mut Tally,
-    ) -> Result<Option<Box<RawValue>>, ()> {
+    ) -> Result<Option<Json<'static>>, ()> {
         match self.ws().ok_or(())? {
             b'{' => {}
             b'"' => {
@@ -439,7 +535,7 @@ impl<'a> Scan<'a> {
             }
         }
         self.i += 1;
-        let mut kept: BTreeMap<Key<'a>, Box<RawValue>> = BTreeMap::new();
+        let mut kept: BTreeMap<Key<'a>, Json<'a>> = BTreeMap::new();
         if self.ws() == Some(b'}') {
             self.i += 1;
             return Ok(None);
@@ -456,7 +552,7 @@ impl<'a> Scan<'a> {
             }
             let raw = self.value()?;
             if allow.iter().any(|a| *a == *k.0) {
-                match Raw(raw).value().and_then(|v| json_kept(v, tally)) {
+                match json_kept(Raw(raw), tally) {
                     Some(v) => kept.insert(k, v),
                     // A repeated key keeps its last value, even one that cannot be kept.
                     None => kept.remove(&*k.0),
@@ -476,7 +572,7 @@ impl<'a> Scan<'a> {
         if kept.is_empty() {
             return Ok(None);
         }
-        Ok(serde_json::value::to_raw_value(&kept).ok())
+        Ok(Some(object_json(kept.iter().map(|(k, v)| (&*k.0, v)))))
     }
 }
 
@@ -493,19 +589,9 @@ struct AllowedFields<'s> {
     unwrapped: bool,
 }
 
-impl<'s> AllowedFields<'s> {
-    /// Filters against `allow`, counting each field in `tally`.
-    #[cfg(test)]
-    fn new(allow: &'s [String], tally: &'s mut Tally) -> AllowedFields<'s> {
-        AllowedFields {
-            allow,
-            tally,
-            unwrapped: false,
-        }
-    }
-
+impl AllowedFields<'_> {
     /// Reads one whole JSON value; `None` when it is not valid JSON either.
-    fn read(self, text: &str) -> Option<Box<RawValue>> {
+    fn read(self, text: &str) -> Option<Json<'static>> {
         let mut de = serde_json::Deserializer::from_str(text);
         let kept = serde::de::DeserializeSeed::deserialize(self, &mut de).ok()?;
         de.end().ok()?;
@@ -517,7 +603,7 @@ impl<'s> AllowedFields<'s> {
 const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
 impl<'de> serde::de::DeserializeSeed<'de> for AllowedFields<'_> {
-    type Value = Option<Box<RawValue>>;
+    type Value = Option<Json<'static>>;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
@@ -525,14 +611,14 @@ impl<'de> serde::de::DeserializeSeed<'de> for AllowedFields<'_> {
 }
 
 impl<'de> serde::de::Visitor<'de> for AllowedFields<'_> {
-    type Value = Option<Box<RawValue>>;
+    type Value = Option<Json<'static>>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("any JSON value")
     }
 
     fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-        let mut kept: BTreeMap<Key<'de>, Box<RawValue>> = BTreeMap::new();
+        let mut kept: BTreeMap<Key<'de>, Json<'de>> = BTreeMap::new();
         let mut first = true;
         while let Some(k) = map.next_key::<Key<'de>>()? {
             if std::mem::take(&mut first) && k.0 == NUMBER_TOKEN {
@@ -542,7 +628,7 @@ impl<'de> serde::de::Visitor<'de> for AllowedFields<'_> {
             }
             if self.allow.iter().any(|a| *a == *k.0) {
                 // Respelt from its raw text: the same value, however it was written.
-                match json_kept(map.next_value::<&'de RawValue>()?, self.tally) {
+                match json_kept(Raw::from(map.next_value::<&'de RawValue>()?), self.tally) {
                     Some(v) => kept.insert(k, v),
                     // A repeated key keeps its last value, even one that cannot be kept.
                     None => kept.remove(&*k.0),
@@ -555,7 +641,7 @@ impl<'de> serde::de::Visitor<'de> for AllowedFields<'_> {
         if kept.is_empty() {
             return Ok(None);
         }
-        Ok(serde_json::value::to_raw_value(&kept).ok())
+        Ok(Some(object_json(kept.iter().map(|(k, v)| (&*k.0, v)))))
     }
 
     fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
@@ -593,6 +679,183 @@ impl<'de> serde::de::Visitor<'de> for AllowedFields<'_> {
 
     fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
         Ok(None)
+    }
+}
+
+/// The serde_json reading and respelling this module had before the scanner and the borrowed
+/// output (commit 995064f and before), verbatim: the reference the fast paths must agree with.
+#[cfg(test)]
+mod serde_reference {
+    use std::borrow::Cow;
+    use std::collections::BTreeMap;
+
+    use serde_json::value::RawValue;
+
+    use super::super::{Outcome, Tally};
+    use super::Key;
+
+    /// A raw value that is a JSON string, decoded (borrowed unless escaped).
+    pub fn raw_str(v: &RawValue) -> Option<Cow<'_, str>> {
+        let s: Key<'_> = serde_json::from_str(v.get()).ok()?;
+        Some(s.0)
+    }
+
+    /// A string as a raw JSON value, for the scrubbed output.
+    pub fn raw_string(s: &str) -> Option<Box<RawValue>> {
+        serde_json::value::to_raw_value(s).ok()
+    }
+
+    /// A kept value, re-serialised rather than passed on as the visitor spelt it, so the bytes
+    /// sent upstream depend on the value alone, never on its escapes, exponents or spacing.
+    pub fn respelt(v: &RawValue) -> Option<Box<RawValue>> {
+        // Most kept values are strings: decoded and encoded again without building a `Value`.
+        if v.get().starts_with('"') {
+            return raw_str(v).and_then(|s| raw_string(&s));
+        }
+        let value: serde_json::Value = serde_json::from_str(v.get()).ok()?;
+        serde_json::value::to_raw_value(&value).ok()
+    }
+
+    /// A kept value, respelt, if it is a scalar (string, number, boolean or null). An object or an
+    /// array is never kept: under one allowed name it could carry any number of fields (Umami
+    /// flattens a nested object into keys of its own).
+    pub fn scalar(v: &RawValue) -> Option<Box<RawValue>> {
+        if v.get().trim_start().starts_with(['{', '[']) {
+            return None;
+        }
+        respelt(v)
+    }
+
+    /// A field kept by name, if its value is a scalar ([`scalar`]); counted as kept or dropped.
+    pub fn json_kept(v: &RawValue, tally: &mut Tally) -> Option<Box<RawValue>> {
+        let kept = scalar(v);
+        tally.add(if kept.is_some() {
+            Outcome::Kept
+        } else {
+            Outcome::Dropped
+        });
+        kept
+    }
+
+    /// Reads a value of custom fields, keeping the allowlisted keys of an object (also of one sent
+    /// as a JSON string, as some trackers do) whose values are scalars: each key is checked as it
+    /// is read, a dropped value is only scanned, never built, and a kept one is respelt. Anything
+    /// that is not an object gives `None`, as does an object with nothing kept. A repeated key is
+    /// judged by its last value, as the JSON servers read it (Plausible's Jason, Umami's
+    /// `JSON.parse`).
+    pub struct AllowedFields<'s> {
+        allow: &'s [String],
+        tally: &'s mut Tally,
+        /// Reading the object a string held: a string in there is not an object.
+        unwrapped: bool,
+    }
+
+    impl<'s> AllowedFields<'s> {
+        /// Filters against `allow`, counting each field in `tally`.
+        pub fn new(allow: &'s [String], tally: &'s mut Tally) -> AllowedFields<'s> {
+            AllowedFields {
+                allow,
+                tally,
+                unwrapped: false,
+            }
+        }
+
+        /// Reads one whole JSON value; `None` when it is not valid JSON either.
+        fn read(self, text: &str) -> Option<Box<RawValue>> {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let kept = serde::de::DeserializeSeed::deserialize(self, &mut de).ok()?;
+            de.end().ok()?;
+            kept
+        }
+    }
+
+    /// The map key `arbitrary_precision` hands a visitor for a number it keeps as text.
+    const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+    impl<'de> serde::de::DeserializeSeed<'de> for AllowedFields<'_> {
+        type Value = Option<Box<RawValue>>;
+
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> serde::de::Visitor<'de> for AllowedFields<'_> {
+        type Value = Option<Box<RawValue>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+
+        fn visit_map<M: serde::de::MapAccess<'de>>(
+            self,
+            mut map: M,
+        ) -> Result<Self::Value, M::Error> {
+            let mut kept: BTreeMap<Key<'de>, Box<RawValue>> = BTreeMap::new();
+            let mut first = true;
+            while let Some(k) = map.next_key::<Key<'de>>()? {
+                if std::mem::take(&mut first) && k.0 == NUMBER_TOKEN {
+                    // A number, not an object.
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    return Ok(None);
+                }
+                if self.allow.iter().any(|a| *a == *k.0) {
+                    // Respelt from its raw text: the same value, however it was written.
+                    match json_kept(map.next_value::<&'de RawValue>()?, self.tally) {
+                        Some(v) => kept.insert(k, v),
+                        // A repeated key keeps its last value, even one that cannot be kept.
+                        None => kept.remove(&*k.0),
+                    };
+                } else {
+                    self.tally.add(Outcome::Dropped);
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+            if kept.is_empty() {
+                return Ok(None);
+            }
+            Ok(serde_json::value::to_raw_value(&kept).ok())
+        }
+
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            if self.unwrapped {
+                return Ok(None);
+            }
+            // Sent as a string: the object is inside it.
+            Ok(AllowedFields {
+                unwrapped: true,
+                ..self
+            }
+            .read(s))
+        }
+
+        fn visit_seq<S: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: S,
+        ) -> Result<Self::Value, S::Error> {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
     }
 }
 
@@ -655,7 +918,9 @@ mod tests {
                 let mut out = BTreeMap::new();
                 while let Some(k) = map.next_key::<Key<'de>>()? {
                     let v = if self.custom.contains(&k.0.as_ref()) {
-                        Err(map.next_value_seed(AllowedFields::new(self.allow, self.tally))?)
+                        Err(map.next_value_seed(serde_reference::AllowedFields::new(
+                            self.allow, self.tally,
+                        ))?)
                     } else {
                         Ok(map.next_value()?)
                     };
@@ -679,8 +944,16 @@ mod tests {
         Ok(object)
     }
 
-    /// A reading as comparable text: each key with its raw value or its kept custom fields.
-    type Reading = Option<(Vec<(String, Result<String, Option<String>>)>, [u64; 4])>;
+    /// A raw field as comparable text: its raw text, its respelling, its decoded string.
+    type RawReading = (String, Option<String>, Option<String>);
+
+    /// A reading as comparable text: each key with its raw field or its kept custom fields,
+    /// then the object of every respelt raw field as written for the output.
+    type Reading = Option<(
+        Vec<(String, Result<RawReading, Option<String>>)>,
+        [u64; 4],
+        Vec<u8>,
+    )>;
 
     fn counts(t: &Tally) -> [u64; 4] {
         Outcome::ALL.map(|o| t.get(o))
@@ -689,38 +962,65 @@ mod tests {
     fn by_scan(text: &str, custom: &[&str], allow: &[String]) -> Reading {
         let mut t = Tally::default();
         let m = read_object(text, custom, allow, &mut t).ok()?;
+        let mut out = BTreeMap::new();
         let fields = m
-            .into_iter()
+            .iter()
             .map(|(k, v)| {
                 let v = match v {
-                    Field::Raw(r) => Ok(r.value().expect("checked").get().to_owned()),
-                    Field::Allowed(a) => Err(a.map(|a| a.get().to_owned())),
+                    Field::Raw(r) => {
+                        let respelt = respelt(*r);
+                        let reading = (
+                            r.value().expect("checked").get().to_owned(),
+                            respelt.as_ref().map(|j| j.text().to_owned()),
+                            raw_str(*r).map(Cow::into_owned),
+                        );
+                        if let Some(j) = respelt {
+                            out.insert(&*k.0, j);
+                        }
+                        Ok(reading)
+                    }
+                    Field::Allowed(a) => Err(a.as_ref().map(|a| a.text().to_owned())),
                 };
-                (k.0.into_owned(), v)
+                (k.0.clone().into_owned(), v)
             })
             .collect();
-        Some((fields, counts(&t)))
+        let mut written = Vec::new();
+        write_object(&mut written, out.iter().map(|(k, v)| (*k, v)));
+        Some((fields, counts(&t), written))
     }
 
     fn by_serde(text: &str, custom: &[&str], allow: &[String]) -> Reading {
         let mut t = Tally::default();
         let m = read_object_serde(text, custom, allow, &mut t).ok()?;
+        let mut out = BTreeMap::new();
         let fields = m
-            .into_iter()
+            .iter()
             .map(|(k, v)| {
                 let v = match v {
-                    Ok(r) => Ok(r.get().to_owned()),
-                    Err(a) => Err(a.map(|a| a.get().to_owned())),
+                    Ok(r) => {
+                        let respelt = serde_reference::respelt(r);
+                        let reading = (
+                            r.get().to_owned(),
+                            respelt.as_ref().map(|j| j.get().to_owned()),
+                            serde_reference::raw_str(r).map(Cow::into_owned),
+                        );
+                        if let Some(j) = respelt {
+                            out.insert(&*k.0, j);
+                        }
+                        Ok(reading)
+                    }
+                    Err(a) => Err(a.as_ref().map(|a| a.get().to_owned())),
                 };
-                (k.0.into_owned(), v)
+                (k.0.clone().into_owned(), v)
             })
             .collect();
-        Some((fields, counts(&t)))
+        Some((fields, counts(&t), serde_json::to_vec(&out).unwrap()))
     }
 
     /// The scanner reads every fixture, hostile input and mutation of them exactly as the
     /// serde_json visitor did: the same fields, raw texts, kept props and counts, and the same
-    /// refusals.
+    /// refusals; each raw field is respelt and decoded, and the respelt fields written, as the
+    /// serde_json functions did.
     #[test]
     fn the_scanner_reads_objects_as_serde_json_did() {
         let custom = ["p", "props", "m", "meta", "data"];
@@ -747,6 +1047,10 @@ mod tests {
             r#"{"n":"x","p":"{\"plan\":\"\ud800\"}"}"#.to_owned(),
             " { } ".to_owned(),
             "{\"n\":\"tab\there\"}".to_owned(),
+            r#"{"a":-0,"b":1E5,"c":1e+5,"d":-12,"e":18446744073709551616,"f":0.0,"g":true}"#
+                .to_owned(),
+            r#"{"h":false,"i":null,"j":"\u007f\u0000é","k":"\/","l":"é\u00e9 ","m":-1.5e-7}"#
+                .to_owned(),
             format!("{{\"p\":{}1{}}}", "[".repeat(5000), "]".repeat(5000)),
             format!("{{\"d\":{}1{}}}", "{\"a\":".repeat(3000), "}".repeat(3000)),
             format!("{{\"p\":{{\"plan\":{}}}}}", "9".repeat(400)),
@@ -793,14 +1097,18 @@ mod tests {
         let mut t = Tally::default();
         let v = |s: &str| raw_string(s).unwrap();
         assert_eq!(
-            json_page_url(&v("https://a.example/p?x=1"), &[], &mut t)
-                .map(|r| r.get().to_owned())
+            json_page_url(Raw(v("https://a.example/p?x=1").text()), &[], &mut t)
+                .map(|r| r.text().to_owned())
                 .as_deref(),
             Some("\"https://a.example/p\"")
         );
-        assert!(json_page_url(&v("javascript:alert(1)"), &[], &mut t).is_none());
+        assert!(json_page_url(Raw(v("javascript:alert(1)").text()), &[], &mut t).is_none());
         assert_eq!(
-            json_referrer(&v("https://elsewhere.example/"), Some("a.example"), &mut t),
+            json_referrer(
+                Raw(v("https://elsewhere.example/").text()),
+                Some("a.example"),
+                &mut t
+            ),
             None
         );
         assert_eq!(
