@@ -135,9 +135,15 @@ pub fn raw_str(v: Raw<'_>) -> Option<Cow<'_, str>> {
 
 /// A string as a JSON value, for the scrubbed output.
 pub fn raw_string(s: &str) -> Option<Json<'static>> {
-    let mut out = Vec::with_capacity(s.len() + 2);
-    write_str(&mut out, s);
-    String::from_utf8(out).ok().map(|s| Json(Cow::Owned(s)))
+    if special(s.as_bytes(), 0).is_some() {
+        return serde_json::to_string(s).ok().map(|s| Json(Cow::Owned(s)));
+    }
+    // Nothing to escape: quoted as it is, and still a `String` (no UTF-8 check of a copy).
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    out.push_str(s);
+    out.push('"');
+    Some(Json(Cow::Owned(out)))
 }
 
 /// A kept value, re-serialised rather than passed on as the visitor spelt it, so the bytes
