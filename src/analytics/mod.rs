@@ -25,8 +25,8 @@ use crate::secret::Secret;
 
 pub use crate::policy::generalise_user_agent;
 pub use json::{
-    field, json_kept, json_page_url, json_referrer, raw_object, raw_str, raw_string, read_object,
-    respelt, scalar, Field, Key, RawObject,
+    field, json_kept, json_page_url, json_referrer, object_json, raw_object, raw_str, raw_string,
+    read_object, respelt, scalar, write_object, Field, Json, Key, Raw, RawObject,
 };
 pub use pseudonym::{KeySource, Pseudonymizer};
 pub use query::{parse_query, push_pair, push_raw, raw_pairs, to_query, Pair};

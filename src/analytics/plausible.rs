@@ -1,13 +1,11 @@
 //! Plausible `POST /api/event`: a JSON object (`n`, `u`, `d`, `r`, `p`/`props`, `m`/`meta`, `h`…).
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
-
-use serde_json::value::RawValue;
 
 use super::{
-    field, host_of, json_kept, json_page_url, json_referrer, raw_object, raw_str, raw_string,
-    read_object, scalar, Context, Field, Key, Outcome, ScrubError, Tally,
+    field, host_of, json_kept, json_page_url, json_referrer, object_json, raw_object, raw_str,
+    raw_string, read_object, scalar, write_object, Context, Field, Json, Key, Outcome, Raw,
+    ScrubError, Tally,
 };
 
 /// The field table (`tamis check` prints it).
@@ -51,9 +49,9 @@ const KEPT: &[&str] = &["n", "d", "h", "i", "v"];
 const REVENUE: &[&str] = &["amount", "currency"];
 
 /// A revenue object with only its amount and currency (scalars); `None` when nothing is left.
-fn revenue(v: &RawValue, tally: &mut Tally) -> Option<Box<RawValue>> {
-    let members = raw_object(v.get()).ok();
-    let kept: BTreeMap<&str, Box<RawValue>> = REVENUE
+fn revenue(v: Raw<'_>, tally: &mut Tally) -> Option<Json<'static>> {
+    let members = raw_object(v.text()).ok();
+    let kept: Vec<(&str, Json<'_>)> = REVENUE
         .iter()
         .filter_map(|&name| Some((name, scalar(field(members.as_ref()?, name)?)?)))
         .collect();
@@ -62,9 +60,8 @@ fn revenue(v: &RawValue, tally: &mut Tally) -> Option<Box<RawValue>> {
     } else {
         Outcome::Kept
     });
-    (!kept.is_empty())
-        .then(|| serde_json::value::to_raw_value(&kept).ok())
-        .flatten()
+    // REVENUE is in key order, as a map would write it.
+    (!kept.is_empty()).then(|| object_json(kept.iter().map(|(k, v)| (*k, v))))
 }
 
 /// The fields holding custom props, filtered against `allow_event_params`.
@@ -81,12 +78,13 @@ pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8
         Some(Field::Raw(v)) => Some(*v),
         _ => None,
     };
-    let site_host = raw("d").and_then(raw_str).map(Cow::into_owned).or_else(|| {
-        raw("u")
-            .and_then(raw_str)
-            .and_then(|u| host_of(&u).map(str::to_owned))
+    let site_host: Option<Cow<'_, str>> = raw("d").and_then(raw_str).or_else(|| {
+        raw("u").and_then(raw_str).and_then(|u| match u {
+            Cow::Borrowed(u) => host_of(u).map(Cow::Borrowed),
+            Cow::Owned(u) => host_of(&u).map(|h| Cow::Owned(h.to_owned())),
+        })
     });
-    let mut out: BTreeMap<Key<'_>, Box<RawValue>> = BTreeMap::new();
+    let mut out: Vec<(Key<'_>, Json<'_>)> = Vec::with_capacity(event.len());
     for (k, v) in event {
         let kept = match (k.0.as_ref(), v) {
             // Filtered (and counted) as they were read.
@@ -103,10 +101,14 @@ pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8
             }
         };
         if let Some(v) = kept {
-            out.insert(k, v);
+            out.push((k, v));
         }
     }
-    serde_json::to_vec(&out).map_err(|e| ScrubError::Body(e.to_string()))
+    // The event's keys are in order (a map), so the output is too.
+    let len = out.iter().map(|(k, v)| k.0.len() + v.text().len() + 4);
+    let mut body = Vec::with_capacity(len.sum::<usize>() + 2);
+    write_object(&mut body, out.iter().map(|(k, v)| (&*k.0, v)));
+    Ok(body)
 }
 
 #[cfg(test)]

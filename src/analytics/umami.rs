@@ -1,14 +1,11 @@
 //! Umami `POST /api/send`: `{"type": "event", "payload": {…}}`. Its JSON answer carries session
 //! identifiers (and a cache token the tracker sends back): those never reach the visitor.
 
-use std::collections::BTreeMap;
-
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{
     field, json_kept, json_page_url, json_referrer, primary_language, raw_object, raw_str,
-    raw_string, read_object, Context, Field, Key, Outcome, ScrubError, Tally,
+    raw_string, read_object, write_object, Context, Field, Json, Key, Outcome, ScrubError, Tally,
 };
 
 /// The payload field table (`tamis check` prints it).
@@ -71,15 +68,15 @@ pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8
     // The custom `data` is filtered as the payload is read.
     let allow = &ctx.settings.allow_event_params;
     let Some(Ok(payload)) =
-        field(&value, "payload").map(|p| read_object(p.get(), CUSTOM, allow, tally))
+        field(&value, "payload").map(|p| read_object(p.text(), CUSTOM, allow, tally))
     else {
         return Err(ScrubError::Body("no \"payload\" object".into()));
     };
     let site_host = match payload.get("hostname") {
-        Some(Field::Raw(v)) => raw_str(v),
+        Some(Field::Raw(v)) => raw_str(*v),
         _ => None,
     };
-    let mut out: BTreeMap<Key<'_>, Box<RawValue>> = BTreeMap::new();
+    let mut out: Vec<(Key<'_>, Json<'_>)> = Vec::with_capacity(payload.len());
     for (k, v) in payload {
         let kept = match (k.0.as_ref(), v) {
             // Filtered (and counted) as they were read.
@@ -102,19 +99,15 @@ pub fn scrub(body: &[u8], ctx: &Context<'_>, tally: &mut Tally) -> Result<Vec<u8
             }
         };
         if let Some(v) = kept {
-            out.insert(k, v);
+            out.push((k, v));
         }
     }
-    #[derive(serde::Serialize)]
-    struct Event<'a> {
-        r#type: &'static str,
-        payload: BTreeMap<Key<'a>, Box<RawValue>>,
-    }
-    serde_json::to_vec(&Event {
-        r#type: "event",
-        payload: out,
-    })
-    .map_err(|e| ScrubError::Body(e.to_string()))
+    // Written as serde_json writes `{"type": "event", "payload": map}`; the payload's keys are
+    // in order (a map), so the output is too.
+    let mut body = br#"{"type":"event","payload":"#.to_vec();
+    write_object(&mut body, out.iter().map(|(k, v)| (&*k.0, v)));
+    body.push(b'}');
+    Ok(body)
 }
 
 /// The answer fields the browser gets, each only as a boolean: the tracker reads `disabled`

@@ -273,15 +273,25 @@ pub fn withheld(kind: ResponseKind, name: &HeaderName) -> bool {
 /// directives of a `Content-Security-Policy`. `Location` is handled by the route (it maps it
 /// back to a first-party URL).
 pub fn scrub_response(headers: &mut HeaderMap, kind: ResponseKind) {
-    remove_with_connection_listed(headers, |name| withheld(kind, name));
+    // Whether Link and Content-Security-Policy passed, noted as the names go by rather than
+    // looked up again after.
+    let (mut link, mut csp) = (false, false);
+    remove_with_connection_listed(headers, |name| {
+        let out = withheld(kind, name);
+        if !out {
+            link |= name == header::LINK;
+            csp |= name == header::CONTENT_SECURITY_POLICY;
+        }
+        out
+    });
     // Only these kinds let Link and Content-Security-Policy through at all.
     if !matches!(kind, ResponseKind::Static | ResponseKind::PassThrough) {
         return;
     }
-    if headers.contains_key(header::LINK) {
+    if link {
         rewrite_values(headers, header::LINK, link::filter);
     }
-    if headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+    if csp {
         rewrite_values(
             headers,
             header::CONTENT_SECURITY_POLICY,
@@ -402,18 +412,23 @@ fn allowed_names(kind: ResponseKind) -> &'static NameSet {
 /// Removes every header `drop` names, and those the message's `Connection` header lists
 /// (hop-by-hop too, RFC 9110 §7.6.1), then `Connection` itself. One pass over the message's
 /// own few headers collects the names and removes them after it; nothing is allocated, since
-/// this runs on every request and response tamis forwards.
+/// this runs on every request and response tamis forwards. `drop` sees every other name at
+/// least once.
 pub(super) fn remove_with_connection_listed(
     headers: &mut HeaderMap,
-    drop: impl Fn(&HeaderName) -> bool,
+    mut drop: impl FnMut(&HeaderName) -> bool,
 ) {
     let mut doomed: [Option<HeaderName>; 8] = Default::default();
+    // Most messages have no Connection header (HTTP/1.1 keeps the connection open without
+    // one): comparing the few names costs less than looking it up to read and to remove.
+    let has_connection = headers.keys().any(|name| name == header::CONNECTION);
     loop {
         // The names Connection lists beyond `close` and `keep-alive` (usually none).
-        let connection = headers.get_all(header::CONNECTION);
+        let connection = has_connection.then(|| headers.get_all(header::CONNECTION));
         let extra = || {
             connection
                 .iter()
+                .flatten()
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(','))
                 .map(str::trim)
@@ -449,7 +464,9 @@ pub(super) fn remove_with_connection_listed(
             break;
         }
     }
-    headers.remove(header::CONNECTION);
+    if has_connection {
+        headers.remove(header::CONNECTION);
+    }
 }
 
 /// True for a path-absolute or path-relative URL reference (no scheme, no authority).

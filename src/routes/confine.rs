@@ -112,12 +112,12 @@ pub fn upstream_uri(
         pq.push_str(q);
     }
     let pq = PathAndQuery::try_from(pq).map_err(|_| Confinement::InvalidUrl)?;
-    Uri::builder()
-        .scheme(base.scheme.clone())
-        .authority(base.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| Confinement::InvalidUrl)
+    // From its parts, not through `Uri::builder`, which moves the parts along at each step.
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(base.scheme.clone());
+    parts.authority = Some(base.authority.clone());
+    parts.path_and_query = Some(pq);
+    Uri::from_parts(parts).map_err(|_| Confinement::InvalidUrl)
 }
 
 /// Where an upstream redirect points, seen from the visitor.

@@ -215,9 +215,10 @@ impl Upstream {
 fn for_h1(req: &mut Request<Full<Bytes>>, host: Option<&HeaderValue>) {
     *req.version_mut() = Version::HTTP_11;
     if let Some(host) = host {
-        if !req.headers().contains_key(HOST) {
-            req.headers_mut().insert(HOST, host.clone());
-        }
+        // One lookup, not a check then an insert.
+        req.headers_mut()
+            .entry(HOST)
+            .or_insert_with(|| host.clone());
     }
     if req.uri().scheme().is_some() {
         // Moved out, not cloned: a clone of a URI built from a `String` allocates.
