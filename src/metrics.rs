@@ -16,6 +16,8 @@ pub const NO_ROUTE: &str = "none";
 pub enum CacheResult {
     /// Served from a fresh stored copy.
     Hit,
+    /// Served from a fresh copy the disk tier held (memory did not).
+    DiskHit,
     /// Nothing stored: fetched upstream, and stored.
     Miss,
     /// Served a stale copy (stale-while-revalidate, or stale-if-error on an upstream failure).
@@ -32,8 +34,9 @@ pub enum CacheResult {
 
 impl CacheResult {
     /// Every result, for pre-registering label values.
-    pub const ALL: [CacheResult; 7] = [
+    pub const ALL: [CacheResult; 8] = [
         CacheResult::Hit,
+        CacheResult::DiskHit,
         CacheResult::Miss,
         CacheResult::Stale,
         CacheResult::Revalidated,
@@ -46,6 +49,7 @@ impl CacheResult {
     pub fn as_str(self) -> &'static str {
         match self {
             CacheResult::Hit => "hit",
+            CacheResult::DiskHit => "disk_hit",
             CacheResult::Miss => "miss",
             CacheResult::Stale => "stale",
             CacheResult::Revalidated => "revalidated",
@@ -60,6 +64,7 @@ impl CacheResult {
         matches!(
             self,
             CacheResult::Hit
+                | CacheResult::DiskHit
                 | CacheResult::Stale
                 | CacheResult::Coalesced
                 | CacheResult::Revalidated
@@ -107,9 +112,80 @@ impl UpstreamFailure {
     }
 }
 
+/// The disk tier's series (exported at zero when there is no disk tier).
+struct DiskMetrics {
+    bytes: IntGauge,
+    max_bytes: IntGauge,
+    entries: IntGauge,
+    loading: IntGauge,
+    loaded: IntGauge,
+    evictions: IntCounterVec,
+    write_errors: IntCounterVec,
+}
+
+/// Why an object left the disk tier (`tamis_cache_disk_evictions_total{result}`).
+const DISK_EVICTIONS: [&str; 4] = ["size", "expired", "purged", "corrupt"];
+/// Why a write to the disk tier failed (`tamis_cache_disk_write_errors_total{result}`).
+const DISK_WRITE_ERRORS: [&str; 3] = ["full", "denied", "other"];
+
+impl DiskMetrics {
+    fn new(registry: &Registry) -> Result<DiskMetrics, prometheus::Error> {
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter = |name: &str, help: String, values: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), &["result"])?;
+            for v in values {
+                c.with_label_values(&[v]);
+            }
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        Ok(DiskMetrics {
+            bytes: gauge(
+                "tamis_cache_disk_bytes",
+                "Bytes of the disk tier's files (their lengths, headers included).",
+            )?,
+            max_bytes: gauge(
+                "tamis_cache_disk_max_bytes",
+                "The disk tier's configured bound (cache.max_disk_bytes); 0 without a disk tier.",
+            )?,
+            entries: gauge("tamis_cache_disk_entries", "Objects held by the disk tier.")?,
+            loading: gauge(
+                "tamis_cache_disk_loading",
+                "1 while the disk tier's index is rebuilt from its files at start, then 0.",
+            )?,
+            loaded: gauge(
+                "tamis_cache_disk_loaded_objects",
+                "Files the start-up loader has indexed so far.",
+            )?,
+            evictions: counter(
+                "tamis_cache_disk_evictions_total",
+                format!(
+                    "Objects that left the disk tier, by result: the cause {}.",
+                    listed(DISK_EVICTIONS)
+                ),
+                &DISK_EVICTIONS,
+            )?,
+            write_errors: counter(
+                "tamis_cache_disk_write_errors_total",
+                format!(
+                    "Writes to the disk tier that failed (the object stays in memory), by result: \
+                     the cause {}.",
+                    listed(DISK_WRITE_ERRORS)
+                ),
+                &DISK_WRITE_ERRORS,
+            )?,
+        })
+    }
+}
+
 /// All of tamis's metrics, in their own registry.
 pub struct Metrics {
     registry: Registry,
+    disk: DiskMetrics,
     requests: IntCounterVec,
     duration: HistogramVec,
     cache_lookups: IntCounterVec,
@@ -137,7 +213,7 @@ pub struct Metrics {
 }
 
 /// One route part's cache lookups by result (in [`CacheResult::ALL`]'s order).
-type PartLookups = std::sync::Arc<[std::sync::atomic::AtomicU64; 7]>;
+type PartLookups = std::sync::Arc<[std::sync::atomic::AtomicU64; 8]>;
 
 /// `(a, b, c)`: label values for a HELP text.
 fn listed<const N: usize>(values: [&str; N]) -> String {
@@ -199,7 +275,7 @@ pub struct RouteMetrics {
     /// `tamis_cache_lookups_total{route, result}` in [`CacheResult::ALL`]'s order: all resolved
     /// (exported at zero) for a route that uses the cache, only `bypass` for one that never does
     /// (so a hit ratio has no 0/0 series for it); any other resolved on first use.
-    lookups: [OnceLock<IntCounter>; 7],
+    lookups: [OnceLock<IntCounter>; 8],
     /// This part's own lookups (see [`Metrics::part_lookups`]).
     part_lookups: PartLookups,
     /// Body bytes sent to visitors: from the cache, from the upstream.
@@ -373,6 +449,7 @@ impl Metrics {
         registry.register(Box::new(analytics_params.clone()))?;
         registry.register(Box::new(analytics_location.clone()))?;
         registry.register(Box::new(evictions.clone()))?;
+        let disk = DiskMetrics::new(&registry)?;
         registry.register(Box::new(served_bytes.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -384,6 +461,7 @@ impl Metrics {
         registry.register(Box::new(upstream_duration.clone()))?;
         Ok(Metrics {
             registry,
+            disk,
             requests,
             duration,
             cache_lookups,
@@ -463,6 +541,31 @@ impl Metrics {
             evictions.with_label_values(&[cause]);
         }
         std::sync::Arc::new(move |cause: &'static str| evictions.with_label_values(&[cause]).inc())
+    }
+
+    /// The disk tier's counters: evictions by cause, write failures by cause.
+    pub fn disk_hooks(&self) -> crate::cache::disk::DiskHooks {
+        let evictions = self.disk.evictions.clone();
+        let errors = self.disk.write_errors.clone();
+        crate::cache::disk::DiskHooks {
+            evicted: std::sync::Arc::new(move |c: &'static str| {
+                evictions.with_label_values(&[c]).inc()
+            }),
+            write_failed: std::sync::Arc::new(move |c: &'static str| {
+                errors.with_label_values(&[c]).inc()
+            }),
+        }
+    }
+
+    /// Sets the disk tier's gauges (all zero without one).
+    pub fn set_disk(&self, stats: Option<&crate::cache::disk::DiskStats>) {
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let s = stats.cloned().unwrap_or_default();
+        self.disk.bytes.set(n(s.bytes));
+        self.disk.max_bytes.set(n(s.max_bytes));
+        self.disk.entries.set(n(s.entries));
+        self.disk.loading.set(i64::from(s.loading));
+        self.disk.loaded.set(n(s.loaded));
     }
 
     /// Each route's counters since start, read from the registry's own series.

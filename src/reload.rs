@@ -125,6 +125,8 @@ impl Live {
         };
         // A route with a new key takes it from the store before its first request.
         next.keep_keys().await;
+        // Disk routes first: a route part that stopped using the disk tier loses its files.
+        next.cache.set_disk_routes(next.disk_routes());
         self.current.store(next.clone());
         let live: Vec<u64> = next.router.routes().iter().map(|r| r.cache_id).collect();
         let dropped = next.cache.retain_routes(&live).await;
@@ -232,6 +234,9 @@ fn fixed_settings(old: &Config, new: &Config) -> Result<(), ReloadError> {
     }
     if old.cache.max_object_bytes != new.cache.max_object_bytes {
         note("cache.max_object_bytes");
+    }
+    if old.cache.disk != new.cache.disk {
+        note("cache.disk_dir/max_disk_bytes");
     }
     if old.log.format != new.log.format {
         note("log.format");

@@ -53,6 +53,16 @@ impl State {
             || self.probe.as_ref().is_some_and(|p| p.path == path)
     }
 
+    /// The `cache_id`s of the route parts that keep objects on the disk tier.
+    pub fn disk_routes(&self) -> Vec<u64> {
+        self.router
+            .routes()
+            .iter()
+            .filter(|r| r.uses_disk())
+            .map(|r| r.cache_id)
+            .collect()
+    }
+
     /// The metrics of the route at `index` in the router.
     pub fn route_metrics(&self, index: usize) -> Option<&RouteMetrics> {
         self.route_metrics.get(index)
@@ -61,11 +71,33 @@ impl State {
     /// Builds routes, cache, upstream client and metrics.
     pub fn new(config: Config) -> Result<State, StateError> {
         let metrics = Arc::new(Metrics::new()?);
-        let cache = Arc::new(Cache::new(
-            config.cache.max_bytes,
-            config.cache.max_object_bytes,
-            metrics.eviction_hook(),
-        ));
+        let disk = config.cache.disk.as_ref().and_then(|d| {
+            let settings = crate::cache::disk::DiskSettings {
+                dir: d.dir.clone(),
+                max_bytes: d.max_bytes,
+                max_object_bytes: config.cache.max_object_bytes,
+            };
+            match crate::cache::disk::DiskTier::open(&settings, metrics.disk_hooks()) {
+                Ok(tier) => Some(tier),
+                Err(e) => {
+                    // One line, and tamis goes on: a cache is worth having in memory alone.
+                    tracing::warn!(
+                        dir = %d.dir.display(),
+                        error = %e,
+                        "cache.disk_dir cannot be used; caching in memory only"
+                    );
+                    None
+                }
+            }
+        });
+        let cache = Arc::new(
+            Cache::new(
+                config.cache.max_bytes,
+                config.cache.max_object_bytes,
+                metrics.eviction_hook(),
+            )
+            .with_disk(disk),
+        );
         let store = match config.cluster.as_ref().and_then(|c| c.store.as_ref()) {
             Some(s) => {
                 let store = Arc::new(crate::store::Store::new(s)?);
@@ -77,6 +109,7 @@ impl State {
             None => None,
         };
         let state = State::build(config, None, cache, metrics, store)?;
+        state.cache.set_disk_routes(state.disk_routes());
         state
             .metrics
             .config_loaded(&state.config.hash, state.cache.max_bytes());

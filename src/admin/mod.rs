@@ -138,6 +138,8 @@ pub async fn handle(live: &Live, req: Request<Incoming>) -> Response<ProxyBody> 
         "/metrics" => {
             let (bytes, entries) = state.cache.size().await;
             state.metrics.set_cache_size(bytes, entries);
+            let disk = state.cache.disk().map(|d| d.stats());
+            state.metrics.set_disk(disk.as_ref());
             state.metrics.set_breakers(
                 state
                     .router

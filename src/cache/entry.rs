@@ -44,9 +44,15 @@ pub struct Entry {
     /// The request values this variant answers (empty when the response has no Vary).
     pub vary: VaryValues,
     stored_at: Instant,
+    /// Time it had spent in a cache before `stored_at`: zero for an answer this process stored,
+    /// the wall-clock residence so far for one read back from the disk tier (a monotonic
+    /// instant of another process, or of before a reboot, means nothing here).
+    resident_before: Duration,
     pub lifetimes: Lifetimes,
     /// How long past its stale windows it is kept, so it can still be revalidated.
     keep: Duration,
+    /// Whether tamis's own ETag and `nosniff` are on it (any route but a pass-through one).
+    own_head: bool,
     weight: u32,
 }
 
@@ -85,6 +91,53 @@ impl Entry {
         }
         headers.remove(header::TRANSFER_ENCODING);
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        Entry::assemble(
+            status,
+            headers,
+            body,
+            rendition,
+            (upstream_etag, last_modified),
+            lifetimes,
+            vary,
+            keep,
+            own_head,
+            Duration::ZERO,
+        )
+    }
+
+    /// An entry read back from the disk tier: its headers as stored (tamis's own ETag already
+    /// in them), the upstream's validators apart, and the time it has been resident so far.
+    #[allow(clippy::too_many_arguments)] // Each is a fact of its own about the stored answer.
+    pub fn restored(
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        rendition: Rendition,
+        validators: (Option<HeaderValue>, Option<HeaderValue>),
+        lifetimes: Lifetimes,
+        vary: VaryValues,
+        keep: Duration,
+        own_head: bool,
+        resident: Duration,
+    ) -> Entry {
+        Entry::assemble(
+            status, headers, body, rendition, validators, lifetimes, vary, keep, own_head, resident,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        rendition: Rendition,
+        (upstream_etag, last_modified): (Option<HeaderValue>, Option<HeaderValue>),
+        lifetimes: Lifetimes,
+        vary: VaryValues,
+        keep: Duration,
+        own_head: bool,
+        resident_before: Duration,
+    ) -> Entry {
         // Header values parsed by hyper are slices of its connection read buffer: stored as
         // they are, each entry would pin a whole buffer. Stored entries own their bytes.
         let headers = owned(headers);
@@ -117,15 +170,17 @@ impl Entry {
             last_modified,
             vary,
             stored_at: Instant::now(),
+            resident_before,
             lifetimes,
             keep,
+            own_head,
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
         }
     }
 
     /// Fresh, stale within stale-while-revalidate, or stale.
     pub fn staleness(&self, now: Instant) -> Staleness {
-        let resident = now.saturating_duration_since(self.stored_at);
+        let resident = self.resident(now);
         if resident < self.lifetimes.fresh_for {
             Staleness::Fresh
         } else if resident - self.lifetimes.fresh_for <= self.lifetimes.stale_while_revalidate
@@ -139,7 +194,7 @@ impl Entry {
 
     /// Whether it may stand in for a failed upstream (stale-if-error).
     pub fn usable_on_error(&self, now: Instant) -> bool {
-        let resident = now.saturating_duration_since(self.stored_at);
+        let resident = self.resident(now);
         !self.lifetimes.must_revalidate
             && resident.saturating_sub(self.lifetimes.fresh_for) <= self.lifetimes.stale_if_error
             && !self.lifetimes.stale_if_error.is_zero()
@@ -152,7 +207,22 @@ impl Entry {
 
     /// The `Age` to send, in seconds.
     pub fn age(&self, now: Instant) -> u64 {
-        (self.lifetimes.age + now.saturating_duration_since(self.stored_at)).as_secs()
+        (self.lifetimes.age + self.resident(now)).as_secs()
+    }
+
+    /// How long it has been in a cache (this process's or, before, the disk tier's).
+    pub fn resident(&self, now: Instant) -> Duration {
+        self.resident_before + now.saturating_duration_since(self.stored_at)
+    }
+
+    /// Whether tamis's own ETag and `nosniff` are on it.
+    pub fn own_head(&self) -> bool {
+        self.own_head
+    }
+
+    /// How long past its stale windows it is kept for revalidation (`cache.keep`).
+    pub fn keep_for_revalidation(&self) -> Duration {
+        self.keep
     }
 
     /// Bytes it counts for against `max_bytes`.
@@ -167,8 +237,13 @@ impl Entry {
             .all(|(name, value)| request.get(name) == value.as_ref())
     }
 
-    /// How long the store keeps it.
+    /// How long the store keeps it from now on (less the time it was resident before).
     pub(super) fn time_to_keep(&self) -> Duration {
+        self.keep_in_all().saturating_sub(self.resident_before)
+    }
+
+    /// How long a store keeps it, counted from when it was first stored.
+    pub fn keep_in_all(&self) -> Duration {
         let l = &self.lifetimes;
         let mut extra = l.stale_while_revalidate.max(l.stale_if_error);
         if self.can_revalidate() {

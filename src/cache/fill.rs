@@ -31,6 +31,8 @@ pub type FillState = watch::Receiver<Option<Fill>>;
 pub enum Lookup<'c> {
     /// A fresh stored copy.
     Fresh(Arc<Entry>),
+    /// A fresh copy the disk tier held (memory did not): now in memory too.
+    FreshFromDisk(Arc<Entry>),
     /// Stale within stale-while-revalidate: serve it and refresh in the background.
     StaleWhileRevalidate(Arc<Entry>, CacheKey),
     /// Nobody is fetching this key: the caller must, and report through the guard. `stale` is
@@ -72,12 +74,16 @@ impl FillGuard<'_> {
     /// table. `vary` is the Vary list of a stored response (empty when none).
     pub async fn finish(mut self, fill: Fill, vary: &[HeaderName]) {
         if let Fill::Stored(entry) = &fill {
+            let disk = self.cache.disk_for(self.key.route);
             if vary.is_empty() {
                 // At the primary key, replacing any Vary list a former version had.
                 self.cache
                     .store
                     .insert(self.key.with_variant(0), Slot::Object(entry.clone()))
                     .await;
+                if let Some(disk) = disk {
+                    disk.store(&self.key.with_variant(0), entry);
+                }
             } else {
                 let primary = self.key.with_variant(0);
                 let keep = match self.cache.store.get(&primary).await {
@@ -85,6 +91,10 @@ impl FillGuard<'_> {
                     _ => entry.time_to_keep(),
                 };
                 let variant = primary.with_variant(variant_hash(&entry.vary));
+                if let Some(disk) = disk {
+                    disk.store(&variant, entry);
+                    disk.store_vary(&primary, vary, keep);
+                }
                 self.cache
                     .store
                     .insert(variant, Slot::Object(entry.clone()))

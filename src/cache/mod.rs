@@ -11,6 +11,7 @@
 //! eviction). Their public names are re-exported here: `cache::X` is the one path to each.
 
 pub mod conditional;
+pub mod disk;
 mod entry;
 mod fill;
 pub mod freshness;
@@ -19,7 +20,7 @@ mod storable;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, Uri};
@@ -34,6 +35,7 @@ pub use freshness::{Lifetimes, Rules};
 pub use key::{vary_names, vary_values, CacheKey, KeyParts, VaryRefused, VaryValues};
 pub use storable::{storability, NotStored, Storable};
 
+use disk::DiskTier;
 use key::variant_hash;
 
 /// A stored value: an object, the list of headers the objects under this primary key vary
@@ -55,6 +57,8 @@ enum Slot {
 /// What a key holds, as a lookup sees it.
 enum Found {
     Object(Arc<Entry>),
+    /// Read back from the disk tier on a memory miss (and promoted to memory).
+    Disk(Arc<Entry>),
     Pass,
     Nothing,
 }
@@ -69,6 +73,10 @@ pub struct Cache {
     max_object_bytes: u64,
     /// Hit-for-miss markers held: moka counts them as entries, the entries gauge must not.
     markers: Arc<AtomicU64>,
+    /// The second tier, when `cache.disk_dir` is set and writable.
+    disk: Option<Arc<DiskTier>>,
+    /// The `cache_id`s of the route parts that use the disk tier (set by each state).
+    disk_routes: RwLock<Arc<[u64]>>,
 }
 
 /// Entries leave moka once nothing can use them any more.
@@ -133,6 +141,69 @@ impl Cache {
             fills: Mutex::new(HashMap::new()),
             max_object_bytes,
             markers,
+            disk: None,
+            disk_routes: RwLock::new(Arc::from(Vec::new())),
+        }
+    }
+
+    /// The cache with a disk tier behind its memory.
+    pub fn with_disk(mut self, disk: Option<Arc<DiskTier>>) -> Cache {
+        self.disk = disk;
+        self
+    }
+
+    /// The disk tier, if there is one.
+    pub fn disk(&self) -> Option<&Arc<DiskTier>> {
+        self.disk.as_ref()
+    }
+
+    /// Which route parts (by `cache_id`) keep their objects on disk too.
+    pub fn set_disk_routes(&self, ids: Vec<u64>) {
+        *self.disk_routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(ids);
+    }
+
+    /// The disk tier, if this route uses it.
+    pub(crate) fn disk_for(&self, route: u64) -> Option<&Arc<DiskTier>> {
+        let disk = self.disk.as_ref()?;
+        self.disk_routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&route)
+            .then_some(disk)
+    }
+
+    /// On a memory miss: the object the disk tier holds for `key`, promoted to memory.
+    async fn read_disk(&self, key: &CacheKey, request: &HeaderMap) -> Option<Arc<Entry>> {
+        let disk = self.disk_for(key.route)?;
+        let entry = Arc::new(disk.read(key).await?);
+        if !entry.matches(request) {
+            return None;
+        }
+        self.store
+            .insert(key.clone(), Slot::Object(entry.clone()))
+            .await;
+        Some(entry)
+    }
+
+    /// On a memory miss of a primary key: what the disk tier holds for it, its Vary list
+    /// (promoted to memory) resolved to the request's variant as memory resolves it.
+    async fn resolve_on_disk(&self, primary: &CacheKey, request: &HeaderMap) -> (CacheKey, Found) {
+        let Some(disk) = self.disk_for(primary.route) else {
+            return (primary.clone(), Found::Nothing);
+        };
+        let key = match disk.vary_of(primary) {
+            Some((names, keep)) => {
+                let key = primary.with_variant(variant_hash(&vary_values(&names, request)));
+                self.store
+                    .insert(primary.clone(), Slot::Vary { names, keep })
+                    .await;
+                key
+            }
+            None => primary.clone(),
+        };
+        match self.read_disk(&key, request).await {
+            Some(e) => (key, Found::Disk(e)),
+            None => (key, Found::Nothing),
         }
     }
 
@@ -166,11 +237,16 @@ impl Cache {
                 let found = match self.store.get(&key).await {
                     Some(Slot::Object(e)) if e.matches(request) => Found::Object(e),
                     Some(Slot::Pass { .. }) => Found::Pass,
+                    Some(Slot::Object(_)) => Found::Nothing,
+                    None => match self.read_disk(&key, request).await {
+                        Some(e) => Found::Disk(e),
+                        None => Found::Nothing,
+                    },
                     _ => Found::Nothing,
                 };
                 (key, found)
             }
-            None => (primary.clone(), Found::Nothing),
+            None => self.resolve_on_disk(primary, request).await,
         }
     }
 
@@ -180,7 +256,10 @@ impl Cache {
     pub async fn lookup(&self, primary: &CacheKey, request: &HeaderMap) -> Lookup<'_> {
         let (key, found) = self.resolve(primary, request).await;
         let stale = match found {
-            Found::Object(e) => match e.staleness(Instant::now()) {
+            Found::Disk(e) if e.staleness(Instant::now()) == Staleness::Fresh => {
+                return Lookup::FreshFromDisk(e)
+            }
+            Found::Object(e) | Found::Disk(e) => match e.staleness(Instant::now()) {
                 Staleness::Fresh => return Lookup::Fresh(e),
                 Staleness::WhileRevalidate => return Lookup::StaleWhileRevalidate(e, key),
                 Staleness::Stale => Some(e),
@@ -220,7 +299,7 @@ impl Cache {
         };
         // A fill may have completed between the first look and taking the lead: it stores
         // before it leaves the fill table, so a second look settles it.
-        if let (_, Found::Object(e)) = self.resolve(primary, request).await {
+        if let (_, Found::Object(e) | Found::Disk(e)) = self.resolve(primary, request).await {
             if e.staleness(Instant::now()) == Staleness::Fresh {
                 guard.finish(Fill::Stored(e.clone()), &[]).await;
                 return Lookup::Fresh(e);
@@ -266,9 +345,11 @@ impl Cache {
     /// §4.4 asks after an unsafe method succeeds.
     pub async fn invalidate(&self, route: u64, uri: &Uri) {
         // Removing the primary key also makes its Vary variants unreachable.
-        self.store
-            .invalidate(&CacheKey::primary(route, uri.clone()))
-            .await;
+        let primary = CacheKey::primary(route, uri.clone());
+        if let Some(disk) = &self.disk {
+            disk.invalidate(&primary);
+        }
+        self.store.invalidate(&primary).await;
     }
 
     /// Removes the objects of `route` whose upstream path is `path`, or starts with it when
@@ -291,15 +372,36 @@ impl Cache {
     }
 
     /// Removes every object of a route not in `live` (after a reload removed or changed it);
-    /// returns how many were removed.
+    /// returns how many were removed. On disk, also the objects of routes that no longer use
+    /// the disk tier (see [`set_disk_routes`](Self::set_disk_routes), set before).
     pub async fn retain_routes(&self, live: &[u64]) -> usize {
-        self.remove_where(|k| !live.contains(&k.route)).await
+        let on_disk = self
+            .disk_routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let memory = self.remove_in_memory(|k| !live.contains(&k.route)).await;
+        let disk = match &self.disk {
+            Some(d) => d.remove_where(|k| !on_disk.contains(&k.route)),
+            None => Vec::new(),
+        };
+        count_once(memory, disk)
     }
 
     /// Removes every slot whose key matches (Vary lists and hit-for-miss markers with the
     /// objects) and returns how many objects went: the operator asked about responses, and a
     /// varied object would otherwise count twice and a marker as one.
     async fn remove_where(&self, doomed: impl Fn(&CacheKey) -> bool) -> usize {
+        let memory = self.remove_in_memory(&doomed).await;
+        let disk = match &self.disk {
+            Some(d) => d.remove_where(&doomed),
+            None => Vec::new(),
+        };
+        count_once(memory, disk)
+    }
+
+    /// Removes the memory slots whose key matches; returns the object keys removed.
+    async fn remove_in_memory(&self, doomed: impl Fn(&CacheKey) -> bool) -> Vec<CacheKey> {
         let doomed: Vec<(CacheKey, bool)> = self
             .store
             .iter()
@@ -309,7 +411,11 @@ impl Cache {
         for (k, _) in &doomed {
             self.store.invalidate(k).await;
         }
-        doomed.iter().filter(|(_, object)| *object).count()
+        doomed
+            .into_iter()
+            .filter(|(_, object)| *object)
+            .map(|(k, _)| k)
+            .collect()
     }
 
     /// The configured bound, in bytes.
@@ -325,6 +431,13 @@ impl Cache {
         let entries = self.store.entry_count().saturating_sub(markers);
         (self.store.weighted_size(), entries)
     }
+}
+
+/// How many objects went from either tier, each counted once.
+fn count_once(memory: Vec<CacheKey>, disk: Vec<CacheKey>) -> usize {
+    let mut all: std::collections::HashSet<CacheKey> = memory.into_iter().collect();
+    all.extend(disk);
+    all.len()
 }
 
 #[cfg(test)]

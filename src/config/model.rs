@@ -204,6 +204,16 @@ pub struct CacheConfig {
     /// How long a URL whose answer could not be stored is fetched without coalescing
     /// (Varnish's hit-for-miss); zero disables it.
     pub hit_for_miss: Duration,
+    /// The disk tier (`disk_dir`, `max_disk_bytes`); none: memory only.
+    pub disk: Option<DiskConfig>,
+}
+
+/// `cache.disk_dir` and `cache.max_disk_bytes`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub dir: std::path::PathBuf,
+    /// Bound on the bytes of its files (lengths, headers included).
+    pub max_bytes: u64,
 }
 
 /// Settings shared by every upstream request.
@@ -413,6 +423,8 @@ pub struct RouteCache {
     /// response says otherwise or forbids it).
     pub stale_if_error: Duration,
     pub negative_ttl: Duration,
+    /// `disk_cache`: as written (`None`: tiles and font files yes, the rest no).
+    pub disk: Option<bool>,
 }
 
 /// An upstream base URL: scheme, authority and a path ending in `/`.

@@ -95,6 +95,8 @@ pub(super) struct RawCache {
     pub(super) negative_ttl: Option<Spanned<String>>,
     pub(super) keep: Option<Spanned<String>>,
     pub(super) hit_for_miss: Option<Spanned<String>>,
+    pub(super) disk_dir: Option<Spanned<String>>,
+    pub(super) max_disk_bytes: Option<Spanned<RawSize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -137,6 +139,7 @@ pub(super) struct RawRoute {
     pub(super) stale_if_error: Option<Spanned<String>>,
     pub(super) negative_ttl: Option<Spanned<String>>,
     pub(super) pass_through: Option<Spanned<bool>>,
+    pub(super) disk_cache: Option<Spanned<bool>>,
     pub(super) files_prefix: Option<Spanned<String>>,
     pub(super) files_upstream: Option<Spanned<String>>,
     pub(super) subdomains: Option<Vec<String>>,
@@ -162,6 +165,8 @@ pub const DEFAULT_USER_AGENT: &str = concat!("tamis/", env!("CARGO_PKG_VERSION")
 
 pub(super) const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 pub(super) const DEFAULT_MAX_OBJECT_BYTES: u64 = 8 * 1024 * 1024;
+/// `cache.max_disk_bytes` when `disk_dir` is set without it.
+pub(super) const DEFAULT_MAX_DISK_BYTES: u64 = 1 << 30;
 /// Idle connections kept per upstream host, like nginx's `keepalive` in an upstream block.
 pub(super) const DEFAULT_KEEPALIVE: usize = 64;
 pub(super) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

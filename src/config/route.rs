@@ -69,8 +69,10 @@ impl Validator<'_> {
                     None
                 }
             };
-            let route_cache = self.route_cache(&r, &key, cache, analytics.as_ref());
+            let mut route_cache = self.route_cache(&r, &key, cache, analytics.as_ref());
             let pass_through = self.pass_through(&r, &key, jurisdiction);
+            route_cache.disk =
+                self.disk_cache(&r, &key, &route_cache, &forward_headers, pass_through);
             let Some(upstream) = upstream else {
                 // Every [[route]] written is served or the config refused: each way of getting
                 // no upstream records its problem; were one ever not to, refuse here rather
@@ -504,7 +506,47 @@ impl Validator<'_> {
                 &key("negative_ttl"),
                 cache.negative_ttl,
             ),
+            disk: None,
         }
+    }
+
+    /// `disk_cache`: only for answers that are the same for every visitor. Never analytics,
+    /// never a route whose answers may vary on a visitor's header (`forward_headers`,
+    /// `pass_through`), and not without the cache.
+    fn disk_cache(
+        &mut self,
+        r: &RawRoute,
+        key: Key,
+        cache: &RouteCache,
+        forward_headers: &[http::HeaderName],
+        pass_through: bool,
+    ) -> Option<bool> {
+        let asked = r.disk_cache.as_ref()?;
+        if !*asked.get_ref() {
+            return Some(false);
+        }
+        let why = if r.kind.analytics().is_some() {
+            Some("an analytics route's requests are never stored")
+        } else if !cache.enabled {
+            Some("the route has cache = false")
+        } else if pass_through {
+            Some("a pass_through route's answers may vary on any header a visitor sends")
+        } else if !forward_headers.is_empty() {
+            Some("its answers may vary on the visitor headers it forwards (forward_headers)")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            self.problem(
+                Some(asked.span()),
+                key("disk_cache"),
+                format!(
+                    "cannot be true: {why}; only what is the same for every visitor goes to disk"
+                ),
+            );
+            return Some(false);
+        }
+        Some(true)
     }
 
     /// `pass_through`: EU routes only.

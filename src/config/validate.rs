@@ -11,15 +11,15 @@ use toml::Spanned;
 use zeroize::Zeroizing;
 
 use super::model::{
-    AdminConfig, CacheConfig, Limits, Problem, ServerConfig, TlsListen, TransparencyConfig,
-    UpstreamConfig, DEFAULT_TRANSPARENCY_PATH,
+    AdminConfig, CacheConfig, DiskConfig, Limits, Problem, ServerConfig, TlsListen,
+    TransparencyConfig, UpstreamConfig, DEFAULT_TRANSPARENCY_PATH,
 };
 use super::raw::{
     default_workers, RawAdmin, RawCache, RawGeo, RawLimits, RawServer, RawTransparency,
     RawUpstream, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN, DEFAULT_HEURISTIC_MAX,
     DEFAULT_HIT_FOR_MISS, DEFAULT_KEEP, DEFAULT_KEEPALIVE, DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_OBJECT_BYTES, DEFAULT_NEGATIVE_TTL, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TIMEOUT,
-    DEFAULT_USER_AGENT,
+    DEFAULT_MAX_DISK_BYTES, DEFAULT_MAX_OBJECT_BYTES, DEFAULT_NEGATIVE_TTL,
+    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TIMEOUT, DEFAULT_USER_AGENT,
 };
 use crate::config::tls;
 use crate::secret::Secret;
@@ -457,7 +457,32 @@ impl Validator<'_> {
             let span = raw.max_object_bytes.as_ref().map(|v| v.span());
             self.problem(span, "cache.max_object_bytes", "must be below 2 GiB");
         }
+        let disk = raw.disk_dir.as_ref().map(|dir| {
+            if dir.get_ref().trim().is_empty() {
+                self.problem(
+                    Some(dir.span()),
+                    "cache.disk_dir",
+                    "is empty: leave it out for a memory-only cache",
+                );
+            }
+            DiskConfig {
+                dir: std::path::PathBuf::from(dir.get_ref()),
+                max_bytes: self.size(
+                    raw.max_disk_bytes.as_ref(),
+                    "cache.max_disk_bytes",
+                    DEFAULT_MAX_DISK_BYTES,
+                ),
+            }
+        });
+        if let (None, Some(m)) = (&disk, &raw.max_disk_bytes) {
+            self.problem(
+                Some(m.span()),
+                "cache.max_disk_bytes",
+                "has no effect without cache.disk_dir",
+            );
+        }
         CacheConfig {
+            disk,
             max_bytes,
             max_object_bytes,
             status_header: raw.status_header.unwrap_or(true),

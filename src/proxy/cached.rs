@@ -48,6 +48,10 @@ pub(super) async fn serve_cached(
                 };
                 return cached(&entry, client, head_only).with(result, status_of(status));
             }
+            Lookup::FreshFromDisk(entry) => {
+                return cached(&entry, client, head_only)
+                    .with(CacheResult::DiskHit, status_of("tamis; hit; detail=disk"));
+            }
             Lookup::StaleWhileRevalidate(entry, fill_key) => {
                 spawn_refresh(
                     state.clone(),

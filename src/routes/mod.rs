@@ -85,6 +85,18 @@ impl Route {
         self.config.cache.enabled && self.analytics.is_none()
     }
 
+    /// Whether this part keeps its objects on the disk tier too: as `disk_cache` says, else
+    /// tiles and a fonts route's files (answers the same for every visitor).
+    pub fn uses_disk(&self) -> bool {
+        let c = &self.config;
+        self.uses_cache()
+            && c.cache.disk.unwrap_or(
+                matches!(self.role, Role::Tiles | Role::FontFiles)
+                    && c.forward_headers.is_empty()
+                    && !c.pass_through,
+            )
+    }
+
     /// The upstream URL for the visitor's path after the prefix; never leaves the route's base.
     pub fn upstream_uri(&self, rest: &str, query: Option<&str>) -> Result<Uri, PathError> {
         match self.role {

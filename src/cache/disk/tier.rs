@@ -1,0 +1,553 @@
+//! The disk tier's index and files: a moka index keyed like the memory store, weighed in
+//! bytes on disk, whose eviction hook removes the file; one writer thread that writes each
+//! record to `tmp/` and renames it into place; reads that verify before serving.
+//!
+//! Each version of an object gets a file name of its own (`ab/cd/<key hash>.<generation>`),
+//! so removing an old version (evicted, replaced, purged) can never remove a newer one that a
+//! rename put in its place: the eviction hook removes exactly the file it indexed.
+//!
+//! The bound is kept on measured file lengths: `used` counts every byte of every file tamis
+//! has on disk, `tmp/` included. A write reserves its length first and is dropped when that
+//! would pass `max_disk_bytes`; the index holds at most `max_disk_bytes - headroom`, so that
+//! the one write in progress always fits once moka has applied its evictions (which the
+//! writer runs after each insert).
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::HeaderName;
+use moka::notification::RemovalCause;
+use moka::sync::Cache as Moka;
+use sha2::{Digest, Sha256};
+
+use super::super::entry::{Entry, Rendition};
+use super::super::key::CacheKey;
+use super::record::{self, Kept, Object, Record};
+
+/// Where the disk tier is and how large it may grow.
+#[derive(Clone, Debug)]
+pub struct DiskSettings {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+    /// The largest body the memory tier stores (a record is at most this plus its head).
+    pub max_object_bytes: u64,
+}
+
+/// Told why a file left (`size`, `expired`, `purged`, `corrupt`) or why a write failed
+/// (`full`, `denied`, `other`).
+pub type DiskHook = Arc<dyn Fn(&'static str) + Send + Sync>;
+
+/// The disk tier's counters, kept by whoever exports them.
+#[derive(Clone)]
+pub struct DiskHooks {
+    pub evicted: DiskHook,
+    pub write_failed: DiskHook,
+}
+
+/// What the index holds for one key.
+#[derive(Debug)]
+pub(super) struct Indexed {
+    /// This version's generation: part of its file name.
+    pub(super) generation: u64,
+    /// Its file's length.
+    pub(super) bytes: u64,
+    /// A Vary list's names (none for an object).
+    pub(super) vary: Option<Arc<[HeaderName]>>,
+    pub(super) keep_until: SystemTime,
+    /// Set before removing a file found bad, so the hook counts it as corrupt.
+    pub(super) corrupt: AtomicBool,
+}
+
+/// The disk tier's figures for `/metrics` and `/status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiskStats {
+    pub dir: String,
+    pub bytes: u64,
+    pub max_bytes: u64,
+    pub entries: u64,
+    pub loading: bool,
+    pub loaded: u64,
+}
+
+/// One record for the writer thread.
+pub(super) struct Job {
+    pub(super) record: Record,
+    pub(super) body: Bytes,
+}
+
+/// How many writes may wait: past that, a write is dropped rather than a visitor delayed.
+const QUEUE: usize = 1024;
+
+/// The disk tier.
+pub struct DiskTier {
+    pub(super) dir: PathBuf,
+    max_bytes: u64,
+    pub(super) index: Moka<CacheKey, Arc<Indexed>>,
+    /// Bytes of tamis's files on disk (and reserved for the one being written).
+    pub(super) used: Arc<AtomicU64>,
+    /// Objects indexed (Vary lists not).
+    pub(super) objects: Arc<AtomicU64>,
+    queue: Mutex<Option<SyncSender<Job>>>,
+    next_generation: AtomicU64,
+    /// Generations from here on were written by this process (the loader skips them).
+    pub(super) first_generation: u64,
+    pub(super) loading: AtomicBool,
+    pub(super) loaded: AtomicU64,
+    hooks: DiskHooks,
+    /// The last write failure's class, logged once per change (not once per write).
+    write_state: Mutex<Option<&'static str>>,
+}
+
+impl DiskTier {
+    /// Opens (creating) the directory and starts the writer and the index loader. A directory
+    /// that cannot be created or written gives `Err`, for the caller to say once and go on
+    /// with the memory tier alone.
+    pub fn open(settings: &DiskSettings, hooks: DiskHooks) -> io::Result<Arc<DiskTier>> {
+        let dir = settings.dir.clone();
+        let tmp = dir.join("tmp");
+        fs::create_dir_all(&tmp)?;
+        // Leftovers of a process that died mid-write: never whole, never indexed.
+        for e in fs::read_dir(&tmp)? {
+            let _ = fs::remove_file(e?.path());
+        }
+        // Writable at all? Better known now, in one line, than at the first fill.
+        let probe = tmp.join("probe");
+        fs::write(&probe, b"")?;
+        fs::remove_file(&probe)?;
+
+        let used = Arc::new(AtomicU64::new(0));
+        let objects = Arc::new(AtomicU64::new(0));
+        let max_record = settings.max_object_bytes.saturating_add(64 << 10);
+        let headroom = max_record.min(settings.max_bytes / 8);
+        let index = {
+            let dir = dir.clone();
+            let used = used.clone();
+            let objects = objects.clone();
+            let evicted = hooks.evicted.clone();
+            Moka::builder()
+                .max_capacity(settings.max_bytes - headroom)
+                .weigher(|_: &CacheKey, v: &Arc<Indexed>| {
+                    u32::try_from(v.bytes).unwrap_or(u32::MAX)
+                })
+                .expire_after(KeepUntil)
+                .eviction_listener(move |k: Arc<CacheKey>, v: Arc<Indexed>, cause| {
+                    match fs::remove_file(file_path(&dir, &k, v.generation)) {
+                        Ok(()) => {
+                            used.fetch_sub(v.bytes, Ordering::Relaxed);
+                        }
+                        // Gone already (removed by hand): its bytes are no longer there.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                            used.fetch_sub(v.bytes, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            // Still there: still counted, so the bound stays true.
+                            tracing::warn!(error = %e, "cannot remove a disk cache file");
+                        }
+                    }
+                    if v.vary.is_some() {
+                        return;
+                    }
+                    objects.fetch_sub(1, Ordering::Relaxed);
+                    if v.corrupt.load(Ordering::Relaxed) {
+                        evicted("corrupt");
+                        return;
+                    }
+                    match cause {
+                        RemovalCause::Size => evicted("size"),
+                        RemovalCause::Expired => evicted("expired"),
+                        RemovalCause::Explicit => evicted("purged"),
+                        RemovalCause::Replaced => {}
+                    }
+                })
+                .build()
+        };
+        // Unique across restarts: names of this process sort after those of the last.
+        let first_generation = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        let (tx, rx) = sync_channel::<Job>(QUEUE);
+        let tier = Arc::new(DiskTier {
+            dir,
+            max_bytes: settings.max_bytes,
+            index,
+            used,
+            objects,
+            queue: Mutex::new(Some(tx)),
+            next_generation: AtomicU64::new(first_generation),
+            first_generation,
+            loading: AtomicBool::new(true),
+            loaded: AtomicU64::new(0),
+            hooks,
+            write_state: Mutex::new(None),
+        });
+        let writer = Arc::downgrade(&tier);
+        std::thread::Builder::new()
+            .name("tamis-disk-writer".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    match writer.upgrade() {
+                        Some(tier) => tier.write(job),
+                        None => return,
+                    }
+                }
+            })?;
+        let loader = Arc::downgrade(&tier);
+        std::thread::Builder::new()
+            .name("tamis-disk-loader".into())
+            .spawn(move || super::loader::load(loader))?;
+        Ok(tier)
+    }
+
+    /// Figures for `/metrics` and `/status`.
+    pub fn stats(&self) -> DiskStats {
+        self.index.run_pending_tasks();
+        DiskStats {
+            dir: self.dir.display().to_string(),
+            bytes: self.used.load(Ordering::Relaxed),
+            max_bytes: self.max_bytes,
+            entries: self.objects.load(Ordering::Relaxed),
+            loading: self.loading.load(Ordering::Relaxed),
+            loaded: self.loaded.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The bound, in bytes.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Queues `entry` (stored under `key`) to be written; never waits.
+    pub fn store(&self, key: &CacheKey, entry: &Entry) {
+        let now = Instant::now();
+        let resident = entry.resident(now);
+        let stored = SystemTime::now()
+            .checked_sub(resident)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let record = Record {
+            key: key.clone(),
+            stored,
+            keep: entry.keep_in_all(),
+            kept: Kept::Object(Box::new(Object {
+                status: entry.status,
+                headers: entry.headers.clone(),
+                stylesheet: entry.rendition == Rendition::Stylesheet,
+                own_head: entry.own_head(),
+                upstream_etag: entry.upstream_etag.clone(),
+                last_modified: entry.last_modified.clone(),
+                vary: entry.vary.clone(),
+                lifetimes: entry.lifetimes,
+                keep_for_revalidation: entry.keep_for_revalidation(),
+            })),
+        };
+        self.enqueue(Job {
+            record,
+            body: entry.body.clone(),
+        });
+    }
+
+    /// Queues the Vary list of a primary key.
+    pub fn store_vary(&self, primary: &CacheKey, names: &[HeaderName], keep: Duration) {
+        let record = Record {
+            key: primary.clone(),
+            stored: SystemTime::now(),
+            keep,
+            kept: Kept::Vary(names.to_vec()),
+        };
+        self.enqueue(Job {
+            record,
+            body: Bytes::new(),
+        });
+    }
+
+    fn enqueue(&self, job: Job) {
+        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = queue.as_ref() {
+            match tx.try_send(job) {
+                Ok(()) => {}
+                // The disk is behind: this object stays in memory only.
+                Err(TrySendError::Full(_)) => (self.hooks.write_failed)("other"),
+                Err(TrySendError::Disconnected(_)) => {}
+            }
+        }
+    }
+
+    /// What the index holds for `key`, if anything.
+    pub(super) fn indexed(&self, key: &CacheKey) -> Option<Arc<Indexed>> {
+        self.index.get(key)
+    }
+
+    /// The Vary list indexed for a primary key, if that is what it holds.
+    pub fn vary_of(&self, primary: &CacheKey) -> Option<(Arc<[HeaderName]>, Duration)> {
+        let slot = self.indexed(primary)?;
+        let keep = slot
+            .keep_until
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        slot.vary.clone().map(|names| (names, keep))
+    }
+
+    /// Reads the object indexed for `key` back, verified whole; a bad or vanished file is
+    /// removed (counted as corrupt) and reads as a miss.
+    pub async fn read(&self, key: &CacheKey) -> Option<Entry> {
+        let slot = self.indexed(key)?;
+        slot.vary.is_none().then_some(())?;
+        let path = file_path(&self.dir, key, slot.generation);
+        let bytes = match tokio::task::spawn_blocking(move || fs::read(path)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "a disk cache file could not be read; removed from the index");
+                self.drop_bad(key, &slot);
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let bytes = Bytes::from(bytes);
+        match record::decode(&bytes) {
+            Ok((rec, body)) if rec.key == *key => match rec.kept {
+                Kept::Object(o) => Some(restore(*o, bytes.slice(body), rec.stored)),
+                Kept::Vary(_) => None,
+            },
+            Ok(_) => {
+                tracing::warn!("a disk cache file holds another key; removed");
+                self.drop_bad(key, &slot);
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a disk cache file is damaged; removed, asking the upstream");
+                self.drop_bad(key, &slot);
+                None
+            }
+        }
+    }
+
+    fn drop_bad(&self, key: &CacheKey, slot: &Arc<Indexed>) {
+        slot.corrupt.store(true, Ordering::Relaxed);
+        // Only if it still indexes that very version (a newer one may have replaced it).
+        self.index
+            .entry(key.clone())
+            .and_compute_with(|held| match held {
+                Some(e) if Arc::ptr_eq(e.value(), slot) => moka::ops::compute::Op::Remove,
+                _ => moka::ops::compute::Op::Nop,
+            });
+        self.index.run_pending_tasks();
+    }
+
+    /// Removes `key` (an unsafe method succeeded on its URL).
+    pub fn invalidate(&self, key: &CacheKey) {
+        self.index.invalidate(key);
+    }
+
+    /// Removes every key that matches; returns the object keys removed.
+    pub fn remove_where(&self, doomed: impl Fn(&CacheKey) -> bool) -> Vec<CacheKey> {
+        let keys: Vec<(CacheKey, bool)> = self
+            .index
+            .iter()
+            .filter(|(k, _)| doomed(k))
+            .map(|(k, v)| ((*k).clone(), v.vary.is_none()))
+            .collect();
+        let mut objects = Vec::new();
+        for (k, object) in keys {
+            if self.index.remove(&k).is_some() && object {
+                objects.push(k);
+            }
+        }
+        self.index.run_pending_tasks();
+        objects
+    }
+
+    /// Stops the writer after what is queued (tests, shutdown).
+    pub fn close(&self) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// Writes one record: reserve, write to tmp, rename into place, index. Runs on the writer
+    /// thread only, so at most one file is being written at a time.
+    fn write(&self, job: Job) {
+        let head = record::encode_head(&job.record, job.body.len() as u64);
+        let trailer = record::trailer(&head, &job.body);
+        let len = (head.len() + job.body.len() + trailer.len()) as u64;
+        let keep = match job.record.keep_until().duration_since(SystemTime::now()) {
+            Ok(d) if !d.is_zero() => d,
+            _ => return,
+        };
+        self.index.run_pending_tasks();
+        if !self.reserve(len) {
+            // Larger than the room the bound leaves now: memory only. Not a failure.
+            return;
+        }
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.dir.join("tmp").join(format!("{generation:016x}"));
+        let dest = file_path(&self.dir, &job.record.key, generation);
+        let written = (|| -> io::Result<()> {
+            let mut f = fs::File::create_new(&tmp)?;
+            f.write_all(&head)?;
+            f.write_all(&job.body)?;
+            f.write_all(&trailer)?;
+            drop(f);
+            if let Some(parent) = dest.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            fs::rename(&tmp, &dest)
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            self.used.fetch_sub(len, Ordering::Relaxed);
+            self.write_failed(&e);
+            return;
+        }
+        self.write_ok();
+        let vary = match &job.record.kept {
+            Kept::Vary(names) => Some(Arc::from(names.as_slice())),
+            Kept::Object(_) => {
+                self.objects.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        };
+        let slot = Arc::new(Indexed {
+            generation,
+            bytes: len,
+            vary,
+            keep_until: SystemTime::now() + keep,
+            corrupt: AtomicBool::new(false),
+        });
+        self.index.insert(job.record.key, slot);
+        self.index.run_pending_tasks();
+    }
+
+    /// Counts an eviction (the loader's corrupt and expired files).
+    pub(super) fn evicted(&self, why: &'static str) {
+        (self.hooks.evicted)(why)
+    }
+
+    /// Counts `len` bytes in if they fit under the bound.
+    pub(super) fn reserve(&self, len: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(len).filter(|&n| n <= self.max_bytes)
+            })
+            .is_ok()
+    }
+
+    fn write_failed(&self, e: &io::Error) {
+        let class = write_error_class(e);
+        (self.hooks.write_failed)(class);
+        let mut state = self.write_state.lock().unwrap_or_else(|p| p.into_inner());
+        if *state != Some(class) {
+            *state = Some(class);
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot write to the disk cache ({class}); objects stay in memory until it can");
+        }
+    }
+
+    fn write_ok(&self) {
+        let mut state = self.write_state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.take().is_some() {
+            tracing::info!(dir = %self.dir.display(), "the disk cache is written to again");
+        }
+    }
+}
+
+/// `full`, `denied` or `other`: the label of a write failure.
+pub fn write_error_class(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => "full",
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => "denied",
+        _ => "other",
+    }
+}
+
+/// An object read back from disk, as the memory tier holds it.
+fn restore(o: Object, body: Bytes, stored: SystemTime) -> Entry {
+    // A clock set back reads as no time at all, never as a negative one.
+    let resident = SystemTime::now().duration_since(stored).unwrap_or_default();
+    Entry::restored(
+        o.status,
+        o.headers,
+        body,
+        if o.stylesheet {
+            Rendition::Stylesheet
+        } else {
+            Rendition::AsSent
+        },
+        (o.upstream_etag, o.last_modified),
+        o.lifetimes,
+        o.vary,
+        o.keep_for_revalidation,
+        o.own_head,
+        resident,
+    )
+}
+
+/// Index entries leave when their record's keep time is over.
+struct KeepUntil;
+
+impl moka::Expiry<CacheKey, Arc<Indexed>> for KeepUntil {
+    fn expire_after_create(&self, _: &CacheKey, v: &Arc<Indexed>, _: Instant) -> Option<Duration> {
+        Some(
+            v.keep_until
+                .duration_since(SystemTime::now())
+                .unwrap_or_default(),
+        )
+    }
+}
+
+/// The hex name of a key (a SHA-256 of its parts, 128 bits kept).
+pub(super) fn key_name(key: &CacheKey) -> String {
+    let mut h = Sha256::new();
+    h.update(key.route.to_le_bytes());
+    h.update(key.variant.to_le_bytes());
+    h.update(key.uri.to_string().as_bytes());
+    let d = h.finalize();
+    d[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `dir/ab/cd/<key hash>.<generation>`: two levels, as nginx's `levels=1:2` spreads files.
+pub(super) fn file_path(dir: &Path, key: &CacheKey, generation: u64) -> PathBuf {
+    let name = key_name(key);
+    dir.join(&name[..2])
+        .join(&name[2..4])
+        .join(format!("{name}.{generation:016x}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_spread_over_two_levels_and_differ_by_version() {
+        let k = CacheKey::primary(7, "https://t.example/1/2/3.png".parse().unwrap());
+        let a = file_path(Path::new("/c"), &k, 1);
+        let b = file_path(Path::new("/c"), &k, 2);
+        assert_ne!(a, b);
+        let s = a.to_str().unwrap();
+        let name = key_name(&k);
+        assert_eq!(
+            s,
+            format!("/c/{}/{}/{name}.0000000000000001", &name[..2], &name[2..4])
+        );
+        assert_ne!(
+            key_name(&k),
+            key_name(&CacheKey::primary(8, k.uri.clone())),
+            "the route is part of the name"
+        );
+    }
+
+    #[test]
+    fn write_failures_are_classed() {
+        let full = io::Error::from_raw_os_error(28); // ENOSPC
+        assert_eq!(write_error_class(&full), "full");
+        let denied = io::Error::from(io::ErrorKind::PermissionDenied);
+        assert_eq!(write_error_class(&denied), "denied");
+        let rofs = io::Error::from_raw_os_error(30); // EROFS
+        assert_eq!(write_error_class(&rofs), "denied");
+        assert_eq!(
+            write_error_class(&io::Error::from(io::ErrorKind::NotFound)),
+            "other"
+        );
+    }
+}
