@@ -297,6 +297,7 @@ async fn main() {
         let text = tamis.metrics().await;
         let origin_n = origin_requests.load(Ordering::Relaxed) - origin_before;
         let (files, blocks) = disk_usage(&dir.path.join("cache"));
+        let (dirs, dir_blocks) = dir_usage(&dir.path.join("cache"));
         println!();
         println!(
             "the same workload through the tamis binary with its disk tier (max_bytes {:.0} MiB, max_disk_bytes {:.0} MiB):",
@@ -317,10 +318,11 @@ async fn main() {
             paths.len() as f64 / elapsed
         );
         println!(
-            "disk          {} entries, {:.1} MiB counted (tamis_cache_disk_bytes), {files} files taking {:.1} MiB of blocks; evicted: {} size, {} expired, {} corrupt; write errors: {}",
+            "disk          {} entries, {:.1} MiB counted (tamis_cache_disk_bytes), {files} files taking {:.1} MiB of blocks, {dirs} directories {:.1} MiB; evicted: {} size, {} expired, {} corrupt; write errors: {}",
             gauge(&text, "tamis_cache_disk_entries"),
             mib(gauge(&text, "tamis_cache_disk_bytes")),
             mib(blocks as f64),
+            mib(dir_blocks as f64),
             metric(&text, "tamis_cache_disk_evictions_total{result=\"size\""),
             metric(&text, "tamis_cache_disk_evictions_total{result=\"expired\""),
             metric(&text, "tamis_cache_disk_evictions_total{result=\"corrupt\""),
@@ -829,6 +831,7 @@ async fn fill_and_load(
     let disk_counted = gauge(&text, "tamis_cache_disk_bytes");
     tamis.stop();
     let (files, blocks) = disk_usage(&dir.path.join("cache"));
+    let (dirs, dir_blocks) = dir_usage(&dir.path.join("cache"));
     let spawned = Instant::now();
     tamis.start().await.unwrap_or_else(|e| fail(&e));
     let ready_ms = spawned.elapsed().as_secs_f64() * 1e3;
@@ -848,10 +851,12 @@ async fn fill_and_load(
         misses = filled.outcomes.iter().filter(|&&o| o != NONE).count()
     );
     println!(
-        "on disk       {files} files, {:.1} MiB counted, {:.1} MiB of blocks ({:.2} x)",
+        "on disk       {files} files, {:.1} MiB counted, {:.1} MiB of blocks ({:.2} x); {dirs} directories, {:.1} MiB more ({:.2} x in all)",
         mib(disk_counted),
         mib(blocks as f64),
-        blocks as f64 / disk_counted.max(1.0)
+        blocks as f64 / disk_counted.max(1.0),
+        mib(dir_blocks as f64),
+        (blocks + dir_blocks) as f64 / disk_counted.max(1.0)
     );
     match load {
         Some(l) => {
@@ -1020,6 +1025,25 @@ async fn nginx_run(
         disk_bytes,
         peak_bytes,
     })
+}
+
+/// Directories under `dir` (not counting `dir`) and the blocks they take: each is an inode
+/// and at least one filesystem block, which neither tamis's nor nginx's bound counts.
+fn dir_usage(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let (mut dirs, mut bytes) = (0, 0);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            let (d, b) = dir_usage(&entry.path());
+            dirs += d + 1;
+            bytes += b + meta.blocks() * 512;
+        }
+    }
+    (dirs, bytes)
 }
 
 /// Files under `dir` and the disk space they take (allocated blocks, as nginx counts).
