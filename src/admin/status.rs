@@ -22,6 +22,9 @@ pub struct Status {
     pub cache_bytes: u64,
     pub cache_max_bytes: u64,
     pub cache_objects: u64,
+    /// The disk tier, when `cache.disk_dir` is set and usable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<crate::cache::disk::DiskStats>,
     pub routes: Vec<RouteStatus>,
     /// The shared key store, when one is configured.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -128,6 +131,7 @@ pub async fn status(state: &State, draining: bool, instance: &str) -> Status {
         cache_bytes,
         cache_max_bytes: state.cache.max_bytes(),
         cache_objects,
+        disk: state.cache.disk().map(|d| d.stats()),
         routes,
     }
 }
@@ -161,6 +165,21 @@ pub fn html(s: &Status) -> String {
         s.cache_bytes as f64 / 1048576.0,
         s.cache_max_bytes as f64 / 1048576.0
     );
+    if let Some(d) = &s.disk {
+        let _ = writeln!(
+            o,
+            "<p>Disk: <code>{}</code>, {} objects, {:.1} MiB of {:.1} MiB{}.</p>",
+            esc(&d.dir),
+            d.entries,
+            d.bytes as f64 / 1048576.0,
+            d.max_bytes as f64 / 1048576.0,
+            if d.loading {
+                format!(" (loading: {} files indexed so far)", d.loaded)
+            } else {
+                String::new()
+            }
+        );
+    }
     o.push_str(
         "<table><tr><th>route</th><th>kind</th><th>prefix</th><th>upstream</th>\
          <th>jurisdiction</th><th>hit ratio</th><th>lookups</th><th>upstream</th></tr>\n",

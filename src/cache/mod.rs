@@ -157,9 +157,15 @@ impl Cache {
         self.disk.as_ref()
     }
 
-    /// Which route parts (by `cache_id`) keep their objects on disk too.
+    /// Which route parts (by `cache_id`) keep their objects on disk too. The disk tier drops at
+    /// once what it holds of any other (after a reload, the routes it changed or dropped; at
+    /// start, once loaded, what it found of routes changed while tamis was down).
     pub fn set_disk_routes(&self, ids: Vec<u64>) {
-        *self.disk_routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(ids);
+        let ids: Arc<[u64]> = Arc::from(ids);
+        *self.disk_routes.write().unwrap_or_else(|p| p.into_inner()) = ids.clone();
+        if let Some(disk) = &self.disk {
+            disk.set_live(ids);
+        }
     }
 
     /// The disk tier, if this route uses it.
@@ -727,5 +733,108 @@ mod tests {
             "route 7 held a marker only"
         );
         assert_eq!(cache.size().await, (0, 0));
+    }
+}
+
+#[cfg(test)]
+mod disk_tests {
+    use std::time::SystemTime;
+
+    use bytes::Bytes;
+    use http::{header, HeaderValue, StatusCode};
+
+    use super::disk::{DiskHooks, DiskSettings};
+    use super::*;
+
+    fn tier(dir: &std::path::Path) -> Arc<DiskTier> {
+        let hooks = DiskHooks {
+            evicted: Arc::new(|_| {}),
+            write_failed: Arc::new(|_| {}),
+        };
+        let settings = DiskSettings {
+            dir: dir.to_owned(),
+            max_bytes: 1 << 20,
+            max_object_bytes: 1 << 16,
+        };
+        DiskTier::open(&settings, hooks).unwrap()
+    }
+
+    fn cache(dir: &std::path::Path) -> Cache {
+        let c = Cache::new(1 << 20, 1 << 16, Arc::new(|_| {})).with_disk(Some(tier(dir)));
+        c.set_disk_routes(vec![0]);
+        c
+    }
+
+    /// Waits until the tier has loaded and holds `n` objects.
+    async fn settled(c: &Cache, n: u64) {
+        let started = SystemTime::now();
+        loop {
+            let s = c.disk().unwrap().stats();
+            if !s.loading && s.entries == n {
+                return;
+            }
+            assert!(
+                started.elapsed().unwrap() < Duration::from_secs(10),
+                "{s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn variants_resolve_on_disk_after_a_restart_as_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = CacheKey::primary(0, "https://cdn.example/v".parse().unwrap());
+        let names = [header::ACCEPT];
+        let mut webp = HeaderMap::new();
+        webp.insert(header::ACCEPT, HeaderValue::from_static("image/webp"));
+        let mut png = HeaderMap::new();
+        png.insert(header::ACCEPT, HeaderValue::from_static("image/png"));
+        {
+            let c = cache(dir.path());
+            settled(&c, 0).await;
+            let Lookup::Lead { guard, .. } = c.lookup(&key, &webp).await else {
+                panic!()
+            };
+            let lifetimes = Lifetimes {
+                fresh_for: Duration::from_secs(60),
+                ..Lifetimes::default()
+            };
+            let e = Arc::new(Entry::new(
+                StatusCode::OK,
+                HeaderMap::new(),
+                Bytes::from_static(b"webp bytes"),
+                Rendition::AsSent,
+                lifetimes,
+                vary_values(&names, &webp),
+                Duration::ZERO,
+                true,
+            ));
+            guard.finish(Fill::Stored(e), &names).await;
+            settled(&c, 1).await;
+            // The Vary list is written after the variant: wait for it too.
+            while c.disk().unwrap().vary_of(&key).is_none() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            c.disk().unwrap().close();
+        }
+        // A new process, as far as the store knows: memory empty, the index rebuilt.
+        let c = cache(dir.path());
+        settled(&c, 1).await;
+        assert!(
+            matches!(c.lookup(&key, &png).await, Lookup::Lead { .. }),
+            "another Accept is another variant, on disk as in memory"
+        );
+        let Lookup::FreshFromDisk(e) = c.lookup(&key, &webp).await else {
+            panic!("expected the variant from disk")
+        };
+        assert_eq!(&e.body[..], b"webp bytes");
+        assert!(
+            matches!(c.lookup(&key, &webp).await, Lookup::Fresh(_)),
+            "promoted"
+        );
+        // Purged from both tiers, counted once.
+        assert_eq!(c.purge(0, "/v", false).await, 1);
+        assert_eq!(c.disk().unwrap().stats().entries, 0);
     }
 }

@@ -406,6 +406,62 @@ upstream = "https://cdn.example/npm/"
     }
 
     #[test]
+    fn the_disk_tier_is_off_unless_a_directory_is_given() {
+        assert_eq!(parse(MINIMAL).unwrap().cache.disk, None);
+        let c = parse(&format!(
+            "[cache]\ndisk_dir = \"/var/cache/tamis\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        let d = c.cache.disk.unwrap();
+        assert_eq!(d.dir, Path::new("/var/cache/tamis"));
+        assert_eq!(d.max_bytes, 1 << 30, "1 GiB by default");
+        let c = parse(&format!(
+            "[cache]\ndisk_dir = \"/d\"\nmax_disk_bytes = \"20 GiB\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.cache.disk.unwrap().max_bytes, 20 << 30);
+        let msg = problems(&format!("[cache]\nmax_disk_bytes = \"1 GiB\"\n{MINIMAL}"));
+        assert!(
+            msg.contains("cache.max_disk_bytes") && msg.contains("disk_dir"),
+            "{msg}"
+        );
+        let msg = problems(&format!(
+            "[cache]\ndisk_dir = \"/d\"\nmax_disk_bytes = \"1g\"\n{MINIMAL}"
+        ));
+        assert!(msg.contains("line 3: cache.max_disk_bytes"), "{msg}");
+    }
+
+    #[test]
+    fn disk_cache_is_refused_where_answers_are_not_the_same_for_everyone() {
+        assert_eq!(parse(MINIMAL).unwrap().routes[0].cache.disk, None);
+        let on = parse(&format!("{MINIMAL}disk_cache = true\n")).unwrap();
+        assert_eq!(on.routes[0].cache.disk, Some(true));
+        let off = parse(&format!("{MINIMAL}disk_cache = false\n")).unwrap();
+        assert_eq!(off.routes[0].cache.disk, Some(false));
+        let ga = MINIMAL.replace("kind = \"static\"", "kind = \"ga4\"");
+        for (text, why) in [
+            (format!("{ga}disk_cache = true\n"), "analytics"),
+            (
+                format!("{MINIMAL}cache = false\ndisk_cache = true\n"),
+                "cache = false",
+            ),
+            (
+                format!(
+                    "{MINIMAL}jurisdiction = \"eu\"\nforward_headers = [\"Accept-Language\"]\n\
+                     disk_cache = true\n"
+                ),
+                "forward_headers",
+            ),
+        ] {
+            let msg = problems(&text);
+            assert!(
+                msg.contains("route \"cdn\".disk_cache") && msg.contains(why),
+                "{why}: {msg}"
+            );
+        }
+    }
+
+    #[test]
     fn sizes_are_written_with_a_unit_or_as_plain_bytes() {
         let c = parse(&format!(
             "[cache]\nmax_bytes = \"20 GiB\"\nmax_object_bytes = \"8 MiB\"\n\

@@ -325,6 +325,28 @@ mod tests {
     use std::path::Path;
 
     #[test]
+    fn tiles_and_font_files_use_the_disk_by_default_and_nothing_else() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tamis.toml");
+        let config = Config::load(&shipped).unwrap();
+        assert!(
+            config.cache.disk.is_some(),
+            "the shipped config turns the tier on"
+        );
+        let router = Router::new(&config);
+        let mut seen = (0, 0);
+        for r in router.routes() {
+            let want = matches!(r.role, Role::Tiles | Role::FontFiles);
+            assert_eq!(r.uses_disk(), want, "{} {:?}", r.config.name, r.role);
+            match r.role {
+                Role::Tiles => seen.0 += 1,
+                Role::FontFiles => seen.1 += 1,
+                _ => {}
+            }
+        }
+        assert!(seen.0 > 0 && seen.1 > 0, "{seen:?}");
+    }
+
+    #[test]
     fn a_changed_analytics_route_keeps_its_key_unless_what_the_key_protects_changed() {
         let text = |host: &str, extra: &str| {
             format!(

@@ -20,7 +20,7 @@ pub fn check_summary(config: &Config) -> String {
     for w in &config.warnings {
         let _ = writeln!(out, "warning: {}: {}: {}", w.at, w.key, w.message);
     }
-    for r in disclose(&Router::new(config)) {
+    for r in disclose(&Router::new(config), &config.cache) {
         let part = r.part.map(|p| format!(", {p}")).unwrap_or_default();
         let ua = r
             .sent
@@ -142,6 +142,35 @@ pub fn check_report(config: &Config) -> String {
         },
         humantime::format_duration(config.cache.keep)
     );
+    match &config.cache.disk {
+        Some(d) => {
+            let routes: Vec<String> = Router::new(config)
+                .routes()
+                .iter()
+                .filter(|r| r.uses_disk())
+                .map(|r| match r.role {
+                    crate::routes::Role::FontFiles => format!("{} (files)", r.config.name),
+                    crate::routes::Role::FontCss => format!("{} (css)", r.config.name),
+                    _ => r.config.name.clone(),
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "disk     {}, up to {} bytes (file lengths); kept there: {}; each answer as long \
+                 as memory would keep it, or less when the bound evicts it",
+                d.dir.display(),
+                d.max_bytes,
+                if routes.is_empty() {
+                    "nothing (no route uses it)".to_owned()
+                } else {
+                    routes.join(", ")
+                }
+            );
+        }
+        None => {
+            let _ = writeln!(out, "disk     none (cache.disk_dir not set): memory only");
+        }
+    }
     let _ = writeln!(out, "log      {}", log_line(config));
     let _ = writeln!(
         out,
@@ -169,7 +198,7 @@ pub fn check_report(config: &Config) -> String {
         config.upstream.keepalive,
         config.upstream.keepalive_timeout
     );
-    for route in disclose(&Router::new(config)) {
+    for route in disclose(&Router::new(config), &config.cache) {
         let _ = writeln!(out);
         route_text(&mut out, &route);
     }

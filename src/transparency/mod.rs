@@ -143,12 +143,17 @@ pub fn log_line(config: &Config) -> &'static str {
     }
 }
 
-/// Every route of a router, disclosed.
-pub fn disclose(router: &Router) -> Vec<RouteDisclosure> {
-    router.routes().iter().map(|r| disclose_route(r)).collect()
+/// Every route of a router, disclosed; `cache` says whether there is a disk tier and how long
+/// stale answers are kept.
+pub fn disclose(router: &Router, cache: &crate::config::CacheConfig) -> Vec<RouteDisclosure> {
+    router
+        .routes()
+        .iter()
+        .map(|r| disclose_route(r, cache))
+        .collect()
 }
 
-fn disclose_route(route: &Route) -> RouteDisclosure {
+fn disclose_route(route: &Route, cache: &crate::config::CacheConfig) -> RouteDisclosure {
     let c = &route.config;
     let mut handling = Vec::new();
     let upstream = match (&c.tiles, route.role) {
@@ -369,6 +374,8 @@ fn disclose_route(route: &Route) -> RouteDisclosure {
         },
         cache: if c.analytics.is_some() {
             "never (tracking requests)".to_owned()
+        } else if cache.disk.is_some() && route.uses_disk() {
+            format!("{}; {}", cache_line(&c.cache), disk_line(&c.cache, cache))
         } else {
             cache_line(&c.cache)
         },
@@ -445,6 +452,20 @@ fn disclose_analytics(
             Vec::new()
         },
     }
+}
+
+/// What a disk route keeps on disk, and for how long at most.
+fn disk_line(rc: &RouteCache, cache: &crate::config::CacheConfig) -> String {
+    let lifetime = match rc.max_ttl {
+        Some(max) => format!("its lifetime (at most {})", humantime::format_duration(max)),
+        None => "its lifetime".to_owned(),
+    };
+    format!(
+        "stored answers also kept on disk (cache.disk_dir, across restarts; the same scrubbed \
+         headers and body as in memory, nothing a visitor sent) for {lifetime} plus its stale \
+         windows and {} for revalidation, or less when max_disk_bytes evicts it",
+        humantime::format_duration(cache.keep)
+    )
 }
 
 fn cache_line(rc: &RouteCache) -> String {

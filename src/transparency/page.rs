@@ -67,7 +67,7 @@ impl Page {
     /// Renders the page for a config and its routes; `None` when the config turns it off.
     pub fn new(config: &Config, router: &Router) -> Option<Page> {
         let t = config.transparency.as_ref()?;
-        let routes = report::disclose(router);
+        let routes = report::disclose(router, &config.cache);
         let probe = t.probe.then(|| ProbeLink {
             path: crate::transparency::probe::probe_path(&t.path),
             example: example_request(router),

@@ -46,6 +46,10 @@ pub(super) fn load(tier: Weak<DiskTier>) {
         }
     }
     if let Some(t) = tier.upgrade() {
+        // Files of routes changed or dropped while tamis was down: nothing will ask for them.
+        if let Some(live) = t.live() {
+            t.remove_where(|k| !live.contains(&k.route));
+        }
         t.index.run_pending_tasks();
         t.loading.store(false, Ordering::Relaxed);
         let stats = t.stats();

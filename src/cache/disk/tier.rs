@@ -65,7 +65,7 @@ pub(super) struct Indexed {
 }
 
 /// The disk tier's figures for `/metrics` and `/status`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DiskStats {
     pub dir: String,
     pub bytes: u64,
@@ -102,6 +102,9 @@ pub struct DiskTier {
     hooks: DiskHooks,
     /// The last write failure's class, logged once per change (not once per write).
     write_state: Mutex<Option<&'static str>>,
+    /// The route parts (`cache_id`s) that use the tier, once the running state says so: what
+    /// the loader finds of any other route (changed or dropped while tamis was down) goes.
+    live: Mutex<Option<Arc<[u64]>>>,
 }
 
 impl DiskTier {
@@ -185,6 +188,7 @@ impl DiskTier {
             loaded: AtomicU64::new(0),
             hooks,
             write_state: Mutex::new(None),
+            live: Mutex::new(None),
         });
         let writer = Arc::downgrade(&tier);
         std::thread::Builder::new()
@@ -338,6 +342,17 @@ impl DiskTier {
         self.index.run_pending_tasks();
     }
 
+    /// Which route parts use the tier now; returns the object keys of other routes removed.
+    pub fn set_live(&self, routes: Arc<[u64]>) -> Vec<CacheKey> {
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Some(routes.clone());
+        self.remove_where(|k| !routes.contains(&k.route))
+    }
+
+    /// The route parts that use the tier, if the running state has said.
+    pub(super) fn live(&self) -> Option<Arc<[u64]>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Removes `key` (an unsafe method succeeded on its URL).
     pub fn invalidate(&self, key: &CacheKey) {
         self.index.invalidate(key);
@@ -455,7 +470,11 @@ impl DiskTier {
 /// `full`, `denied` or `other`: the label of a write failure.
 pub fn write_error_class(e: &io::Error) -> &'static str {
     match e.kind() {
-        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => "full",
+        // A size limit (RLIMIT_FSIZE, a file system's largest file) refuses bytes as a full
+        // disk does.
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded | io::ErrorKind::FileTooLarge => {
+            "full"
+        }
         io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => "denied",
         _ => "other",
     }
@@ -543,6 +562,7 @@ mod tests {
         assert_eq!(write_error_class(&full), "full");
         let denied = io::Error::from(io::ErrorKind::PermissionDenied);
         assert_eq!(write_error_class(&denied), "denied");
+        assert_eq!(write_error_class(&io::Error::from_raw_os_error(27)), "full"); // EFBIG
         let rofs = io::Error::from_raw_os_error(30); // EROFS
         assert_eq!(write_error_class(&rofs), "denied");
         assert_eq!(
