@@ -13,12 +13,13 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 TMP=$(mktemp -d)
 chmod 0755 "$TMP"
-ORIGIN_PID= TAMIS_PID= MADE_CACHE=
+ORIGIN_PID= TAMIS_PID= MADE_CACHE= MADE_PRIVATE=
 cleanup() {
   [ -n "$TAMIS_PID" ] && kill "$TAMIS_PID" 2>/dev/null || true
   [ -n "$ORIGIN_PID" ] && kill "$ORIGIN_PID" 2>/dev/null || true
   dpkg --purge tamis >/dev/null 2>&1 || true
   [ -z "$MADE_CACHE" ] || rm -rf /var/cache/tamis /var/cache/private/tamis
+  [ -z "$MADE_PRIVATE" ] || rmdir /var/cache/private 2>/dev/null || true
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -173,6 +174,7 @@ dpkg --purge tamis >/dev/null
 [ ! -e /var/cache/tamis ] || fail "/var/cache/tamis is still there after dpkg --purge"
 # The DynamicUser= layout: the directory in /var/cache/private, /var/cache/tamis a symlink.
 dpkg -i "$deb" >/dev/null
+[ -d /var/cache/private ] || MADE_PRIVATE=1
 install -d -m 0700 /var/cache/private
 install -d -o tamis -g tamis -m 0700 /var/cache/private/tamis
 echo x >/var/cache/private/tamis/object
