@@ -676,7 +676,7 @@ impl TamisProc {
         let (port, admin) = (free_port(), free_port());
         let conf = dir.join("tamis.toml");
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n# A restart without the 5 s drain meant for load balancers.\ndrain = \"0s\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
              [cache]\nmax_bytes = {max_bytes}\nmax_object_bytes = {max_object_bytes}\n\
              status_header = true\ndisk_dir = \"{}\"\nmax_disk_bytes = {disk_bytes}\n\
              [log]\naccess = false\n[upstream]\nuser_agent = \"tamis-bench (+https://operator.test/)\"\n\
