@@ -6,8 +6,9 @@
 #   bash benches/peers.sh                      # every case, 10 s per server per case
 #   DURATION=3 CASES="a f" bash benches/peers.sh
 #   SMOKE=1 bash benches/peers.sh              # 1 s runs: checks that everything starts (< 60 s)
+#   CASES=h bash benches/peers.sh              # the disk tier: disk hits vs nginx's disk cache
 #
-# Cases (CASES, default "a b c d e f g"):
+# Cases (CASES, default "a b c d e f g h"):
 #   a  cached 20 KB tile (Cache-Control: public, max-age=3600), HTTP/1.1 keep-alive, wrk
 #   b  cached 1 KB CSS
 #   c  cached 100 KB woff2 font
@@ -21,9 +22,16 @@
 #      TLS: not measured
 #   g  cached 20 KB tile over HTTP/2 (TLS, ALPN h2) with h2load, H2_STREAMS streams per
 #      connection. Varnish: not measured (no TLS)
+#   h  cached 20 KB tiles, DISK_TILES (2000) distinct URLs requested round-robin (wrk + Lua):
+#      nginx serving from its disk cache; tamis from memory (its usual 256 MiB); and
+#      "tamis-disk", a second tamis whose memory tier (1 MiB) holds 2 % of the set, so that
+#      nearly every request is a disk hit (read, verified, promoted to memory: the share of
+#      disk hits during the run is printed). Each server is filled first (one request per URL)
+#      and must not reach the origin during the run. Varnish: not measured (memory only)
 #
 # Knobs: DURATION (10), CONNS (50), CASES, SMOKE=1, VERBOSE=1 (print the load tools' output),
-# H2_STREAMS (10), SLOW_MS (300), COLD_CLIENTS (1000), PORT_BASE (18100: uses PORT_BASE..+7),
+# H2_STREAMS (10), SLOW_MS (300), COLD_CLIENTS (1000), DISK_TILES (2000; 500 in smoke mode),
+# PORT_BASE (18100: uses PORT_BASE..+9),
 # WAIT_IDLE=N (on a shared machine: before each run wait up to N s for an idle second),
 # TAMIS_BIN (default: `cargo build --release`, then target/release/tamis), TAMIS_REV (the
 # revision TAMIS_BIN was built from, for the report).
@@ -46,14 +54,16 @@ SMOKE=${SMOKE:-0}
 DURATION=${DURATION:-10}
 [ "$SMOKE" = 1 ] && DURATION=1
 CONNS=${CONNS:-50}
-CASES=${CASES:-"a b c d e f g"}
+CASES=${CASES:-"a b c d e f g h"}
+DISK_TILES=${DISK_TILES:-2000}
+[ "$SMOKE" = 1 ] && DISK_TILES=500
 H2_STREAMS=${H2_STREAMS:-10}
 SLOW_MS=${SLOW_MS:-300}
 COLD_CLIENTS=${COLD_CLIENTS:-1000}
 PORT_BASE=${PORT_BASE:-18100}
 ORIGIN=$PORT_BASE SLOW=$((PORT_BASE + 1)) NGINX=$((PORT_BASE + 2)) NGINX_TLS=$((PORT_BASE + 3))
 VARNISH=$((PORT_BASE + 4)) TAMIS=$((PORT_BASE + 5)) TAMIS_TLS=$((PORT_BASE + 6))
-HYPER=$((PORT_BASE + 7))
+HYPER=$((PORT_BASE + 7)) TAMIS_DISK=$((PORT_BASE + 8)) TAMIS_DISK_ADMIN=$((PORT_BASE + 9))
 
 missing=()
 for tool in nginx varnishd wrk h2load taskset python3 openssl curl cc; do
@@ -68,7 +78,7 @@ if [ "$(nproc)" -lt 2 ]; then
   echo "needs two cores (server under test on core 0, load generator on core 1)" >&2
   exit 1
 fi
-for port in $(seq "$PORT_BASE" $((PORT_BASE + 7))); do
+for port in $(seq "$PORT_BASE" $((PORT_BASE + 9))); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is in use: set PORT_BASE" >&2
     exit 1
@@ -124,6 +134,8 @@ http {
     listen 127.0.0.1:$ORIGIN backlog=4096;
     root $work/www;
     location /s/ { add_header Cache-Control "public, max-age=3600"; }
+    # Case h: DISK_TILES distinct tile URLs, each the same 20 KB tile.
+    location /d/ { try_files /s/tile.png =404; add_header Cache-Control "public, max-age=3600"; }
     location /post/ { return 202 "ok"; }
     location /p/ { return 202 "ok"; }
     location = /__status { stub_status; }
@@ -230,6 +242,7 @@ http {
     listen 127.0.0.1:$NGINX_TLS ssl http2 backlog=4096;
     location /s/ { proxy_pass http://origin; proxy_cache z; proxy_cache_lock on; }
     location /slow/ { proxy_pass http://slow; proxy_cache z; proxy_cache_lock on; }
+    location /d/ { proxy_pass http://origin; proxy_cache z; proxy_cache_lock on; }
     location /post/ { proxy_pass http://origin; }
     location /p/ { proxy_pass http://origin; }
   }
@@ -249,6 +262,19 @@ sub vcl_recv {
 }
 VCL
 
+# Case h's route, the same in both tamis: a tiles route (disk_cache defaults to true for tiles)
+# in front of the origin's /d/, no per-client rate (one load generator).
+disk_route() {
+  cat <<TOML
+[[route]]
+name = "disk"
+kind = "tiles"
+prefix = "/d/"
+upstream = "http://127.0.0.1:$ORIGIN/d/{z}/{x}/{y}.png"
+rate_limit = "off"
+TOML
+}
+
 cat >"$work/tamis.toml" <<TOML
 [server]
 listen = "127.0.0.1:$TAMIS"
@@ -260,6 +286,8 @@ max_bytes = 268435456
 status_header = false
 [log]
 access = false
+[upstream]
+user_agent = "tamis-bench (+https://operator.test/)"
 
 $(bench_routes "$ORIGIN")
 
@@ -268,7 +296,39 @@ name = "slow"
 kind = "static"
 prefix = "/slow/"
 upstream = "http://127.0.0.1:$SLOW/slow/"
+
+$(disk_route)
 TOML
+
+# Case h's second tamis: a memory tier of 1 MiB (about 50 of the DISK_TILES tiles), the rest
+# on its disk tier; an admin listener for its disk metrics.
+cat >"$work/tamis-disk.toml" <<TOML
+[server]
+listen = "127.0.0.1:$TAMIS_DISK"
+[admin]
+listen = "127.0.0.1:$TAMIS_DISK_ADMIN"
+[cache]
+max_bytes = 1048576
+max_object_bytes = 65536
+status_header = false
+disk_dir = "$work/tcache"
+max_disk_bytes = 268435456
+[log]
+access = false
+[upstream]
+user_agent = "tamis-bench (+https://operator.test/)"
+
+$(disk_route)
+TOML
+
+# The wrk script of case h: DISK_TILES tile paths, round-robin.
+cat >"$work/disk.lua" <<LUA
+local n, i = $DISK_TILES, 0
+request = function()
+  i = i % n + 1
+  return wrk.format("GET", "/d/14/" .. (i % 128) .. "/" .. math.floor(i / 128) .. ".png")
+end
+LUA
 
 # ---------------------------------------------------------------------------------------------
 # Start everything.
@@ -293,6 +353,10 @@ pids+=($varnish_pid)
   >"$work/tamis.log" 2>&1 &
 tamis_pid=$!
 pids+=($tamis_pid)
+(cd "$work" && TOKIO_WORKER_THREADS=1 exec taskset -c 0 "$TAMIS_BIN" --config tamis-disk.toml) \
+  >"$work/tamis-disk.log" 2>&1 &
+tamis_disk_pid=$!
+pids+=($tamis_disk_pid)
 
 wait_up() { # URL
   for _ in $(seq 200); do
@@ -314,6 +378,7 @@ wait_up "http://127.0.0.1:$NGINX/s/style.css"
 wait_up "http://127.0.0.1:$VARNISH/s/style.css"
 wait_up "http://127.0.0.1:$TAMIS/s/style.css"
 wait_up "https://127.0.0.1:$TAMIS_TLS/s/style.css"
+wait_up "http://127.0.0.1:$TAMIS_DISK_ADMIN/healthz"
 wait_up "http://127.0.0.1:$HYPER/s/style.css"
 # nginx's children: the worker, the cache manager, and a cache loader that exits after a minute.
 nginx_worker=$(pgrep -P "$nginx_pid" -f "worker process" | head -1)
@@ -360,6 +425,7 @@ pids_of() { # server -> all its processes
   case $1 in
     nginx) echo "$nginx_pid" $(pgrep -P "$nginx_pid") ;;
     varnish) echo "$varnish_pid $varnish_child" ;;
+    tamis-disk) echo "$tamis_disk_pid" ;;
     tamis*) echo "$tamis_pid" ;;
     hyper) echo "$hyper_pid" ;;
   esac
@@ -368,6 +434,7 @@ rss_pid() { # server -> the process whose peak RSS is reported
   case $1 in
     nginx) echo "$nginx_worker" ;;
     varnish) echo "$varnish_child" ;;
+    tamis-disk) echo "$tamis_disk_pid" ;;
     tamis*) echo "$tamis_pid" ;;
     hyper) echo "$hyper_pid" ;;
   esac
@@ -381,6 +448,7 @@ port_of() { # server tls?
   case $1 in
     nginx) echo "$NGINX" ;;
     varnish) echo "$VARNISH" ;;
+    tamis-disk) echo "$TAMIS_DISK" ;;
     tamis*) echo "$TAMIS" ;;
     hyper) echo "$HYPER" ;;
   esac
@@ -496,6 +564,7 @@ describe() {
     e) echo "$COLD_CLIENTS concurrent GETs on one cold key, origin ${SLOW_MS} ms" ;;
     f) echo "cached 20 KB tile, HTTPS HTTP/1.1" ;;
     g) echo "cached 20 KB tile, HTTP/2 (TLS), $H2_STREAMS streams/conn" ;;
+    h) echo "cached 20 KB tiles, $DISK_TILES URLs round-robin: nginx disk cache, tamis memory, tamis-disk disk tier" ;;
   esac
 }
 
@@ -509,6 +578,41 @@ cached_case() { # case path bytes tls?
     check_get "$url" "$3"
     if [ "${4:-}" = h2 ]; then measure "$1" "$s" h2 "$url"; else measure "$1" "$s" wrk "$url"; fi
   done
+}
+
+disk_metric() { # NAME{LABELS prefix -> the sum of tamis-disk's matching series
+  curl -s "http://127.0.0.1:$TAMIS_DISK_ADMIN/metrics" |
+    awk -v p="$1" 'index($0, p) == 1 {n += $NF} END {printf "%d", n}'
+}
+disk_case() {
+  local s i url
+  # One request per URL (curl reusing its connection): every server holds the whole set.
+  for i in $(seq 1 "$DISK_TILES"); do
+    echo "url = \"/d/14/$((i % 128))/$((i / 128)).png\""
+    echo "output = \"/dev/null\""
+  done >"$work/disk-urls"
+  for s in nginx tamis tamis-disk; do
+    sed "s#^url = \"#url = \"http://127.0.0.1:$(port_of "$s")#" "$work/disk-urls" >"$work/disk-urls-$s"
+    curl -s -K "$work/disk-urls-$s"
+    check_get "http://127.0.0.1:$(port_of "$s")/d/14/1/0.png" 20480
+  done
+  # tamis-disk writes in the background: wait until the whole set is on disk.
+  for _ in $(seq 100); do
+    [ "$(disk_metric tamis_cache_disk_entries)" -ge "$DISK_TILES" ] && break
+    sleep 0.1
+  done
+  echo "  tamis-disk: $(disk_metric tamis_cache_disk_entries) objects on disk, memory tier 1 MiB"
+  local disk0 mem0 disk1 mem1
+  for s in nginx tamis tamis-disk; do
+    disk0=$(disk_metric 'tamis_cache_lookups_total{result="disk_hit"')
+    mem0=$(disk_metric 'tamis_cache_lookups_total{result="hit"')
+    measure h "$s" wrk "http://127.0.0.1:$(port_of "$s")/d/" "-s $work/disk.lua"
+  done
+  disk1=$(disk_metric 'tamis_cache_lookups_total{result="disk_hit"')
+  mem1=$(disk_metric 'tamis_cache_lookups_total{result="hit"')
+  DISK_SHARE=$(awk -v d=$((disk1 - disk0)) -v m=$((mem1 - mem0)) \
+    'BEGIN {if (d + m > 0) printf "%.1f", 100 * d / (d + m); else print "-"}')
+  echo "  tamis-disk: $DISK_SHARE % of its hits during the run came from disk ($((disk1 - disk0)) disk, $((mem1 - mem0)) memory)"
 }
 
 if [ -n "${TAMIS_REV:-}" ]; then
@@ -554,6 +658,7 @@ for c in $CASES; do
       ;;
     f) cached_case f /s/tile.png 20480 tls ;;
     g) cached_case g /s/tile.png 20480 h2 ;;
+    h) disk_case ;;
     *) echo "unknown case $c" >&2; exit 1 ;;
   esac
 done
@@ -583,7 +688,13 @@ for c in $CASES; do
     continue
   fi
   hy=${RPS[$c,hyper]:-}
-  echo "| $c: $(describe "$c") | ${RPS[$c,nginx]:-} | ${vn:-no TLS} | $tm | $(ratio "$tm" "${RPS[$c,nginx]:-}") | $(ratio "$tm" "$vn") | ${hy:-—} | $(ratio "$tm" "$hy") |"
+  novarnish="no TLS"
+  [ "$c" = h ] && novarnish="memory only"
+  echo "| $c: $(describe "$c") | ${RPS[$c,nginx]:-} | ${vn:-$novarnish} | $tm | $(ratio "$tm" "${RPS[$c,nginx]:-}") | $(ratio "$tm" "$vn") | ${hy:-—} | $(ratio "$tm" "$hy") |"
+  if [ -n "${RPS[$c,tamis-disk]:-}" ]; then
+    td=${RPS[$c,tamis-disk]}
+    echo "| $c: same, tamis-disk from its disk tier (${DISK_SHARE:-?} % of hits from disk) | ${RPS[$c,nginx]:-} | — | $td | $(ratio "$td" "${RPS[$c,nginx]:-}") | — | | |"
+  fi
   if [ -n "${RPS[$c,tamis-plausible]:-}" ]; then
     tp=${RPS[$c,tamis-plausible]}
     echo "| $c: same, tamis through its Plausible scrubber | ${RPS[$c,nginx]:-} | ${vn:-} | $tp | $(ratio "$tp" "${RPS[$c,nginx]:-}") | $(ratio "$tp" "$vn") | | |"
@@ -598,7 +709,10 @@ other tenants, steal, softirq; high = a noisy run. Server well below 100 % with 
 "other": core 1 (load generator + origin) was the limit, so compare CPU µs/req. Peak
 RSS: tamis, the nginx worker (nginx's cache lives in the page cache, not counted), the Varnish
 child (malloc 256M, one thread pool, 200-2000 threads). Varnish has no TLS: cases f and g not
-measured for it. Case e: "origin requests" is the number of origin fetches. "hyper alone"
+measured for it, nor case h (no disk). Case e: "origin requests" is the number of origin
+fetches. Case h: tamis-disk's memory tier holds ~2 % of the URLs, so its hits are disk hits
+(file read on a blocking thread, checksum verified, promoted to memory); nginx reads its disk
+cache too; both from the page cache (the files were just written). "hyper alone"
 (benches/bare.rs, one Tokio worker): hyper answering from memory (a, b, c) or forwarding over
 one kept-alive connection per visitor (d), with none of tamis's work: the ceiling for tamis.
 NOTE
@@ -610,9 +724,17 @@ for r in "${rows[@]}"; do
     echo "$( [ "${s%%-*}" = tamis ] && echo FAIL || echo warning): case $c, $s: $errs errors" >&2
     [ "${s%%-*}" = tamis ] && failed=1
   fi
+  if [ "$c" = h ] && [ "$s" = tamis-disk ] && [ "$fetched" != 0 ]; then
+    echo "FAIL: case h, tamis-disk reached the origin $fetched times: its disk tier did not answer" >&2
+    failed=1
+  fi
   if [ "$c" = e ] && [ "$fetched" != 1 ]; then
     echo "$( [ "$s" = tamis ] && echo FAIL || echo note): case e, $s: $fetched origin fetches" >&2
     [ "$s" = tamis ] && failed=1
   fi
 done
+if [ -n "${DISK_SHARE:-}" ] && awk -v d="$DISK_SHARE" 'BEGIN {exit !(d == "-" || d < 50)}'; then
+  echo "FAIL: case h, only ${DISK_SHARE} % of tamis-disk's hits came from disk: not a disk-hit measurement" >&2
+  failed=1
+fi
 exit "$failed"

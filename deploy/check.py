@@ -7,7 +7,9 @@ Steps (each exits non-zero with a FAIL line on the first problem):
   systemd-smoke TAMIS   run the unit's ExecStart argv (binary and config swapped for a test
                         copy on free loopback ports, plus a route to a local upstream), its
                         ExecReload (SIGHUP: success, then a broken file: refused, still
-                        serving), the container HEALTHCHECK probe, then SIGTERM: exit 0. Under
+                        serving), the container HEALTHCHECK probe, then SIGTERM: exit 0. The
+                        shipped disk_dir is the unit's CacheDirectory (swapped for a scratch
+                        directory, where the proxied miss must land on disk). Under
                         strace: every system call made is one the unit's SystemCallFilter
                         allows, every socket one RestrictAddressFamilies allows, and no memory
                         is writable and executable (MemoryDenyWriteExecute)
@@ -15,11 +17,14 @@ Steps (each exits non-zero with a FAIL line on the first problem):
                         both trust a terminator (server.trusted_proxies)
   kubernetes            the Prometheus Operator resources (ServiceMonitor, PrometheusRule)
                         against the operator's CRD models, unknown fields refused; the
-                        PrometheusRule's groups equal deploy/prometheus/tamis.rules.yml's
+                        PrometheusRule's groups equal deploy/prometheus/tamis.rules.yml's; the
+                        ConfigMap's disk_dir a writable emptyDir whose sizeLimit leaves room
+                        above max_disk_bytes, within the ephemeral-storage request and limit
   metrics-names OUT     every metric the rules and the Grafana dashboard query exists in
                         src/metrics.rs; the dashboard's structure; writes the dashboard's
                         queries as a rule file to OUT for `promtool check rules` (PromQL syntax)
-  dockerfile            static review of deploy/container/Dockerfile and .dockerignore
+  dockerfile            static review of deploy/container/Dockerfile and .dockerignore; the
+                        container config's disk_dir is a VOLUME the runtime user owns
   frontends             nginx (nginx -t, then a real nginx on loopback) and Caddy (caddy
                         validate, caddy fmt, then a real Caddy) in front of a recording stub:
                         every tamis prefix reaches it with the path untouched and, as shipped,
@@ -156,6 +161,14 @@ def metric_value(text, name, labels):
     return None
 
 
+def gauge(text, name):
+    """The value of a metric without labels, or None."""
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[-1])
+    return None
+
+
 def wait_metric(admin, name, labels, value, proc, timeout=5.0):
     end = time.monotonic() + timeout
     got = None
@@ -255,12 +268,22 @@ def systemd_smoke(tamis):
             if a not in shipped:
                 fail(f"config/tamis.toml no longer listens on {a}: update deploy/")
             shipped = shipped.replace(a, b)
+        # The disk tier: the unit's CacheDirectory= is /var/cache/<name>, where the shipped
+        # config keeps it; here a scratch directory, so that the disk tier's system calls (write,
+        # fsync, rename, the start-up loader's directory reads) run under strace too.
+        disk_dir = re.search(r'^disk_dir = "([^"]*)"', shipped, re.M)
+        cache_dirs = d.get("CacheDirectory", [])
+        if disk_dir:
+            if cache_dirs != ["tamis"] or disk_dir.group(1) != "/var/cache/tamis":
+                fail(f"config/tamis.toml keeps its disk cache in {disk_dir.group(1)}, the unit's "
+                     f"CacheDirectory= is {cache_dirs}: expected /var/cache/tamis and tamis")
+            shipped = shipped.replace(disk_dir.group(0), f'disk_dir = "{tmp / "cache"}"')
         # A route to a local upstream (by name: the resolver runs too) to exercise the proxy path.
         upstream = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
         threading.Thread(target=upstream.serve_forever, daemon=True).start()
         shipped += (f'\n[[route]]\nname = "smoke"\nkind = "static"\nprefix = "/smoke/"\n'
                     f'upstream = "http://localhost:{upstream.server_address[1]}/"\n'
-                    'jurisdiction = "eu"\n')
+                    'jurisdiction = "eu"\n' + ("disk_cache = true\n" if disk_dir else ""))
         conf = tmp / "tamis.toml"
         conf.write_text(shipped)
         argv = [str(tamis)] + start[1:]
@@ -290,6 +313,21 @@ def systemd_smoke(tamis):
             if len(Recorder.seen) != 1:
                 fail(f"the local upstream got {len(Recorder.seen)} requests for one miss and one hit")
             ok(f"ExecStart argv runs: {' '.join(start[1:])} (admin {admin}; a miss and a hit proxied)")
+            if disk_dir:
+                # The miss was written to the disk tier (in the background: wait for it).
+                end = time.monotonic() + 5
+                while time.monotonic() < end:
+                    _, text = http_get(f"http://{admin}/metrics")
+                    if (gauge(text, "tamis_cache_disk_entries") or 0) >= 1:
+                        break
+                    time.sleep(0.05)
+                entries = gauge(text, "tamis_cache_disk_entries")
+                files = [f for f in (tmp / "cache").rglob("*") if f.is_file()]
+                if not entries or not files:
+                    fail(f"the disk tier stored nothing: tamis_cache_disk_entries {entries}, "
+                         f"{len(files)} files under {tmp / 'cache'}")
+                ok(f"disk tier: {len(files)} file(s) written under the scratch cache directory, "
+                   f"tamis_cache_disk_entries {entries:.0f}")
 
             # The container's HEALTHCHECK probe, built as the Dockerfile builds it.
             probe = tmp / "tamis-healthcheck"
@@ -450,6 +488,52 @@ def kubernetes():
         fail("ServiceMonitor jobLabel must give job=\"tamis\" (the alert rules expect it)")
     ok(f"ServiceMonitor selects Service {svc[0]['metadata']['name']} port(s) "
        f"{', '.join(e['port'] for e in sm['endpoints'])}, job=\"tamis\"")
+    disk_volume()
+
+
+def quantity(q):
+    """Bytes in a Kubernetes quantity (1536Mi, 2Gi, 1G) or a tamis size ("1 GiB", 1073741824)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*", str(q))
+    if not m:
+        fail(f"cannot read the size {q!r}")
+    unit = (m.group(2) or "").rstrip("B")
+    power = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit.rstrip("i")]
+    return float(m.group(1)) * (1024 if unit.endswith("i") else 1000) ** power
+
+
+def disk_volume():
+    """The disk tier in Kubernetes: the ConfigMap's disk_dir is a writable volume of the
+    Deployment, its emptyDir's sizeLimit leaves room above max_disk_bytes for block rounding
+    (the kubelet evicts the pod above it), and ephemeral-storage covers it."""
+    import yaml
+
+    text = configmap_toml("/s", "/t")
+    disk_dir = re.search(r'^disk_dir = "([^"]+)"', text, re.M)
+    max_disk = re.search(r'^max_disk_bytes = "?([^"\n#]+?)"?\s*(?:#.*)?$', text, re.M)
+    if not disk_dir or not max_disk:
+        fail("configmap.yaml: no cache.disk_dir and max_disk_bytes")
+    dep = yaml.safe_load((DEPLOY / "kubernetes" / "deployment.yaml").read_text())
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = [c for c in pod["containers"] if c["name"] == "tamis"]
+    mounts = [m for m in c["volumeMounts"] if m["mountPath"] == disk_dir.group(1)]
+    if len(mounts) != 1 or mounts[0].get("readOnly"):
+        fail(f"deployment.yaml: no writable volume at {disk_dir.group(1)} (cache.disk_dir)")
+    (vol,) = [v for v in pod["volumes"] if v["name"] == mounts[0]["name"]]
+    if "emptyDir" not in vol or vol["emptyDir"].get("medium"):
+        fail(f"deployment.yaml: volume {vol['name']} is not an emptyDir on disk")
+    limit = quantity(vol["emptyDir"].get("sizeLimit", "0"))
+    want = quantity(max_disk.group(1))
+    if not 1.25 * want <= limit <= 2 * want:
+        fail(f"deployment.yaml: the cache emptyDir's sizeLimit ({limit:.0f} B) is not 1.25 to 2 x "
+             f"max_disk_bytes ({want:.0f} B): room for block rounding, without wasting the node's disk")
+    res = c["resources"]
+    req = quantity(res["requests"].get("ephemeral-storage", "0"))
+    lim = quantity(res["limits"].get("ephemeral-storage", "0"))
+    if not limit <= req <= lim:
+        fail("deployment.yaml: ephemeral-storage request/limit must cover the cache's sizeLimit")
+    ok(f"deployment.yaml: disk tier at {disk_dir.group(1)} on emptyDir {vol['name']}, sizeLimit "
+       f"{limit / want:.2f} x max_disk_bytes ({max_disk.group(1)}); ephemeral-storage "
+       f"{res['requests']['ephemeral-storage']}/{res['limits']['ephemeral-storage']}")
 
 
 # ---------------------------------------------------------------- metric names
@@ -622,6 +706,17 @@ def dockerfile():
         fail("Dockerfile: ENTRYPOINT is not /usr/local/bin/tamis")
     if not any(l.startswith("CMD") and "/etc/tamis/tamis.toml" in l for l in final):
         fail("Dockerfile: CMD does not read /etc/tamis/tamis.toml")
+    # The disk tier: the config's disk_dir is a VOLUME the runtime user owns (the root
+    # filesystem may be read-only: Kubernetes mounts its own volume there).
+    disk_dir = re.search(r'^disk_dir = "([^"]+)"', conf, re.M)
+    if not disk_dir:
+        fail("deploy/container/tamis.toml: no cache.disk_dir (the image's VOLUME)")
+    volumes = [l for l in final if l.upper().startswith("VOLUME ")]
+    if [v.split(None, 1)[1] for v in volumes] != [disk_dir.group(1)]:
+        fail(f"Dockerfile: VOLUME {volumes}, the config's disk_dir is {disk_dir.group(1)}")
+    if not any(l.startswith("COPY ") and f"--chown={users[-1]}" in l and l.endswith(" " + disk_dir.group(1))
+               for l in final):
+        fail(f"Dockerfile: {disk_dir.group(1)} is not copied in owned by {users[-1]} (COPY --chown)")
     # The build context: what the build stage needs must not be excluded by .dockerignore.
     ignore = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()
               if l.strip() and not l.startswith("#")]
@@ -637,6 +732,7 @@ def dockerfile():
             fail(f".dockerignore should exclude {big}")
     ok(f"Dockerfile: rust:1-bookworm build (--locked) -> distroless nonroot, USER {users[-1]}, "
        f"EXPOSE {' '.join(sorted(exposed))}, exec-form HEALTHCHECK on {m.group(2)}, "
+       f"VOLUME {disk_dir.group(1)} (disk_dir) owned by {users[-1]}, "
        ".dockerignore keeps the sources")
 
 

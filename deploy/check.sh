@@ -79,7 +79,8 @@ for d in NoNewPrivileges=yes ProtectSystem=strict ProtectHome=yes PrivateTmp=yes
   CapabilityBoundingSet=CAP_NET_BIND_SERVICE AmbientCapabilities=CAP_NET_BIND_SERVICE \
   'RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX' MemoryDenyWriteExecute=yes \
   SystemCallFilter=@system-service SystemCallArchitectures=native LockPersonality=yes \
-  RestrictNamespaces=yes Restart=on-failure 'ExecReload=/bin/kill -HUP $MAINPID'; do
+  RestrictNamespaces=yes Restart=on-failure 'ExecReload=/bin/kill -HUP $MAINPID' \
+  CacheDirectory=tamis CacheDirectoryMode=0700; do
   grep -qxF "$d" "$DEPLOY/systemd/tamis.service" || fail "tamis.service: no $d"
 done
 grep -q '^LimitNOFILE=' "$DEPLOY/systemd/tamis.service" || fail "tamis.service: no LimitNOFILE"

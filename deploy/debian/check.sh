@@ -3,18 +3,23 @@
 # (root; CI's throwaway machine), and checks what it installed: files, modes, the conffile, the
 # deploy examples the docs name (/usr/share/doc/tamis/examples/), the `tamis` user, the enabled unit; `tamis check` on the installed config (found by the default
 # path); the installed binary, run as the tamis user, serving a loopback origin and stopping
-# cleanly on SIGTERM. Purges the package at the end (the user stays, as Debian leaves them).
+# cleanly on SIGTERM, its disk tier writing to /var/cache/tamis (the unit's CacheDirectory=);
+# `dpkg --remove` keeps that cache, `dpkg --purge` removes it, in both layouts systemd makes
+# (a directory, or with DynamicUser= a symlink to /var/cache/private/tamis). Purges the
+# package at the end (the user stays, as Debian leaves them).
 #
 #   bash deploy/debian/check.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TMP=$(mktemp -d)
 chmod 0755 "$TMP"
-ORIGIN_PID= TAMIS_PID=
+ORIGIN_PID= TAMIS_PID= MADE_CACHE= MADE_PRIVATE=
 cleanup() {
   [ -n "$TAMIS_PID" ] && kill "$TAMIS_PID" 2>/dev/null || true
   [ -n "$ORIGIN_PID" ] && kill "$ORIGIN_PID" 2>/dev/null || true
   dpkg --purge tamis >/dev/null 2>&1 || true
+  [ -z "$MADE_CACHE" ] || rm -rf /var/cache/tamis /var/cache/private/tamis
+  [ -z "$MADE_PRIVATE" ] || rmdir /var/cache/private 2>/dev/null || true
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -69,6 +74,10 @@ for f in "${examples[@]}"; do
   cmp -s "$src" "/usr/share/doc/tamis/examples/$f" || fail "/usr/share/doc/tamis/examples/$f differs from $src"
 done
 [ -f /usr/lib/systemd/system/tamis.service ] || fail "no /usr/lib/systemd/system/tamis.service"
+grep -qx 'CacheDirectory=tamis' /usr/lib/systemd/system/tamis.service ||
+  fail "the installed unit does not name its cache directory (CacheDirectory=tamis)"
+grep -q '^disk_dir = "/var/cache/tamis"' /etc/tamis/tamis.toml ||
+  fail "the installed config does not keep its disk cache in /var/cache/tamis, the unit's CacheDirectory"
 ok "installed examples are the repo's deploy files; the unit is /usr/lib/systemd/system/tamis.service"
 
 # `tamis check` with no --config, from a directory without config/: the installed one.
@@ -103,17 +112,37 @@ ok "tamis check as root names a file the tamis user could not read; as tamis, th
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 mkdir "$TMP/www" && echo "from the origin" >"$TMP/www/hello.txt"
 origin=$(free_port) port=$(free_port)
-python3 -m http.server "$origin" --bind 127.0.0.1 --directory "$TMP/www" >/dev/null 2>&1 &
+# The origin: files of $TMP/www, cacheable for an hour (so that the disk tier keeps them).
+python3 - "$origin" "$TMP/www" >/dev/null 2>&1 <<'PY' &
+import functools, sys
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+class H(SimpleHTTPRequestHandler):
+    def end_headers(self):
+        self.send_header("Cache-Control", "public, max-age=3600")
+        super().end_headers()
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])),
+                    functools.partial(H, directory=sys.argv[2])).serve_forever()
+PY
 ORIGIN_PID=$!
+# The cache directory as systemd makes it for CacheDirectory=tamis with a static user (the
+# service's user, 0700); with DynamicUser= it is a symlink into /var/cache/private (below).
+[ ! -e /var/cache/tamis ] || fail "/var/cache/tamis exists before the package made it: not a throwaway machine?"
+MADE_CACHE=1
+install -d -o tamis -g tamis -m 0700 /var/cache/tamis
 cat >"$TMP/tamis.toml" <<TOML
 [server]
 listen = "127.0.0.1:$port"
+
+[cache]
+disk_dir = "/var/cache/tamis"
+max_disk_bytes = "16 MiB"
 
 [[route]]
 name = "origin"
 kind = "static"
 prefix = "/o/"
 upstream = "http://127.0.0.1:$origin/"
+disk_cache = true
 TOML
 chmod 0644 "$TMP/tamis.toml"
 setpriv --reuid=tamis --regid=tamis --init-groups /usr/bin/tamis -c "$TMP/tamis.toml" 2>"$TMP/tamis.log" &
@@ -123,9 +152,35 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 [ "${body:-}" = "from the origin" ] || fail "no answer through the installed tamis: $(cat "$TMP/tamis.log")"
+# The miss goes to the disk tier in the background: wait for its file.
+for _ in $(seq 50); do
+  stored=$(find /var/cache/tamis -type f | wc -l)
+  [ "$stored" -ge 1 ] && break
+  sleep 0.1
+done
 kill -TERM "$TAMIS_PID"
 wait "$TAMIS_PID" || fail "tamis exited $? after SIGTERM: $(cat "$TMP/tamis.log")"
 TAMIS_PID=
 grep -q 'all connections closed' "$TMP/tamis.log" || fail "no clean stop: $(cat "$TMP/tamis.log")"
 ok "the installed binary served through a loopback origin as user tamis, and stopped cleanly"
+[ "$stored" -ge 1 ] || fail "nothing written to /var/cache/tamis by the disk tier: $(cat "$TMP/tamis.log")"
+[ -z "$(find /var/cache/tamis -type f ! -user tamis)" ] || fail "files in /var/cache/tamis not owned by tamis"
+ok "its disk tier wrote $stored file(s) to /var/cache/tamis, as user tamis"
+
+# Removing keeps the cache (a reinstall starts warm); purging deletes it (Debian policy).
+dpkg --remove tamis >/dev/null
+[ -d /var/cache/tamis ] || fail "dpkg --remove deleted the cache"
+dpkg --purge tamis >/dev/null
+[ ! -e /var/cache/tamis ] || fail "/var/cache/tamis is still there after dpkg --purge"
+# The DynamicUser= layout: the directory in /var/cache/private, /var/cache/tamis a symlink.
+dpkg -i "$deb" >/dev/null
+[ -d /var/cache/private ] || MADE_PRIVATE=1
+install -d -m 0700 /var/cache/private
+install -d -o tamis -g tamis -m 0700 /var/cache/private/tamis
+echo x >/var/cache/private/tamis/object
+ln -s private/tamis /var/cache/tamis
+dpkg --purge tamis >/dev/null
+[ ! -e /var/cache/tamis ] && [ ! -L /var/cache/tamis ] && [ ! -e /var/cache/private/tamis ] ||
+  fail "after dpkg --purge: $(ls -ld /var/cache/tamis /var/cache/private/tamis 2>&1)"
+ok "dpkg --remove keeps /var/cache/tamis; dpkg --purge removes it (a directory, or DynamicUser's symlink and /var/cache/private/tamis)"
 echo "deploy/debian/check.sh: all checks passed"
