@@ -84,10 +84,11 @@ pub(super) struct Job {
 
 /// How many writes may wait, and how many body bytes: past either, a write is dropped rather
 /// than a visitor delayed (a burst of misses after a restart once overflowed 1 024 writes).
-/// Bodies are shared with the memory tier, so the bytes bound only counts when memory has
-/// already let them go.
+/// Bodies are shared with the memory tier, but one that memory has let go is held by the
+/// queue alone: the bytes bound is what the tier may add to tamis's memory beyond
+/// `cache.max_bytes` (sized so the shipped Kubernetes limit still holds).
 const QUEUE: usize = 16_384;
-const QUEUE_BYTES: u64 = 256 << 20;
+const QUEUE_BYTES: u64 = 64 << 20;
 
 /// Files up to this size are read on the worker that asks (see [`DiskTier::read`]).
 const INLINE_READ: u64 = 256 << 10;
