@@ -372,14 +372,6 @@ fn check_emit_follows_the_routes_of_the_config() {
     assert_eq!(emit("apache", &path).status.code(), Some(2));
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs the binary on the config file `path`, which listens on 127.0.0.1:`port`, its log
 /// captured; returns once it accepts connections.
 async fn run(path: &Path, port: u16) -> (Child, SocketAddr) {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{get, request, route, Reply, Tamis, Upstream, LISTEN};
+use common::{free_port, get, request, route, Reply, Tamis, Upstream, LISTEN};
 use http::Method;
 
 /// Every file under `dir` with its length (`tmp/` included).
@@ -69,14 +69,6 @@ async fn wait_metric(admin: SocketAddr, what: &str, check: impl Fn(&str) -> bool
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A config with one `static` route `/t/` to `up`, its disk tier at `disk`.

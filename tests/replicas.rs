@@ -26,15 +26,6 @@ const UA: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firef
 const CID: &str = "1823456789.1732439000";
 const MATOMO_ID: &str = "0123456789abcdef";
 
-/// A free loopback port (bound, read, released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A real Redis server on loopback, its data in a temporary folder.
 struct Redis {
     child: Option<Child>,

@@ -350,6 +350,15 @@ pub struct Tamis {
 /// The `[server]` and `[admin]` sections for a test: everything on port 0.
 pub const LISTEN: &str = "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_timeout = \"2s\"\ndrain = \"0s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n";
 
+/// A free loopback port (bound, read, released), for a tamis binary started on a config file.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A static route to `upstream` (base URL) under `prefix`, with optional extra lines.
 pub fn route(name: &str, prefix: &str, upstream: &str, extra: &str) -> String {
     format!(
