@@ -181,7 +181,12 @@ impl Cache {
     /// On a memory miss: the object the disk tier holds for `key`, promoted to memory.
     async fn read_disk(&self, key: &CacheKey, request: &HeaderMap) -> Option<Arc<Entry>> {
         let disk = self.disk_for(key.route)?;
-        let entry = Arc::new(disk.read(key).await?);
+        // Still waiting for its writer (memory let it go before the disk caught up): the very
+        // entry memory held, no file to read.
+        let entry = match disk.queued_object(key) {
+            Some(e) => e,
+            None => Arc::new(disk.read(key).await?),
+        };
         if !entry.matches(request) {
             return None;
         }
@@ -894,6 +899,71 @@ mod disk_tests {
                 f.display()
             );
         }
+    }
+
+    // The writers are threads of their own, so holding their gate across awaits blocks only
+    // them, which is the point.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn an_object_waiting_for_its_writer_answers_and_a_purge_keeps_it_off_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path());
+        settled(&c, 0).await;
+        let disk = c.disk().unwrap().clone();
+        let h = HeaderMap::new();
+        let fresh = Lifetimes {
+            fresh_for: Duration::from_secs(60),
+            ..Lifetimes::default()
+        };
+        let fill = |key: CacheKey, body: &'static [u8]| {
+            let c = &c;
+            let h = &h;
+            async move {
+                let Lookup::Lead { guard, .. } = c.lookup(&key, h).await else {
+                    panic!()
+                };
+                let e = Entry::new(
+                    StatusCode::OK,
+                    HeaderMap::new(),
+                    Bytes::from_static(body),
+                    Rendition::AsSent,
+                    fresh,
+                    vec![],
+                    Duration::ZERO,
+                    true,
+                );
+                guard.finish(Fill::Stored(Arc::new(e)), &[]).await;
+            }
+        };
+        let waiting = CacheKey::primary(0, "https://tiles.example/w".parse().unwrap());
+        let purged = CacheKey::primary(0, "https://tiles.example/p".parse().unwrap());
+        {
+            // The disk is behind: no writer may start.
+            let _behind = disk.hold.lock().unwrap();
+            fill(waiting.clone(), b"waiting").await;
+            fill(purged.clone(), b"purged").await;
+            // Memory lets both go before their files are written.
+            c.store.invalidate(&waiting).await;
+            c.store.invalidate(&purged).await;
+            let Lookup::FreshFromDisk(e) = c.lookup(&waiting, &h).await else {
+                panic!("an object waiting for its writer is the disk tier's already")
+            };
+            assert_eq!(&e.body[..], b"waiting");
+            assert_eq!(c.purge(0, "/p", false).await, 1);
+            assert!(disk.queued_object(&purged).is_none());
+        }
+        assert_eq!(
+            tokio::task::spawn_blocking(move || disk.flush(Duration::from_secs(10)))
+                .await
+                .unwrap(),
+            0
+        );
+        // Only the object never purged reached the disk: a purge while queued is not undone by
+        // its writer.
+        assert_eq!(c.disk().unwrap().stats().entries, 1);
+        c.store.invalidate(&purged).await;
+        assert!(matches!(c.lookup(&purged, &h).await, Lookup::Lead { .. }));
+        assert_eq!(walk(&dir.path().join("tmp")).len(), 0);
     }
 
     /// Every file under `dir`.
