@@ -44,6 +44,8 @@ pub struct DiskSettings {
     pub max_bytes: u64,
     /// The largest body the memory tier stores (a record is at most this plus its head).
     pub max_object_bytes: u64,
+    /// Body bytes the writers' queue may hold (`None`: 64 MiB; tests make it small).
+    pub queue_bytes: Option<u64>,
 }
 
 /// Told why a file left (`size`, `expired`, `purged`, `corrupt`) or why a write failed
@@ -115,6 +117,9 @@ const WRITERS: usize = 2;
 const QUEUE: usize = 16_384;
 const QUEUE_BYTES: u64 = 64 << 20;
 
+/// How long a fill waits for room in a full queue before its object stays in memory only.
+const QUEUE_WAIT: Duration = Duration::from_millis(100);
+
 /// Files up to this size are read on the worker that asks (see [`DiskTier::read`]).
 const INLINE_READ: u64 = 256 << 10;
 
@@ -127,7 +132,7 @@ pub struct DiskTier {
     pub(super) used: Arc<AtomicU64>,
     /// Objects indexed (Vary lists not).
     pub(super) objects: Arc<AtomicU64>,
-    queue: Mutex<Option<SyncSender<Job>>>,
+    queue: Mutex<Option<SyncSender<Box<Job>>>>,
     /// The records in the queue by key (the newest per key), until written or dropped.
     waiting: Mutex<HashMap<CacheKey, Arc<Queued>>>,
     next_generation: AtomicU64,
@@ -142,6 +147,12 @@ pub struct DiskTier {
     pub(super) early: Mutex<HashSet<PathBuf>>,
     /// Body bytes waiting in the writer's queue.
     queued: AtomicU64,
+    /// The bound on `queued` (`QUEUE_BYTES`; smaller in tests).
+    queue_bytes: u64,
+    /// Told each time a writer takes a job: room for a fill waiting on a full queue.
+    room: tokio::sync::Notify,
+    /// Set when a fill waited `QUEUE_WAIT` in vain; cleared once the queue is half empty.
+    stalled: AtomicBool,
     /// Jobs sent to the writers and not yet done with (written, refused or failed).
     jobs: AtomicU64,
     /// Held by a test to keep the writers from starting a write.
@@ -222,7 +233,7 @@ impl DiskTier {
         let first_generation = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
-        let (tx, rx) = sync_channel::<Job>(QUEUE);
+        let (tx, rx) = sync_channel::<Box<Job>>(QUEUE);
         let tier = Arc::new(DiskTier {
             dir,
             max_bytes: settings.max_bytes,
@@ -238,6 +249,9 @@ impl DiskTier {
             listed: AtomicBool::new(false),
             early: Mutex::new(HashSet::new()),
             queued: AtomicU64::new(0),
+            queue_bytes: settings.queue_bytes.unwrap_or(QUEUE_BYTES),
+            room: tokio::sync::Notify::new(),
+            stalled: AtomicBool::new(false),
             jobs: AtomicU64::new(0),
             #[cfg(test)]
             hold: Mutex::new(()),
@@ -255,7 +269,7 @@ impl DiskTier {
                     while let Some(job) = next_job(&rx) {
                         match writer.upgrade() {
                             Some(tier) => {
-                                tier.write(job);
+                                tier.write(*job);
                                 tier.jobs.fetch_sub(1, Ordering::Release);
                             }
                             None => return,
@@ -288,8 +302,9 @@ impl DiskTier {
         self.max_bytes
     }
 
-    /// Queues `entry` (stored under `key`) to be written; never waits.
-    pub fn store(&self, key: &CacheKey, entry: &Arc<Entry>) {
+    /// Queues `entry` (stored under `key`) to be written; waits only while the queue is full
+    /// (see `enqueue`).
+    pub async fn store(&self, key: &CacheKey, entry: &Arc<Entry>) {
         let now = Instant::now();
         let resident = entry.resident(now);
         let stored = SystemTime::now()
@@ -311,15 +326,16 @@ impl DiskTier {
                 keep_for_revalidation: entry.keep_for_revalidation(),
             })),
         };
-        self.enqueue(Job {
+        self.enqueue(Box::new(Job {
             record,
             body: entry.body.clone(),
             ticket: Arc::new(Queued::Object(entry.clone())),
-        });
+        }))
+        .await;
     }
 
     /// Queues the Vary list of a primary key.
-    pub fn store_vary(&self, primary: &CacheKey, names: &[HeaderName], keep: Duration) {
+    pub async fn store_vary(&self, primary: &CacheKey, names: &[HeaderName], keep: Duration) {
         let record = Record {
             key: primary.clone(),
             stored: SystemTime::now(),
@@ -330,58 +346,80 @@ impl DiskTier {
             names: Arc::from(names),
             keep_until: record.keep_until(),
         });
-        self.enqueue(Job {
+        self.enqueue(Box::new(Job {
             record,
             body: Bytes::new(),
             ticket,
-        });
+        }))
+        .await;
     }
 
-    fn enqueue(&self, job: Job) {
-        let len = job.body.len() as u64;
-        let queued = self.queued.fetch_add(len, Ordering::Relaxed);
-        let key = job.record.key.clone();
-        let ticket = job.ticket.clone();
-        // Seen by lookups before a writer can take it, so none finds it in neither place.
-        let former = self.waiting_now().insert(key.clone(), ticket.clone());
-        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let sent = match queue.as_ref() {
-            // The disk is behind: this object stays in memory only.
-            Some(_) if queued.saturating_add(len) > QUEUE_BYTES => {
-                (self.hooks.write_failed)("other");
-                false
-            }
-            Some(tx) => {
-                // Counted before a writer can take it and count it out.
-                self.jobs.fetch_add(1, Ordering::Relaxed);
-                let sent = match tx.try_send(job) {
-                    Ok(()) => true,
-                    Err(TrySendError::Full(_)) => {
+    /// Queues `job`. When the queue is full, waits (at most `QUEUE_WAIT`) for a writer to
+    /// take one, as nginx's worker waits on its own write: a burst of misses is written at the
+    /// disk's pace rather than dropped. A disk that took nothing in that time is left alone
+    /// until it catches up: the next writes are dropped at once, so no visitor waits on a
+    /// stuck disk twice.
+    async fn enqueue(&self, mut job: Box<Job>) {
+        let until = Instant::now() + QUEUE_WAIT;
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            // Registered before trying, so a writer taking a job in between still wakes it.
+            room.as_mut().enable();
+            match self.try_enqueue(job) {
+                Ok(()) => return,
+                Err(Some(back)) if !self.stalled.load(Ordering::Relaxed) => {
+                    job = back;
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() || tokio::time::timeout(left, room).await.is_err() {
+                        self.stalled.store(true, Ordering::Relaxed);
+                        tracing::debug!("the disk cache's writers are behind: writes dropped until they catch up");
                         (self.hooks.write_failed)("other");
-                        false
+                        return;
                     }
-                    Err(TrySendError::Disconnected(_)) => false,
-                };
-                if !sent {
-                    self.jobs.fetch_sub(1, Ordering::Relaxed);
                 }
-                sent
-            }
-            None => false,
-        };
-        drop(queue);
-        if !sent {
-            self.queued.fetch_sub(len, Ordering::Relaxed);
-            // Not queued after all: what was waiting before it (if anything) stays the newest,
-            // unless a newer one came in meanwhile.
-            let mut waiting = self.waiting_now();
-            if waiting.get(&key).is_some_and(|t| Arc::ptr_eq(t, &ticket)) {
-                match former {
-                    Some(f) => waiting.insert(key, f),
-                    None => waiting.remove(&key),
-                };
+                // The disk is behind: this object stays in memory only.
+                Err(Some(_)) => return (self.hooks.write_failed)("other"),
+                Err(None) => return,
             }
         }
+    }
+
+    /// Queues `job` if there is room; gives it back when the queue is full (`None` once the
+    /// tier is closed).
+    fn try_enqueue(&self, job: Box<Job>) -> Result<(), Option<Box<Job>>> {
+        let len = job.body.len() as u64;
+        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = queue.as_ref() else {
+            return Err(None);
+        };
+        if self.queued.load(Ordering::Relaxed).saturating_add(len) > self.queue_bytes {
+            return Err(Some(job));
+        }
+        let key = job.record.key.clone();
+        let ticket = job.ticket.clone();
+        // Seen by lookups before a writer can take it, so none finds it in neither place; and
+        // counted before a writer can count it out.
+        self.waiting_now().insert(key.clone(), ticket.clone());
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        self.jobs.fetch_add(1, Ordering::Relaxed);
+        let back = match tx.try_send(job) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Full(job)) => Some(job),
+            Err(TrySendError::Disconnected(_)) => None,
+        };
+        drop(queue);
+        self.queued.fetch_sub(len, Ordering::Relaxed);
+        self.jobs.fetch_sub(1, Ordering::Relaxed);
+        // Not queued after all. An older version it replaced in `waiting` is not put back:
+        // its writer may have passed it over already.
+        self.unqueue(&key, &ticket);
+        Err(back)
+    }
+
+    /// Whether the writers are behind enough that fills no longer wait for them.
+    pub fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
     }
 
     fn waiting_now(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Arc<Queued>>> {
@@ -560,8 +598,15 @@ impl DiskTier {
     fn write(&self, job: Job) {
         #[cfg(test)]
         drop(self.hold.lock().unwrap_or_else(|p| p.into_inner()));
-        self.queued
-            .fetch_sub(job.body.len() as u64, Ordering::Relaxed);
+        let len = job.body.len() as u64;
+        let left = self
+            .queued
+            .fetch_sub(len, Ordering::Relaxed)
+            .saturating_sub(len);
+        if left <= self.queue_bytes / 2 {
+            self.stalled.store(false, Ordering::Relaxed);
+        }
+        self.room.notify_waiters();
         let key = &job.record.key;
         let ticket = &job.ticket;
         let keep = match job.record.keep_until().duration_since(SystemTime::now()) {
@@ -679,7 +724,7 @@ impl DiskTier {
 }
 
 /// The next job for a writer; `None` once the tier is closed and the queue empty.
-fn next_job(rx: &Mutex<Receiver<Job>>) -> Option<Job> {
+fn next_job(rx: &Mutex<Receiver<Box<Job>>>) -> Option<Box<Job>> {
     rx.lock().unwrap_or_else(|p| p.into_inner()).recv().ok()
 }
 
