@@ -29,6 +29,9 @@ use crate::proxy;
 use crate::reload::Live;
 use crate::state::{State, StateError};
 
+/// How long a graceful stop waits for the disk cache's queued writes.
+const DISK_FLUSH: Duration = Duration::from_secs(10);
+
 /// Time a client has to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -242,6 +245,19 @@ impl Server {
         // still runs on them.
         if let Ok(workers) = Arc::try_unwrap(workers) {
             workers.stop().await;
+        }
+        // Objects filled before the stop and still waiting for the disk are written now, so
+        // the next start finds them (the queue holds at most 64 MiB: seconds, not minutes).
+        if let Some(disk) = self.live.load().cache.disk().cloned() {
+            let left = tokio::task::spawn_blocking(move || disk.flush(DISK_FLUSH))
+                .await
+                .unwrap_or(0);
+            if left > 0 {
+                tracing::warn!(
+                    left,
+                    "stopping before the disk cache wrote every queued object"
+                );
+            }
         }
     }
 }

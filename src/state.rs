@@ -76,6 +76,7 @@ impl State {
                 dir: d.dir.clone(),
                 max_bytes: d.max_bytes,
                 max_object_bytes: config.cache.max_object_bytes,
+                queue_bytes: None,
             };
             match crate::cache::disk::DiskTier::open(&settings, metrics.disk_hooks()) {
                 Ok(tier) => Some(tier),

@@ -83,7 +83,7 @@ impl FillGuard<'_> {
                     .insert(self.key.with_variant(0), Slot::Object(entry.clone()))
                     .await;
                 if let Some(disk) = disk {
-                    disk.store(&self.key.with_variant(0), entry);
+                    disk.store(&self.key.with_variant(0), entry).await;
                 }
             } else {
                 let primary = self.key.with_variant(0);
@@ -94,8 +94,8 @@ impl FillGuard<'_> {
                 let variant = primary.with_variant(variant_hash(&entry.vary));
                 match disk {
                     Some(disk) if may_write_variants(vary) => {
-                        disk.store(&variant, entry);
-                        disk.store_vary(&primary, vary, keep);
+                        disk.store(&variant, entry).await;
+                        disk.store_vary(&primary, vary, keep).await;
                     }
                     // Varied on a value the visitor wrote: memory only, and an older copy on
                     // disk must not answer in its place once memory lets it go.

@@ -181,7 +181,12 @@ impl Cache {
     /// On a memory miss: the object the disk tier holds for `key`, promoted to memory.
     async fn read_disk(&self, key: &CacheKey, request: &HeaderMap) -> Option<Arc<Entry>> {
         let disk = self.disk_for(key.route)?;
-        let entry = Arc::new(disk.read(key).await?);
+        // Still waiting for its writer (memory let it go before the disk caught up): the very
+        // entry memory held, no file to read.
+        let entry = match disk.queued_object(key) {
+            Some(e) => e,
+            None => Arc::new(disk.read(key).await?),
+        };
         if !entry.matches(request) {
             return None;
         }
@@ -755,6 +760,7 @@ mod disk_tests {
             dir: dir.to_owned(),
             max_bytes: 1 << 20,
             max_object_bytes: 1 << 16,
+            queue_bytes: None,
         };
         DiskTier::open(&settings, hooks).unwrap()
     }
@@ -894,6 +900,133 @@ mod disk_tests {
                 f.display()
             );
         }
+    }
+
+    // The writers are threads of their own, so holding their gate across awaits blocks only
+    // them, which is the point.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn an_object_waiting_for_its_writer_answers_and_a_purge_keeps_it_off_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path());
+        settled(&c, 0).await;
+        let disk = c.disk().unwrap().clone();
+        let h = HeaderMap::new();
+        let fill = |key: CacheKey, body: &'static [u8]| fill(&c, key, body);
+        let waiting = CacheKey::primary(0, "https://tiles.example/w".parse().unwrap());
+        let purged = CacheKey::primary(0, "https://tiles.example/p".parse().unwrap());
+        {
+            // The disk is behind: no writer may start.
+            let _behind = disk.hold.lock().unwrap();
+            fill(waiting.clone(), b"waiting").await;
+            fill(purged.clone(), b"purged").await;
+            // Memory lets both go before their files are written.
+            c.store.invalidate(&waiting).await;
+            c.store.invalidate(&purged).await;
+            let Lookup::FreshFromDisk(e) = c.lookup(&waiting, &h).await else {
+                panic!("an object waiting for its writer is the disk tier's already")
+            };
+            assert_eq!(&e.body[..], b"waiting");
+            assert_eq!(c.purge(0, "/p", false).await, 1);
+            assert!(disk.queued_object(&purged).is_none());
+        }
+        assert_eq!(
+            tokio::task::spawn_blocking(move || disk.flush(Duration::from_secs(10)))
+                .await
+                .unwrap(),
+            0
+        );
+        // Only the object never purged reached the disk: a purge while queued is not undone by
+        // its writer.
+        assert_eq!(c.disk().unwrap().stats().entries, 1);
+        c.store.invalidate(&purged).await;
+        assert!(matches!(c.lookup(&purged, &h).await, Lookup::Lead { .. }));
+        assert_eq!(walk(&dir.path().join("tmp")).len(), 0);
+    }
+
+    /// Fills `key` with a fresh `body` (no Vary).
+    async fn fill(c: &Cache, key: CacheKey, body: &'static [u8]) {
+        let Lookup::Lead { guard, .. } = c.lookup(&key, &HeaderMap::new()).await else {
+            panic!("expected a miss")
+        };
+        let fresh = Lifetimes {
+            fresh_for: Duration::from_secs(60),
+            ..Lifetimes::default()
+        };
+        let e = Entry::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from_static(body),
+            Rendition::AsSent,
+            fresh,
+            vec![],
+            Duration::ZERO,
+            true,
+        );
+        guard.finish(Fill::Stored(Arc::new(e)), &[]).await;
+    }
+
+    // As above: the gate holds the writer threads only.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn a_full_queue_makes_a_fill_wait_for_the_disk_and_a_stuck_disk_is_not_waited_on_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let hooks = DiskHooks {
+            evicted: Arc::new(|_| {}),
+            write_failed: {
+                let failed = failed.clone();
+                Arc::new(move |_| {
+                    failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                })
+            },
+        };
+        let settings = DiskSettings {
+            dir: dir.path().to_owned(),
+            max_bytes: 1 << 20,
+            max_object_bytes: 1 << 16,
+            // One 8-byte body at a time.
+            queue_bytes: Some(8),
+        };
+        let c = Cache::new(1 << 20, 1 << 16, Arc::new(|_| {}))
+            .with_disk(Some(DiskTier::open(&settings, hooks).unwrap()));
+        c.set_disk_routes(vec![0]);
+        settled(&c, 0).await;
+        let disk = c.disk().unwrap().clone();
+        let key =
+            |n: u8| CacheKey::primary(0, format!("https://tiles.example/{n}").parse().unwrap());
+        let failures = || failed.load(std::sync::atomic::Ordering::Relaxed);
+
+        let behind = disk.hold.lock().unwrap();
+        fill(&c, key(1), b"tile one").await;
+        // The queue is full: the next fill waits for a writer instead of dropping its write.
+        let catch_up = async {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            drop(behind);
+        };
+        tokio::join!(fill(&c, key(2), b"tile two"), catch_up);
+        settled(&c, 2).await;
+        assert_eq!(failures(), 0, "nothing dropped");
+
+        // A disk that takes nothing while a fill waits: that write is dropped and counted, and
+        // the next one is dropped at once rather than waited for again.
+        let stuck = disk.hold.lock().unwrap();
+        fill(&c, key(3), b"tile 3!!").await;
+        fill(&c, key(4), b"tile 4!!").await;
+        assert_eq!(failures(), 1);
+        assert!(
+            disk.stalled(),
+            "a disk that took nothing in time is not waited on"
+        );
+        fill(&c, key(5), b"tile 5!!").await;
+        assert_eq!(failures(), 2);
+        drop(stuck);
+        let left = tokio::task::spawn_blocking(move || disk.flush(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
+        assert_eq!(c.disk().unwrap().stats().entries, 3);
+        assert!(!c.disk().unwrap().stalled(), "caught up");
     }
 
     /// Every file under `dir`.

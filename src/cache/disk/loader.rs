@@ -309,6 +309,7 @@ mod tests {
             dir: dir.path().to_owned(),
             max_bytes: 1 << 20,
             max_object_bytes: 1 << 16,
+            queue_bytes: None,
         };
         let t = DiskTier::open(&settings, hooks).unwrap();
         while t.loading.load(Ordering::Relaxed) {
