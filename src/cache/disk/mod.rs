@@ -7,7 +7,10 @@ pub mod record;
 mod loader;
 mod tier;
 
-pub use tier::{write_error_class, DiskHook, DiskHooks, DiskSettings, DiskStats, DiskTier};
+pub use tier::{
+    write_error_class, DiskHook, DiskHooks, DiskSettings, DiskStats, DiskTier, Held, HeldObject,
+    Read,
+};
 
 use http::{header, HeaderName};
 
