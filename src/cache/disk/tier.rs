@@ -587,31 +587,14 @@ pub fn write_error_class(e: &io::Error) -> &'static str {
     }
 }
 
-/// A file the index says is `len` bytes long, in one buffer: open, one read (asking for a
-/// byte more, so a longer file shows), close. A shorter one reads short, which decoding
-/// refuses.
+/// A file the index says is `len` bytes long, in one buffer of that size: open, read, close
+/// (no `fstat` for its size, no read past it to find its end, no zeroed buffer). A shorter
+/// file reads short, which decoding refuses; a longer one would have its first `len` bytes
+/// decoded and checked, as for any file.
 fn read_file(path: &Path, len: u64) -> io::Result<Vec<u8>> {
-    let want = usize::try_from(len)
-        .ok()
-        .and_then(|n| n.checked_add(1))
-        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
-    let mut f = fs::File::open(path)?;
-    let mut buf = vec![0u8; want];
-    let mut have = 0;
-    while have < want {
-        match f.read(&mut buf[have..]) {
-            Ok(0) => break,
-            // Regular files read short only at their end: the whole file is in.
-            Ok(n) if have + n == want - 1 => {
-                have += n;
-                break;
-            }
-            Ok(n) => have += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(have);
+    let cap = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    let mut buf = Vec::with_capacity(cap);
+    fs::File::open(path)?.take(len).read_to_end(&mut buf)?;
     Ok(buf)
 }
 
