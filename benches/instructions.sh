@@ -134,7 +134,7 @@ count() {
   for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$port/s/tile.png" && break; sleep 0.2; done
   if [ -n "${READY:-}" ]; then
     $READY
-    callgrind_control -z "$pid" >/dev/null
+    callgrind_control -z "$pid" >/dev/null 2>&1
   fi
   local reqs
   reqs=$(wrk -t1 -c10 -d"${DURATION}s" ${lua:+-s "$lua"} "http://127.0.0.1:$port$path" |

@@ -587,8 +587,8 @@ pub fn write_error_class(e: &io::Error) -> &'static str {
     }
 }
 
-/// A file the index says is `len` bytes long, in one buffer of that size: open, read, close
-/// (no `fstat` for its size, no read past it to find its end, no zeroed buffer). A shorter
+/// A file the index says is `len` bytes long, in one buffer of that size: open, reads, close
+/// (no `statx` for its size, no read past it to find its end, no zeroed buffer). A shorter
 /// file reads short, which decoding refuses; a longer one would have its first `len` bytes
 /// decoded and checked, as for any file.
 fn read_file(path: &Path, len: u64) -> io::Result<Vec<u8>> {
