@@ -178,21 +178,34 @@ impl Cache {
             .then_some(disk)
     }
 
-    /// On a memory miss: the object the disk tier holds for `key`, promoted to memory.
+    /// On a memory miss: the object the disk tier holds for `key` (see [`Self::use_disk_read`]).
     async fn read_disk(&self, key: &CacheKey, request: &HeaderMap) -> Option<Arc<Entry>> {
         let disk = self.disk_for(key.route)?;
-        // Still waiting for its writer (memory let it go before the disk caught up): the very
-        // entry memory held, no file to read.
-        let entry = match disk.queued_object(key) {
-            Some(e) => e,
-            None => Arc::new(disk.read(key).await?),
-        };
+        self.use_disk_read(key, disk.read(key).await?, request)
+            .await
+    }
+
+    /// An object read from disk for `key`, if it answers `request`: promoted to memory when
+    /// memory would still hold it at its next read, that is when it came back within memory's
+    /// size of other disk reads (as an LRU of `max_bytes` would have kept it). An object read
+    /// round-robin among more than memory holds is not: each promotion would only evict
+    /// another, the cost of a memory insert and an eviction per hit for no memory hit (nginx,
+    /// with no memory tier, pays neither).
+    async fn use_disk_read(
+        &self,
+        key: &CacheKey,
+        read: disk::Read,
+        request: &HeaderMap,
+    ) -> Option<Arc<Entry>> {
+        let entry = read.entry;
         if !entry.matches(request) {
             return None;
         }
-        self.store
-            .insert(key.clone(), Slot::Object(entry.clone()))
-            .await;
+        if read.reuse < self.max_bytes() {
+            self.store
+                .insert(key.clone(), Slot::Object(entry.clone()))
+                .await;
+        }
         Some(entry)
     }
 
@@ -202,17 +215,28 @@ impl Cache {
         let Some(disk) = self.disk_for(primary.route) else {
             return (primary.clone(), Found::Nothing);
         };
-        let key = match disk.vary_of(primary) {
-            Some((names, keep)) => {
+        let (key, read) = match disk.held(primary) {
+            Some(disk::Held::Vary(names, keep)) => {
                 let key = primary.with_variant(variant_hash(&vary_values(&names, request)));
                 self.store
                     .insert(primary.clone(), Slot::Vary { names, keep })
                     .await;
-                key
+                let read = disk.read(&key).await;
+                (key, read)
             }
-            None => primary.clone(),
+            Some(disk::Held::Object(o)) => (primary.clone(), disk.read_held(primary, o).await),
+            // Still waiting for its writer (memory let it go before the disk caught up): the
+            // very entry memory held, no file to read.
+            Some(disk::Held::Queued(entry)) => {
+                (primary.clone(), Some(disk::Read { entry, reuse: 0 }))
+            }
+            None => return (primary.clone(), Found::Nothing),
         };
-        match self.read_disk(&key, request).await {
+        let found = match read {
+            Some(read) => self.use_disk_read(&key, read, request).await,
+            None => None,
+        };
+        match found {
             Some(e) => (key, Found::Disk(e)),
             None => (key, Found::Nothing),
         }
@@ -766,7 +790,12 @@ mod disk_tests {
     }
 
     fn cache(dir: &std::path::Path) -> Cache {
-        let c = Cache::new(1 << 20, 1 << 16, Arc::new(|_| {})).with_disk(Some(tier(dir)));
+        cache_of(dir, 1 << 20)
+    }
+
+    /// A cache whose memory tier holds `memory` bytes, over a disk tier in `dir`.
+    fn cache_of(dir: &std::path::Path, memory: u64) -> Cache {
+        let c = Cache::new(memory, 1 << 16, Arc::new(|_| {})).with_disk(Some(tier(dir)));
         c.set_disk_routes(vec![0]);
         c
     }
@@ -1027,6 +1056,64 @@ mod disk_tests {
         assert_eq!(left, 0);
         assert_eq!(c.disk().unwrap().stats().entries, 3);
         assert!(!c.disk().unwrap().stalled(), "caught up");
+    }
+
+    #[tokio::test]
+    async fn a_disk_hit_is_promoted_only_if_memory_would_still_hold_it_at_its_next_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<CacheKey> = (0..8)
+            .map(|n| CacheKey::primary(0, format!("https://t.example/{n}").parse().unwrap()))
+            .collect();
+        let h = HeaderMap::new();
+        {
+            let c = cache(dir.path());
+            settled(&c, 0).await;
+            for k in &keys {
+                let Lookup::Lead { guard, .. } = c.lookup(k, &h).await else {
+                    panic!()
+                };
+                let e = Entry::new(
+                    StatusCode::OK,
+                    HeaderMap::new(),
+                    Bytes::from(vec![7u8; 20_000]),
+                    Rendition::AsSent,
+                    Lifetimes {
+                        fresh_for: Duration::from_secs(60),
+                        ..Lifetimes::default()
+                    },
+                    vec![],
+                    Duration::ZERO,
+                    true,
+                );
+                guard.finish(Fill::Stored(Arc::new(e)), &[]).await;
+            }
+            settled(&c, 8).await;
+            c.disk().unwrap().close();
+        }
+        // Restarted with a memory tier of three tiles, past the first reads (which fill an
+        // empty memory) and with memory emptied again.
+        let c = cache_of(dir.path(), 64 << 10);
+        settled(&c, 8).await;
+        for k in &keys {
+            assert!(matches!(c.lookup(k, &h).await, Lookup::FreshFromDisk(_)));
+        }
+        c.store.invalidate_all();
+        // Round-robin over eight: each comes back after seven others, more than memory holds.
+        for _ in 0..2 {
+            for k in &keys {
+                assert!(matches!(c.lookup(k, &h).await, Lookup::FreshFromDisk(_)));
+            }
+        }
+        assert_eq!(c.size().await.1, 0, "nothing promoted only to be evicted");
+        // Read twice in a row: the second read is within memory's reach, so promoted.
+        for _ in 0..2 {
+            assert!(matches!(
+                c.lookup(&keys[0], &h).await,
+                Lookup::FreshFromDisk(_)
+            ));
+        }
+        assert!(matches!(c.lookup(&keys[0], &h).await, Lookup::Fresh(_)));
+        assert_eq!(c.size().await.1, 1);
     }
 
     /// Every file under `dir`.

@@ -8,7 +8,7 @@
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
@@ -101,6 +101,7 @@ fn index_one(t: &DiskTier, f: Found) {
         },
         keep_until,
         corrupt: AtomicBool::new(false),
+        last_read: AtomicU64::new(0),
     });
     // Two versions of one key (a kill between a rename and the old file's removal), or one
     // this process wrote meanwhile: the newest generation stays.
@@ -326,7 +327,7 @@ mod tests {
         t.listed.store(true, Ordering::Relaxed);
         t.loading.store(true, Ordering::Relaxed);
 
-        let e = t.read(&key).await.expect("found by its name");
+        let e = t.read(&key).await.expect("found by its name").entry;
         assert_eq!(&e.body[..], b"new tile", "the newest version");
         assert_eq!(t.stats().entries, 1);
         // The loader reaching the same file later leaves it (and the count) alone.

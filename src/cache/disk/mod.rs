@@ -1,5 +1,6 @@
 //! The disk tier: objects of disk-enabled routes kept in files under `cache.disk_dir`, bounded
-//! by `cache.max_disk_bytes`, looked up on a memory miss and promoted to memory on a hit;
+//! by `cache.max_disk_bytes`, looked up on a memory miss and promoted to memory on a hit that
+//! memory would still hold at its next read;
 //! rebuilt from the files at start, so the cache survives restarts.
 
 pub mod record;
@@ -7,7 +8,10 @@ pub mod record;
 mod loader;
 mod tier;
 
-pub use tier::{write_error_class, DiskHook, DiskHooks, DiskSettings, DiskStats, DiskTier};
+pub use tier::{
+    write_error_class, DiskHook, DiskHooks, DiskSettings, DiskStats, DiskTier, Held, HeldObject,
+    Read,
+};
 
 use http::{header, HeaderName};
 

@@ -16,8 +16,10 @@
 //! What is written is the wall-clock time the object was stored at and its age then, never a
 //! monotonic instant: those mean nothing to the next process.
 
+use std::fmt::{self, Write as _};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 
 use super::super::freshness::Lifetimes;
@@ -51,6 +53,8 @@ pub enum RecordError {
     Checksum,
     #[error("record field {0} is malformed")]
     Field(&'static str),
+    #[error("record holds another key")]
+    Key,
 }
 
 /// What a record holds.
@@ -218,6 +222,17 @@ pub fn decode_prefix(prefix: &[u8]) -> Result<Lengths, RecordError> {
 /// Decodes the prefix and head (the first `PREFIX_LEN + head` bytes of a file; more is
 /// ignored), without the body or its checksum: what the start-up loader reads.
 pub fn decode_head(bytes: &[u8]) -> Result<(Record, Lengths), RecordError> {
+    decode_head_in(bytes, None, None)
+}
+
+/// [`decode_head`], with two shortcuts for a read on a hit: with `shared` (the buffer `bytes`
+/// is), header values are slices of it instead of copies; with `expect`, the key is compared
+/// with it as it stands in the file instead of being parsed (another is [`RecordError::Key`]).
+fn decode_head_in(
+    bytes: &[u8],
+    shared: Option<&Bytes>,
+    expect: Option<&CacheKey>,
+) -> Result<(Record, Lengths), RecordError> {
     let lengths = decode_prefix(bytes)?;
     let end = PREFIX_LEN + lengths.head as usize;
     if bytes.len() < end {
@@ -226,13 +241,21 @@ pub fn decode_head(bytes: &[u8]) -> Result<(Record, Lengths), RecordError> {
     let (kind, flags) = (bytes[10], bytes[11]);
     let mut r = Reader {
         rest: &bytes[PREFIX_LEN..end],
+        shared,
     };
     let route = r.u64("route")?;
     let variant = r.u64("variant")?;
-    let uri: Uri = std::str::from_utf8(r.bytes("uri")?)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or(RecordError::Field("uri"))?;
+    let uri = r.bytes("uri")?;
+    let uri: Uri = match expect {
+        Some(k) if k.route == route && k.variant == variant && same_uri(&k.uri, uri) => {
+            k.uri.clone()
+        }
+        Some(_) => return Err(RecordError::Key),
+        None => std::str::from_utf8(uri)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(RecordError::Field("uri"))?,
+    };
     let stored = r.time("stored")?;
     let keep = r.duration("keep")?;
     let kept = match kind {
@@ -256,8 +279,7 @@ pub fn decode_head(bytes: &[u8]) -> Result<(Record, Lengths), RecordError> {
             let mut headers = HeaderMap::new();
             for _ in 0..n {
                 let name = r.name("header name")?;
-                let value = HeaderValue::from_bytes(r.bytes("header value")?)
-                    .map_err(|_| RecordError::Field("header value"))?;
+                let value = r.value("header value")?;
                 headers.append(name, value);
             }
             Kept::Object(Box::new(Object {
@@ -313,7 +335,24 @@ pub fn decode_head(bytes: &[u8]) -> Result<(Record, Lengths), RecordError> {
 /// Decodes a whole file: head, body and checksum, nothing missing and nothing after. Returns
 /// the record and the body's range in `bytes`.
 pub fn decode(bytes: &[u8]) -> Result<(Record, std::ops::Range<usize>), RecordError> {
-    let (record, lengths) = decode_head(bytes)?;
+    decode_in(bytes, None, None)
+}
+
+/// [`decode`] of the file read for `key` on a hit: its key compared, not parsed (another is
+/// [`RecordError::Key`]), and its header values slices of `bytes`, not copies.
+pub fn decode_for(
+    bytes: &Bytes,
+    key: &CacheKey,
+) -> Result<(Record, std::ops::Range<usize>), RecordError> {
+    decode_in(bytes, Some(bytes), Some(key))
+}
+
+fn decode_in(
+    bytes: &[u8],
+    shared: Option<&Bytes>,
+    expect: Option<&CacheKey>,
+) -> Result<(Record, std::ops::Range<usize>), RecordError> {
+    let (record, lengths) = decode_head_in(bytes, shared, expect)?;
     let want = lengths.file();
     let have = bytes.len() as u64;
     if have < want {
@@ -329,6 +368,20 @@ pub fn decode(bytes: &[u8]) -> Result<(Record, std::ops::Range<usize>), RecordEr
         return Err(RecordError::Checksum);
     }
     Ok((record, body_start..body_end))
+}
+
+/// Whether `uri` is written as `bytes` (as [`encode_head`] writes it), compared piece by piece.
+fn same_uri(uri: &Uri, bytes: &[u8]) -> bool {
+    struct Same<'a>(&'a [u8]);
+    impl fmt::Write for Same<'_> {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            let rest = self.0.strip_prefix(s.as_bytes()).ok_or(fmt::Error)?;
+            self.0 = rest;
+            Ok(())
+        }
+    }
+    let mut rest = Same(bytes);
+    write!(rest, "{uri}").is_ok() && rest.0.is_empty()
 }
 
 fn arr<const N: usize>(b: &[u8]) -> [u8; N] {
@@ -365,6 +418,8 @@ fn put_time(out: &mut Vec<u8>, t: SystemTime) {
 /// Reads fields off a head, each failure naming its field.
 struct Reader<'a> {
     rest: &'a [u8],
+    /// The buffer `rest` lies in, when header values may be slices of it.
+    shared: Option<&'a Bytes>,
 }
 
 impl<'a> Reader<'a> {
@@ -411,6 +466,15 @@ impl<'a> Reader<'a> {
 
     fn name(&mut self, f: &'static str) -> Result<HeaderName, RecordError> {
         HeaderName::from_bytes(self.bytes(f)?).map_err(|_| RecordError::Field(f))
+    }
+
+    fn value(&mut self, f: &'static str) -> Result<HeaderValue, RecordError> {
+        let b = self.bytes(f)?;
+        match self.shared {
+            Some(buf) => HeaderValue::from_maybe_shared(buf.slice_ref(b)),
+            None => HeaderValue::from_bytes(b),
+        }
+        .map_err(|_| RecordError::Field(f))
     }
 
     fn opt_value(&mut self, f: &'static str) -> Result<Option<HeaderValue>, RecordError> {
@@ -498,6 +562,50 @@ mod tests {
             o.last_modified = Some(HeaderValue::from_static("Mon, 01 Jan 2024 00:00:00 GMT"));
         }
         assert_eq!(decode(&encode(&r, b"a{}")).unwrap().0, r);
+    }
+
+    #[test]
+    fn a_read_for_its_key_decodes_the_same_and_refuses_another_key() {
+        let r = object();
+        let file = Bytes::from(encode(&r, b"PNG bytes"));
+        let (back, body) = decode_for(&file, &r.key).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(&file[body], b"PNG bytes");
+        let mut others = Vec::new();
+        for uri in [
+            "https://tile.example/1/2/3.png?x=",
+            "https://tile.example/1/2/3.png?x=12",
+            "http://tile.example/1/2/3.png?x=1",
+        ] {
+            others.push(CacheKey {
+                uri: uri.parse().unwrap(),
+                ..r.key.clone()
+            });
+        }
+        others.push(CacheKey {
+            route: r.key.route + 1,
+            ..r.key.clone()
+        });
+        others.push(CacheKey {
+            variant: r.key.variant + 1,
+            ..r.key.clone()
+        });
+        for other in others {
+            assert_eq!(
+                decode_for(&file, &other).unwrap_err(),
+                RecordError::Key,
+                "{other:?}"
+            );
+        }
+        // Damage is refused as by a whole read.
+        for i in 0..file.len() {
+            let mut bad = file.to_vec();
+            bad[i] ^= 0x40;
+            assert!(
+                decode_for(&Bytes::from(bad), &r.key).is_err(),
+                "byte {i} flipped was accepted"
+            );
+        }
     }
 
     #[test]

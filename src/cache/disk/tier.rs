@@ -19,7 +19,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read as _, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 
 use super::super::entry::{Entry, Rendition};
 use super::super::key::CacheKey;
-use super::record::{self, Kept, Object, Record};
+use super::record::{self, Kept, Object, Record, RecordError};
 
 /// Where the disk tier is and how large it may grow.
 #[derive(Clone, Debug)]
@@ -71,6 +71,8 @@ pub(super) struct Indexed {
     pub(super) keep_until: SystemTime,
     /// Set before removing a file found bad, so the hook counts it as corrupt.
     pub(super) corrupt: AtomicBool,
+    /// [`DiskTier::read_bytes`] when it was last read (0: never, this process).
+    pub(super) last_read: AtomicU64,
 }
 
 /// The disk tier's figures for `/metrics` and `/status`.
@@ -82,6 +84,27 @@ pub struct DiskStats {
     pub entries: u64,
     pub loading: bool,
     pub loaded: u64,
+}
+
+/// What the index holds for a key.
+pub enum Held {
+    /// The headers the objects under this primary key vary on, and how long that holds.
+    Vary(Arc<[HeaderName]>, Duration),
+    /// An object, to read with [`DiskTier::read_held`].
+    Object(HeldObject),
+    /// An object waiting for its writer: the very entry memory held.
+    Queued(Arc<Entry>),
+}
+
+/// An indexed object, not read yet.
+pub struct HeldObject(Arc<Indexed>);
+
+/// An object read back from disk.
+pub struct Read {
+    pub entry: Arc<Entry>,
+    /// Bytes the tier read for other lookups since this object was last read (since the
+    /// process started, if it was not): the memory a cache would have needed to still hold it.
+    pub reuse: u64,
 }
 
 /// One record for a writer thread.
@@ -158,6 +181,8 @@ pub struct DiskTier {
     /// Held by a test to keep the writers from starting a write.
     #[cfg(test)]
     pub(crate) hold: Mutex<()>,
+    /// Bytes of files read on lookups so far: the clock of [`Read::reuse`].
+    read_bytes: AtomicU64,
     hooks: DiskHooks,
     /// The last write failure's class, logged once per change (not once per write).
     write_state: Mutex<Option<&'static str>>,
@@ -255,6 +280,7 @@ impl DiskTier {
             jobs: AtomicU64::new(0),
             #[cfg(test)]
             hold: Mutex::new(()),
+            read_bytes: AtomicU64::new(0),
             hooks,
             write_state: Mutex::new(None),
             live: Mutex::new(None),
@@ -449,57 +475,89 @@ impl DiskTier {
 
     /// The Vary list indexed for a primary key, if that is what it holds.
     pub fn vary_of(&self, primary: &CacheKey) -> Option<(Arc<[HeaderName]>, Duration)> {
-        match self.waiting_now().get(primary).map(|t| &**t) {
+        match self.held(primary)? {
+            Held::Vary(names, keep) => Some((names, keep)),
+            Held::Object(_) | Held::Queued(_) => None,
+        }
+    }
+
+    /// What the tier holds for `key`: a Vary list, an object waiting for its writer, or an
+    /// object to [`read_held`] (one lookup for all three questions). What waits in the queue is
+    /// newer than what the index holds, so it is asked first.
+    ///
+    /// [`read_held`]: Self::read_held
+    pub fn held(&self, key: &CacheKey) -> Option<Held> {
+        match self.waiting_now().get(key).map(|t| &**t) {
             Some(Queued::Vary { names, keep_until }) => {
                 let keep = keep_until
                     .duration_since(SystemTime::now())
                     .unwrap_or_default();
-                return Some((names.clone(), keep));
+                return Some(Held::Vary(names.clone(), keep));
             }
-            // A newer object replaces the Vary list the index may still hold.
-            Some(Queued::Object(_)) => return None,
+            Some(Queued::Object(e)) => return Some(Held::Queued(e.clone())),
             None => {}
         }
-        let slot = self.indexed(primary)?;
-        let keep = slot
-            .keep_until
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-        slot.vary.clone().map(|names| (names, keep))
+        let slot = self.indexed(key)?;
+        Some(match &slot.vary {
+            Some(names) => {
+                let keep = slot
+                    .keep_until
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                Held::Vary(names.clone(), keep)
+            }
+            None => Held::Object(HeldObject(slot)),
+        })
     }
 
     /// Reads the object indexed for `key` back, verified whole; a bad or vanished file is
     /// removed (counted as corrupt) and reads as a miss.
-    pub async fn read(&self, key: &CacheKey) -> Option<Entry> {
-        let slot = self.indexed(key)?;
-        slot.vary.is_none().then_some(())?;
+    pub async fn read(&self, key: &CacheKey) -> Option<Read> {
+        match self.held(key)? {
+            Held::Object(o) => self.read_held(key, o).await,
+            // Just let go by memory: as hot as an object gets, so promoted again.
+            Held::Queued(entry) => Some(Read { entry, reuse: 0 }),
+            Held::Vary(..) => None,
+        }
+    }
+
+    /// [`read`](Self::read), of the object [`held`](Self::held) found for `key`.
+    pub async fn read_held(&self, key: &CacheKey, held: HeldObject) -> Option<Read> {
+        let slot = held.0;
         let path = file_path(&self.dir, key, slot.generation);
+        let len = slot.bytes;
         // A small file is read in place, as nginx's workers read theirs: handing each tile to
         // the blocking pool cost two thread switches per hit (2.8 x nginx's CPU per disk hit,
         // benches/RESULTS.md); a large one still goes to the pool so a worker never blocks long.
-        let read = if slot.bytes <= INLINE_READ {
-            fs::read(path)
+        let read = if len <= INLINE_READ {
+            read_file(&path, len)
         } else {
-            match tokio::task::spawn_blocking(move || fs::read(path)).await {
+            match tokio::task::spawn_blocking(move || read_file(&path, len)).await {
                 Ok(r) => r,
                 Err(_) => return None,
             }
         };
         let bytes = match read {
-            Ok(b) => b,
+            Ok(b) => Bytes::from(b),
             Err(e) => {
                 tracing::warn!(error = %e, "a disk cache file could not be read; removed from the index");
                 self.drop_bad(key, &slot);
                 return None;
             }
         };
-        let bytes = Bytes::from(bytes);
-        match record::decode(&bytes) {
-            Ok((rec, body)) if rec.key == *key => match rec.kept {
-                Kept::Object(o) => Some(restore(*o, bytes.slice(body), rec.stored)),
+        match record::decode_for(&bytes, key) {
+            Ok((rec, body)) => match rec.kept {
+                Kept::Object(o) => {
+                    let now = self.read_bytes.fetch_add(len, Ordering::Relaxed);
+                    let last = slot.last_read.swap(now, Ordering::Relaxed);
+                    Some(Read {
+                        entry: Arc::new(restore(*o, bytes.slice(body), rec.stored)),
+                        reuse: now.saturating_sub(last),
+                    })
+                }
                 Kept::Vary(_) => None,
             },
-            Ok(_) => {
+            Err(RecordError::Key) => {
                 tracing::warn!("a disk cache file holds another key; removed");
                 self.drop_bad(key, &slot);
                 None
@@ -666,6 +724,7 @@ impl DiskTier {
             vary,
             keep_until: SystemTime::now() + keep,
             corrupt: AtomicBool::new(false),
+            last_read: AtomicU64::new(0),
         });
         self.index.insert(key.clone(), slot.clone());
         // Purged (or replaced) while its file was written: the file must not answer for it.
@@ -741,6 +800,17 @@ pub fn write_error_class(e: &io::Error) -> &'static str {
     }
 }
 
+/// A file the index says is `len` bytes long, in one buffer of that size: open, reads, close
+/// (no `statx` for its size, no read past it to find its end, no zeroed buffer). A shorter
+/// file reads short, which decoding refuses; a longer one would have its first `len` bytes
+/// decoded and checked, as for any file.
+fn read_file(path: &Path, len: u64) -> io::Result<Vec<u8>> {
+    let cap = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    let mut buf = Vec::with_capacity(cap);
+    fs::File::open(path)?.take(len).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
 /// An object read back from disk, as the memory tier holds it.
 fn restore(o: Object, body: Bytes, stored: SystemTime) -> Entry {
     // A clock set back reads as no time at all, never as a negative one.
@@ -778,19 +848,44 @@ impl moka::Expiry<CacheKey, Arc<Indexed>> for KeepUntil {
 
 /// The hex name of a key (a SHA-256 of its parts, 128 bits kept).
 pub(super) fn key_name(key: &CacheKey) -> String {
-    let mut h = Sha256::new();
-    h.update(key.route.to_le_bytes());
-    h.update(key.variant.to_le_bytes());
-    h.update(key.uri.to_string().as_bytes());
-    let d = h.finalize();
-    d[..16].iter().map(|b| format!("{b:02x}")).collect()
+    /// Hashes what is written to it: the URI as `to_string` would spell it, with no string.
+    struct Hashing(Sha256);
+    impl std::fmt::Write for Hashing {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0.update(s.as_bytes());
+            Ok(())
+        }
+    }
+    let mut h = Hashing(Sha256::new());
+    h.0.update(key.route.to_le_bytes());
+    h.0.update(key.variant.to_le_bytes());
+    // Writing to a hasher cannot fail.
+    let _ = std::fmt::Write::write_fmt(&mut h, format_args!("{}", key.uri));
+    let d = h.0.finalize();
+    let mut name = String::with_capacity(32);
+    for b in &d[..16] {
+        name.push(HEX[usize::from(b >> 4)] as char);
+        name.push(HEX[usize::from(b & 15)] as char);
+    }
+    name
 }
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// `dir/a/bc/<key hash>.<generation>`: nginx's `levels=1:2`, 4 096 directories at most (two
 /// levels of 256 made one directory, a 4 KiB block, per object or so: 38 MiB for 10 000 tiles).
 pub(super) fn file_path(dir: &Path, key: &CacheKey, generation: u64) -> PathBuf {
-    let name = key_name(key);
-    leaf_dir(dir, &name).join(format!("{name}.{generation:016x}"))
+    let mut name = key_name(key);
+    let mut path = PathBuf::with_capacity(dir.as_os_str().len() + 6 + 49);
+    path.push(dir);
+    path.push(&name[..1]);
+    path.push(&name[1..3]);
+    name.push('.');
+    for shift in (0..16).rev() {
+        name.push(HEX[(generation >> (shift * 4)) as usize & 15] as char);
+    }
+    path.push(name);
+    path
 }
 
 /// The directory the files of the key named `name` go in.
@@ -819,6 +914,42 @@ mod tests {
             key_name(&CacheKey::primary(8, k.uri.clone())),
             "the route is part of the name"
         );
+    }
+
+    #[test]
+    fn key_names_are_those_earlier_builds_gave_their_files() {
+        // The name as first written: SHA-256 of the parts and the URI's string, hex.
+        let earlier = |key: &CacheKey| {
+            let mut h = Sha256::new();
+            h.update(key.route.to_le_bytes());
+            h.update(key.variant.to_le_bytes());
+            h.update(key.uri.to_string().as_bytes());
+            let d = h.finalize();
+            d[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        for (route, uri, variant) in [
+            (7, "https://t.example/1/2/3.png", 0),
+            (u64::MAX, "http://a.example:8080/x?y=1&z=%20", 42),
+            (0, "https://cdn.example/", u64::MAX),
+        ] {
+            let k = CacheKey {
+                route,
+                uri: uri.parse().unwrap(),
+                variant,
+            };
+            assert_eq!(key_name(&k), earlier(&k));
+            let g = 0x0123_4567_89ab_cdef;
+            assert_eq!(
+                file_path(Path::new("/c/"), &k, g),
+                Path::new("/c")
+                    .join(&earlier(&k)[..1])
+                    .join(&earlier(&k)[1..3])
+                    .join(format!("{}.{g:016x}", earlier(&k)))
+            );
+        }
     }
 
     #[test]
