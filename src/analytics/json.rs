@@ -250,11 +250,14 @@ pub fn read_object<'a>(
 /// The index of the first `"`, `\\` or control character in `b` from `from`. Eight bytes at a
 /// time (serde_json's own test, Mycroft's zero-byte trick): a flag can be wrong only above a
 /// right one, so the lowest flag is the answer. Strings are short: this stays inline rather
-/// than calling a vectorised search per string.
+/// than calling a vectorised search per string (a call's set-up costs more than the search).
+#[inline(always)]
 fn special(b: &[u8], from: usize) -> Option<usize> {
     const ONES: u64 = u64::MAX / 255;
-    let mut i = from;
-    while let Some(chunk) = b.get(i..i + 8) {
+    let rest = b.get(from..)?;
+    let mut chunks = rest.chunks_exact(8);
+    let mut at = from;
+    for chunk in chunks.by_ref() {
         let mut eight = [0u8; 8];
         eight.copy_from_slice(chunk);
         let v = u64::from_le_bytes(eight);
@@ -265,14 +268,15 @@ fn special(b: &[u8], from: usize) -> Option<usize> {
         let slash = s.wrapping_sub(ONES) & !s;
         let found = (ctrl | quote | slash) & (ONES << 7);
         if found != 0 {
-            return Some(i + (found.trailing_zeros() / 8) as usize);
+            return Some(at + (found.trailing_zeros() / 8) as usize);
         }
-        i += 8;
+        at += 8;
     }
-    b.get(i..)?
+    chunks
+        .remainder()
         .iter()
         .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-        .map(|p| i + p)
+        .map(|p| at + p)
 }
 
 /// A JSON reader over text already known to be UTF-8: it checks and skips values with the
@@ -310,7 +314,24 @@ impl<'a> Scan<'a> {
     }
 
     /// A string whose opening quote is at `self.i`: skipped; whether it holds an escape.
+    /// Inline, the usual string (no escape) is one search for its closing quote; a string with
+    /// an escape or a control character goes the slow way, from its start again.
+    #[inline(always)]
     fn string(&mut self) -> Result<bool, ()> {
+        let b = self.bytes();
+        if let Some(end) = special(b, self.i + 1) {
+            if b.get(end) == Some(&b'"') {
+                self.i = end + 1;
+                return Ok(false);
+            }
+        }
+        self.escaped_string()
+    }
+
+    /// [`Scan::string`] for a string holding an escape (or a control character, refused).
+    #[cold]
+    #[inline(never)]
+    fn escaped_string(&mut self) -> Result<bool, ()> {
         let b = self.bytes();
         self.i += 1;
         let mut escaped = false;
@@ -423,8 +444,13 @@ impl<'a> Scan<'a> {
 
     /// Skips one value (after whitespace); its raw text.
     fn value(&mut self) -> Result<&'a str, ()> {
-        self.ws();
+        let start_byte = self.ws();
         let start = self.i;
+        // A string, the usual value: no container to track.
+        if start_byte == Some(b'"') {
+            self.string()?;
+            return Ok(&self.text[start..self.i]);
+        }
         // The open containers, innermost last.
         let mut open: Vec<u8> = Vec::new();
         loop {
