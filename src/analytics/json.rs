@@ -361,19 +361,24 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// An object key at `self.i` (after whitespace), decoded, and the colon after it.
+    /// An object key at `self.i` (after whitespace), decoded, and the colon after it. Inline:
+    /// it runs once per member, and as a call its set-up cost as much as its work.
+    #[inline(always)]
     fn key(&mut self) -> Result<Key<'a>, ()> {
         if self.ws() != Some(b'"') {
             return Err(());
         }
         let start = self.i;
         let escaped = self.string()?;
-        let quoted = &self.text[start..self.i];
         let key = if escaped {
             // Rare: serde_json decodes it (and refuses a lone surrogate, as before).
+            let quoted = self.text.get(start..self.i).ok_or(())?;
             serde_json::from_str::<Key<'a>>(quoted).map_err(|_| ())?
         } else {
-            Key(Cow::Borrowed(&quoted[1..quoted.len() - 1]))
+            // Between its quotes (ASCII, so on character boundaries).
+            Key(Cow::Borrowed(
+                self.text.get(start + 1..self.i - 1).ok_or(())?,
+            ))
         };
         self.expect(b':')?;
         Ok(key)
@@ -442,15 +447,23 @@ impl<'a> Scan<'a> {
         Ok(())
     }
 
-    /// Skips one value (after whitespace); its raw text.
+    /// Skips one value (after whitespace); its raw text. Inline for a string, the usual
+    /// value (no container to track); anything else goes [`Scan::any_value`].
+    #[inline(always)]
     fn value(&mut self) -> Result<&'a str, ()> {
-        let start_byte = self.ws();
-        let start = self.i;
-        // A string, the usual value: no container to track.
-        if start_byte == Some(b'"') {
+        if self.ws() == Some(b'"') {
+            let start = self.i;
             self.string()?;
-            return Ok(&self.text[start..self.i]);
+            return self.text.get(start..self.i).ok_or(());
         }
+        self.any_value()
+    }
+
+    /// [`Scan::value`] for any value: scalars and containers, nested to any depth.
+    #[inline(never)]
+    fn any_value(&mut self) -> Result<&'a str, ()> {
+        self.ws();
+        let start = self.i;
         // The open containers, innermost last.
         let mut open: Vec<u8> = Vec::new();
         loop {

@@ -315,7 +315,8 @@ impl RequestPolicy {
                     .get(header::USER_AGENT)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
-                if let Ok(v) = HeaderValue::from_str(&generalise_user_agent(ua)) {
+                // The String becomes the value's bytes (from_str would copy it).
+                if let Ok(v) = HeaderValue::try_from(generalise_user_agent(ua)) {
                     out.insert(header::USER_AGENT, v);
                 }
             }
