@@ -166,10 +166,23 @@ fn param_start(text: &str) -> Option<usize> {
 /// [`parse_absolute`]) nor a path (then it is dropped).
 pub fn scrub_page_url(url: &str, allow: &[String]) -> Option<String> {
     let url = url.trim();
-    let url = url.split('#').next().unwrap_or("");
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
+    // One byte loop (rather than a searcher set up for '#' and another for '?'): the URL ends
+    // at the first '#', its query starts after the first '?' before that.
+    let mut end = url.len();
+    let mut question = None;
+    for (i, b) in url.bytes().enumerate() {
+        match b {
+            b'#' => {
+                end = i;
+                break;
+            }
+            b'?' if question.is_none() => question = Some(i),
+            _ => {}
+        }
+    }
+    let (base, query) = match question {
+        Some(q) => (&url[..q], Some(&url[q + 1..end])),
+        None => (&url[..end], None),
     };
     let base = if base.starts_with('/') {
         // Checked once the parameters are out: `/;x/host` would become `//host`.
@@ -264,6 +277,25 @@ mod tests {
         );
         assert_eq!(scrub_page_url("javascript:alert(1)", &[]), None);
         assert_eq!(scrub_page_url("https:///x", &[]), None);
+    }
+
+    #[test]
+    fn a_page_url_ends_at_its_first_fragment_and_its_query_at_the_first_question_mark() {
+        let allow = vec!["a".to_owned(), "b".to_owned()];
+        for (url, scrubbed) in [
+            // A '?' after the '#' is the fragment's: no query.
+            ("/p#x?a=1", Some("/p")),
+            // A second '?' belongs to the query (the value of `a`).
+            ("/p?a=1?b=2#f?b=3", Some("/p?a=1%3Fb%3D2")),
+            ("/p?#a=1", Some("/p")),
+            (
+                "https://shop.example/p?b=2#?a=1",
+                Some("https://shop.example/p?b=2"),
+            ),
+            ("#/p?a=1", None),
+        ] {
+            assert_eq!(scrub_page_url(url, &allow).as_deref(), scrubbed, "{url}");
+        }
     }
 
     #[test]
@@ -421,6 +453,14 @@ mod tests {
         assert_eq!(primary_language("*"), None);
         assert_eq!(primary_language("x-klingon"), None);
         let ua = |s| generalise_user_agent(s);
+        // No User-Agent, or one too short to name a browser, is "other".
+        for short in ["", "Edg", "E/1", "O/99"] {
+            assert_eq!(ua(short), "Mozilla/5.0 (compatible; other)", "{short:?}");
+        }
+        assert_eq!(
+            ua("Edg/1"),
+            "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko) Chrome/1.0.0.0 Safari/537.36 Edg/1.0.0.0"
+        );
         let chrome = ua("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.6778.85 Safari/537.36");
         assert_eq!(
             chrome,
