@@ -166,23 +166,10 @@ fn param_start(text: &str) -> Option<usize> {
 /// [`parse_absolute`]) nor a path (then it is dropped).
 pub fn scrub_page_url(url: &str, allow: &[String]) -> Option<String> {
     let url = url.trim();
-    // One byte loop (rather than a searcher set up for '#' and another for '?'): the URL ends
-    // at the first '#', its query starts after the first '?' before that.
-    let mut end = url.len();
-    let mut question = None;
-    for (i, b) in url.bytes().enumerate() {
-        match b {
-            b'#' => {
-                end = i;
-                break;
-            }
-            b'?' if question.is_none() => question = Some(i),
-            _ => {}
-        }
-    }
-    let (base, query) = match question {
-        Some(q) => (&url[..q], Some(&url[q + 1..end])),
-        None => (&url[..end], None),
+    let url = url.split('#').next().unwrap_or("");
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
     };
     let base = if base.starts_with('/') {
         // Checked once the parameters are out: `/;x/host` would become `//host`.
