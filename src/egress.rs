@@ -382,9 +382,14 @@ pub(crate) fn prepare_analytics(
             return Err(Refusal::MalformedTracking);
         }
     };
-    let uri = route
-        .upstream_uri(rest, (!query.is_empty()).then_some(query.as_str()))
-        .map_err(|_| Refusal::BadPath)?;
+    // An endpoint's URL without a query is built once per route (Plausible's and Umami's
+    // events never carry one).
+    let uri = match route.endpoint_uri(rest) {
+        Some(uri) if query.is_empty() => uri.clone(),
+        _ => route
+            .upstream_uri(rest, (!query.is_empty()).then_some(query.as_str()))
+            .map_err(|_| Refusal::BadPath)?,
+    };
     let mut method = visit.method.clone();
     // Matomo's token_auth never goes in a URL (logs keep URLs): a GET that must carry one is
     // sent as the equivalent form POST, which Matomo reads the same way ($_GET + $_POST).

@@ -250,11 +250,14 @@ pub fn read_object<'a>(
 /// The index of the first `"`, `\\` or control character in `b` from `from`. Eight bytes at a
 /// time (serde_json's own test, Mycroft's zero-byte trick): a flag can be wrong only above a
 /// right one, so the lowest flag is the answer. Strings are short: this stays inline rather
-/// than calling a vectorised search per string.
+/// than calling a vectorised search per string (a call's set-up costs more than the search).
+#[inline(always)]
 fn special(b: &[u8], from: usize) -> Option<usize> {
     const ONES: u64 = u64::MAX / 255;
-    let mut i = from;
-    while let Some(chunk) = b.get(i..i + 8) {
+    let rest = b.get(from..)?;
+    let mut chunks = rest.chunks_exact(8);
+    let mut at = from;
+    for chunk in chunks.by_ref() {
         let mut eight = [0u8; 8];
         eight.copy_from_slice(chunk);
         let v = u64::from_le_bytes(eight);
@@ -265,14 +268,15 @@ fn special(b: &[u8], from: usize) -> Option<usize> {
         let slash = s.wrapping_sub(ONES) & !s;
         let found = (ctrl | quote | slash) & (ONES << 7);
         if found != 0 {
-            return Some(i + (found.trailing_zeros() / 8) as usize);
+            return Some(at + (found.trailing_zeros() / 8) as usize);
         }
-        i += 8;
+        at += 8;
     }
-    b.get(i..)?
+    chunks
+        .remainder()
         .iter()
         .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-        .map(|p| i + p)
+        .map(|p| at + p)
 }
 
 /// A JSON reader over text already known to be UTF-8: it checks and skips values with the
@@ -310,7 +314,24 @@ impl<'a> Scan<'a> {
     }
 
     /// A string whose opening quote is at `self.i`: skipped; whether it holds an escape.
+    /// Inline, the usual string (no escape) is one search for its closing quote; a string with
+    /// an escape or a control character goes the slow way, from its start again.
+    #[inline(always)]
     fn string(&mut self) -> Result<bool, ()> {
+        let b = self.bytes();
+        if let Some(end) = special(b, self.i + 1) {
+            if b.get(end) == Some(&b'"') {
+                self.i = end + 1;
+                return Ok(false);
+            }
+        }
+        self.escaped_string()
+    }
+
+    /// [`Scan::string`] for a string holding an escape (or a control character, refused).
+    #[cold]
+    #[inline(never)]
+    fn escaped_string(&mut self) -> Result<bool, ()> {
         let b = self.bytes();
         self.i += 1;
         let mut escaped = false;
@@ -340,19 +361,24 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// An object key at `self.i` (after whitespace), decoded, and the colon after it.
+    /// An object key at `self.i` (after whitespace), decoded, and the colon after it. Inline:
+    /// it runs once per member, and as a call its set-up cost as much as its work.
+    #[inline(always)]
     fn key(&mut self) -> Result<Key<'a>, ()> {
         if self.ws() != Some(b'"') {
             return Err(());
         }
         let start = self.i;
         let escaped = self.string()?;
-        let quoted = &self.text[start..self.i];
         let key = if escaped {
             // Rare: serde_json decodes it (and refuses a lone surrogate, as before).
+            let quoted = self.text.get(start..self.i).ok_or(())?;
             serde_json::from_str::<Key<'a>>(quoted).map_err(|_| ())?
         } else {
-            Key(Cow::Borrowed(&quoted[1..quoted.len() - 1]))
+            // Between its quotes (ASCII, so on character boundaries).
+            Key(Cow::Borrowed(
+                self.text.get(start + 1..self.i - 1).ok_or(())?,
+            ))
         };
         self.expect(b':')?;
         Ok(key)
@@ -421,8 +447,21 @@ impl<'a> Scan<'a> {
         Ok(())
     }
 
-    /// Skips one value (after whitespace); its raw text.
+    /// Skips one value (after whitespace); its raw text. Inline for a string, the usual
+    /// value (no container to track); anything else goes [`Scan::any_value`].
+    #[inline(always)]
     fn value(&mut self) -> Result<&'a str, ()> {
+        if self.ws() == Some(b'"') {
+            let start = self.i;
+            self.string()?;
+            return self.text.get(start..self.i).ok_or(());
+        }
+        self.any_value()
+    }
+
+    /// [`Scan::value`] for any value: scalars and containers, nested to any depth.
+    #[inline(never)]
+    fn any_value(&mut self) -> Result<&'a str, ()> {
         self.ws();
         let start = self.i;
         // The open containers, innermost last.

@@ -315,7 +315,8 @@ impl RequestPolicy {
                     .get(header::USER_AGENT)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
-                if let Ok(v) = HeaderValue::from_str(&generalise_user_agent(ua)) {
+                // The String becomes the value's bytes (from_str would copy it).
+                if let Ok(v) = HeaderValue::try_from(generalise_user_agent(ua)) {
                     out.insert(header::USER_AGENT, v);
                 }
             }
@@ -406,6 +407,11 @@ impl AcceptEncoding {
 /// A User-Agent generalised to browser family and major version, with nothing else (no OS, no
 /// device, no minor versions): what analytics tools still recognise.
 pub fn generalise_user_agent(ua: &str) -> String {
+    // Shorter than the shortest marker ("Edg/", "OPR/"): none can be in it (a client that
+    // sends no User-Agent at all gets here with "").
+    if ua.len() < 4 {
+        return OTHER_USER_AGENT.to_owned();
+    }
     // Order matters: Edge and Opera also say Chrome; Chrome also says Safari.
     type Render = fn(&str) -> String;
     let families: &[(&str, &str, Render)] = &[
@@ -465,8 +471,11 @@ pub fn generalise_user_agent(ua: &str) -> String {
             }
         }
     }
-    "Mozilla/5.0 (compatible; other)".to_owned()
+    OTHER_USER_AGENT.to_owned()
 }
+
+/// What [`generalise_user_agent`] makes of a User-Agent naming no known browser.
+const OTHER_USER_AGENT: &str = "Mozilla/5.0 (compatible; other)";
 
 #[cfg(test)]
 mod tests {

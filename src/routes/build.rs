@@ -216,7 +216,7 @@ impl Router {
             );
             let mut add =
                 |role: Role, prefix: &str, upstream: &UpstreamBase, policy: RequestPolicy| {
-                    routes.push(Arc::new(Route {
+                    let mut route = Route {
                         index: routes.len(),
                         cache_id: fingerprint(role, prefix),
                         config: rc.clone(),
@@ -230,7 +230,16 @@ impl Router {
                         breaker: breaker.clone(),
                         css_map: css_map.clone(),
                         analytics: analytics_runtime.clone(),
-                    }));
+                        endpoint_uris: Vec::new(),
+                    };
+                    if let Role::Analytics(protocol) = role {
+                        route.endpoint_uris = protocol
+                            .endpoints()
+                            .iter()
+                            .filter_map(|e| Some((*e, route.upstream_uri(e, None).ok()?)))
+                            .collect();
+                    }
+                    routes.push(Arc::new(route));
                 };
             match rc.kind {
                 RouteKind::Static => add(

@@ -77,6 +77,11 @@ pub struct Route {
     pub css_map: css::UrlMap,
     /// Analytics: settings, pseudonym key and limits.
     pub analytics: Option<Arc<analytics::Runtime>>,
+    /// Analytics: each endpoint's upstream URL without a query, as
+    /// [`upstream_uri`](Self::upstream_uri) builds it, built once: Plausible's and Umami's
+    /// events never carry a query, so their URL is always one of these (a clone shares its
+    /// bytes), and building it per event cost a check, a copy, a parse and their drops.
+    pub endpoint_uris: Vec<(&'static str, Uri)>,
 }
 
 impl Route {
@@ -121,6 +126,15 @@ impl Route {
                 t.template.uri(&tile).ok_or(Confinement::InvalidUrl.into())
             }
         }
+    }
+
+    /// The upstream URL of an analytics endpoint (`rest`) with no query, built ahead
+    /// ([`Route::endpoint_uris`]).
+    pub fn endpoint_uri(&self, rest: &str) -> Option<&Uri> {
+        self.endpoint_uris
+            .iter()
+            .find(|(e, _)| *e == rest)
+            .map(|(_, uri)| uri)
     }
 
     /// The cache's primary key for the visitor's path after the prefix, in parts that borrow
@@ -334,6 +348,52 @@ mod tests {
 
     fn router(text: &str) -> Router {
         Router::new(&Config::parse(text, Path::new("t.toml")).unwrap())
+    }
+
+    #[test]
+    fn an_endpoint_url_built_ahead_is_the_one_built_per_request() {
+        let router = router(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[[route]]
+name = "plausible"
+kind = "plausible"
+prefix = "/p/"
+upstream = "https://plausible.example/base/"
+[[route]]
+name = "matomo"
+kind = "matomo"
+prefix = "/m/"
+upstream = "https://matomo.example/"
+[[route]]
+name = "cdn"
+kind = "static"
+prefix = "/cdn/"
+upstream = "https://b.example/npm/"
+"#,
+        );
+        let mut seen = 0;
+        for route in router.routes() {
+            let Role::Analytics(protocol) = route.role else {
+                assert!(route.endpoint_uris.is_empty());
+                continue;
+            };
+            for endpoint in protocol.endpoints() {
+                let built = route.upstream_uri(endpoint, None).unwrap();
+                assert_eq!(route.endpoint_uri(endpoint), Some(&built));
+                seen += 1;
+            }
+            assert_eq!(route.endpoint_uri("other"), None);
+        }
+        // Plausible's one endpoint and Matomo's two.
+        assert_eq!(seen, 3);
+        assert_eq!(
+            router.routes()[0]
+                .endpoint_uri("api/event")
+                .map(Uri::to_string),
+            Some("https://plausible.example/base/api/event".to_owned())
+        );
     }
 
     #[test]
