@@ -106,7 +106,7 @@ fn same_concatenation(a: &[&str; 4], b: &[&str; 4]) -> bool {
 /// Whether `whole` is `pieces` concatenated (their lengths already add up to its length).
 fn starts_with_pieces(whole: &str, pieces: &[&str; 4]) -> bool {
     let mut rest = whole.as_bytes();
-    for p in pieces {
+    for p in pieces.iter().filter(|p| !p.is_empty()) {
         match rest.strip_prefix(p.as_bytes()) {
             Some(r) => rest = r,
             None => return false,
@@ -138,13 +138,24 @@ impl Eq for KeyParts<'_> {}
 
 impl Hash for KeyParts<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        // Route and variant in one write, and no write for an empty piece: SipHash's cost
-        // per call (buffering a tail) is most of what a short key costs, and the byte stream
-        // is the same.
-        let mut ids = [0u8; 16];
-        ids[..8].copy_from_slice(&self.route.to_ne_bytes());
-        ids[8..].copy_from_slice(&self.variant.to_ne_bytes());
-        state.write(&ids);
+        // One write for a key that fits the buffer (the common case), else route and variant
+        // in one and no write for an empty piece: SipHash's cost per call (buffering a tail)
+        // is most of what a short key costs, and the byte stream is the same either way.
+        let mut buf = [0u8; 128];
+        buf[..8].copy_from_slice(&self.route.to_ne_bytes());
+        buf[8..16].copy_from_slice(&self.variant.to_ne_bytes());
+        let len = 16 + self.target.iter().map(|p| p.len()).sum::<usize>();
+        if len < buf.len() {
+            let mut at = 16;
+            for piece in self.target {
+                buf[at..at + piece.len()].copy_from_slice(piece.as_bytes());
+                at += piece.len();
+            }
+            buf[at] = 0xff;
+            state.write(&buf[..=at]);
+            return;
+        }
+        state.write(&buf[..16]);
         for piece in self.target {
             if !piece.is_empty() {
                 state.write(piece.as_bytes());
@@ -295,6 +306,26 @@ mod tests {
         assert_eq!(parts(7, ["/npm", "/a/b.js?", "", "v=1"]), same);
         // A variant key is another key.
         assert!(!moka::Equivalent::equivalent(&same, &k.with_variant(3)));
+    }
+
+    /// A key too long for the one-write buffer hashes as its pieces do, and as a short key
+    /// would if it were spelt the same (one byte stream, however it is written).
+    #[test]
+    fn long_keys_hash_as_their_pieces() {
+        use std::hash::BuildHasher;
+        let state = std::collections::hash_map::RandomState::new();
+        for n in [90, 111, 112, 113, 200, 3000] {
+            let path = "x".repeat(n);
+            let k = CacheKey::primary(
+                7,
+                format!("https://cdn.example/npm/{path}?v=1")
+                    .parse()
+                    .unwrap(),
+            );
+            let parts = KeyParts::primary(7, "https", "cdn.example", ["/npm/", &path, "?", "v=1"]);
+            assert_eq!(state.hash_one(parts), state.hash_one(&k), "{n}");
+            assert_eq!(parts, k.parts());
+        }
     }
 
     #[test]

@@ -220,10 +220,7 @@ pub(super) fn response_filter(
         policy::withheld_names(headers)
     );
     if !pass_through {
-        headers.insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        );
+        headers.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
     }
     match cache_status {
         Some(value) => {
@@ -235,6 +232,11 @@ pub(super) fn response_filter(
         }
     }
 }
+
+// Constants, checked once at compile time: `from_static` called at run time checks every byte
+// of its string on every answer.
+const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
+const HIT: HeaderValue = HeaderValue::from_static("tamis; hit");
 
 /// How a request was answered, for metrics, the log and `Cache-Status`.
 pub(super) struct Answer {
@@ -388,7 +390,7 @@ pub(super) fn hit(
         response: from_store(entry, client, head_only, now),
         route: Some(route),
         cache: Some(CacheResult::Hit),
-        cache_status: Some(status_of("tamis; hit")),
+        cache_status: Some(HIT),
     }
 }
 
