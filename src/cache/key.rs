@@ -138,24 +138,14 @@ impl Eq for KeyParts<'_> {}
 
 impl Hash for KeyParts<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        // One write for a key that fits the buffer (the common case), else route and variant
-        // in one and no write for an empty piece: SipHash's cost per call (buffering a tail)
-        // is most of what a short key costs, and the byte stream is the same either way.
-        let mut buf = [0u8; 128];
-        buf[..8].copy_from_slice(&self.route.to_ne_bytes());
-        buf[8..16].copy_from_slice(&self.variant.to_ne_bytes());
-        let len = 16 + self.target.iter().map(|p| p.len()).sum::<usize>();
-        if len < buf.len() {
-            let mut at = 16;
-            for piece in self.target {
-                buf[at..at + piece.len()].copy_from_slice(piece.as_bytes());
-                at += piece.len();
-            }
-            buf[at] = 0xff;
-            state.write(&buf[..=at]);
-            return;
-        }
-        state.write(&buf[..16]);
+        // Route and variant in one write, and no write for an empty piece: SipHash's cost
+        // per call (buffering a tail) is most of what a short key costs, and the byte stream
+        // is the same. (Copying the pieces into one buffer for a single write saved 54
+        // instructions of hashing per hit and cost 53 in memcpy calls.)
+        let mut ids = [0u8; 16];
+        ids[..8].copy_from_slice(&self.route.to_ne_bytes());
+        ids[8..].copy_from_slice(&self.variant.to_ne_bytes());
+        state.write(&ids);
         for piece in self.target {
             if !piece.is_empty() {
                 state.write(piece.as_bytes());
@@ -308,8 +298,7 @@ mod tests {
         assert!(!moka::Equivalent::equivalent(&same, &k.with_variant(3)));
     }
 
-    /// A key too long for the one-write buffer hashes as its pieces do, and as a short key
-    /// would if it were spelt the same (one byte stream, however it is written).
+    /// Keys of any length hash as their pieces do: one byte stream, however it is written.
     #[test]
     fn long_keys_hash_as_their_pieces() {
         use std::hash::BuildHasher;
