@@ -18,6 +18,9 @@
 # one per core it may run on); wrk sends 10 connections' worth of
 # load through it; the count is the process's whole total (start-up included, ~3 M
 # instructions, under 1 % of a run) over the requests wrk completed. The origin is nginx.
+# Allocations per request come from the same profile: callgrind's exact count of calls into
+# libc's allocator (malloc, calloc, realloc, posix_memalign, aligned_alloc) over the same
+# requests, start-up included, so no second (instrumented) build is needed to count them.
 #
 # Needs: apt-get install valgrind nginx-light wrk curl
 set -euo pipefail
@@ -149,7 +152,37 @@ count() {
     cat "$work/logs/$name.log" >&2
     exit 1
   fi
-  printf '%s %s %s\n' "$name" "$reqs" "$((refs / reqs))" >>"$work/rows"
+  printf '%s %s %s %s\n' "$name" "$reqs" "$((refs / reqs))" "$(allocations "$file" "$reqs")" >>"$work/rows"
+}
+
+# allocations FILE REQUESTS: calls into the allocator per request in a callgrind profile.
+allocations() {
+  python3 - "$1" "$2" <<'PY'
+import re, sys
+alloc = {"malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc", "memalign"}
+names, fn, cfn, calls = {}, None, None, 0
+pending = None
+for line in open(sys.argv[1], errors="replace"):
+    m = re.match(r"^(c?fn)=\((\d+)\)(?: (.*))?$", line.rstrip("\n"))
+    if m:
+        kind, i, name = m.groups()
+        if name is not None:
+            names[i] = name
+        if kind == "fn":
+            fn = names.get(i)
+        else:
+            cfn = names.get(i)
+        continue
+    if line.startswith("calls="):
+        pending = int(line[6:].split()[0])
+    elif pending is not None:
+        # The line after calls= is the call's cost: count calls into the allocator from
+        # outside it (realloc's own malloc would count twice).
+        if cfn in alloc and fn not in alloc:
+            calls += pending
+        pending = None
+print(f"{calls / int(sys.argv[2]):.1f}")
+PY
 }
 
 hyper_cmd=("$HYPER_BIN" "127.0.0.1:$HYPER" "http://127.0.0.1:$ORIGIN" /s/tile.png)
@@ -166,16 +199,16 @@ rev=${TAMIS_REV:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 echo "tamis $rev ($TAMIS_BIN), $(date -u +%Y-%m-%d), ${DURATION}s of wrk -c10 per row"
 python3 - "$work/rows" "$work/disk-share" "$DISK_TILES" <<'PY'
 import sys
-rows = {n: (int(r), int(i)) for n, r, i in (l.split() for l in open(sys.argv[1]))}
-print("| case | tamis instructions/req | hyper alone | tamis/hyper | requests counted (tamis, hyper) |")
-print("| --- | ---: | ---: | ---: | ---: |")
+rows = {n: (int(r), int(i), a) for n, r, i, a in (l.split() for l in open(sys.argv[1]))}
+print("| case | tamis instructions/req | hyper alone | tamis/hyper | allocations/req (tamis, hyper) | requests counted (tamis, hyper) |")
+print("| --- | ---: | ---: | ---: | ---: | ---: |")
 for case, label in (("hit", "cached 20 KB hit"), ("forward", "uncached 1 KB POST forward")):
     t, h = rows[f"tamis-{case}"], rows[f"hyper-{case}"]
-    print(f"| {label} | {t[1]:,} | {h[1]:,} | {t[1] / h[1]:.2f} | {t[0]:,}, {h[0]:,} |")
+    print(f"| {label} | {t[1]:,} | {h[1]:,} | {t[1] / h[1]:.2f} | {t[2]}, {h[2]} | {t[0]:,}, {h[0]:,} |")
 p = rows["tamis-plausible"]
-print(f"| 1 KB Plausible event through its scrubber | {p[1]:,} | | | {p[0]:,} |")
+print(f"| 1 KB Plausible event through its scrubber | {p[1]:,} | | | {p[2]} | {p[0]:,} |")
 d = rows["tamis-disk"]
 disk, memory = (int(x) for x in open(sys.argv[2]).read().split())
 share = 100 * disk / max(disk + memory, 1)
-print(f"| cached 20 KB hit, {int(sys.argv[3]):,} tiles, 1 MiB memory tier ({share:.1f} % of hits from disk) | {d[1]:,} | | | {d[0]:,} |")
+print(f"| cached 20 KB hit, {int(sys.argv[3]):,} tiles, 1 MiB memory tier ({share:.1f} % of hits from disk) | {d[1]:,} | | | {d[2]} | {d[0]:,} |")
 PY

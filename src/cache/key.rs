@@ -106,7 +106,7 @@ fn same_concatenation(a: &[&str; 4], b: &[&str; 4]) -> bool {
 /// Whether `whole` is `pieces` concatenated (their lengths already add up to its length).
 fn starts_with_pieces(whole: &str, pieces: &[&str; 4]) -> bool {
     let mut rest = whole.as_bytes();
-    for p in pieces {
+    for p in pieces.iter().filter(|p| !p.is_empty()) {
         match rest.strip_prefix(p.as_bytes()) {
             Some(r) => rest = r,
             None => return false,
@@ -138,10 +138,18 @@ impl Eq for KeyParts<'_> {}
 
 impl Hash for KeyParts<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.route);
-        state.write_u64(self.variant);
+        // Route and variant in one write, and no write for an empty piece: SipHash's cost
+        // per call (buffering a tail) is most of what a short key costs, and the byte stream
+        // is the same. (Copying the pieces into one buffer for a single write saved 54
+        // instructions of hashing per hit and cost 53 in memcpy calls.)
+        let mut ids = [0u8; 16];
+        ids[..8].copy_from_slice(&self.route.to_ne_bytes());
+        ids[8..].copy_from_slice(&self.variant.to_ne_bytes());
+        state.write(&ids);
         for piece in self.target {
-            state.write(piece.as_bytes());
+            if !piece.is_empty() {
+                state.write(piece.as_bytes());
+            }
         }
         state.write_u8(0xff);
     }
@@ -288,6 +296,25 @@ mod tests {
         assert_eq!(parts(7, ["/npm", "/a/b.js?", "", "v=1"]), same);
         // A variant key is another key.
         assert!(!moka::Equivalent::equivalent(&same, &k.with_variant(3)));
+    }
+
+    /// Keys of any length hash as their pieces do: one byte stream, however it is written.
+    #[test]
+    fn long_keys_hash_as_their_pieces() {
+        use std::hash::BuildHasher;
+        let state = std::collections::hash_map::RandomState::new();
+        for n in [90, 111, 112, 113, 200, 3000] {
+            let path = "x".repeat(n);
+            let k = CacheKey::primary(
+                7,
+                format!("https://cdn.example/npm/{path}?v=1")
+                    .parse()
+                    .unwrap(),
+            );
+            let parts = KeyParts::primary(7, "https", "cdn.example", ["/npm/", &path, "?", "v=1"]);
+            assert_eq!(state.hash_one(parts), state.hash_one(&k), "{n}");
+            assert_eq!(parts, k.parts());
+        }
     }
 
     #[test]

@@ -250,13 +250,14 @@ impl Cache {
     /// The stored copy for `primary` if it is fresh and varies on nothing: the common hit,
     /// answered before any request header is scrubbed.
     pub async fn fresh(&self, primary: &CacheKey) -> Option<Arc<Entry>> {
-        self.fresh_at(primary.parts()).await
+        self.fresh_at(primary.parts(), Instant::now()).await
     }
 
-    /// [`fresh`](Self::fresh), looked up by the key's borrowed parts: nothing is built.
-    pub async fn fresh_at(&self, primary: KeyParts<'_>) -> Option<Arc<Entry>> {
+    /// [`fresh`](Self::fresh) at `now`, looked up by the key's borrowed parts: nothing is
+    /// built (and the caller's clock reading serves for the answer's `Age` too).
+    pub async fn fresh_at(&self, primary: KeyParts<'_>, now: Instant) -> Option<Arc<Entry>> {
         match self.store.get(&primary).await {
-            Some(Slot::Object(e)) if e.staleness(Instant::now()) == Staleness::Fresh => Some(e),
+            Some(Slot::Object(e)) if e.staleness(now) == Staleness::Fresh => Some(e),
             _ => None,
         }
     }

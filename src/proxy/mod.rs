@@ -72,7 +72,7 @@ pub fn handle(
         let id = path
             .as_ref()
             .map(|_| access_log::RequestId::new(peer, req.headers(), proxies));
-        let mut answer = serve(&state, req, client).await;
+        let mut answer = serve(&state, req, client, start).await;
         // 10. response_filter: the last step of every answer, whatever produced it.
         let pass_through = answer
             .route
@@ -153,6 +153,7 @@ fn serve<'a>(
     state: &'a Arc<State>,
     req: Request<Incoming>,
     client: IpAddr,
+    start: Instant,
 ) -> impl Future<Output = Answer> + 'a {
     async move {
         // 1. request_filter: the checks every request passes, the probe's included.
@@ -183,11 +184,11 @@ fn serve<'a>(
         let method = req.method();
         if caches(&route, method) {
             if let Some(parts) = route.key_parts(rest, req.uri().query()) {
-                if let Some(entry) = state.cache.fresh_at(parts).await {
-                    let mut hit = cached(&entry, req.headers(), method == Method::HEAD)
-                        .with(CacheResult::Hit, status_of("tamis; hit"));
-                    hit.route = Some(route.index);
-                    return hit;
+                // The request's arrival is the moment the copy is judged fresh at, and its
+                // `Age` counted to: one clock reading for all three.
+                if let Some(entry) = state.cache.fresh_at(parts, start).await {
+                    let head_only = method == Method::HEAD;
+                    return respond::hit(&entry, req.headers(), head_only, start, route.index);
                 }
             }
         }

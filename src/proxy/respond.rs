@@ -146,15 +146,14 @@ pub(super) fn from_store(
     };
     let (status, headers, body) = match decision {
         // The prepared head: `Age` below and the response step's headers replace placeholders.
-        ClientAnswer::Full => (
-            entry.status,
-            entry.head.clone(),
-            if head_only {
-                Bytes::new()
-            } else {
-                entry.body.clone()
-            },
-        ),
+        // It has no `Content-Length`: hyper writes the body's, except on a HEAD answer, whose
+        // empty body is not the length to announce.
+        ClientAnswer::Full if head_only => {
+            let mut h = entry.head.clone();
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            (entry.status, h, Bytes::new())
+        }
+        ClientAnswer::Full => (entry.status, entry.head.clone(), entry.body.clone()),
         ClientAnswer::NotModified => {
             let mut h = HeaderMap::with_capacity(8);
             for name in NOT_MODIFIED_HEADERS {
@@ -191,10 +190,12 @@ pub(super) fn from_store(
     };
     let mut response = Response::new(body::full(body));
     *response.status_mut() = status;
-    *response.headers_mut() = headers;
+    // `HeaderMap::new` (in `Response::new`) does not allocate, so the empty map replaced here
+    // holds nothing to free: forgetting it skips a drop that walks its empty parts.
+    std::mem::forget(std::mem::replace(response.headers_mut(), headers));
     response
         .headers_mut()
-        .insert(header::AGE, HeaderValue::from(entry.age(now)));
+        .insert(header::AGE, entry.age_value(now));
     response
 }
 
@@ -219,10 +220,7 @@ pub(super) fn response_filter(
         policy::withheld_names(headers)
     );
     if !pass_through {
-        headers.insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        );
+        headers.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
     }
     match cache_status {
         Some(value) => {
@@ -234,6 +232,11 @@ pub(super) fn response_filter(
         }
     }
 }
+
+// Constants, checked once at compile time: `from_static` called at run time checks every byte
+// of its string on every answer.
+const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
+const HIT: HeaderValue = HeaderValue::from_static("tamis; hit");
 
 /// How a request was answered, for metrics, the log and `Cache-Status`.
 pub(super) struct Answer {
@@ -371,6 +374,23 @@ pub(super) fn cached(entry: &Entry, client: &HeaderMap, head_only: bool) -> Answ
         route: None,
         cache: None,
         cache_status: None,
+    }
+}
+
+/// The fresh-copy shortcut's answer: `entry` at `now` (when the lookup found it fresh), a
+/// `hit` on route `route`, built in place.
+pub(super) fn hit(
+    entry: &Entry,
+    client: &HeaderMap,
+    head_only: bool,
+    now: Instant,
+    route: usize,
+) -> Answer {
+    Answer {
+        response: from_store(entry, client, head_only, now),
+        route: Some(route),
+        cache: Some(CacheResult::Hit),
+        cache_status: Some(HIT),
     }
 }
 
