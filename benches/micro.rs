@@ -160,6 +160,15 @@ fn mirrors(c: &mut Criterion) {
     c.bench_function("tile path parse", |b| {
         b.iter(|| tiles::parse(black_box("15/16384/10923@2x.png"), 19))
     });
+    let template = tiles::Template::new(
+        "https://{s}.tile.example/{z}/{x}/{y}{r}.png",
+        vec!["a".into(), "b".into(), "c".into()],
+    )
+    .unwrap();
+    let tile = tiles::parse("15/16384/10923@2x.png", 19).unwrap();
+    c.bench_function("tile upstream URL from its template", |b| {
+        b.iter(|| template.uri(black_box(&tile)))
+    });
     let config = Config::parse(
         "[server]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"cdn\"\nkind = \"static\"\nprefix = \"/cdn/\"\nupstream = \"https://cdn.jsdelivr.net/npm/\"\n",
         Path::new("bench.toml"),

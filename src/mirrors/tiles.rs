@@ -1,6 +1,7 @@
 //! Map tiles (`kind = "tiles"`): a visitor path is parsed as `{z}/{x}/{y}[@2x].{ext}` and the
 //! upstream URL is built from the configured template, never from the visitor's path.
 
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::Uri;
 
 /// Extensions a tile request may have.
@@ -115,6 +116,31 @@ pub struct Template {
     scheme_len: usize,
     /// End of the authority in `raw` (the first `/` after the scheme).
     authority_end: usize,
+    /// Made once from `raw`, so that a tile's URL is written in one pass (a tile hit keys the
+    /// cache on its upstream URL: five `replace` passes and a URL parse cost ~9 k instructions
+    /// per request).
+    built: Built,
+}
+
+/// The template taken apart: the scheme, the authority for each subdomain, and the path's
+/// pieces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Built {
+    scheme: Scheme,
+    /// One per subdomain, in order (one when there is no `{s}`).
+    hosts: Vec<Authority>,
+    path: Vec<Piece>,
+}
+
+/// A piece of the template after its authority.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Z,
+    X,
+    Y,
+    /// `@2x` for a retina tile, nothing otherwise.
+    R,
 }
 
 impl Template {
@@ -174,11 +200,14 @@ impl Template {
         if authority_end == raw.len() || !valid_authority(authority) {
             return Err(err(TemplateError::Host));
         }
+        let built = Built::new(raw, scheme_len, authority_end, &subdomains)
+            .ok_or_else(|| err(TemplateError::InvalidUrl))?;
         let t = Template {
             raw: raw.to_owned(),
             subdomains,
             scheme_len,
             authority_end,
+            built,
         };
         // Filled in, the template parses as a URL whose authority is the template's, whatever
         // the subdomain (a tile's numbers change only the path, after the authority).
@@ -243,23 +272,39 @@ impl Template {
     /// The subdomain for a tile: always the same one for the same tile, so upstream caches
     /// stay warm.
     pub fn subdomain(&self, tile: &Tile) -> Option<&str> {
-        if self.subdomains.is_empty() {
-            return None;
+        self.subdomains
+            .get(self.subdomain_index(tile))
+            .map(String::as_str)
+    }
+
+    /// Which subdomain (and which of `built.hosts`) serves `tile`.
+    fn subdomain_index(&self, tile: &Tile) -> usize {
+        match self.subdomains.len() {
+            0 | 1 => 0,
+            n => ((u64::from(tile.x) + u64::from(tile.y)) % n as u64) as usize,
         }
-        let i = (u64::from(tile.x) + u64::from(tile.y)) % self.subdomains.len() as u64;
-        self.subdomains.get(i as usize).map(String::as_str)
     }
 
     /// The upstream URL of a tile.
     pub fn uri(&self, tile: &Tile) -> Option<Uri> {
-        let url = self
-            .raw
-            .replace("{z}", &tile.z.to_string())
-            .replace("{x}", &tile.x.to_string())
-            .replace("{y}", &tile.y.to_string())
-            .replace("{r}", if tile.retina { "@2x" } else { "" })
-            .replace("{s}", self.subdomain(tile).unwrap_or(""));
-        url.parse().ok()
+        let b = &self.built;
+        let host = b.hosts.get(self.subdomain_index(tile))?;
+        let mut path = String::with_capacity(self.raw.len() - self.authority_end + 24);
+        for piece in &b.path {
+            match piece {
+                Piece::Text(t) => path.push_str(t),
+                Piece::Z => push_number(&mut path, u32::from(tile.z)),
+                Piece::X => push_number(&mut path, tile.x),
+                Piece::Y => push_number(&mut path, tile.y),
+                Piece::R if tile.retina => path.push_str("@2x"),
+                Piece::R => {}
+            }
+        }
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(b.scheme.clone());
+        parts.authority = Some(host.clone());
+        parts.path_and_query = Some(PathAndQuery::try_from(path).ok()?);
+        Uri::from_parts(parts).ok()
     }
 
     /// The authority tiles are fetched from (host and port), with the first subdomain for
@@ -288,6 +333,73 @@ impl Template {
             })
             .collect();
         format!("{path}?{}", hidden.join("&"))
+    }
+}
+
+impl Built {
+    /// `None` if a subdomain does not make a valid authority (checked before, so never).
+    fn new(
+        raw: &str,
+        scheme_len: usize,
+        authority_end: usize,
+        subdomains: &[String],
+    ) -> Option<Built> {
+        let scheme = Scheme::try_from(&raw[..scheme_len]).ok()?;
+        let authority = &raw[scheme_len + 3..authority_end];
+        let subs: Vec<&str> = if subdomains.is_empty() {
+            vec![""]
+        } else {
+            subdomains.iter().map(String::as_str).collect()
+        };
+        let hosts = subs
+            .into_iter()
+            .map(|sub| Authority::try_from(authority.replace("{s}", sub)).ok())
+            .collect::<Option<Vec<_>>>()?;
+        let mut path = Vec::new();
+        let mut rest = &raw[authority_end..];
+        while !rest.is_empty() {
+            let next = ["{z}", "{x}", "{y}", "{r}"]
+                .iter()
+                .filter_map(|p| rest.find(p).map(|at| (at, *p)))
+                .min();
+            let Some((at, p)) = next else {
+                path.push(Piece::Text(rest.to_owned()));
+                break;
+            };
+            if at > 0 {
+                path.push(Piece::Text(rest[..at].to_owned()));
+            }
+            path.push(match p {
+                "{z}" => Piece::Z,
+                "{x}" => Piece::X,
+                "{y}" => Piece::Y,
+                _ => Piece::R,
+            });
+            rest = &rest[at + p.len()..];
+        }
+        Some(Built {
+            scheme,
+            hosts,
+            path,
+        })
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_number(out: &mut String, n: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
     }
 }
 
@@ -375,6 +487,63 @@ pub fn has_contact(user_agent: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// How the URL was built before the template was taken apart: the reference.
+    fn uri_by_replacing(t: &Template, tile: &Tile) -> Option<Uri> {
+        let url = t
+            .raw
+            .replace("{z}", &tile.z.to_string())
+            .replace("{x}", &tile.x.to_string())
+            .replace("{y}", &tile.y.to_string())
+            .replace("{r}", if tile.retina { "@2x" } else { "" })
+            .replace("{s}", t.subdomain(tile).unwrap_or(""));
+        url.parse().ok()
+    }
+
+    #[test]
+    fn a_tile_url_is_the_one_the_template_spells() {
+        let templates = [
+            ("https://tile.openstreetmap.org/{z}/{x}/{y}.png", vec![]),
+            (
+                "https://{s}.tile.example:8443/{z}/{x}/{y}{r}.png",
+                vec!["a", "b", "c"],
+            ),
+            (
+                "http://[::1]:9000/t/{y}/{x}/{z}{r}.webp?key=K&z={z}",
+                vec![],
+            ),
+            (
+                "https://api.maptiler.example/tiles/v3/{z}/{x}/{y}.pbf?key=SECRET",
+                vec![],
+            ),
+            (
+                "https://{s}-cdn.example/{r}{z}-{x}-{y}.jpg",
+                vec!["x1", "y2"],
+            ),
+        ];
+        for (raw, subs) in templates {
+            let t = Template::new(raw, subs.iter().map(|s| s.to_string()).collect()).unwrap();
+            for (z, x, y) in [
+                (0, 0, 0),
+                (3, 2, 1),
+                (19, 271_234, 180_001),
+                (30, u32::MAX, 1 << 29),
+            ] {
+                for retina in [false, true] {
+                    let tile = Tile {
+                        z,
+                        x,
+                        y,
+                        retina,
+                        ext: "png".into(),
+                    };
+                    let built = t.uri(&tile);
+                    assert!(built.is_some(), "{raw} {tile:?}");
+                    assert_eq!(built, uri_by_replacing(&t, &tile), "{raw} {tile:?}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn a_template_with_an_api_key_serves_tiles_and_hides_the_key() {
