@@ -93,9 +93,11 @@ impl Entry {
         }
         headers.remove(header::TRANSFER_ENCODING);
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        // Header values parsed by hyper are slices of its connection read buffer: stored as
+        // they are, each entry would pin a whole buffer. Stored entries own their bytes.
         Entry::assemble(
             status,
-            headers,
+            owned(headers),
             body,
             rendition,
             (upstream_etag, last_modified),
@@ -109,6 +111,9 @@ impl Entry {
 
     /// An entry read back from the disk tier: its headers as stored (tamis's own ETag already
     /// in them), the upstream's validators apart, and the time it has been resident so far.
+    /// Header values are kept as they come, not copied: those the disk tier decodes are slices
+    /// of the record's own buffer, which holds that one record and whose body the entry keeps
+    /// anyway, so they pin nothing more (a copy cost ~9.7 k instructions per disk hit).
     #[allow(clippy::too_many_arguments)] // Each is a fact of its own about the stored answer.
     pub fn restored(
         status: StatusCode,
@@ -127,6 +132,8 @@ impl Entry {
         )
     }
 
+    /// Builds the entry around `headers`, whose values must own their bytes or be slices of a
+    /// buffer the entry may pin (see [`Entry::new`], [`Entry::restored`]).
     #[allow(clippy::too_many_arguments)]
     fn assemble(
         status: StatusCode,
@@ -140,9 +147,6 @@ impl Entry {
         own_head: bool,
         resident_before: Duration,
     ) -> Entry {
-        // Header values parsed by hyper are slices of its connection read buffer: stored as
-        // they are, each entry would pin a whole buffer. Stored entries own their bytes.
-        let headers = owned(headers);
         let mut head = HeaderMap::with_capacity(headers.len() + 3);
         for (name, value) in &headers {
             if name != header::CONTENT_LENGTH {
@@ -354,6 +358,64 @@ mod tests {
         assert_eq!(a, content_etag(b"hello"));
         assert_ne!(a, content_etag(b"hello!"));
         assert!(a.to_str().unwrap().starts_with("\"t-"));
+    }
+
+    /// Headers whose values are slices of `buf` (as hyper's, or a disk record's, are).
+    fn sliced(buf: &Bytes) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_maybe_shared(buf.slice(0..9)).unwrap(),
+        );
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_maybe_shared(buf.slice(10..22)).unwrap(),
+        );
+        h
+    }
+
+    fn inside(v: &HeaderValue, buf: &Bytes) -> bool {
+        let (p, b) = (v.as_bytes().as_ptr() as usize, buf.as_ptr() as usize);
+        p >= b && p + v.len() <= b + buf.len()
+    }
+
+    #[test]
+    fn a_stored_answer_copies_its_values_and_a_restored_one_keeps_them() {
+        let buf = Bytes::from(format!("image/png max-age=3600 {}", "x".repeat(16 << 10)));
+        let keep = Duration::from_secs(60);
+        let stored = Entry::new(
+            StatusCode::OK,
+            sliced(&buf),
+            Bytes::from_static(b"png"),
+            Rendition::AsSent,
+            Lifetimes::default(),
+            VaryValues::new(),
+            keep,
+            true,
+        );
+        // An answer from an upstream must not pin the connection's read buffer.
+        for v in stored.headers.values().chain(stored.head.values()) {
+            assert!(!inside(v, &buf), "{v:?} pins the read buffer");
+        }
+        assert_eq!(stored.headers[header::CACHE_CONTROL], "max-age=3600");
+        let restored = Entry::restored(
+            StatusCode::OK,
+            sliced(&buf),
+            Bytes::from_static(b"png"),
+            Rendition::AsSent,
+            (None, None),
+            Lifetimes::default(),
+            VaryValues::new(),
+            keep,
+            true,
+            Duration::ZERO,
+        );
+        // One read back from disk: its values stay in the record's buffer, uncopied.
+        for name in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
+            assert!(inside(&restored.headers[&name], &buf), "{name} copied");
+            assert!(inside(&restored.head[&name], &buf), "{name} copied");
+        }
+        assert_eq!(restored.head[header::CONTENT_TYPE], "image/png");
     }
 
     #[test]

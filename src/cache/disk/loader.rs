@@ -16,7 +16,7 @@ use moka::ops::compute::Op;
 
 use super::super::key::CacheKey;
 use super::record::{self, Kept, PREFIX_LEN};
-use super::tier::{key_name, leaf_dir, DiskTier, Indexed};
+use super::tier::{digest_name, key_digest, key_name, leaf_dir, DiskTier, Indexed};
 
 /// One file found: its path, the key hash and generation in its name, its length.
 struct Found {
@@ -83,7 +83,8 @@ fn index_one(t: &DiskTier, f: Found) {
     if lengths.file() != f.len {
         return discard(t, &f, Some("truncated or too long"));
     }
-    if key_name(&rec.key) != f.key_hash {
+    let digest = key_digest(&rec.key);
+    if digest_name(&digest) != f.key_hash {
         return discard(t, &f, Some("named for another key"));
     }
     let keep_until = rec.keep_until();
@@ -94,6 +95,7 @@ fn index_one(t: &DiskTier, f: Found) {
     let object = matches!(rec.kept, Kept::Object(_));
     let slot = Arc::new(Indexed {
         generation: f.generation,
+        digest,
         bytes: f.len,
         vary: match rec.kept {
             Kept::Vary(names) => Some(Arc::from(names.as_slice())),

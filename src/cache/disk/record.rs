@@ -480,9 +480,7 @@ impl<'a> Reader<'a> {
     fn opt_value(&mut self, f: &'static str) -> Result<Option<HeaderValue>, RecordError> {
         match self.take(1, f)?[0] {
             0 => Ok(None),
-            1 => HeaderValue::from_bytes(self.bytes(f)?)
-                .map(Some)
-                .map_err(|_| RecordError::Field(f)),
+            1 => self.value(f).map(Some),
             _ => Err(RecordError::Field(f)),
         }
     }
@@ -605,6 +603,33 @@ mod tests {
                 decode_for(&Bytes::from(bad), &r.key).is_err(),
                 "byte {i} flipped was accepted"
             );
+        }
+    }
+
+    #[test]
+    fn a_read_for_its_key_slices_its_values_from_the_file_buffer() {
+        // The entry restored from them keeps them uncopied (Entry::restored): each must lie in
+        // the file's own buffer, never in a buffer of someone else's.
+        let r = object();
+        let file = Bytes::from(encode(&r, b"PNG bytes"));
+        let (back, _) = decode_for(&file, &r.key).unwrap();
+        let Kept::Object(o) = back.kept else {
+            panic!("an object")
+        };
+        let inside = |v: &HeaderValue| {
+            let (p, f) = (v.as_bytes().as_ptr() as usize, file.as_ptr() as usize);
+            p >= f && p + v.len() <= f + file.len()
+        };
+        let vary = o.vary.iter().filter_map(|(_, v)| v.as_ref());
+        let values: Vec<&HeaderValue> = o
+            .headers
+            .values()
+            .chain(o.upstream_etag.as_ref())
+            .chain(vary)
+            .collect();
+        assert_eq!(values.len(), 4 + 1 + 1);
+        for v in values {
+            assert!(inside(v), "{v:?} is a copy");
         }
     }
 
