@@ -25,8 +25,9 @@
 #   h  cached 20 KB tiles, DISK_TILES (2000) distinct URLs requested round-robin (wrk + Lua):
 #      nginx serving from its disk cache; tamis from memory (its usual 256 MiB); and
 #      "tamis-disk", a second tamis whose memory tier (1 MiB) holds 2 % of the set, so that
-#      nearly every request is a disk hit (read, verified, promoted to memory: the share of
-#      disk hits during the run is printed). Each server is filled first (one request per URL)
+#      nearly every request is a disk hit (read and verified; promoted to memory only when
+#      memory would still hold it at its next read, which round-robin never allows: the share
+#      of disk hits during the run is printed). Each server is filled first (one request per URL)
 #      and must not reach the origin during the run. Varnish: not measured (memory only)
 #
 # Knobs: DURATION (10), CONNS (50), CASES, SMOKE=1, VERBOSE=1 (print the load tools' output),
@@ -711,7 +712,7 @@ RSS: tamis, the nginx worker (nginx's cache lives in the page cache, not counted
 child (malloc 256M, one thread pool, 200-2000 threads). Varnish has no TLS: cases f and g not
 measured for it, nor case h (no disk). Case e: "origin requests" is the number of origin
 fetches. Case h: tamis-disk's memory tier holds ~2 % of the URLs, so its hits are disk hits
-(file read on a blocking thread, checksum verified, promoted to memory); nginx reads its disk
+(file read on the worker, checksum verified, not promoted: round-robin over 50 x memory); nginx reads its disk
 cache too; both from the page cache (the files were just written). "hyper alone"
 (benches/bare.rs, one Tokio worker): hyper answering from memory (a, b, c) or forwarding over
 one kept-alive connection per visitor (d), with none of tamis's work: the ceiling for tamis.
