@@ -496,10 +496,13 @@ async fn the_bound_holds_under_churn() {
         assert_eq!(a.status, 200);
     }
     let admin = t.admin.unwrap();
-    let m = wait_metric(admin, "the writer to catch up", |m| {
+    // The writers (two) are done when the counted bytes and entries both match the files: a
+    // snapshot taken between one writer's rename and its indexing would match on bytes only.
+    let m = wait_metric(admin, "the writers to catch up", |m| {
         metric(m, "tamis_cache_disk_evictions_total", &["result=\"size\""]) > 0.0
             && metric(m, "tamis_cache_disk_bytes", &[])
                 == files(&disk).iter().map(|(_, n)| *n).sum::<u64>() as f64
+            && metric(m, "tamis_cache_disk_entries", &[]) as usize == objects(&disk).len()
     })
     .await;
     done.store(true, Ordering::Relaxed);
