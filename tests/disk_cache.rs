@@ -496,9 +496,11 @@ async fn the_bound_holds_under_churn() {
         assert_eq!(a.status, 200);
     }
     let admin = t.admin.unwrap();
-    // The writers (two) are done when the counted bytes and entries both match the files: a
-    // snapshot taken between one writer's rename and its indexing would match on bytes only.
-    let m = wait_metric(admin, "the writers to catch up", |m| {
+    // The counted bytes and entries converge on the files on disk (a bug in either count
+    // never gets there, and times out). Compared within one snapshot: the two writers may
+    // still be working through the queue after the last answer, so a later count of the
+    // files can hold one more than an earlier metrics scrape.
+    let m = wait_metric(admin, "the counts to match the files", |m| {
         metric(m, "tamis_cache_disk_evictions_total", &["result=\"size\""]) > 0.0
             && metric(m, "tamis_cache_disk_bytes", &[])
                 == files(&disk).iter().map(|(_, n)| *n).sum::<u64>() as f64
@@ -511,8 +513,6 @@ async fn the_bound_holds_under_churn() {
     let now: u64 = files(&disk).iter().map(|(_, n)| n).sum();
     assert!(now <= max && now > max / 2, "{now}");
     assert_eq!(metric(&m, "tamis_cache_disk_max_bytes", &[]), max as f64);
-    let entries = metric(&m, "tamis_cache_disk_entries", &[]);
-    assert_eq!(entries as usize, objects(&disk).len());
     t.stop().await;
 }
 
