@@ -958,7 +958,7 @@ mod disk_tests {
             };
             assert_eq!(&e.body[..], b"waiting");
             assert_eq!(c.purge(0, "/p", false).await, 1);
-            assert!(disk.queued_object(&purged).is_none());
+            assert!(disk.held(&purged).is_none());
         }
         assert_eq!(
             tokio::task::spawn_blocking(move || disk.flush(Duration::from_secs(10)))

@@ -455,14 +455,6 @@ impl DiskTier {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The object waiting in the queue for `key`, if any: the newest version, not yet on disk.
-    pub fn queued_object(&self, key: &CacheKey) -> Option<Arc<Entry>> {
-        match self.waiting_now().get(key).map(|t| &**t) {
-            Some(Queued::Object(e)) => Some(e.clone()),
-            _ => None,
-        }
-    }
-
     /// What the index holds for `key`, if anything.
     pub(super) fn indexed(&self, key: &CacheKey) -> Option<Arc<Indexed>> {
         match self.index.get(key) {
@@ -575,14 +567,19 @@ impl DiskTier {
 
     fn drop_bad(&self, key: &CacheKey, slot: &Arc<Indexed>) {
         slot.corrupt.store(true, Ordering::Relaxed);
-        // Only if it still indexes that very version (a newer one may have replaced it).
+        self.unindex(key, slot);
+        self.index.run_pending_tasks();
+    }
+
+    /// Removes `slot` from the index, only if it still indexes that very version (a newer one
+    /// may have replaced it).
+    fn unindex(&self, key: &CacheKey, slot: &Arc<Indexed>) {
         self.index
             .entry(key.clone())
             .and_compute_with(|held| match held {
                 Some(e) if Arc::ptr_eq(e.value(), slot) => moka::ops::compute::Op::Remove,
                 _ => moka::ops::compute::Op::Nop,
             });
-        self.index.run_pending_tasks();
     }
 
     /// Which route parts use the tier now; returns the object keys of other routes removed.
@@ -673,7 +670,10 @@ impl DiskTier {
         let keep = match job.record.keep_until().duration_since(SystemTime::now()) {
             Ok(d) if !d.is_zero() && self.still_waiting(key, ticket) => d,
             // Purged or replaced while queued, or no longer worth keeping.
-            _ => return self.unqueue(key, ticket),
+            _ => {
+                self.unqueue(key, ticket);
+                return;
+            }
         };
         let head = record::encode_head(&job.record, job.body.len() as u64);
         let trailer = record::trailer(&head, &job.body);
@@ -681,7 +681,8 @@ impl DiskTier {
         self.index.run_pending_tasks();
         if !self.reserve(len) {
             // Larger than the room the bound leaves now: memory only. Not a failure.
-            return self.unqueue(key, ticket);
+            self.unqueue(key, ticket);
+            return;
         }
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let tmp = self.dir.join("tmp").join(format!("{generation:016x}"));
@@ -712,7 +713,8 @@ impl DiskTier {
             let _ = fs::remove_file(&tmp);
             self.used.fetch_sub(len, Ordering::Relaxed);
             self.write_failed(&e);
-            return self.unqueue(key, ticket);
+            self.unqueue(key, ticket);
+            return;
         }
         self.write_ok();
         let vary = match &job.record.kept {
@@ -733,26 +735,20 @@ impl DiskTier {
         });
         self.index.insert(key.clone(), slot.clone());
         // Purged (or replaced) while its file was written: the file must not answer for it.
-        let mut waiting = self.waiting_now();
-        if waiting.get(key).is_some_and(|t| Arc::ptr_eq(t, ticket)) {
-            waiting.remove(key);
-        } else {
-            drop(waiting);
-            self.index
-                .entry(key.clone())
-                .and_compute_with(|held| match held {
-                    Some(e) if Arc::ptr_eq(e.value(), &slot) => moka::ops::compute::Op::Remove,
-                    _ => moka::ops::compute::Op::Nop,
-                });
+        if !self.unqueue(key, ticket) {
+            self.unindex(key, &slot);
         }
     }
 
     /// Lets go of a job that will not be written.
-    fn unqueue(&self, key: &CacheKey, ticket: &Arc<Queued>) {
+    /// Whether `ticket` was still the one waiting for its key (not purged, not replaced).
+    fn unqueue(&self, key: &CacheKey, ticket: &Arc<Queued>) -> bool {
         let mut waiting = self.waiting_now();
-        if waiting.get(key).is_some_and(|t| Arc::ptr_eq(t, ticket)) {
+        let ours = waiting.get(key).is_some_and(|t| Arc::ptr_eq(t, ticket));
+        if ours {
             waiting.remove(key);
         }
+        ours
     }
 
     /// Counts an eviction (the loader's corrupt and expired files).
