@@ -952,6 +952,22 @@ mod tests {
         );
     }
 
+    /// Keys of every kind: the largest and smallest route and variant, a port, a query.
+    fn sample_keys() -> Vec<CacheKey> {
+        [
+            (7, "https://t.example/1/2/3.png", 0),
+            (u64::MAX, "http://a.example:8080/x?y=1&z=%20", 42),
+            (0, "https://cdn.example/", u64::MAX),
+        ]
+        .into_iter()
+        .map(|(route, uri, variant)| CacheKey {
+            route,
+            uri: uri.parse().unwrap(),
+            variant,
+        })
+        .collect()
+    }
+
     #[test]
     fn key_names_are_those_earlier_builds_gave_their_files() {
         // The name as first written: SHA-256 of the parts and the URI's string, hex.
@@ -966,16 +982,7 @@ mod tests {
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>()
         };
-        for (route, uri, variant) in [
-            (7, "https://t.example/1/2/3.png", 0),
-            (u64::MAX, "http://a.example:8080/x?y=1&z=%20", 42),
-            (0, "https://cdn.example/", u64::MAX),
-        ] {
-            let k = CacheKey {
-                route,
-                uri: uri.parse().unwrap(),
-                variant,
-            };
+        for k in sample_keys() {
             assert_eq!(key_name(&k), earlier(&k));
             let g = 0x0123_4567_89ab_cdef;
             assert_eq!(
@@ -992,16 +999,7 @@ mod tests {
     fn the_path_kept_in_the_index_is_the_path_of_the_key() {
         // What a read, a removal and the loader use (the stored digest) names the very file
         // the key's name gives, for every kind of key.
-        for (route, uri, variant) in [
-            (7, "https://t.example/1/2/3.png", 0),
-            (u64::MAX, "http://a.example:8080/x?y=1&z=%20", 42),
-            (0, "https://cdn.example/", u64::MAX),
-        ] {
-            let k = CacheKey {
-                route,
-                uri: uri.parse().unwrap(),
-                variant,
-            };
+        for k in sample_keys() {
             let digest = key_digest(&k);
             assert_eq!(digest_name(&digest), key_name(&k));
             let slot = Indexed {
