@@ -614,11 +614,16 @@ fn scratch_dir(name: &str) -> Scratch {
     Scratch { path }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| fail(&format!("no free port: {e}")))
+/// `N` distinct free loopback ports: all are held until all are read, since a port released
+/// and asked for again can come back (CI once gave tamis's listener and its admin the same).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap_or_else(|e| fail(&format!("no free port: {e}")))
+        })
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().map_or(0, |a| a.port()))
 }
 
 /// SIGTERM (a graceful stop: tamis drains, nginx's master stops its workers and cache
@@ -673,7 +678,7 @@ impl TamisProc {
         max_object_bytes: u64,
         disk_bytes: u64,
     ) -> Result<TamisProc, String> {
-        let (port, admin) = (free_port(), free_port());
+        let [port, admin] = free_ports::<2>();
         let conf = dir.join("tamis.toml");
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n# A restart without the 5 s drain meant for load balancers.\ndrain = \"0s\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
@@ -950,7 +955,7 @@ async fn nginx_run(
         std::fs::set_permissions(dir.join("cache"), std::fs::Permissions::from_mode(0o777))
             .map_err(|e| e.to_string())?;
     }
-    let port = free_port();
+    let [port] = free_ports::<1>();
     let d = dir.display();
     // The cache manager trims often and in large batches, so the cap holds as closely as
     // nginx can hold it.

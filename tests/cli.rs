@@ -812,7 +812,7 @@ async fn json_logs_are_one_object_per_line_with_a_request_id_and_plain_milliseco
 async fn on_sigterm_it_drains_first_healthz_503_while_requests_are_still_served() {
     let up = Upstream::http(|_| Reply::ok("still here").header("cache-control", "no-store")).await;
     let dir = tempfile::tempdir().unwrap();
-    let (port, admin_port) = (free_port(), free_port());
+    let [port, admin_port] = free_ports::<2>();
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\ndrain = \"1500ms\"\n\
          [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n{}",
@@ -848,7 +848,7 @@ async fn on_sigterm_it_drains_first_healthz_503_while_requests_are_still_served(
 async fn sigusr1_is_harmless_and_sigquit_drains_like_sigterm() {
     let up = Upstream::http(|_| Reply::ok("still here").header("cache-control", "no-store")).await;
     let dir = tempfile::tempdir().unwrap();
-    let (port, admin_port) = (free_port(), free_port());
+    let [port, admin_port] = free_ports::<2>();
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\ndrain = \"3s\"\n\
          [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n{}",
@@ -943,7 +943,7 @@ fn assert_no_secret(text: &str, what: &str) {
 async fn no_log_line_or_answer_holds_an_operator_secret_even_at_debug_level() {
     let up = Upstream::http(|_| Reply::ok("").header("cache-control", "no-store")).await;
     let dir = tempfile::tempdir().unwrap();
-    let (port, admin_port) = (free_port(), free_port());
+    let [port, admin_port] = free_ports::<2>();
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\ndrain = \"0s\"\nshutdown_timeout = \"2s\"\n{}",
         secret_config(dir.path(), admin_port, &up.url("/"))

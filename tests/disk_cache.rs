@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port, get, request, route, Reply, Tamis, Upstream, LISTEN};
+use common::{free_ports, get, request, route, Reply, Tamis, Upstream, LISTEN};
 use http::Method;
 
 /// Every file under `dir` with its length (`tmp/` included).
@@ -159,7 +159,7 @@ async fn a_restart_serves_from_disk_with_the_age_counting_on() {
     let up = Upstream::http(|s| cached_reply(s, 3600, 1)).await;
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("cache");
-    let (http, admin) = (free_port(), free_port());
+    let [http, admin] = free_ports::<2>();
     let file = dir.path().join("tamis.toml");
     std::fs::write(&file, config(&listen_on(http, admin), &disk, "", &up, "")).unwrap();
 
@@ -232,7 +232,7 @@ async fn what_expired_while_tamis_was_down_is_revalidated_not_served_fresh() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("cache");
-    let (http, admin) = (free_port(), free_port());
+    let [http, admin] = free_ports::<2>();
     let file = dir.path().join("tamis.toml");
     std::fs::write(&file, config(&listen_on(http, admin), &disk, "", &up, "")).unwrap();
 
@@ -277,7 +277,7 @@ async fn corrupted_and_truncated_files_are_never_served_and_are_removed() {
         Upstream::http(move |s| cached_reply(s, 3600, count.fetch_add(1, Ordering::SeqCst))).await;
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("cache");
-    let (http, admin) = (free_port(), free_port());
+    let [http, admin] = free_ports::<2>();
     let file = dir.path().join("tamis.toml");
     std::fs::write(&file, config(&listen_on(http, admin), &disk, "", &up, "")).unwrap();
 
@@ -350,7 +350,7 @@ async fn a_route_changed_while_tamis_was_down_loses_its_files_at_start() {
     let up = Upstream::http(|s| cached_reply(s, 3600, 1)).await;
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("cache");
-    let (http, admin) = (free_port(), free_port());
+    let [http, admin] = free_ports::<2>();
     let file = dir.path().join("tamis.toml");
     std::fs::write(&file, config(&listen_on(http, admin), &disk, "", &up, "")).unwrap();
     let bin = Bin::start(&file, http, admin).await;
@@ -392,7 +392,7 @@ async fn kill_9_during_a_busy_fill_leaves_only_whole_objects() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("cache");
-    let (http, admin) = (free_port(), free_port());
+    let [http, admin] = free_ports::<2>();
     let file = dir.path().join("tamis.toml");
     std::fs::write(&file, config(&listen_on(http, admin), &disk, "", &up, "")).unwrap();
 
@@ -587,7 +587,7 @@ async fn a_directory_that_cannot_be_made_degrades_to_memory_with_one_line() {
     let blocker = dir.path().join("a-file");
     std::fs::write(&blocker, b"").unwrap();
     let disk = blocker.join("cache");
-    let (http, admin) = (free_port(), free_port());
+    let [http, admin] = free_ports::<2>();
     let file = dir.path().join("tamis.toml");
     std::fs::write(&file, config(&listen_on(http, admin), &disk, "", &up, "")).unwrap();
 
@@ -653,7 +653,7 @@ async fn a_disk_that_refuses_bytes_counts_full_and_fails_no_request() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("cache");
-    let (http, admin) = (free_port(), free_port());
+    let [http, admin] = free_ports::<2>();
     let file = dir.path().join("tamis.toml");
     std::fs::write(&file, config(&listen_on(http, admin), &disk, "", &up, "")).unwrap();
     let mut sh = Command::new("sh");

@@ -303,13 +303,7 @@ async fn one_visitor_is_one_visitor_on_every_replica_and_the_gate_counts_them_al
     let redis = Redis::start();
     let up = Upstream::http(recording()).await;
     let dir = tempfile::tempdir().unwrap();
-    let ts = replicas(
-        dir.path(),
-        &up,
-        &store_section(&redis),
-        [free_port(), free_port(), free_port()],
-    )
-    .await;
+    let ts = replicas(dir.path(), &up, &store_section(&redis), free_ports::<3>()).await;
     // A fourth replica without the store: the control, with a key of its own.
     let alone_dir = dir.path().join("alone");
     std::fs::create_dir_all(&alone_dir).unwrap();
@@ -389,13 +383,7 @@ async fn the_store_going_away_costs_no_request_and_replicas_agree_again_at_the_n
     let mut redis = Redis::start();
     let up = Upstream::http(recording()).await;
     let dir = tempfile::tempdir().unwrap();
-    let ts = replicas(
-        dir.path(),
-        &up,
-        &store_section(&redis),
-        [free_port(), free_port(), free_port()],
-    )
-    .await;
+    let ts = replicas(dir.path(), &up, &store_section(&redis), free_ports::<3>()).await;
     next_period(Duration::ZERO).await;
     let before = round_robin(&ts, &up, "198.51.100.7").await;
     assert!(before.iter().all(|s| *s == before[0]), "{before:?}");
@@ -557,7 +545,7 @@ async fn the_store_password_never_shows_in_check_status_or_errors() {
 async fn purge_and_reload_on_one_replica_reach_every_replica_and_one_down_is_named() {
     let up = Upstream::http(|_| Reply::ok("body").header("cache-control", "max-age=600")).await;
     let dir = tempfile::tempdir().unwrap();
-    let admins = [free_port(), free_port(), free_port()];
+    let admins = free_ports::<3>();
     let peers = format!(
         "[cluster]\npeers = [{}]\n",
         admins

@@ -352,11 +352,16 @@ pub const LISTEN: &str = "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_timeout =
 
 /// A free loopback port (bound, read, released), for a tamis binary started on a config file.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free loopback ports: all are held until all are read, since a port released
+/// and asked for again can come back (a public and an admin listener then collide).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 /// A static route to `upstream` (base URL) under `prefix`, with optional extra lines.
