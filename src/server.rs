@@ -338,9 +338,9 @@ async fn accept_loop(
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
-        .timer(TokioTimer::new())
-        // Slowloris guard; hyper also starts it while a kept-alive connection waits.
-        .header_read_timeout(limits.header_read_timeout)
+        // The slowloris guard and the keep-alive wait are `limits.header_read_timeout` in the
+        // connection's idle sampler (see `idle::Timeouts`), not hyper's per-request timer.
+        .header_read_timeout(None)
         // A head larger than this, or with more fields, is answered 431.
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers)
@@ -385,6 +385,9 @@ async fn connection(
         let load = load.clone();
         // Open while the request is handled (and its body streamed): not idle meanwhile.
         let open = counted.begin();
+        if req.version() == http::Version::HTTP_2 {
+            counted.http2();
+        }
         async move {
             let mut response: Response<ProxyBody> = match role {
                 Role::Public => {
@@ -411,10 +414,15 @@ async fn connection(
     let builder = builder(&limits);
     let stream = idle::IdleIo::new(stream, activity.clone());
     // Borrowed: `stop` lives to the end of this function, as `Server::run` waits for it.
-    let closing = close::closing(&mut stop, &activity, limits.idle_timeout);
+    let timeouts = idle::Timeouts {
+        idle: limits.idle_timeout,
+        head: limits.header_read_timeout,
+    };
+    let closing = close::closing(&mut stop, &activity, timeouts);
     // Once closed for being idle, a connection has the idle timer's tick to finish: nothing
-    // was moving, so only a request racing the GOAWAY can still be under way.
-    let grace = limits.idle_timeout / 4;
+    // was moving, so only a request racing the GOAWAY (or a head never finished) can still be
+    // under way.
+    let grace = timeouts.tick();
     let result = match tls {
         None => {
             let conn = builder.serve_connection(TokioIo::new(stream), service);
@@ -433,6 +441,9 @@ async fn connection(
                         return;
                     }
                 };
+            if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                activity.http2();
+            }
             let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
             close::drive(conn, |c| c.graceful_shutdown(), closing, grace).await
         }

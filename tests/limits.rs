@@ -689,6 +689,46 @@ mod h2raw {
     }
 }
 
+/// Reads frames until stream `stream` ends; false if the connection closed or said GOAWAY.
+async fn h2_answered(rd: &mut (impl AsyncReadExt + Unpin), stream: u32) -> bool {
+    while let Some(f) = h2raw::next(rd).await {
+        if f.kind == h2raw::GOAWAY {
+            return false;
+        }
+        if f.stream == stream
+            && matches!(f.kind, h2raw::HEADERS | h2raw::DATA)
+            && f.flags & 0x1 != 0
+        {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test]
+async fn an_http2_connection_waits_for_its_next_request_past_the_head_timeout() {
+    // The head timeout is HTTP/1.1's keep-alive wait; a browser keeps an HTTP/2 connection
+    // for the next page, which only the idle timeout (60 s here) ends.
+    let (up, t) = one_second_heads().await;
+    let (c, _) = h2raw::connect(t.http).await;
+    let (mut rd, mut wr) = c.into_split();
+    wr.write_all(&h2raw::get(1, "/cdn/a")).await.unwrap();
+    assert!(h2_answered(&mut rd, 1).await);
+    // Silent for two and a half head timeouts: nothing comes, the connection stays.
+    let quiet = tokio::time::timeout(Duration::from_millis(2500), h2raw::next(&mut rd)).await;
+    assert!(
+        quiet.is_err(),
+        "the server spoke or closed: {}",
+        quiet.is_ok()
+    );
+    wr.write_all(&h2raw::get(3, "/cdn/b")).await.unwrap();
+    assert!(
+        h2_answered(&mut rd, 3).await,
+        "closed after the head timeout"
+    );
+    assert_eq!(up.count(), 2);
+}
+
 #[tokio::test]
 async fn an_http2_connection_that_only_pings_is_closed_when_idle() {
     let up = Upstream::http(cacheable).await;

@@ -23,7 +23,7 @@ use crate::conn::idle;
 /// Why a connection is being closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Why {
-    /// Idle for `limits.idle_timeout`.
+    /// Idle (see [`idle::Timeouts`]).
     Idle,
     /// The server is shutting down.
     Shutdown,
@@ -35,12 +35,12 @@ pub enum Why {
 pub async fn closing(
     stop: &mut watch::Receiver<bool>,
     activity: &idle::Activity,
-    idle_timeout: Duration,
+    timeouts: idle::Timeouts,
 ) -> Why {
     tokio::select! {
         biased;
         _ = stop.wait_for(|stopping| *stopping) => Why::Shutdown,
-        _ = idle::expired(activity, idle_timeout) => Why::Idle,
+        _ = idle::expired(activity, timeouts) => Why::Idle,
     }
 }
 
@@ -134,6 +134,11 @@ impl<F: Future> Future for OnWake<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The same idle and head timeouts.
+    fn both(t: Duration) -> idle::Timeouts {
+        idle::Timeouts { idle: t, head: t }
+    }
     use std::sync::atomic::AtomicUsize;
 
     /// A future counting its polls, ready once `ready` is set (it wakes through a Notify).
@@ -197,7 +202,7 @@ mod tests {
         let r = drive(
             std::future::pending::<()>(),
             |_| closed.store(true, Ordering::Relaxed),
-            closing(&mut stop, &activity, Duration::from_secs(4)),
+            closing(&mut stop, &activity, both(Duration::from_secs(4))),
             Duration::from_secs(1),
         )
         .await;
@@ -217,7 +222,7 @@ mod tests {
         let driven = drive(
             conn,
             |_| notify.notify_one(),
-            closing(&mut stop, &activity, Duration::from_secs(3600)),
+            closing(&mut stop, &activity, both(Duration::from_secs(3600))),
             Duration::ZERO,
         );
         let _ = stop_tx.send(true);

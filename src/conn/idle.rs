@@ -27,6 +27,9 @@ pub struct Activity {
     /// A write had to wait for the client since the timer last looked: an answer is still
     /// going out to a slow reader (a complete body leaves its request before it leaves us).
     blocked: AtomicBool,
+    /// It speaks HTTP/2 (by ALPN, or a request said so): it may wait for requests as long as
+    /// it is idle, not only as long as a head may take.
+    http2: AtomicBool,
 }
 
 impl Activity {
@@ -37,6 +40,44 @@ impl Activity {
         self.begun.fetch_add(1, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::Relaxed);
         Open(self.clone())
+    }
+
+    /// Marks the connection as HTTP/2 (see [`Timeouts`]).
+    pub fn http2(&self) {
+        self.http2.store(true, Ordering::Relaxed);
+    }
+}
+
+/// How long a connection may go without a request.
+///
+/// An HTTP/1.1 connection gets `head` (`limits.header_read_timeout`) from its start or its
+/// last request to the next head: that is the slowloris guard (a head trickled in a byte at a
+/// time never begins a request) and the keep-alive wait, as nginx's `client_header_timeout`.
+/// hyper has the same guard, but it allocates a timer and puts it in and out of tokio's timer
+/// wheel on every request (about 650 instructions and an allocation per cached hit,
+/// `benches/instructions.sh`); the sampler below was already running. An HTTP/2 connection,
+/// which a browser keeps for the next page, waits as long as `idle` allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `limits.idle_timeout`: nothing moving, or no request.
+    pub idle: Duration,
+    /// `limits.header_read_timeout`: no request on an HTTP/1.1 connection.
+    pub head: Duration,
+}
+
+impl Timeouts {
+    /// How often the counters are sampled: a quarter of the shorter timeout.
+    pub fn tick(&self) -> Duration {
+        (self.idle.min(self.head) / 4).max(Duration::from_millis(1))
+    }
+
+    /// How long `activity`'s connection may go without a request.
+    fn unused(&self, activity: &Activity) -> Duration {
+        if activity.http2.load(Ordering::Relaxed) {
+            self.idle
+        } else {
+            self.head.min(self.idle)
+        }
     }
 }
 
@@ -50,12 +91,12 @@ impl Drop for Open {
     }
 }
 
-/// Resolves once the connection has been idle for `timeout`: no bytes moved either way, or no
-/// request begun, open, or still being written out. Give or take a quarter: the counters are sampled every quarter of
-/// the timeout, so the I/O path only bumps a counter instead of reading the clock on every read
-/// and write.
-pub async fn expired(activity: &Activity, timeout: Duration) {
-    let tick = (timeout / 4).max(Duration::from_millis(1));
+/// Resolves once the connection has been idle: no bytes moved either way for `idle`, or no
+/// request begun, open, or still being written out for as long as [`Timeouts`] allows its
+/// protocol. Give or take a quarter: the counters are sampled every [`Timeouts::tick`], so
+/// the I/O path only bumps a counter instead of reading the clock on every read and write.
+pub async fn expired(activity: &Activity, timeouts: Timeouts) {
+    let tick = timeouts.tick();
     let mut bytes_seen = activity.bytes.load(Ordering::Relaxed);
     let mut begun_seen = activity.begun.load(Ordering::Relaxed);
     let (mut quiet, mut unused) = (Duration::ZERO, Duration::ZERO);
@@ -76,7 +117,7 @@ pub async fn expired(activity: &Activity, timeout: Duration) {
             Duration::ZERO
         };
         (bytes_seen, begun_seen) = (bytes, begun);
-        if quiet >= timeout || unused >= timeout {
+        if quiet >= timeouts.idle || unused >= timeouts.unused(activity) {
             return;
         }
     }
@@ -162,14 +203,34 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_secs(8);
 
+    /// The idle and head timeouts both `TIMEOUT`.
+    const SAME: Timeouts = Timeouts {
+        idle: TIMEOUT,
+        head: TIMEOUT,
+    };
+
+    /// Heads within 2 s, 8 s idle.
+    const SHORT_HEADS: Timeouts = Timeouts {
+        idle: TIMEOUT,
+        head: Duration::from_secs(2),
+    };
+
     /// Runs `expired` beside `traffic` (which acts on the counters every second) for up to
     /// four timeouts of paused time; returns when it fired, if it did.
     async fn fires_after(
         activity: Arc<Activity>,
         traffic: impl Fn(&Arc<Activity>, &mut Option<Open>, u32),
     ) -> Option<Duration> {
+        fires_within(SAME, activity, traffic).await
+    }
+
+    async fn fires_within(
+        timeouts: Timeouts,
+        activity: Arc<Activity>,
+        traffic: impl Fn(&Arc<Activity>, &mut Option<Open>, u32),
+    ) -> Option<Duration> {
         let start = tokio::time::Instant::now();
-        let watch = expired(&activity, TIMEOUT);
+        let watch = expired(&activity, timeouts);
         tokio::pin!(watch);
         let mut open = None;
         for second in 0..32 {
@@ -243,5 +304,53 @@ mod tests {
         })
         .await;
         assert_eq!(fired, None);
+    }
+
+    /// Slowloris on HTTP/1.1: bytes keep coming, no head ends; and a kept-alive connection
+    /// waiting for its next head: both closed by the head timeout, long before the idle one.
+    #[tokio::test(start_paused = true)]
+    async fn an_http1_connection_waits_for_a_head_no_longer_than_the_head_timeout() {
+        let head = SHORT_HEADS.head;
+        let trickled = fires_within(SHORT_HEADS, Arc::default(), |a, _, _| bytes(a)).await;
+        assert!(
+            trickled.is_some_and(|t| t >= head && t <= head * 5 / 4),
+            "{trickled:?}"
+        );
+        let kept_alive = fires_within(SHORT_HEADS, Arc::default(), |a, _, second| {
+            if second == 0 {
+                drop(a.begin());
+                bytes(a);
+            }
+        })
+        .await;
+        assert!(
+            kept_alive.is_some_and(|t| t >= head && t <= head * 7 / 4),
+            "{kept_alive:?}"
+        );
+        // A request every second (under the head timeout) keeps it.
+        let busy = fires_within(SHORT_HEADS, Arc::default(), |a, _, _| {
+            drop(a.begin());
+            bytes(a);
+        })
+        .await;
+        assert_eq!(busy, None);
+    }
+
+    /// An HTTP/2 connection (a browser keeps it for the next page) waits for the idle timeout.
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_waits_for_requests_as_long_as_the_idle_timeout() {
+        let a = Arc::new(Activity::default());
+        a.http2();
+        let fired = fires_within(SHORT_HEADS, a, |a, _, second| {
+            if second == 0 {
+                drop(a.begin());
+            }
+            bytes(a);
+        })
+        .await;
+        assert!(
+            fired.is_some_and(|t| t >= TIMEOUT && t <= TIMEOUT * 5 / 4),
+            "{fired:?}"
+        );
     }
 }
