@@ -33,8 +33,8 @@ pub struct Entry {
     /// value to copy and drop; a HEAD answer adds it back), then the headers every answer ends
     /// with, as placeholders that each answer made from it replaces (or removes): `Age` (the
     /// answer from the store sets it), `X-Content-Type-Options` unless pass-through (final:
-    /// the response step leaves it) and `Cache-Status` (the response step sets or removes
-    /// it). A hit then only replaces values in a copy of the right size, instead of adding
+    /// the response step leaves it) and `Cache-Status` as a fresh hit's (the response step
+    /// leaves it on a hit, sets or removes it otherwise). A hit then only replaces values in a copy of the right size, instead of adding
     /// names to one that must grow (a reallocation and a copy of every header).
     pub head: HeaderMap,
     pub body: Bytes,
@@ -160,7 +160,7 @@ impl Entry {
                 HeaderValue::from_static("nosniff"),
             );
         }
-        head.insert(CACHE_STATUS, HeaderValue::from_static("tamis"));
+        head.insert(CACHE_STATUS, CACHE_STATUS_HIT);
         let header_bytes: usize = headers
             .iter()
             .chain(head.iter())
@@ -268,6 +268,10 @@ impl Entry {
 
 /// `Cache-Status` (RFC 9211).
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// `Cache-Status` of a fresh hit, which an entry's prepared head holds: a hit that says it
+/// (the operator wants the header) has nothing to set.
+pub const CACHE_STATUS_HIT: HeaderValue = HeaderValue::from_static("tamis; hit");
 
 /// `Age` values below this are slices of [`AGE_DIGITS`]: a hit's `Age` costs no allocation
 /// (and no formatting) for the first 2 h 46 min of an entry's life.

@@ -29,7 +29,7 @@ use moka::notification::RemovalCause;
 use moka::Expiry;
 use tokio::sync::watch;
 
-pub use entry::{content_etag, Entry, Rendition, Staleness, CACHE_STATUS};
+pub use entry::{content_etag, Entry, Rendition, Staleness, CACHE_STATUS, CACHE_STATUS_HIT};
 pub use fill::{Fill, FillGuard, FillState, Lookup, Waited};
 pub use freshness::{Lifetimes, Rules};
 pub use key::{vary_names, vary_values, CacheKey, KeyParts, VaryRefused, VaryValues};

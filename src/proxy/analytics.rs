@@ -104,13 +104,7 @@ pub(super) fn serve_analytics<'a>(
             _ => None,
         };
         let own = analytics::answer::answer(success, parts.status, read.as_deref());
-        Answer {
-            response: analytics_response(own),
-            route: None,
-            cache: None,
-            cache_status: None,
-        }
-        .with(CacheResult::Bypass, bypass())
+        Answer::of(analytics_response(own)).with(CacheResult::Bypass, bypass())
     }
 }
 

@@ -183,12 +183,7 @@ pub(super) fn forward<'a>(
                     });
                     *response.status_mut() = parts.status;
                     *response.headers_mut() = headers;
-                    Answer {
-                        response,
-                        route: None,
-                        cache: None,
-                        cache_status: None,
-                    }
+                    Answer::of(response)
                 }
                 _ => Answer::own(Refusal::StylesheetRefused),
             };

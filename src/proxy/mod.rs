@@ -82,7 +82,12 @@ pub fn handle(
             .cache_status
             .take()
             .filter(|_| state.config.cache.status_header);
-        respond::response_filter(&mut answer.response, pass_through, cache_status);
+        respond::response_filter(
+            &mut answer.response,
+            pass_through,
+            cache_status,
+            answer.prepared,
+        );
         // 11. logging: metrics and the access line.
         let request = Logged {
             method: &method,
@@ -238,12 +243,7 @@ async fn own_page(state: &Arc<State>, req: Request<Incoming>, client: IpAddr) ->
             None => return Answer::own(Refusal::NotFound),
         },
     };
-    Answer {
-        response,
-        route: None,
-        cache: None,
-        cache_status: None,
-    }
+    Answer::of(response)
 }
 
 #[allow(clippy::manual_async_fn)] // See the module note.
