@@ -12,7 +12,8 @@ bench_binaries() {
   TAMIS_BIN=$(realpath "$TAMIS_BIN")
   # HYPER_BIN given: that build of benches/bare.rs (no cargo run, e.g. while the tree is edited).
   [ -n "${HYPER_BIN:-}" ] && return
-  HYPER_BIN=$(cargo bench --quiet --bench bare --no-run --message-format=json 2>/dev/null |
+  # The release profile, as TAMIS_BIN's: one build of the library for both.
+  HYPER_BIN=$(cargo bench --quiet --profile release --bench bare --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
