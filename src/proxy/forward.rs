@@ -36,6 +36,8 @@ pub(super) async fn send(
     UpstreamError,
 > {
     let sent = Instant::now();
+    // When the answer came: one clock reading for the breaker and the metrics.
+    let mut answered = sent;
     let result = 'send: {
         if let Err(open) = route.breaker.admit(sent) {
             break 'send Err(UpstreamError::CircuitOpen(open.0));
@@ -78,8 +80,9 @@ pub(super) async fn send(
                 other => break other,
             }
         };
+        answered = Instant::now();
         let ok = result.as_ref().is_ok_and(|r| !r.status().is_server_error());
-        if route.breaker.record(ok, Instant::now()) {
+        if route.breaker.record(ok, answered) {
             let (failures, cooldown) = route.breaker.settings();
             tracing::warn!(
                 route = %route.config.name,
@@ -93,7 +96,7 @@ pub(super) async fn send(
     let rm = &state.route_metrics[route.index];
     match &result {
         Ok((resp, _)) => {
-            let took = sent.elapsed().as_secs_f64();
+            let took = answered.duration_since(sent).as_secs_f64();
             state.metrics.upstream_response(rm, resp.status(), took);
         }
         Err(e) => {
