@@ -258,14 +258,32 @@ pub const RESPONSE_STRIPPED_PREFIXES: &[(&str, Stripped)] = &[
 pub fn withheld(kind: ResponseKind, name: &HeaderName) -> bool {
     match kind {
         ResponseKind::PassThrough => {
-            stripped_names().contains(name)
-                || RESPONSE_STRIPPED_PREFIXES
-                    .iter()
-                    .any(|(p, _)| name.as_str().starts_with(p))
+            stripped_names().contains(name) || stripped_by_prefix(name.as_str())
         }
         _ => !allowed_names(kind).contains(name),
     }
 }
+
+/// Whether a name starts with one of [`RESPONSE_STRIPPED_PREFIXES`]. Most names are ruled out
+/// by their first byte alone: this runs for every header of every pass-through answer.
+fn stripped_by_prefix(name: &str) -> bool {
+    let first = name.as_bytes().first().copied().unwrap_or(0);
+    PREFIX_FIRST_BYTES[usize::from(first)]
+        && RESPONSE_STRIPPED_PREFIXES
+            .iter()
+            .any(|(p, _)| name.starts_with(p))
+}
+
+/// The first bytes of [`RESPONSE_STRIPPED_PREFIXES`], worked out from the table at compile time.
+const PREFIX_FIRST_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < RESPONSE_STRIPPED_PREFIXES.len() {
+        t[RESPONSE_STRIPPED_PREFIXES[i].0.as_bytes()[0] as usize] = true;
+        i += 1;
+    }
+    t
+};
 
 /// Removes from an upstream response every header the visitor must not get: all but the
 /// kind's allowlist (for pass-through, the withheld table), headers the upstream named in
@@ -420,27 +438,25 @@ pub(super) fn remove_with_connection_listed(
 ) {
     let mut doomed: [Option<HeaderName>; 8] = Default::default();
     // Most messages have no Connection header (HTTP/1.1 keeps the connection open without
-    // one): comparing the few names costs less than looking it up to read and to remove.
-    let has_connection = headers.keys().any(|name| name == header::CONNECTION);
+    // one), or one that says only `keep-alive` or `close`: one pass over the entries finds
+    // out, without looking the name up to read it.
+    let (mut has_connection, mut any_extra) = (false, false);
+    for (name, value) in headers.iter() {
+        if name == header::CONNECTION {
+            has_connection = true;
+            any_extra |= connection_options(value).next().is_some();
+        }
+    }
     loop {
         // The names Connection lists beyond `close` and `keep-alive` (usually none).
-        let connection = has_connection.then(|| headers.get_all(header::CONNECTION));
-        let extra = || {
+        let connection = any_extra.then(|| headers.get_all(header::CONNECTION));
+        let listed = |name: &HeaderName| {
             connection
                 .iter()
                 .flatten()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(str::trim)
-                .filter(|l| {
-                    !l.is_empty()
-                        && !l.eq_ignore_ascii_case("close")
-                        && !l.eq_ignore_ascii_case("keep-alive")
-                })
+                .flat_map(connection_options)
+                .any(|l| l.eq_ignore_ascii_case(name.as_str()))
         };
-        let any_extra = extra().next().is_some();
-        let listed =
-            |name: &HeaderName| any_extra && extra().any(|l| l.eq_ignore_ascii_case(name.as_str()));
         let (mut found, mut full) = (0, false);
         for name in headers.keys() {
             // Connection itself goes last: a later pass still needs what it lists.
@@ -467,6 +483,22 @@ pub(super) fn remove_with_connection_listed(
     if has_connection {
         headers.remove(header::CONNECTION);
     }
+}
+
+/// The names a `Connection` value lists beyond `close` and `keep-alive` (none for a value that
+/// is not text).
+fn connection_options(value: &HeaderValue) -> impl Iterator<Item = &str> {
+    value
+        .to_str()
+        .ok()
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && !l.eq_ignore_ascii_case("close")
+                && !l.eq_ignore_ascii_case("keep-alive")
+        })
 }
 
 /// True for a path-absolute or path-relative URL reference (no scheme, no authority).

@@ -36,6 +36,8 @@ pub(super) async fn send(
     UpstreamError,
 > {
     let sent = Instant::now();
+    // When the answer came: one clock reading for the breaker and the metrics.
+    let mut answered = sent;
     let result = 'send: {
         if let Err(open) = route.breaker.admit(sent) {
             break 'send Err(UpstreamError::CircuitOpen(open.0));
@@ -78,8 +80,9 @@ pub(super) async fn send(
                 other => break other,
             }
         };
+        answered = Instant::now();
         let ok = result.as_ref().is_ok_and(|r| !r.status().is_server_error());
-        if route.breaker.record(ok, Instant::now()) {
+        if route.breaker.record(ok, answered) {
             let (failures, cooldown) = route.breaker.settings();
             tracing::warn!(
                 route = %route.config.name,
@@ -93,7 +96,7 @@ pub(super) async fn send(
     let rm = &state.route_metrics[route.index];
     match &result {
         Ok((resp, _)) => {
-            let took = sent.elapsed().as_secs_f64();
+            let took = answered.duration_since(sent).as_secs_f64();
             state.metrics.upstream_response(rm, resp.status(), took);
         }
         Err(e) => {
@@ -151,20 +154,16 @@ pub(super) fn forward<'a>(
     head_only: bool,
 ) -> impl Future<Output = Answer> + 'a {
     async move {
-        // Only its path is read afterwards (for Location and a font's type): a shared copy
-        // of the path and query rather than of the whole URI.
-        let requested = request.uri().path_and_query().cloned();
+        // Only its path is read afterwards (for Location and a font's type), once hyper has
+        // taken the request: a copy of the path alone, kept inline when short.
+        let requested = PathCopy::of(request.uri().path_and_query().map_or("", |p| p.path()));
         let (resp, _permit) = match send(state, route, &mut request).await {
             Ok(resp) => resp,
             Err(e) => return upstream_failed(&e),
         };
         let (parts, incoming) = resp.into_parts();
-        let Some(mut headers) = scrub_response(
-            state,
-            route,
-            requested.as_ref().map_or("", |p| p.path()),
-            parts.headers,
-        ) else {
+        let Some(mut headers) = scrub_response(state, route, requested.as_str(), parts.headers)
+        else {
             return Answer::own(Refusal::RedirectedElsewhere);
         };
         if route.rewrites(&headers) {
@@ -197,6 +196,40 @@ pub(super) fn forward<'a>(
             Some(incoming),
             head_only,
         )
+    }
+}
+
+/// A copy of the path a forward asked upstream for, read after hyper has taken the request.
+/// Inline when short (most paths are): cloning the URI's shared bytes instead allocated their
+/// reference count on every forward, the URI being built from a `String`.
+enum PathCopy {
+    Inline { len: u8, bytes: [u8; PATH_INLINE] },
+    Heap(String),
+}
+
+/// The longest path [`PathCopy`] keeps inline.
+const PATH_INLINE: usize = 96;
+
+impl PathCopy {
+    fn of(path: &str) -> PathCopy {
+        match u8::try_from(path.len()) {
+            Ok(len) if path.len() <= PATH_INLINE => {
+                let mut bytes = [0; PATH_INLINE];
+                bytes[..path.len()].copy_from_slice(path.as_bytes());
+                PathCopy::Inline { len, bytes }
+            }
+            _ => PathCopy::Heap(path.to_owned()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Whole characters copied from a `str`: always UTF-8.
+            PathCopy::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or("")
+            }
+            PathCopy::Heap(s) => s,
+        }
     }
 }
 
@@ -233,5 +266,21 @@ pub(super) fn body_refused(e: &body::ReadError) -> Answer {
     match e {
         body::ReadError::TooLarge(_) => Answer::own(Refusal::BodyTooLarge),
         body::ReadError::Failed(_) => Answer::own(Refusal::BodyUnreadable),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_copy_reads_back_the_path_inline_or_not() {
+        let long = format!("/{}", "é".repeat(PATH_INLINE));
+        for path in ["", "/", "/post/e", &"/a".repeat(PATH_INLINE / 2), &long] {
+            let copy = PathCopy::of(path);
+            assert_eq!(copy.as_str(), path);
+            let inline = matches!(copy, PathCopy::Inline { .. });
+            assert_eq!(inline, path.len() <= PATH_INLINE, "{path}");
+        }
     }
 }
