@@ -132,6 +132,31 @@ impl Entry {
         )
     }
 
+    /// This entry with `body` instead of its own, resident for `resident` so far: an object
+    /// read again from the disk file whose head this entry was decoded from (the disk tier's
+    /// heads). Its head is copied, not built again; its values are shared, not copied.
+    pub(crate) fn with_body(&self, body: Bytes, resident: Duration) -> Entry {
+        let weight = (self.weight as usize)
+            .saturating_sub(self.body.len())
+            .saturating_add(body.len());
+        Entry {
+            status: self.status,
+            headers: self.headers.clone(),
+            head: self.head.clone(),
+            body,
+            rendition: self.rendition,
+            upstream_etag: self.upstream_etag.clone(),
+            last_modified: self.last_modified.clone(),
+            vary: self.vary.clone(),
+            stored_at: Instant::now(),
+            resident_before: resident,
+            lifetimes: self.lifetimes,
+            keep: self.keep,
+            own_head: self.own_head,
+            weight: u32::try_from(weight).unwrap_or(u32::MAX),
+        }
+    }
+
     /// Builds the entry around `headers`, whose values must own their bytes or be slices of a
     /// buffer the entry may pin (see [`Entry::new`], [`Entry::restored`]).
     #[allow(clippy::too_many_arguments)]

@@ -1117,6 +1117,123 @@ mod disk_tests {
         assert_eq!(c.size().await.1, 1);
     }
 
+    /// Fills `key` with a fresh `body` whose `x-version` header says `version`.
+    async fn fill_version(c: &Cache, key: &CacheKey, body: &'static [u8], version: &'static str) {
+        let Lookup::Lead { guard, .. } = c.lookup(key, &HeaderMap::new()).await else {
+            panic!("expected a miss")
+        };
+        guard
+            .finish(Fill::Stored(version_entry(body, version)), &[])
+            .await;
+    }
+
+    fn version_entry(body: &'static [u8], version: &'static str) -> Arc<Entry> {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-version", HeaderValue::from_static(version));
+        Arc::new(Entry::new(
+            StatusCode::OK,
+            headers,
+            Bytes::from_static(body),
+            Rendition::AsSent,
+            Lifetimes {
+                fresh_for: Duration::from_secs(60),
+                ..Lifetimes::default()
+            },
+            vec![],
+            Duration::ZERO,
+            true,
+        ))
+    }
+
+    /// Waits until `key`'s newest version is written and indexed.
+    async fn written(c: &Cache, key: &CacheKey) {
+        let started = SystemTime::now();
+        while !matches!(c.disk().unwrap().held(key), Some(disk::Held::Object(_))) {
+            assert!(started.elapsed().unwrap() < Duration::from_secs(10));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Reads `key` from disk (memory let go of it first): its body and `x-version`.
+    async fn from_disk(c: &Cache, key: &CacheKey) -> Option<(Bytes, String)> {
+        c.store.invalidate(key).await;
+        match c.lookup(key, &HeaderMap::new()).await {
+            Lookup::FreshFromDisk(e) => {
+                let v = e.head["x-version"].to_str().unwrap().to_owned();
+                assert_eq!(e.headers["x-version"], v);
+                Some((e.body.clone(), v))
+            }
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_purged_or_rewritten_object_never_answers_from_a_held_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path());
+        settled(&c, 0).await;
+        let disk = c.disk().unwrap().clone();
+        let key = CacheKey::primary(0, "https://tiles.example/1/2/3.png".parse().unwrap());
+        fill_version(&c, &key, b"first", "1").await;
+        written(&c, &key).await;
+        assert!(!disk.holds_head(&key));
+        for _ in 0..2 {
+            let (body, v) = from_disk(&c, &key).await.expect("a disk hit");
+            assert_eq!((&body[..], &v[..]), (&b"first"[..], "1"));
+            assert!(disk.holds_head(&key), "held once read");
+        }
+        // Rewritten (a newer version of the same key, as a refresh stores it): the next read
+        // is of the new file, its head decoded anew; the old head is let go.
+        let before = disk.heads_bytes();
+        disk.store(&key, &version_entry(b"second", "2")).await;
+        written(&c, &key).await;
+        assert!(!disk.holds_head(&key));
+        assert!(
+            disk.heads_bytes() < before,
+            "the old head is let go with its file"
+        );
+        let (body, v) = from_disk(&c, &key).await.expect("a disk hit");
+        assert_eq!((&body[..], &v[..]), (&b"second"[..], "2"));
+        assert!(disk.holds_head(&key));
+        // Purged: gone from disk, its head with it; filled again, the new answer is read.
+        assert_eq!(c.purge(0, "/1/2/3.png", false).await, 1);
+        assert_eq!(disk.heads_bytes(), 0);
+        assert!(from_disk(&c, &key).await.is_none());
+        fill_version(&c, &key, b"third", "3").await;
+        written(&c, &key).await;
+        let (body, v) = from_disk(&c, &key).await.expect("a disk hit");
+        assert_eq!((&body[..], &v[..]), (&b"third"[..], "3"));
+    }
+
+    #[tokio::test]
+    async fn a_damaged_file_is_refused_though_its_head_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path());
+        settled(&c, 0).await;
+        let disk = c.disk().unwrap().clone();
+        let key = CacheKey::primary(0, "https://tiles.example/d.png".parse().unwrap());
+        let body: &'static [u8] = &[7u8; 4096];
+        fill_version(&c, &key, body, "1").await;
+        written(&c, &key).await;
+        assert!(from_disk(&c, &key).await.is_some());
+        assert!(disk.holds_head(&key));
+        let file = walk(dir.path())
+            .into_iter()
+            .find(|p| !p.starts_with(dir.path().join("tmp")))
+            .unwrap();
+        // One byte of the body flipped; the head, its length and its name as they were.
+        let mut bytes = std::fs::read(&file).unwrap();
+        let n = bytes.len();
+        bytes[n - 100] ^= 1;
+        std::fs::write(&file, &bytes).unwrap();
+        assert!(
+            from_disk(&c, &key).await.is_none(),
+            "a damaged file answered"
+        );
+        assert!(!file.exists(), "removed as corrupt");
+        assert_eq!(disk.heads_bytes(), 0, "its head let go");
+    }
+
     /// Every file under `dir`.
     fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         let mut out = Vec::new();

@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 
 use super::super::entry::{Entry, Rendition};
 use super::super::key::CacheKey;
+use super::heads::{Head, Heads, HEADS_BYTES};
 use super::record::{self, Kept, Object, Record, RecordError};
 
 /// Where the disk tier is and how large it may grow.
@@ -192,6 +193,8 @@ pub struct DiskTier {
     /// The route parts (`cache_id`s) that use the tier, once the running state says so: what
     /// the loader finds of any other route (changed or dropped while tamis was down) goes.
     live: Mutex<Option<Arc<[u64]>>>,
+    /// The decoded heads of objects read lately, each let go when its file leaves the index.
+    pub(super) heads: Arc<Heads>,
 }
 
 impl DiskTier {
@@ -215,11 +218,13 @@ impl DiskTier {
         let objects = Arc::new(AtomicU64::new(0));
         let max_record = settings.max_object_bytes.saturating_add(64 << 10);
         let headroom = (max_record * WRITERS as u64).min(settings.max_bytes / 8);
+        let heads = Arc::new(Heads::new(HEADS_BYTES));
         let index = {
             let dir = dir.clone();
             let used = used.clone();
             let objects = objects.clone();
             let evicted = hooks.evicted.clone();
+            let heads = heads.clone();
             Moka::builder()
                 .max_capacity(settings.max_bytes - headroom)
                 .weigher(|_: &CacheKey, v: &Arc<Indexed>| {
@@ -243,6 +248,7 @@ impl DiskTier {
                     if v.vary.is_some() {
                         return;
                     }
+                    heads.forget(&v.digest, v.generation);
                     objects.fetch_sub(1, Ordering::Relaxed);
                     if v.corrupt.load(Ordering::Relaxed) {
                         evicted("corrupt");
@@ -287,6 +293,7 @@ impl DiskTier {
             hooks,
             write_state: Mutex::new(None),
             live: Mutex::new(None),
+            heads,
         });
         let rx = Arc::new(Mutex::new(rx));
         for n in 0..WRITERS {
@@ -533,25 +540,33 @@ impl DiskTier {
             }
         };
         let bytes = match read {
-            Ok(b) => Bytes::from(b),
+            Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "a disk cache file could not be read; removed from the index");
                 self.drop_bad(key, &slot);
                 return None;
             }
         };
-        match record::decode_for(&bytes, key) {
-            Ok((rec, body)) => match rec.kept {
-                Kept::Object(o) => {
-                    let now = self.read_bytes.fetch_add(len, Ordering::Relaxed);
-                    let last = slot.last_read.swap(now, Ordering::Relaxed);
-                    Some(Read {
-                        entry: Arc::new(restore(*o, bytes.slice(body), rec.stored)),
-                        reuse: now.saturating_sub(last),
-                    })
-                }
-                Kept::Vary(_) => None,
-            },
+        // Verified whole on every read, whether its head is decoded or held already.
+        let decoded = record::check(&bytes).and_then(|body| {
+            let raw = &bytes[..body.start];
+            match self.heads.get(&slot.digest, slot.generation, raw) {
+                Some(head) => Ok(Some((head, body))),
+                None => self
+                    .decode_head(key, &slot, raw)
+                    .map(|h| h.map(|h| (h, body))),
+            }
+        });
+        match decoded {
+            Ok(Some((head, body))) => {
+                let now = self.read_bytes.fetch_add(len, Ordering::Relaxed);
+                let last = slot.last_read.swap(now, Ordering::Relaxed);
+                Some(Read {
+                    entry: Arc::new(head.entry(Bytes::from(bytes).slice(body))),
+                    reuse: now.saturating_sub(last),
+                })
+            }
+            Ok(None) => None,
             Err(RecordError::Key) => {
                 tracing::warn!("a disk cache file holds another key; removed");
                 self.drop_bad(key, &slot);
@@ -563,6 +578,47 @@ impl DiskTier {
                 None
             }
         }
+    }
+
+    /// Decodes the head `raw` of `slot`'s file (checked whole) read for `key`, and holds it
+    /// for the next read (`None`: a Vary list, which no read asks for).
+    fn decode_head(
+        &self,
+        key: &CacheKey,
+        slot: &Indexed,
+        raw: &[u8],
+    ) -> Result<Option<Arc<Head>>, RecordError> {
+        // A copy of the head alone: the held values are slices of it, so holding them pins a
+        // few hundred bytes, not the file's buffer.
+        let raw = Bytes::copy_from_slice(raw);
+        let rec = record::decode_head_for(&raw, key)?;
+        let Kept::Object(o) = rec.kept else {
+            return Ok(None);
+        };
+        let entry = restore(*o, Bytes::new(), rec.stored);
+        let head = Arc::new(Head::new(
+            slot.digest,
+            slot.generation,
+            raw,
+            rec.stored,
+            entry,
+        ));
+        self.heads.put(head.clone());
+        Ok(Some(head))
+    }
+
+    /// Whether the head of the file indexed for `key` is held (tests).
+    #[cfg(test)]
+    pub(crate) fn holds_head(&self, key: &CacheKey) -> bool {
+        self.index
+            .get(key)
+            .is_some_and(|s| self.heads.holds(&s.digest, s.generation))
+    }
+
+    /// Weight of the heads held (tests).
+    #[cfg(test)]
+    pub(crate) fn heads_bytes(&self) -> u64 {
+        self.heads.bytes()
     }
 
     fn drop_bad(&self, key: &CacheKey, slot: &Arc<Indexed>) {
