@@ -1,6 +1,7 @@
 //! A stored answer, ready to serve: scrubbed headers and body, how the body is read, how
 //! stale it is, and tamis's own ETag.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,8 +27,9 @@ pub enum Rendition {
 #[derive(Debug)]
 pub struct Entry {
     pub status: StatusCode,
-    /// Scrubbed headers, as served (without `Age`).
-    pub headers: HeaderMap,
+    /// Scrubbed headers, as served (without `Age`). Shared, as is `head`, by the entries made
+    /// from one disk head ([`Entry::with_body`]).
+    pub headers: Arc<HeaderMap>,
     /// What a whole answer from this entry carries, ready to clone: `headers` but
     /// `Content-Length` (hyper writes it from the body's length, which it knows, without a
     /// value to copy and drop; a HEAD answer adds it back), then the headers every answer ends
@@ -36,7 +38,7 @@ pub struct Entry {
     /// the response step leaves it) and `Cache-Status` (the response step sets or removes
     /// it). A hit then only replaces values in a copy of the right size, instead of adding
     /// names to one that must grow (a reallocation and a copy of every header).
-    pub head: HeaderMap,
+    pub head: Arc<HeaderMap>,
     pub body: Bytes,
     /// Whether the body was rewritten, and as what.
     pub rendition: Rendition,
@@ -134,7 +136,7 @@ impl Entry {
 
     /// This entry with `body` instead of its own, resident for `resident` so far: an object
     /// read again from the disk file whose head this entry was decoded from (the disk tier's
-    /// heads). Its head is copied, not built again; its values are shared, not copied.
+    /// heads). Its headers and head are shared, not built or copied again.
     pub(crate) fn with_body(&self, body: Bytes, resident: Duration) -> Entry {
         let weight = (self.weight as usize)
             .saturating_sub(self.body.len())
@@ -195,8 +197,8 @@ impl Entry {
         let weight = body.len() + header_bytes + 256;
         Entry {
             status,
-            headers,
-            head,
+            headers: Arc::new(headers),
+            head: Arc::new(head),
             body,
             rendition,
             upstream_etag,

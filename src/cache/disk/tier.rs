@@ -352,7 +352,7 @@ impl DiskTier {
             keep: entry.keep_in_all(),
             kept: Kept::Object(Box::new(Object {
                 status: entry.status,
-                headers: entry.headers.clone(),
+                headers: (*entry.headers).clone(),
                 stylesheet: entry.rendition == Rendition::Stylesheet,
                 own_head: entry.own_head(),
                 upstream_etag: entry.upstream_etag.clone(),
