@@ -526,14 +526,19 @@ impl DiskTier {
     /// [`read`](Self::read), of the object [`held`](Self::held) found for `key`.
     pub async fn read_held(&self, key: &CacheKey, held: HeldObject) -> Option<Read> {
         let slot = held.0;
-        let path = slot.path(&self.dir);
         let len = slot.bytes;
         // A small file is read in place, as nginx's workers read theirs: handing each tile to
         // the blocking pool cost two thread switches per hit (2.8 x nginx's CPU per disk hit,
         // benches/RESULTS.md); a large one still goes to the pool so a worker never blocks long.
         let read = if len <= INLINE_READ {
-            read_file(&path, len)
+            // Its path spelled on the stack: no allocation for it.
+            let mut room = [0u8; PATH_ROOM];
+            match digest_path_in(&mut room, &self.dir, &slot.digest, slot.generation) {
+                Some(path) => read_file(path, len),
+                None => read_file(&slot.path(&self.dir), len),
+            }
         } else {
+            let path = slot.path(&self.dir);
             match tokio::task::spawn_blocking(move || read_file(&path, len)).await {
                 Ok(r) => r,
                 Err(_) => return None,
@@ -980,6 +985,43 @@ pub(super) fn digest_path(dir: &Path, digest: &KeyDigest, generation: u64) -> Pa
     path
 }
 
+/// Room for a file's path on the stack: a `disk_dir` of up to 200 bytes, then the 55 of
+/// `/a/bc/<32 hex digits>.<16 hex digits>`.
+const PATH_ROOM: usize = 256;
+
+/// [`digest_path`] spelled in `room`, so that a read opens its file without allocating (std
+/// makes the C string on the stack too); `None` when `dir` is too long for it, or empty.
+fn digest_path_in<'r>(
+    room: &'r mut [u8; PATH_ROOM],
+    dir: &Path,
+    digest: &KeyDigest,
+    generation: u64,
+) -> Option<&'r Path> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = dir.as_os_str().as_bytes();
+    if dir.is_empty() {
+        return None;
+    }
+    // As `PathBuf::push` joins: one separator, none added after one already there.
+    let dir = dir.strip_suffix(b"/").unwrap_or(dir);
+    let mut hex = [0u8; 32];
+    for (i, b) in digest.iter().enumerate() {
+        hex[2 * i] = HEX[usize::from(b >> 4)];
+        hex[2 * i + 1] = HEX[usize::from(b & 15)];
+    }
+    let mut gen = [0u8; 16];
+    for (i, g) in gen.iter_mut().enumerate() {
+        *g = HEX[(generation >> ((15 - i) * 4)) as usize & 15];
+    }
+    let parts: [&[u8]; 8] = [dir, b"/", &hex[..1], b"/", &hex[1..3], b"/", &hex, b"."];
+    let mut at = 0;
+    for part in parts.into_iter().chain([&gen[..]]) {
+        room.get_mut(at..at + part.len())?.copy_from_slice(part);
+        at += part.len();
+    }
+    Some(Path::new(std::ffi::OsStr::from_bytes(&room[..at])))
+}
+
 /// The directory the files of the key named `name` go in.
 pub(super) fn leaf_dir(dir: &Path, name: &str) -> PathBuf {
     dir.join(&name[..1]).join(&name[1..3])
@@ -1070,6 +1112,29 @@ mod tests {
             let dir = Path::new("/c");
             assert_eq!(slot.path(dir), file_path(dir, &k, slot.generation));
         }
+    }
+
+    #[test]
+    fn a_path_spelled_on_the_stack_is_the_path_of_the_file() {
+        for dir in ["/c", "/c/", "/", "/c//", "rel/dir", "/var/cache/tamis"] {
+            for k in sample_keys() {
+                let digest = key_digest(&k);
+                for g in [0, 1, 0x0123_4567_89ab_cdef, u64::MAX] {
+                    let mut room = [0u8; PATH_ROOM];
+                    let on_stack = digest_path_in(&mut room, Path::new(dir), &digest, g);
+                    // The very bytes, not only an equal path (which ignores doubled slashes).
+                    let built = digest_path(Path::new(dir), &digest, g);
+                    assert_eq!(on_stack.map(Path::as_os_str), Some(built.as_os_str()));
+                }
+            }
+        }
+        // Too long for the room, or no directory at all: the caller builds it as before.
+        let long = format!("/{}", "d".repeat(PATH_ROOM - 55));
+        let mut room = [0u8; PATH_ROOM];
+        assert!(digest_path_in(&mut room, Path::new(&long), &[0; 16], 1).is_none());
+        let fits = &long[..long.len() - 1];
+        assert!(digest_path_in(&mut room, Path::new(fits), &[0; 16], 1).is_some());
+        assert!(digest_path_in(&mut room, Path::new(""), &[0; 16], 1).is_none());
     }
 
     #[test]
