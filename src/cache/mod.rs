@@ -253,6 +253,41 @@ impl Cache {
         self.fresh_at(primary.parts(), Instant::now()).await
     }
 
+    /// [`fresh`](Self::fresh), or on a memory miss the fresh copy the disk tier holds for
+    /// `primary` if it varies on nothing (read and promoted as any disk hit; `true` with it):
+    /// the common disk hit too is answered before any request header is scrubbed. Anything
+    /// else (a stale copy, a Vary list, a hit-for-miss marker) is left to [`lookup`].
+    ///
+    /// [`lookup`]: Self::lookup
+    pub async fn fresh_or_disk(&self, primary: &CacheKey) -> Option<(Arc<Entry>, bool)> {
+        match self.store.get(primary).await {
+            Some(Slot::Object(e)) if e.staleness(Instant::now()) == Staleness::Fresh => {
+                Some((e, false))
+            }
+            Some(_) => None,
+            // Boxed: only a memory miss pays for the disk read's future.
+            None => Box::pin(self.fresh_on_disk(primary))
+                .await
+                .map(|e| (e, true)),
+        }
+    }
+
+    /// The disk half of [`fresh_or_disk`](Self::fresh_or_disk).
+    async fn fresh_on_disk(&self, primary: &CacheKey) -> Option<Arc<Entry>> {
+        let disk = self.disk_for(primary.route)?;
+        let read = match disk.held(primary)? {
+            disk::Held::Object(o) => disk.read_held(primary, o).await?,
+            disk::Held::Queued(entry) => disk::Read { entry, reuse: 0 },
+            disk::Held::Vary(..) => return None,
+        };
+        let e = &read.entry;
+        if !e.vary.is_empty() || e.staleness(Instant::now()) != Staleness::Fresh {
+            return None;
+        }
+        // Varying on nothing, it answers any request.
+        self.use_disk_read(primary, read, &HeaderMap::new()).await
+    }
+
     /// [`fresh`](Self::fresh) at `now`, looked up by the key's borrowed parts: nothing is
     /// built (and the caller's clock reading serves for the answer's `Age` too).
     pub async fn fresh_at(&self, primary: KeyParts<'_>, now: Instant) -> Option<Arc<Entry>> {
@@ -1232,6 +1267,85 @@ mod disk_tests {
         );
         assert!(!file.exists(), "removed as corrupt");
         assert_eq!(disk.heads_bytes(), 0, "its head let go");
+    }
+
+    #[tokio::test]
+    async fn only_a_fresh_copy_that_varies_on_nothing_answers_before_the_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path());
+        settled(&c, 0).await;
+        let key = CacheKey::primary(0, "https://tiles.example/f.png".parse().unwrap());
+        assert!(c.fresh_or_disk(&key).await.is_none(), "nothing anywhere");
+        fill_version(&c, &key, b"tile", "1").await;
+        assert!(matches!(c.fresh_or_disk(&key).await, Some((_, false))));
+        written(&c, &key).await;
+        c.store.invalidate(&key).await;
+        let (e, from_disk) = c.fresh_or_disk(&key).await.expect("a disk hit");
+        assert!(from_disk);
+        assert_eq!(&e.body[..], b"tile");
+        // A hit-for-miss marker in memory: the lookup decides, not the copy on disk.
+        c.store.invalidate(&key).await;
+        let keep = Duration::from_secs(60);
+        c.store.insert(key.clone(), Slot::Pass { keep }).await;
+        assert!(c.fresh_or_disk(&key).await.is_none());
+        c.store.invalidate(&key).await;
+
+        // Stale on disk (kept for stale-if-error): left to the lookup.
+        let stale = CacheKey::primary(0, "https://tiles.example/s.png".parse().unwrap());
+        let Lookup::Lead { guard, .. } = c.lookup(&stale, &HeaderMap::new()).await else {
+            panic!("expected a miss")
+        };
+        let lifetimes = Lifetimes {
+            stale_if_error: keep,
+            ..Lifetimes::default()
+        };
+        let e = Entry::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from_static(b"stale"),
+            Rendition::AsSent,
+            lifetimes,
+            vec![],
+            Duration::ZERO,
+            true,
+        );
+        guard.finish(Fill::Stored(Arc::new(e)), &[]).await;
+        written(&c, &stale).await;
+        c.store.invalidate(&stale).await;
+        assert!(c.fresh_or_disk(&stale).await.is_none());
+
+        // Varied: its primary key holds a Vary list, on disk as in memory.
+        let varied = CacheKey::primary(0, "https://tiles.example/v.png".parse().unwrap());
+        let names = [header::ACCEPT_ENCODING];
+        let mut br = HeaderMap::new();
+        br.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("br"));
+        let Lookup::Lead { guard, .. } = c.lookup(&varied, &br).await else {
+            panic!("expected a miss")
+        };
+        let e = Entry::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from_static(b"br bytes"),
+            Rendition::AsSent,
+            Lifetimes {
+                fresh_for: keep,
+                ..Lifetimes::default()
+            },
+            vary_values(&names, &br),
+            Duration::ZERO,
+            true,
+        );
+        guard.finish(Fill::Stored(Arc::new(e)), &names).await;
+        let disk = c.disk().unwrap().clone();
+        let left = tokio::task::spawn_blocking(move || disk.flush(Duration::from_secs(10)));
+        assert_eq!(left.await.unwrap(), 0);
+        assert!(c.fresh_or_disk(&varied).await.is_none(), "in memory");
+        c.store.invalidate_all();
+        assert!(c.fresh_or_disk(&varied).await.is_none(), "on disk");
+        assert!(matches!(
+            c.lookup(&varied, &br).await,
+            Lookup::FreshFromDisk(_)
+        ));
     }
 
     /// Every file under `dir`.
