@@ -1,6 +1,7 @@
 //! A stored answer, ready to serve: scrubbed headers and body, how the body is read, how
 //! stale it is, and tamis's own ETag.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,8 +27,9 @@ pub enum Rendition {
 #[derive(Debug)]
 pub struct Entry {
     pub status: StatusCode,
-    /// Scrubbed headers, as served (without `Age`).
-    pub headers: HeaderMap,
+    /// Scrubbed headers, as served (without `Age`). Shared, as is `head`, by the entries made
+    /// from one disk head ([`Entry::with_body`]).
+    pub headers: Arc<HeaderMap>,
     /// What a whole answer from this entry carries, ready to clone: `headers` but
     /// `Content-Length` (hyper writes it from the body's length, which it knows, without a
     /// value to copy and drop; a HEAD answer adds it back), then the headers every answer ends
@@ -36,7 +38,7 @@ pub struct Entry {
     /// the response step leaves it) and `Cache-Status` as a fresh hit's (the response step
     /// leaves it on a hit, sets or removes it otherwise). A hit then only replaces values in a copy of the right size, instead of adding
     /// names to one that must grow (a reallocation and a copy of every header).
-    pub head: HeaderMap,
+    pub head: Arc<HeaderMap>,
     pub body: Bytes,
     /// Whether the body was rewritten, and as what.
     pub rendition: Rendition,
@@ -132,6 +134,31 @@ impl Entry {
         )
     }
 
+    /// This entry with `body` instead of its own, resident for `resident` so far: an object
+    /// read again from the disk file whose head this entry was decoded from (the disk tier's
+    /// heads). Its headers and head are shared, not built or copied again.
+    pub(crate) fn with_body(&self, body: Bytes, resident: Duration) -> Entry {
+        let weight = (self.weight as usize)
+            .saturating_sub(self.body.len())
+            .saturating_add(body.len());
+        Entry {
+            status: self.status,
+            headers: self.headers.clone(),
+            head: self.head.clone(),
+            body,
+            rendition: self.rendition,
+            upstream_etag: self.upstream_etag.clone(),
+            last_modified: self.last_modified.clone(),
+            vary: self.vary.clone(),
+            stored_at: Instant::now(),
+            resident_before: resident,
+            lifetimes: self.lifetimes,
+            keep: self.keep,
+            own_head: self.own_head,
+            weight: u32::try_from(weight).unwrap_or(u32::MAX),
+        }
+    }
+
     /// Builds the entry around `headers`, whose values must own their bytes or be slices of a
     /// buffer the entry may pin (see [`Entry::new`], [`Entry::restored`]).
     #[allow(clippy::too_many_arguments)]
@@ -170,8 +197,8 @@ impl Entry {
         let weight = body.len() + header_bytes + 256;
         Entry {
             status,
-            headers,
-            head,
+            headers: Arc::new(headers),
+            head: Arc::new(head),
             body,
             rendition,
             upstream_etag,

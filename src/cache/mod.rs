@@ -253,6 +253,41 @@ impl Cache {
         self.fresh_at(primary.parts(), Instant::now()).await
     }
 
+    /// [`fresh`](Self::fresh), or on a memory miss the fresh copy the disk tier holds for
+    /// `primary` if it varies on nothing (read and promoted as any disk hit; `true` with it):
+    /// the common disk hit too is answered before any request header is scrubbed. Anything
+    /// else (a stale copy, a Vary list, a hit-for-miss marker) is left to [`lookup`].
+    ///
+    /// [`lookup`]: Self::lookup
+    pub async fn fresh_or_disk(&self, primary: &CacheKey) -> Option<(Arc<Entry>, bool)> {
+        match self.store.get(primary).await {
+            Some(Slot::Object(e)) if e.staleness(Instant::now()) == Staleness::Fresh => {
+                Some((e, false))
+            }
+            Some(_) => None,
+            // Boxed: only a memory miss pays for the disk read's future.
+            None => Box::pin(self.fresh_on_disk(primary))
+                .await
+                .map(|e| (e, true)),
+        }
+    }
+
+    /// The disk half of [`fresh_or_disk`](Self::fresh_or_disk).
+    async fn fresh_on_disk(&self, primary: &CacheKey) -> Option<Arc<Entry>> {
+        let disk = self.disk_for(primary.route)?;
+        let read = match disk.held(primary)? {
+            disk::Held::Object(o) => disk.read_held(primary, o).await?,
+            disk::Held::Queued(entry) => disk::Read { entry, reuse: 0 },
+            disk::Held::Vary(..) => return None,
+        };
+        let e = &read.entry;
+        if !e.vary.is_empty() || e.staleness(Instant::now()) != Staleness::Fresh {
+            return None;
+        }
+        // Varying on nothing, it answers any request.
+        self.use_disk_read(primary, read, &HeaderMap::new()).await
+    }
+
     /// [`fresh`](Self::fresh) at `now`, looked up by the key's borrowed parts: nothing is
     /// built (and the caller's clock reading serves for the answer's `Age` too).
     pub async fn fresh_at(&self, primary: KeyParts<'_>, now: Instant) -> Option<Arc<Entry>> {
@@ -847,12 +882,12 @@ mod disk_tests {
                 true,
             ));
             guard.finish(Fill::Stored(e), &names).await;
-            settled(&c, 1).await;
-            // The Vary list is written after the variant: wait for it too.
-            while c.disk().unwrap().vary_of(&key).is_none() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            c.disk().unwrap().close();
+            // The variant and its Vary list written (vary_of sees a queued list too: a stop
+            // right then once left it unwritten, and the variant unfound after the restart).
+            let disk = c.disk().unwrap().clone();
+            let left = tokio::task::spawn_blocking(move || disk.flush(Duration::from_secs(10)));
+            assert_eq!(left.await.unwrap(), 0);
+            assert!(c.disk().unwrap().vary_of(&key).is_some());
         }
         // A new process, as far as the store knows: memory empty, the index rebuilt.
         let c = cache(dir.path());
@@ -1115,6 +1150,202 @@ mod disk_tests {
         }
         assert!(matches!(c.lookup(&keys[0], &h).await, Lookup::Fresh(_)));
         assert_eq!(c.size().await.1, 1);
+    }
+
+    /// Fills `key` with a fresh `body` whose `x-version` header says `version`.
+    async fn fill_version(c: &Cache, key: &CacheKey, body: &'static [u8], version: &'static str) {
+        let Lookup::Lead { guard, .. } = c.lookup(key, &HeaderMap::new()).await else {
+            panic!("expected a miss")
+        };
+        guard
+            .finish(Fill::Stored(version_entry(body, version)), &[])
+            .await;
+    }
+
+    fn version_entry(body: &'static [u8], version: &'static str) -> Arc<Entry> {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-version", HeaderValue::from_static(version));
+        Arc::new(Entry::new(
+            StatusCode::OK,
+            headers,
+            Bytes::from_static(body),
+            Rendition::AsSent,
+            Lifetimes {
+                fresh_for: Duration::from_secs(60),
+                ..Lifetimes::default()
+            },
+            vec![],
+            Duration::ZERO,
+            true,
+        ))
+    }
+
+    /// Waits until `key`'s newest version is written and indexed.
+    async fn written(c: &Cache, key: &CacheKey) {
+        let started = SystemTime::now();
+        while !matches!(c.disk().unwrap().held(key), Some(disk::Held::Object(_))) {
+            assert!(started.elapsed().unwrap() < Duration::from_secs(10));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Reads `key` from disk (memory let go of it first): its body and `x-version`.
+    async fn from_disk(c: &Cache, key: &CacheKey) -> Option<(Bytes, String)> {
+        c.store.invalidate(key).await;
+        match c.lookup(key, &HeaderMap::new()).await {
+            Lookup::FreshFromDisk(e) => {
+                let v = e.head["x-version"].to_str().unwrap().to_owned();
+                assert_eq!(e.headers["x-version"], v);
+                Some((e.body.clone(), v))
+            }
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_purged_or_rewritten_object_never_answers_from_a_held_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path());
+        settled(&c, 0).await;
+        let disk = c.disk().unwrap().clone();
+        let key = CacheKey::primary(0, "https://tiles.example/1/2/3.png".parse().unwrap());
+        fill_version(&c, &key, b"first", "1").await;
+        written(&c, &key).await;
+        assert!(!disk.holds_head(&key));
+        for _ in 0..2 {
+            let (body, v) = from_disk(&c, &key).await.expect("a disk hit");
+            assert_eq!((&body[..], &v[..]), (&b"first"[..], "1"));
+            assert!(disk.holds_head(&key), "held once read");
+        }
+        // Rewritten (a newer version of the same key, as a refresh stores it): the next read
+        // is of the new file, its head decoded anew; the old head is let go.
+        let before = disk.heads_bytes();
+        disk.store(&key, &version_entry(b"second", "2")).await;
+        written(&c, &key).await;
+        assert!(!disk.holds_head(&key));
+        assert!(
+            disk.heads_bytes() < before,
+            "the old head is let go with its file"
+        );
+        let (body, v) = from_disk(&c, &key).await.expect("a disk hit");
+        assert_eq!((&body[..], &v[..]), (&b"second"[..], "2"));
+        assert!(disk.holds_head(&key));
+        // Purged: gone from disk, its head with it; filled again, the new answer is read.
+        assert_eq!(c.purge(0, "/1/2/3.png", false).await, 1);
+        assert_eq!(disk.heads_bytes(), 0);
+        assert!(from_disk(&c, &key).await.is_none());
+        fill_version(&c, &key, b"third", "3").await;
+        written(&c, &key).await;
+        let (body, v) = from_disk(&c, &key).await.expect("a disk hit");
+        assert_eq!((&body[..], &v[..]), (&b"third"[..], "3"));
+    }
+
+    #[tokio::test]
+    async fn a_damaged_file_is_refused_though_its_head_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path());
+        settled(&c, 0).await;
+        let disk = c.disk().unwrap().clone();
+        let key = CacheKey::primary(0, "https://tiles.example/d.png".parse().unwrap());
+        let body: &'static [u8] = &[7u8; 4096];
+        fill_version(&c, &key, body, "1").await;
+        written(&c, &key).await;
+        assert!(from_disk(&c, &key).await.is_some());
+        assert!(disk.holds_head(&key));
+        let file = walk(dir.path())
+            .into_iter()
+            .find(|p| !p.starts_with(dir.path().join("tmp")))
+            .unwrap();
+        // One byte of the body flipped; the head, its length and its name as they were.
+        let mut bytes = std::fs::read(&file).unwrap();
+        let n = bytes.len();
+        bytes[n - 100] ^= 1;
+        std::fs::write(&file, &bytes).unwrap();
+        assert!(
+            from_disk(&c, &key).await.is_none(),
+            "a damaged file answered"
+        );
+        assert!(!file.exists(), "removed as corrupt");
+        assert_eq!(disk.heads_bytes(), 0, "its head let go");
+    }
+
+    #[tokio::test]
+    async fn only_a_fresh_copy_that_varies_on_nothing_answers_before_the_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path());
+        settled(&c, 0).await;
+        let key = CacheKey::primary(0, "https://tiles.example/f.png".parse().unwrap());
+        assert!(c.fresh_or_disk(&key).await.is_none(), "nothing anywhere");
+        fill_version(&c, &key, b"tile", "1").await;
+        assert!(matches!(c.fresh_or_disk(&key).await, Some((_, false))));
+        written(&c, &key).await;
+        c.store.invalidate(&key).await;
+        let (e, from_disk) = c.fresh_or_disk(&key).await.expect("a disk hit");
+        assert!(from_disk);
+        assert_eq!(&e.body[..], b"tile");
+        // A hit-for-miss marker in memory: the lookup decides, not the copy on disk.
+        c.store.invalidate(&key).await;
+        let keep = Duration::from_secs(60);
+        c.store.insert(key.clone(), Slot::Pass { keep }).await;
+        assert!(c.fresh_or_disk(&key).await.is_none());
+        c.store.invalidate(&key).await;
+
+        // Stale on disk (kept for stale-if-error): left to the lookup.
+        let stale = CacheKey::primary(0, "https://tiles.example/s.png".parse().unwrap());
+        let Lookup::Lead { guard, .. } = c.lookup(&stale, &HeaderMap::new()).await else {
+            panic!("expected a miss")
+        };
+        let lifetimes = Lifetimes {
+            stale_if_error: keep,
+            ..Lifetimes::default()
+        };
+        let e = Entry::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from_static(b"stale"),
+            Rendition::AsSent,
+            lifetimes,
+            vec![],
+            Duration::ZERO,
+            true,
+        );
+        guard.finish(Fill::Stored(Arc::new(e)), &[]).await;
+        written(&c, &stale).await;
+        c.store.invalidate(&stale).await;
+        assert!(c.fresh_or_disk(&stale).await.is_none());
+
+        // Varied: its primary key holds a Vary list, on disk as in memory.
+        let varied = CacheKey::primary(0, "https://tiles.example/v.png".parse().unwrap());
+        let names = [header::ACCEPT_ENCODING];
+        let mut br = HeaderMap::new();
+        br.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("br"));
+        let Lookup::Lead { guard, .. } = c.lookup(&varied, &br).await else {
+            panic!("expected a miss")
+        };
+        let e = Entry::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from_static(b"br bytes"),
+            Rendition::AsSent,
+            Lifetimes {
+                fresh_for: keep,
+                ..Lifetimes::default()
+            },
+            vary_values(&names, &br),
+            Duration::ZERO,
+            true,
+        );
+        guard.finish(Fill::Stored(Arc::new(e)), &names).await;
+        let disk = c.disk().unwrap().clone();
+        let left = tokio::task::spawn_blocking(move || disk.flush(Duration::from_secs(10)));
+        assert_eq!(left.await.unwrap(), 0);
+        assert!(c.fresh_or_disk(&varied).await.is_none(), "in memory");
+        c.store.invalidate_all();
+        assert!(c.fresh_or_disk(&varied).await.is_none(), "on disk");
+        assert!(matches!(
+            c.lookup(&varied, &br).await,
+            Lookup::FreshFromDisk(_)
+        ));
     }
 
     /// Every file under `dir`.

@@ -403,7 +403,7 @@ pub(super) async fn refreshed(
     // The upstream's view of the stored response, for the cache's decision alone: its own
     // ETag, and every header of the 304 (the stored Cache-Control may be tamis's own browser
     // lifetime; the 304 brings the real one).
-    let mut merged = stale.headers.clone();
+    let mut merged = (*stale.headers).clone();
     match &stale.upstream_etag {
         Some(etag) => merged.insert(header::ETAG, etag.clone()),
         None => merged.remove(header::ETAG),

@@ -6,7 +6,7 @@
 //! | 1 | request_filter: CONNECT, absolute-form, target length, own pages, the route | `crate::egress::request_filter` |
 //! | 2 | rate_limit (live only) | `rate_limit` here |
 //! | 3 | route_filter: a mirror's path (400) before its method (405); a tracking endpoint (404) before its method (405) | `crate::egress::route_filter` |
-//! | 4 | cache_hit: a fresh entry that varies on nothing (for a mirror whose URL is base + path, looked up by the key's parts ahead of 3: what 3 refuses was never stored) | `serve` and `serve_route` here, [`crate::cache::Cache::fresh_at`] |
+//! | 4 | cache_hit: a fresh entry that varies on nothing (for a mirror whose URL is base + path, looked up by the key's parts ahead of 3: what 3 refuses was never stored; for any other, in memory or else on disk) | `serve` and `serve_route` here, [`crate::cache::Cache::fresh_at`], [`crate::cache::Cache::fresh_or_disk`] |
 //! | 5 | upstream_request_filter: what the route sends | `crate::egress::route_request`, `crate::egress::prepare_analytics` |
 //! | 6 | cache_lookup: fresh, stale-while-revalidate, lead or wait | `cached::serve_cached` |
 //! | 7 | send: breaker, permits, retries | `forward::send` |
@@ -260,12 +260,16 @@ fn serve_route<'a>(
         let caching = caches(route, &method);
         // Routes with key parts were looked up in `serve` already.
         let uri = if caching && !route.keyed_by_parts() {
-            // 4. cache_hit: a fresh stored copy that varies on nothing answers at once:
-            //    nothing goes upstream, so there is nothing to scrub or build.
+            // 4. cache_hit: a fresh stored copy that varies on nothing, in memory or on disk,
+            //    answers at once: nothing goes upstream, so there is nothing to scrub or build.
             let key = CacheKey::primary(route.cache_id, uri);
-            if let Some(entry) = state.cache.fresh(&key).await {
-                return cached(&entry, req.headers(), head_only)
-                    .with(CacheResult::Hit, status_of("tamis; hit"));
+            if let Some((entry, from_disk)) = state.cache.fresh_or_disk(&key).await {
+                let (result, status) = if from_disk {
+                    (CacheResult::DiskHit, "tamis; hit; detail=disk")
+                } else {
+                    (CacheResult::Hit, "tamis; hit")
+                };
+                return cached(&entry, req.headers(), head_only).with(result, status_of(status));
             }
             key.uri
         } else {

@@ -96,7 +96,7 @@ pub(super) fn refreshed_head(
     not_modified: &HeaderMap,
 ) -> Result<HeaderMap, Unfit> {
     let fresh = upstream_response_filter(route, requested_path, not_modified.clone())?;
-    let mut base = stored.headers.clone();
+    let mut base = (*stored.headers).clone();
     match &stored.upstream_etag {
         Some(etag) => base.insert(header::ETAG, etag.clone()),
         None => base.remove(header::ETAG),
@@ -149,11 +149,11 @@ pub(super) fn from_store(
         // It has no `Content-Length`: hyper writes the body's, except on a HEAD answer, whose
         // empty body is not the length to announce.
         ClientAnswer::Full if head_only => {
-            let mut h = entry.head.clone();
+            let mut h = (*entry.head).clone();
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             (entry.status, h, Bytes::new())
         }
-        ClientAnswer::Full => (entry.status, entry.head.clone(), entry.body.clone()),
+        ClientAnswer::Full => (entry.status, (*entry.head).clone(), entry.body.clone()),
         ClientAnswer::NotModified => {
             let mut h = HeaderMap::with_capacity(8);
             for name in NOT_MODIFIED_HEADERS {
@@ -164,7 +164,7 @@ pub(super) fn from_store(
             (StatusCode::NOT_MODIFIED, h, Bytes::new())
         }
         ClientAnswer::Partial(range) => {
-            let mut h = entry.headers.clone();
+            let mut h = (*entry.headers).clone();
             let content_range = format!("bytes {}-{}/{len}", range.start, range.end - 1);
             if let Ok(v) = HeaderValue::from_str(&content_range) {
                 h.insert(header::CONTENT_RANGE, v);

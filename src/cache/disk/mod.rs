@@ -5,6 +5,7 @@
 
 pub mod record;
 
+mod heads;
 mod loader;
 mod tier;
 

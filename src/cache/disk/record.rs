@@ -352,7 +352,26 @@ fn decode_in(
     shared: Option<&Bytes>,
     expect: Option<&CacheKey>,
 ) -> Result<(Record, std::ops::Range<usize>), RecordError> {
-    let (record, lengths) = decode_head_in(bytes, shared, expect)?;
+    let (record, _) = decode_head_in(bytes, shared, expect)?;
+    Ok((record, check(bytes)?))
+}
+
+/// The head read for `key` on a hit, from `head` (a file's first `PREFIX_LEN + head` bytes,
+/// checked with [`check`]): its key compared, not parsed (another is [`RecordError::Key`]),
+/// and its header values slices of `head`, not copies.
+pub fn decode_head_for(head: &Bytes, key: &CacheKey) -> Result<Record, RecordError> {
+    let (record, lengths) = decode_head_in(head, Some(head), Some(key))?;
+    if head.len() != PREFIX_LEN + lengths.head as usize {
+        return Err(RecordError::Length("not a head"));
+    }
+    Ok(record)
+}
+
+/// Checks a whole file without decoding its head: its prefix, its length (nothing missing and
+/// nothing after) and its checksum. Returns the body's range in `bytes` (the head is all
+/// before it).
+pub fn check(bytes: &[u8]) -> Result<std::ops::Range<usize>, RecordError> {
+    let lengths = decode_prefix(bytes)?;
     let want = lengths.file();
     let have = bytes.len() as u64;
     if have < want {
@@ -367,7 +386,7 @@ fn decode_in(
     if sum[..] != bytes[body_end..] {
         return Err(RecordError::Checksum);
     }
-    Ok((record, body_start..body_end))
+    Ok(body_start..body_end)
 }
 
 /// Whether `uri` is written as `bytes` (as [`encode_head`] writes it), compared piece by piece.

@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 
 use super::super::entry::{Entry, Rendition};
 use super::super::key::CacheKey;
+use super::heads::{Head, Heads, HEADS_BYTES};
 use super::record::{self, Kept, Object, Record, RecordError};
 
 /// Where the disk tier is and how large it may grow.
@@ -192,6 +193,8 @@ pub struct DiskTier {
     /// The route parts (`cache_id`s) that use the tier, once the running state says so: what
     /// the loader finds of any other route (changed or dropped while tamis was down) goes.
     live: Mutex<Option<Arc<[u64]>>>,
+    /// The decoded heads of objects read lately, each let go when its file leaves the index.
+    pub(super) heads: Arc<Heads>,
 }
 
 impl DiskTier {
@@ -215,11 +218,13 @@ impl DiskTier {
         let objects = Arc::new(AtomicU64::new(0));
         let max_record = settings.max_object_bytes.saturating_add(64 << 10);
         let headroom = (max_record * WRITERS as u64).min(settings.max_bytes / 8);
+        let heads = Arc::new(Heads::new(HEADS_BYTES));
         let index = {
             let dir = dir.clone();
             let used = used.clone();
             let objects = objects.clone();
             let evicted = hooks.evicted.clone();
+            let heads = heads.clone();
             Moka::builder()
                 .max_capacity(settings.max_bytes - headroom)
                 .weigher(|_: &CacheKey, v: &Arc<Indexed>| {
@@ -243,6 +248,7 @@ impl DiskTier {
                     if v.vary.is_some() {
                         return;
                     }
+                    heads.forget(&v.digest, v.generation);
                     objects.fetch_sub(1, Ordering::Relaxed);
                     if v.corrupt.load(Ordering::Relaxed) {
                         evicted("corrupt");
@@ -287,6 +293,7 @@ impl DiskTier {
             hooks,
             write_state: Mutex::new(None),
             live: Mutex::new(None),
+            heads,
         });
         let rx = Arc::new(Mutex::new(rx));
         for n in 0..WRITERS {
@@ -345,7 +352,7 @@ impl DiskTier {
             keep: entry.keep_in_all(),
             kept: Kept::Object(Box::new(Object {
                 status: entry.status,
-                headers: entry.headers.clone(),
+                headers: (*entry.headers).clone(),
                 stylesheet: entry.rendition == Rendition::Stylesheet,
                 own_head: entry.own_head(),
                 upstream_etag: entry.upstream_etag.clone(),
@@ -519,39 +526,52 @@ impl DiskTier {
     /// [`read`](Self::read), of the object [`held`](Self::held) found for `key`.
     pub async fn read_held(&self, key: &CacheKey, held: HeldObject) -> Option<Read> {
         let slot = held.0;
-        let path = slot.path(&self.dir);
         let len = slot.bytes;
         // A small file is read in place, as nginx's workers read theirs: handing each tile to
         // the blocking pool cost two thread switches per hit (2.8 x nginx's CPU per disk hit,
         // benches/RESULTS.md); a large one still goes to the pool so a worker never blocks long.
         let read = if len <= INLINE_READ {
-            read_file(&path, len)
+            // Its path spelled on the stack: no allocation for it.
+            let mut room = [0u8; PATH_ROOM];
+            match digest_path_in(&mut room, &self.dir, &slot.digest, slot.generation) {
+                Some(path) => read_file(path, len),
+                None => read_file(&slot.path(&self.dir), len),
+            }
         } else {
+            let path = slot.path(&self.dir);
             match tokio::task::spawn_blocking(move || read_file(&path, len)).await {
                 Ok(r) => r,
                 Err(_) => return None,
             }
         };
         let bytes = match read {
-            Ok(b) => Bytes::from(b),
+            Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "a disk cache file could not be read; removed from the index");
                 self.drop_bad(key, &slot);
                 return None;
             }
         };
-        match record::decode_for(&bytes, key) {
-            Ok((rec, body)) => match rec.kept {
-                Kept::Object(o) => {
-                    let now = self.read_bytes.fetch_add(len, Ordering::Relaxed);
-                    let last = slot.last_read.swap(now, Ordering::Relaxed);
-                    Some(Read {
-                        entry: Arc::new(restore(*o, bytes.slice(body), rec.stored)),
-                        reuse: now.saturating_sub(last),
-                    })
-                }
-                Kept::Vary(_) => None,
-            },
+        // Verified whole on every read, whether its head is decoded or held already.
+        let decoded = record::check(&bytes).and_then(|body| {
+            let raw = &bytes[..body.start];
+            match self.heads.get(&slot.digest, slot.generation, raw) {
+                Some(head) => Ok(Some((head, body))),
+                None => self
+                    .decode_head(key, &slot, raw)
+                    .map(|h| h.map(|h| (h, body))),
+            }
+        });
+        match decoded {
+            Ok(Some((head, body))) => {
+                let now = self.read_bytes.fetch_add(len, Ordering::Relaxed);
+                let last = slot.last_read.swap(now, Ordering::Relaxed);
+                Some(Read {
+                    entry: Arc::new(head.entry(Bytes::from(bytes).slice(body))),
+                    reuse: now.saturating_sub(last),
+                })
+            }
+            Ok(None) => None,
             Err(RecordError::Key) => {
                 tracing::warn!("a disk cache file holds another key; removed");
                 self.drop_bad(key, &slot);
@@ -563,6 +583,47 @@ impl DiskTier {
                 None
             }
         }
+    }
+
+    /// Decodes the head `raw` of `slot`'s file (checked whole) read for `key`, and holds it
+    /// for the next read (`None`: a Vary list, which no read asks for).
+    fn decode_head(
+        &self,
+        key: &CacheKey,
+        slot: &Indexed,
+        raw: &[u8],
+    ) -> Result<Option<Arc<Head>>, RecordError> {
+        // A copy of the head alone: the held values are slices of it, so holding them pins a
+        // few hundred bytes, not the file's buffer.
+        let raw = Bytes::copy_from_slice(raw);
+        let rec = record::decode_head_for(&raw, key)?;
+        let Kept::Object(o) = rec.kept else {
+            return Ok(None);
+        };
+        let entry = restore(*o, Bytes::new(), rec.stored);
+        let head = Arc::new(Head::new(
+            slot.digest,
+            slot.generation,
+            raw,
+            rec.stored,
+            entry,
+        ));
+        self.heads.put(head.clone());
+        Ok(Some(head))
+    }
+
+    /// Whether the head of the file indexed for `key` is held (tests).
+    #[cfg(test)]
+    pub(crate) fn holds_head(&self, key: &CacheKey) -> bool {
+        self.index
+            .get(key)
+            .is_some_and(|s| self.heads.holds(&s.digest, s.generation))
+    }
+
+    /// Weight of the heads held (tests).
+    #[cfg(test)]
+    pub(crate) fn heads_bytes(&self) -> u64 {
+        self.heads.bytes()
     }
 
     fn drop_bad(&self, key: &CacheKey, slot: &Arc<Indexed>) {
@@ -924,6 +985,43 @@ pub(super) fn digest_path(dir: &Path, digest: &KeyDigest, generation: u64) -> Pa
     path
 }
 
+/// Room for a file's path on the stack: a `disk_dir` of up to 200 bytes, then the 55 of
+/// `/a/bc/<32 hex digits>.<16 hex digits>`.
+const PATH_ROOM: usize = 256;
+
+/// [`digest_path`] spelled in `room`, so that a read opens its file without allocating (std
+/// makes the C string on the stack too); `None` when `dir` is too long for it, or empty.
+fn digest_path_in<'r>(
+    room: &'r mut [u8; PATH_ROOM],
+    dir: &Path,
+    digest: &KeyDigest,
+    generation: u64,
+) -> Option<&'r Path> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = dir.as_os_str().as_bytes();
+    if dir.is_empty() {
+        return None;
+    }
+    // As `PathBuf::push` joins: one separator, none added after one already there.
+    let dir = dir.strip_suffix(b"/").unwrap_or(dir);
+    let mut hex = [0u8; 32];
+    for (i, b) in digest.iter().enumerate() {
+        hex[2 * i] = HEX[usize::from(b >> 4)];
+        hex[2 * i + 1] = HEX[usize::from(b & 15)];
+    }
+    let mut gen = [0u8; 16];
+    for (i, g) in gen.iter_mut().enumerate() {
+        *g = HEX[(generation >> ((15 - i) * 4)) as usize & 15];
+    }
+    let parts: [&[u8]; 8] = [dir, b"/", &hex[..1], b"/", &hex[1..3], b"/", &hex, b"."];
+    let mut at = 0;
+    for part in parts.into_iter().chain([&gen[..]]) {
+        room.get_mut(at..at + part.len())?.copy_from_slice(part);
+        at += part.len();
+    }
+    Some(Path::new(std::ffi::OsStr::from_bytes(&room[..at])))
+}
+
 /// The directory the files of the key named `name` go in.
 pub(super) fn leaf_dir(dir: &Path, name: &str) -> PathBuf {
     dir.join(&name[..1]).join(&name[1..3])
@@ -1014,6 +1112,29 @@ mod tests {
             let dir = Path::new("/c");
             assert_eq!(slot.path(dir), file_path(dir, &k, slot.generation));
         }
+    }
+
+    #[test]
+    fn a_path_spelled_on_the_stack_is_the_path_of_the_file() {
+        for dir in ["/c", "/c/", "/", "/c//", "rel/dir", "/var/cache/tamis"] {
+            for k in sample_keys() {
+                let digest = key_digest(&k);
+                for g in [0, 1, 0x0123_4567_89ab_cdef, u64::MAX] {
+                    let mut room = [0u8; PATH_ROOM];
+                    let on_stack = digest_path_in(&mut room, Path::new(dir), &digest, g);
+                    // The very bytes, not only an equal path (which ignores doubled slashes).
+                    let built = digest_path(Path::new(dir), &digest, g);
+                    assert_eq!(on_stack.map(Path::as_os_str), Some(built.as_os_str()));
+                }
+            }
+        }
+        // Too long for the room, or no directory at all: the caller builds it as before.
+        let long = format!("/{}", "d".repeat(PATH_ROOM - 55));
+        let mut room = [0u8; PATH_ROOM];
+        assert!(digest_path_in(&mut room, Path::new(&long), &[0; 16], 1).is_none());
+        let fits = &long[..long.len() - 1];
+        assert!(digest_path_in(&mut room, Path::new(fits), &[0; 16], 1).is_some());
+        assert!(digest_path_in(&mut room, Path::new(""), &[0; 16], 1).is_none());
     }
 
     #[test]
