@@ -209,8 +209,9 @@ pub(super) fn from_store(
 /// that again on every hit cost 8 % of its instructions, so debug builds (the test suite, the
 /// fuzzers) assert it here instead: a new path that skips the filter fails the tests.
 ///
-/// A `prepared` head (a fresh hit's, see [`Answer::prepared`]) holds both already: the two
-/// inserts, each a hash and a probe of the map, were 2.6 % of a hit's instructions.
+/// A `prepared` head (a whole answer from a stored entry, see [`Answer::prepared`]) has
+/// `nosniff` already and the hit's `Cache-Status`: on a hit neither is inserted again (the
+/// two inserts, each a hash and a probe of the map, were 2.6 % of its instructions).
 pub(super) fn response_filter(
     response: &mut Response<ProxyBody>,
     pass_through: bool,
@@ -263,7 +264,8 @@ pub(super) struct Answer {
     pub(super) cache: Option<CacheResult>,
     pub(super) cache_status: Option<HeaderValue>,
     /// Its head is a stored entry's prepared head, whole, with tamis's own headers on it (see
-    /// [`Entry::head`]): `nosniff` is there already, and `Cache-Status` says `tamis; hit`.
+    /// [`Entry::head`]): `nosniff` is there already, and `Cache-Status` says `tamis; hit`
+    /// (replaced when the answer says otherwise: a disk hit, a stale or revalidated copy).
     pub(super) prepared: bool,
 }
 
@@ -392,7 +394,15 @@ pub(super) fn streamed(
 
 /// Answers from a stored entry (see [`respond::from_store`]).
 pub(super) fn cached(entry: &Entry, client: &HeaderMap, head_only: bool) -> Answer {
-    Answer::of(from_store(entry, client, head_only, Instant::now()))
+    let mut answer = Answer::of(from_store(entry, client, head_only, Instant::now()));
+    answer.prepared = prepared(entry, &answer.response);
+    answer
+}
+
+/// Whether an answer from `entry` is its prepared head, whole (not a 304, a range or a 416),
+/// with tamis's own headers on it (see [`Answer::prepared`]).
+fn prepared(entry: &Entry, response: &Response<ProxyBody>) -> bool {
+    entry.own_head() && response.status() == entry.status
 }
 
 /// The fresh-copy shortcut's answer: `entry` at `now` (when the lookup found it fresh), a
@@ -405,14 +415,12 @@ pub(super) fn hit(
     route: usize,
 ) -> Answer {
     let response = from_store(entry, client, head_only, now);
-    // A whole answer (not a 304 or a range) is the entry's prepared head.
-    let prepared = entry.own_head() && response.status() == entry.status;
     Answer {
+        prepared: prepared(entry, &response),
         response,
         route: Some(route),
         cache: Some(CacheResult::Hit),
         cache_status: Some(HIT),
-        prepared,
     }
 }
 
