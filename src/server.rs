@@ -419,10 +419,9 @@ async fn connection(
         head: limits.header_read_timeout,
     };
     let closing = close::closing(&mut stop, &activity, timeouts);
-    // Once closed for being idle, a connection has the idle timer's tick to finish: nothing
-    // was moving, so only a request racing the GOAWAY (or a head never finished) can still be
-    // under way.
-    let grace = timeouts.tick();
+    // Once closed for being idle, a connection has a while to finish: nothing was moving, so
+    // only a request racing the GOAWAY (or a head never finished) can still be under way.
+    let grace = || timeouts.grace(&activity);
     let result = match tls {
         None => {
             let conn = builder.serve_connection(TokioIo::new(stream), service);

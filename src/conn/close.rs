@@ -46,13 +46,14 @@ pub async fn closing(
 
 /// Drives `conn` to its end. Once `closing` resolves, `close` is called on it once (hyper's
 /// `graceful_shutdown`) and it is driven on: to its end when the server is shutting down (the
-/// server bounds that wait by `server.shutdown_timeout`), at most `grace` more when idle.
+/// server bounds that wait by `server.shutdown_timeout`), at most `grace()` more when idle
+/// (asked then: what the connection is doing at that moment decides it).
 /// `None` when the grace ran out and the connection was dropped.
 pub async fn drive<C: Future>(
     conn: C,
     close: impl FnOnce(Pin<&mut C>),
     closing: impl Future<Output = Why>,
-    grace: Duration,
+    grace: impl FnOnce() -> Duration,
 ) -> Option<C::Output> {
     let mut conn = pin!(conn);
     let mut closing = pin!(OnWake::new(closing));
@@ -64,7 +65,7 @@ pub async fn drive<C: Future>(
     close(conn.as_mut());
     match why {
         Why::Shutdown => Some(conn.await),
-        Why::Idle => tokio::time::timeout(grace, conn).await.ok(),
+        Why::Idle => tokio::time::timeout(grace(), conn).await.ok(),
     }
 }
 
@@ -134,12 +135,12 @@ impl<F: Future> Future for OnWake<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
 
     /// The same idle and head timeouts.
     fn both(t: Duration) -> idle::Timeouts {
         idle::Timeouts { idle: t, head: t }
     }
-    use std::sync::atomic::AtomicUsize;
 
     /// A future counting its polls, ready once `ready` is set (it wakes through a Notify).
     struct Counted<'a> {
@@ -203,7 +204,7 @@ mod tests {
             std::future::pending::<()>(),
             |_| closed.store(true, Ordering::Relaxed),
             closing(&mut stop, &activity, both(Duration::from_secs(4))),
-            Duration::from_secs(1),
+            || Duration::from_secs(1),
         )
         .await;
         assert!(closed.load(Ordering::Relaxed), "asked to close");
@@ -223,7 +224,7 @@ mod tests {
             conn,
             |_| notify.notify_one(),
             closing(&mut stop, &activity, both(Duration::from_secs(3600))),
-            Duration::ZERO,
+            || Duration::ZERO,
         );
         let _ = stop_tx.send(true);
         assert_eq!(driven.await, Some("done"));

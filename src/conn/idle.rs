@@ -71,6 +71,19 @@ impl Timeouts {
         (self.idle.min(self.head) / 4).max(Duration::from_millis(1))
     }
 
+    /// How long a connection closed for being idle has to finish: a request under way (one
+    /// that raced the close) or an HTTP/2 connection's streams get a quarter of the idle
+    /// timeout, as before the head timeout moved here; an HTTP/1.1 connection with none was
+    /// waiting for a head (perhaps a trickled one, which hyper keeps reading after a graceful
+    /// close), and gets one tick.
+    pub fn grace(&self, activity: &Activity) -> Duration {
+        if activity.http2.load(Ordering::Relaxed) || activity.open.load(Ordering::Relaxed) > 0 {
+            self.idle / 4
+        } else {
+            self.tick()
+        }
+    }
+
     /// How long `activity`'s connection may go without a request.
     fn unused(&self, activity: &Activity) -> Duration {
         if activity.http2.load(Ordering::Relaxed) {
@@ -352,5 +365,20 @@ mod tests {
             fired.is_some_and(|t| t >= TIMEOUT && t <= TIMEOUT * 5 / 4),
             "{fired:?}"
         );
+    }
+
+    /// A closed connection's grace: short for an HTTP/1.1 one waiting for a head (a trickled
+    /// head must not hold it for a quarter of the idle timeout), long for a request under way
+    /// or an HTTP/2 connection's streams.
+    #[test]
+    fn the_grace_is_short_only_for_a_connection_waiting_for_a_head() {
+        let a = Arc::new(Activity::default());
+        assert_eq!(SHORT_HEADS.grace(&a), SHORT_HEADS.tick());
+        let open = a.begin();
+        assert_eq!(SHORT_HEADS.grace(&a), TIMEOUT / 4);
+        drop(open);
+        assert_eq!(SHORT_HEADS.grace(&a), SHORT_HEADS.tick());
+        a.http2();
+        assert_eq!(SHORT_HEADS.grace(&a), TIMEOUT / 4);
     }
 }
