@@ -1,7 +1,8 @@
 //! The fresh-copy shortcut (issue 32): a hit is looked up by the cache key's parts, before the
-//! upstream URL is built, and answered from a head prepared when the entry was stored, whose
-//! placeholders (`Age`, `X-Content-Type-Options`, `Cache-Status`) each answer replaces or
-//! removes. Neither may change what the visitor gets.
+//! upstream URL is built, and answered from a head prepared when the entry was stored: `Age`
+//! is replaced by each answer, `X-Content-Type-Options` is final, and `Cache-Status` holds the
+//! hit's value, which the response step leaves on a hit and replaces or removes otherwise.
+//! Neither may change what the visitor gets.
 
 mod common;
 
