@@ -274,12 +274,7 @@ impl Cache {
 
     /// The disk half of [`fresh_or_disk`](Self::fresh_or_disk).
     async fn fresh_on_disk(&self, primary: &CacheKey) -> Option<Arc<Entry>> {
-        let disk = self.disk_for(primary.route)?;
-        let read = match disk.held(primary)? {
-            disk::Held::Object(o) => disk.read_held(primary, o).await?,
-            disk::Held::Queued(entry) => disk::Read { entry, reuse: 0 },
-            disk::Held::Vary(..) => return None,
-        };
+        let read = self.disk_for(primary.route)?.read(primary).await?;
         let e = &read.entry;
         if !e.vary.is_empty() || e.staleness(Instant::now()) != Staleness::Fresh {
             return None;
