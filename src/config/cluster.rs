@@ -5,25 +5,13 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
 use toml::Spanned;
 
 use super::model::RouteConfig;
+use super::raw::RawCluster;
 use super::validate::Validator;
 use crate::secret::Secret;
 use crate::store::{PersistencePolicy, StoreConfig};
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawCluster {
-    pub(super) peers: Option<Vec<Spanned<String>>>,
-    pub(super) store: Option<Spanned<String>>,
-    pub(super) store_password_file: Option<Spanned<String>>,
-    pub(super) store_ca_file: Option<Spanned<String>>,
-    pub(super) store_timeout: Option<Spanned<String>>,
-    pub(super) store_persistence: Option<Spanned<PersistencePolicy>>,
-    pub(super) store_prefix: Option<Spanned<String>>,
-}
 
 /// `[cluster]`, checked.
 #[derive(Clone, Debug, Default)]

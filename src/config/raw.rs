@@ -9,6 +9,7 @@ use toml::Spanned;
 use super::model::{ClientIpLog, LogFormat, RouteKind};
 use super::size::RawSize;
 use crate::policy::Jurisdiction;
+use crate::store::PersistencePolicy;
 
 // The schema as written in TOML. `deny_unknown_fields` everywhere: a typo is an error, never a
 // silently ignored setting.
@@ -30,7 +31,7 @@ pub(super) struct RawConfig {
     pub(super) limits: RawLimits,
     #[serde(default)]
     pub(super) geo: RawGeo,
-    pub(super) cluster: Option<super::cluster::RawCluster>,
+    pub(super) cluster: Option<RawCluster>,
     #[serde(default)]
     pub(super) route: Vec<RawRoute>,
 }
@@ -158,6 +159,19 @@ pub(super) struct RawRoute {
     pub(super) token_file: Option<Spanned<String>>,
     pub(super) rate_limit: Option<Spanned<String>>,
     pub(super) rate_burst: Option<Spanned<u32>>,
+}
+
+/// `[cluster]` as written.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub(super) peers: Option<Vec<Spanned<String>>>,
+    pub(super) store: Option<Spanned<String>>,
+    pub(super) store_password_file: Option<Spanned<String>>,
+    pub(super) store_ca_file: Option<Spanned<String>>,
+    pub(super) store_timeout: Option<Spanned<String>>,
+    pub(super) store_persistence: Option<Spanned<PersistencePolicy>>,
+    pub(super) store_prefix: Option<Spanned<String>>,
 }
 
 /// User-Agent sent to upstreams when the config names none.

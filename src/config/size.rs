@@ -1,16 +1,13 @@
 //! Sizes in bytes as the config writes them: a plain integer (`268435456`) or a number with a
 //! unit (`"256 MiB"`, `"20 GiB"`, `"64 kB"`), as durations are written `"5s"`.
 //!
-//! Any key holding a size takes `Option<Spanned<RawSize>>` in `raw.rs` and is read with
-//! [`Validator::size`] (or [`Validator::size_usize`]), which reports a bad value with its key
-//! and line.
+//! Any key holding a size takes `Option<Spanned<RawSize>>` in `raw.rs` and is read with the
+//! validator's `size` (or `size_usize`), which reports a bad value with its key and line; this
+//! module only reads, so the schema below it and the validator above it both use it.
 
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, Visitor};
-use toml::Spanned;
-
-use super::validate::Validator;
 
 /// A size as written: an integer of bytes, or a text with a unit, parsed by the validator.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,54 +74,6 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     };
     parse_size::parse_size(format!("{number} {unit}").trim_end())
         .map_err(|e| format!("{text:?} is not a size ({e})"))
-}
-
-impl Validator<'_> {
-    /// A size key: `default` when absent; a problem naming `key` when it does not parse.
-    pub(super) fn size(
-        &mut self,
-        value: Option<&Spanned<RawSize>>,
-        key: &str,
-        default: u64,
-    ) -> u64 {
-        let Some(value) = value else { return default };
-        match value.get_ref() {
-            RawSize::Bytes(n) => *n,
-            RawSize::Text(t) => match parse_size(t) {
-                Ok(n) => n,
-                Err(msg) => {
-                    self.problem(Some(value.span()), key, msg);
-                    default
-                }
-            },
-        }
-    }
-
-    /// A size key held in a `usize` (a count of bytes in memory), with its span for the
-    /// caller's bounds; `None` when absent or unreadable (the problem is recorded).
-    pub(super) fn size_usize(
-        &mut self,
-        value: Option<&Spanned<RawSize>>,
-        key: &str,
-    ) -> Option<Spanned<usize>> {
-        let v = value?;
-        let before = self.problems.len();
-        let n = self.size(Some(v), key, 0);
-        if self.problems.len() > before {
-            return None;
-        }
-        match usize::try_from(n) {
-            Ok(n) => Some(Spanned::new(v.span(), n)),
-            Err(_) => {
-                self.problem(
-                    Some(v.span()),
-                    key,
-                    format!("{n} bytes is more than this machine can address"),
-                );
-                None
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use super::raw::{
     DEFAULT_MAX_DISK_BYTES, DEFAULT_MAX_OBJECT_BYTES, DEFAULT_NEGATIVE_TTL,
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TIMEOUT, DEFAULT_USER_AGENT,
 };
+use super::size::{parse_size, RawSize};
 use crate::config::tls;
 use crate::secret::Secret;
 
@@ -633,5 +634,54 @@ impl Validator<'_> {
         });
         self.has_geo = raw.database.is_some();
         geo
+    }
+}
+
+/// Size keys (`"256 MiB"` or a plain integer of bytes), read with `size::parse_size`.
+impl Validator<'_> {
+    /// A size key: `default` when absent; a problem naming `key` when it does not parse.
+    pub(super) fn size(
+        &mut self,
+        value: Option<&Spanned<RawSize>>,
+        key: &str,
+        default: u64,
+    ) -> u64 {
+        let Some(value) = value else { return default };
+        match value.get_ref() {
+            RawSize::Bytes(n) => *n,
+            RawSize::Text(t) => match parse_size(t) {
+                Ok(n) => n,
+                Err(msg) => {
+                    self.problem(Some(value.span()), key, msg);
+                    default
+                }
+            },
+        }
+    }
+
+    /// A size key held in a `usize` (a count of bytes in memory), with its span for the
+    /// caller's bounds; `None` when absent or unreadable (the problem is recorded).
+    pub(super) fn size_usize(
+        &mut self,
+        value: Option<&Spanned<RawSize>>,
+        key: &str,
+    ) -> Option<Spanned<usize>> {
+        let v = value?;
+        let before = self.problems.len();
+        let n = self.size(Some(v), key, 0);
+        if self.problems.len() > before {
+            return None;
+        }
+        match usize::try_from(n) {
+            Ok(n) => Some(Spanned::new(v.span(), n)),
+            Err(_) => {
+                self.problem(
+                    Some(v.span()),
+                    key,
+                    format!("{n} bytes is more than this machine can address"),
+                );
+                None
+            }
+        }
     }
 }
