@@ -13,6 +13,8 @@
 #   TAMIS_BIN=/tmp/old/tamis bash benches/instructions.sh   # another build, same load
 #   CALLGRIND_DIR=/tmp/cg bash benches/instructions.sh      # keep the profiles, for
 #                                                           # callgrind_annotate
+#   CASES="forward hit" bash benches/instructions.sh         # only these rows (of hit,
+#                                                           # forward, plausible, disk)
 #
 # Each server runs under callgrind pinned to core 0, so with one worker thread (tamis starts
 # one per core it may run on); wrk sends 10 connections' worth of
@@ -27,6 +29,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-8}
+CASES=${CASES:-hit forward plausible disk}
 DISK_TILES=${DISK_TILES:-2000}
 [ -n "${SMOKE:-}" ] && DURATION=1 && DISK_TILES=300
 PORT_BASE=${PORT_BASE:-18200}
@@ -185,15 +188,25 @@ print(f"{calls / int(sys.argv[2]):.1f}")
 PY
 }
 
+wanted() { [[ " $CASES " == *" $1 "* ]]; }
 hyper_cmd=("$HYPER_BIN" "127.0.0.1:$HYPER" "http://127.0.0.1:$ORIGIN" /s/tile.png)
-count tamis-hit "$TAMIS" /s/tile.png "" -- "$TAMIS_BIN" --config "$work/tamis.toml"
-count hyper-hit "$HYPER" /s/tile.png "" -- "${hyper_cmd[@]}"
-count tamis-forward "$TAMIS" /post/e "$work/post.lua" -- "$TAMIS_BIN" --config "$work/tamis.toml"
-count hyper-forward "$HYPER" /post/e "$work/post.lua" -- "${hyper_cmd[@]}"
-count tamis-plausible "$TAMIS" /p/api/event "$work/plausible.lua" -- "$TAMIS_BIN" --config "$work/tamis.toml"
-disk_fill
-READY=disk_loaded DONE=disk_share count tamis-disk "$TAMIS_DISK" /d/ "$work/disk.lua" -- \
-  "$TAMIS_BIN" --config "$work/tamis-disk.toml"
+touch "$work/rows"
+if wanted hit; then
+  count tamis-hit "$TAMIS" /s/tile.png "" -- "$TAMIS_BIN" --config "$work/tamis.toml"
+  count hyper-hit "$HYPER" /s/tile.png "" -- "${hyper_cmd[@]}"
+fi
+if wanted forward; then
+  count tamis-forward "$TAMIS" /post/e "$work/post.lua" -- "$TAMIS_BIN" --config "$work/tamis.toml"
+  count hyper-forward "$HYPER" /post/e "$work/post.lua" -- "${hyper_cmd[@]}"
+fi
+if wanted plausible; then
+  count tamis-plausible "$TAMIS" /p/api/event "$work/plausible.lua" -- "$TAMIS_BIN" --config "$work/tamis.toml"
+fi
+if wanted disk; then
+  disk_fill
+  READY=disk_loaded DONE=disk_share count tamis-disk "$TAMIS_DISK" /d/ "$work/disk.lua" -- \
+    "$TAMIS_BIN" --config "$work/tamis-disk.toml"
+fi
 
 rev=${TAMIS_REV:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 echo "tamis $rev ($TAMIS_BIN), $(date -u +%Y-%m-%d), ${DURATION}s of wrk -c10 per row"
@@ -203,10 +216,15 @@ rows = {n: (int(r), int(i), a) for n, r, i, a in (l.split() for l in open(sys.ar
 print("| case | tamis instructions/req | hyper alone | tamis/hyper | allocations/req (tamis, hyper) | requests counted (tamis, hyper) |")
 print("| --- | ---: | ---: | ---: | ---: | ---: |")
 for case, label in (("hit", "cached 20 KB hit"), ("forward", "uncached 1 KB POST forward")):
+    if f"tamis-{case}" not in rows:
+        continue
     t, h = rows[f"tamis-{case}"], rows[f"hyper-{case}"]
     print(f"| {label} | {t[1]:,} | {h[1]:,} | {t[1] / h[1]:.2f} | {t[2]}, {h[2]} | {t[0]:,}, {h[0]:,} |")
-p = rows["tamis-plausible"]
-print(f"| 1 KB Plausible event through its scrubber | {p[1]:,} | | | {p[2]} | {p[0]:,} |")
+if "tamis-plausible" in rows:
+    p = rows["tamis-plausible"]
+    print(f"| 1 KB Plausible event through its scrubber | {p[1]:,} | | | {p[2]} | {p[0]:,} |")
+if "tamis-disk" not in rows:
+    sys.exit()
 d = rows["tamis-disk"]
 disk, memory = (int(x) for x in open(sys.argv[2]).read().split())
 share = 100 * disk / max(disk + memory, 1)
