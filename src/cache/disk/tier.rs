@@ -541,13 +541,15 @@ impl DiskTier {
         let len = slot.bytes;
         // The head read last time, and the file it keeps open if it does: read in place.
         let kept = self.heads.find(&slot.digest, slot.generation);
-        let read = match kept.as_ref().and_then(|h| h.file()) {
-            Some(file) => read_open(file, len).map(|b| (b, None)),
+        let file = kept.as_ref().map(|h| self.heads.open_file(h)).transpose();
+        let read = match file.map(Option::flatten) {
+            Err(e) => Err(e),
+            Ok(Some(file)) => pread_whole(file, len).map(|b| (b, None)),
             // A small file is read in place, as nginx's workers read theirs: handing each tile
             // to the blocking pool cost two thread switches per hit (2.8 x nginx's CPU per disk
             // hit, benches/RESULTS.md); a large one still goes to the pool so a worker never
             // blocks long.
-            None if len <= INLINE_READ => {
+            Ok(None) if len <= INLINE_READ => {
                 // Its path spelled on the stack: no allocation for it.
                 let mut room = [0u8; PATH_ROOM];
                 match digest_path_in(&mut room, &self.dir, &slot.digest, slot.generation) {
@@ -556,7 +558,7 @@ impl DiskTier {
                 }
                 .map(|(b, f)| (b, Some(f)))
             }
-            None => {
+            Ok(None) => {
                 let path = slot.path(&self.dir);
                 match tokio::task::spawn_blocking(move || open_read(&path, len)).await {
                     Ok(r) => r.map(|(b, f)| (b, Some(f))),
@@ -907,16 +909,6 @@ pub fn write_error_class(e: &io::Error) -> &'static str {
 fn open_read(path: &Path, len: u64) -> io::Result<(Vec<u8>, fs::File)> {
     let file = fs::File::open(path)?;
     Ok((pread_whole(&file, len)?, file))
-}
-
-/// The file of a kept head, read again. A file unlinked (removed by hand, or replaced by a
-/// rename) reads as vanished, as it would by its path: the open file would still read the
-/// bytes of the one removed.
-fn read_open(file: &fs::File, len: u64) -> io::Result<Vec<u8>> {
-    if rustix::fs::fstat(file)?.st_nlink == 0 {
-        return Err(io::ErrorKind::NotFound.into());
-    }
-    pread_whole(file, len)
 }
 
 /// The first `len` bytes of `file` (fewer if it is shorter, which decoding refuses; a longer
