@@ -539,10 +539,14 @@ impl DiskTier {
     pub async fn read_held(&self, key: &CacheKey, held: HeldObject) -> Option<Read> {
         let slot = held.0;
         let len = slot.bytes;
-        // The head read last time, and the file it keeps open if it does: read in place.
+        // The head read last time, and the file it keeps open if it does: read in place. Only
+        // small files are kept open, as only they are read on the worker.
         let kept = self.heads.find(&slot.digest, slot.generation);
-        let file = kept.as_ref().map(|h| self.heads.open_file(h)).transpose();
-        let read = match file.map(Option::flatten) {
+        let file = match &kept {
+            Some(h) if len <= INLINE_READ => self.heads.open_file(h),
+            _ => Ok(None),
+        };
+        let read = match file {
             Err(e) => Err(e),
             Ok(Some(file)) => pread_whole(file, len).map(|b| (b, None)),
             // A small file is read in place, as nginx's workers read theirs: handing each tile
@@ -561,7 +565,8 @@ impl DiskTier {
             Ok(None) => {
                 let path = slot.path(&self.dir);
                 match tokio::task::spawn_blocking(move || open_read(&path, len)).await {
-                    Ok(r) => r.map(|(b, f)| (b, Some(f))),
+                    // Closed at once: a large file is read off the worker, by its path, each time.
+                    Ok(r) => r.map(|(b, _)| (b, None)),
                     Err(_) => return None,
                 }
             }
