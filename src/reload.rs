@@ -236,7 +236,7 @@ fn fixed_settings(old: &Config, new: &Config) -> Result<(), ReloadError> {
         note("cache.max_object_bytes");
     }
     if old.cache.disk != new.cache.disk {
-        note("cache.disk_dir/max_disk_bytes");
+        note("cache.disk_dir/max_disk_bytes/disk_open_files");
     }
     if old.log.format != new.log.format {
         note("log.format");

@@ -77,6 +77,7 @@ impl State {
                 max_bytes: d.max_bytes,
                 max_object_bytes: config.cache.max_object_bytes,
                 queue_bytes: None,
+                open_files: d.open_files,
             };
             match crate::cache::disk::DiskTier::open(&settings, metrics.disk_hooks()) {
                 Ok(tier) => Some(tier),

@@ -816,6 +816,7 @@ mod disk_tests {
             max_bytes: 1 << 20,
             max_object_bytes: 1 << 16,
             queue_bytes: None,
+            open_files: 64,
         };
         DiskTier::open(&settings, hooks).unwrap()
     }
@@ -1047,6 +1048,7 @@ mod disk_tests {
             max_object_bytes: 1 << 16,
             // One 8-byte body at a time.
             queue_bytes: Some(8),
+            open_files: 64,
         };
         let c = Cache::new(1 << 20, 1 << 16, Arc::new(|_| {}))
             .with_disk(Some(DiskTier::open(&settings, hooks).unwrap()));
@@ -1255,6 +1257,8 @@ mod disk_tests {
         let mut bytes = std::fs::read(&file).unwrap();
         let n = bytes.len();
         bytes[n - 100] ^= 1;
+        assert_eq!(disk.open_files(), 1, "its file kept open");
+        // Written in place (the same file, open here): the open descriptor reads the damage.
         std::fs::write(&file, &bytes).unwrap();
         assert!(
             from_disk(&c, &key).await.is_none(),
@@ -1262,6 +1266,101 @@ mod disk_tests {
         );
         assert!(!file.exists(), "removed as corrupt");
         assert_eq!(disk.heads_bytes(), 0, "its head let go");
+        assert_eq!(disk.open_files(), 0, "its file closed");
+        assert_eq!(open_under(dir.path()), 0);
+    }
+
+    /// Files under `dir` this process has open (removed ones included: those hold their blocks).
+    fn open_under(dir: &std::path::Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|p| p.starts_with(dir))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn a_file_kept_open_closes_when_its_object_leaves_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path());
+        settled(&c, 0).await;
+        let disk = c.disk().unwrap().clone();
+        let key = CacheKey::primary(0, "https://tiles.example/o.png".parse().unwrap());
+        fill_version(&c, &key, b"first", "1").await;
+        written(&c, &key).await;
+        assert_eq!(open_under(dir.path()), 0, "the writer closed it");
+        for _ in 0..3 {
+            let (body, _) = from_disk(&c, &key).await.expect("a disk hit");
+            assert_eq!(&body[..], b"first");
+            assert_eq!(disk.open_files(), 1, "one file, kept open once");
+            assert_eq!(open_under(dir.path()), 1);
+        }
+        // Replaced by a newer version: the old file is removed and closed.
+        disk.store(&key, &version_entry(b"second", "2")).await;
+        written(&c, &key).await;
+        assert_eq!(disk.open_files(), 0);
+        assert_eq!(open_under(dir.path()), 0, "a removed file held open");
+        let (body, _) = from_disk(&c, &key).await.expect("a disk hit");
+        assert_eq!(&body[..], b"second");
+        assert_eq!(open_under(dir.path()), 1);
+        // Purged: removed and closed, so its blocks are free.
+        assert_eq!(c.purge(0, "/o.png", false).await, 1);
+        assert_eq!(disk.open_files(), 0);
+        assert_eq!(open_under(dir.path()), 0, "a purged file held open");
+    }
+
+    #[tokio::test]
+    async fn a_file_removed_or_replaced_by_hand_is_not_read_through_its_open_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path());
+        settled(&c, 0).await;
+        let disk = c.disk().unwrap().clone();
+        let objects = |d: &std::path::Path| -> Vec<std::path::PathBuf> {
+            walk(d)
+                .into_iter()
+                .filter(|p| !p.starts_with(d.join("tmp")))
+                .collect()
+        };
+        // Removed: a miss once the open file is asked again (within `RELINK`, its verified
+        // bytes may still answer), as when the file was not open.
+        let key = CacheKey::primary(0, "https://tiles.example/r.png".parse().unwrap());
+        fill_version(&c, &key, b"kept", "1").await;
+        written(&c, &key).await;
+        assert!(from_disk(&c, &key).await.is_some());
+        assert_eq!(disk.open_files(), 1);
+        let [file] = &objects(dir.path())[..] else {
+            panic!()
+        };
+        std::fs::remove_file(file).unwrap();
+        tokio::time::sleep(disk::RELINK + Duration::from_millis(100)).await;
+        assert!(
+            from_disk(&c, &key).await.is_none(),
+            "a removed file answered"
+        );
+        assert_eq!(disk.open_files(), 0);
+        assert_eq!(open_under(dir.path()), 0);
+        // Replaced under its name by a damaged copy (a rename, a new file): never served, not
+        // even the good bytes the open descriptor still reads.
+        fill_version(&c, &key, b"again", "2").await;
+        written(&c, &key).await;
+        assert!(from_disk(&c, &key).await.is_some());
+        assert_eq!(disk.open_files(), 1);
+        let [file] = &objects(dir.path())[..] else {
+            panic!()
+        };
+        let mut bytes = std::fs::read(file).unwrap();
+        let n = bytes.len();
+        bytes[n - 6] ^= 1;
+        let copy = dir.path().join("copy");
+        std::fs::write(&copy, &bytes).unwrap();
+        std::fs::rename(&copy, file).unwrap();
+        tokio::time::sleep(disk::RELINK + Duration::from_millis(100)).await;
+        assert!(
+            from_disk(&c, &key).await.is_none(),
+            "a replaced file answered"
+        );
+        assert!(!file.exists(), "removed");
+        assert_eq!(open_under(dir.path()), 0);
     }
 
     #[tokio::test]

@@ -432,6 +432,22 @@ upstream = "https://cdn.example/npm/"
     }
 
     #[test]
+    fn disk_open_files_defaults_and_needs_a_disk_dir() {
+        let c = parse(&format!("[cache]\ndisk_dir = \"/d\"\n{MINIMAL}")).unwrap();
+        assert_eq!(c.cache.disk.unwrap().open_files, 4096);
+        let c = parse(&format!(
+            "[cache]\ndisk_dir = \"/d\"\ndisk_open_files = 0\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.cache.disk.unwrap().open_files, 0);
+        let msg = problems(&format!("[cache]\ndisk_open_files = 10\n{MINIMAL}"));
+        assert!(
+            msg.contains("cache.disk_open_files") && msg.contains("disk_dir"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn disk_cache_is_refused_where_answers_are_not_the_same_for_everyone() {
         assert_eq!(parse(MINIMAL).unwrap().routes[0].cache.disk, None);
         let on = parse(&format!("{MINIMAL}disk_cache = true\n")).unwrap();

@@ -208,12 +208,14 @@ pub struct CacheConfig {
     pub disk: Option<DiskConfig>,
 }
 
-/// `cache.disk_dir` and `cache.max_disk_bytes`.
+/// `cache.disk_dir`, `cache.max_disk_bytes` and `cache.disk_open_files`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskConfig {
     pub dir: std::path::PathBuf,
     /// Bound on the bytes of its files (lengths, headers included).
     pub max_bytes: u64,
+    /// Files kept open for the next read of their object, at most (`disk_open_files`).
+    pub open_files: u64,
 }
 
 /// Settings shared by every upstream request.

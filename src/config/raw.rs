@@ -98,6 +98,7 @@ pub(super) struct RawCache {
     pub(super) hit_for_miss: Option<Spanned<String>>,
     pub(super) disk_dir: Option<Spanned<String>>,
     pub(super) max_disk_bytes: Option<Spanned<RawSize>>,
+    pub(super) disk_open_files: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -181,6 +182,9 @@ pub(super) const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 pub(super) const DEFAULT_MAX_OBJECT_BYTES: u64 = 8 * 1024 * 1024;
 /// `cache.max_disk_bytes` when `disk_dir` is set without it.
 pub(super) const DEFAULT_MAX_DISK_BYTES: u64 = 1 << 30;
+/// `cache.disk_open_files`: disk tier files kept open for their next read (nginx's
+/// `open_file_cache max=`); more than the heads kept (~2 500 tiles' worth) is never used.
+pub(super) const DEFAULT_DISK_OPEN_FILES: u32 = 4096;
 /// Idle connections kept per upstream host, like nginx's `keepalive` in an upstream block.
 pub(super) const DEFAULT_KEEPALIVE: usize = 64;
 pub(super) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

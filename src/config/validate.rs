@@ -16,9 +16,9 @@ use super::model::{
 };
 use super::raw::{
     default_workers, RawAdmin, RawCache, RawGeo, RawLimits, RawServer, RawTransparency,
-    RawUpstream, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN, DEFAULT_HEURISTIC_MAX,
-    DEFAULT_HIT_FOR_MISS, DEFAULT_KEEP, DEFAULT_KEEPALIVE, DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_DISK_BYTES, DEFAULT_MAX_OBJECT_BYTES, DEFAULT_NEGATIVE_TTL,
+    RawUpstream, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DISK_OPEN_FILES, DEFAULT_DRAIN,
+    DEFAULT_HEURISTIC_MAX, DEFAULT_HIT_FOR_MISS, DEFAULT_KEEP, DEFAULT_KEEPALIVE,
+    DEFAULT_MAX_BYTES, DEFAULT_MAX_DISK_BYTES, DEFAULT_MAX_OBJECT_BYTES, DEFAULT_NEGATIVE_TTL,
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TIMEOUT, DEFAULT_USER_AGENT,
 };
 use super::size::{parse_size, RawSize};
@@ -473,12 +473,24 @@ impl Validator<'_> {
                     "cache.max_disk_bytes",
                     DEFAULT_MAX_DISK_BYTES,
                 ),
+                open_files: u64::from(
+                    raw.disk_open_files
+                        .as_ref()
+                        .map_or(DEFAULT_DISK_OPEN_FILES, |n| *n.get_ref()),
+                ),
             }
         });
         if let (None, Some(m)) = (&disk, &raw.max_disk_bytes) {
             self.problem(
                 Some(m.span()),
                 "cache.max_disk_bytes",
+                "has no effect without cache.disk_dir",
+            );
+        }
+        if let (None, Some(n)) = (&disk, &raw.disk_open_files) {
+            self.problem(
+                Some(n.span()),
+                "cache.disk_open_files",
                 "has no effect without cache.disk_dir",
             );
         }

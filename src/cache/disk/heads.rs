@@ -11,10 +11,17 @@
 //! one place per hash (as many places) lost 22 % of the heads, two per set in 4 096 sets 8 %,
 //! in 8 192 sets about 2 %. Bounded by bytes ([`HEADS_BYTES`]), weighed as the memory tier
 //! weighs an entry's headers, plus the head's bytes.
+//!
+//! A head also keeps its file open (nginx's `open_file_cache`), at most `max_open` files in
+//! all: a hit on a kept file is then one `pread` (and an `fstat`), not `open`, `read` and
+//! `close`. The file closes when its head goes: with its index entry (whose eviction hook
+//! removes the file, so an unlinked file never holds its blocks past `max_disk_bytes` for
+//! longer than a read in progress), or when a newer head takes its place.
 
+use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
@@ -41,6 +48,29 @@ pub(super) struct Head {
     /// The entry the head decodes to, without a body.
     entry: Entry,
     weight: u64,
+    /// The file, kept open while the head is held (when the bound on open files allowed).
+    file: OnceLock<OpenFile>,
+}
+
+/// A file a head keeps open, counted in [`Heads::open`] until closed.
+struct OpenFile {
+    file: File,
+    open: Arc<AtomicU64>,
+    /// When it was last known to have a name ([`Heads::epoch`] + this many ms).
+    linked_at: AtomicU64,
+}
+
+/// How often a kept file is asked (`fstat`) whether it still has a name: a file removed or
+/// replaced by hand is served from the open file at most this long after (its verified bytes,
+/// the ones tamis wrote), then is a miss as if it had not been open. nginx's
+/// `open_file_cache_valid` is 60 s. Once per hit cost ~0.6 µs of a ~22 µs disk hit (a 20 KB
+/// `pread` ~4.5, `open` + `close` ~1.4, benches/RESULTS.md).
+pub(crate) const RELINK: Duration = Duration::from_secs(1);
+
+impl Drop for OpenFile {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Head {
@@ -60,7 +90,19 @@ impl Head {
             stored,
             entry,
             weight,
+            file: OnceLock::new(),
         }
+    }
+
+    /// Its file, if it keeps it open (tests).
+    #[cfg(test)]
+    pub(super) fn file(&self) -> Option<&File> {
+        self.file.get().map(|f| &f.file)
+    }
+
+    /// Whether the file it was decoded from starts with `raw` (the file read now).
+    pub(super) fn starts(&self, raw: &[u8]) -> bool {
+        self.raw[..] == *raw
     }
 
     /// Whether it is the head of file `digest.generation`.
@@ -87,16 +129,73 @@ pub(super) struct Heads {
     /// Weight of the heads held.
     bytes: AtomicU64,
     max_bytes: u64,
+    /// Files the heads keep open (counted down as each closes, even by a head let go).
+    open: Arc<AtomicU64>,
+    max_open: u64,
+    /// What [`OpenFile::linked_at`] counts from.
+    epoch: Instant,
 }
 
 impl Heads {
-    /// An empty set holding at most `max_bytes`.
-    pub(super) fn new(max_bytes: u64) -> Heads {
+    /// An empty set holding at most `max_bytes` and keeping at most `max_open` files open.
+    pub(super) fn new(max_bytes: u64, max_open: u64) -> Heads {
         Heads {
             sets: (0..SETS).map(|_| Mutex::new([None, None])).collect(),
             bytes: AtomicU64::new(0),
             max_bytes,
+            open: Arc::new(AtomicU64::new(0)),
+            max_open,
+            epoch: Instant::now(),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The file `head` keeps open, if any, once known to still have a name (asked at most
+    /// every [`RELINK`]); a file without one any more is `NotFound`, as by its path.
+    pub(super) fn open_file<'h>(&self, head: &'h Head) -> std::io::Result<Option<&'h File>> {
+        let Some(f) = head.file.get() else {
+            return Ok(None);
+        };
+        let now = self.now_ms();
+        if now.saturating_sub(f.linked_at.load(Ordering::Relaxed)) >= RELINK.as_millis() as u64 {
+            if rustix::fs::fstat(&f.file)?.st_nlink == 0 {
+                return Err(std::io::ErrorKind::NotFound.into());
+            }
+            f.linked_at.store(now, Ordering::Relaxed);
+        }
+        Ok(Some(&f.file))
+    }
+
+    /// Lets `head` keep `file` (the file it was decoded from, opened by the read that found it
+    /// without one) if the bound on open files allows; closed at once otherwise.
+    pub(super) fn keep_open(&self, head: &Head, file: File) {
+        if head.file.get().is_some() {
+            return;
+        }
+        let room = self
+            .open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max_open).then_some(n + 1)
+            })
+            .is_ok();
+        if room {
+            // Counted from here: a head given one meanwhile drops this one, counted out.
+            // Opened by its path just now: it has a name.
+            let _ = head.file.set(OpenFile {
+                file,
+                open: self.open.clone(),
+                linked_at: AtomicU64::new(self.now_ms()),
+            });
+        }
+    }
+
+    /// Files kept open now (tests).
+    #[cfg(test)]
+    pub(super) fn open_files(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
     }
 
     fn set(&self, digest: &KeyDigest, generation: u64) -> MutexGuard<'_, Set> {
@@ -110,15 +209,20 @@ impl Heads {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The head of file `digest.generation` if held and the file starts with `raw`.
-    pub(super) fn get(&self, digest: &KeyDigest, generation: u64, raw: &[u8]) -> Option<Arc<Head>> {
-        let head = self
-            .set(digest, generation)
+    /// The head of file `digest.generation`, if held (whether the file still starts with its
+    /// bytes is [`Head::starts`], asked once the file is read).
+    pub(super) fn find(&self, digest: &KeyDigest, generation: u64) -> Option<Arc<Head>> {
+        self.set(digest, generation)
             .iter()
             .flatten()
             .find(|h| h.is(digest, generation))
-            .cloned()?;
-        (head.raw[..] == *raw).then_some(head)
+            .cloned()
+    }
+
+    /// The head of file `digest.generation` if held and the file starts with `raw` (tests).
+    #[cfg(test)]
+    pub(super) fn get(&self, digest: &KeyDigest, generation: u64, raw: &[u8]) -> Option<Arc<Head>> {
+        self.find(digest, generation).filter(|h| h.starts(raw))
     }
 
     /// Holds `head` first in its set, instead of any head of the same file; the head that was
@@ -210,7 +314,7 @@ mod tests {
 
     #[test]
     fn a_head_answers_only_its_own_file_with_its_own_bytes() {
-        let heads = Heads::new(HEADS_BYTES);
+        let heads = Heads::new(HEADS_BYTES, 16);
         let d = [7u8; 16];
         heads.put(head(d, 1, b"head one", "image/png"));
         let got = heads.get(&d, 1, b"head one").expect("held");
@@ -235,7 +339,7 @@ mod tests {
     #[test]
     fn the_bound_holds_and_a_newer_head_takes_its_place() {
         let one = head([1u8; 16], 1, b"h", "image/png");
-        let heads = Heads::new(one.weight * 2);
+        let heads = Heads::new(one.weight * 2, 16);
         heads.put(one.clone());
         // The same file: replaced, counted once.
         heads.put(head([1u8; 16], 1, b"h", "image/gif"));
@@ -254,7 +358,7 @@ mod tests {
 
     #[test]
     fn a_set_holds_the_two_newest_heads_of_its_files() {
-        let heads = Heads::new(HEADS_BYTES);
+        let heads = Heads::new(HEADS_BYTES, 16);
         let d = [3u8; 16];
         // Three files whose names hash to one set.
         let g = [1, 1 + SETS as u64, 1 + 2 * SETS as u64];
@@ -269,5 +373,36 @@ mod tests {
         heads.forget(&d, g[2]);
         assert!(heads.holds(&d, g[1]) && !heads.holds(&d, g[2]));
         assert_eq!(heads.bytes(), one);
+    }
+
+    #[test]
+    fn files_kept_open_are_bounded_and_close_with_their_heads() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |n: u8| File::create(dir.path().join(n.to_string())).unwrap();
+        let heads = Heads::new(HEADS_BYTES, 2);
+        let mut held: Vec<Arc<Head>> = (1..=3u8)
+            .map(|n| head([n; 16], 1, b"h", "image/png"))
+            .collect();
+        for (h, n) in held.iter().zip(1..) {
+            heads.put(h.clone());
+            heads.keep_open(h, file(n));
+        }
+        assert_eq!(heads.open_files(), 2);
+        assert!(held[0].file().is_some() && held[1].file().is_some());
+        assert!(held[2].file().is_none(), "past the bound: closed at once");
+        // A head with a file keeps the one it has.
+        heads.keep_open(&held[0], file(9));
+        assert_eq!(heads.open_files(), 2);
+        // Forgotten: closed once the read holding it too lets go, and the room is free again.
+        heads.forget(&[1; 16], 1);
+        assert_eq!(heads.open_files(), 2, "still read");
+        held.remove(0);
+        assert_eq!(heads.open_files(), 1);
+        heads.keep_open(&held[1], file(3));
+        assert_eq!(heads.open_files(), 2);
+        drop(held);
+        heads.forget(&[2; 16], 1);
+        heads.forget(&[3; 16], 1);
+        assert_eq!(heads.open_files(), 0);
     }
 }

@@ -104,6 +104,7 @@ fn index_one(t: &DiskTier, f: Found) {
         keep_until,
         corrupt: AtomicBool::new(false),
         last_read: AtomicU64::new(0),
+        gone: AtomicBool::new(false),
     });
     // Two versions of one key (a kill between a rename and the old file's removal), or one
     // this process wrote meanwhile: the newest generation stays.
@@ -313,6 +314,7 @@ mod tests {
             max_bytes: 1 << 20,
             max_object_bytes: 1 << 16,
             queue_bytes: None,
+            open_files: 64,
         };
         let t = DiskTier::open(&settings, hooks).unwrap();
         while t.loading.load(Ordering::Relaxed) {

@@ -9,6 +9,9 @@ mod heads;
 mod loader;
 mod tier;
 
+/// How long a file removed by hand may still be read through its open descriptor (tests).
+#[cfg(test)]
+pub(crate) use heads::RELINK;
 pub use tier::{
     write_error_class, DiskHook, DiskHooks, DiskSettings, DiskStats, DiskTier, Held, HeldObject,
     Read,

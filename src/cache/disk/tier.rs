@@ -19,7 +19,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::{self, Read as _, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
@@ -47,6 +47,9 @@ pub struct DiskSettings {
     pub max_object_bytes: u64,
     /// Body bytes the writers' queue may hold (`None`: 64 MiB; tests make it small).
     pub queue_bytes: Option<u64>,
+    /// Files kept open for the next read of their object (`cache.disk_open_files`), at most;
+    /// fewer when `RLIMIT_NOFILE` leaves less room ([`open_files_allowed`]).
+    pub open_files: u64,
 }
 
 /// Told why a file left (`size`, `expired`, `purged`, `corrupt`) or why a write failed
@@ -77,6 +80,9 @@ pub(super) struct Indexed {
     pub(super) corrupt: AtomicBool,
     /// [`DiskTier::read_bytes`] when it was last read (0: never, this process).
     pub(super) last_read: AtomicU64,
+    /// Set by the eviction hook before it lets go of the file's head (and open file), so a
+    /// read that held one for it meanwhile lets go of it too ([`DiskTier::read_held`]).
+    pub(super) gone: AtomicBool,
 }
 
 /// The disk tier's figures for `/metrics` and `/status`.
@@ -218,7 +224,10 @@ impl DiskTier {
         let objects = Arc::new(AtomicU64::new(0));
         let max_record = settings.max_object_bytes.saturating_add(64 << 10);
         let headroom = (max_record * WRITERS as u64).min(settings.max_bytes / 8);
-        let heads = Arc::new(Heads::new(HEADS_BYTES));
+        let heads = Arc::new(Heads::new(
+            HEADS_BYTES,
+            open_files_allowed(settings.open_files),
+        ));
         let index = {
             let dir = dir.clone();
             let used = used.clone();
@@ -248,6 +257,9 @@ impl DiskTier {
                     if v.vary.is_some() {
                         return;
                     }
+                    // Its head goes, and with it the file it keeps open: an unlinked file
+                    // holds its blocks while open.
+                    v.gone.store(true, Ordering::SeqCst);
                     heads.forget(&v.digest, v.generation);
                     objects.fetch_sub(1, Ordering::Relaxed);
                     if v.corrupt.load(Ordering::Relaxed) {
@@ -527,35 +539,56 @@ impl DiskTier {
     pub async fn read_held(&self, key: &CacheKey, held: HeldObject) -> Option<Read> {
         let slot = held.0;
         let len = slot.bytes;
-        // A small file is read in place, as nginx's workers read theirs: handing each tile to
-        // the blocking pool cost two thread switches per hit (2.8 x nginx's CPU per disk hit,
-        // benches/RESULTS.md); a large one still goes to the pool so a worker never blocks long.
-        let read = if len <= INLINE_READ {
-            // Its path spelled on the stack: no allocation for it.
-            let mut room = [0u8; PATH_ROOM];
-            match digest_path_in(&mut room, &self.dir, &slot.digest, slot.generation) {
-                Some(path) => read_file(path, len),
-                None => read_file(&slot.path(&self.dir), len),
+        // The head read last time, and the file it keeps open if it does: read in place. Only
+        // small files are kept open, as only they are read on the worker.
+        let kept = self.heads.find(&slot.digest, slot.generation);
+        let file = match &kept {
+            Some(h) if len <= INLINE_READ => self.heads.open_file(h),
+            _ => Ok(None),
+        };
+        let read = match file {
+            Err(e) => Err(e),
+            Ok(Some(file)) => pread_whole(file, len).map(|b| (b, None)),
+            // A small file is read in place, as nginx's workers read theirs: handing each tile
+            // to the blocking pool cost two thread switches per hit (2.8 x nginx's CPU per disk
+            // hit, benches/RESULTS.md); a large one still goes to the pool so a worker never
+            // blocks long.
+            Ok(None) if len <= INLINE_READ => {
+                // Its path spelled on the stack: no allocation for it.
+                let mut room = [0u8; PATH_ROOM];
+                match digest_path_in(&mut room, &self.dir, &slot.digest, slot.generation) {
+                    Some(path) => open_read(path, len),
+                    None => open_read(&slot.path(&self.dir), len),
+                }
+                .map(|(b, f)| (b, Some(f)))
             }
-        } else {
-            let path = slot.path(&self.dir);
-            match tokio::task::spawn_blocking(move || read_file(&path, len)).await {
-                Ok(r) => r,
-                Err(_) => return None,
+            Ok(None) => {
+                let path = slot.path(&self.dir);
+                match tokio::task::spawn_blocking(move || open_read(&path, len)).await {
+                    // Closed at once: a large file is read off the worker, by its path, each time.
+                    Ok(r) => r.map(|(b, _)| (b, None)),
+                    Err(_) => return None,
+                }
             }
         };
-        let bytes = match read {
+        let (bytes, opened) = match read {
             Ok(b) => b,
+            // Out of file descriptors: nothing wrong with the file, a miss this once.
+            Err(e) if out_of_files(&e) => {
+                tracing::debug!(error = %e, "a disk cache file could not be opened");
+                return None;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "a disk cache file could not be read; removed from the index");
                 self.drop_bad(key, &slot);
                 return None;
             }
         };
-        // Verified whole on every read, whether its head is decoded or held already.
+        // Verified whole on every read, whether its head is decoded or held already, its file
+        // opened now or kept open.
         let decoded = record::check(&bytes).and_then(|body| {
             let raw = &bytes[..body.start];
-            match self.heads.get(&slot.digest, slot.generation, raw) {
+            match kept.filter(|h| h.starts(raw)) {
                 Some(head) => Ok(Some((head, body))),
                 None => self
                     .decode_head(key, &slot, raw)
@@ -564,6 +597,13 @@ impl DiskTier {
         });
         match decoded {
             Ok(Some((head, body))) => {
+                if let Some(file) = opened {
+                    self.heads.keep_open(&head, file);
+                }
+                // Left the index while read: its head (and file) must not stay behind it.
+                if slot.gone.load(Ordering::SeqCst) {
+                    self.heads.forget(&slot.digest, slot.generation);
+                }
                 let now = self.read_bytes.fetch_add(len, Ordering::Relaxed);
                 let last = slot.last_read.swap(now, Ordering::Relaxed);
                 Some(Read {
@@ -583,6 +623,12 @@ impl DiskTier {
                 None
             }
         }
+    }
+
+    /// Files kept open for the next read of their object now (tests).
+    #[cfg(test)]
+    pub(crate) fn open_files(&self) -> u64 {
+        self.heads.open_files()
     }
 
     /// Decodes the head `raw` of `slot`'s file (checked whole) read for `key`, and holds it
@@ -793,6 +839,7 @@ impl DiskTier {
             keep_until: SystemTime::now() + keep,
             corrupt: AtomicBool::new(false),
             last_read: AtomicU64::new(0),
+            gone: AtomicBool::new(false),
         });
         self.index.insert(key.clone(), slot.clone());
         // Purged (or replaced) while its file was written: the file must not answer for it.
@@ -862,15 +909,53 @@ pub fn write_error_class(e: &io::Error) -> &'static str {
     }
 }
 
-/// A file the index says is `len` bytes long, in one buffer of that size: open, reads, close
-/// (no `statx` for its size, no read past it to find its end, no zeroed buffer). A shorter
-/// file reads short, which decoding refuses; a longer one would have its first `len` bytes
-/// decoded and checked, as for any file.
-fn read_file(path: &Path, len: u64) -> io::Result<Vec<u8>> {
+/// A file the index says is `len` bytes long, opened and read in one buffer of that size
+/// (no `statx` for its size, no zeroed buffer), and kept open for the next read.
+fn open_read(path: &Path, len: u64) -> io::Result<(Vec<u8>, fs::File)> {
+    let file = fs::File::open(path)?;
+    Ok((pread_whole(&file, len)?, file))
+}
+
+/// The first `len` bytes of `file` (fewer if it is shorter, which decoding refuses; a longer
+/// one has its first `len` bytes decoded and checked, as for any file), read from its start
+/// whatever its position: one file may be read by several workers at once.
+fn pread_whole(file: &fs::File, len: u64) -> io::Result<Vec<u8>> {
     let cap = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
     let mut buf = Vec::with_capacity(cap);
-    fs::File::open(path)?.take(len).read_to_end(&mut buf)?;
+    while buf.len() < cap {
+        // Into the buffer's spare room (exactly what is left of `len`): not zeroed first.
+        let at = buf.len() as u64;
+        let n = rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at)?;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.truncate(cap);
     Ok(buf)
+}
+
+/// Whether a read failed for want of file descriptors (the process's or the system's), not
+/// because of the file.
+fn out_of_files(e: &io::Error) -> bool {
+    e.raw_os_error().is_some_and(|n| {
+        n == rustix::io::Errno::MFILE.raw_os_error() || n == rustix::io::Errno::NFILE.raw_os_error()
+    })
+}
+
+/// The files the heads may keep open: `wanted`, but at most a quarter of the soft
+/// `RLIMIT_NOFILE`, so that connections, upstreams and the writers keep the rest (tamis does
+/// not raise the limit; the systemd unit sets 65 536).
+pub fn open_files_allowed(wanted: u64) -> u64 {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    let allowed = limit.map_or(wanted, |l| wanted.min(l / 4));
+    if allowed < wanted {
+        tracing::info!(
+            wanted,
+            allowed,
+            "cache.disk_open_files lowered to a quarter of the open files limit (RLIMIT_NOFILE)"
+        );
+    }
+    allowed
 }
 
 /// An object read back from disk, as the memory tier holds it.
@@ -1108,6 +1193,7 @@ mod tests {
                 keep_until: SystemTime::now(),
                 corrupt: AtomicBool::new(false),
                 last_read: AtomicU64::new(0),
+                gone: AtomicBool::new(false),
             };
             let dir = Path::new("/c");
             assert_eq!(slot.path(dir), file_path(dir, &k, slot.generation));
