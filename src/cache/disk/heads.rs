@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 
 use super::super::entry::Entry;
-use super::tier::KeyDigest;
+use super::names::KeyDigest;
 
 /// Bytes the heads may take: 1/64 of the default memory tier (256 MiB). A tile's head weighs
 /// about 1.7 KB here (its headers twice, as stored and as answered, and its bytes), so this

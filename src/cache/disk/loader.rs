@@ -15,8 +15,9 @@ use std::time::SystemTime;
 use moka::ops::compute::Op;
 
 use super::super::key::CacheKey;
+use super::names::{digest_name, key_digest, key_name, leaf_dir};
 use super::record::{self, Kept, PREFIX_LEN};
-use super::tier::{digest_name, key_digest, key_name, leaf_dir, DiskTier, Indexed};
+use super::tier::{DiskTier, Indexed};
 
 /// One file found: its path, the key hash and generation in its name, its length.
 struct Found {
@@ -26,48 +27,89 @@ struct Found {
     len: u64,
 }
 
-/// Indexes every file under the tier's directory, then marks loading done.
-pub(super) fn load(tier: Weak<DiskTier>) {
-    let Some(t) = tier.upgrade() else {
-        return;
-    };
-    let files = walk(&t.dir, t.first_generation);
-    // Counted before they are indexed: the bound then holds while the index fills.
-    let total: u64 = files.iter().map(|f| f.len).sum();
-    t.used.fetch_add(total, Ordering::Relaxed);
-    t.listed.store(true, Ordering::Relaxed);
-    drop(t);
-    for (n, f) in files.into_iter().enumerate() {
+// The loader's two entry points are the tier's own (it starts one, its lookups call the
+// other), so the tier names no function of this file.
+impl DiskTier {
+    /// Indexes every file under the tier's directory, then marks loading done.
+    pub(super) fn load(tier: Weak<DiskTier>) {
         let Some(t) = tier.upgrade() else {
             return;
         };
-        let early = t
-            .early
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&f.path);
-        if !early {
-            index_one(&t, f);
+        let files = walk(&t.dir, t.first_generation);
+        // Counted before they are indexed: the bound then holds while the index fills.
+        let total: u64 = files.iter().map(|f| f.len).sum();
+        t.used.fetch_add(total, Ordering::Relaxed);
+        t.listed.store(true, Ordering::Relaxed);
+        drop(t);
+        for (n, f) in files.into_iter().enumerate() {
+            let Some(t) = tier.upgrade() else {
+                return;
+            };
+            let early = t
+                .early
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&f.path);
+            if !early {
+                index_one(&t, f);
+            }
+            t.loaded.fetch_add(1, Ordering::Relaxed);
+            if n % 256 == 255 {
+                t.index.run_pending_tasks();
+            }
         }
-        t.loaded.fetch_add(1, Ordering::Relaxed);
-        if n % 256 == 255 {
+        if let Some(t) = tier.upgrade() {
+            // Files of routes changed or dropped while tamis was down: nothing will ask for them.
+            if let Some(live) = t.live() {
+                t.remove_where(|k| !live.contains(&k.route));
+            }
             t.index.run_pending_tasks();
+            t.loading.store(false, Ordering::Relaxed);
+            let stats = t.stats();
+            tracing::info!(
+                dir = %stats.dir,
+                entries = stats.entries,
+                bytes = stats.bytes,
+                "disk cache loaded"
+            );
         }
     }
-    if let Some(t) = tier.upgrade() {
-        // Files of routes changed or dropped while tamis was down: nothing will ask for them.
-        if let Some(live) = t.live() {
-            t.remove_where(|k| !live.contains(&k.route));
+
+    /// While loading, for a lookup the loader has not reached: the newest file an earlier process
+    /// left for `key`, indexed now (verified as the loader verifies it); the loader then skips it.
+    pub(super) fn index_early(&self, key: &CacheKey) -> Option<Arc<Indexed>> {
+        let t = self;
+        let name = key_name(key);
+        let leaf = leaf_dir(&t.dir, &name);
+        let newest = fs::read_dir(&leaf)
+            .ok()?
+            .flatten()
+            .filter_map(|e| {
+                let (hash, generation) = e.file_name().to_str().and_then(parse_name)?;
+                (hash == name && generation < t.first_generation).then_some((generation, e))
+            })
+            .max_by_key(|(generation, _)| *generation)?;
+        let (generation, e) = newest;
+        let len = e.metadata().ok().filter(|m| m.is_file())?.len();
+        let path = e.path();
+        {
+            let mut early = t.early.lock().unwrap_or_else(|p| p.into_inner());
+            if !early.insert(path.clone()) {
+                // Another lookup has just indexed it.
+                drop(early);
+                return t.index.get(key);
+            }
         }
-        t.index.run_pending_tasks();
-        t.loading.store(false, Ordering::Relaxed);
-        let stats = t.stats();
-        tracing::info!(
-            dir = %stats.dir,
-            entries = stats.entries,
-            bytes = stats.bytes,
-            "disk cache loaded"
+        index_one(
+            t,
+            Found {
+                path,
+                key_hash: name,
+                generation,
+                len,
+            },
         );
+        t.index.get(key)
     }
 }
 
@@ -167,42 +209,6 @@ fn read_head(path: &Path) -> io::Result<Vec<u8>> {
 
 /// Every file named as tamis names them (`ab/cd/<32 hex>.<16 hex>`) that an earlier process
 /// wrote.
-/// While loading, for a lookup the loader has not reached: the newest file an earlier process
-/// left for `key`, indexed now (verified as the loader verifies it); the loader then skips it.
-pub(super) fn index_early(t: &DiskTier, key: &CacheKey) -> Option<Arc<Indexed>> {
-    let name = key_name(key);
-    let leaf = leaf_dir(&t.dir, &name);
-    let newest = fs::read_dir(&leaf)
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let (hash, generation) = e.file_name().to_str().and_then(parse_name)?;
-            (hash == name && generation < t.first_generation).then_some((generation, e))
-        })
-        .max_by_key(|(generation, _)| *generation)?;
-    let (generation, e) = newest;
-    let len = e.metadata().ok().filter(|m| m.is_file())?.len();
-    let path = e.path();
-    {
-        let mut early = t.early.lock().unwrap_or_else(|p| p.into_inner());
-        if !early.insert(path.clone()) {
-            // Another lookup has just indexed it.
-            drop(early);
-            return t.index.get(key);
-        }
-    }
-    index_one(
-        t,
-        Found {
-            path,
-            key_hash: name,
-            generation,
-            len,
-        },
-    );
-    t.index.get(key)
-}
-
 fn walk(dir: &Path, first_generation: u64) -> Vec<Found> {
     let mut out = Vec::new();
     for a in subdirs(dir, 1) {
@@ -274,8 +280,9 @@ mod tests {
     use http::{HeaderMap, StatusCode};
 
     use super::super::super::freshness::Lifetimes;
+    use super::super::names::file_path;
     use super::super::record::{Object, Record};
-    use super::super::tier::{file_path, DiskHooks, DiskSettings};
+    use super::super::tier::{DiskHooks, DiskSettings};
     use super::*;
 
     /// A record an earlier process wrote for `key`, fresh for an hour.

@@ -7,6 +7,7 @@ pub mod record;
 
 mod heads;
 mod loader;
+mod names;
 mod tier;
 
 /// How long a file removed by hand may still be read through its open descriptor (tests).
