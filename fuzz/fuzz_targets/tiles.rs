@@ -91,7 +91,7 @@ fuzz_target!(|data: &[u8]| {
             x: 0,
             y: 0,
             retina: false,
-            ext: tile.ext.clone(),
+            ext: tile.ext,
         };
         let origin = template.uri(&first).expect("tile 0/0/0");
         assert_eq!(

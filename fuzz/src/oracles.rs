@@ -338,11 +338,7 @@ pub fn check_tile(rest: &str, max_zoom: u8, parsed: &Result<tiles::Tile, tiles::
         "x/y: {}",
         ctx()
     );
-    assert!(
-        tiles::EXTENSIONS.contains(&t.ext.as_str()),
-        "ext: {}",
-        ctx()
-    );
+    assert!(tiles::EXTENSIONS.contains(&t.ext), "ext: {}", ctx());
     let (z, x, y, retina, ext) =
         reference_tile(rest).unwrap_or_else(|| panic!("not a tile path: {}", ctx()));
     assert_eq!(
@@ -352,7 +348,7 @@ pub fn check_tile(rest: &str, max_zoom: u8, parsed: &Result<tiles::Tile, tiles::
             u64::from(t.x),
             u64::from(t.y),
             t.retina,
-            t.ext.as_str()
+            t.ext
         ),
         "{}",
         ctx()

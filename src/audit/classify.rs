@@ -234,7 +234,7 @@ fn subdomains(t: &tiles::Template) -> Vec<String> {
             x,
             y: 0,
             retina: false,
-            ext: String::new(),
+            ext: "png",
         };
         if let Some(s) = t.subdomain(&tile) {
             if !out.iter().any(|o| o == s) {
