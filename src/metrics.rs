@@ -119,6 +119,8 @@ struct DiskMetrics {
     entries: IntGauge,
     loading: IntGauge,
     loaded: IntGauge,
+    open_files: IntGauge,
+    max_open_files: IntGauge,
     evictions: IntCounterVec,
     write_errors: IntCounterVec,
 }
@@ -160,6 +162,15 @@ impl DiskMetrics {
             loaded: gauge(
                 "tamis_cache_disk_loaded_objects",
                 "Files the start-up loader has indexed so far.",
+            )?,
+            open_files: gauge(
+                "tamis_cache_disk_open_files",
+                "Disk tier files kept open for their next read (nginx's open_file_cache).",
+            )?,
+            max_open_files: gauge(
+                "tamis_cache_disk_max_open_files",
+                "The bound on kept files: cache.disk_open_files, at most a quarter of the open \
+                 files limit (RLIMIT_NOFILE); 0 without a disk tier.",
             )?,
             evictions: counter(
                 "tamis_cache_disk_evictions_total",
@@ -566,6 +577,8 @@ impl Metrics {
         self.disk.entries.set(n(s.entries));
         self.disk.loading.set(i64::from(s.loading));
         self.disk.loaded.set(n(s.loaded));
+        self.disk.open_files.set(n(s.open_files));
+        self.disk.max_open_files.set(n(s.max_open_files));
     }
 
     /// Each route's counters since start, read from the registry's own series.

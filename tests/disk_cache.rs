@@ -193,14 +193,19 @@ async fn a_restart_serves_from_disk_with_the_age_counting_on() {
         1.0
     );
     assert_eq!(metric(&m, "tamis_cache_disk_loaded_objects", &[]), 1.0);
+    // The file read for that hit stays open for the next one, within the bound.
+    assert_eq!(metric(&m, "tamis_cache_disk_open_files", &[]), 1.0);
+    assert!(metric(&m, "tamis_cache_disk_max_open_files", &[]) >= 1.0);
     // /status says where, how much and how many.
     let status = get(bin.admin, "/status?format=json", &[]).await;
     let v: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
     assert_eq!(v["disk"]["entries"], 1, "{v}");
     assert_eq!(v["disk"]["dir"], disk.display().to_string());
     assert_eq!(v["disk"]["loading"], false);
+    assert_eq!(v["disk"]["open_files"], 1, "{v}");
     let html = get(bin.admin, "/status", &[]).await.text();
     assert!(html.contains("Disk: <code>"), "{html}");
+    assert!(html.contains("open files kept 1 of at most"), "{html}");
     bin.kill();
 
     // `tamis check` says what is kept on disk, and for how long at most.

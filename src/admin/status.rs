@@ -168,11 +168,14 @@ pub fn html(s: &Status) -> String {
     if let Some(d) = &s.disk {
         let _ = writeln!(
             o,
-            "<p>Disk: <code>{}</code>, {} objects, {:.1} MiB of {:.1} MiB{}.</p>",
+            "<p>Disk: <code>{}</code>, {} objects, {:.1} MiB of {:.1} MiB, open files \
+             kept {} of at most {}{}.</p>",
             esc(&d.dir),
             d.entries,
             d.bytes as f64 / 1048576.0,
             d.max_bytes as f64 / 1048576.0,
+            d.open_files,
+            d.max_open_files,
             if d.loading {
                 format!(" (loading: {} files indexed so far)", d.loaded)
             } else {

@@ -192,10 +192,14 @@ impl Heads {
         }
     }
 
-    /// Files kept open now (tests).
-    #[cfg(test)]
+    /// Files kept open now.
     pub(super) fn open_files(&self) -> u64 {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// The most files kept open at once.
+    pub(super) fn max_open_files(&self) -> u64 {
+        self.max_open
     }
 
     fn set(&self, digest: &KeyDigest, generation: u64) -> MutexGuard<'_, Set> {

@@ -94,6 +94,10 @@ pub struct DiskStats {
     pub entries: u64,
     pub loading: bool,
     pub loaded: u64,
+    /// Files kept open for their next read, and the bound on them (`cache.disk_open_files`,
+    /// lowered to a quarter of `RLIMIT_NOFILE` if need be).
+    pub open_files: u64,
+    pub max_open_files: u64,
 }
 
 /// What the index holds for a key.
@@ -342,6 +346,8 @@ impl DiskTier {
             entries: self.objects.load(Ordering::Relaxed),
             loading: self.loading.load(Ordering::Relaxed),
             loaded: self.loaded.load(Ordering::Relaxed),
+            open_files: self.heads.open_files(),
+            max_open_files: self.heads.max_open_files(),
         }
     }
 
