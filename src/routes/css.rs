@@ -401,7 +401,15 @@ pub fn rewrite_css(css: &str, map: &UrlMap) -> String {
                 }
                 let close = url_token_end(b, i);
                 let raw = css[i..close].trim_end_matches(is_css_space);
-                out.push_str(&replace(raw, &unescape(raw), map));
+                if is_bad_url(raw.as_bytes()) {
+                    // A bad url token fetches nothing, but tokenizers part ways inside one:
+                    // Servo's (Firefox's) ends it at an escaped `)` after a space, where the
+                    // standard's runs on, so what follows would be read as tokens there (a url()
+                    // to another host). Replaced whole: every tokenizer reads the same token.
+                    out.push_str(BLOCKED);
+                } else {
+                    out.push_str(&replace(raw, &unescape(raw), map));
+                }
                 i = close;
                 plain_start = i;
             }
@@ -463,6 +471,23 @@ fn url_token_end(b: &[u8], mut i: usize) -> usize {
         }
     }
     b.len()
+}
+
+/// Whether a url token's content (from after `url(` and its spaces to before its `)`, trailing
+/// spaces trimmed) makes a bad url token (CSS Syntax §4.3.6): a space inside, a quote, `(`, a
+/// non-printable character, or a backslash before a newline.
+fn is_bad_url(b: &[u8]) -> bool {
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' | b'\'' | b'(' | b' ' | b'\t' | b'\n' => return true,
+            0x00..=0x08 | 0x0b | 0x0e..=0x1f | 0x7f => return true,
+            b'\\' if !valid_escape(b, i) => return true,
+            b'\\' => i = skip_escape(b, i + 1),
+            _ => i += 1,
+        }
+    }
+    false
 }
 
 /// The index after an escape whose backslash ends at `i`: up to six hex digits and one
@@ -634,6 +659,38 @@ mod tests {
         assert!(out.contains("url(about:invalid)"), "{out}");
         let out = rewrite_css("a{b:+url(https://fonts.gstatic.com/s/a.woff2)}", &map());
         assert!(out.contains("url(/fonts/files/s/a.woff2)"), "{out}");
+    }
+
+    #[test]
+    fn a_bad_url_token_is_replaced_whole_so_no_tokenizer_finds_a_url_inside_it() {
+        // Servo's tokenizer (Firefox) ends `url(f \)` at the escaped `)`, the standard's at the
+        // next plain `)`: what the one reads after it, the other reads inside the bad url.
+        for (css, expected) in [
+            (
+                "a{b:url(f \\) url(//evil.example/x)}",
+                "a{b:url(about:invalid)}",
+            ),
+            ("url(f \\)@import\"//a", "url(about:invalid"),
+            ("a{b:url(x\"y)}", "a{b:url(about:invalid)}"),
+            ("a{b:url(x(y)}", "a{b:url(about:invalid)}"),
+            ("a{b:url(x\u{1}y)}", "a{b:url(about:invalid)}"),
+            ("a{b:url(x\\\ny)}", "a{b:url(about:invalid)}"),
+        ] {
+            assert_eq!(rewrite_css(css, &map()), expected, "{css:?}");
+        }
+        // Not bad: spaces around the value, an escaped space or quote, a space after a hex
+        // escape (part of the escape).
+        assert_eq!(
+            rewrite_css("a{b:url( /x.png )}", &map()),
+            "a{b:url(/x.png)}"
+        );
+        for css in [
+            "a{b:url(/x\\ y.png)}",
+            "a{b:url(/x\\\"y.png)}",
+            "a{b:url(/x\\41 y.png)}",
+        ] {
+            assert_eq!(rewrite_css(css, &map()), css, "{css:?}");
+        }
     }
 
     #[test]
