@@ -78,30 +78,29 @@ impl DiskTier {
     /// While loading, for a lookup the loader has not reached: the newest file an earlier process
     /// left for `key`, indexed now (verified as the loader verifies it); the loader then skips it.
     pub(super) fn index_early(&self, key: &CacheKey) -> Option<Arc<Indexed>> {
-        let t = self;
         let name = key_name(key);
-        let leaf = leaf_dir(&t.dir, &name);
+        let leaf = leaf_dir(&self.dir, &name);
         let newest = fs::read_dir(&leaf)
             .ok()?
             .flatten()
             .filter_map(|e| {
                 let (hash, generation) = e.file_name().to_str().and_then(parse_name)?;
-                (hash == name && generation < t.first_generation).then_some((generation, e))
+                (hash == name && generation < self.first_generation).then_some((generation, e))
             })
             .max_by_key(|(generation, _)| *generation)?;
         let (generation, e) = newest;
         let len = e.metadata().ok().filter(|m| m.is_file())?.len();
         let path = e.path();
         {
-            let mut early = t.early.lock().unwrap_or_else(|p| p.into_inner());
+            let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
             if !early.insert(path.clone()) {
                 // Another lookup has just indexed it.
                 drop(early);
-                return t.index.get(key);
+                return self.index.get(key);
             }
         }
         index_one(
-            t,
+            self,
             Found {
                 path,
                 key_hash: name,
@@ -109,7 +108,7 @@ impl DiskTier {
                 len,
             },
         );
-        t.index.get(key)
+        self.index.get(key)
     }
 }
 
