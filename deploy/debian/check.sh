@@ -14,15 +14,34 @@ cd "$(dirname "$0")/../.."
 TMP=$(mktemp -d)
 chmod 0755 "$TMP"
 ORIGIN_PID= TAMIS_PID= MADE_CACHE= MADE_PRIVATE=
+# A cache directory that was here before (tamis run as root on the shipped config makes it, as
+# CI's harness does when it tries the README's run command) is set aside and put back at the
+# end: the checks below need to see what the package and the service make, and purge removes.
+SAVED=/var/cache/tamis.saved-by-check.$$
+SAVED_PRIVATE=/var/cache/private/tamis.saved-by-check.$$
+restore() {
+  if [ -e "$SAVED" ] || [ -L "$SAVED" ]; then
+    rm -rf /var/cache/tamis && mv "$SAVED" /var/cache/tamis
+  fi
+  if [ -e "$SAVED_PRIVATE" ]; then
+    rm -rf /var/cache/private/tamis && mv "$SAVED_PRIVATE" /var/cache/private/tamis
+  fi
+}
 cleanup() {
   [ -n "$TAMIS_PID" ] && kill "$TAMIS_PID" 2>/dev/null || true
   [ -n "$ORIGIN_PID" ] && kill "$ORIGIN_PID" 2>/dev/null || true
   dpkg --purge tamis >/dev/null 2>&1 || true
   [ -z "$MADE_CACHE" ] || rm -rf /var/cache/tamis /var/cache/private/tamis
   [ -z "$MADE_PRIVATE" ] || rmdir /var/cache/private 2>/dev/null || true
+  restore
   rm -rf "$TMP"
 }
 trap cleanup EXIT
+if [ -e /var/cache/tamis ] || [ -L /var/cache/tamis ]; then
+  mv /var/cache/tamis "$SAVED"
+  echo "note: /var/cache/tamis was here before this check; set aside, put back at the end"
+fi
+[ ! -e /var/cache/private/tamis ] || mv /var/cache/private/tamis "$SAVED_PRIVATE"
 fail() {
   printf 'FAIL: %s\n' "$*" >&2
   exit 1
@@ -126,7 +145,7 @@ PY
 ORIGIN_PID=$!
 # The cache directory as systemd makes it for CacheDirectory=tamis with a static user (the
 # service's user, 0700); with DynamicUser= it is a symlink into /var/cache/private (below).
-[ ! -e /var/cache/tamis ] || fail "/var/cache/tamis exists before the package made it: not a throwaway machine?"
+[ ! -e /var/cache/tamis ] || fail "/var/cache/tamis exists before the check made it: who made it?"
 MADE_CACHE=1
 install -d -o tamis -g tamis -m 0700 /var/cache/tamis
 cat >"$TMP/tamis.toml" <<TOML
