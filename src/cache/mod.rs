@@ -181,7 +181,7 @@ impl Cache {
     /// On a memory miss: the object the disk tier holds for `key` (see [`Self::use_disk_read`]).
     async fn read_disk(&self, key: &CacheKey, request: &HeaderMap) -> Option<Arc<Entry>> {
         let disk = self.disk_for(key.route)?;
-        self.use_disk_read(key, disk.read(key).await?, request)
+        self.use_disk_read(key, disk.read(key).await?, request, Instant::now())
             .await
     }
 
@@ -190,18 +190,21 @@ impl Cache {
     /// size of other disk reads (as an LRU of `max_bytes` would have kept it). An object read
     /// round-robin among more than memory holds is not: each promotion would only evict
     /// another, the cost of a memory insert and an eviction per hit for no memory hit (nginx,
-    /// with no memory tier, pays neither).
+    /// with no memory tier, pays neither). A copy that is no longer fresh always is: the
+    /// request that found it looks again (to take the lead, then once it has it) before its
+    /// revalidation's answer replaces it, and would read its file each time.
     async fn use_disk_read(
         &self,
         key: &CacheKey,
         read: disk::Read,
         request: &HeaderMap,
+        now: Instant,
     ) -> Option<Arc<Entry>> {
         let entry = read.entry;
         if !entry.matches(request) {
             return None;
         }
-        if read.reuse < self.max_bytes() {
+        if read.reuse < self.max_bytes() || entry.staleness(now) != Staleness::Fresh {
             self.store
                 .insert(key.clone(), Slot::Object(entry.clone()))
                 .await;
@@ -233,7 +236,10 @@ impl Cache {
             None => return (primary.clone(), Found::Nothing),
         };
         let found = match read {
-            Some(read) => self.use_disk_read(&key, read, request).await,
+            Some(read) => {
+                self.use_disk_read(&key, read, request, Instant::now())
+                    .await
+            }
             None => None,
         };
         match found {
@@ -275,12 +281,16 @@ impl Cache {
     /// The disk half of [`fresh_or_disk`](Self::fresh_or_disk).
     async fn fresh_on_disk(&self, primary: &CacheKey) -> Option<Arc<Entry>> {
         let read = self.disk_for(primary.route)?.read(primary).await?;
-        let e = &read.entry;
-        if !e.vary.is_empty() || e.staleness(Instant::now()) != Staleness::Fresh {
+        if !read.entry.vary.is_empty() {
             return None;
         }
-        // Varying on nothing, it answers any request.
-        self.use_disk_read(primary, read, &HeaderMap::new()).await
+        // Varying on nothing, it answers any request; one no longer fresh is promoted too (see
+        // `use_disk_read`), so the lookup that follows finds it without reading it again.
+        let now = Instant::now();
+        let e = self
+            .use_disk_read(primary, read, &HeaderMap::new(), now)
+            .await?;
+        (e.staleness(now) == Staleness::Fresh).then_some(e)
     }
 
     /// [`fresh`](Self::fresh) at `now`, looked up by the key's borrowed parts: nothing is
@@ -1361,6 +1371,59 @@ mod disk_tests {
         );
         assert!(!file.exists(), "removed");
         assert_eq!(open_under(dir.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stale_copy_on_disk_is_read_from_its_file_once_per_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path());
+        settled(&c, 0).await;
+        let disk = c.disk().unwrap().clone();
+        let key = CacheKey::primary(0, "https://tiles.example/old.png".parse().unwrap());
+        let Lookup::Lead { guard, .. } = c.lookup(&key, &HeaderMap::new()).await else {
+            panic!("expected a miss")
+        };
+        // Stale at once, kept a minute for stale-if-error: revalidated by the lookup's lead.
+        let lifetimes = Lifetimes {
+            stale_if_error: Duration::from_secs(60),
+            ..Lifetimes::default()
+        };
+        let e = Entry::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from_static(b"stale bytes"),
+            Rendition::AsSent,
+            lifetimes,
+            vec![],
+            Duration::ZERO,
+            true,
+        );
+        guard.finish(Fill::Stored(Arc::new(e)), &[]).await;
+        written(&c, &key).await;
+        let [file] = &walk(dir.path())
+            .into_iter()
+            .filter(|p| !p.starts_with(dir.path().join("tmp")))
+            .collect::<Vec<_>>()[..]
+        else {
+            panic!()
+        };
+        let len = std::fs::metadata(file).unwrap().len();
+        let lead_with_stale = |l: Lookup<'_>| match l {
+            Lookup::Lead { stale: Some(s), .. } => assert_eq!(&s.body[..], b"stale bytes"),
+            _ => panic!("expected a lead with the stale copy"),
+        };
+        // cache_hit's look (fresh_or_disk), then the lookup that takes the lead to revalidate
+        // (and looks again once it has it): one read of the file in all.
+        c.store.invalidate(&key).await;
+        let before = disk.bytes_read();
+        assert!(c.fresh_or_disk(&key).await.is_none(), "stale: not a hit");
+        lead_with_stale(c.lookup(&key, &HeaderMap::new()).await);
+        assert_eq!(disk.bytes_read() - before, len, "read more than once");
+        // A route keyed by parts skips fresh_or_disk: the lookup alone, one read too.
+        c.store.invalidate(&key).await;
+        let before = disk.bytes_read();
+        lead_with_stale(c.lookup(&key, &HeaderMap::new()).await);
+        assert_eq!(disk.bytes_read() - before, len, "read more than once");
     }
 
     #[tokio::test]

@@ -631,6 +631,12 @@ impl DiskTier {
         }
     }
 
+    /// Bytes read from files so far (tests).
+    #[cfg(test)]
+    pub(crate) fn bytes_read(&self) -> u64 {
+        self.read_bytes.load(Ordering::Relaxed)
+    }
+
     /// Files kept open for the next read of their object now (tests).
     #[cfg(test)]
     pub(crate) fn open_files(&self) -> u64 {
