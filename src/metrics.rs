@@ -121,6 +121,9 @@ struct DiskMetrics {
     loaded: IntGauge,
     open_files: IntGauge,
     max_open_files: IntGauge,
+    write_queue_objects: IntGauge,
+    write_queue_bytes: IntGauge,
+    write_queue_max_bytes: IntGauge,
     evictions: IntCounterVec,
     write_errors: IntCounterVec,
 }
@@ -171,6 +174,20 @@ impl DiskMetrics {
                 "tamis_cache_disk_max_open_files",
                 "The bound on kept files: cache.disk_open_files, at most a quarter of the open \
                  files limit (RLIMIT_NOFILE); 0 without a disk tier.",
+            )?,
+            write_queue_objects: gauge(
+                "tamis_cache_disk_write_queue_objects",
+                "Objects waiting for a disk writer or being written.",
+            )?,
+            write_queue_bytes: gauge(
+                "tamis_cache_disk_write_queue_bytes",
+                "Body bytes of the objects waiting for a disk writer or being written.",
+            )?,
+            write_queue_max_bytes: gauge(
+                "tamis_cache_disk_write_queue_max_bytes",
+                "The bound on tamis_cache_disk_write_queue_bytes: a fill that finds the queue full \
+                 waits briefly, then keeps its object in memory only (counted in \
+                 tamis_cache_disk_write_errors_total{result=\"other\"}); 0 without a disk tier.",
             )?,
             evictions: counter(
                 "tamis_cache_disk_evictions_total",
@@ -579,6 +596,11 @@ impl Metrics {
         self.disk.loaded.set(n(s.loaded));
         self.disk.open_files.set(n(s.open_files));
         self.disk.max_open_files.set(n(s.max_open_files));
+        self.disk.write_queue_objects.set(n(s.write_queue_objects));
+        self.disk.write_queue_bytes.set(n(s.write_queue_bytes));
+        self.disk
+            .write_queue_max_bytes
+            .set(n(s.write_queue_max_bytes));
     }
 
     /// Each route's counters since start, read from the registry's own series.

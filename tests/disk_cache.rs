@@ -196,6 +196,13 @@ async fn a_restart_serves_from_disk_with_the_age_counting_on() {
     // The file read for that hit stays open for the next one, within the bound.
     assert_eq!(metric(&m, "tamis_cache_disk_open_files", &[]), 1.0);
     assert!(metric(&m, "tamis_cache_disk_max_open_files", &[]) >= 1.0);
+    // Nothing waits for a writer any more; the queue's bound is the default.
+    assert_eq!(metric(&m, "tamis_cache_disk_write_queue_objects", &[]), 0.0);
+    assert_eq!(metric(&m, "tamis_cache_disk_write_queue_bytes", &[]), 0.0);
+    assert_eq!(
+        metric(&m, "tamis_cache_disk_write_queue_max_bytes", &[]),
+        (64u64 << 20) as f64
+    );
     // /status says where, how much and how many.
     let status = get(bin.admin, "/status?format=json", &[]).await;
     let v: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
@@ -206,6 +213,11 @@ async fn a_restart_serves_from_disk_with_the_age_counting_on() {
     let html = get(bin.admin, "/status", &[]).await.text();
     assert!(html.contains("Disk: <code>"), "{html}");
     assert!(html.contains("open files kept 1 of at most"), "{html}");
+    assert!(
+        html.contains("0 objects (0.0 MiB of at most 64.0 MiB) waiting to be written"),
+        "{html}"
+    );
+    assert_eq!(v["disk"]["write_queue_max_bytes"], 64u64 << 20, "{v}");
     bin.kill();
 
     // `tamis check` says what is kept on disk, and for how long at most.

@@ -169,13 +169,17 @@ pub fn html(s: &Status) -> String {
         let _ = writeln!(
             o,
             "<p>Disk: <code>{}</code>, {} objects, {:.1} MiB of {:.1} MiB, open files \
-             kept {} of at most {}{}.</p>",
+             kept {} of at most {}, {} objects ({:.1} MiB of at most {:.1} MiB) waiting to be \
+             written{}.</p>",
             esc(&d.dir),
             d.entries,
             d.bytes as f64 / 1048576.0,
             d.max_bytes as f64 / 1048576.0,
             d.open_files,
             d.max_open_files,
+            d.write_queue_objects,
+            d.write_queue_bytes as f64 / 1048576.0,
+            d.write_queue_max_bytes as f64 / 1048576.0,
             if d.loading {
                 format!(" (loading: {} files indexed so far)", d.loaded)
             } else {

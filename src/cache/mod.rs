@@ -1037,6 +1037,38 @@ mod disk_tests {
         guard.finish(Fill::Stored(Arc::new(e)), &[]).await;
     }
 
+    // The gate holds the writer threads only.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn the_write_queue_shows_in_the_stats_while_the_writer_is_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path());
+        settled(&c, 0).await;
+        let disk = c.disk().unwrap().clone();
+        let queue = |d: &DiskTier| {
+            let s = d.stats();
+            (s.write_queue_objects, s.write_queue_bytes)
+        };
+        assert_eq!(queue(&disk), (0, 0));
+        assert_eq!(
+            disk.stats().write_queue_max_bytes,
+            64 << 20,
+            "the default bound"
+        );
+        let behind = disk.hold.lock().unwrap();
+        let key =
+            |n: u8| CacheKey::primary(0, format!("https://tiles.example/q{n}").parse().unwrap());
+        fill(&c, key(1), b"tile one").await;
+        fill(&c, key(2), b"tile 2").await;
+        assert_eq!(queue(&disk), (2, 14), "two bodies waiting");
+        drop(behind);
+        let d = disk.clone();
+        let left = tokio::task::spawn_blocking(move || d.flush(Duration::from_secs(10)));
+        assert_eq!(left.await.unwrap(), 0);
+        assert_eq!(queue(&disk), (0, 0), "written");
+        assert_eq!(disk.stats().entries, 2);
+    }
+
     // As above: the gate holds the writer threads only.
     #[allow(clippy::await_holding_lock)]
     #[tokio::test]

@@ -98,6 +98,11 @@ pub struct DiskStats {
     /// lowered to a quarter of `RLIMIT_NOFILE` if need be).
     pub open_files: u64,
     pub max_open_files: u64,
+    /// Objects waiting for a writer or being written, their body bytes, and the bound on those
+    /// bytes (a fill finding it full waits briefly, then keeps its object in memory only).
+    pub write_queue_objects: u64,
+    pub write_queue_bytes: u64,
+    pub write_queue_max_bytes: u64,
 }
 
 /// What the index holds for a key.
@@ -348,6 +353,9 @@ impl DiskTier {
             loaded: self.loaded.load(Ordering::Relaxed),
             open_files: self.heads.open_files(),
             max_open_files: self.heads.max_open_files(),
+            write_queue_objects: self.jobs.load(Ordering::Relaxed),
+            write_queue_bytes: self.queued.load(Ordering::Relaxed),
+            write_queue_max_bytes: self.queue_bytes,
         }
     }
 
