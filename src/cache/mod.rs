@@ -1017,19 +1017,24 @@ mod disk_tests {
 
     /// Fills `key` with a fresh `body` (no Vary).
     async fn fill(c: &Cache, key: CacheKey, body: &'static [u8]) {
-        let Lookup::Lead { guard, .. } = c.lookup(&key, &HeaderMap::new()).await else {
-            panic!("expected a miss")
-        };
         let fresh = Lifetimes {
             fresh_for: Duration::from_secs(60),
             ..Lifetimes::default()
+        };
+        fill_for(c, &key, body, fresh).await;
+    }
+
+    /// Fills `key` with `body` (no Vary) living `lifetimes`.
+    async fn fill_for(c: &Cache, key: &CacheKey, body: &'static [u8], lifetimes: Lifetimes) {
+        let Lookup::Lead { guard, .. } = c.lookup(key, &HeaderMap::new()).await else {
+            panic!("expected a miss")
         };
         let e = Entry::new(
             StatusCode::OK,
             HeaderMap::new(),
             Bytes::from_static(body),
             Rendition::AsSent,
-            fresh,
+            lifetimes,
             vec![],
             Duration::ZERO,
             true,
@@ -1217,6 +1222,15 @@ mod disk_tests {
             Duration::ZERO,
             true,
         ))
+    }
+
+    /// Fills `key` with `body`, stale at once and kept a minute for `stale-if-error`.
+    async fn fill_stale(c: &Cache, key: &CacheKey, body: &'static [u8]) {
+        let stale = Lifetimes {
+            stale_if_error: Duration::from_secs(60),
+            ..Lifetimes::default()
+        };
+        fill_for(c, key, body, stale).await;
     }
 
     /// Waits until `key`'s newest version is written and indexed.
@@ -1412,25 +1426,7 @@ mod disk_tests {
         settled(&c, 0).await;
         let disk = c.disk().unwrap().clone();
         let key = CacheKey::primary(0, "https://tiles.example/old.png".parse().unwrap());
-        let Lookup::Lead { guard, .. } = c.lookup(&key, &HeaderMap::new()).await else {
-            panic!("expected a miss")
-        };
-        // Stale at once, kept a minute for stale-if-error: revalidated by the lookup's lead.
-        let lifetimes = Lifetimes {
-            stale_if_error: Duration::from_secs(60),
-            ..Lifetimes::default()
-        };
-        let e = Entry::new(
-            StatusCode::OK,
-            HeaderMap::new(),
-            Bytes::from_static(b"stale bytes"),
-            Rendition::AsSent,
-            lifetimes,
-            vec![],
-            Duration::ZERO,
-            true,
-        );
-        guard.finish(Fill::Stored(Arc::new(e)), &[]).await;
+        fill_stale(&c, &key, b"stale bytes").await;
         written(&c, &key).await;
         let [file] = &walk(dir.path())
             .into_iter()
@@ -1481,24 +1477,7 @@ mod disk_tests {
 
         // Stale on disk (kept for stale-if-error): left to the lookup.
         let stale = CacheKey::primary(0, "https://tiles.example/s.png".parse().unwrap());
-        let Lookup::Lead { guard, .. } = c.lookup(&stale, &HeaderMap::new()).await else {
-            panic!("expected a miss")
-        };
-        let lifetimes = Lifetimes {
-            stale_if_error: keep,
-            ..Lifetimes::default()
-        };
-        let e = Entry::new(
-            StatusCode::OK,
-            HeaderMap::new(),
-            Bytes::from_static(b"stale"),
-            Rendition::AsSent,
-            lifetimes,
-            vec![],
-            Duration::ZERO,
-            true,
-        );
-        guard.finish(Fill::Stored(Arc::new(e)), &[]).await;
+        fill_stale(&c, &stale, b"stale").await;
         written(&c, &stale).await;
         c.store.invalidate(&stale).await;
         assert!(c.fresh_or_disk(&stale).await.is_none());
