@@ -703,3 +703,80 @@ async fn a_disk_that_refuses_bytes_counts_full_and_fails_no_request() {
         "logged once, not per write:\n{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_made_read_only_counts_denied_and_fails_no_request() {
+    // Root writes through any mode, so the binary runs as `nobody` (setpriv, util-linux), as
+    // the packaged service runs as its own user; elsewhere (not root, no setpriv) the test has
+    // nothing to show and says so.
+    if !rustix::process::geteuid().is_root()
+        || Command::new("setpriv").arg("--help").output().is_err()
+    {
+        eprintln!("skipped: needs root and setpriv to run tamis as another user");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    const NOBODY: u32 = 65534;
+    let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+    let up = Upstream::http(|s| cached_reply(s, 3600, 1)).await;
+    let dir = tempfile::tempdir().unwrap();
+    mode(dir.path(), 0o755).unwrap();
+    let disk = dir.path().join("cache");
+    std::fs::create_dir(&disk).unwrap();
+    std::os::unix::fs::chown(&disk, Some(NOBODY), Some(NOBODY)).unwrap();
+    let [http, admin] = free_ports::<2>();
+    let file = dir.path().join("tamis.toml");
+    std::fs::write(&file, config(&listen_on(http, admin), &disk, "", &up, "")).unwrap();
+    mode(&file, 0o644).unwrap();
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        &format!("--reuid={NOBODY}"),
+        &format!("--regid={NOBODY}"),
+        "--clear-groups",
+        env!("CARGO_BIN_EXE_tamis"),
+    ]);
+    let bin = Bin::start_with(cmd, &file, http, admin).await;
+    bin.loaded().await;
+    // Writable: the first object reaches the disk, as user nobody.
+    assert_eq!(get(bin.http, "/t/0", &[]).await.status, 200);
+    wait_metric(bin.admin, "one object on disk", |m| {
+        metric(m, "tamis_cache_disk_entries", &[]) == 1.0
+    })
+    .await;
+    // Then its temporary directory is made read-only under it (an operator's chmod, a volume
+    // remounted): every write is refused, no request fails, memory still caches.
+    mode(&disk.join("tmp"), 0o555).unwrap();
+    for i in 1..4 {
+        let a = get(bin.http, &format!("/t/{i}"), &[]).await;
+        assert_eq!(a.status, 200);
+        let b = get(bin.http, &format!("/t/{i}"), &[]).await;
+        assert_eq!(
+            b.header("cache-status"),
+            Some("tamis; hit"),
+            "memory still caches"
+        );
+    }
+    let m = wait_metric(bin.admin, "write errors", |m| {
+        metric(
+            m,
+            "tamis_cache_disk_write_errors_total",
+            &["result=\"denied\""],
+        ) == 3.0
+    })
+    .await;
+    assert_eq!(metric(&m, "tamis_cache_disk_entries", &[]), 1.0);
+    assert_eq!(
+        metric(
+            &m,
+            "tamis_cache_disk_write_errors_total",
+            &["result=\"other\""]
+        ),
+        0.0
+    );
+    let stderr = bin.kill();
+    assert_eq!(
+        stderr.matches("cannot write to the disk cache").count(),
+        1,
+        "logged once, not per write:\n{stderr}"
+    );
+}
