@@ -388,13 +388,14 @@ varnish_child=$(pgrep -P "$varnish_pid" | head -1)
 
 # ---------------------------------------------------------------------------------------------
 # Measurement helpers.
-cpu_ticks() { # PIDS... -> utime+stime summed, in clock ticks
-  local t=0 p v
+cpu_ticks() { # PIDS... -> utime+stime summed, then utime alone, in clock ticks
+  local t=0 u=0 p v w
   for p in "$@"; do
-    v=$(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$p/stat" 2>/dev/null || echo 0)
+    read -r v w < <(awk '{sub(/^.*\) /, ""); print $12 + $13, $12}' "/proc/$p/stat" 2>/dev/null || echo 0 0)
     t=$((t + ${v:-0}))
+    u=$((u + ${w:-0}))
   done
-  echo "$t"
+  echo "$t $u"
 }
 ours1=0
 core1_ours() { # sets ours1: ticks used on core 1 by what we run there (load tools + origins)
@@ -404,8 +405,10 @@ core1_ours() { # sets ours1: ticks used on core 1 by what we run there (load too
     n = 0
     for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); n += t[1] * 60 + t[2] }
     printf "%d", n * c }' "$work/times")
+  local origins
   # shellcheck disable=SC2046
-  ours1=$((kids + $(cpu_ticks "$origin_pid" $(pgrep -P "$origin_pid") "$slow_pid")))
+  read -r origins _ < <(cpu_ticks "$origin_pid" $(pgrep -P "$origin_pid") "$slow_pid")
+  ours1=$((kids + origins))
 }
 core_busy() { # CPU -> non-idle ticks of that core (user nice system irq softirq steal)
   awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat
@@ -468,7 +471,8 @@ declare -A RPS FETCHED
 # measure CASE SERVER KIND URL [EXTRA]: KIND is wrk, h2 or burst.
 measure() {
   local case=$1 server=$2 kind=$3 url=$4 extra=${5:-}
-  local procs rpid before_cpu after_cpu before_origin out rps p50 p99 errs reqs t0 t1 c0a c0b
+  local procs rpid before_cpu after_cpu before_user after_user before_origin out rps p50 p99 errs
+  local reqs t0 t1 c0a c0b
   local c1a c1b o1a o1b
   wait_idle
   procs=$(pids_of "$server")
@@ -476,7 +480,7 @@ measure() {
   echo 5 >"/proc/$rpid/clear_refs" 2>/dev/null || true
   before_origin=$(origin_count)
   # shellcheck disable=SC2086
-  before_cpu=$(cpu_ticks $procs)
+  read -r before_cpu before_user < <(cpu_ticks $procs)
   c0a=$(core_busy 0)
   c1a=$(core_busy 1)
   core1_ours
@@ -519,7 +523,7 @@ measure() {
   t1=$(date +%s.%N)
   [ "${VERBOSE:-0}" = 1 ] && echo "$out" | sed 's/^/    | /'
   # shellcheck disable=SC2086
-  after_cpu=$(cpu_ticks $procs)
+  read -r after_cpu after_user < <(cpu_ticks $procs)
   c0b=$(core_busy 0)
   c1b=$(core_busy 1)
   core1_ours
@@ -530,10 +534,13 @@ measure() {
   else
     fetched=$(($(origin_count) - before_origin - 1))
   fi
-  local rss cpu per busy other other1
+  local rss cpu per user busy other other1
   rss=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$rpid/status")
   cpu=$(awk -v a="$before_cpu" -v b="$after_cpu" -v c="$CLK" 'BEGIN {printf "%.2f", (b - a) / c}')
   per=$(awk -v s="$cpu" -v n="${reqs:-0}" 'BEGIN {if (n > 0) printf "%.1f", s * 1e6 / n; else print "-"}')
+  # Its user-space part: the kernel's (socket and file copies, system calls) is most of a hit's.
+  user=$(awk -v a="$before_user" -v b="$after_user" -v c="$CLK" -v n="${reqs:-0}" \
+    'BEGIN {if (n > 0) printf "%.1f", (b - a) / c * 1e6 / n; else print "-"}')
   busy=$(awk -v s="$cpu" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", 100 * s / (b - a)}')
   # Core 0 time not spent in the server: other tenants, steal, interrupts (noise indicator).
   other=$(awk -v x="$c0a" -v y="$c0b" -v s="$cpu" -v c="$CLK" -v a="$t0" -v b="$t1" \
@@ -544,9 +551,9 @@ measure() {
   rps=$(printf "%.0f" "${rps:-0}")
   RPS[$case,$server]=$rps
   FETCHED[$case,$server]=$fetched
-  rows+=("$case|$server|$rps|$p50|$p99|$errs|$cpu|$per|$busy|$other/$other1|$rss|$fetched")
-  printf "  %-16s %9s req/s  p50 %7s ms  p99 %7s ms  errors %s  cpu %6s s (%s µs/req, core0 %s%%)  other core0/1 %s/%s%%  rss %s MiB  origin %s\n" \
-    "$server" "$rps" "$p50" "$p99" "$errs" "$cpu" "$per" "$busy" "$other" "$other1" "$rss" "$fetched"
+  rows+=("$case|$server|$rps|$p50|$p99|$errs|$cpu|$per|$user|$busy|$other/$other1|$rss|$fetched")
+  printf "  %-16s %9s req/s  p50 %7s ms  p99 %7s ms  errors %s  cpu %6s s (%s µs/req, user %s; core0 %s%%)  other core0/1 %s/%s%%  rss %s MiB  origin %s\n" \
+    "$server" "$rps" "$p50" "$p99" "$errs" "$cpu" "$per" "$user" "$busy" "$other" "$other1" "$rss" "$fetched"
 }
 
 check_get() { # URL expected-bytes: fetch twice (fill, then a hit), check status and size
@@ -671,11 +678,11 @@ ratio() { # a b -> a/b or -
   awk -v a="${1:-}" -v b="${2:-}" 'BEGIN {if (a > 0 && b > 0) printf "%.2f", a / b; else print "—"}'
 }
 echo
-echo "| case | server | req/s | p50 ms | p99 ms | errors | CPU s | CPU µs/req | core 0 busy | others on core 0/1 | peak RSS MiB | origin requests |"
-echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| case | server | req/s | p50 ms | p99 ms | errors | CPU s | CPU µs/req | of which user | core 0 busy | others on core 0/1 | peak RSS MiB | origin requests |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for r in "${rows[@]}"; do
-  IFS='|' read -r c s rps p50 p99 errs cpu per busy other rss fetched <<<"$r"
-  echo "| $c | $s | $rps | $p50 | $p99 | $errs | $cpu | $per | $busy % | $other % | $rss | $fetched |"
+  IFS='|' read -r c s rps p50 p99 errs cpu per user busy other rss fetched <<<"$r"
+  echo "| $c | $s | $rps | $p50 | $p99 | $errs | $cpu | $per | $user | $busy % | $other % | $rss | $fetched |"
 done
 echo
 echo "| case | nginx $nginx_v req/s | Varnish $varnish_v req/s | tamis req/s | tamis/nginx | tamis/Varnish | hyper alone req/s | tamis/hyper |"
@@ -707,7 +714,9 @@ Each server under test alone on core 0; wrk / h2load / the burst client and both
 core 1. "core 0 busy": the server's CPU time over the run time. "others on core 0/1": time
 those cores spent on anything but the server (core 0) or the load tool and origins (core 1):
 other tenants, steal, softirq; high = a noisy run. Server well below 100 % with little
-"other": core 1 (load generator + origin) was the limit, so compare CPU µs/req. Peak
+"other": core 1 (load generator + origin) was the limit, so compare CPU µs/req. "of which
+user": the server's own code (user space); the rest is the kernel's on its behalf (socket and
+file copies, system calls), much the same for every server on a given case. Peak
 RSS: tamis, the nginx worker (nginx's cache lives in the page cache, not counted), the Varnish
 child (malloc 256M, one thread pool, 200-2000 threads). Varnish has no TLS: cases f and g not
 measured for it, nor case h (no disk). Case e: "origin requests" is the number of origin
@@ -720,7 +729,7 @@ NOTE
 
 failed=0
 for r in "${rows[@]}"; do
-  IFS='|' read -r c s rps p50 p99 errs cpu per busy other rss fetched <<<"$r"
+  IFS='|' read -r c s rps p50 p99 errs cpu per user busy other rss fetched <<<"$r"
   if [ "$errs" != 0 ]; then
     echo "$( [ "${s%%-*}" = tamis ] && echo FAIL || echo warning): case $c, $s: $errs errors" >&2
     [ "${s%%-*}" = tamis ] && failed=1
