@@ -3,7 +3,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use super::response::{remove_with_connection_listed, NameSet};
+use super::response::{remove_with_connection_listed, NameFilter, NameSet};
 use super::Jurisdiction;
 
 /// Why a request header is kept from the upstream.
@@ -326,6 +326,10 @@ impl RequestPolicy {
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
+    // Most names are ruled out by the filter alone (see `NameFilter`).
+    if !HOP_BY_HOP_FILTER.may_hold(name.as_str()) {
+        return false;
+    }
     static NAMES: std::sync::OnceLock<NameSet> = std::sync::OnceLock::new();
     NAMES
         .get_or_init(|| {
@@ -337,6 +341,19 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         })
         .contains(name)
 }
+
+/// The filter of [`REQUEST_REMOVED`]'s hop-by-hop names.
+const HOP_BY_HOP_FILTER: NameFilter = {
+    let mut f = NameFilter::EMPTY;
+    let mut i = 0;
+    while i < REQUEST_REMOVED.len() {
+        if matches!(REQUEST_REMOVED[i].1, Removed::HopByHop) {
+            f = f.with(REQUEST_REMOVED[i].0);
+        }
+        i += 1;
+    }
+    f
+};
 
 /// Everything but hop-by-hop headers (and those the visitor named in Connection), removed in
 /// place.
@@ -480,6 +497,26 @@ const OTHER_USER_AGENT: &str = "Mozilla/5.0 (compatible; other)";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hop_by_hop_filter_never_rules_out_a_hop_by_hop_name() {
+        for (name, why) in REQUEST_REMOVED {
+            let hop = *why == Removed::HopByHop;
+            assert_eq!(is_hop_by_hop(&HeaderName::from_static(name)), hop, "{name}");
+            if hop {
+                assert!(HOP_BY_HOP_FILTER.may_hold(name), "{name}");
+            }
+        }
+        for name in [
+            "content-type",
+            "content-length",
+            "accept",
+            "x-custom",
+            "hostname",
+        ] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
+    }
 
     fn visitor() -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -105,13 +105,41 @@ pub fn upstream_uri(
     pq.push_str(&base.path);
     pq.push_str(rest);
     if let Some(q) = query {
-        if q.bytes().any(|b| b < 0x20 || b == 0x7f || b == b'#') {
-            return Err(Confinement::InvalidUrl);
-        }
+        check_query(q)?;
         pq.push('?');
         pq.push_str(q);
     }
     let pq = PathAndQuery::try_from(pq).map_err(|_| Confinement::InvalidUrl)?;
+    at_base(base, pq)
+}
+
+/// [`upstream_uri`] when the base's path is the route's prefix, given the visitor's own
+/// parsed path and query `target` (the prefix, then `rest`, then `?query` when there is one):
+/// the same checks, and the same URL, whose path and query are then `target`'s bytes, shared
+/// instead of written out and parsed again.
+pub fn upstream_uri_mounted(
+    base: &UpstreamBase,
+    rest: &str,
+    query: Option<&str>,
+    target: &PathAndQuery,
+) -> Result<Uri, Confinement> {
+    check_rest(rest)?;
+    if let Some(q) = query {
+        check_query(q)?;
+    }
+    at_base(base, target.clone())
+}
+
+/// A query the upstream URL may carry: no control characters, no fragment.
+fn check_query(q: &str) -> Result<(), Confinement> {
+    if q.bytes().any(|b| b < 0x20 || b == 0x7f || b == b'#') {
+        return Err(Confinement::InvalidUrl);
+    }
+    Ok(())
+}
+
+/// The base's scheme and authority before `pq`.
+fn at_base(base: &UpstreamBase, pq: PathAndQuery) -> Result<Uri, Confinement> {
     // From its parts, not through `Uri::builder`, which moves the parts along at each step.
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(base.scheme.clone());

@@ -128,6 +128,31 @@ impl Route {
         }
     }
 
+    /// [`upstream_uri`](Self::upstream_uri) for the visitor's request `target`, whose path is
+    /// this route's prefix then `rest`. A mirror mounted at its base's own path (prefix and
+    /// base path alike) whose query goes on as sent (or that has none) asks upstream for the
+    /// visitor's own path and query: the URL shares the target's parsed bytes instead of
+    /// writing them out and parsing them again. Same checks, same URL.
+    pub fn upstream_uri_at(&self, target: &Uri, rest: &str) -> Result<Uri, PathError> {
+        let query = target.query();
+        let query_as_sent = query.is_none()
+            || (self.config.forward_query && matches!(self.role, Role::Static | Role::FontCss));
+        let mounted = matches!(self.role, Role::Static | Role::FontCss | Role::FontFiles)
+            && query_as_sent
+            && self.prefix == self.upstream.path;
+        match target.path_and_query() {
+            Some(pq) if mounted && pq.path().strip_prefix(self.prefix.as_str()) == Some(rest) => {
+                Ok(confine::upstream_uri_mounted(
+                    &self.upstream,
+                    rest,
+                    query,
+                    pq,
+                )?)
+            }
+            _ => self.upstream_uri(rest, query),
+        }
+    }
+
     /// The upstream URL of an analytics endpoint (`rest`) with no query, built ahead
     /// ([`Route::endpoint_uris`]).
     pub fn endpoint_uri(&self, rest: &str) -> Option<&Uri> {
