@@ -262,8 +262,13 @@ pub(crate) fn route_request(
     body: Bytes,
 ) -> UpstreamRequest {
     if !is_safe(method) {
-        // Scrubbed in place: no copy of what a pass-through route keeps.
-        let headers = route.scrub_owned(std::mem::take(visitor));
+        // Scrubbed in place: no copy of what a pass-through route keeps. The route's upstream
+        // `Host` goes where the visitor's was (the sender would add it otherwise).
+        let visitor = std::mem::take(visitor);
+        let headers = match &route.upstream_host {
+            Some(host) => route.scrub_owned_to(visitor, host),
+            None => route.scrub_owned(visitor),
+        };
         return UpstreamRequest::new(method.clone(), uri, headers, body);
     }
     let mut headers = route.scrub(visitor);

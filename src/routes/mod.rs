@@ -82,6 +82,9 @@ pub struct Route {
     /// events never carry a query, so their URL is always one of these (a clone shares its
     /// bytes), and building it per event cost a check, a copy, a parse and their drops.
     pub endpoint_uris: Vec<(&'static str, Uri)>,
+    /// The `Host` tamis sends this route's upstream over HTTP/1.1, built once (`None` for
+    /// tiles, whose host comes from the template per tile).
+    pub upstream_host: Option<HeaderValue>,
 }
 
 impl Route {
@@ -206,6 +209,12 @@ impl Route {
     /// pass-through route).
     pub fn scrub_owned(&self, visitor: HeaderMap) -> HeaderMap {
         self.for_role(self.policy.scrub_owned(visitor))
+    }
+
+    /// As [`scrub_owned`](Self::scrub_owned), with the upstream's own `host` in place of the
+    /// visitor's on a pass-through route (see [`RequestPolicy::scrub_owned_to`]).
+    pub fn scrub_owned_to(&self, visitor: HeaderMap, host: &HeaderValue) -> HeaderMap {
+        self.for_role(self.policy.scrub_owned_to(visitor, host))
     }
 
     /// Adds what the route's role needs to scrubbed headers.

@@ -211,14 +211,22 @@ impl Upstream {
     }
 }
 
+/// The `Host` header tamis sends over HTTP/1.1 for an absolute `http` or `https` URI (the
+/// host in lower case, the port unless it is the scheme's default).
+pub fn host_header(uri: &Uri) -> Option<HeaderValue> {
+    pool::Target::of(uri).and_then(|t| t.host_header())
+}
+
 /// HTTP/1.1 wants the origin form (`/path?query`) and a `Host` header.
 fn for_h1(req: &mut Request<Full<Bytes>>, host: Option<&HeaderValue>) {
     *req.version_mut() = Version::HTTP_11;
     if let Some(host) = host {
-        // One lookup, not a check then an insert.
-        req.headers_mut()
-            .entry(HOST)
-            .or_insert_with(|| host.clone());
+        // Usually there already: a pass-through route's request has the upstream's written
+        // over the visitor's (`Route::scrub_owned_to`). A look along the few names, not a
+        // hashed lookup; when it is missing, one insert.
+        if !req.headers().keys().any(|n| n == HOST) {
+            req.headers_mut().insert(HOST, host.clone());
+        }
     }
     if req.uri().scheme().is_some() {
         // Moved out, not cloned: a clone of a URI built from a `String` allocates.
@@ -269,7 +277,7 @@ impl Http1Request {
 /// compares it with the bytes a raw upstream reads. Over HTTP/2 the same fields go as HPACK,
 /// with `:authority` instead of `Host`.
 pub fn as_http1(parts: &http::request::Parts, body: &Bytes) -> Http1Request {
-    let host = pool::Target::of(&parts.uri).and_then(|t| t.host_header());
+    let host = host_header(&parts.uri);
     let mut req = Request::new(Full::new(Bytes::new()));
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
