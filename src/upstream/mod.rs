@@ -110,8 +110,9 @@ impl Upstream {
         self.timeout
     }
 
-    /// Sends the request in `req` (absolute `http` or `https` URI; taken out, `req` is left
-    /// empty) and waits for the response head, within the total timeout.
+    /// Sends the request in `req` (absolute `http` or `https` URI; taken out when hyper takes
+    /// it, so `req` is left empty once sent) and waits for the response head, within the total
+    /// timeout.
     ///
     /// By `&mut`, not by value: an async fn keeps a by-value argument for its whole life and
     /// again as the local it works on, so each layer handing a 256-byte request down by value
@@ -141,7 +142,8 @@ impl Upstream {
         host_header: Option<HeaderValue>,
         req: &mut Request<Full<Bytes>>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let mut req = std::mem::take(req);
+        // The request stays in the caller's place until it is handed to hyper, which hands
+        // it back there if it could not send it: one copy of it in this future, not two.
         loop {
             let (sender, pooled) = match self.pool.checkout(host) {
                 Some(s) => (s, true),
@@ -166,14 +168,14 @@ impl Upstream {
                         }
                         return Err(UpstreamError::Protocol(error_chain(&e)));
                     }
-                    for_h1(&mut req, host_header.as_ref());
-                    match h1.sender.try_send_request(req).await {
+                    for_h1(req, host_header.as_ref());
+                    match h1.sender.try_send_request(std::mem::take(req)).await {
                         Ok(resp) => {
                             let pool = self.pool.clone();
                             return Ok(resp.map(|b| PooledBody::pooled(b, pool, host, h1)));
                         }
                         Err(mut e) => match e.take_message() {
-                            Some(unsent) if pooled => req = unsent,
+                            Some(unsent) if pooled => *req = unsent,
                             _ => return Err(UpstreamError::Protocol(error_chain(e.error()))),
                         },
                     }
@@ -195,12 +197,12 @@ impl Upstream {
                     // `:authority`); a `Host` header would be redundant.
                     *req.version_mut() = Version::HTTP_2;
                     req.headers_mut().remove(HOST);
-                    match h2.try_send_request(req).await {
+                    match h2.try_send_request(std::mem::take(req)).await {
                         Ok(resp) => return Ok(resp.map(PooledBody::unpooled)),
                         Err(mut e) => match e.take_message() {
                             Some(unsent) if pooled => {
                                 self.pool.drop_h2(host);
-                                req = unsent;
+                                *req = unsent;
                             }
                             _ => return Err(UpstreamError::Protocol(error_chain(e.error()))),
                         },
