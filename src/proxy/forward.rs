@@ -162,7 +162,7 @@ pub(super) fn forward<'a>(
             Err(e) => return upstream_failed(&e),
         };
         let (parts, incoming) = resp.into_parts();
-        let Some(mut headers) = scrub_response(state, route, requested.as_str(), parts.headers)
+        let Some(mut headers) = scrub_response(state, route, || requested.as_str(), parts.headers)
         else {
             return Answer::own(Refusal::RedirectedElsewhere);
         };

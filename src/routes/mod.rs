@@ -275,7 +275,12 @@ impl Route {
     }
 
     /// What tamis adds to an answer once the policy has scrubbed it.
-    pub fn adjust_response(&self, headers: &mut HeaderMap, requested_path: &str) {
+    /// `requested_path` gives the path requested upstream, asked only for a font's type.
+    pub fn adjust_response<'p>(
+        &self,
+        headers: &mut HeaderMap,
+        requested_path: impl FnOnce() -> &'p str,
+    ) {
         if self.config.pass_through {
             return;
         }
@@ -299,7 +304,7 @@ impl Route {
                     || v.starts_with(b"text/plain")
             });
             if generic {
-                if let Some(ct) = fonts::font_content_type(requested_path) {
+                if let Some(ct) = fonts::font_content_type(requested_path()) {
                     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
                 }
             }
