@@ -195,6 +195,11 @@ where
                 more.extend_from_slice(&data);
             }
         }
+        // A body whose declared length has all arrived (a small POST: one frame) is known to
+        // be over without another poll to say so.
+        if body.is_end_stream() {
+            break;
+        }
     }
     Ok(match first {
         Some(only) => only,
@@ -256,4 +261,44 @@ pub fn error_response(status: StatusCode, message: &'static str) -> Response<Pro
         HeaderValue::from_static("nosniff"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+
+    /// One data frame, then a panic if it is polled again: its end is told by `is_end_stream`.
+    struct OneFrame(Option<Bytes>);
+
+    impl Body for OneFrame {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            match self.0.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => panic!("polled after its end"),
+            }
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_none()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_known_to_be_over_is_not_polled_again() {
+        let body = OneFrame(Some(Bytes::from_static(b"{\"n\":\"pageview\"}")));
+        let read = read_limited(body, 1024).await.unwrap();
+        assert_eq!(&read[..], b"{\"n\":\"pageview\"}");
+        let body = OneFrame(Some(Bytes::from_static(b"too long")));
+        assert!(matches!(
+            read_limited(body, 3).await,
+            Err(ReadError::TooLarge(3))
+        ));
+    }
 }

@@ -59,7 +59,7 @@ pub(crate) fn request_filter<'r, 'p>(
     }
 }
 
-/// What a route takes, from [`route_filter`].
+/// What a route takes, from [`route_filter_at`].
 pub(crate) enum Accepted<'r> {
     /// A mirror's request (static, fonts, tiles) and the upstream URL it maps to.
     Mirror(Uri),
@@ -67,20 +67,45 @@ pub(crate) enum Accepted<'r> {
     Tracking(Protocol, &'r Arc<analytics::Runtime>),
 }
 
-/// Whether the route takes this request, checked before any body is read, in the order the
-/// live path has always answered: a mirror's path confined under its upstream base (400)
-/// before its method (405); a tracking route's endpoint (404) before its method (405).
+/// As [`route_filter_at`], given only the query: the upstream URL is always written out and
+/// parsed. The tests compare the two.
+#[cfg(test)]
 pub(crate) fn route_filter<'r>(
     route: &'r Route,
     rest: &str,
     method: &Method,
     query: Option<&str>,
 ) -> Result<Accepted<'r>, Refusal> {
+    accept(route, rest, method, || route.upstream_uri(rest, query))
+}
+
+/// Whether the route takes this request, checked before any body is read, in the order the
+/// live path has always answered: a mirror's path confined under its upstream base (400)
+/// before its method (405); a tracking route's endpoint (404) before its method (405).
+/// `target` is the visitor's request target (its path is the route's prefix then `rest`),
+/// whose parsed path and query the upstream URL may share (see [`Route::upstream_uri_at`]).
+/// The live path and the probe both call it.
+pub(crate) fn route_filter_at<'r>(
+    route: &'r Route,
+    rest: &str,
+    method: &Method,
+    target: &Uri,
+) -> Result<Accepted<'r>, Refusal> {
+    accept(route, rest, method, || route.upstream_uri_at(target, rest))
+}
+
+/// [`route_filter_at`]'s checks, with the mirror's upstream URL built by `uri`.
+fn accept<'r>(
+    route: &'r Route,
+    rest: &str,
+    method: &Method,
+    uri: impl FnOnce() -> Result<Uri, crate::routes::PathError>,
+) -> Result<Accepted<'r>, Refusal> {
     if let Role::Analytics(protocol) = route.role {
         return analytics_gate(route, protocol, rest, method)
             .map(|rt| Accepted::Tracking(protocol, rt));
     }
-    let uri = route.upstream_uri(rest, query).map_err(|why| {
+    let uri = uri().map_err(|why| {
         tracing::debug!(route = %route.config.name, %why, "path refused");
         Refusal::BadPath
     })?;
@@ -89,7 +114,7 @@ pub(crate) fn route_filter<'r>(
 }
 
 /// What the live path would do with a visitor's request, up to the point of sending: the same
-/// filters ([`request_filter`], [`route_filter`]) and the same builders ([`route_request`],
+/// filters ([`request_filter`], [`route_filter_at`]) and the same builders ([`route_request`],
 /// [`prepare_analytics`]), without the cache, the rate limits, the metrics or the upstream. An analytics route's pseudonyms
 /// come from a key drawn for this call alone, never the route's: they cannot be compared with
 /// live ones. The request target must be in origin form (`/path?query`).
@@ -125,7 +150,7 @@ pub(crate) fn dry_run(
             }
         }
     };
-    let accepted = route_filter(route, rest, visit.method, visit.uri.query());
+    let accepted = route_filter_at(route, rest, visit.method, visit.uri);
     let result = accepted.and_then(|accepted| match accepted {
         Accepted::Tracking(protocol, rt) => {
             if visit.body.len() > rt.max_body {
@@ -237,8 +262,13 @@ pub(crate) fn route_request(
     body: Bytes,
 ) -> UpstreamRequest {
     if !is_safe(method) {
-        // Scrubbed in place: no copy of what a pass-through route keeps.
-        let headers = route.scrub_owned(std::mem::take(visitor));
+        // Scrubbed in place: no copy of what a pass-through route keeps. The route's upstream
+        // `Host` goes where the visitor's was (the sender would add it otherwise).
+        let visitor = std::mem::take(visitor);
+        let headers = match &route.upstream_host {
+            Some(host) => route.scrub_owned_to(visitor, host),
+            None => route.scrub_owned(visitor),
+        };
         return UpstreamRequest::new(method.clone(), uri, headers, body);
     }
     let mut headers = route.scrub(visitor);
@@ -489,6 +519,51 @@ mod tests {
                     Ok(_) => 0,
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_mounted_route_shares_the_target_and_asks_for_the_same_url() {
+        let config = Config::parse(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\
+             [[route]]\nname = \"same\"\nkind = \"static\"\nprefix = \"/post/\"\n\
+             upstream = \"http://up.example:8080/post/\"\nforward_query = true\n\
+             [[route]]\nname = \"noq\"\nkind = \"static\"\nprefix = \"/noq/\"\n\
+             upstream = \"https://up.example/noq/\"\nforward_query = false\n\
+             [[route]]\nname = \"moved\"\nkind = \"static\"\nprefix = \"/m/\"\n\
+             upstream = \"https://up.example/elsewhere/\"\nforward_query = true\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let router = Router::new(&config);
+        for target in [
+            "/post/e",
+            "/post/e?a=b",
+            "/post/e?",
+            "/post/",
+            "/post/a/b.js?v=1&w=%20",
+            "/post/a//b",
+            "/post/../x",
+            "/post/%2e%2e/x",
+            "/post/a%2fb",
+            "/post/a\\b",
+            "/noq/x?drop=me",
+            "/noq/x",
+            "/m/x?y=z",
+            "/m/..",
+        ] {
+            let uri: Uri = target.parse().unwrap();
+            let (route, rest) = router.find(uri.path()).unwrap();
+            let url = |a: Result<Accepted<'_>, Refusal>| match a {
+                Ok(Accepted::Mirror(u)) => Ok(u.to_string()),
+                Ok(Accepted::Tracking(..)) => Err(0),
+                Err(r) => Err(r.status().as_u16()),
+            };
+            assert_eq!(
+                url(route_filter_at(route, rest, &Method::POST, &uri)),
+                url(route_filter(route, rest, &Method::POST, uri.query())),
+                "{target}"
+            );
         }
     }
 

@@ -3,7 +3,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use super::response::{remove_with_connection_listed, NameSet};
+use super::response::{remove_with_connection_listed, NameFilter, NameSet};
 use super::Jurisdiction;
 
 /// Why a request header is kept from the upstream.
@@ -270,6 +270,29 @@ impl RequestPolicy {
         visitor
     }
 
+    /// As [`scrub_owned`](Self::scrub_owned), for a request sent to an upstream whose `Host`
+    /// is `host`: on a pass-through policy, a visitor's single `Host` (hop-by-hop, never
+    /// forwarded) has `host` written over it in place instead of being removed for the
+    /// client to add `host` after, two hashed map operations per forward. Anything else (no
+    /// `Host`, several, one that `Connection` lists) is stripped as `scrub_owned` strips it,
+    /// and the client adds `host`. Either way the visitor's `Host` never leaves.
+    pub fn scrub_owned_to(&self, mut visitor: HeaderMap, host: &HeaderValue) -> HeaderMap {
+        if !self.pass_through {
+            return self.scrub(&visitor);
+        }
+        let mut hosts = visitor.iter_mut().filter(|(n, _)| *n == header::HOST);
+        match (hosts.next(), hosts.next()) {
+            (Some((_, value)), None) => {
+                value.clone_from(host);
+                remove_with_connection_listed(&mut visitor, |n| {
+                    n != header::HOST && is_hop_by_hop(n)
+                });
+            }
+            _ => strip_hop_by_hop(&mut visitor),
+        }
+        visitor
+    }
+
     /// Builds the header map sent upstream. It is built *from the allowlist*, not by deleting
     /// from the visitor's headers, so a header nobody thought of can never slip through.
     pub fn scrub(&self, visitor: &HeaderMap) -> HeaderMap {
@@ -326,6 +349,10 @@ impl RequestPolicy {
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
+    // Most names are ruled out by the filter alone (see `NameFilter`).
+    if !HOP_BY_HOP_FILTER.may_hold(name.as_str()) {
+        return false;
+    }
     static NAMES: std::sync::OnceLock<NameSet> = std::sync::OnceLock::new();
     NAMES
         .get_or_init(|| {
@@ -337,6 +364,19 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         })
         .contains(name)
 }
+
+/// The filter of [`REQUEST_REMOVED`]'s hop-by-hop names.
+const HOP_BY_HOP_FILTER: NameFilter = {
+    let mut f = NameFilter::EMPTY;
+    let mut i = 0;
+    while i < REQUEST_REMOVED.len() {
+        if matches!(REQUEST_REMOVED[i].1, Removed::HopByHop) {
+            f = f.with(REQUEST_REMOVED[i].0);
+        }
+        i += 1;
+    }
+    f
+};
 
 /// Everything but hop-by-hop headers (and those the visitor named in Connection), removed in
 /// place.
@@ -480,6 +520,71 @@ const OTHER_USER_AGENT: &str = "Mozilla/5.0 (compatible; other)";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_upstreams_host_goes_where_the_visitors_was_and_nothing_else_changes() {
+        let ua = HeaderValue::from_static("tamis");
+        let through = RequestPolicy::new(Jurisdiction::Eu, &ua, None, &[]).pass_through();
+        let allowlist = RequestPolicy::new(Jurisdiction::Eu, &ua, None, &[]);
+        let up = HeaderValue::from_static("up.example:8080");
+        let cases: &[&[(&str, &str)]] = &[
+            &[
+                ("host", "site.example"),
+                ("content-type", "a/b"),
+                ("x-a", "1"),
+            ],
+            &[("content-type", "a/b")],
+            &[("host", "one.example"), ("host", "two.example")],
+            &[("host", "site.example"), ("connection", "host")],
+            &[
+                ("connection", "x-secret"),
+                ("x-secret", "1"),
+                ("host", "site.example"),
+                ("te", "trailers"),
+                ("cookie", "c=1"),
+            ],
+        ];
+        for case in cases {
+            let mut visitor = HeaderMap::new();
+            for (k, v) in *case {
+                visitor.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+            }
+            let mut sent = through.scrub_owned_to(visitor.clone(), &up);
+            // At most one Host, the upstream's: the visitor's never leaves.
+            let hosts: Vec<_> = sent.get_all(header::HOST).iter().cloned().collect();
+            assert!(
+                hosts.len() <= 1 && hosts.iter().all(|h| *h == up),
+                "{case:?}"
+            );
+            sent.remove(header::HOST);
+            assert_eq!(sent, through.scrub_owned(visitor.clone()), "{case:?}");
+            assert_eq!(
+                allowlist.scrub_owned_to(visitor.clone(), &up),
+                allowlist.scrub(&visitor),
+                "{case:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_hop_by_hop_filter_never_rules_out_a_hop_by_hop_name() {
+        for (name, why) in REQUEST_REMOVED {
+            let hop = *why == Removed::HopByHop;
+            assert_eq!(is_hop_by_hop(&HeaderName::from_static(name)), hop, "{name}");
+            if hop {
+                assert!(HOP_BY_HOP_FILTER.may_hold(name), "{name}");
+            }
+        }
+        for name in [
+            "content-type",
+            "content-length",
+            "accept",
+            "x-custom",
+            "hostname",
+        ] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
+    }
 
     fn visitor() -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -258,7 +258,9 @@ pub const RESPONSE_STRIPPED_PREFIXES: &[(&str, Stripped)] = &[
 pub fn withheld(kind: ResponseKind, name: &HeaderName) -> bool {
     match kind {
         ResponseKind::PassThrough => {
-            stripped_names().contains(name) || stripped_by_prefix(name.as_str())
+            let text = name.as_str();
+            (STRIPPED_FILTER.may_hold(text) && stripped_names().contains(name))
+                || stripped_by_prefix(text)
         }
         _ => !allowed_names(kind).contains(name),
     }
@@ -394,6 +396,57 @@ fn rewrite_values(headers: &mut HeaderMap, name: HeaderName, f: fn(&str) -> Opti
     }
 }
 
+/// A summary of a fixed set of header names, worked out from a table at compile time: a name
+/// it says the set cannot hold is not looked up in it. Most of a message's names (Date,
+/// Content-Type, Content-Length, ...) are ruled out this way, for a few instructions instead
+/// of a hashed set lookup (~57 each, on every header of every forward, both ways). It only
+/// ever says "maybe" for a name of the set, so the answer is the set's.
+pub(super) struct NameFilter([u64; 8]);
+
+impl NameFilter {
+    /// The filter of no names.
+    pub(super) const EMPTY: NameFilter = NameFilter([0; 8]);
+
+    /// The bit a name sets: its length, first, second and last bytes, mixed.
+    const fn bit(name: &[u8]) -> usize {
+        let n = name.len();
+        if n == 0 {
+            return 0;
+        }
+        let mut h = n as u32;
+        h = h.wrapping_mul(31).wrapping_add(name[0] as u32);
+        h = h
+            .wrapping_mul(31)
+            .wrapping_add(if n > 1 { name[1] as u32 } else { 0 });
+        h = h.wrapping_mul(31).wrapping_add(name[n - 1] as u32);
+        (h % 512) as usize
+    }
+
+    /// This filter and `name` (lower case, as header names are).
+    pub(super) const fn with(mut self, name: &str) -> NameFilter {
+        let b = NameFilter::bit(name.as_bytes());
+        self.0[b / 64] |= 1 << (b % 64);
+        self
+    }
+
+    /// Whether `name` (a header name's lower-case text) may be one of the filter's names.
+    pub(super) fn may_hold(&self, name: &str) -> bool {
+        let b = NameFilter::bit(name.as_bytes());
+        self.0[b / 64] >> (b % 64) & 1 == 1
+    }
+}
+
+/// [`RESPONSE_STRIPPED`]'s filter.
+const STRIPPED_FILTER: NameFilter = {
+    let mut f = NameFilter::EMPTY;
+    let mut i = 0;
+    while i < RESPONSE_STRIPPED.len() {
+        f = f.with(RESPONSE_STRIPPED[i].0);
+        i += 1;
+    }
+    f
+};
+
 /// A fixed set of header names. FxHash rather than SipHash: the sets are built from this
 /// module's tables, never from visitor input, so there is nothing to collide on purpose, and
 /// the lookup runs for every header of every request and response.
@@ -436,7 +489,9 @@ pub(super) fn remove_with_connection_listed(
     headers: &mut HeaderMap,
     mut drop: impl FnMut(&HeaderName) -> bool,
 ) {
-    let mut doomed: [Option<HeaderName>; 8] = Default::default();
+    // Made only once a name is doomed: most messages lose none but Connection, and building
+    // then dropping the eight empty slots cost ~45 instructions on each.
+    let mut doomed: Option<[Option<HeaderName>; 8]> = None;
     // Most messages have no Connection header (HTTP/1.1 keeps the connection open without
     // one), or one that says only `keep-alive` or `close`: one pass over the entries finds
     // out, without looking the name up to read it.
@@ -464,16 +519,19 @@ pub(super) fn remove_with_connection_listed(
                 continue;
             }
             if drop(name) || listed(name) {
-                if found == doomed.len() {
+                let slots = doomed.get_or_insert_with(Default::default);
+                if found == slots.len() {
                     full = true;
                     break;
                 }
-                doomed[found] = Some(name.clone());
+                slots[found] = Some(name.clone());
                 found += 1;
             }
         }
-        for name in doomed[..found].iter_mut().filter_map(Option::take) {
-            headers.remove(name);
+        if let Some(slots) = doomed.as_mut() {
+            for name in slots[..found].iter_mut().filter_map(Option::take) {
+                headers.remove(name);
+            }
         }
         // More names to drop than the array holds: another pass finds the rest.
         if !full {
@@ -527,6 +585,32 @@ pub fn is_relative_reference(target: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_name_filter_never_rules_out_a_withheld_name() {
+        for (name, _) in RESPONSE_STRIPPED {
+            assert!(STRIPPED_FILTER.may_hold(name), "{name}");
+            let name = HeaderName::from_static(name);
+            assert!(withheld(ResponseKind::PassThrough, &name), "{name}");
+        }
+        // The filter only skips the lookup: the answer is the set's, for any name.
+        for name in [
+            "date",
+            "server",
+            "content-type",
+            "x-custom",
+            "set-cookie",
+            "nel",
+            "te",
+        ] {
+            let name = HeaderName::from_static(name);
+            assert_eq!(
+                withheld(ResponseKind::PassThrough, &name),
+                stripped_names().contains(&name),
+                "{name}"
+            );
+        }
+    }
 
     #[test]
     fn the_whole_value_shortcut_agrees_with_the_listed_options() {

@@ -219,7 +219,8 @@ pub(super) async fn fill(
         |n| route.varyable(n),
     );
     // 5. Scrub the response before anything else looks at it.
-    let Some(mut headers) = scrub_response(state, route, up.parts.uri.path(), parts.headers) else {
+    let Some(mut headers) = scrub_response(state, route, || up.parts.uri.path(), parts.headers)
+    else {
         guard
             .finish(Fill::Failed(StatusCode::BAD_GATEWAY), &[])
             .await;

@@ -162,7 +162,7 @@ pub(super) fn forward<'a>(
             Err(e) => return upstream_failed(&e),
         };
         let (parts, incoming) = resp.into_parts();
-        let Some(mut headers) = scrub_response(state, route, requested.as_str(), parts.headers)
+        let Some(mut headers) = scrub_response(state, route, || requested.as_str(), parts.headers)
         else {
             return Answer::own(Refusal::RedirectedElsewhere);
         };
@@ -243,15 +243,20 @@ pub(super) fn forward_unsafe<'a>(
     req: Request<Incoming>,
 ) -> impl Future<Output = Answer> + 'a {
     async move {
-        let (mut parts, body) = req.into_parts();
+        // Only the method and the headers are read after the body: the rest of the head goes
+        // now, not moved whole into a `drop` after.
+        let (method, mut headers, body) = {
+            let (parts, body) = req.into_parts();
+            (parts.method, parts.headers, body)
+        };
         let body = match body::read_limited(body, state.config.limits.max_body_bytes).await {
             Ok(b) => b,
             Err(e) => return body_refused(&e),
         };
         // Only a caching route can hold a copy to drop.
         let stored = route.config.cache.enabled.then(|| uri.clone());
-        let up = route_request(route, &parts.method, uri, &mut parts.headers, body);
-        drop(parts);
+        let up = route_request(route, &method, uri, &mut headers, body);
+        drop(headers);
         let answer = forward(state, route, up.into_request(), false).await;
         let status = answer.response.status();
         if let Some(uri) = stored.filter(|_| status.is_success() || status.is_redirection()) {

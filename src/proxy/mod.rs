@@ -198,7 +198,7 @@ fn serve<'a>(
             }
         }
         // 3. route_filter: what the route takes, before any body is read.
-        let accepted = egress::route_filter(&route, rest, req.method(), req.uri().query());
+        let accepted = egress::route_filter_at(&route, rest, req.method(), req.uri());
         let mut answer = match accepted {
             Ok(Accepted::Tracking(protocol, rt)) => {
                 let rest = rest.to_owned();

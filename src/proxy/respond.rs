@@ -36,15 +36,18 @@ pub(super) enum Unfit {
 
 /// Filters an upstream answer's headers for the visitor (the route kind's allowlist, the
 /// `Link` and CSP filters, `nosniff` and the role's own headers) and maps its `Location` back
-/// under the route.
-pub(super) fn upstream_response_filter(
+/// under the route. The path requested upstream is read only when the answer needs it (a
+/// `Location` to map, a font's type): a forward keeps a copy of it that is checked as text
+/// when read.
+pub(super) fn upstream_response_filter<'p>(
     route: &Route,
-    requested_path: &str,
+    requested_path: impl Fn() -> &'p str,
     mut headers: HeaderMap,
 ) -> Result<HeaderMap, Unfit> {
     policy::scrub_response(&mut headers, route.response_kind());
-    route.adjust_response(&mut headers, requested_path);
+    route.adjust_response(&mut headers, &requested_path);
     if let Some(location) = headers.get(header::LOCATION) {
+        let requested_path = requested_path();
         let mapped = location.to_str().ok().and_then(|loc| {
             match confine::map_location_at(&route.upstream, &route.prefix, requested_path, loc) {
                 Redirect::FirstParty(p) => HeaderValue::from_str(&p).ok(),
@@ -95,7 +98,7 @@ pub(super) fn refreshed_head(
     stored: &Entry,
     not_modified: &HeaderMap,
 ) -> Result<HeaderMap, Unfit> {
-    let fresh = upstream_response_filter(route, requested_path, not_modified.clone())?;
+    let fresh = upstream_response_filter(route, || requested_path, not_modified.clone())?;
     let mut base = (*stored.headers).clone();
     match &stored.upstream_etag {
         Some(etag) => base.insert(header::ETAG, etag.clone()),
@@ -307,10 +310,10 @@ pub(super) fn status_not_stored(why: NotStored) -> HeaderValue {
 /// Scrubs an upstream response's headers and maps its `Location` back under the route (see
 /// [`respond::upstream_response_filter`]); `None` when it redirects outside the route (never
 /// handed to the browser), which is counted and logged.
-pub(super) fn scrub_response(
+pub(super) fn scrub_response<'p>(
     state: &State,
     route: &Route,
-    requested_path: &str,
+    requested_path: impl Fn() -> &'p str,
     headers: HeaderMap,
 ) -> Option<HeaderMap> {
     match upstream_response_filter(route, requested_path, headers) {

@@ -231,7 +231,13 @@ impl Router {
                         css_map: css_map.clone(),
                         analytics: analytics_runtime.clone(),
                         endpoint_uris: Vec::new(),
+                        upstream_host: None,
                     };
+                    if role != Role::Tiles {
+                        route.upstream_host = super::confine::upstream_uri(upstream, "", None)
+                            .ok()
+                            .and_then(|uri| crate::upstream::host_header(&uri));
+                    }
                     if let Role::Analytics(protocol) = role {
                         route.endpoint_uris = protocol
                             .endpoints()

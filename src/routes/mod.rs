@@ -82,6 +82,9 @@ pub struct Route {
     /// events never carry a query, so their URL is always one of these (a clone shares its
     /// bytes), and building it per event cost a check, a copy, a parse and their drops.
     pub endpoint_uris: Vec<(&'static str, Uri)>,
+    /// The `Host` tamis sends this route's upstream over HTTP/1.1, built once (`None` for
+    /// tiles, whose host comes from the template per tile).
+    pub upstream_host: Option<HeaderValue>,
 }
 
 impl Route {
@@ -125,6 +128,31 @@ impl Route {
                 t.template.accepts(&tile)?;
                 t.template.uri(&tile).ok_or(Confinement::InvalidUrl.into())
             }
+        }
+    }
+
+    /// [`upstream_uri`](Self::upstream_uri) for the visitor's request `target`, whose path is
+    /// this route's prefix then `rest`. A mirror mounted at its base's own path (prefix and
+    /// base path alike) whose query goes on as sent (or that has none) asks upstream for the
+    /// visitor's own path and query: the URL shares the target's parsed bytes instead of
+    /// writing them out and parsing them again. Same checks, same URL.
+    pub fn upstream_uri_at(&self, target: &Uri, rest: &str) -> Result<Uri, PathError> {
+        let query = target.query();
+        let query_as_sent = query.is_none()
+            || (self.config.forward_query && matches!(self.role, Role::Static | Role::FontCss));
+        let mounted = matches!(self.role, Role::Static | Role::FontCss | Role::FontFiles)
+            && query_as_sent
+            && self.prefix == self.upstream.path;
+        match target.path_and_query() {
+            Some(pq) if mounted && pq.path().strip_prefix(self.prefix.as_str()) == Some(rest) => {
+                Ok(confine::upstream_uri_mounted(
+                    &self.upstream,
+                    rest,
+                    query,
+                    pq,
+                )?)
+            }
+            _ => self.upstream_uri(rest, query),
         }
     }
 
@@ -181,6 +209,12 @@ impl Route {
     /// pass-through route).
     pub fn scrub_owned(&self, visitor: HeaderMap) -> HeaderMap {
         self.for_role(self.policy.scrub_owned(visitor))
+    }
+
+    /// As [`scrub_owned`](Self::scrub_owned), with the upstream's own `host` in place of the
+    /// visitor's on a pass-through route (see [`RequestPolicy::scrub_owned_to`]).
+    pub fn scrub_owned_to(&self, visitor: HeaderMap, host: &HeaderValue) -> HeaderMap {
+        self.for_role(self.policy.scrub_owned_to(visitor, host))
     }
 
     /// Adds what the route's role needs to scrubbed headers.
@@ -241,7 +275,12 @@ impl Route {
     }
 
     /// What tamis adds to an answer once the policy has scrubbed it.
-    pub fn adjust_response(&self, headers: &mut HeaderMap, requested_path: &str) {
+    /// `requested_path` gives the path requested upstream, asked only for a font's type.
+    pub fn adjust_response<'p>(
+        &self,
+        headers: &mut HeaderMap,
+        requested_path: impl FnOnce() -> &'p str,
+    ) {
         if self.config.pass_through {
             return;
         }
@@ -265,7 +304,7 @@ impl Route {
                     || v.starts_with(b"text/plain")
             });
             if generic {
-                if let Some(ct) = fonts::font_content_type(requested_path) {
+                if let Some(ct) = fonts::font_content_type(requested_path()) {
                     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
                 }
             }

@@ -110,8 +110,9 @@ impl Upstream {
         self.timeout
     }
 
-    /// Sends the request in `req` (absolute `http` or `https` URI; taken out, `req` is left
-    /// empty) and waits for the response head, within the total timeout.
+    /// Sends the request in `req` (absolute `http` or `https` URI; taken out when hyper takes
+    /// it, so `req` is left empty once sent) and waits for the response head, within the total
+    /// timeout.
     ///
     /// By `&mut`, not by value: an async fn keeps a by-value argument for its whole life and
     /// again as the local it works on, so each layer handing a 256-byte request down by value
@@ -141,7 +142,8 @@ impl Upstream {
         host_header: Option<HeaderValue>,
         req: &mut Request<Full<Bytes>>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let mut req = std::mem::take(req);
+        // The request stays in the caller's place until it is handed to hyper, which hands
+        // it back there if it could not send it: one copy of it in this future, not two.
         loop {
             let (sender, pooled) = match self.pool.checkout(host) {
                 Some(s) => (s, true),
@@ -166,14 +168,14 @@ impl Upstream {
                         }
                         return Err(UpstreamError::Protocol(error_chain(&e)));
                     }
-                    for_h1(&mut req, host_header.as_ref());
-                    match h1.sender.try_send_request(req).await {
+                    for_h1(req, host_header.as_ref());
+                    match h1.sender.try_send_request(std::mem::take(req)).await {
                         Ok(resp) => {
                             let pool = self.pool.clone();
                             return Ok(resp.map(|b| PooledBody::pooled(b, pool, host, h1)));
                         }
                         Err(mut e) => match e.take_message() {
-                            Some(unsent) if pooled => req = unsent,
+                            Some(unsent) if pooled => *req = unsent,
                             _ => return Err(UpstreamError::Protocol(error_chain(e.error()))),
                         },
                     }
@@ -195,12 +197,12 @@ impl Upstream {
                     // `:authority`); a `Host` header would be redundant.
                     *req.version_mut() = Version::HTTP_2;
                     req.headers_mut().remove(HOST);
-                    match h2.try_send_request(req).await {
+                    match h2.try_send_request(std::mem::take(req)).await {
                         Ok(resp) => return Ok(resp.map(PooledBody::unpooled)),
                         Err(mut e) => match e.take_message() {
                             Some(unsent) if pooled => {
                                 self.pool.drop_h2(host);
-                                req = unsent;
+                                *req = unsent;
                             }
                             _ => return Err(UpstreamError::Protocol(error_chain(e.error()))),
                         },
@@ -211,14 +213,22 @@ impl Upstream {
     }
 }
 
+/// The `Host` header tamis sends over HTTP/1.1 for an absolute `http` or `https` URI (the
+/// host in lower case, the port unless it is the scheme's default).
+pub fn host_header(uri: &Uri) -> Option<HeaderValue> {
+    pool::Target::of(uri).and_then(|t| t.host_header())
+}
+
 /// HTTP/1.1 wants the origin form (`/path?query`) and a `Host` header.
 fn for_h1(req: &mut Request<Full<Bytes>>, host: Option<&HeaderValue>) {
     *req.version_mut() = Version::HTTP_11;
     if let Some(host) = host {
-        // One lookup, not a check then an insert.
-        req.headers_mut()
-            .entry(HOST)
-            .or_insert_with(|| host.clone());
+        // Usually there already: a pass-through route's request has the upstream's written
+        // over the visitor's (`Route::scrub_owned_to`). A look along the few names, not a
+        // hashed lookup; when it is missing, one insert.
+        if !req.headers().keys().any(|n| n == HOST) {
+            req.headers_mut().insert(HOST, host.clone());
+        }
     }
     if req.uri().scheme().is_some() {
         // Moved out, not cloned: a clone of a URI built from a `String` allocates.
@@ -269,7 +279,7 @@ impl Http1Request {
 /// compares it with the bytes a raw upstream reads. Over HTTP/2 the same fields go as HPACK,
 /// with `:authority` instead of `Host`.
 pub fn as_http1(parts: &http::request::Parts, body: &Bytes) -> Http1Request {
-    let host = pool::Target::of(&parts.uri).and_then(|t| t.host_header());
+    let host = host_header(&parts.uri);
     let mut req = Request::new(Full::new(Bytes::new()));
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
