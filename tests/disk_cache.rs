@@ -93,11 +93,21 @@ fn listen_on(http: u16, admin: u16) -> String {
     )
 }
 
-/// The real tamis binary on a config file.
+/// The real tamis binary on a config file; killed when dropped, so a test that fails midway
+/// leaves no process behind holding its ports and directory.
 struct Bin {
-    child: Child,
+    child: Option<Child>,
     http: SocketAddr,
     admin: SocketAddr,
+}
+
+impl Drop for Bin {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 impl Bin {
@@ -120,7 +130,7 @@ impl Bin {
             .spawn()
             .unwrap();
         let bin = Bin {
-            child,
+            child: Some(child),
             http: SocketAddr::from(([127, 0, 0, 1], http)),
             admin: SocketAddr::from(([127, 0, 0, 1], admin)),
         };
@@ -142,8 +152,11 @@ impl Bin {
 
     /// `kill -9`, and what it wrote on stderr.
     fn kill(mut self) -> String {
-        let _ = self.child.kill();
-        let out = self.child.wait_with_output().unwrap();
+        let Some(mut child) = self.child.take() else {
+            return String::new();
+        };
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 }
