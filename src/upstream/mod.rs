@@ -224,9 +224,21 @@ fn for_h1(req: &mut Request<Full<Bytes>>, host: Option<&HeaderValue>) {
     *req.version_mut() = Version::HTTP_11;
     if let Some(host) = host {
         // Usually there already: a pass-through route's request has the upstream's written
-        // over the visitor's (`Route::scrub_owned_to`). A look along the few names, not a
-        // hashed lookup; when it is missing, one insert.
-        if !req.headers().keys().any(|n| n == HOST) {
+        // over the visitor's (`Route::scrub_owned_to`). Written again all the same, so the
+        // upstream's is the one sent whatever a scrub left (a visitor's Host could reach
+        // another site on a shared front end): a look along the few names and a cheap clone,
+        // not a hashed lookup; when there is not exactly one, one insert replaces them all.
+        let one = {
+            let mut hosts = req.headers_mut().iter_mut().filter(|(n, _)| *n == HOST);
+            match (hosts.next(), hosts.next()) {
+                (Some((_, value)), None) => {
+                    value.clone_from(host);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if !one {
             req.headers_mut().insert(HOST, host.clone());
         }
     }
@@ -350,5 +362,22 @@ mod tests {
         for_h1(&mut req, Some(&host));
         assert_eq!(req.uri().to_string(), "/a/b?c=d");
         assert_eq!(req.headers().get_all(HOST).iter().count(), 1);
+    }
+
+    #[test]
+    fn http1_sends_the_upstreams_host_whatever_host_the_request_held() {
+        let host = HeaderValue::from_static("up.example:8080");
+        for stray in [&["site.example"][..], &["a.example", "b.example"][..]] {
+            let mut req = Request::builder()
+                .uri("http://up.example:8080/a")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            for h in stray {
+                req.headers_mut().append(HOST, HeaderValue::from_static(h));
+            }
+            for_h1(&mut req, Some(&host));
+            let sent: Vec<_> = req.headers().get_all(HOST).iter().collect();
+            assert_eq!(sent, [&host], "{stray:?}");
+        }
     }
 }
