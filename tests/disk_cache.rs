@@ -15,21 +15,37 @@ use std::time::{Duration, Instant};
 use common::{free_ports, get, request, route, Reply, Tamis, Upstream, LISTEN};
 use http::Method;
 
-/// Every file under `dir` with its length (`tmp/` included).
-fn files(dir: &Path) -> Vec<(PathBuf, u64)> {
-    let mut out = Vec::new();
+/// Calls `f` with every file under `dir` (`tmp/` included) and its metadata.
+fn walk(dir: &Path, f: &mut impl FnMut(PathBuf, &std::fs::Metadata)) {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
+        return;
     };
     for e in entries.flatten() {
         let Ok(meta) = e.metadata() else { continue };
         if meta.is_dir() {
-            out.extend(files(&e.path()));
+            walk(&e.path(), f);
         } else {
-            out.push((e.path(), meta.len()));
+            f(e.path(), &meta);
         }
     }
+}
+
+/// Every file under `dir` with its length (`tmp/` included).
+fn files(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    walk(dir, &mut |path, meta| out.push((path, meta.len())));
     out
+}
+
+/// Bytes of the files under `dir`, each counted once: a file renamed out of `tmp/` while the
+/// walk goes on can be met under both names, as `du` would not count it.
+fn bytes_on_disk(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashMap::new();
+    walk(dir, &mut |_, meta| {
+        seen.insert((meta.dev(), meta.ino()), meta.len());
+    });
+    seen.values().sum()
 }
 
 /// The object files (not `tmp/`).
@@ -69,6 +85,15 @@ async fn wait_metric(admin: SocketAddr, what: &str, check: impl Fn(&str) -> bool
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until `admin` counts `n` disk write errors of `result`; returns the metrics then.
+async fn wait_write_errors(admin: SocketAddr, result: &str, n: f64) -> String {
+    let label = format!("result=\"{result}\"");
+    wait_metric(admin, &format!("{n} write errors, {label}"), |m| {
+        metric(m, "tamis_cache_disk_write_errors_total", &[&label]) == n
+    })
+    .await
 }
 
 /// A config with one `static` route `/t/` to `up`, its disk tier at `disk`.
@@ -515,7 +540,7 @@ async fn the_bound_holds_under_churn() {
         std::thread::spawn(move || {
             let mut most = 0;
             while !done.load(Ordering::Relaxed) {
-                most = most.max(files(&disk).iter().map(|(_, n)| n).sum::<u64>());
+                most = most.max(bytes_on_disk(&disk));
                 std::thread::sleep(Duration::from_micros(200));
             }
             most
@@ -656,14 +681,7 @@ async fn writes_that_fail_while_running_are_counted_and_fail_no_request() {
         let b = t.get(&format!("/t/{i}")).await;
         assert_eq!(b.header("cache-status"), Some("tamis; hit"));
     }
-    let m = wait_metric(admin, "write errors", |m| {
-        metric(
-            m,
-            "tamis_cache_disk_write_errors_total",
-            &["result=\"other\""],
-        ) == 5.0
-    })
-    .await;
+    let m = wait_write_errors(admin, "other", 5.0).await;
     assert_eq!(metric(&m, "tamis_cache_disk_entries", &[]), 0.0);
     assert_eq!(
         metric(&m, "tamis_cache_disk_bytes", &[]),
@@ -698,14 +716,7 @@ async fn a_disk_that_refuses_bytes_counts_full_and_fails_no_request() {
         assert_eq!(a.status, 200);
         assert_eq!(a.body.len(), 64 * 1024 + format!("/{i}").len());
     }
-    let m = wait_metric(bin.admin, "write errors", |m| {
-        metric(
-            m,
-            "tamis_cache_disk_write_errors_total",
-            &["result=\"full\""],
-        ) == 3.0
-    })
-    .await;
+    let m = wait_write_errors(bin.admin, "full", 3.0).await;
     assert_eq!(metric(&m, "tamis_cache_disk_bytes", &[]), 0.0);
     assert!(objects(&disk).is_empty());
     assert!(files(&disk).is_empty(), "no partial file left in tmp/");
@@ -769,14 +780,7 @@ async fn a_directory_made_read_only_counts_denied_and_fails_no_request() {
             "memory still caches"
         );
     }
-    let m = wait_metric(bin.admin, "write errors", |m| {
-        metric(
-            m,
-            "tamis_cache_disk_write_errors_total",
-            &["result=\"denied\""],
-        ) == 3.0
-    })
-    .await;
+    let m = wait_write_errors(bin.admin, "denied", 3.0).await;
     assert_eq!(metric(&m, "tamis_cache_disk_entries", &[]), 1.0);
     assert_eq!(
         metric(
